@@ -1,0 +1,74 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let strict: [SwiftSetting] = [.enableUpcomingFeature("ExistentialAny")]
+
+let package = Package(
+    name: "segment-guard",
+    platforms: [.macOS(.v15)],
+    products: [
+        .executable(name: "segguardd", targets: ["segguardd"]),
+        .executable(name: "segguardctl", targets: ["segguardctl"]),
+        .executable(name: "segguard-bench", targets: ["segguard-bench"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+    ],
+    targets: [
+        // C libraries, through pkg-config.
+        .systemLibrary(name: "CLibNL", pkgConfig: "libnl-genl-3.0", providers: [.apt(["libnl-3-dev", "libnl-genl-3-dev", "libnl-route-3-dev"])]),
+        // Thin C wrappers for what Swift cannot import (macros, variadic, inline helpers).
+        .target(name: "CSegguardShims", dependencies: ["CLibNL"]),
+
+        // Pure Swift: the policy model, its parser/validator and the network snapshot model.
+        .target(name: "SegguardPolicy", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strict),
+        // Pure Swift: (snapshot, policy) -> decision.
+        .target(name: "SegguardDecision", dependencies: ["SegguardPolicy"], swiftSettings: strict),
+        // rtnetlink + nl80211 -> NetworkSnapshot.
+        .target(
+            name: "SegguardNetlink",
+            dependencies: ["SegguardPolicy", "CLibNL", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        // Versioned Codable types spoken on the control socket.
+        .target(name: "SegguardWire", dependencies: ["SegguardPolicy", "SegguardDecision"], swiftSettings: strict),
+        // The local control socket: server (daemon side) and client (segguardctl side).
+        .target(
+            name: "SegguardControl",
+            dependencies: ["SegguardWire", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        // Network-namespace helpers shared by privileged tests and the benchmark.
+        .target(name: "SegguardTestSupport", dependencies: ["SegguardNetlink"], swiftSettings: strict),
+
+        .executableTarget(
+            name: "segguardd",
+            dependencies: [
+                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardWire", "SegguardControl",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "segguardctl",
+            dependencies: [
+                "SegguardPolicy", "SegguardDecision", "SegguardWire", "SegguardControl",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
+            name: "segguard-bench",
+            dependencies: [
+                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardTestSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            swiftSettings: strict),
+
+        .testTarget(name: "SegguardPolicyTests", dependencies: ["SegguardPolicy"]),
+        .testTarget(name: "SegguardDecisionTests", dependencies: ["SegguardDecision", "SegguardPolicy"]),
+        .testTarget(name: "SegguardNetlinkTests", dependencies: ["SegguardNetlink", "CLibNL", "CSegguardShims"]),
+        .testTarget(
+            name: "SegguardPrivilegedTests",
+            dependencies: ["SegguardNetlink", "SegguardDecision", "SegguardPolicy", "SegguardTestSupport", "SegguardControl", "SegguardWire"]),
+    ]
+)

@@ -1,0 +1,167 @@
+// The daemon's end of the local control socket. Owns: the listening Unix socket, its file
+// and the accept thread. Every connection is identified by its peer credentials
+// (SO_PEERCRED, SO_PEERGROUPS) before any request is read; only root or members of the
+// admin group are answered.
+
+import CSegguardShims
+import Foundation
+import Logging
+import SegguardWire
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Who is on the other end of a control connection, as the kernel reports it.
+public struct PeerCredentials: Sendable, Equatable {
+    public var pid: Int32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var groups: [UInt32]
+}
+
+/// A failed system call, with its name and errno.
+public struct SystemCallError: Error, CustomStringConvertible, Sendable {
+    public var call: String
+    public var errno: Int32
+    public var description: String { "\(call): \(String(cString: strerror(errno))) (errno \(errno))" }
+}
+
+/// Serves `ControlRequest`s on a Unix stream socket.
+public final class ControlServer: Sendable {
+    public let path: String
+    /// Group whose members (besides root) may query the daemon; nil = root only.
+    public let adminGroup: UInt32?
+    let listenFd: Int32
+    let logger: Logger
+    let stopped = Mutex(false)
+
+    /// Creates the socket file (replacing a stale one), mode 0666: access is decided by peer
+    /// credentials, so that the refusal names the reason instead of a bare EACCES.
+    public init(path: String, adminGroup: UInt32?, logger: Logger) throws {
+        self.path = path
+        self.adminGroup = adminGroup
+        self.logger = logger
+        let dir = (path as NSString).deletingLastPathComponent
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw SystemCallError(call: "socket(AF_UNIX)", errno: errno) }
+        unlink(path)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
+            close(fd)
+            throw SystemCallError(call: "bind \(path) (path too long)", errno: ENAMETOOLONG)
+        }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+        }
+        let rc = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else {
+            let e = errno
+            close(fd)
+            throw SystemCallError(call: "bind \(path)", errno: e)
+        }
+        chmod(path, 0o666)
+        guard listen(fd, 16) == 0 else {
+            let e = errno
+            close(fd)
+            throw SystemCallError(call: "listen \(path)", errno: e)
+        }
+        listenFd = fd
+    }
+
+    /// Starts the accept thread; `handler` runs on it for each authorized request.
+    public func start(handler: @escaping @Sendable (ControlRequest, PeerCredentials) -> ControlReply) {
+        let thread = Thread { [self] in
+            while !stopped.withLock({ $0 }) {
+                let conn = accept(listenFd, nil, nil)
+                if conn >= 0 { _ = fcntl(conn, F_SETFD, FD_CLOEXEC) }
+                if conn < 0 {
+                    if errno == EINTR || errno == ECONNABORTED { continue }
+                    if stopped.withLock({ $0 }) { return }
+                    logger.error("control socket accept failed", metadata: ["error": "\(SystemCallError(call: "accept", errno: errno))"])
+                    return
+                }
+                serve(conn, handler)
+                close(conn)
+            }
+        }
+        thread.name = "segguard-control"
+        thread.start()
+    }
+
+    /// Stops accepting and removes the socket file.
+    public func stop() {
+        stopped.withLock { $0 = true }
+        shutdown(listenFd, Int32(SHUT_RDWR))
+        close(listenFd)
+        unlink(path)
+    }
+
+    func credentials(_ fd: Int32) -> PeerCredentials? {
+        var pid: pid_t = 0, uid: uid_t = 0, gid: gid_t = 0
+        guard sg_peer_credentials(fd, &pid, &uid, &gid) == 0 else { return nil }
+        var groups = [gid_t](repeating: 0, count: 256)
+        var count: Int32 = 256
+        let rc = sg_peer_groups(fd, &groups, &count)
+        return PeerCredentials(pid: pid, uid: uid, gid: gid, groups: rc == 0 ? Array(groups.prefix(Int(count))) : [])
+    }
+
+    /// Root always; otherwise membership (primary or supplementary) of the admin group.
+    public static func isAuthorized(_ peer: PeerCredentials, adminGroup: UInt32?) -> Bool {
+        if peer.uid == 0 { return true }
+        guard let g = adminGroup else { return false }
+        return peer.gid == g || peer.groups.contains(g)
+    }
+
+    func serve(_ fd: Int32, _ handler: @Sendable (ControlRequest, PeerCredentials) -> ControlReply) {
+        // A client that connects and sends nothing must not block the daemon's queries.
+        var tv = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        // Read the request before answering, even a refusal, so the client never meets a closed socket.
+        let request = read(fd)
+        let reply: ControlReply
+        if let peer = credentials(fd) {
+            if !ControlServer.isAuthorized(peer, adminGroup: adminGroup) {
+                logger.notice("control request refused", metadata: ["uid": "\(peer.uid)", "pid": "\(peer.pid)"])
+                reply = ControlReply(error: "permission denied: uid \(peer.uid) is neither root nor in the segguard admin group")
+            } else if let request {
+                reply = handler(request, peer)
+            } else {
+                reply = ControlReply(error: "bad request: expected one JSON line such as {\"version\":1,\"command\":\"status\"}")
+            }
+        } else {
+            reply = ControlReply(error: "cannot read peer credentials")
+        }
+        guard var data = try? ControlCoding.encoder().encode(reply) else { return }
+        data.append(0x0a)
+        data.withUnsafeBytes { raw in
+            var off = 0
+            while off < raw.count {
+                let n = send(fd, raw.baseAddress! + off, raw.count - off, Int32(MSG_NOSIGNAL))
+                if n <= 0 { return }
+                off += n
+            }
+        }
+    }
+
+    /// One request line, at most 64 KiB.
+    func read(_ fd: Int32) -> ControlRequest? {
+        var buf = [UInt8]()
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while buf.count < 65536 {
+            let n = recv(fd, &chunk, chunk.count, 0)
+            if n <= 0 { break }
+            buf += chunk[0..<n]
+            if buf.contains(0x0a) { break }
+        }
+        if let nl = buf.firstIndex(of: 0x0a) { buf = Array(buf[..<nl]) }
+        return try? ControlCoding.decoder().decode(ControlRequest.self, from: Data(buf))
+    }
+}

@@ -1,0 +1,227 @@
+// The segment decision: a pure function of (snapshot, policy). No I/O, no clock, no logging:
+// the same inputs always give the same decision, so every rule is unit-tested by table.
+
+import SegguardPolicy
+
+/// Which segment this thin client is on, for the My Number VDI.
+public enum Segment: String, Sendable, Codable, CaseIterable {
+    case authorizedWired = "authorized-wired"
+    case authorizedWireless = "authorized-wireless"
+    case unauthorized
+}
+
+/// What the decision concluded about one interface, and why.
+public struct InterfaceFinding: Sendable, Equatable, Codable {
+    /// How an interface bears on the decision.
+    public enum Status: String, Sendable, Codable {
+        /// An authorized path to the My Number segment.
+        case authorized
+        /// Matched (or tried to match) a rule but fails it: the reason says which part.
+        case rejected
+        /// A path off the machine that the policy does not allow alongside the segment.
+        case conflictingUplink = "conflicting-uplink"
+        /// Not relevant (loopback, ignored, no rule applies and no default route).
+        case irrelevant
+    }
+
+    public var interface: String
+    public var status: Status
+    public var detail: String
+    /// Site that authorized (or whose rule was closest to authorizing) the interface.
+    public var site: String?
+
+    public init(interface: String, status: Status, detail: String, site: String? = nil) {
+        self.interface = interface
+        self.status = status
+        self.detail = detail
+        self.site = site
+    }
+}
+
+/// The result of evaluating a snapshot against a policy.
+public struct Decision: Sendable, Equatable, Codable {
+    public var segment: Segment
+    /// One line for logs and users, naming the rule and the interface that decided it.
+    public var reason: String
+    /// Interfaces through which the My Number segment may be reached right now.
+    public var authorizedInterfaces: [String]
+    /// One finding per non-loopback interface, in ifindex order.
+    public var findings: [InterfaceFinding]
+
+    public init(segment: Segment, reason: String, authorizedInterfaces: [String], findings: [InterfaceFinding]) {
+        self.segment = segment
+        self.reason = reason
+        self.authorizedInterfaces = authorizedInterfaces
+        self.findings = findings
+    }
+
+    public var isAuthorized: Bool { segment != .unauthorized }
+
+    /// The fail-closed decision used before the first snapshot or without a policy.
+    public static func failClosed(_ why: String) -> Decision {
+        Decision(segment: .unauthorized, reason: why, authorizedInterfaces: [], findings: [])
+    }
+}
+
+/// Decides the segment from a snapshot and a policy.
+public enum SegmentDecider {
+    /// Evaluates every interface against the policy, then the uplink rule.
+    public static func decide(_ snapshot: NetworkSnapshot, _ policy: Policy) -> Decision {
+        var findings: [InterfaceFinding] = []
+        var authorized: [(InterfaceState, InterfaceFinding)] = []
+
+        for ifc in snapshot.interfaces where ifc.kind != .loopback {
+            let finding: InterfaceFinding
+            switch ifc.kind {
+            case .wireless: finding = evaluateWireless(ifc, policy)
+            default: finding = evaluateWired(ifc, policy, monitoring: snapshot.wirelessMonitoring)
+            }
+            if finding.status == .authorized { authorized.append((ifc, finding)) }
+            findings.append(finding)
+        }
+
+        // Uplink rule: another path off the machine beside the authorized one(s).
+        var conflicts: [String] = []
+        if !authorized.isEmpty && policy.uplinks.otherUplinks == .deny {
+            let authorizedNames = Set(authorized.map { $0.0.name })
+            for ifc in snapshot.interfaces where ifc.kind != .loopback {
+                guard !authorizedNames.contains(ifc.name), ifc.isUplink else { continue }
+                guard !policy.uplinks.ignore.contains(where: { NamePattern.matches($0, ifc.name) }) else { continue }
+                let routes = ifc.defaultRoutes.map(\.description).joined(separator: ", ")
+                let kind = ifc.linkKind.map { "\(ifc.kind.rawValue) \($0)" } ?? ifc.kind.rawValue
+                let detail = "\(ifc.name) (\(kind)) is a second uplink (default route \(routes))"
+                if let k = findings.firstIndex(where: { $0.interface == ifc.name }) {
+                    findings[k] = InterfaceFinding(interface: ifc.name, status: .conflictingUplink, detail: detail)
+                }
+                conflicts.append(detail)
+            }
+        }
+
+        let names = authorized.map { $0.0.name }
+        if !conflicts.isEmpty {
+            let via = names.joined(separator: ", ")
+            return Decision(
+                segment: .unauthorized,
+                reason: "\(conflicts.joined(separator: "; ")) while on the My Number segment via \(via) (uplinks.other_uplinks: deny)",
+                authorizedInterfaces: [], findings: findings)
+        }
+        if authorized.isEmpty {
+            return Decision(segment: .unauthorized, reason: unauthorizedReason(findings, snapshot), authorizedInterfaces: [], findings: findings)
+        }
+        let wired = authorized.filter { $0.0.kind != .wireless }
+        let segment: Segment = wired.isEmpty ? .authorizedWireless : .authorizedWired
+        // Wired first: it is the path the segment prefers when both are up.
+        let ordered = wired + authorized.filter { $0.0.kind == .wireless }
+        return Decision(
+            segment: segment,
+            reason: ordered.map(\.1.detail).joined(separator: "; "),
+            authorizedInterfaces: ordered.map { $0.0.name },
+            findings: findings)
+    }
+
+    // MARK: - Wireless
+
+    static func evaluateWireless(_ ifc: InterfaceState, _ policy: Policy) -> InterfaceFinding {
+        let name = ifc.name
+        guard let link = ifc.wireless, link.isAssociated, let bssid = link.bssid else {
+            return InterfaceFinding(interface: name, status: .irrelevant, detail: "\(name) is not associated to any Wi-Fi network")
+        }
+        guard let ssid = link.ssid else {
+            return InterfaceFinding(interface: name, status: .rejected, detail: "\(name) is associated via BSSID \(bssid) but its SSID is not known yet")
+        }
+        let quoted = "SSID '\(ssid)'"
+        let rules = policy.sites.flatMap { site in site.wireless.filter { $0.ssid == ssid }.map { (site, $0) } }
+        if rules.isEmpty {
+            let hidden = ssid.isEmpty ? " (hidden network with empty SSID)" : ""
+            return InterfaceFinding(interface: name, status: .rejected, detail: "\(name) associated to \(quoted)\(hidden), which no site authorizes")
+        }
+        let secure = rules.filter { $0.1.security.contains(link.security) }
+        if secure.isEmpty {
+            let need = Set(rules.flatMap { $0.1.security }).map(\.rawValue).sorted().joined(separator: " or ")
+            let (site, rule) = rules[0]
+            return InterfaceFinding(
+                interface: name, status: .rejected,
+                detail: "\(name) associated to \(quoted) with security \(link.security.rawValue); site '\(site.name)' (\(rule.location)) requires \(need)",
+                site: site.name)
+        }
+        let pinned = secure.filter { $0.1.bssids.isEmpty || $0.1.bssids.contains(bssid) }
+        guard let (site, rule) = pinned.first else {
+            let sites = Set(secure.map { "'\($0.0.name)'" }).sorted().joined(separator: ", ")
+            return InterfaceFinding(
+                interface: name, status: .rejected,
+                detail: "\(name) associated to \(quoted) via BSSID \(bssid), not in the office allowlist (site \(sites))",
+                site: secure[0].0.name)
+        }
+        guard ifc.isRunning else {
+            return InterfaceFinding(
+                interface: name, status: .rejected,
+                detail: "\(name) associated to \(quoted) via BSSID \(bssid) but the link is \(linkState(ifc)) (authentication not complete)",
+                site: site.name)
+        }
+        let pin = rule.bssids.isEmpty ? "" : " (pinned access point)"
+        return InterfaceFinding(
+            interface: name, status: .authorized,
+            detail: "\(name) associated to \(quoted) via BSSID \(bssid)\(pin) with \(link.security.rawValue) security: site '\(site.name)' (\(rule.location))",
+            site: site.name)
+    }
+
+    // MARK: - Wired
+
+    static func evaluateWired(_ ifc: InterfaceState, _ policy: Policy, monitoring: Bool) -> InterfaceFinding {
+        let name = ifc.name
+        var closest: (Site, WiredRule, String)?
+        for site in policy.sites {
+            for rule in site.wired {
+                let nameOK = rule.interfaces.isEmpty || rule.interfaces.contains { NamePattern.matches($0, name) }
+                let macOK = rule.macs.isEmpty || (ifc.mac.map { rule.macs.contains($0) } ?? false)
+                guard nameOK && macOK else {
+                    if nameOK && !rule.macs.isEmpty && closest == nil {
+                        closest = (site, rule, "\(name) matches the name of site '\(site.name)' wired rule (\(rule.location)) but its MAC \(ifc.mac?.description ?? "(none)") is not listed")
+                    }
+                    continue
+                }
+                if ifc.kind == .virtual {
+                    guard let kind = ifc.linkKind, rule.linkKinds.contains(kind) else {
+                        let what = ifc.linkKind.map { "a virtual link (\($0))" } ?? "not an Ethernet device"
+                        if closest == nil {
+                            closest = (site, rule, "\(name) matches site '\(site.name)' wired rule (\(rule.location)) but is \(what), which the rule does not admit")
+                        }
+                        continue
+                    }
+                }
+                guard ifc.isRunning else {
+                    return InterfaceFinding(
+                        interface: name, status: .rejected,
+                        detail: "\(name) matches site '\(site.name)' wired rule (\(rule.location)) but \(linkState(ifc))",
+                        site: site.name)
+                }
+                return InterfaceFinding(
+                    interface: name, status: .authorized,
+                    detail: "\(name) has carrier and matches site '\(site.name)' wired rule (\(rule.location))",
+                    site: site.name)
+            }
+        }
+        if let (site, _, detail) = closest {
+            return InterfaceFinding(interface: name, status: .rejected, detail: detail, site: site.name)
+        }
+        return InterfaceFinding(interface: name, status: .irrelevant, detail: "\(name) matches no wired rule")
+    }
+
+    static func linkState(_ ifc: InterfaceState) -> String {
+        if !ifc.isAdminUp { return "is down" }
+        if !ifc.hasCarrier { return "has no carrier" }
+        return "is \(ifc.operState.rawValue)"
+    }
+
+    static func unauthorizedReason(_ findings: [InterfaceFinding], _ snapshot: NetworkSnapshot) -> String {
+        let rejected = findings.filter { $0.status == .rejected }
+        if !rejected.isEmpty {
+            return "no authorized path: " + rejected.map(\.detail).joined(separator: "; ")
+        }
+        if findings.isEmpty {
+            return "no authorized path: no network interface besides loopback"
+        }
+        let wifi = snapshot.wirelessMonitoring ? "no Wi-Fi is associated to an authorized SSID" : "Wi-Fi is not monitored (no nl80211)"
+        return "no authorized path: no interface matches a wired rule and \(wifi)"
+    }
+}

@@ -1,0 +1,188 @@
+// Parses rtnetlink messages (links, addresses, routes) into plain values. Owns no state; the
+// same function serves the live socket and tests that feed constructed or recorded bytes.
+
+import CLibNL
+import SegguardPolicy
+
+/// A link as one RTM_NEWLINK message describes it.
+public struct LinkInfo: Sendable, Equatable {
+    public var index: Int32
+    public var name: String
+    /// ARPHRD_* device type.
+    public var deviceType: UInt16
+    /// IFLA_INFO_KIND for kernel-made links.
+    public var linkKind: String?
+    public var mac: MACAddress?
+    public var isAdminUp: Bool
+    public var operState: OperState
+    public var hasCarrier: Bool
+}
+
+/// One rtnetlink message, reduced to what the snapshot needs.
+public enum RouteMessage: Sendable, Equatable {
+    case link(LinkInfo)
+    case linkRemoved(index: Int32)
+    case address(index: Int32, InterfaceAddress, removed: Bool)
+    case defaultRoute(index: Int32, DefaultRoute, removed: Bool)
+    /// Understood but irrelevant (a non-default route, a bridge-family link message, …).
+    case ignored
+}
+
+/// Turns rtnetlink messages into `RouteMessage`s.
+public enum RtnetlinkParser {
+    static let linkAttrNames: @Sendable (Int32) -> String = { t in
+        switch t {
+        case Int32(IFLA_ADDRESS): "IFLA_ADDRESS"
+        case Int32(IFLA_IFNAME): "IFLA_IFNAME"
+        case Int32(IFLA_OPERSTATE): "IFLA_OPERSTATE"
+        case Int32(IFLA_CARRIER): "IFLA_CARRIER"
+        case Int32(IFLA_LINKINFO): "IFLA_LINKINFO"
+        default: "IFLA attribute \(t)"
+        }
+    }
+
+    static let addrAttrNames: @Sendable (Int32) -> String = { t in
+        switch t {
+        case Int32(IFA_ADDRESS): "IFA_ADDRESS"
+        case Int32(IFA_LOCAL): "IFA_LOCAL"
+        default: "IFA attribute \(t)"
+        }
+    }
+
+    static let routeAttrNames: @Sendable (Int32) -> String = { t in
+        switch t {
+        case Int32(RTA_OIF.rawValue): "RTA_OIF"
+        case Int32(RTA_GATEWAY.rawValue): "RTA_GATEWAY"
+        case Int32(RTA_PRIORITY.rawValue): "RTA_PRIORITY"
+        case Int32(RTA_TABLE.rawValue): "RTA_TABLE"
+        case Int32(RTA_MULTIPATH.rawValue): "RTA_MULTIPATH"
+        default: "RTA attribute \(t)"
+        }
+    }
+
+    /// Parses one message; a default route with several next hops yields one value per hop.
+    public static func parse(_ hdr: UnsafeMutablePointer<nlmsghdr>) throws(NetlinkParseError) -> [RouteMessage] {
+        let type = Int32(hdr.pointee.nlmsg_type)
+        switch type {
+        case Int32(RTM_NEWLINK), Int32(RTM_DELLINK):
+            return [try parseLink(hdr, removed: type == Int32(RTM_DELLINK))]
+        case Int32(RTM_NEWADDR), Int32(RTM_DELADDR):
+            return [try parseAddress(hdr, removed: type == Int32(RTM_DELADDR))]
+        case Int32(RTM_NEWROUTE), Int32(RTM_DELROUTE):
+            return try parseRoute(hdr, removed: type == Int32(RTM_DELROUTE))
+        default:
+            return [.ignored]
+        }
+    }
+
+    static func parseLink(_ hdr: UnsafeMutablePointer<nlmsghdr>, removed: Bool) throws(NetlinkParseError) -> RouteMessage {
+        let context = removed ? "RTM_DELLINK" : "RTM_NEWLINK"
+        let ifi = try fixedHeader(hdr, as: ifinfomsg.self, context: context)
+        // Bridge-port (AF_BRIDGE) notifications describe the port's bridge state, not the link.
+        if ifi.ifi_family == UInt8(AF_BRIDGE) { return .ignored }
+        guard ifi.ifi_index > 0 else {
+            throw NetlinkParseError(message: context, attribute: "header", problem: "ifindex \(ifi.ifi_index) is not positive")
+        }
+        if removed { return .linkRemoved(index: ifi.ifi_index) }
+        let attrs = try AttributeTable(
+            message: hdr, headerLength: MemoryLayout<ifinfomsg>.size, maxType: Int32(__IFLA_MAX) - 1,
+            context: context, names: linkAttrNames)
+        guard let name = try attrs.string(Int32(IFLA_IFNAME)), !name.isEmpty else {
+            throw NetlinkParseError(message: context, attribute: "IFLA_IFNAME", problem: "missing or empty for ifindex \(ifi.ifi_index)")
+        }
+        var kind: String?
+        if let li = attrs[Int32(IFLA_LINKINFO)] {
+            let info = try AttributeTable(
+                nested: li, maxType: Int32(__IFLA_INFO_MAX) - 1, context: context,
+                names: { $0 == Int32(IFLA_INFO_KIND) ? "IFLA_LINKINFO/IFLA_INFO_KIND" : "IFLA_LINKINFO/\($0)" })
+            kind = try info.string(Int32(IFLA_INFO_KIND))
+        }
+        // IFLA_ADDRESS is 6 bytes on Ethernet-type devices; other lengths (tunnels, none) are not MACs.
+        let addrBytes = attrs.bytes(Int32(IFLA_ADDRESS))
+        let mac = addrBytes.flatMap { MACAddress(bytes: $0) }
+        let flags = ifi.ifi_flags
+        let oper = try attrs.u8(Int32(IFLA_OPERSTATE)).map(OperState.init(kernelValue:)) ?? .unknown
+        let carrier: Bool
+        if let c = try attrs.u8(Int32(IFLA_CARRIER)) {
+            carrier = c != 0
+        } else {
+            carrier = flags & UInt32(IFF_LOWER_UP.rawValue) != 0
+        }
+        return .link(LinkInfo(
+            index: ifi.ifi_index, name: name, deviceType: ifi.ifi_type, linkKind: kind, mac: mac,
+            isAdminUp: flags & UInt32(IFF_UP.rawValue) != 0, operState: oper, hasCarrier: carrier))
+    }
+
+    static func parseAddress(_ hdr: UnsafeMutablePointer<nlmsghdr>, removed: Bool) throws(NetlinkParseError) -> RouteMessage {
+        let context = removed ? "RTM_DELADDR" : "RTM_NEWADDR"
+        let ifa = try fixedHeader(hdr, as: ifaddrmsg.self, context: context)
+        guard ifa.ifa_family == UInt8(AF_INET) || ifa.ifa_family == UInt8(AF_INET6) else { return .ignored }
+        let attrs = try AttributeTable(
+            message: hdr, headerLength: MemoryLayout<ifaddrmsg>.size, maxType: Int32(__IFA_MAX) - 1,
+            context: context, names: addrAttrNames)
+        // IPv4: IFA_LOCAL is the interface's own address (IFA_ADDRESS is the peer on point-to-point links).
+        var address = try attrs.ip(Int32(IFA_LOCAL))
+        if address == nil { address = try attrs.ip(Int32(IFA_ADDRESS)) }
+        guard let address else {
+            throw NetlinkParseError(message: context, attribute: "IFA_ADDRESS", problem: "missing on ifindex \(ifa.ifa_index)")
+        }
+        let limit: UInt8 = address.family == .ipv4 ? 32 : 128
+        guard ifa.ifa_prefixlen <= limit else {
+            throw NetlinkParseError(message: context, attribute: "header", problem: "prefix length \(ifa.ifa_prefixlen) exceeds \(limit)")
+        }
+        return .address(
+            index: Int32(bitPattern: ifa.ifa_index),
+            InterfaceAddress(address: address, prefixLength: ifa.ifa_prefixlen, scope: ifa.ifa_scope), removed: removed)
+    }
+
+    static func parseRoute(_ hdr: UnsafeMutablePointer<nlmsghdr>, removed: Bool) throws(NetlinkParseError) -> [RouteMessage] {
+        let context = removed ? "RTM_DELROUTE" : "RTM_NEWROUTE"
+        let rtm = try fixedHeader(hdr, as: rtmsg.self, context: context)
+        guard rtm.rtm_family == UInt8(AF_INET) || rtm.rtm_family == UInt8(AF_INET6) else { return [.ignored] }
+        // Only unicast default routes (dst length 0) make an uplink; the local table never holds one.
+        guard rtm.rtm_dst_len == 0, rtm.rtm_type == UInt8(RTN_UNICAST) else { return [.ignored] }
+        let attrs = try AttributeTable(
+            message: hdr, headerLength: MemoryLayout<rtmsg>.size, maxType: Int32(__RTA_MAX.rawValue) - 1,
+            context: context, names: routeAttrNames)
+        let table = try attrs.u32(Int32(RTA_TABLE.rawValue)) ?? UInt32(rtm.rtm_table)
+        guard table != UInt32(RT_TABLE_LOCAL.rawValue) else { return [.ignored] }
+        let family: IPAddress.Family = rtm.rtm_family == UInt8(AF_INET) ? .ipv4 : .ipv6
+        let metric = try attrs.u32(Int32(RTA_PRIORITY.rawValue)) ?? 0
+        if let oif = try attrs.u32(Int32(RTA_OIF.rawValue)) {
+            let gw = try attrs.ip(Int32(RTA_GATEWAY.rawValue))
+            return [.defaultRoute(
+                index: Int32(bitPattern: oif), DefaultRoute(family: family, gateway: gw, metric: metric, table: table), removed: removed)]
+        }
+        guard let hops = attrs.bytes(Int32(RTA_MULTIPATH.rawValue)) else { return [.ignored] }
+        return try parseNextHops(hops, context: context).map { hop in
+            .defaultRoute(index: hop.0, DefaultRoute(family: family, gateway: hop.1, metric: metric, table: table), removed: removed)
+        }
+    }
+
+    /// Walks the `struct rtnexthop` list of RTA_MULTIPATH: {u16 len, u8 flags, u8 hops, i32 ifindex} + attributes.
+    static func parseNextHops(_ bytes: [UInt8], context: String) throws(NetlinkParseError) -> [(Int32, IPAddress?)] {
+        var out: [(Int32, IPAddress?)] = []
+        var off = 0
+        while off + 8 <= bytes.count {
+            let len = Int(UInt16(bytes[off]) | UInt16(bytes[off + 1]) << 8)
+            guard len >= 8, off + len <= bytes.count else {
+                throw NetlinkParseError(message: context, attribute: "RTA_MULTIPATH", problem: "next hop at offset \(off) has length \(len), \(bytes.count - off) bytes left")
+            }
+            let ifindex = Int32(bitPattern: UInt32(bytes[off + 4]) | UInt32(bytes[off + 5]) << 8 | UInt32(bytes[off + 6]) << 16 | UInt32(bytes[off + 7]) << 24)
+            var gateway: IPAddress?
+            var a = off + 8
+            while a + 4 <= off + len {
+                let alen = Int(UInt16(bytes[a]) | UInt16(bytes[a + 1]) << 8)
+                let atype = Int(UInt16(bytes[a + 2]) | UInt16(bytes[a + 3]) << 8)
+                guard alen >= 4, a + alen <= off + len else {
+                    throw NetlinkParseError(message: context, attribute: "RTA_MULTIPATH", problem: "attribute at offset \(a) overruns its next hop")
+                }
+                if atype == Int(RTA_GATEWAY.rawValue) { gateway = IPAddress(bytes: Array(bytes[(a + 4)..<(a + alen)])) }
+                a += (alen + 3) & ~3
+            }
+            out.append((ifindex, gateway))
+            off += (len + 3) & ~3
+        }
+        return out
+    }
+}

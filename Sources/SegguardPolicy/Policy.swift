@@ -1,0 +1,165 @@
+// The admin-written segment policy, as a validated value. Built only by `PolicyLoader`
+// (or by tests); every field here has already passed validation.
+
+/// The whole segment policy of one thin client: which networks make up the My Number segment.
+public struct Policy: Sendable, Equatable, Codable {
+    /// The only schema version this build understands.
+    public static let supportedSchemaVersion = 1
+
+    public var schemaVersion: Int
+    /// Free text shown in status output and logs.
+    public var name: String
+    /// The office area: one or more sites, each with its own networks.
+    public var sites: [Site]
+    public var uplinks: UplinkRule
+    public var vdi: VDIRule
+
+    public init(schemaVersion: Int = 1, name: String, sites: [Site], uplinks: UplinkRule = .init(), vdi: VDIRule = .init()) {
+        self.schemaVersion = schemaVersion
+        self.name = name
+        self.sites = sites
+        self.uplinks = uplinks
+        self.vdi = vdi
+    }
+}
+
+/// One part of the office area (main building, a branch office) with its networks.
+public struct Site: Sendable, Equatable, Codable {
+    public var name: String
+    public var wireless: [WirelessRule]
+    public var wired: [WiredRule]
+
+    public init(name: String, wireless: [WirelessRule] = [], wired: [WiredRule] = []) {
+        self.name = name
+        self.wireless = wireless
+        self.wired = wired
+    }
+}
+
+/// An authorized Wi-Fi network: its SSID, the security it must use, and optionally the
+/// access points (BSSIDs) of the office area it must be reached through.
+public struct WirelessRule: Sendable, Equatable, Codable {
+    public var ssid: SSID
+    /// Accepted security; never empty.
+    public var security: Set<WirelessSecurity>
+    /// Empty means any access point carrying the SSID.
+    public var bssids: Set<MACAddress>
+    /// "file:line" of the rule, for reasons and errors.
+    public var location: String
+
+    public init(ssid: SSID, security: Set<WirelessSecurity> = [.enterprise], bssids: Set<MACAddress> = [], location: String = "") {
+        self.ssid = ssid
+        self.security = security
+        self.bssids = bssids
+        self.location = location
+    }
+}
+
+/// An authorized wired port: interfaces by name pattern and/or MAC address.
+public struct WiredRule: Sendable, Equatable, Codable {
+    /// Shell-style patterns (`*`, `?`, `[...]`) on the interface name; empty = any name.
+    public var interfaces: [String]
+    /// Empty = any MAC. When both lists are given an interface must match both.
+    public var macs: Set<MACAddress>
+    /// Kernel-made link kinds (IFLA_INFO_KIND, e.g. "vlan") admitted besides plain wired NICs.
+    public var linkKinds: Set<String>
+    public var location: String
+
+    public init(interfaces: [String] = [], macs: Set<MACAddress> = [], linkKinds: Set<String> = [], location: String = "") {
+        self.interfaces = interfaces
+        self.macs = macs
+        self.linkKinds = linkKinds
+        self.location = location
+    }
+}
+
+/// What to do about other paths off the machine while it is on the My Number segment.
+public struct UplinkRule: Sendable, Equatable, Codable {
+    /// `deny`: another interface carrying a default route (tethering, USB modem, a second
+    /// NIC) makes the segment unauthorized. `allow`: other uplinks are tolerated.
+    public enum OtherUplinks: String, Sendable, Codable, CaseIterable { case deny, allow }
+
+    public var otherUplinks: OtherUplinks
+    /// Interface name patterns never counted as uplinks (e.g. a local container bridge).
+    public var ignore: [String]
+
+    public init(otherUplinks: OtherUplinks = .deny, ignore: [String] = []) {
+        self.otherUplinks = otherUplinks
+        self.ignore = ignore
+    }
+}
+
+/// The My Number VDI/DaaS gateways whose traffic the segment binding guards.
+public struct VDIRule: Sendable, Equatable, Codable {
+    public var gateways: [Gateway]
+    public init(gateways: [Gateway] = []) { self.gateways = gateways }
+}
+
+/// One gateway destination: an address or prefix, ports and transport.
+public struct Gateway: Sendable, Equatable, Codable {
+    public enum Transport: String, Sendable, Codable, CaseIterable { case tcp, udp, both }
+    public var prefix: IPPrefix
+    /// Empty means every port.
+    public var ports: [UInt16]
+    public var transport: Transport
+
+    public init(prefix: IPPrefix, ports: [UInt16] = [], transport: Transport = .tcp) {
+        self.prefix = prefix
+        self.ports = ports
+        self.transport = transport
+    }
+}
+
+/// Shell-style name matching (`*`, `?`, `[abc]`, `[a-z]`, `[!x]`) for interface names.
+public enum NamePattern {
+    /// True when `name` matches `pattern` as a whole.
+    public static func matches(_ pattern: String, _ name: String) -> Bool {
+        match(Array(pattern.unicodeScalars), 0, Array(name.unicodeScalars), 0)
+    }
+
+    /// Nil when the pattern is well formed, else what is wrong with it.
+    public static func problem(in pattern: String) -> String? {
+        if pattern.isEmpty { return "empty pattern" }
+        var inClass = false
+        for c in pattern.unicodeScalars {
+            if c == "[" && !inClass { inClass = true } else if c == "]" && inClass { inClass = false }
+        }
+        return inClass ? "unclosed '[' in pattern \"\(pattern)\"" : nil
+    }
+
+    private static func match(_ p: [Unicode.Scalar], _ pi: Int, _ s: [Unicode.Scalar], _ si: Int) -> Bool {
+        var pi = pi, si = si
+        while pi < p.count {
+            switch p[pi] {
+            case "*":
+                if pi + 1 == p.count { return true }
+                for k in si...s.count where match(p, pi + 1, s, k) { return true }
+                return false
+            case "?":
+                guard si < s.count else { return false }
+                pi += 1; si += 1
+            case "[":
+                guard si < s.count, let close = p[(pi + 1)...].firstIndex(of: "]") else { return false }
+                var set = Array(p[(pi + 1)..<close])
+                var negate = false
+                if set.first == "!" || set.first == "^" { negate = true; set.removeFirst() }
+                var hit = false, k = 0
+                while k < set.count {
+                    if k + 2 < set.count, set[k + 1] == "-" {
+                        if set[k].value <= s[si].value && s[si].value <= set[k + 2].value { hit = true }
+                        k += 3
+                    } else {
+                        if set[k] == s[si] { hit = true }
+                        k += 1
+                    }
+                }
+                guard hit != negate else { return false }
+                pi = close + 1; si += 1
+            default:
+                guard si < s.count, s[si] == p[pi] else { return false }
+                pi += 1; si += 1
+            }
+        }
+        return si == s.count
+    }
+}

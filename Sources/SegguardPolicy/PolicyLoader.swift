@@ -1,0 +1,411 @@
+// Reads a policy file (YAML) into a validated `Policy`. Owns no state: every call parses
+// from scratch. Every problem found is collected with its file:line:column and key path, so
+// an admin sees all mistakes at once; any problem refuses the whole policy.
+
+import Foundation
+import Yams
+
+/// One problem in a policy file, located by file, line, column and key path.
+public struct PolicyIssue: Sendable, Equatable, CustomStringConvertible {
+    public var file: String
+    public var line: Int
+    public var column: Int
+    /// Dotted key path, e.g. `sites[0].wireless[1].bssids[2]`.
+    public var path: String
+    public var message: String
+    /// A known fix, shown on its own line.
+    public var hint: String?
+
+    public init(file: String, line: Int, column: Int, path: String, message: String, hint: String? = nil) {
+        self.file = file
+        self.line = line
+        self.column = column
+        self.path = path
+        self.message = message
+        self.hint = hint
+    }
+
+    public var description: String {
+        var s = "\(file):\(line):\(column): \(path.isEmpty ? "" : path + ": ")\(message)"
+        if let hint { s += "\n  hint: \(hint)" }
+        return s
+    }
+}
+
+/// A refused policy: every issue found, in file order.
+public struct PolicyLoadError: Error, Sendable, Equatable, CustomStringConvertible {
+    public var issues: [PolicyIssue]
+    public init(issues: [PolicyIssue]) { self.issues = issues }
+    public var description: String {
+        issues.map(\.description).joined(separator: "\n") + "\n\(issues.count) error\(issues.count == 1 ? "" : "s"); policy refused"
+    }
+}
+
+/// Parses and validates policy text.
+public enum PolicyLoader {
+    /// Reads and parses the file at `path`; an unreadable file is one issue at line 1.
+    public static func load(file path: String) throws(PolicyLoadError) -> Policy {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            let why = (error as NSError).localizedDescription
+            throw PolicyLoadError(issues: [PolicyIssue(file: path, line: 1, column: 1, path: "", message: "cannot read the policy file: \(why)")])
+        }
+        return try load(text: text, file: path)
+    }
+
+    /// Parses `text` (the contents of `file`, used only in messages).
+    public static func load(text: String, file: String) throws(PolicyLoadError) -> Policy {
+        var ctx = Context(file: file)
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw PolicyLoadError(issues: [ctx.yamlIssue(error)])
+        } catch {
+            throw PolicyLoadError(issues: [PolicyIssue(file: file, line: 1, column: 1, path: "", message: "\(error)")])
+        }
+        guard let root else {
+            throw PolicyLoadError(issues: [
+                PolicyIssue(file: file, line: 1, column: 1, path: "", message: "the file is empty",
+                            hint: "start with 'schema_version: 1'; see Config/ for examples")
+            ])
+        }
+        let policy = ctx.policy(root)
+        if !ctx.issues.isEmpty {
+            throw PolicyLoadError(issues: ctx.issues.sorted { ($0.line, $0.column) < ($1.line, $1.column) })
+        }
+        return policy!
+    }
+}
+
+// MARK: - Walking the YAML tree
+
+private struct Context {
+    let file: String
+    var issues: [PolicyIssue] = []
+
+    init(file: String) { self.file = file }
+
+    mutating func report(_ node: Node?, _ path: String, _ message: String, hint: String? = nil) {
+        let mark = node?.mark
+        issues.append(PolicyIssue(file: file, line: mark?.line ?? 1, column: mark?.column ?? 1, path: path, message: message, hint: hint))
+    }
+
+    func yamlIssue(_ error: YamlError) -> PolicyIssue {
+        switch error {
+        case let .scanner(context, problem, mark, _), let .parser(context, problem, mark, _), let .composer(context, problem, mark, _):
+            let ctx = context.map { " (\($0.text))" } ?? ""
+            return PolicyIssue(file: file, line: mark.line, column: mark.column, path: "", message: "YAML syntax: \(problem)\(ctx)")
+        case let .reader(problem, _, _, _):
+            return PolicyIssue(file: file, line: 1, column: 1, path: "", message: "YAML reader: \(problem)")
+        default:
+            return PolicyIssue(file: file, line: 1, column: 1, path: "", message: "YAML: \(error)")
+        }
+    }
+
+    /// The keys of a mapping, with unknown and duplicate keys reported.
+    mutating func mapping(_ node: Node, _ path: String, allowed: [String]) -> [String: Node]? {
+        guard case let .mapping(m) = node else {
+            report(node, path, "expected a mapping (key: value lines), found \(kindName(node))")
+            return nil
+        }
+        var out: [String: Node] = [:]
+        for (k, v) in m {
+            guard let key = k.scalar?.string else {
+                report(k, path, "keys must be plain names")
+                continue
+            }
+            let keyPath = path.isEmpty ? key : "\(path).\(key)"
+            if !allowed.contains(key) {
+                let near = allowed.first { editDistance($0, key) <= 2 }
+                report(k, keyPath, "unknown key \"\(key)\"", hint: near.map { "did you mean \"\($0)\"?" } ?? "allowed keys here: \(allowed.joined(separator: ", "))")
+                continue
+            }
+            if out[key] != nil {
+                report(k, keyPath, "key \"\(key)\" given twice")
+                continue
+            }
+            out[key] = v
+        }
+        return out
+    }
+
+    mutating func sequence(_ node: Node, _ path: String) -> [Node]? {
+        if case let .sequence(s) = node { return Array(s) }
+        report(node, path, "expected a list, found \(kindName(node))", hint: "write a list as [a, b] or as '- a' lines")
+        return nil
+    }
+
+    mutating func string(_ node: Node, _ path: String) -> String? {
+        guard case let .scalar(s) = node else {
+            report(node, path, "expected a text value, found \(kindName(node))")
+            return nil
+        }
+        return s.string
+    }
+
+    mutating func int(_ node: Node, _ path: String, range: ClosedRange<Int>) -> Int? {
+        guard case let .scalar(s) = node, s.style == .plain, let v = Int(s.string) else {
+            report(node, path, "expected a whole number, found \(describe(node))")
+            return nil
+        }
+        guard range.contains(v) else {
+            report(node, path, "\(v) is out of range \(range.lowerBound)...\(range.upperBound)")
+            return nil
+        }
+        return v
+    }
+
+    mutating func oneOf<E: RawRepresentable & CaseIterable>(_ node: Node, _ path: String, _: E.Type) -> E? where E.RawValue == String {
+        guard let s = string(node, path) else { return nil }
+        if let v = E(rawValue: s) { return v }
+        report(node, path, "\"\(s)\" is not one of: \(E.allCases.map(\.rawValue).joined(separator: ", "))")
+        return nil
+    }
+
+    func kindName(_ node: Node) -> String {
+        switch node {
+        case .scalar: "a single value"
+        case .mapping: "a mapping"
+        case .sequence: "a list"
+        case .alias: "an alias"
+        }
+    }
+
+    func describe(_ node: Node) -> String {
+        if case let .scalar(s) = node { return "\"\(s.string)\"" }
+        return kindName(node)
+    }
+
+    func location(_ node: Node) -> String { "\(file):\(node.mark?.line ?? 1)" }
+
+    // MARK: Sections
+
+    mutating func policy(_ root: Node) -> Policy? {
+        guard let top = mapping(root, "", allowed: ["schema_version", "name", "sites", "uplinks", "vdi"]) else { return nil }
+        var version: Int?
+        if let v = top["schema_version"] {
+            version = int(v, "schema_version", range: 0...Int.max)
+            if let got = version, got != Policy.supportedSchemaVersion {
+                report(v, "schema_version", "schema version \(got) is not supported by this segguardd",
+                       hint: "this build reads schema_version \(Policy.supportedSchemaVersion)")
+            }
+        } else {
+            report(root, "schema_version", "missing", hint: "add 'schema_version: \(Policy.supportedSchemaVersion)' at the top")
+        }
+        let name = top["name"].flatMap { string($0, "name") } ?? "unnamed policy"
+        var sites: [Site] = []
+        if let s = top["sites"] {
+            if let items = sequence(s, "sites") {
+                if items.isEmpty { report(s, "sites", "no sites: nothing could ever be authorized", hint: "add at least one site with a wireless or wired rule") }
+                var seen: [String: Int] = [:]
+                for (i, item) in items.enumerated() {
+                    guard let site = site(item, "sites[\(i)]") else { continue }
+                    if let first = seen[site.name] {
+                        report(item, "sites[\(i)].name", "site \"\(site.name)\" is already defined as sites[\(first)]")
+                    }
+                    seen[site.name] = i
+                    sites.append(site)
+                }
+            }
+        } else {
+            report(root, "sites", "missing", hint: "the office area is a list of sites, each with wireless and/or wired rules")
+        }
+        var uplinks = UplinkRule()
+        if let u = top["uplinks"], let m = mapping(u, "uplinks", allowed: ["other_uplinks", "ignore"]) {
+            if let o = m["other_uplinks"], let v = oneOf(o, "uplinks.other_uplinks", UplinkRule.OtherUplinks.self) { uplinks.otherUplinks = v }
+            if let ig = m["ignore"] { uplinks.ignore = patterns(ig, "uplinks.ignore") }
+        }
+        var vdi = VDIRule()
+        if let v = top["vdi"], let m = mapping(v, "vdi", allowed: ["gateways"]) {
+            if let g = m["gateways"], let items = sequence(g, "vdi.gateways") {
+                for (i, item) in items.enumerated() {
+                    if let gw = gateway(item, "vdi.gateways[\(i)]") { vdi.gateways.append(gw) }
+                }
+            }
+        }
+        guard let version else { return nil }
+        return Policy(schemaVersion: version, name: name, sites: sites, uplinks: uplinks, vdi: vdi)
+    }
+
+    mutating func site(_ node: Node, _ path: String) -> Site? {
+        guard let m = mapping(node, path, allowed: ["name", "wireless", "wired"]) else { return nil }
+        guard let nameNode = m["name"] else {
+            report(node, "\(path).name", "missing", hint: "give each site a name, e.g. 'main-building'")
+            return nil
+        }
+        guard let name = string(nameNode, "\(path).name") else { return nil }
+        if name.isEmpty { report(nameNode, "\(path).name", "empty site name") }
+        var site = Site(name: name)
+        if let w = m["wireless"], let items = sequence(w, "\(path).wireless") {
+            for (i, item) in items.enumerated() {
+                if let r = wirelessRule(item, "\(path).wireless[\(i)]") { site.wireless.append(r) }
+            }
+        }
+        if let w = m["wired"], let items = sequence(w, "\(path).wired") {
+            for (i, item) in items.enumerated() {
+                if let r = wiredRule(item, "\(path).wired[\(i)]") { site.wired.append(r) }
+            }
+        }
+        if m["wireless"] == nil && m["wired"] == nil {
+            report(node, path, "site \"\(name)\" has neither wireless nor wired rules", hint: "add a 'wireless:' or 'wired:' list")
+        }
+        return site
+    }
+
+    mutating func wirelessRule(_ node: Node, _ path: String) -> WirelessRule? {
+        guard let m = mapping(node, path, allowed: ["ssid", "ssid_hex", "security", "bssids"]) else { return nil }
+        var ssid: SSID?
+        switch (m["ssid"], m["ssid_hex"]) {
+        case let (s?, nil):
+            if let text = string(s, "\(path).ssid") {
+                if text.utf8.isEmpty {
+                    report(s, "\(path).ssid", "empty SSID", hint: "a hidden network still has a name: give the SSID it is configured with")
+                } else if text.utf8.count > 32 {
+                    report(s, "\(path).ssid", "SSID \"\(text)\" is \(text.utf8.count) bytes in UTF-8; an SSID has at most 32")
+                } else {
+                    ssid = SSID(text)
+                }
+            }
+        case let (nil, h?):
+            if let text = string(h, "\(path).ssid_hex") {
+                if let bytes = hexBytes(text), (1...32).contains(bytes.count) {
+                    ssid = SSID(bytes: bytes)
+                } else {
+                    report(h, "\(path).ssid_hex", "\"\(text)\" is not 1 to 32 bytes of hex", hint: "e.g. ssid_hex: \"6d6e2d6f6666696365\"")
+                }
+            }
+        case (_?, _?):
+            report(node, path, "give either ssid or ssid_hex, not both")
+        case (nil, nil):
+            report(node, "\(path).ssid", "missing", hint: "name the authorized network: ssid: \"mn-office\"")
+        }
+        var security: Set<WirelessSecurity> = [.enterprise]
+        if let s = m["security"], let items = sequence(s, "\(path).security") {
+            security = []
+            for (i, item) in items.enumerated() {
+                guard let v = oneOf(item, "\(path).security[\(i)]", WirelessSecurity.self) else { continue }
+                if v == .unknown {
+                    report(item, "\(path).security[\(i)]", "\"unknown\" cannot be authorized")
+                } else {
+                    security.insert(v)
+                }
+            }
+            if items.isEmpty { report(s, "\(path).security", "empty list: no association could match", hint: "e.g. security: [enterprise]") }
+        }
+        var bssids: Set<MACAddress> = []
+        if let b = m["bssids"], let items = sequence(b, "\(path).bssids") {
+            for (i, item) in items.enumerated() {
+                guard let text = string(item, "\(path).bssids[\(i)]") else { continue }
+                if let mac = MACAddress(text) {
+                    if bssids.contains(mac) { report(item, "\(path).bssids[\(i)]", "BSSID \(mac) listed twice") }
+                    bssids.insert(mac)
+                } else {
+                    report(item, "\(path).bssids[\(i)]", "\"\(text)\" is not a BSSID", hint: "write six hex bytes: aa:bb:cc:dd:ee:ff")
+                }
+            }
+        }
+        guard let ssid else { return nil }
+        return WirelessRule(ssid: ssid, security: security, bssids: bssids, location: location(node))
+    }
+
+    mutating func wiredRule(_ node: Node, _ path: String) -> WiredRule? {
+        guard let m = mapping(node, path, allowed: ["interfaces", "macs", "link_kinds"]) else { return nil }
+        var rule = WiredRule(location: location(node))
+        if let i = m["interfaces"] { rule.interfaces = patterns(i, "\(path).interfaces") }
+        if let ms = m["macs"], let items = sequence(ms, "\(path).macs") {
+            for (i, item) in items.enumerated() {
+                guard let text = string(item, "\(path).macs[\(i)]") else { continue }
+                if let mac = MACAddress(text) { rule.macs.insert(mac) } else {
+                    report(item, "\(path).macs[\(i)]", "\"\(text)\" is not a MAC address", hint: "write six hex bytes: aa:bb:cc:dd:ee:ff")
+                }
+            }
+        }
+        if let k = m["link_kinds"], let items = sequence(k, "\(path).link_kinds") {
+            for (i, item) in items.enumerated() {
+                guard let text = string(item, "\(path).link_kinds[\(i)]") else { continue }
+                if text.isEmpty || !text.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" || $0 == "-" }) {
+                    report(item, "\(path).link_kinds[\(i)]", "\"\(text)\" is not a link kind", hint: "kernel link kinds look like vlan, veth, bond")
+                } else {
+                    rule.linkKinds.insert(text)
+                }
+            }
+        }
+        if m["interfaces"] == nil && m["macs"] == nil {
+            report(node, path, "a wired rule needs 'interfaces' (name patterns) or 'macs' (or both)",
+                   hint: "an empty rule would authorize every wired port")
+        }
+        return rule
+    }
+
+    mutating func patterns(_ node: Node, _ path: String) -> [String] {
+        guard let items = sequence(node, path) else { return [] }
+        var out: [String] = []
+        for (i, item) in items.enumerated() {
+            guard let p = string(item, "\(path)[\(i)]") else { continue }
+            if let problem = NamePattern.problem(in: p) {
+                report(item, "\(path)[\(i)]", problem)
+            } else if p.utf8.count > 15 && !p.contains(where: { "*?[".contains($0) }) {
+                report(item, "\(path)[\(i)]", "\"\(p)\" is longer than an interface name can be (15 bytes)")
+            } else {
+                out.append(p)
+            }
+        }
+        return out
+    }
+
+    mutating func gateway(_ node: Node, _ path: String) -> Gateway? {
+        guard let m = mapping(node, path, allowed: ["address", "ports", "protocol"]) else { return nil }
+        var prefix: IPPrefix?
+        if let a = m["address"] {
+            if let text = string(a, "\(path).address") {
+                prefix = IPPrefix(text)
+                if prefix == nil {
+                    report(a, "\(path).address", "\"\(text)\" is not an IPv4/IPv6 address or prefix",
+                           hint: "e.g. 10.20.0.10, 10.20.0.0/24 or 2001:db8::10 (host bits past the prefix must be zero)")
+                }
+            }
+        } else {
+            report(node, "\(path).address", "missing")
+        }
+        var ports: [UInt16] = []
+        if let p = m["ports"], let items = sequence(p, "\(path).ports") {
+            for (i, item) in items.enumerated() {
+                if let v = int(item, "\(path).ports[\(i)]", range: 1...65535) { ports.append(UInt16(v)) }
+            }
+        }
+        var transport = Gateway.Transport.tcp
+        if let t = m["protocol"], let v = oneOf(t, "\(path).protocol", Gateway.Transport.self) { transport = v }
+        guard let prefix else { return nil }
+        return Gateway(prefix: prefix, ports: ports, transport: transport)
+    }
+}
+
+private func hexBytes(_ text: String) -> [UInt8]? {
+    let chars = Array(text.utf8.filter { $0 != UInt8(ascii: ":") && $0 != UInt8(ascii: " ") })
+    guard chars.count % 2 == 0 else { return nil }
+    var out: [UInt8] = []
+    var i = 0
+    while i < chars.count {
+        guard let b = UInt8(String(decoding: chars[i..<i + 2], as: UTF8.self), radix: 16) else { return nil }
+        out.append(b)
+        i += 2
+    }
+    return out
+}
+
+private func editDistance(_ a: String, _ b: String) -> Int {
+    let a = Array(a), b = Array(b)
+    if a.isEmpty { return b.count }
+    var prev = Array(0...b.count)
+    for i in 1...a.count {
+        var cur = [i] + Array(repeating: 0, count: b.count)
+        for j in stride(from: 1, through: b.count, by: 1) {
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1))
+        }
+        prev = cur
+    }
+    return prev[b.count]
+}

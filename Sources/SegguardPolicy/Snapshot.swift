@@ -1,0 +1,310 @@
+// The observed network state: immutable values the netlink watcher produces and the
+// decision consumes. Nothing here does I/O; every type is a plain value so that tests can
+// build any situation by hand.
+
+/// A link-layer (MAC / BSSID) address of six bytes.
+public struct MACAddress: Hashable, Sendable, Codable, CustomStringConvertible, Comparable {
+    public let bytes: [UInt8]
+
+    /// Wraps six bytes; returns nil for any other length.
+    public init?(bytes: [UInt8]) {
+        guard bytes.count == 6 else { return nil }
+        self.bytes = bytes
+    }
+
+    /// Parses `aa:bb:cc:dd:ee:ff` or `aa-bb-cc-dd-ee-ff` (any case).
+    public init?(_ text: String) {
+        let parts = text.split(separator: ":", omittingEmptySubsequences: false).count == 6
+            ? text.split(separator: ":", omittingEmptySubsequences: false)
+            : text.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 6 else { return nil }
+        var out: [UInt8] = []
+        for p in parts {
+            guard p.count == 2, let b = UInt8(p, radix: 16) else { return nil }
+            out.append(b)
+        }
+        self.bytes = out
+    }
+
+    public var description: String {
+        bytes.map { b in
+            let s = String(b, radix: 16)
+            return s.count == 1 ? "0" + s : s
+        }.joined(separator: ":")
+    }
+
+    public static func < (a: MACAddress, b: MACAddress) -> Bool { a.bytes.lexicographicallyPrecedes(b.bytes) }
+
+    public init(from decoder: any Decoder) throws {
+        let text = try decoder.singleValueContainer().decode(String.self)
+        guard let mac = MACAddress(text) else {
+            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "bad MAC \(text)"))
+        }
+        self = mac
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(description)
+    }
+}
+
+/// A Wi-Fi network name: up to 32 arbitrary bytes (not necessarily UTF-8).
+public struct SSID: Hashable, Sendable, Codable, CustomStringConvertible {
+    public let bytes: [UInt8]
+
+    public init(bytes: [UInt8]) { self.bytes = bytes }
+    public init(_ text: String) { self.bytes = Array(text.utf8) }
+
+    /// True for the zero-length SSID a hidden network advertises in beacons.
+    public var isEmpty: Bool { bytes.isEmpty }
+
+    /// UTF-8 text when the bytes are valid UTF-8 without control characters, else nil.
+    public var utf8Text: String? {
+        guard let s = String(validating: bytes, as: UTF8.self) else { return nil }
+        if s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) { return nil }
+        return s
+    }
+
+    /// Printable form: the UTF-8 text, or the bytes with non-printables escaped as `\xNN`
+    /// (the form `iw` prints), so that logs never carry raw control bytes.
+    public var description: String {
+        if let t = utf8Text { return t }
+        var s = ""
+        for b in bytes {
+            if b >= 0x20 && b < 0x7f && b != UInt8(ascii: "\\") {
+                s.unicodeScalars.append(Unicode.Scalar(b))
+            } else {
+                let h = String(b, radix: 16)
+                s += "\\x" + (h.count == 1 ? "0" + h : h)
+            }
+        }
+        return s
+    }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        self.bytes = try c.decode([UInt8].self)
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        try c.encode(bytes)
+    }
+}
+
+/// What sort of link an interface is, as far as the segment rules care.
+public enum InterfaceKind: String, Sendable, Codable, CaseIterable {
+    /// An Ethernet-type device with no virtual link kind (a NIC, a USB Ethernet adapter).
+    case wired
+    /// A device nl80211 knows (a Wi-Fi station interface).
+    case wireless
+    /// A kernel-made link (veth, bridge, vlan, tun, wireguard, dummy, bond, …) or a non-Ethernet device.
+    case virtual
+    /// The loopback device.
+    case loopback
+}
+
+/// RFC 2863 operational state as the kernel reports it in IFLA_OPERSTATE.
+public enum OperState: String, Sendable, Codable {
+    case unknown, notPresent = "not-present", down, lowerLayerDown = "lower-layer-down", testing, dormant, up
+
+    public init(kernelValue: UInt8) {
+        switch kernelValue {
+        case 1: self = .notPresent
+        case 2: self = .down
+        case 3: self = .lowerLayerDown
+        case 4: self = .testing
+        case 5: self = .dormant
+        case 6: self = .up
+        default: self = .unknown
+        }
+    }
+}
+
+/// The security a Wi-Fi association uses, derived from the AKM suite.
+public enum WirelessSecurity: String, Sendable, Codable, CaseIterable, Comparable {
+    /// No encryption.
+    case open
+    /// Legacy WEP (privacy bit set, no RSN/WPA element).
+    case wep
+    /// Opportunistic Wireless Encryption (encrypted, unauthenticated).
+    case owe
+    /// WPA/WPA2 personal: a pre-shared key.
+    case psk
+    /// WPA3 personal (SAE).
+    case sae
+    /// WPA2/WPA3 Enterprise: IEEE 802.1X authentication.
+    case enterprise
+    /// An AKM suite segment-guard does not know.
+    case unknown
+
+    /// Strength order used when a network advertises several AKM suites and the one in use
+    /// is not known: the weakest advertised one is assumed.
+    var rank: Int {
+        switch self {
+        case .unknown: 0
+        case .open: 1
+        case .wep: 2
+        case .owe: 3
+        case .psk: 4
+        case .sae: 5
+        case .enterprise: 6
+        }
+    }
+
+    public static func < (a: WirelessSecurity, b: WirelessSecurity) -> Bool { a.rank < b.rank }
+
+    /// Classifies one AKM suite selector (OUI << 8 | type), e.g. 0x000FAC01 → enterprise.
+    public init(akmSuite: UInt32) {
+        switch akmSuite {
+        // IEEE 802.11 (00-0F-AC): 1 802.1X, 3 FT-802.1X, 5 802.1X-SHA256, 11/12 Suite B,
+        // 13 FT-802.1X-SHA384, 14/15/16/17 FILS, 22/23 FT/802.1X-SHA384 variants.
+        case 0x000F_AC01, 0x000F_AC03, 0x000F_AC05, 0x000F_AC0B, 0x000F_AC0C, 0x000F_AC0D,
+            0x000F_AC0E, 0x000F_AC0F, 0x000F_AC10, 0x000F_AC11, 0x000F_AC16, 0x000F_AC17:
+            self = .enterprise
+        // 2 PSK, 4 FT-PSK, 6 PSK-SHA256, 19 FT-PSK-SHA384, 20 PSK-SHA384.
+        case 0x000F_AC02, 0x000F_AC04, 0x000F_AC06, 0x000F_AC13, 0x000F_AC14:
+            self = .psk
+        // 8 SAE, 9 FT-SAE, 24 SAE-EXT-KEY, 25 FT-SAE-EXT-KEY.
+        case 0x000F_AC08, 0x000F_AC09, 0x000F_AC18, 0x000F_AC19:
+            self = .sae
+        // 18 OWE.
+        case 0x000F_AC12:
+            self = .owe
+        // WPA1 (00-50-F2): 1 802.1X, 2 PSK.
+        case 0x0050_F201: self = .enterprise
+        case 0x0050_F202: self = .psk
+        default: self = .unknown
+        }
+    }
+}
+
+/// Association state of a Wi-Fi station interface, read from nl80211.
+public struct WirelessLink: Sendable, Equatable, Codable {
+    /// Nil while not associated.
+    public var ssid: SSID?
+    public var bssid: MACAddress?
+    public var frequencyMHz: UInt32?
+    public var security: WirelessSecurity
+    /// AKM suite selectors the associated BSS advertises (RSN/WPA element), as read.
+    public var akmSuites: [UInt32]
+
+    public init(ssid: SSID?, bssid: MACAddress?, frequencyMHz: UInt32?, security: WirelessSecurity, akmSuites: [UInt32] = []) {
+        self.ssid = ssid
+        self.bssid = bssid
+        self.frequencyMHz = frequencyMHz
+        self.security = security
+        self.akmSuites = akmSuites
+    }
+
+    /// True when associated to a BSS.
+    public var isAssociated: Bool { bssid != nil }
+
+    public static let disconnected = WirelessLink(ssid: nil, bssid: nil, frequencyMHz: nil, security: .unknown)
+}
+
+/// An address configured on an interface.
+public struct InterfaceAddress: Hashable, Sendable, Codable, CustomStringConvertible {
+    public var address: IPAddress
+    public var prefixLength: UInt8
+    /// RT_SCOPE_* value: 0 universe (global), 253 link, 254 host.
+    public var scope: UInt8
+
+    public init(address: IPAddress, prefixLength: UInt8, scope: UInt8 = 0) {
+        self.address = address
+        self.prefixLength = prefixLength
+        self.scope = scope
+    }
+
+    public var isGlobal: Bool { scope == 0 }
+    public var description: String { "\(address)/\(prefixLength)" }
+}
+
+/// A default route (0.0.0.0/0 or ::/0) leaving through an interface.
+public struct DefaultRoute: Hashable, Sendable, Codable, CustomStringConvertible {
+    public var family: IPAddress.Family
+    public var gateway: IPAddress?
+    public var metric: UInt32
+    public var table: UInt32
+
+    public init(family: IPAddress.Family, gateway: IPAddress?, metric: UInt32 = 0, table: UInt32 = 254) {
+        self.family = family
+        self.gateway = gateway
+        self.metric = metric
+        self.table = table
+    }
+
+    public var description: String {
+        let dst = family == .ipv4 ? "0.0.0.0/0" : "::/0"
+        var s = dst
+        if let g = gateway { s += " via \(g)" }
+        if metric != 0 { s += " metric \(metric)" }
+        if table != 254 { s += " table \(table)" }
+        return s
+    }
+}
+
+/// Everything segment-guard knows about one network interface at one instant.
+public struct InterfaceState: Sendable, Equatable, Codable {
+    public var index: Int32
+    public var name: String
+    public var kind: InterfaceKind
+    /// IFLA_INFO_KIND ("veth", "bridge", "vlan", …) for kernel-made links, else nil.
+    public var linkKind: String?
+    public var mac: MACAddress?
+    /// IFF_UP: the administrator brought it up.
+    public var isAdminUp: Bool
+    public var operState: OperState
+    public var hasCarrier: Bool
+    public var addresses: [InterfaceAddress]
+    public var defaultRoutes: [DefaultRoute]
+    /// Present for wireless interfaces once nl80211 has been read.
+    public var wireless: WirelessLink?
+
+    public init(
+        index: Int32, name: String, kind: InterfaceKind, linkKind: String? = nil, mac: MACAddress? = nil,
+        isAdminUp: Bool = true, operState: OperState = .up, hasCarrier: Bool = true,
+        addresses: [InterfaceAddress] = [], defaultRoutes: [DefaultRoute] = [], wireless: WirelessLink? = nil
+    ) {
+        self.index = index
+        self.name = name
+        self.kind = kind
+        self.linkKind = linkKind
+        self.mac = mac
+        self.isAdminUp = isAdminUp
+        self.operState = operState
+        self.hasCarrier = hasCarrier
+        self.addresses = addresses
+        self.defaultRoutes = defaultRoutes
+        self.wireless = wireless
+    }
+
+    /// Up, with carrier, and operationally up (or unknown, as some drivers report).
+    public var isRunning: Bool {
+        isAdminUp && hasCarrier && (operState == .up || operState == .unknown)
+    }
+
+    /// Running and carrying a default route: a path off this machine.
+    public var isUplink: Bool { isRunning && !defaultRoutes.isEmpty && kind != .loopback }
+}
+
+/// An immutable picture of every interface, produced after each batch of netlink events.
+public struct NetworkSnapshot: Sendable, Equatable, Codable {
+    /// Interfaces ordered by ifindex.
+    public var interfaces: [InterfaceState]
+    /// Counts the snapshots the watcher has published; grows by one per change.
+    public var generation: UInt64
+    /// Whether nl80211 could be watched (false on kernels without cfg80211).
+    public var wirelessMonitoring: Bool
+
+    public init(interfaces: [InterfaceState], generation: UInt64 = 0, wirelessMonitoring: Bool = true) {
+        self.interfaces = interfaces.sorted { $0.index < $1.index }
+        self.generation = generation
+        self.wirelessMonitoring = wirelessMonitoring
+    }
+
+    public subscript(name: String) -> InterfaceState? { interfaces.first { $0.name == name } }
+
+    public static let empty = NetworkSnapshot(interfaces: [])
+}

@@ -1,0 +1,111 @@
+// The versioned messages spoken on the local control socket between segguardd and
+// segguardctl: one JSON request line, one JSON reply line.
+
+import Foundation
+import SegguardDecision
+import SegguardPolicy
+
+/// Version of the control protocol; a reply with another major version is refused by the client.
+public let controlProtocolVersion = 1
+
+/// The product version, printed by `--version` and carried in status replies.
+public let segguardVersion = "0.1.0"
+
+/// A request from a client.
+public struct ControlRequest: Codable, Sendable, Equatable {
+    /// What the client asks for.
+    public enum Command: String, Codable, Sendable, CaseIterable {
+        /// The current snapshot, decision and daemon state.
+        case status
+        /// The decision with every finding (same payload; the client prints it differently).
+        case why
+    }
+
+    public var version: Int
+    public var command: Command
+
+    public init(command: Command, version: Int = controlProtocolVersion) {
+        self.version = version
+        self.command = command
+    }
+}
+
+/// The daemon's state as `segguardctl status` shows it.
+public struct StatusReply: Codable, Sendable, Equatable {
+    public var daemonVersion: String
+    public var pid: Int32
+    public var policyName: String
+    public var policyFile: String
+    public var policyLoadedAt: Date
+    /// The last policy reload that was refused (the old policy stayed), if any.
+    public var lastPolicyError: String?
+    public var snapshot: NetworkSnapshot
+    public var decision: Decision
+    public var decidedAt: Date
+    /// Decision changes since start.
+    public var decisionChanges: UInt64
+    public var netlinkMessages: UInt64
+    public var netlinkResyncs: UInt64
+    public var netlinkParseErrors: UInt64
+
+    public init(
+        daemonVersion: String, pid: Int32, policyName: String, policyFile: String, policyLoadedAt: Date,
+        lastPolicyError: String?, snapshot: NetworkSnapshot, decision: Decision, decidedAt: Date,
+        decisionChanges: UInt64, netlinkMessages: UInt64, netlinkResyncs: UInt64, netlinkParseErrors: UInt64
+    ) {
+        self.daemonVersion = daemonVersion
+        self.pid = pid
+        self.policyName = policyName
+        self.policyFile = policyFile
+        self.policyLoadedAt = policyLoadedAt
+        self.lastPolicyError = lastPolicyError
+        self.snapshot = snapshot
+        self.decision = decision
+        self.decidedAt = decidedAt
+        self.decisionChanges = decisionChanges
+        self.netlinkMessages = netlinkMessages
+        self.netlinkResyncs = netlinkResyncs
+        self.netlinkParseErrors = netlinkParseErrors
+    }
+}
+
+/// The reply to a request: a payload or an error message.
+public struct ControlReply: Codable, Sendable, Equatable {
+    /// Why a request failed.
+    public struct Failure: Codable, Sendable, Equatable {
+        public var message: String
+        public init(message: String) { self.message = message }
+    }
+
+    public var version: Int
+    public var status: StatusReply?
+    public var error: Failure?
+
+    public init(status: StatusReply) {
+        self.version = controlProtocolVersion
+        self.status = status
+        self.error = nil
+    }
+
+    public init(error message: String) {
+        self.version = controlProtocolVersion
+        self.status = nil
+        self.error = Failure(message: message)
+    }
+}
+
+/// JSON coding shared by both ends (ISO 8601 dates, sorted keys for stable output).
+public enum ControlCoding {
+    public static func encoder() -> JSONEncoder {
+        let e = JSONEncoder()
+        e.dateEncodingStrategy = .iso8601
+        e.outputFormatting = [.sortedKeys]
+        return e
+    }
+
+    public static func decoder() -> JSONDecoder {
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .iso8601
+        return d
+    }
+}

@@ -1,0 +1,163 @@
+// segguardctl: the admin's command line. `status` and `why` query the daemon over the control
+// socket; `check-policy` validates a policy file offline, with no daemon.
+
+import ArgumentParser
+import Foundation
+import SegguardControl
+import SegguardDecision
+import SegguardPolicy
+import SegguardWire
+
+/// The segment-guard control tool.
+struct Segguardctl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "segguardctl",
+        abstract: "Query segguardd and check segment policies.",
+        version: segguardVersion,
+        subcommands: [Status.self, Why.self, CheckPolicy.self])
+}
+
+/// Options shared by the commands that talk to the daemon.
+struct DaemonOptions: ParsableArguments {
+    @Option(name: .long, help: "Control socket of segguardd.")
+    var socket: String = ControlClient.defaultPath
+
+    @Flag(name: .long, help: "Print the raw JSON reply.")
+    var json = false
+
+    func query(_ command: ControlRequest.Command) throws -> (StatusReply, String) {
+        let reply: ControlReply
+        do {
+            reply = try ControlClient.send(ControlRequest(command: command), path: socket)
+        } catch {
+            throw CLIError("\(error)")
+        }
+        if let e = reply.error { throw CLIError("segguardd: \(e.message)") }
+        guard let s = reply.status else { throw CLIError("segguardd sent an empty reply") }
+        let data = try ControlCoding.encoder().encode(reply)
+        return (s, String(decoding: data, as: UTF8.self))
+    }
+}
+
+/// A failure printed as one line on stderr, exit status 1.
+struct CLIError: Error, CustomStringConvertible {
+    var description: String
+    init(_ d: String) { description = d }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show the current decision and every interface.")
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let (s, raw) = try options.query(.status)
+        if options.json { print(raw); return }
+        print(Render.status(s))
+    }
+}
+
+struct Why: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Explain the current decision: the rule and interface behind it, and each interface's finding.")
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let (s, raw) = try options.query(.why)
+        if options.json { print(raw); return }
+        print(Render.why(s))
+    }
+}
+
+struct CheckPolicy: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "check-policy",
+        abstract: "Validate a policy file; print every error with its line and column (exit 1) or a summary (exit 0).")
+
+    @Argument(help: "The policy file (YAML).")
+    var file: String
+
+    func run() throws {
+        do {
+            let p = try PolicyLoader.load(file: file)
+            print(Render.policySummary(p, file: file))
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            throw ExitCode(1)
+        }
+    }
+}
+
+/// Text output for people.
+enum Render {
+    static func status(_ s: StatusReply) -> String {
+        var out = ""
+        out += "decision:  \(s.decision.segment.rawValue)\n"
+        out += "reason:    \(s.decision.reason)\n"
+        if !s.decision.authorizedInterfaces.isEmpty {
+            out += "via:       \(s.decision.authorizedInterfaces.joined(separator: ", "))\n"
+        }
+        out += "since:     \(iso(s.decidedAt)) (\(s.decisionChanges) change\(s.decisionChanges == 1 ? "" : "s") since start)\n"
+        out += "policy:    \(s.policyName) (\(s.policyFile), loaded \(iso(s.policyLoadedAt)))\n"
+        if let e = s.lastPolicyError {
+            out += "last reload REFUSED, previous policy kept:\n" + e.split(separator: "\n").map { "  \($0)" }.joined(separator: "\n") + "\n"
+        }
+        out += "daemon:    segguardd \(s.daemonVersion), pid \(s.pid); netlink: \(s.netlinkMessages) messages, \(s.netlinkResyncs) resyncs, \(s.netlinkParseErrors) parse errors\n"
+        out += "wireless:  \(s.snapshot.wirelessMonitoring ? "monitored (nl80211)" : "not monitored (no nl80211 in this kernel)")\n"
+        out += "\ninterfaces (snapshot \(s.snapshot.generation)):\n"
+        for i in s.snapshot.interfaces {
+            var line = "  \(i.name.padding(toLength: 12, withPad: " ", startingAt: 0)) \(i.kind.rawValue)"
+            if let k = i.linkKind { line += "/\(k)" }
+            line += "  \(i.isAdminUp ? "up" : "down"), \(i.hasCarrier ? "carrier" : "no carrier"), oper \(i.operState.rawValue)"
+            if let m = i.mac, m.bytes.contains(where: { $0 != 0 }) { line += ", mac \(m)" }
+            out += line + "\n"
+            if let w = i.wireless {
+                if let b = w.bssid {
+                    let f = w.frequencyMHz.map { " \($0) MHz" } ?? ""
+                    out += "      wifi: SSID '\(w.ssid?.description ?? "?")' BSSID \(b)\(f), security \(w.security.rawValue)\n"
+                } else {
+                    out += "      wifi: not associated\n"
+                }
+            }
+            if !i.addresses.isEmpty { out += "      addresses: \(i.addresses.map(\.description).joined(separator: ", "))\n" }
+            for r in i.defaultRoutes { out += "      default route: \(r)\n" }
+        }
+        return out.trimmingCharacters(in: .newlines)
+    }
+
+    static func why(_ s: StatusReply) -> String {
+        var out = "\(s.decision.segment.rawValue): \(s.decision.reason)\n"
+        if !s.decision.findings.isEmpty { out += "\nper interface:\n" }
+        for f in s.decision.findings {
+            let site = f.site.map { " [site \($0)]" } ?? ""
+            out += "  \(f.status.rawValue.padding(toLength: 18, withPad: " ", startingAt: 0)) \(f.detail)\(site)\n"
+        }
+        out += "\npolicy: \(s.policyName) (\(s.policyFile))"
+        return out
+    }
+
+    static func policySummary(_ p: Policy, file: String) -> String {
+        var out = "\(file): OK: policy \"\(p.name)\", schema \(p.schemaVersion)\n"
+        for site in p.sites {
+            out += "  site \(site.name): \(site.wireless.count) Wi-Fi rule\(site.wireless.count == 1 ? "" : "s"), \(site.wired.count) wired rule\(site.wired.count == 1 ? "" : "s")\n"
+            for w in site.wireless {
+                let sec = w.security.map(\.rawValue).sorted().joined(separator: "/")
+                let aps = w.bssids.isEmpty ? "any access point" : "\(w.bssids.count) pinned access point\(w.bssids.count == 1 ? "" : "s")"
+                out += "    wifi  SSID '\(w.ssid)' \(sec), \(aps)\n"
+            }
+            for r in site.wired {
+                var parts: [String] = []
+                if !r.interfaces.isEmpty { parts.append("interfaces \(r.interfaces.joined(separator: " "))") }
+                if !r.macs.isEmpty { parts.append("MACs \(r.macs.sorted().map(\.description).joined(separator: " "))") }
+                if !r.linkKinds.isEmpty { parts.append("also link kinds \(r.linkKinds.sorted().joined(separator: " "))") }
+                out += "    wired \(parts.joined(separator: ", "))\n"
+            }
+        }
+        out += "  other uplinks: \(p.uplinks.otherUplinks.rawValue)"
+        if !p.uplinks.ignore.isEmpty { out += " (ignoring \(p.uplinks.ignore.joined(separator: " ")))" }
+        out += "\n  VDI gateways: \(p.vdi.gateways.isEmpty ? "none" : p.vdi.gateways.map { g in "\(g.prefix) \(g.transport.rawValue)\(g.ports.isEmpty ? "" : " " + g.ports.map(String.init).joined(separator: ","))" }.joined(separator: "; "))"
+        return out
+    }
+
+    static func iso(_ d: Date) -> String { ISO8601DateFormatter().string(from: d) }
+}
+
+Segguardctl.main()

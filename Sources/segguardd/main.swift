@@ -1,0 +1,207 @@
+// segguardd: wiring only. Loads the policy, starts the netlink watcher and the control
+// socket, feeds snapshots into the SegmentMonitor and logs every decision change. Signals:
+// SIGHUP reloads the policy (a bad one is refused and the old one kept), SIGTERM/SIGINT stop.
+
+import ArgumentParser
+import Dispatch
+import Foundation
+import Logging
+import SegguardControl
+import SegguardDecision
+import SegguardNetlink
+import SegguardPolicy
+import SegguardWire
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The segment-guard daemon.
+struct Segguardd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "segguardd",
+        abstract: "Decides whether this thin client is on the authorized My Number segment, from netlink events.",
+        version: segguardVersion)
+
+    @Option(name: .long, help: "Policy file (YAML).")
+    var policy: String = "/etc/segguard/policy.yaml"
+
+    @Option(name: .long, help: "Control socket path.")
+    var socket: String = ControlClient.defaultPath
+
+    @Option(name: .long, help: "Group (besides root) allowed to query the control socket.")
+    var adminGroup: String = "segguard"
+
+    @Option(name: .long, help: "Watch this network namespace (path such as /run/netns/NAME) instead of the daemon's own.")
+    var netns: String?
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level: \"\(logLevel)\" is not one of trace, debug, info, notice, warning, error, critical")
+        }
+    }
+
+    func run() throws {
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+            return h
+        }
+        let logger = Logger(label: "segguardd")
+
+        let loaded: Policy
+        do {
+            loaded = try loadPolicy(policy)
+        } catch {
+            FileHandle.standardError.write(Data("segguardd: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        let daemon = Daemon(policy: loaded, policyFile: policy, logger: logger)
+        logger.notice("policy loaded", metadata: ["policy": "\(loaded.name)", "file": "\(policy)", "sites": "\(loaded.sites.count)"])
+
+        let group = getgrnam(adminGroup).map { $0.pointee.gr_gid }
+        if group == nil { logger.info("admin group not found: only root may query the control socket", metadata: ["group": "\(adminGroup)"]) }
+        let server: ControlServer
+        do {
+            server = try ControlServer(path: socket, adminGroup: group, logger: logger)
+        } catch {
+            logger.critical("cannot open the control socket", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
+        server.start { request, _ in daemon.reply(to: request) }
+
+        let watcher = NetworkWatcher(options: .init(networkNamespace: netns), logger: logger)
+        do {
+            try watcher.start(
+                onSnapshot: { daemon.observe($0, statistics: watcher.statistics) },
+                onFailure: { why in
+                    logger.critical("netlink watcher failed; exiting so that the service manager restarts segguardd", metadata: ["error": "\(why)"])
+                    server.stop()
+                    Foundation.exit(1)
+                })
+        } catch {
+            logger.critical("cannot start the netlink watcher", metadata: ["error": "\(error)"])
+            server.stop()
+            throw ExitCode(1)
+        }
+        daemon.watcher = watcher
+
+        signal(SIGHUP, SIG_IGN)
+        signal(SIGTERM, SIG_IGN)
+        signal(SIGINT, SIG_IGN)
+        let hup = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .main)
+        hup.setEventHandler { daemon.reload() }
+        hup.resume()
+        var stops: [any DispatchSourceSignal] = []
+        for sig in [SIGTERM, SIGINT] {
+            let s = DispatchSource.makeSignalSource(signal: sig, queue: .main)
+            s.setEventHandler {
+                logger.notice("stopping", metadata: ["signal": "\(sig == SIGTERM ? "SIGTERM" : "SIGINT")"])
+                watcher.stop()
+                server.stop()
+                Foundation.exit(0)
+            }
+            s.resume()
+            stops.append(s)
+        }
+        withExtendedLifetime((hup, stops)) { dispatchMain() }
+    }
+}
+
+/// Reads and validates a policy file; errors carry every issue with its location.
+func loadPolicy(_ path: String) throws -> Policy {
+    try PolicyLoader.load(file: path)
+}
+
+/// The daemon's shared state: the monitor behind a lock, plus what status output needs.
+final class Daemon: Sendable {
+    struct State {
+        var monitor: SegmentMonitor
+        var policyLoadedAt = Date()
+        var decidedAt = Date()
+        var lastPolicyError: String?
+        var statistics = NetworkWatcher.Statistics()
+    }
+
+    let state: Mutex<State>
+    let policyFile: String
+    let logger: Logger
+    let watcherBox = Mutex<NetworkWatcher?>(nil)
+
+    var watcher: NetworkWatcher? {
+        get { watcherBox.withLock { $0 } }
+        set { watcherBox.withLock { $0 = newValue } }
+    }
+
+    init(policy: Policy, policyFile: String, logger: Logger) {
+        self.state = Mutex(State(monitor: SegmentMonitor(policy: policy)))
+        self.policyFile = policyFile
+        self.logger = logger
+    }
+
+    /// Called on the watcher thread for every new snapshot.
+    func observe(_ snapshot: NetworkSnapshot, statistics: NetworkWatcher.Statistics) {
+        let change = state.withLock { s -> DecisionChange? in
+            s.statistics = statistics
+            let c = s.monitor.update(snapshot)
+            if c != nil { s.decidedAt = Date() }
+            return c
+        }
+        logger.debug("network snapshot", metadata: ["generation": "\(snapshot.generation)", "interfaces": "\(summary(snapshot))"])
+        if let change { log(change) }
+    }
+
+    func reload() {
+        logger.notice("reloading policy", metadata: ["file": "\(policyFile)"])
+        do {
+            let p = try loadPolicy(policyFile)
+            let change = state.withLock { s -> DecisionChange? in
+                s.lastPolicyError = nil
+                s.policyLoadedAt = Date()
+                let c = s.monitor.replacePolicy(p)
+                if c != nil { s.decidedAt = Date() }
+                return c
+            }
+            logger.notice("policy loaded", metadata: ["policy": "\(p.name)", "file": "\(policyFile)"])
+            if let change { log(change) }
+        } catch {
+            state.withLock { $0.lastPolicyError = "\(error)" }
+            logger.error("policy refused; keeping the previous policy", metadata: ["file": "\(policyFile)", "errors": "\(error)"])
+        }
+    }
+
+    func log(_ change: DecisionChange) {
+        let d = change.current
+        let level: Logger.Level = d.isAuthorized ? .notice : .warning
+        logger.log(level: level, "segment decision changed", metadata: [
+            "decision": "\(d.segment.rawValue)",
+            "previous": "\(change.previous.segment.rawValue)",
+            "interfaces": "\(d.authorizedInterfaces.joined(separator: ","))",
+            "reason": "\(d.reason)",
+        ])
+    }
+
+    func reply(to request: ControlRequest) -> ControlReply {
+        guard request.version == controlProtocolVersion else {
+            return ControlReply(error: "control protocol \(request.version) is not supported; segguardd \(segguardVersion) speaks \(controlProtocolVersion)")
+        }
+        let s = state.withLock { $0 }
+        let stats = watcher?.statistics ?? s.statistics
+        return ControlReply(status: StatusReply(
+            daemonVersion: segguardVersion, pid: getpid(), policyName: s.monitor.policy.name, policyFile: policyFile,
+            policyLoadedAt: s.policyLoadedAt, lastPolicyError: s.lastPolicyError,
+            snapshot: s.monitor.snapshot ?? .empty, decision: s.monitor.decision, decidedAt: s.decidedAt,
+            decisionChanges: s.monitor.changes, netlinkMessages: stats.messages, netlinkResyncs: stats.resyncs,
+            netlinkParseErrors: stats.parseErrors))
+    }
+
+    func summary(_ snapshot: NetworkSnapshot) -> String {
+        snapshot.interfaces.map { "\($0.name):\($0.isRunning ? "up" : "down")" }.joined(separator: " ")
+    }
+}
+
+Segguardd.main()
