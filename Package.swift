@@ -39,7 +39,7 @@ let package = Package(
             dependencies: ["SegguardWire", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // Network-namespace helpers shared by privileged tests and the benchmark.
-        .target(name: "SegguardTestSupport", dependencies: ["SegguardNetlink"], swiftSettings: strict),
+        .target(name: "SegguardTestSupport", dependencies: ["SegguardNetlink", "SegguardPolicy", "CLibNL", "CSegguardShims"], swiftSettings: strict),
 
         .executableTarget(
             name: "segguardd",

@@ -47,6 +47,12 @@ public final class NetworkWatcher: Sendable {
     /// Counters, for status output and tests.
     public struct Statistics: Sendable, Equatable {
         public var messages: UInt64 = 0
+        /// Returns from poll(2). The loop has no timeout, so this grows only when the kernel
+        /// sends something (or on stop): an idle network leaves it unchanged.
+        public var wakeups: UInt64 = 0
+        /// Wakeups on which no message could be read (should stay 0: nothing wakes the loop
+        /// but the kernel or `stop()`).
+        public var emptyWakeups: UInt64 = 0
         public var snapshots: UInt64 = 0
         /// Full re-dumps after an overrun or an interrupted dump.
         public var resyncs: UInt64 = 0
@@ -380,10 +386,13 @@ private final class WatcherLoop {
                 if errno == EINTR { continue }
                 return "poll: \(String(cString: strerror(errno))) (errno \(errno))"
             }
+            watcher.stats.withLock { $0.wakeups += 1 }
             if fds[0].revents != 0 { continue }
             watcher.options.beforeRead?()
+            let before = watcher.stats.withLock { $0.messages }
             if fds[1].revents != 0 { drain(route, isRoute: true) }
             if fds.count > 2, fds[2].revents != 0 { drain(genl, isRoute: false) }
+            watcher.stats.withLock { if $0.messages == before { $0.emptyWakeups += 1 } }
             if let failure { return failure }
             publishIfChanged()
         }
