@@ -146,16 +146,17 @@ public enum SegmentDecider {
         }
         let pinned = secure.filter { $0.1.bssids.isEmpty || $0.1.bssids.contains(bssid) }
         guard let (site, rule) = pinned.first else {
-            let sites = Set(secure.map { "'\($0.0.name)'" }).sorted().joined(separator: ", ")
+            let names = Set(secure.map { "'\($0.0.name)'" }).sorted()
+            let sites = (names.count == 1 ? "site " : "sites ") + names.joined(separator: ", ")
             return InterfaceFinding(
                 interface: name, status: .rejected,
-                detail: "\(name) associated to \(quoted) via BSSID \(bssid), not in the office allowlist (site \(sites))",
+                detail: "\(name) associated to \(quoted) via BSSID \(bssid), not in the office allowlist (\(sites))",
                 site: secure[0].0.name)
         }
         guard ifc.isRunning else {
             return InterfaceFinding(
                 interface: name, status: .rejected,
-                detail: "\(name) associated to \(quoted) via BSSID \(bssid) but the link is \(linkState(ifc)) (authentication not complete)",
+                detail: "\(name) associated to \(quoted) via BSSID \(bssid) but \(linkState(ifc))\(ifc.operState == .dormant ? " (authentication not complete)" : "")",
                 site: site.name)
         }
         let pin = rule.bssids.isEmpty ? "" : " (pinned access point)"
@@ -175,8 +176,13 @@ public enum SegmentDecider {
                 let nameOK = rule.interfaces.isEmpty || rule.interfaces.contains { NamePattern.matches($0, name) }
                 let macOK = rule.macs.isEmpty || (ifc.mac.map { rule.macs.contains($0) } ?? false)
                 guard nameOK && macOK else {
-                    if nameOK && !rule.macs.isEmpty && closest == nil {
-                        closest = (site, rule, "\(name) matches the name of site '\(site.name)' wired rule (\(rule.location)) but its MAC \(ifc.mac?.description ?? "(none)") is not listed")
+                    // Only a plain wired NIC is worth a MAC remark; virtual links are never the pinned port.
+                    if nameOK && !rule.macs.isEmpty && closest == nil && ifc.kind == .wired {
+                        let mac = ifc.mac?.description ?? "(none)"
+                        let text = rule.interfaces.isEmpty
+                            ? "\(name) MAC \(mac) is not listed in site '\(site.name)' wired rule (\(rule.location))"
+                            : "\(name) matches the name of site '\(site.name)' wired rule (\(rule.location)) but its MAC \(mac) is not listed"
+                        closest = (site, rule, text)
                     }
                     continue
                 }

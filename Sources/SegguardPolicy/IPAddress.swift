@@ -49,26 +49,27 @@ public struct IPAddress: Hashable, Sendable, Codable, CustomStringConvertible {
         }
         halves.append(String(rest))
         guard halves.count <= 2 else { return nil }
-        func groups(_ s: String) -> [UInt8]?? {
+        func groups(_ s: String, allowV4Tail: Bool) -> [UInt8]?? {
             if s.isEmpty { return .some([]) }
             var out: [UInt8] = []
             let items = s.split(separator: ":", omittingEmptySubsequences: false)
             for (i, g) in items.enumerated() {
-                if i == items.count - 1, g.contains(".") {
+                if allowV4Tail, i == items.count - 1, g.contains(".") {
                     guard let v4 = parseV4(g) else { return .none }
                     out += v4
                     continue
                 }
-                guard !g.isEmpty, g.count <= 4, let v = UInt16(g, radix: 16) else { return .none }
+                guard !g.isEmpty, g.count <= 4, g.allSatisfy(\.isHexDigit), let v = UInt16(g, radix: 16) else { return .none }
                 out += [UInt8(v >> 8), UInt8(v & 0xff)]
             }
             return .some(out)
         }
-        guard let head = groups(halves[0]), let head else { return nil }
+        // An embedded IPv4 address may only end the address.
+        guard let head = groups(halves[0], allowV4Tail: halves.count == 1), let head else { return nil }
         if halves.count == 1 {
             return head.count == 16 ? head : nil
         }
-        guard let tail = groups(halves[1]), let tail else { return nil }
+        guard let tail = groups(halves[1], allowV4Tail: true), let tail else { return nil }
         guard head.count + tail.count <= 14 else { return nil }
         return head + [UInt8](repeating: 0, count: 16 - head.count - tail.count) + tail
     }
@@ -139,6 +140,18 @@ public struct IPPrefix: Hashable, Sendable, Codable, CustomStringConvertible {
             b[i] &= bits == 0 ? 0 : UInt8(truncatingIfNeeded: 0xff << (8 - bits))
         }
         return IPAddress(bytes: b)!
+    }
+
+    /// For `ADDR/LEN` text whose address has host bits set, the prefix it probably meant
+    /// (host bits cleared); nil for anything else.
+    public static func network(of text: String) -> IPPrefix? {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let a = IPAddress(String(parts[0])), parts[1].allSatisfy(\.isNumber),
+            let len = Int(parts[1]), len <= a.bytes.count * 8
+        else { return nil }
+        let m = masked(a, len)
+        guard m != a else { return nil }
+        return IPPrefix(address: m, length: UInt8(len))
     }
 
     /// True when `other` lies inside this prefix (same family).

@@ -100,6 +100,11 @@ private struct Context {
             return PolicyIssue(file: file, line: mark.line, column: mark.column, path: "", message: "YAML syntax: \(problem)\(ctx)")
         case let .reader(problem, _, _, _):
             return PolicyIssue(file: file, line: 1, column: 1, path: "", message: "YAML reader: \(problem)")
+        case let .duplicatedKeysInMapping(duplicates, context):
+            // Yams reports where the mapping starts, not the second occurrence.
+            let keys = duplicates.sorted().map { "\"\($0)\"" }.joined(separator: ", ")
+            let what = duplicates.count == 1 ? "key \(keys) given twice" : "keys \(keys) given twice"
+            return PolicyIssue(file: file, line: context.mark.line, column: context.mark.column, path: "", message: what)
         default:
             return PolicyIssue(file: file, line: 1, column: 1, path: "", message: "YAML: \(error)")
         }
@@ -158,10 +163,11 @@ private struct Context {
         return v
     }
 
-    mutating func oneOf<E: RawRepresentable & CaseIterable>(_ node: Node, _ path: String, _: E.Type) -> E? where E.RawValue == String {
+    mutating func oneOf<E: RawRepresentable & CaseIterable & Equatable>(_ node: Node, _ path: String, _: E.Type, excluding: [E] = []) -> E? where E.RawValue == String {
         guard let s = string(node, path) else { return nil }
-        if let v = E(rawValue: s) { return v }
-        report(node, path, "\"\(s)\" is not one of: \(E.allCases.map(\.rawValue).joined(separator: ", "))")
+        if let v = E(rawValue: s), !excluding.contains(v) { return v }
+        let allowed = E.allCases.filter { !excluding.contains($0) }.map(\.rawValue)
+        report(node, path, "\"\(s)\" is not one of: \(allowed.joined(separator: ", "))")
         return nil
     }
 
@@ -177,6 +183,13 @@ private struct Context {
     func describe(_ node: Node) -> String {
         if case let .scalar(s) = node { return "\"\(s.string)\"" }
         return kindName(node)
+    }
+
+    /// A present, non-empty list (or any non-list value, reported elsewhere).
+    func nonEmpty(_ node: Node?) -> Bool {
+        guard let node else { return false }
+        if case let .sequence(s) = node { return !s.isEmpty }
+        return true
     }
 
     func location(_ node: Node) -> String { "\(file):\(node.mark?.line ?? 1)" }
@@ -206,7 +219,7 @@ private struct Context {
                     if let first = seen[site.name] {
                         report(item, "sites[\(i)].name", "site \"\(site.name)\" is already defined as sites[\(first)]")
                     }
-                    seen[site.name] = i
+                    if seen[site.name] == nil { seen[site.name] = i }
                     sites.append(site)
                 }
             }
@@ -249,7 +262,7 @@ private struct Context {
                 if let r = wiredRule(item, "\(path).wired[\(i)]") { site.wired.append(r) }
             }
         }
-        if m["wireless"] == nil && m["wired"] == nil {
+        if !nonEmpty(m["wireless"]) && !nonEmpty(m["wired"]) {
             report(node, path, "site \"\(name)\" has neither wireless nor wired rules", hint: "add a 'wireless:' or 'wired:' list")
         }
         return site
@@ -286,12 +299,8 @@ private struct Context {
         if let s = m["security"], let items = sequence(s, "\(path).security") {
             security = []
             for (i, item) in items.enumerated() {
-                guard let v = oneOf(item, "\(path).security[\(i)]", WirelessSecurity.self) else { continue }
-                if v == .unknown {
-                    report(item, "\(path).security[\(i)]", "\"unknown\" cannot be authorized")
-                } else {
-                    security.insert(v)
-                }
+                guard let v = oneOf(item, "\(path).security[\(i)]", WirelessSecurity.self, excluding: [.unknown]) else { continue }
+                security.insert(v)
             }
             if items.isEmpty { report(s, "\(path).security", "empty list: no association could match", hint: "e.g. security: [enterprise]") }
         }
@@ -333,7 +342,8 @@ private struct Context {
                 }
             }
         }
-        if m["interfaces"] == nil && m["macs"] == nil {
+        // Empty lists mean "any": a rule with neither would authorize every wired port.
+        if !nonEmpty(m["interfaces"]) && !nonEmpty(m["macs"]) {
             report(node, path, "a wired rule needs 'interfaces' (name patterns) or 'macs' (or both)",
                    hint: "an empty rule would authorize every wired port")
         }
@@ -362,7 +372,10 @@ private struct Context {
         if let a = m["address"] {
             if let text = string(a, "\(path).address") {
                 prefix = IPPrefix(text)
-                if prefix == nil {
+                if prefix == nil, let network = IPPrefix.network(of: text) {
+                    report(a, "\(path).address", "\"\(text)\" has host bits set past /\(network.length)",
+                           hint: "did you mean \(network)?")
+                } else if prefix == nil {
                     report(a, "\(path).address", "\"\(text)\" is not an IPv4/IPv6 address or prefix",
                            hint: "e.g. 10.20.0.10, 10.20.0.0/24 or 2001:db8::10 (host bits past the prefix must be zero)")
                 }
@@ -385,7 +398,7 @@ private struct Context {
 
 private func hexBytes(_ text: String) -> [UInt8]? {
     let chars = Array(text.utf8.filter { $0 != UInt8(ascii: ":") && $0 != UInt8(ascii: " ") })
-    guard chars.count % 2 == 0 else { return nil }
+    guard chars.count % 2 == 0, chars.allSatisfy({ Character(Unicode.Scalar($0)).isHexDigit }) else { return nil }
     var out: [UInt8] = []
     var i = 0
     while i < chars.count {

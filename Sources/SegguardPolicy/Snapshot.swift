@@ -20,7 +20,7 @@ public struct MACAddress: Hashable, Sendable, Codable, CustomStringConvertible, 
         guard parts.count == 6 else { return nil }
         var out: [UInt8] = []
         for p in parts {
-            guard p.count == 2, let b = UInt8(p, radix: 16) else { return nil }
+            guard p.count == 2, p.allSatisfy(\.isHexDigit), let b = UInt8(p, radix: 16) else { return nil }
             out.append(b)
         }
         self.bytes = out
@@ -59,15 +59,21 @@ public struct SSID: Hashable, Sendable, Codable, CustomStringConvertible {
     /// True for the zero-length SSID a hidden network advertises in beacons.
     public var isEmpty: Bool { bytes.isEmpty }
 
-    /// UTF-8 text when the bytes are valid UTF-8 without control characters, else nil.
+    /// UTF-8 text when the bytes are valid UTF-8 with nothing that could disguise it in a log
+    /// (control characters, bidirectional overrides, backslash), else nil.
     public var utf8Text: String? {
         guard let s = String(validating: bytes, as: UTF8.self) else { return nil }
-        if s.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) { return nil }
+        let disguising: (Unicode.Scalar) -> Bool = { c in
+            c.properties.generalCategory == .control || c == "\\"
+                || (0x202A...0x202E).contains(c.value) || (0x2066...0x2069).contains(c.value) || c.value == 0x200E || c.value == 0x200F
+        }
+        if s.unicodeScalars.contains(where: disguising) { return nil }
         return s
     }
 
-    /// Printable form: the UTF-8 text, or the bytes with non-printables escaped as `\xNN`
-    /// (the form `iw` prints), so that logs never carry raw control bytes.
+    /// Printable form: the UTF-8 text, or else every byte outside printable ASCII (and the
+    /// backslash) escaped as `\xNN` (the form `iw` prints), so logs never carry raw control
+    /// bytes and the text `\xff` cannot pass for the byte 0xff.
     public var description: String {
         if let t = utf8Text { return t }
         var s = ""

@@ -16,6 +16,7 @@ import Glibc
 /// A command that failed, with its output.
 public struct CommandError: Error, CustomStringConvertible {
     public var description: String
+    public init(description: String) { self.description = description }
 }
 
 /// Runs a program and returns its standard output; throws with stderr on a non-zero exit.

@@ -1,1 +1,130 @@
-print("wip")
+// segguard-bench: measures the agent core on the real kernel (needs root).
+//  1. latency from a link change in a network namespace to the new segment decision,
+//     over N changes (carrier lost / back on a veth), p50/p90/p99/max;
+//  2. the idle resident memory (VmRSS) of a running segguardd.
+
+import ArgumentParser
+import Foundation
+import SegguardDecision
+import SegguardNetlink
+import SegguardPolicy
+import SegguardTestSupport
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+func monotonicNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
+/// Decisions as they are made on the watcher thread, with the instant each was made.
+final class DecisionLog: Sendable {
+    struct Entry { var segment: Segment; var at: UInt64 }
+    private let state: Mutex<(SegmentMonitor, [Entry])>
+    private let condition = NSCondition()
+
+    init(policy: Policy) { state = Mutex((SegmentMonitor(policy: policy), [])) }
+
+    func observe(_ s: NetworkSnapshot) {
+        let now = monotonicNanos()
+        condition.lock()
+        state.withLock { st in
+            if let c = st.0.update(s) { st.1.append(Entry(segment: c.current.segment, at: now)) }
+        }
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    /// Waits for the first decision change at or after index `from` to `segment`; returns its time.
+    func wait(for segment: Segment, from: Int, timeout: TimeInterval = 5) -> (Int, UInt64)? {
+        let deadline = Date().addingTimeInterval(timeout)
+        condition.lock()
+        defer { condition.unlock() }
+        while true {
+            let hit: (Int, UInt64)? = state.withLock { st in
+                for i in from..<st.1.count where st.1[i].segment == segment { return (i + 1, st.1[i].at) }
+                return nil
+            }
+            if let hit { return hit }
+            if !condition.wait(until: deadline) { return nil }
+        }
+    }
+}
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "segguard-bench",
+        abstract: "Link-change-to-decision latency and segguardd idle RSS, measured in a private network namespace (root).")
+
+    @Option(help: "Number of link changes (half carrier-lost, half carrier-back).")
+    var changes = 400
+
+    @Option(help: "Seconds to let segguardd idle before reading its RSS.")
+    var idleSeconds = 3.0
+
+    @Option(help: "Path of segguardd (default: next to this binary).")
+    var segguardd: String?
+
+    func run() throws {
+        guard isRoot else { throw ValidationError("segguard-bench needs root (network namespaces)") }
+        let ns = try TestNamespace(prefix: "sgbench")
+        defer { ns.destroy() }
+        try runCommand(["ip", "netns", "exec", ns.name, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
+        try ns.addVeth("sgb0", index: 4001, peer: "sgbpeer0", index: 4002)
+
+        let policy = Policy(name: "bench", sites: [Site(name: "bench", wired: [WiredRule(interfaces: ["sgb*"], linkKinds: ["veth"])])])
+        let log = DecisionLog(policy: policy)
+        let watcher = NetworkWatcher(options: .init(networkNamespace: ns.path))
+        try watcher.start(onSnapshot: { log.observe($0) })
+        defer { watcher.stop() }
+        guard var (cursor, _) = log.wait(for: .authorizedWired, from: 0) else { throw CommandError(description: "no initial authorized-wired decision") }
+
+        let toggler = try LinkToggler(namespacePath: ns.path)
+        var samples: [Double] = []
+        for i in 0..<changes {
+            let up = i % 2 == 1
+            let expect: Segment = up ? .authorizedWired : .unauthorized
+            let t0 = monotonicNanos()
+            try toggler.setUp(4002, up)
+            guard let (next, at) = log.wait(for: expect, from: cursor) else {
+                throw CommandError(description: "change \(i): no \(expect.rawValue) decision within 5 s")
+            }
+            cursor = next
+            samples.append(Double(at - t0) / 1e6)
+        }
+        samples.sort()
+        func pct(_ p: Double) -> Double { samples[min(samples.count - 1, Int((p / 100) * Double(samples.count - 1)))] }
+        let stats = watcher.statistics
+        print("link change -> decision latency over \(samples.count) changes (veth carrier lost/back, ifindex 4001/4002):")
+        print(String(format: "  p50 %.3f ms   p90 %.3f ms   p99 %.3f ms   max %.3f ms   min %.3f ms", pct(50), pct(90), pct(99), samples.last!, samples.first!))
+        print("  watcher: \(stats.messages) netlink messages, \(stats.snapshots) snapshots, \(stats.wakeups) wakeups, \(stats.resyncs) resyncs")
+
+        // Idle RSS of the real daemon watching the same namespace.
+        let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        let daemonPath = segguardd ?? dir.appendingPathComponent("segguardd").path
+        let tmp = FileManager.default.temporaryDirectory.appendingPathComponent("sgbench-\(getpid())")
+        try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: tmp) }
+        let policyFile = tmp.appendingPathComponent("policy.yaml")
+        try "schema_version: 1\nname: bench\nsites:\n  - name: bench\n    wired:\n      - interfaces: [\"sgb*\"]\n        link_kinds: [veth]\n"
+            .write(to: policyFile, atomically: true, encoding: .utf8)
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: daemonPath)
+        p.arguments = ["--policy", policyFile.path, "--netns", ns.path, "--socket", tmp.appendingPathComponent("control.sock").path, "--log-level", "warning"]
+        p.standardError = FileHandle.nullDevice
+        try p.run()
+        Thread.sleep(forTimeInterval: idleSeconds)
+        let status = (try? String(contentsOfFile: "/proc/\(p.processIdentifier)/status", encoding: .utf8)) ?? ""
+        let rss = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }.map { $0.dropFirst(6).trimmingCharacters(in: .whitespaces) } ?? "unknown"
+        let threads = status.split(separator: "\n").first { $0.hasPrefix("Threads:") }.map { $0.dropFirst(8).trimmingCharacters(in: .whitespaces) } ?? "?"
+        p.terminate()
+        p.waitUntilExit()
+        print("segguardd idle after \(idleSeconds) s: VmRSS \(rss), \(threads) threads (\(daemonPath))")
+    }
+}
+
+Bench.main()
