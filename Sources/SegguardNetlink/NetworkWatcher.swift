@@ -196,8 +196,7 @@ private final class WatcherLoop {
     var nl80211Family: Int32 = -1
     var nl80211Groups: [Int32] = []
 
-    var table = RouteTable()
-    var tracker = WirelessTracker()
+    var state = NetworkState()
     var routeQueue: [RouteDump] = []
     var routeInFlight: RouteDump?
     var genlQueue: [WirelessReadRequest] = []
@@ -232,7 +231,7 @@ private final class WatcherLoop {
     func openRoute() throws(NetworkWatcher.SetupError) {
         let groups = [RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE].map { Int32($0.rawValue) }
         try route.open(bufferSize: watcher.options.receiveBufferSize, groups: groups, context: context, valid: routeValidCallback, finish: routeFinishCallback)
-        table = RouteTable()
+        state.routes = RouteTable()
         routeSyncing = true
         routeInFlight = nil
         routeQueue = RouteDump.allCases
@@ -248,15 +247,17 @@ private final class WatcherLoop {
         guard family >= 0 else {
             watcher.logger.notice("nl80211 not available: Wi-Fi is not monitored", metadata: ["error": "\(String(cString: nl_geterror(family)))"])
             nl80211Family = -1
+            state.nl80211Family = -1
             return
         }
         nl80211Family = family
+        state.nl80211Family = family
         nl80211Groups = ["mlme", "config"].compactMap { name in
             let g = genl_ctrl_resolve_grp(probe, "nl80211", name)
             return g >= 0 ? g : nil
         }
         try genl.open(bufferSize: watcher.options.receiveBufferSize, groups: nl80211Groups, context: context, valid: genlValidCallback, finish: genlFinishCallback)
-        tracker = WirelessTracker()
+        state.wireless = WirelessTracker()
         wirelessSyncing = true
         genlInFlight = nil
         genlQueue = [.interfaces]
@@ -294,10 +295,10 @@ private final class WatcherLoop {
         switch next {
         case .interfaces:
             msg = NL80211Requests.getInterfaceDump(familyID: nl80211Family)
-            tracker.beginInterfaceDump()
+            state.wireless.beginInterfaceDump()
         case let .scan(ifindex):
             msg = NL80211Requests.getScanDump(familyID: nl80211Family, ifindex: ifindex)
-            tracker.beginScanDump(ifindex: ifindex)
+            state.wireless.beginScanDump(ifindex: ifindex)
         }
         guard let msg else { return }
         let rc = genl.send(msg)
@@ -318,7 +319,7 @@ private final class WatcherLoop {
     func handleRoute(_ hdr: UnsafeMutablePointer<nlmsghdr>) {
         watcher.stats.withLock { $0.messages += 1 }
         do {
-            for m in try RtnetlinkParser.parse(hdr) { table.apply(m) }
+            try state.handleRoute(hdr)
         } catch {
             noteParseError(error)
         }
@@ -335,10 +336,8 @@ private final class WatcherLoop {
 
     func handleGenl(_ hdr: UnsafeMutablePointer<nlmsghdr>) {
         watcher.stats.withLock { $0.messages += 1 }
-        guard Int32(hdr.pointee.nlmsg_type) == nl80211Family else { return }
         do {
-            let message = try NL80211Parser.parse(hdr)
-            enqueueWireless(tracker.apply(message))
+            enqueueWireless(try state.handleWireless(hdr))
         } catch {
             noteParseError(error)
         }
@@ -347,11 +346,11 @@ private final class WatcherLoop {
     func genlDumpDone() {
         switch genlInFlight {
         case .interfaces:
-            tracker.endInterfaceDump()
+            state.wireless.endInterfaceDump()
             // Read the association of every Wi-Fi interface the dump found.
-            enqueueWireless(tracker.wirelessIfindexes.sorted().map { .scan(ifindex: $0) })
+            enqueueWireless(state.wireless.wirelessIfindexes.sorted().map { .scan(ifindex: $0) })
         case let .scan(ifindex):
-            tracker.endScanDump(ifindex: ifindex)
+            state.wireless.endScanDump(ifindex: ifindex)
         case nil:
             break
         }
@@ -435,7 +434,7 @@ private final class WatcherLoop {
 
     func publishIfChanged() {
         guard !routeSyncing, !wirelessSyncing else { return }
-        let interfaces = table.interfaces(wireless: { self.tracker.link(for: $0) }, deviceType: { self.deviceType($0) })
+        let interfaces = state.interfaces(deviceType: { self.deviceType($0) })
         guard interfaces != lastPublished else { return }
         lastPublished = interfaces
         generation += 1

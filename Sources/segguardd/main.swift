@@ -177,7 +177,9 @@ final class Daemon: Sendable {
     func log(_ change: DecisionChange) {
         let d = change.current
         let level: Logger.Level = d.isAuthorized ? .notice : .warning
-        logger.log(level: level, "segment decision changed", metadata: [
+        // The first decision after start replaces the fail-closed placeholder: not a change.
+        let first = change.previous.findings.isEmpty && change.previous.authorizedInterfaces.isEmpty && change.generation == 1
+        logger.log(level: level, first ? "initial segment decision" : "segment decision changed", metadata: [
             "decision": "\(d.segment.rawValue)",
             "previous": "\(change.previous.segment.rawValue)",
             "interfaces": "\(d.authorizedInterfaces.joined(separator: ","))",

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages segment-guard builds and tests with (Debian 12, as root).
+# The Swift toolchain itself is expected on PATH (swift 6.x).
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+packages=(
+    pkg-config
+    libnl-3-dev libnl-genl-3-dev libnl-route-3-dev   # netlink (rtnetlink, nl80211)
+    libsystemd-dev                                   # sd_notify / journald (service integration)
+    iproute2 procps                                  # ip netns / veth for the real-kernel tests, sysctl
+)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ] || [ "${1:-}" = "--always" ]; then
+    apt-get update
+    apt-get install -y --no-install-recommends "${packages[@]}"
+fi
+command -v swift >/dev/null || { echo "swift is not on PATH: install the Swift 6 toolchain first" >&2; exit 1; }

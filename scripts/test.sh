@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Builds everything and runs every test. As root the real-kernel tests (network namespaces,
+# veth, the daemon end to end) run too; as another user they are skipped with the reason.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+swift build --build-tests
+SEGGUARD_BIN_DIR="$(swift build --show-bin-path)" swift test --skip-build "$@"
