@@ -19,6 +19,13 @@ public struct PeerCredentials: Sendable, Equatable {
     public var uid: UInt32
     public var gid: UInt32
     public var groups: [UInt32]
+
+    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32]) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+    }
 }
 
 /// A failed system call, with its name and errno.
