@@ -30,6 +30,12 @@ public struct RouteTable: Sendable, Equatable {
             if removed {
                 addresses[index]?.remove(addr)
                 if addresses[index]?.isEmpty == true { addresses[index] = nil }
+                // The kernel also drops a link's IPv4 routes, without RTM_DELROUTE, when its
+                // last IPv4 address goes.
+                if addr.address.family == .ipv4, !(addresses[index] ?? []).contains(where: { $0.address.family == .ipv4 }) {
+                    routes[index] = routes[index]?.filter { $0.family != .ipv4 }
+                    if routes[index]?.isEmpty == true { routes[index] = nil }
+                }
             } else {
                 addresses[index, default: []].insert(addr)
             }

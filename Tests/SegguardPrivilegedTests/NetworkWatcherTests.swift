@@ -121,18 +121,27 @@ struct NetworkWatcherTests {
         #expect(sgw.addresses.contains(InterfaceAddress(address: IPAddress("192.0.2.10")!, prefixLength: 24)))
         #expect(Set(sgw.defaultRoutes.map(\.description)) == ["0.0.0.0/0 via 192.0.2.1", "::/0 via 2001:db8::1 metric 1024"])
 
-        try w.ns.ip("addr", "del", "192.0.2.10/24", "dev", "sgw0")
+        // Removing the only IPv4 address makes the kernel drop the IPv4 default route without
+        // RTM_DELROUTE; the snapshot must follow the kernel, not keep a stale uplink.
         try w.ns.ip("-6", "route", "del", "default", "via", "2001:db8::1", "dev", "sgw0")
+        try w.ns.ip("addr", "del", "192.0.2.10/24", "dev", "sgw0")
         let s2 = try #require(w.recorder.wait(after: s1.generation) { s in
             let i = s["sgw0"]
-            return i?.defaultRoutes.count == 1 && i?.addresses.contains { $0.address == IPAddress("192.0.2.10") } == false
+            return i?.defaultRoutes.isEmpty == true && i?.addresses.contains { $0.address == IPAddress("192.0.2.10") } == false
         })
-        #expect(s2["sgw0"]?.defaultRoutes.map(\.description) == ["0.0.0.0/0 via 192.0.2.1"])
+        #expect(try w.ns.ip("route", "show", "default").isEmpty, "the kernel has no IPv4 default route left either")
+        #expect(try w.ns.ip("-6", "route", "show", "default").isEmpty)
+
+        // Routes again, then the link goes down.
+        try w.ns.ip("addr", "add", "192.0.2.10/24", "dev", "sgw0")
+        try w.ns.ip("route", "add", "default", "via", "192.0.2.1", "dev", "sgw0")
+        let s2b = try #require(w.recorder.wait(after: s2.generation) { $0["sgw0"]?.defaultRoutes.map(\.description) == ["0.0.0.0/0 via 192.0.2.1"] })
 
         // Taking the link down flushes its IPv4 routes without RTM_DELROUTE; the snapshot must drop it too.
         try w.ns.ip("link", "set", "sgw0", "down")
-        let s3 = try #require(w.recorder.wait(after: s2.generation) { $0["sgw0"]?.isAdminUp == false })
+        let s3 = try #require(w.recorder.wait(after: s2b.generation) { $0["sgw0"]?.isAdminUp == false })
         #expect(s3["sgw0"]?.defaultRoutes.isEmpty == true)
+        #expect(try w.ns.ip("route", "show", "default").isEmpty)
 
         try w.ns.ip("link", "del", "sgw0")
         let s4 = try #require(w.recorder.wait(after: s3.generation) { $0["sgw0"] == nil && $0["peer0"] == nil })
