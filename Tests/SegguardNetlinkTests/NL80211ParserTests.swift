@@ -10,15 +10,6 @@ import Testing
 
 // MARK: - Test-only nl80211 message builder
 
-/// One attribute to put into a test message.
-enum TestAttr: Sendable {
-    case u32(Int32, UInt32)
-    case u16(Int32, UInt16)
-    case bytes(Int32, [UInt8])
-    case string(Int32, String)
-    case nested(Int32, [TestAttr])
-}
-
 /// Builds nl80211 messages with libnl (family id 0x1c, made up) and parses them.
 enum NL80211TestMessage {
     static let familyID: Int32 = 0x1c
@@ -27,24 +18,6 @@ enum NL80211TestMessage {
     static func b(_ x: nl80211_bss) -> Int32 { Int32(x.rawValue) }
     static func cmd(_ x: nl80211_commands) -> UInt8 { UInt8(x.rawValue) }
 
-    private static func put(_ msg: OpaquePointer, _ attrs: [TestAttr]) {
-        for attr in attrs {
-            switch attr {
-            case .u32(let t, let v): #expect(nla_put_u32(msg, t, v) == 0)
-            case .u16(let t, let v): #expect(nla_put_u16(msg, t, v) == 0)
-            case .string(let t, let s): #expect(nla_put_string(msg, t, s) == 0)
-            case .bytes(let t, let data):
-                let rc = data.withUnsafeBytes { nla_put(msg, t, Int32(data.count), $0.baseAddress) }
-                #expect(rc == 0)
-            case .nested(let t, let inner):
-                let start = nla_nest_start(msg, t)
-                #expect(start != nil)
-                put(msg, inner)
-                #expect(nla_nest_end(msg, start) == 0)
-            }
-        }
-    }
-
     /// Calls `body` with a libnl-built message, then frees it.
     static func with<R>(
         _ command: nl80211_commands, _ attrs: [TestAttr], _ body: (UnsafeMutablePointer<nlmsghdr>) throws -> R
@@ -52,7 +25,7 @@ enum NL80211TestMessage {
         let msg = nlmsg_alloc()!
         defer { nlmsg_free(msg) }
         #expect(genlmsg_put(msg, 0, 0, familyID, 0, 0, cmd(command), 0) != nil)
-        put(msg, attrs)
+        putAttributes(msg, attrs)
         return try body(nlmsg_hdr(msg))
     }
 

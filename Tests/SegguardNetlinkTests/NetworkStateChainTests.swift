@@ -10,62 +10,33 @@ import Testing
 
 // MARK: - Test-only message builders
 
-/// One attribute to put into a test message.
-private enum ChainAttr {
-    case u8(Int32, UInt8)
-    case u16(Int32, UInt16)
-    case u32(Int32, UInt32)
-    case bytes(Int32, [UInt8])
-    case string(Int32, String)
-    case nested(Int32, [ChainAttr])
-}
-
 /// Builds rtnetlink and generic-netlink messages with libnl.
 private enum ChainMsg {
     /// The made-up nl80211 family id the state is configured with.
     static let family: Int32 = 0x1c
 
-    private static func put(_ msg: OpaquePointer, _ attrs: [ChainAttr]) {
-        for attr in attrs {
-            switch attr {
-            case .u8(let t, let v): #expect(nla_put_u8(msg, t, v) == 0)
-            case .u16(let t, let v): #expect(nla_put_u16(msg, t, v) == 0)
-            case .u32(let t, let v): #expect(nla_put_u32(msg, t, v) == 0)
-            case .string(let t, let s): #expect(nla_put_string(msg, t, s) == 0)
-            case .bytes(let t, let data):
-                let rc = data.withUnsafeBytes { nla_put(msg, t, Int32(data.count), $0.baseAddress) }
-                #expect(rc == 0)
-            case .nested(let t, let inner):
-                let start = nla_nest_start(msg, t)
-                #expect(start != nil)
-                put(msg, inner)
-                #expect(nla_nest_end(msg, start) == 0)
-            }
-        }
-    }
-
     /// Calls `body` with an rtnetlink message of `type`: fixed header `header`, then `attrs`.
     static func rtnl<H, R>(
-        _ type: Int32, _ header: H, _ attrs: [ChainAttr], _ body: (UnsafeMutablePointer<nlmsghdr>) throws -> R
+        _ type: Int32, _ header: H, _ attrs: [TestAttr], _ body: (UnsafeMutablePointer<nlmsghdr>) throws -> R
     ) rethrows -> R {
         let msg = nlmsg_alloc_simple(type, 0)!
         defer { nlmsg_free(msg) }
         var h = header
         let rc = withUnsafeMutableBytes(of: &h) { nlmsg_append(msg, $0.baseAddress, $0.count, 4) }
         #expect(rc == 0)
-        put(msg, attrs)
+        putAttributes(msg, attrs)
         return try body(nlmsg_hdr(msg))
     }
 
     /// Calls `body` with a generic-netlink message of family `family` and nl80211 command `command`.
     static func genl<R>(
-        _ command: nl80211_commands, _ attrs: [ChainAttr], family: Int32 = family,
+        _ command: nl80211_commands, _ attrs: [TestAttr], family: Int32 = family,
         _ body: (UnsafeMutablePointer<nlmsghdr>) throws -> R
     ) rethrows -> R {
         let msg = nlmsg_alloc()!
         defer { nlmsg_free(msg) }
         #expect(genlmsg_put(msg, 0, 0, family, 0, 0, UInt8(command.rawValue), 0) != nil)
-        put(msg, attrs)
+        putAttributes(msg, attrs)
         return try body(nlmsg_hdr(msg))
     }
 
@@ -73,7 +44,7 @@ private enum ChainMsg {
     static func b(_ x: nl80211_bss) -> Int32 { Int32(x.rawValue) }
 
     /// RTM_NEWLINK attributes of an Ethernet-type link that is up with carrier.
-    static func linkAttrs(name: String, mac: [UInt8], operstate: UInt8 = 6, carrier: UInt8 = 1) -> [ChainAttr] {
+    static func linkAttrs(name: String, mac: [UInt8], operstate: UInt8 = 6, carrier: UInt8 = 1) -> [TestAttr] {
         [
             .string(Int32(IFLA_IFNAME), name), .u32(Int32(IFLA_TXQLEN), 1000), .u8(Int32(IFLA_OPERSTATE), operstate),
             .u8(Int32(IFLA_LINKMODE), 1), .u32(Int32(IFLA_MTU), 1500), .u8(Int32(IFLA_CARRIER), carrier),
@@ -114,8 +85,8 @@ private enum ChainMsg {
     }
 
     /// A GET_SCAN dump reply (NEW_SCAN_RESULTS) with one BSS.
-    static func bssAttrs(ifindex: UInt32, bssid: [UInt8], frequency: UInt32, status: UInt32?, ies: [UInt8]) -> [ChainAttr] {
-        var inner: [ChainAttr] = [
+    static func bssAttrs(ifindex: UInt32, bssid: [UInt8], frequency: UInt32, status: UInt32?, ies: [UInt8]) -> [TestAttr] {
+        var inner: [TestAttr] = [
             .bytes(b(NL80211_BSS_BSSID), bssid), .u32(b(NL80211_BSS_FREQUENCY), frequency),
             .u16(b(NL80211_BSS_CAPABILITY), 0x0411), .bytes(b(NL80211_BSS_INFORMATION_ELEMENTS), ies),
         ]
@@ -143,8 +114,8 @@ private let address = InterfaceAddress(address: IPAddress("192.168.10.23")!, pre
 private let route = DefaultRoute(family: .ipv4, gateway: IPAddress("192.168.10.1"), metric: 600, table: 254)
 
 /// The wlan0 (ifindex 3) NEW_INTERFACE attributes: a station associated to `officeSSID`.
-private func wlan0Interface(ssid: String? = officeSSID, frequency: UInt32? = 5180) -> [ChainAttr] {
-    var attrs: [ChainAttr] = [
+private func wlan0Interface(ssid: String? = officeSSID, frequency: UInt32? = 5180) -> [TestAttr] {
+    var attrs: [TestAttr] = [
         .u32(ChainMsg.a(NL80211_ATTR_WIPHY), 0), .u32(ChainMsg.a(NL80211_ATTR_IFINDEX), 3),
         .string(ChainMsg.a(NL80211_ATTR_IFNAME), "wlan0"), .u32(ChainMsg.a(NL80211_ATTR_IFTYPE), 2),
     ]
@@ -186,13 +157,13 @@ private func feedWlan0Link(_ state: inout NetworkState) throws {
 
 /// Feeds one nl80211 message; returns the re-reads it calls for.
 private func feed(
-    _ state: inout NetworkState, _ command: nl80211_commands, _ attrs: [ChainAttr], family: Int32 = ChainMsg.family
+    _ state: inout NetworkState, _ command: nl80211_commands, _ attrs: [TestAttr], family: Int32 = ChainMsg.family
 ) throws -> [WirelessReadRequest] {
     try ChainMsg.genl(command, attrs, family: family) { try state.handleWireless($0) }
 }
 
 /// Feeds a complete GET_SCAN dump for wlan0, bracketed as the watcher brackets it.
-private func feedScanDump(_ state: inout NetworkState, _ replies: [[ChainAttr]]) throws {
+private func feedScanDump(_ state: inout NetworkState, _ replies: [[TestAttr]]) throws {
     state.wireless.beginScanDump(ifindex: 3)
     for r in replies { #expect(try feed(&state, NL80211_CMD_NEW_SCAN_RESULTS, r) == []) }
     state.wireless.endScanDump(ifindex: 3)

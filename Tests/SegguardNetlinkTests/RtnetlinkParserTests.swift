@@ -11,13 +11,6 @@ import Testing
 // MARK: - Test-only rtnetlink message builder
 
 /// One attribute to put into a test rtnetlink message.
-private enum RtAttr {
-    case u8(Int32, UInt8)
-    case u32(Int32, UInt32)
-    case bytes(Int32, [UInt8])
-    case string(Int32, String)
-    case nested(Int32, [RtAttr])
-}
 
 /// Builds rtnetlink messages with libnl and parses them.
 private enum RtMsg {
@@ -41,48 +34,30 @@ private enum RtMsg {
     static let rtaPriority = Int32(RTA_PRIORITY.rawValue)
     static let rtaMultipath = Int32(RTA_MULTIPATH.rawValue)
 
-    private static func put(_ msg: OpaquePointer, _ attrs: [RtAttr]) {
-        for attr in attrs {
-            switch attr {
-            case .u8(let t, let v): #expect(nla_put_u8(msg, t, v) == 0)
-            case .u32(let t, let v): #expect(nla_put_u32(msg, t, v) == 0)
-            case .string(let t, let s): #expect(nla_put_string(msg, t, s) == 0)
-            case .bytes(let t, let data):
-                let rc = data.withUnsafeBytes { nla_put(msg, t, Int32(data.count), $0.baseAddress) }
-                #expect(rc == 0)
-            case .nested(let t, let inner):
-                let start = nla_nest_start(msg, t)
-                #expect(start != nil)
-                put(msg, inner)
-                #expect(nla_nest_end(msg, start) == 0)
-            }
-        }
-    }
-
     /// The bytes of a fixed header value (`ifinfomsg`, `ifaddrmsg`, `rtmsg`).
     static func raw<H>(_ header: H) -> [UInt8] { withUnsafeBytes(of: header) { Array($0) } }
 
     /// Calls `body` with a libnl-built message of `type`: `header` bytes (appended with
     /// NLMSG_ALIGNTO padding), then `attrs`; frees the message afterwards.
     static func with<R>(
-        _ type: Int32, header: [UInt8], _ attrs: [RtAttr], _ body: (UnsafeMutablePointer<nlmsghdr>) throws -> R
+        _ type: Int32, header: [UInt8], _ attrs: [TestAttr], _ body: (UnsafeMutablePointer<nlmsghdr>) throws -> R
     ) rethrows -> R {
         let msg = nlmsg_alloc_simple(type, 0)!
         defer { nlmsg_free(msg) }
         var h = header
         let rc = h.withUnsafeMutableBytes { nlmsg_append(msg, $0.baseAddress, $0.count, 4) }
         #expect(rc == 0)
-        put(msg, attrs)
+        putAttributes(msg, attrs)
         return try body(nlmsg_hdr(msg))
     }
 
     /// Builds the message and hands `nlmsg_hdr(msg)` to `RtnetlinkParser.parse`.
-    static func parse<H>(_ type: Int32, _ header: H, _ attrs: [RtAttr] = []) throws(NetlinkParseError) -> [RouteMessage] {
+    static func parse<H>(_ type: Int32, _ header: H, _ attrs: [TestAttr] = []) throws(NetlinkParseError) -> [RouteMessage] {
         try parse(type, header: raw(header), attrs)
     }
 
     /// As `parse(_:_:_:)` with the fixed header given as raw bytes (possibly too short).
-    static func parse(_ type: Int32, header: [UInt8], _ attrs: [RtAttr]) throws(NetlinkParseError) -> [RouteMessage] {
+    static func parse(_ type: Int32, header: [UInt8], _ attrs: [TestAttr]) throws(NetlinkParseError) -> [RouteMessage] {
         let result: Result<[RouteMessage], NetlinkParseError> = with(type, header: header, attrs) { hdr in
             do throws(NetlinkParseError) { return .success(try RtnetlinkParser.parse(hdr)) } catch { return .failure(error) }
         }
@@ -90,7 +65,7 @@ private enum RtMsg {
     }
 
     /// The raw bytes of the message (nlmsg_len of them).
-    static func bytes<H>(_ type: Int32, _ header: H, _ attrs: [RtAttr]) -> [UInt8] {
+    static func bytes<H>(_ type: Int32, _ header: H, _ attrs: [TestAttr]) -> [UInt8] {
         with(type, header: raw(header), attrs) { hdr in Array(UnsafeRawBufferPointer(start: hdr, count: Int(hdr.pointee.nlmsg_len))) }
     }
 
@@ -124,8 +99,8 @@ private enum RtMsg {
     /// CARRIER, ADDRESS, BROADCAST, LINKINFO); nil leaves one out.
     static func linkAttrs(
         name: String? = "eth0", operstate: UInt8? = 6, carrier: UInt8? = 1, mac: [UInt8]? = mac, kind: String? = nil
-    ) -> [RtAttr] {
-        var out: [RtAttr] = []
+    ) -> [TestAttr] {
+        var out: [TestAttr] = []
         if let name { out.append(.string(Int32(IFLA_IFNAME), name)) }
         out.append(.u32(Int32(IFLA_TXQLEN), 1000))
         if let operstate { out.append(.u8(Int32(IFLA_OPERSTATE), operstate)) }
@@ -182,7 +157,7 @@ private enum RtMsg {
     }
 
     /// A multipath IPv4 default route: table main, metric 50, hops via eth0 (2) and eth1 (3).
-    static let multipathAttrs: [RtAttr] = [
+    static let multipathAttrs: [TestAttr] = [
         .u32(rtaTable, 254), .u32(rtaPriority, 50),
         .bytes(rtaMultipath, nextHop(ifindex: 2, gateway: [10, 0, 0, 1]) + nextHop(ifindex: 3, gateway: [10, 0, 1, 1])),
     ]

@@ -18,6 +18,20 @@ let binDir: URL = {
         .appendingPathComponent(".build/debug")
 }()
 
+/// Runs `exe` with `args`; returns (exit status, stdout, stderr).
+func runCapturing(_ exe: URL, _ args: [String]) throws -> (Int32, String, String) {
+    let p = Process()
+    p.executableURL = exe
+    p.arguments = args
+    let out = Pipe(), err = Pipe()
+    p.standardOutput = out
+    p.standardError = err
+    try p.run()
+    let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+}
+
 /// A running segguardd in its own namespace and temp dir; `stop()` ends it and cleans up.
 final class RunningDaemon {
     let ns: TestNamespace
@@ -61,16 +75,7 @@ final class RunningDaemon {
 
     /// Runs segguardctl with `args`; returns (exit status, stdout, stderr).
     func ctl(_ args: [String]) throws -> (Int32, String, String) {
-        let p = Process()
-        p.executableURL = binDir.appendingPathComponent("segguardctl")
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        try runCapturing(binDir.appendingPathComponent("segguardctl"), args)
     }
 
     /// Status over the socket, retried while the daemon starts (the socket appears first).
@@ -158,16 +163,7 @@ struct DaemonTests {
         try "schema_version: 1\nsites:\n  - name: hq\n    wireless:\n      - ssid: mn-office\n        bssids: [\"aa:bb\"]\n        securty: [psk]\n"
             .write(to: bad, atomically: true, encoding: .utf8)
         func run(_ file: URL) throws -> (Int32, String, String) {
-            let p = Process()
-            p.executableURL = binDir.appendingPathComponent("segguardctl")
-            p.arguments = ["check-policy", file.path]
-            let out = Pipe(), err = Pipe()
-            p.standardOutput = out
-            p.standardError = err
-            try p.run()
-            let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+            try runCapturing(binDir.appendingPathComponent("segguardctl"), ["check-policy", file.path])
         }
         let (rc1, out1, _) = try run(good)
         #expect(rc1 == 0)
