@@ -3,5 +3,5 @@
 # veth, the daemon end to end) run too; as another user they are skipped with the reason.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-swift build --build-tests
+swift build --build-tests --explicit-target-dependency-import-check error
 SEGGUARD_BIN_DIR="$(swift build --show-bin-path)" swift test --skip-build "$@"

@@ -178,8 +178,7 @@ final class Daemon: Sendable {
         let d = change.current
         let level: Logger.Level = d.isAuthorized ? .notice : .warning
         // The first decision after start replaces the fail-closed placeholder: not a change.
-        let first = change.previous.findings.isEmpty && change.previous.authorizedInterfaces.isEmpty && change.generation == 1
-        logger.log(level: level, first ? "initial segment decision" : "segment decision changed", metadata: [
+        logger.log(level: level, change.isInitial ? "initial segment decision" : "segment decision changed", metadata: [
             "decision": "\(d.segment.rawValue)",
             "previous": "\(change.previous.segment.rawValue)",
             "interfaces": "\(d.authorizedInterfaces.joined(separator: ","))",
