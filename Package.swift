@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "segguardd", targets: ["segguardd"]),
         .executable(name: "segguardctl", targets: ["segguardctl"]),
         .executable(name: "segguard-bench", targets: ["segguard-bench"]),
+        .executable(name: "segguard-launch", targets: ["segguard-launch"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
@@ -19,8 +20,10 @@ let package = Package(
     targets: [
         // C libraries, through pkg-config.
         .systemLibrary(name: "CLibNL", pkgConfig: "libnl-genl-3.0", providers: [.apt(["libnl-3-dev", "libnl-genl-3-dev", "libnl-route-3-dev"])]),
+        .systemLibrary(name: "CNftables", pkgConfig: "libnftables", providers: [.apt(["libnftables-dev"])]),
+        .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         // Thin C wrappers for what Swift cannot import (macros, variadic, inline helpers).
-        .target(name: "CSegguardShims", dependencies: ["CLibNL"]),
+        .target(name: "CSegguardShims", dependencies: ["CLibNL", "CSystemd"]),
 
         // Pure Swift: the policy model, its parser/validator and the network snapshot model.
         .target(name: "SegguardPolicy", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strict),
@@ -30,6 +33,11 @@ let package = Package(
         .target(
             name: "SegguardNetlink",
             dependencies: ["SegguardPolicy", "CLibNL", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        // Binding the decision: nftables table, VDI session tracking and termination.
+        .target(
+            name: "SegguardEnforce",
+            dependencies: ["SegguardPolicy", "SegguardDecision", "SegguardWire", "CNftables", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // Versioned Codable types spoken on the control socket.
         .target(name: "SegguardWire", dependencies: ["SegguardPolicy", "SegguardDecision"], swiftSettings: strict),
@@ -44,7 +52,7 @@ let package = Package(
         .executableTarget(
             name: "segguardd",
             dependencies: [
-                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardWire", "SegguardControl",
+                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardWire", "SegguardControl", "SegguardEnforce", "CSegguardShims",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -57,6 +65,10 @@ let package = Package(
             ],
             swiftSettings: strict),
         .executableTarget(
+            name: "segguard-launch",
+            dependencies: ["SegguardWire", "SegguardControl", "CSegguardShims", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            swiftSettings: strict),
+        .executableTarget(
             name: "segguard-bench",
             dependencies: [
                 "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardTestSupport",
@@ -66,9 +78,10 @@ let package = Package(
 
         .testTarget(name: "SegguardPolicyTests", dependencies: ["SegguardPolicy"]),
         .testTarget(name: "SegguardDecisionTests", dependencies: ["SegguardDecision", "SegguardPolicy"]),
+        .testTarget(name: "SegguardEnforceTests", dependencies: ["SegguardEnforce", "SegguardPolicy", "SegguardDecision"]),
         .testTarget(name: "SegguardNetlinkTests", dependencies: ["SegguardNetlink", "CLibNL", "CSegguardShims"]),
         .testTarget(
             name: "SegguardPrivilegedTests",
-            dependencies: ["SegguardNetlink", "SegguardDecision", "SegguardPolicy", "SegguardTestSupport", "SegguardControl", "SegguardWire"]),
+            dependencies: ["SegguardNetlink", "SegguardDecision", "SegguardPolicy", "SegguardTestSupport", "SegguardControl", "SegguardWire", "SegguardEnforce"]),
     ]
 )

@@ -6,6 +6,7 @@ export DEBIAN_FRONTEND=noninteractive
 packages=(
     pkg-config
     libnl-3-dev libnl-genl-3-dev libnl-route-3-dev   # netlink (rtnetlink, nl80211)
+    libnftables-dev nftables                         # the network binding (libnftables JSON API; nft for admins)
     libsystemd-dev                                   # sd_notify / journald (service integration)
     iproute2 procps                                  # ip netns / veth for the real-kernel tests, sysctl
 )

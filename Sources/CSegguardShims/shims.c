@@ -30,3 +30,47 @@ int sg_enter_netns(int fd) {
     if (setns(fd, CLONE_NEWNET) < 0) return -errno;
     return 0;
 }
+
+#include <signal.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+
+int sg_pidfd_open(pid_t pid) {
+    long fd = syscall(SYS_pidfd_open, pid, 0);
+    return fd < 0 ? -errno : (int)fd;
+}
+
+int sg_pidfd_send_signal(int pidfd, int sig) {
+    return syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0) < 0 ? -errno : 0;
+}
+
+#include <stdio.h>
+#include <string.h>
+#include <systemd/sd-bus.h>
+
+int sg_notify_desktop(const char *app, const char *summary, const char *body, char *err, size_t errlen) {
+    sd_bus *bus = NULL;
+    sd_bus_error error = SD_BUS_ERROR_NULL;
+    sd_bus_message *reply = NULL;
+    int r = sd_bus_open_user(&bus);
+    if (r < 0) {
+        snprintf(err, errlen, "session bus: %s", strerror(-r));
+        return r;
+    }
+    /* Notify(app_name s, replaces_id u, app_icon s, summary s, body s, actions as, hints a{sv}, expire_timeout i) */
+    r = sd_bus_call_method(bus, "org.freedesktop.Notifications", "/org/freedesktop/Notifications",
+                           "org.freedesktop.Notifications", "Notify", &error, &reply, "susssasa{sv}i",
+                           app, 0, "dialog-warning", summary, body, 0, 1, "urgency", "y", 2, -1);
+    if (r < 0) snprintf(err, errlen, "Notify: %s", error.message ? error.message : strerror(-r));
+    sd_bus_error_free(&error);
+    sd_bus_message_unref(reply);
+    sd_bus_flush_close_unref(bus);
+    return r < 0 ? r : 0;
+}

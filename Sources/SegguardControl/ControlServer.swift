@@ -135,7 +135,7 @@ public final class ControlServer: Sendable {
         let request = read(fd)
         let reply: ControlReply
         if let peer = credentials(fd) {
-            if !ControlServer.isAuthorized(peer, adminGroup: adminGroup) {
+            if request?.command.isOpenToUsers != true && !ControlServer.isAuthorized(peer, adminGroup: adminGroup) {
                 logger.notice("control request refused", metadata: ["uid": "\(peer.uid)", "pid": "\(peer.pid)"])
                 reply = ControlReply(error: "permission denied: uid \(peer.uid) is neither root nor in the segguard admin group")
             } else if let request {

@@ -13,14 +13,22 @@ public struct Policy: Sendable, Equatable, Codable {
     public var sites: [Site]
     public var uplinks: UplinkRule
     public var vdi: VDIRule
+    public var enforcement: EnforcementRule
+    public var profiles: [LaunchProfile]
 
-    public init(schemaVersion: Int = 1, name: String, sites: [Site], uplinks: UplinkRule = .init(), vdi: VDIRule = .init()) {
+    public init(schemaVersion: Int = 1, name: String, sites: [Site], uplinks: UplinkRule = .init(), vdi: VDIRule = .init(),
+                enforcement: EnforcementRule = .init(), profiles: [LaunchProfile] = []) {
         self.schemaVersion = schemaVersion
         self.name = name
         self.sites = sites
         self.uplinks = uplinks
         self.vdi = vdi
+        self.enforcement = enforcement
+        self.profiles = profiles
     }
+
+    /// The profile called `name`, if any.
+    public func profile(named name: String) -> LaunchProfile? { profiles.first { $0.name == name } }
 }
 
 /// One part of the office area (main building, a branch office) with its networks.

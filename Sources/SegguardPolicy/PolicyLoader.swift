@@ -197,7 +197,7 @@ private struct Context {
     // MARK: Sections
 
     mutating func policy(_ root: Node) -> Policy? {
-        guard let top = mapping(root, "", allowed: ["schema_version", "name", "sites", "uplinks", "vdi"]) else { return nil }
+        guard let top = mapping(root, "", allowed: ["schema_version", "name", "sites", "uplinks", "vdi", "enforcement", "profiles"]) else { return nil }
         var version: Int?
         if let v = top["schema_version"] {
             version = int(v, "schema_version", range: 0...Int.max)
@@ -239,8 +239,137 @@ private struct Context {
                 }
             }
         }
+        var enforcement = EnforcementRule()
+        if let e = top["enforcement"] { enforcement = self.enforcement(e) }
+        var profiles: [LaunchProfile] = []
+        if let p = top["profiles"], let items = sequence(p, "profiles") {
+            var seen: [String: Int] = [:]
+            for (i, item) in items.enumerated() {
+                guard let profile = profile(item, "profiles[\(i)]") else { continue }
+                if let first = seen[profile.name] {
+                    report(item, "profiles[\(i)].name", "profile \"\(profile.name)\" is already defined as profiles[\(first)]")
+                    continue
+                }
+                seen[profile.name] = i
+                profiles.append(profile)
+            }
+        }
         guard let version else { return nil }
-        return Policy(schemaVersion: version, name: name, sites: sites, uplinks: uplinks, vdi: vdi)
+        return Policy(schemaVersion: version, name: name, sites: sites, uplinks: uplinks, vdi: vdi, enforcement: enforcement, profiles: profiles)
+    }
+
+    mutating func double(_ node: Node, _ path: String, range: ClosedRange<Double>) -> Double? {
+        guard case let .scalar(s) = node, s.style == .plain, let v = Double(s.string), v.isFinite else {
+            report(node, path, "expected a number of seconds, found \(describe(node))")
+            return nil
+        }
+        guard range.contains(v) else {
+            report(node, path, "\(s.string) is out of range \(range.lowerBound)...\(range.upperBound)")
+            return nil
+        }
+        return v
+    }
+
+    mutating func bool(_ node: Node, _ path: String) -> Bool? {
+        if case let .scalar(s) = node, s.style == .plain {
+            if s.string == "true" { return true }
+            if s.string == "false" { return false }
+        }
+        report(node, path, "expected true or false, found \(describe(node))")
+        return nil
+    }
+
+    mutating func strings(_ node: Node, _ path: String) -> [String] {
+        guard let items = sequence(node, path) else { return [] }
+        var out: [String] = []
+        for (i, item) in items.enumerated() {
+            if let v = string(item, "\(path)[\(i)]") { out.append(v) }
+        }
+        return out
+    }
+
+    mutating func enforcement(_ node: Node) -> EnforcementRule {
+        var rule = EnforcementRule()
+        let path = "enforcement"
+        guard let m = mapping(node, path, allowed: ["launch_gate", "session_termination", "network_binding", "grace_seconds", "kill_timeout_seconds"]) else { return rule }
+        if let v = m["launch_gate"], let mode = oneOf(v, "\(path).launch_gate", ControlMode.self) { rule.launchGate = mode }
+        if let v = m["session_termination"], let mode = oneOf(v, "\(path).session_termination", ControlMode.self) { rule.sessionTermination = mode }
+        if let v = m["network_binding"], let mode = oneOf(v, "\(path).network_binding", ControlMode.self) { rule.networkBinding = mode }
+        if let v = m["grace_seconds"], let d = double(v, "\(path).grace_seconds", range: 0...3600) { rule.graceSeconds = d }
+        if let v = m["kill_timeout_seconds"], let d = double(v, "\(path).kill_timeout_seconds", range: 0.1...600) { rule.killTimeoutSeconds = d }
+        return rule
+    }
+
+    mutating func profile(_ node: Node, _ path: String) -> LaunchProfile? {
+        guard let m = mapping(node, path, allowed: ["name", "segment", "command", "enforce_arguments", "config_files", "options", "allowed_groups"]) else { return nil }
+        var name: String?
+        if let n = m["name"], let text = string(n, "\(path).name") {
+            if !text.isEmpty, text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) {
+                name = text
+            } else {
+                report(n, "\(path).name", "\"\(text)\" is not a profile name", hint: "use letters, digits, - and _, e.g. mynumber-freerdp")
+            }
+        } else if m["name"] == nil {
+            report(node, "\(path).name", "missing", hint: "segguard-launch --profile NAME selects a profile by this name")
+        }
+        var segment: LaunchProfile.SegmentRequirement?
+        if let v = m["segment"] {
+            segment = oneOf(v, "\(path).segment", LaunchProfile.SegmentRequirement.self)
+        } else {
+            report(node, "\(path).segment", "missing", hint: "mynumber (only on the authorized segment) or lgwan (anywhere)")
+        }
+        var command: [String] = []
+        if let c = m["command"] {
+            command = strings(c, "\(path).command")
+            if let first = command.first, !first.hasPrefix("/") {
+                report(c, "\(path).command[0]", "\"\(first)\" is not an absolute path", hint: "name the client binary by its full path, e.g. /usr/bin/xfreerdp")
+            }
+        }
+        let enforceArguments = m["enforce_arguments"].map { strings($0, "\(path).enforce_arguments") } ?? []
+        var configFiles: [LaunchProfile.ConfigFile] = []
+        if let c = m["config_files"], let items = sequence(c, "\(path).config_files") {
+            for (i, item) in items.enumerated() {
+                let p = "\(path).config_files[\(i)]"
+                guard let f = mapping(item, p, allowed: ["path", "section", "set"]) else { continue }
+                guard let pathNode = f["path"], let filePath = string(pathNode, "\(p).path") else {
+                    if f["path"] == nil { report(item, "\(p).path", "missing") }
+                    continue
+                }
+                if !(filePath.hasPrefix("/") || filePath.hasPrefix("~/")) || filePath.split(separator: "/").contains("..") {
+                    report(pathNode, "\(p).path", "\"\(filePath)\" must be absolute or start with ~/ and contain no ..")
+                    continue
+                }
+                let section = f["section"].flatMap { string($0, "\(p).section") }
+                var values: [String: String] = [:]
+                if let setNode = f["set"] {
+                    if case let .mapping(kv) = setNode {
+                        for (k, v) in kv {
+                            guard let key = k.scalar?.string, let value = string(v, "\(p).set.\(k.scalar?.string ?? "?")") else { continue }
+                            if key.contains("=") || key.contains("\n") || value.contains("\n") {
+                                report(k, "\(p).set.\(key)", "keys may not contain '=' and values no line breaks")
+                                continue
+                            }
+                            values[key] = value
+                        }
+                    } else {
+                        report(setNode, "\(p).set", "expected a mapping of key: value")
+                    }
+                }
+                if values.isEmpty { report(item, "\(p).set", "nothing to set", hint: "e.g. set: {ClipboardAllowed: \"Off\"}") }
+                configFiles.append(LaunchProfile.ConfigFile(path: filePath, section: section, set: values))
+            }
+        }
+        var options = LaunchProfile.ClientOptions()
+        if let o = m["options"], let om = mapping(o, "\(path).options", allowed: ["clipboard", "drives", "printing", "screen_capture"]) {
+            if let v = om["clipboard"], let b = bool(v, "\(path).options.clipboard") { options.clipboard = b }
+            if let v = om["drives"], let b = bool(v, "\(path).options.drives") { options.drives = b }
+            if let v = om["printing"], let b = bool(v, "\(path).options.printing") { options.printing = b }
+            if let v = om["screen_capture"], let b = bool(v, "\(path).options.screen_capture") { options.screenCapture = b }
+        }
+        let groups = m["allowed_groups"].map { strings($0, "\(path).allowed_groups") } ?? []
+        guard let name, let segment else { return nil }
+        return LaunchProfile(name: name, segment: segment, command: command, enforceArguments: enforceArguments, configFiles: configFiles,
+                             options: options, allowedGroups: groups, location: location(node))
     }
 
     mutating func site(_ node: Node, _ path: String) -> Site? {

@@ -19,14 +19,29 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         case status
         /// The decision with every finding (same payload; the client prints it differently).
         case why
+        /// May this profile start now? (segguard-launch; open to every local user)
+        case launch
+        /// Tracked VDI sessions.
+        case sessions
+        /// The last refusals and kills.
+        case whyDenied = "why-denied"
+
+        /// Commands any local user may send; the rest need root or the admin group.
+        public var isOpenToUsers: Bool { self == .launch }
     }
 
     public var version: Int
     public var command: Command
+    /// For `launch`: the profile name.
+    public var profile: String?
+    /// For `launch`: the client command given after `--` (used when the profile names none).
+    public var clientCommand: [String]?
 
-    public init(command: Command, version: Int = controlProtocolVersion) {
+    public init(command: Command, profile: String? = nil, clientCommand: [String]? = nil, version: Int = controlProtocolVersion) {
         self.version = version
         self.command = command
+        self.profile = profile
+        self.clientCommand = clientCommand
     }
 }
 
@@ -79,17 +94,22 @@ public struct ControlReply: Codable, Sendable, Equatable {
 
     public var version: Int
     public var status: StatusReply?
+    public var launch: LaunchReply?
+    public var sessions: [SessionInfo]?
+    public var events: [EnforcementEvent]?
     public var error: Failure?
 
-    public init(status: StatusReply) {
+    public init(status: StatusReply? = nil, launch: LaunchReply? = nil, sessions: [SessionInfo]? = nil, events: [EnforcementEvent]? = nil) {
         self.version = controlProtocolVersion
         self.status = status
+        self.launch = launch
+        self.sessions = sessions
+        self.events = events
         self.error = nil
     }
 
     public init(error message: String) {
         self.version = controlProtocolVersion
-        self.status = nil
         self.error = Failure(message: message)
     }
 }

@@ -14,7 +14,7 @@ struct Segguardctl: ParsableCommand {
         commandName: "segguardctl",
         abstract: "Query segguardd and check segment policies.",
         version: segguardVersion,
-        subcommands: [Status.self, Why.self, CheckPolicy.self])
+        subcommands: [Status.self, Why.self, Sessions.self, WhyDenied.self, CheckPolicy.self])
 }
 
 /// Options shared by the commands that talk to the daemon.
@@ -26,6 +26,13 @@ struct DaemonOptions: ParsableArguments {
     var json = false
 
     func query(_ command: ControlRequest.Command) throws -> (StatusReply, String) {
+        let (reply, raw) = try send(command)
+        guard let s = reply.status else { throw CLIError("segguardd sent an empty reply") }
+        return (s, raw)
+    }
+
+    /// The reply and its JSON text; an error reply becomes a CLIError.
+    func send(_ command: ControlRequest.Command) throws -> (ControlReply, String) {
         let reply: ControlReply
         do {
             reply = try ControlClient.send(ControlRequest(command: command), path: socket)
@@ -33,9 +40,8 @@ struct DaemonOptions: ParsableArguments {
             throw CLIError("\(error)")
         }
         if let e = reply.error { throw CLIError("segguardd: \(e.message)") }
-        guard let s = reply.status else { throw CLIError("segguardd sent an empty reply") }
         let data = try ControlCoding.encoder().encode(reply)
-        return (s, String(decoding: data, as: UTF8.self))
+        return (reply, String(decoding: data, as: UTF8.self))
     }
 }
 
@@ -64,6 +70,47 @@ struct Why: ParsableCommand {
         let (s, raw) = try options.query(.why)
         if options.json { print(raw); return }
         print(Render.why(s))
+    }
+}
+
+struct Sessions: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the VDI sessions segguardd tracks (started through segguard-launch).")
+    @OptionGroup var options: DaemonOptions
+
+    func run() throws {
+        let (reply, raw) = try options.send(.sessions)
+        if options.json { print(raw); return }
+        let sessions = reply.sessions ?? []
+        if sessions.isEmpty { print("no tracked sessions"); return }
+        for s in sessions {
+            print("session \(s.id)  profile \(s.profile)  pid \(s.pid)  uid \(s.uid)  since \(Render.iso(s.startedAt))")
+            print("  processes: \(s.pids.map(String.init).joined(separator: " "))  cgroup: \(s.cgroup)")
+        }
+    }
+}
+
+struct WhyDenied: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "why-denied", abstract: "The last launch refusals and session terminations, with their reasons (newest last).")
+    @OptionGroup var options: DaemonOptions
+
+    @Option(name: .long, help: "Show at most this many.")
+    var last = 20
+
+    func run() throws {
+        let (reply, raw) = try options.send(.whyDenied)
+        if options.json { print(raw); return }
+        let events = (reply.events ?? []).suffix(last)
+        if events.isEmpty { print("no refusals or terminations since segguardd started"); return }
+        for e in events {
+            var head = "\(Render.iso(e.time))  \(e.kind.rawValue)"
+            if let p = e.profile { head += "  profile \(p)" }
+            if let u = e.uid { head += "  uid \(u)" }
+            if let ms = e.latencyMs { head += String(format: "  %.1f ms after the network event", ms) }
+            print(head)
+            if !e.sessions.isEmpty { print("  sessions: \(e.sessions.map { "\($0.id) (pid \($0.pid), \($0.profile))" }.joined(separator: ", "))") }
+            print("  \(e.reason)")
+        }
     }
 }
 

@@ -3,11 +3,13 @@
 // SIGHUP reloads the policy (a bad one is refused and the old one kept), SIGTERM/SIGINT stop.
 
 import ArgumentParser
+import CSegguardShims
 import Dispatch
 import Foundation
 import Logging
 import SegguardControl
 import SegguardDecision
+import SegguardEnforce
 import SegguardNetlink
 import SegguardPolicy
 import SegguardWire
@@ -33,11 +35,20 @@ struct Segguardd: ParsableCommand {
     @Option(name: .long, help: "Group (besides root) allowed to query the control socket.")
     var adminGroup: String = "segguard"
 
-    @Option(name: .long, help: "Watch this network namespace (path such as /run/netns/NAME) instead of the daemon's own.")
+    @Option(name: .long, help: "Run in this network namespace (path such as /run/netns/NAME): watch it, bind its nftables, keep the host's mounts (cgroups).")
     var netns: String?
 
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
+
+    @Option(name: .long, help: "nftables table (family inet) the network binding owns.")
+    var nftTable: String = "segguard"
+
+    @Option(name: .long, help: "Where to keep the boot-time baseline table (nft -j -f loads it before the network is up).")
+    var baselineFile: String = "/var/lib/segguard/baseline.nft.json"
+
+    @Option(name: .long, help: "cgroup v2 directory for VDI sessions (default: <cgroup2 mount>/segguard).")
+    var sessionCgroup: String?
 
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
@@ -46,6 +57,21 @@ struct Segguardd: ParsableCommand {
     }
 
     func run() throws {
+        // Enter the namespace before any thread exists, so that every thread (netlink watcher,
+        // nftables, control socket) inherits it. Unlike `ip netns exec`, the mounts stay the host's.
+        if let netns {
+            let fd = open(netns, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else {
+                FileHandle.standardError.write(Data("segguardd: --netns \(netns): \(String(cString: strerror(errno))) (errno \(errno))\n".utf8))
+                throw ExitCode(2)
+            }
+            let rc = sg_enter_netns(fd)
+            close(fd)
+            guard rc == 0 else {
+                FileHandle.standardError.write(Data("segguardd: --netns \(netns): setns: \(String(cString: strerror(-rc))) (errno \(-rc))\n".utf8))
+                throw ExitCode(2)
+            }
+        }
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = Logger.Level(rawValue: logLevel) ?? .info
@@ -60,7 +86,14 @@ struct Segguardd: ParsableCommand {
             FileHandle.standardError.write(Data("segguardd: \(error)\n".utf8))
             throw ExitCode(2)
         }
-        let daemon = Daemon(policy: loaded, policyFile: policy, logger: logger)
+        let enforcer: Enforcer
+        do {
+            enforcer = try makeEnforcer(logger: logger)
+        } catch {
+            logger.critical("cannot set up enforcement", metadata: ["error": "\(error)"])
+            throw ExitCode(1)
+        }
+        let daemon = Daemon(policy: loaded, policyFile: policy, enforcer: enforcer, logger: logger)
         logger.notice("policy loaded", metadata: ["policy": "\(loaded.name)", "file": "\(policy)", "sites": "\(loaded.sites.count)"])
 
         let group = getgrnam(adminGroup).map { $0.pointee.gr_gid }
@@ -72,12 +105,12 @@ struct Segguardd: ParsableCommand {
             logger.critical("cannot open the control socket", metadata: ["error": "\(error)"])
             throw ExitCode(1)
         }
-        server.start { request, _ in daemon.reply(to: request) }
+        server.start { request, peer in daemon.reply(to: request, peer: peer) }
 
-        let watcher = NetworkWatcher(options: .init(networkNamespace: netns), logger: logger)
+        let watcher = NetworkWatcher(options: .init(), logger: logger)
         do {
             try watcher.start(
-                onSnapshot: { daemon.observe($0, statistics: watcher.statistics) },
+                onSnapshot: { daemon.observe($0, statistics: watcher.statistics, eventNanos: monotonicNanos()) },
                 onFailure: { why in
                     logger.critical("netlink watcher failed; exiting so that the service manager restarts segguardd", metadata: ["error": "\(why)"])
                     server.stop()
@@ -112,6 +145,26 @@ struct Segguardd: ParsableCommand {
     }
 }
 
+extension Segguardd {
+    /// The nftables binding (its table is left alone until the first decision replaces it,
+    /// so a crashed daemon's fail-closed table stays meanwhile) and the session tracker.
+    func makeEnforcer(logger: Logger) throws -> Enforcer {
+        let binding = try NftablesBinding(table: nftTable)
+        var tracker: SessionTracker?
+        if let base = sessionCgroup ?? SessionTracker.defaultBase() {
+            do {
+                tracker = try SessionTracker(base: base)
+            } catch {
+                logger.error("no session tracking: My Number launches will be refused", metadata: ["error": "\(error)"])
+            }
+        } else {
+            logger.error("no cgroup v2 mount: My Number launches will be refused")
+        }
+        try? FileManager.default.createDirectory(atPath: (baselineFile as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        return Enforcer(binding: binding, tracker: tracker, baselinePath: baselineFile, logger: logger)
+    }
+}
+
 /// Reads and validates a policy file; errors carry every issue with its location.
 func loadPolicy(_ path: String) throws -> Policy {
     try PolicyLoader.load(file: path)
@@ -129,6 +182,7 @@ final class Daemon: Sendable {
 
     let state: Mutex<State>
     let policyFile: String
+    let enforcer: Enforcer
     let logger: Logger
     let watcherBox = Mutex<NetworkWatcher?>(nil)
 
@@ -137,37 +191,40 @@ final class Daemon: Sendable {
         set { watcherBox.withLock { $0 = newValue } }
     }
 
-    init(policy: Policy, policyFile: String, logger: Logger) {
+    init(policy: Policy, policyFile: String, enforcer: Enforcer, logger: Logger) {
         self.state = Mutex(State(monitor: SegmentMonitor(policy: policy)))
         self.policyFile = policyFile
+        self.enforcer = enforcer
         self.logger = logger
     }
 
     /// Called on the watcher thread for every new snapshot.
-    func observe(_ snapshot: NetworkSnapshot, statistics: NetworkWatcher.Statistics) {
-        let change = state.withLock { s -> DecisionChange? in
+    func observe(_ snapshot: NetworkSnapshot, statistics: NetworkWatcher.Statistics, eventNanos: UInt64) {
+        let (change, decision, policy) = state.withLock { s -> (DecisionChange?, Decision, Policy) in
             s.statistics = statistics
             let c = s.monitor.update(snapshot)
             if c != nil { s.decidedAt = Date() }
-            return c
+            return (c, s.monitor.decision, s.monitor.policy)
         }
         logger.debug("network snapshot", metadata: ["generation": "\(snapshot.generation)", "interfaces": "\(summary(snapshot))"])
         if let change { log(change) }
+        enforcer.update(decision: decision, policy: policy, eventNanos: eventNanos)
     }
 
     func reload() {
         logger.notice("reloading policy", metadata: ["file": "\(policyFile)"])
         do {
             let p = try loadPolicy(policyFile)
-            let change = state.withLock { s -> DecisionChange? in
+            let (change, decision, hasDecided) = state.withLock { s -> (DecisionChange?, Decision, Bool) in
                 s.lastPolicyError = nil
                 s.policyLoadedAt = Date()
                 let c = s.monitor.replacePolicy(p)
                 if c != nil { s.decidedAt = Date() }
-                return c
+                return (c, s.monitor.decision, s.monitor.hasDecided)
             }
             logger.notice("policy loaded", metadata: ["policy": "\(p.name)", "file": "\(policyFile)"])
             if let change { log(change) }
+            if hasDecided { enforcer.update(decision: decision, policy: p, eventNanos: monotonicNanos()) }
         } catch {
             state.withLock { $0.lastPolicyError = "\(error)" }
             logger.error("policy refused; keeping the previous policy", metadata: ["file": "\(policyFile)", "errors": "\(error)"])
@@ -186,9 +243,21 @@ final class Daemon: Sendable {
         ])
     }
 
-    func reply(to request: ControlRequest) -> ControlReply {
+    func reply(to request: ControlRequest, peer: PeerCredentials) -> ControlReply {
         guard request.version == controlProtocolVersion else {
             return ControlReply(error: "control protocol \(request.version) is not supported; segguardd \(segguardVersion) speaks \(controlProtocolVersion)")
+        }
+        switch request.command {
+        case .launch:
+            guard let profile = request.profile, !profile.isEmpty else { return ControlReply(error: "launch: no profile named") }
+            let requester = LaunchRequester(pid: peer.pid, uid: peer.uid, gid: peer.gid, groups: peer.groups)
+            return ControlReply(launch: enforcer.launch(profileName: profile, command: request.clientCommand ?? [], requester: requester))
+        case .sessions:
+            return ControlReply(sessions: enforcer.sessions())
+        case .whyDenied:
+            return ControlReply(events: enforcer.events(denialsOnly: true))
+        case .status, .why:
+            break
         }
         let s = state.withLock { $0 }
         let stats = watcher?.statistics ?? s.statistics

@@ -16,3 +16,15 @@ int sg_eventfd(void);
 /// setns(fd, CLONE_NEWNET) for the calling thread: <sched.h> needs _GNU_SOURCE.
 /// Returns 0 or -errno.
 int sg_enter_netns(int fd);
+
+/// pidfd_open(2) (no glibc wrapper in Debian 12). Returns a pidfd or -errno.
+int sg_pidfd_open(pid_t pid);
+
+/// pidfd_send_signal(2). Returns 0 or -errno.
+int sg_pidfd_send_signal(int pidfd, int sig);
+
+#include <stddef.h>
+
+/// Sends org.freedesktop.Notifications.Notify on the user's session bus (sd-bus; the call is
+/// variadic, so it lives here). Returns 0, or -errno with a message in `err`.
+int sg_notify_desktop(const char *app, const char *summary, const char *body, char *err, size_t errlen);

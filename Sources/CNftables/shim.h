@@ -1,0 +1,3 @@
+// libnftables (the library behind the nft tool), driven with its JSON API.
+#pragma once
+#include <nftables/libnftables.h>

@@ -1,0 +1,156 @@
+// The libnftables context of the network binding. Owns one `nft_ctx` (behind a Mutex: a
+// context is not thread-safe) and, through it, the kernel table `inet <table>`. Releasing the
+// object frees only the context: the table stays in the kernel (fail closed).
+
+import CNftables
+import Foundation
+import SegguardPolicy
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A libnftables (or file) operation that failed: what was being done and libnftables' text.
+public struct NftablesError: Error, CustomStringConvertible, Sendable, Equatable {
+    /// What was being done, e.g. "apply the transaction to table inet segguard".
+    public var operation: String
+    /// libnftables' error buffer (or the system error), trimmed.
+    public var detail: String
+
+    public init(operation: String, detail: String) {
+        self.operation = operation
+        self.detail = detail
+    }
+
+    public var description: String { "nftables: cannot \(operation): \(detail.isEmpty ? "no error text from libnftables" : detail)" }
+}
+
+/// The binding's handle on the kernel's nftables: applies `NftablesRuleset` batches in one
+/// transaction each, lists and deletes the table.
+///
+/// libnftables talks to the network namespace of the thread that runs it: create and use a
+/// binding from threads in the namespace the table belongs to.
+public final class NftablesBinding: Sendable {
+    /// The table name (family `inet`).
+    public let table: String
+    private let ctx: Mutex<OpaquePointer>
+
+    /// A context with JSON input/output and buffered output and errors.
+    public init(table: String = "segguard") throws(NftablesError) {
+        guard !table.isEmpty, table.utf8.count < 256, !table.utf8.contains(0) else {
+            throw NftablesError(operation: "use table name \"\(table)\"", detail: "a table name has 1 to 255 bytes and no NUL")
+        }
+        guard let c = nft_ctx_new(UInt32(NFT_CTX_DEFAULT)) else {
+            throw NftablesError(operation: "create a libnftables context", detail: "nft_ctx_new returned NULL")
+        }
+        // In libnftables 1.0.6 the JSON output flag also makes it parse JSON input.
+        nft_ctx_output_set_flags(c, UInt32(NFT_CTX_OUTPUT_JSON))
+        guard nft_ctx_buffer_output(c) == 0, nft_ctx_buffer_error(c) == 0 else {
+            nft_ctx_free(c)
+            throw NftablesError(operation: "create a libnftables context", detail: "cannot buffer output")
+        }
+        self.table = table
+        self.ctx = Mutex(c)
+    }
+
+    deinit {
+        // Only the context: the table is deliberately left in the kernel.
+        ctx.withLock { nft_ctx_free($0) }
+    }
+
+    /// Runs one batch (from `NftablesRuleset`) in a single `nft_run_cmd_from_buffer` call.
+    /// On failure nothing of the batch is committed: the kernel keeps the previous table.
+    public func apply(_ transaction: Data) throws(NftablesError) {
+        _ = try run(transaction, "apply the transaction to table inet \(table)")
+    }
+
+    /// The JSON listing of `inet <table>` (with counters), or nil when the table is absent.
+    public func listTable() throws(NftablesError) -> String? {
+        do {
+            return try run(NftablesRuleset.listCommand(table: table), "list table inet \(table)")
+        } catch {
+            // Tell "absent" from a real failure by looking at the table list.
+            let tables = try run(NftablesRuleset.listTablesCommand(), "list tables")
+            if hasTable(in: tables) { throw error }
+            return nil
+        }
+    }
+
+    /// Deletes the table; no error when it is absent (uninstall and tests).
+    public func deleteTable() throws(NftablesError) {
+        _ = try run(NftablesRuleset.deleteCommand(table: table), "delete table inet \(table)")
+    }
+
+    /// Writes `NftablesRuleset.baseline` for this table to `path` atomically (temporary file in
+    /// the same directory, fsync, rename, fsync of the directory), for `nft -j -f PATH`.
+    public func writeBaseline(gateways: [Gateway], to path: String) throws(NftablesError) {
+        try NftablesBinding.writeAtomically(NftablesRuleset.baseline(table: table, gateways: gateways), to: path)
+    }
+
+    /// Atomic file replacement used by `writeBaseline` (mode 0644).
+    static func writeAtomically(_ data: Data, to path: String) throws(NftablesError) {
+        let what = "write the baseline ruleset to \(path)"
+        func fail(_ step: String, _ e: Int32) -> NftablesError {
+            NftablesError(operation: what, detail: "\(step): \(String(cString: strerror(e)))")
+        }
+        let dir = (path as NSString).deletingLastPathComponent
+        let tmp = (dir.isEmpty ? "." : dir) + "/." + (path as NSString).lastPathComponent + ".tmp.\(getpid())"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o644)
+        guard fd >= 0 else { throw fail("open \(tmp)", errno) }
+        var ok = false
+        defer { if !ok { unlink(tmp) } }
+        let written: Int32 = data.withUnsafeBytes { raw in
+            var off = 0
+            while off < raw.count {
+                let n = write(fd, raw.baseAddress! + off, raw.count - off)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return errno
+                }
+                off += n
+            }
+            return 0
+        }
+        if written != 0 { close(fd); throw fail("write \(tmp)", written) }
+        if fchmod(fd, 0o644) != 0 { let e = errno; close(fd); throw fail("fchmod \(tmp)", e) }
+        if fsync(fd) != 0 { let e = errno; close(fd); throw fail("fsync \(tmp)", e) }
+        if close(fd) != 0 { throw fail("close \(tmp)", errno) }
+        if rename(tmp, path) != 0 { throw fail("rename \(tmp)", errno) }
+        ok = true
+        let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dfd >= 0 {
+            _ = fsync(dfd)
+            close(dfd)
+        }
+    }
+
+    // MARK: - libnftables
+
+    /// Runs one JSON batch; returns the output buffer or throws with the error buffer.
+    private func run(_ json: Data, _ what: String) throws(NftablesError) -> String {
+        // JSONSerialization escapes NUL, so the text has none; keep it that way for C.
+        let text = String(decoding: json, as: UTF8.self)
+        guard !text.utf8.contains(0) else { throw NftablesError(operation: what, detail: "the batch contains a NUL byte") }
+        return try ctx.withLock { (c: inout OpaquePointer) throws(NftablesError) -> String in
+            let rc = nft_run_cmd_from_buffer(c, text)
+            // Reading a buffer rewinds it, so read both every time.
+            let out = nft_ctx_get_output_buffer(c).map { String(cString: $0) } ?? ""
+            let err = nft_ctx_get_error_buffer(c).map { String(cString: $0) } ?? ""
+            guard rc == 0 else {
+                throw NftablesError(operation: what, detail: err.trimmingCharacters(in: .whitespacesAndNewlines))
+            }
+            return out
+        }
+    }
+
+    private func hasTable(in listing: String) -> Bool {
+        guard let root = try? JSONSerialization.jsonObject(with: Data(listing.utf8)) as? [String: Any],
+            let items = root["nftables"] as? [Any]
+        else { return false }
+        return items.contains { item in
+            guard let t = (item as? [String: Any])?["table"] as? [String: Any] else { return false }
+            return t["family"] as? String == NftablesRuleset.family && t["name"] as? String == table
+        }
+    }
+}

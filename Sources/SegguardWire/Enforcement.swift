@@ -1,0 +1,163 @@
+// Records of what the enforcement did, shared by the daemon (which makes them) and
+// segguardctl (which prints them): sessions, terminations, refusals.
+
+import Foundation
+
+/// A tracked session, as status output shows it.
+public struct SessionInfo: Sendable, Equatable, Codable {
+    public var id: UInt64
+    public var profile: String
+    /// The launcher's pid, which became the client by exec.
+    public var pid: Int32
+    public var uid: UInt32
+    public var startedAt: Date
+    public var cgroup: String
+    /// Processes in the session's cgroup when last looked at.
+    public var pids: [Int32]
+
+    public init(id: UInt64, profile: String, pid: Int32, uid: UInt32, startedAt: Date, cgroup: String, pids: [Int32]) {
+        self.id = id
+        self.profile = profile
+        self.pid = pid
+        self.uid = uid
+        self.startedAt = startedAt
+        self.cgroup = cgroup
+        self.pids = pids
+    }
+}
+
+/// What ending one session did.
+public struct TerminationResult: Sendable, Equatable, Codable {
+    public var session: SessionInfo
+    /// SIGKILL was needed (SIGTERM did not end every process within the timeout).
+    public var killed: Bool
+    /// Every process of the session is gone.
+    public var reaped: Bool
+    /// Monotonic nanoseconds when the cgroup was seen empty (0 if never).
+    public var reapedAtNanos: UInt64
+
+    public init(session: SessionInfo, killed: Bool, reaped: Bool, reapedAtNanos: UInt64) {
+        self.session = session
+        self.killed = killed
+        self.reaped = reaped
+        self.reapedAtNanos = reapedAtNanos
+    }
+}
+
+/// One thing the enforcement did or (in audit mode) would have done.
+public struct EnforcementEvent: Sendable, Equatable, Codable {
+    /// What happened.
+    public enum Kind: String, Sendable, Codable {
+        case launchAllowed = "launch-allowed"
+        case launchRefused = "launch-refused"
+        /// Audit mode: the launch would have been refused.
+        case launchWouldBeRefused = "launch-would-be-refused"
+        case sessionsEnded = "sessions-ended"
+        /// Audit mode: the sessions would have been ended.
+        case sessionsWouldBeEnded = "sessions-would-be-ended"
+        case bindingApplied = "binding-applied"
+        case bindingFailed = "binding-failed"
+    }
+
+    public var id: UInt64
+    public var time: Date
+    public var kind: Kind
+    public var profile: String?
+    public var sessions: [SessionInfo]
+    /// The decision's reason (or the refusal's).
+    public var reason: String
+    /// From the netlink event to the action (nftables replaced, processes reaped), ms.
+    public var latencyMs: Double?
+    public var uid: UInt32?
+
+    public init(id: UInt64, time: Date, kind: Kind, profile: String? = nil, sessions: [SessionInfo] = [], reason: String,
+                latencyMs: Double? = nil, uid: UInt32? = nil) {
+        self.id = id
+        self.time = time
+        self.kind = kind
+        self.profile = profile
+        self.sessions = sessions
+        self.reason = reason
+        self.latencyMs = latencyMs
+        self.uid = uid
+    }
+
+    /// Refusals and kills (and their audit twins): what `segguardctl why-denied` lists.
+    public var isDenial: Bool {
+        switch kind {
+        case .launchRefused, .launchWouldBeRefused, .sessionsEnded, .sessionsWouldBeEnded, .bindingFailed: true
+        default: false
+        }
+    }
+}
+
+/// The daemon's answer to a launch request.
+public struct LaunchReply: Sendable, Equatable, Codable {
+    public var allowed: Bool
+    public var reason: String
+    public var profile: String
+    public var sessionID: UInt64?
+    /// The client command to exec (the profile's, or the launcher's after `--`) with the
+    /// profile's enforced arguments appended.
+    public var command: [String]
+    /// Config files the launcher must rewrite before exec.
+    public var configFiles: [ConfigFileEdit]
+
+    public init(allowed: Bool, reason: String, profile: String, sessionID: UInt64?, command: [String], configFiles: [ConfigFileEdit]) {
+        self.allowed = allowed
+        self.reason = reason
+        self.profile = profile
+        self.sessionID = sessionID
+        self.command = command
+        self.configFiles = configFiles
+    }
+}
+
+/// Keys to set in one INI-style client configuration file.
+public struct ConfigFileEdit: Sendable, Equatable, Codable {
+    public var path: String
+    public var section: String?
+    public var set: [String: String]
+    public init(path: String, section: String?, set: [String: String]) {
+        self.path = path
+        self.section = section
+        self.set = set
+    }
+}
+
+
+extension ConfigFileEdit {
+    /// The text with each key of `set` given its value inside `section` (added if missing).
+    public func rewrite(_ text: String) -> String {
+        var lines = text.isEmpty ? [] : text.components(separatedBy: "\n")
+        if lines.last == "" { lines.removeLast() }
+        var remaining = set
+        var current: String? = nil
+        var inTarget = section == nil
+        var lastTargetLine = section == nil ? -1 : nil as Int?
+        for i in lines.indices {
+            let t = lines[i].trimmingCharacters(in: .whitespaces)
+            if t.hasPrefix("[") && t.hasSuffix("]") {
+                current = String(t.dropFirst().dropLast())
+                inTarget = current == section
+                if inTarget { lastTargetLine = i }
+                continue
+            }
+            guard inTarget, let eq = t.firstIndex(of: "=") else { if inTarget { lastTargetLine = i }; continue }
+            let key = t[..<eq].trimmingCharacters(in: .whitespaces)
+            if let v = remaining.removeValue(forKey: key) { lines[i] = "\(key)=\(v)" }
+            lastTargetLine = i
+        }
+        let additions = remaining.keys.sorted().map { "\($0)=\(remaining[$0]!)" }
+        if !additions.isEmpty {
+            if let at = lastTargetLine {
+                lines.insert(contentsOf: additions, at: at + 1)
+            } else if let section {
+                lines += ["[\(section)]"] + additions
+            } else {
+                lines = additions + lines
+            }
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+}

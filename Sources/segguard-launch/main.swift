@@ -1,0 +1,101 @@
+// segguard-launch: the VDI launcher. Asks segguardd whether a profile may start now; if
+// allowed, applies the profile's client settings and execs the client, so that the client is
+// the very process segguardd put into the session's cgroup. If refused, says why (stderr and
+// a desktop notification) and exits 1. It decides nothing itself: the daemon identifies it by
+// its peer credentials and tracks what it becomes.
+
+import ArgumentParser
+import Foundation
+import SegguardControl
+import CSegguardShims
+import SegguardWire
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Launch: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "segguard-launch",
+        abstract: "Start a VDI client through the segment-guard launch gate.",
+        discussion: "Exit status: 1 refused, 2 usage, 3 segguardd unreachable, 127 the client could not be started.",
+        version: segguardVersion)
+
+    @Option(name: .long, help: "Launch profile from the policy (mynumber, lgwan, …).")
+    var profile: String = "mynumber"
+
+    @Option(name: .long, help: "Control socket of segguardd.")
+    var socket: String = ControlClient.defaultPath
+
+    @Flag(name: .long, help: "Do not show a desktop notification on refusal.")
+    var noNotify = false
+
+    @Argument(parsing: .postTerminator, help: "The client command (used when the profile names none).")
+    var command: [String] = []
+
+    func run() throws {
+        let reply: ControlReply
+        do {
+            reply = try ControlClient.send(ControlRequest(command: .launch, profile: profile, clientCommand: command), path: socket)
+        } catch {
+            fail("cannot ask segguardd: \(error)", status: 3)
+        }
+        if let e = reply.error { fail("segguardd: \(e.message)", status: 3) }
+        guard let launch = reply.launch else { fail("segguardd sent no launch answer", status: 3) }
+        guard launch.allowed else {
+            FileHandle.standardError.write(Data("segguard-launch: refused: \(launch.reason)\n".utf8))
+            if !noNotify { DesktopNotification.send(summary: "VDI start refused (\(launch.profile))", body: launch.reason) }
+            throw ExitCode(1)
+        }
+        for edit in launch.configFiles {
+            do {
+                try ConfigFileEditor.apply(edit)
+            } catch {
+                fail("cannot apply the profile's client settings: \(error)", status: 1)
+            }
+        }
+        guard let exe = launch.command.first else { fail("segguardd allowed an empty command", status: 127) }
+        let argv = launch.command.map { strdup($0) } + [nil]
+        if exe.contains("/") { execv(exe, argv) } else { execvp(exe, argv) }
+        fail("cannot start \(exe): \(String(cString: strerror(errno))) (errno \(errno))", status: 127)
+    }
+
+    func fail(_ message: String, status: Int32) -> Never {
+        FileHandle.standardError.write(Data("segguard-launch: \(message)\n".utf8))
+        Foundation.exit(status)
+    }
+}
+
+/// Sets keys in an INI-style client configuration file, keeping every other line.
+enum ConfigFileEditor {
+    struct EditError: Error, CustomStringConvertible { var description: String }
+
+    static func apply(_ edit: ConfigFileEdit) throws {
+        let path = edit.path.hasPrefix("~/") ? NSHomeDirectory() + String(edit.path.dropFirst(1)) : edit.path
+        let old = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        let new = edit.rewrite(old)
+        let url = URL(fileURLWithPath: path)
+        do {
+            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+            try new.write(to: url, atomically: true, encoding: .utf8)
+        } catch {
+            throw EditError(description: "\(path): \(error.localizedDescription)")
+        }
+    }
+}
+
+/// freedesktop Notifications over the user's session bus (sd-bus), best effort: a refusal is
+/// already on stderr and in segguardd's event log.
+enum DesktopNotification {
+    static func send(summary: String, body: String) {
+        guard ProcessInfo.processInfo.environment["DBUS_SESSION_BUS_ADDRESS"] != nil
+            || FileManager.default.fileExists(atPath: "/run/user/\(getuid())/bus")
+        else { return }
+        var err = [CChar](repeating: 0, count: 256)
+        if sg_notify_desktop("segguard-launch", summary, body, &err, err.count) < 0 {
+            FileHandle.standardError.write(Data("segguard-launch: (no desktop notification: \(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)))\n".utf8))
+        }
+    }
+}
+
+Launch.main()
