@@ -29,8 +29,9 @@ public struct NftablesError: Error, CustomStringConvertible, Sendable, Equatable
 /// The binding's handle on the kernel's nftables: applies `NftablesRuleset` batches in one
 /// transaction each, lists and deletes the table.
 ///
-/// libnftables talks to the network namespace of the thread that runs it: create and use a
-/// binding from threads in the namespace the table belongs to.
+/// The binding acts in the network namespace of the thread that CREATED it (libnftables 1.0.6
+/// opens its netlink socket in `nft_ctx_new`); create it on a thread inside the namespace
+/// whose table it manages. Releasing it never deletes the table.
 public final class NftablesBinding: Sendable {
     /// The table name (family `inet`).
     public let table: String

@@ -157,7 +157,7 @@ public final class SessionTracker: Sendable {
     /// returns the monotonic time it was seen empty, or 0 on timeout.
     static func waitEmpty(_ cgroup: String, timeout: Double) -> UInt64 {
         let events = "\(cgroup)/cgroup.events"
-        let fd = inotify_init1(Int32(IN_CLOEXEC))
+        let fd = inotify_init1(Int32(IN_CLOEXEC) | Int32(IN_NONBLOCK))
         defer { if fd >= 0 { close(fd) } }
         if fd >= 0 { _ = inotify_add_watch(fd, events, UInt32(IN_MODIFY)) }
         let deadline = monotonicNanos() + UInt64(timeout * 1e9)
@@ -169,9 +169,10 @@ public final class SessionTracker: Sendable {
             // Bounded by the deadline; each wakeup is an inotify event on cgroup.events.
             let ms = Int32(min(UInt64(Int32.max), (deadline - now) / 1_000_000 + 1))
             if fd >= 0 {
-                _ = poll(&pfd, 1, ms)
-                var buf = [UInt8](repeating: 0, count: 4096)
-                _ = read(fd, &buf, buf.count)
+                if poll(&pfd, 1, ms) > 0 {
+                    var buf = [UInt8](repeating: 0, count: 4096)
+                    _ = read(fd, &buf, buf.count)
+                }
             } else {
                 usleep(1000)
             }

@@ -108,7 +108,7 @@ struct PolicyFixtureTests {
     func fixturesExist() {
         #expect(FixturePaths.goodFixtures.count >= 5, "good fixtures in \(FixturePaths.fixtures.path)/good")
         #expect(FixturePaths.badFixtures.count >= 19, "bad fixtures in \(FixturePaths.fixtures.path)/bad")
-        #expect(FixturePaths.yamlFiles(in: FixturePaths.config) == ["demo-veth.yaml", "policy.example.yaml"])
+        #expect(FixturePaths.yamlFiles(in: FixturePaths.config) == ["demo-veth.yaml", "policy.example.yaml", "profiles.example.yaml"])
     }
 
     @Test("every good fixture loads", arguments: FixturePaths.goodFixtures)

@@ -1,0 +1,319 @@
+// Real-kernel tests of the segment binding: a client namespace running segguardd, a gateway
+// namespace with a stand-in VDI gateway (a TCP server), veth links between them. A client
+// started by segguard-launch holds a connection and double-forks; the tests change the
+// network and assert what the gateway, the processes and segguardd's events show.
+
+import Foundation
+import SegguardControl
+import SegguardPolicy
+import SegguardTestSupport
+import SegguardWire
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Client and gateway namespaces, the gateway server and a running segguardd.
+final class EnforcementLab {
+    let client: TestNamespace
+    let gateway: TestNamespace
+    let server: NamespaceTCPServer
+    let dir: URL
+    let cgroup: String
+    var daemon: Process?
+    var launchers: [Process] = []
+    static let gatewayIP = IPAddress("10.62.9.1")!
+    static let port: UInt16 = 8443
+
+    var socket: String { dir.appendingPathComponent("control.sock").path }
+    var policyFile: URL { dir.appendingPathComponent("policy.yaml") }
+    var log: URL { dir.appendingPathComponent("daemon.log") }
+
+    static func policy(mode: String = "enforce", grace: Double = 0) -> String {
+        """
+        schema_version: 1
+        name: enforcement-test
+        sites:
+          - name: lab
+            wired:
+              - interfaces: ["sga*"]
+                link_kinds: [veth]
+        vdi:
+          gateways:
+            - address: 10.62.9.1
+              ports: [8443]
+        enforcement:
+          launch_gate: \(mode)
+          session_termination: \(mode)
+          network_binding: \(mode)
+          grace_seconds: \(grace)
+          kill_timeout_seconds: 1
+        profiles:
+          - name: mynumber
+            segment: mynumber
+          - name: lgwan
+            segment: lgwan
+        """
+    }
+
+    /// `sga0` (authorized, 10.62.1.0/24) and `alt0` (not matched by any rule, 10.62.2.0/24)
+    /// both reach the gateway namespace, where 10.62.9.1:8443 listens.
+    init(policy: String, base: Int) throws {
+        client = try TestNamespace(prefix: "sgenf")
+        do {
+            gateway = try TestNamespace(prefix: "sgenf")
+        } catch {
+            client.destroy()
+            throw error
+        }
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("segguard-enf-\(client.name)")
+        cgroup = (SessionTrackerPaths.base ?? "/sys/fs/cgroup/segguard") + "-test-\(client.name)"
+        do {
+            try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+            try policy.write(to: dir.appendingPathComponent("policy.yaml"), atomically: true, encoding: .utf8)
+            try client.ip("link", "add", "sga0", "index", "\(base)", "type", "veth", "peer", "name", "gwa0", "index", "\(base + 1)", "netns", gateway.name)
+            try client.ip("link", "add", "alt0", "index", "\(base + 2)", "type", "veth", "peer", "name", "gwb0", "index", "\(base + 3)", "netns", gateway.name)
+            try client.ip("addr", "add", "10.62.1.2/24", "dev", "sga0")
+            try client.ip("addr", "add", "10.62.2.2/24", "dev", "alt0")
+            try gateway.ip("addr", "add", "10.62.1.1/24", "dev", "gwa0")
+            try gateway.ip("addr", "add", "10.62.2.1/24", "dev", "gwb0")
+            try gateway.ip("addr", "add", "10.62.9.1/32", "dev", "lo")
+            for (ns, l) in [(client, "sga0"), (client, "alt0"), (gateway, "gwa0"), (gateway, "gwb0")] { try ns.ip("link", "set", l, "up") }
+            try client.ip("route", "add", "10.62.9.1/32", "via", "10.62.1.1", "dev", "sga0")
+            server = try NamespaceTCPServer(namespacePath: gateway.path, address: Self.gatewayIP, port: Self.port)
+        } catch {
+            client.destroy()
+            gateway.destroy()
+            throw error
+        }
+    }
+
+    func startDaemon() throws {
+        let p = Process()
+        p.executableURL = binDir.appendingPathComponent("segguardd")
+        p.arguments = ["--netns", client.path, "--policy", policyFile.path, "--socket", socket, "--session-cgroup", cgroup,
+                       "--baseline-file", dir.appendingPathComponent("baseline.json").path]
+        if !FileManager.default.fileExists(atPath: log.path) { _ = FileManager.default.createFile(atPath: log.path, contents: nil) }
+        let h = try FileHandle(forWritingTo: log)
+        h.seekToEndOfFile()
+        p.standardError = h
+        try p.run()
+        daemon = p
+    }
+
+    func killDaemon(_ signal: Int32 = SIGKILL) {
+        guard let d = daemon, d.isRunning else { return }
+        kill(d.processIdentifier, signal)
+        d.waitUntilExit()
+    }
+
+    /// Starts `segguard-launch` in the client namespace (nsenter keeps the host's mounts).
+    func launch(profile: String = "mynumber", _ command: [String], user: (uid: Int, gid: Int)? = nil) throws -> Process {
+        let p = Process()
+        var argv = ["--net=\(client.path)"]
+        if let user { argv += ["setpriv", "--reuid=\(user.uid)", "--regid=\(user.gid)", "--clear-groups"] }
+        argv += [binDir.appendingPathComponent("segguard-launch").path, "--socket", socket, "--profile", profile, "--no-notify", "--"] + command
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+        p.arguments = argv
+        p.standardError = Pipe()
+        try p.run()
+        launchers.append(p)
+        return p
+    }
+
+    /// A stand-in VDI client: holds a TCP connection to the gateway and double-forks a child
+    /// that leaves the process tree (setsid, reparented to init).
+    static let client = ["/bin/bash", "-c", "exec 3<>/dev/tcp/10.62.9.1/8443; (setsid sleep 3600 &); sleep 3600"]
+
+    func reply(_ command: ControlRequest.Command) -> ControlReply? {
+        try? ControlClient.send(ControlRequest(command: command), path: socket)
+    }
+
+    /// Waits (bounded) for a condition that segguardd or the kernel makes true.
+    func eventually(_ timeout: Double = 10, _ what: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if what() { return true }
+            Thread.sleep(forTimeInterval: 0.02)
+        }
+        return what()
+    }
+
+    var segment: String? { reply(.status)?.status?.decision.segment.rawValue }
+    /// The binding's table exists in the client namespace (it is applied right after the decision).
+    var hasTable: Bool { (try? runCommand(["nsenter", "--net=\(client.path)", "nft", "list", "table", "inet", "segguard"])) != nil }
+    var sessions: [SessionInfo] { reply(.sessions)?.sessions ?? [] }
+    var denials: [EnforcementEvent] { reply(.whyDenied)?.events ?? [] }
+    func canReachGateway() -> Bool {
+        if case .success = tcpConnect(namespacePath: client.path, address: Self.gatewayIP, port: Self.port, timeout: 1) { return true }
+        return false
+    }
+
+    func cleanup() {
+        if ProcessInfo.processInfo.environment["SEGGUARD_TEST_LOGS"] != nil {
+            print("---- segguardd log of \(client.name)\n" + ((try? String(contentsOf: log, encoding: .utf8)) ?? ""))
+        }
+        for l in launchers where l.isRunning { kill(l.processIdentifier, SIGKILL) }
+        for s in sessions { for p in s.pids { kill(p, SIGKILL) } }
+        killDaemon(SIGTERM)
+        server.stop()
+        // Session cgroups of this run (and the base) go once they are empty.
+        if let entries = try? FileManager.default.contentsOfDirectory(atPath: cgroup) {
+            for e in entries where e.hasPrefix("session-") {
+                try? "1\n".write(toFile: "\(cgroup)/\(e)/cgroup.kill", atomically: false, encoding: .utf8)
+                Thread.sleep(forTimeInterval: 0.05)
+                rmdir("\(cgroup)/\(e)")
+            }
+        }
+        rmdir(cgroup)
+        client.destroy()
+        gateway.destroy()
+        try? FileManager.default.removeItem(at: dir)
+    }
+}
+
+/// Where the cgroup v2 hierarchy is mounted.
+enum SessionTrackerPaths {
+    static let base: String? = {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
+        for line in text.split(separator: "\n") {
+            let halves = line.components(separatedBy: " - ")
+            guard halves.count == 2, halves[1].hasPrefix("cgroup2 ") else { continue }
+            let fields = halves[0].split(separator: " ")
+            if fields.count >= 5 { return String(fields[4]) + "/segguard" }
+        }
+        return nil
+    }()
+}
+
+func isAlive(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || errno != ESRCH }
+
+@Suite("Segment binding on the real kernel", .serialized,
+       .enabled(if: canCreateNamespaces && SessionTrackerPaths.base != nil, "needs root, iproute2 and a cgroup v2 mount"))
+struct EnforcementTests {
+    @Test("carrier loss: gateway blocked, the session and its double-forked child ended; carrier back: launch allowed again")
+    func carrierLossEndsSession() throws {
+        let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3900)
+        defer { lab.cleanup() }
+        try lab.startDaemon()
+        #expect(lab.eventually { lab.segment == "authorized-wired" })
+        #expect(lab.canReachGateway())
+
+        let launcher = try lab.launch(EnforcementLab.client)
+        #expect(lab.eventually { lab.server.acceptedCount >= 2 && (lab.sessions.first?.pids.count ?? 0) >= 2 }, "client connected and forked")
+        let session = try #require(lab.sessions.first)
+        #expect(session.profile == "mynumber")
+        #expect(session.pid == launcher.processIdentifier, "the launcher exec'd the client: same pid")
+
+        try lab.gateway.ip("link", "set", "gwa0", "down")
+        #expect(lab.eventually { session.pids.allSatisfy { !isAlive($0) } }, "every process of the session is gone, the setsid child included")
+        #expect(!lab.canReachGateway())
+        let ended = try #require(lab.denials.last { $0.kind == .sessionsEnded })
+        #expect(ended.sessions.map(\.id) == [session.id])
+        #expect(ended.reason.contains("sga0 matches site 'lab' wired rule"))
+        #expect(ended.reason.contains("has no carrier"))
+        #expect((ended.latencyMs ?? 1e9) < 2000)
+
+        try lab.gateway.ip("link", "set", "gwa0", "up")
+        #expect(lab.eventually { lab.segment == "authorized-wired" })
+        #expect(lab.eventually { lab.canReachGateway() })
+        let again = try lab.launch(["/bin/true"])
+        again.waitUntilExit()
+        #expect(again.terminationStatus == 0)
+    }
+
+    @Test("a second uplink appearing ends the session")
+    func secondUplinkEndsSession() throws {
+        let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3910)
+        defer { lab.cleanup() }
+        try lab.startDaemon()
+        #expect(lab.eventually { lab.segment == "authorized-wired" })
+        _ = try lab.launch(EnforcementLab.client)
+        #expect(lab.eventually { (lab.sessions.first?.pids.count ?? 0) >= 2 })
+        let session = try #require(lab.sessions.first)
+
+        try lab.client.addVeth("usbtest0", index: 3918, peer: "phone0", index: 3919)
+        try lab.client.ip("addr", "add", "10.63.0.2/24", "dev", "usbtest0")
+        try lab.client.ip("route", "add", "default", "via", "10.63.0.1", "dev", "usbtest0")
+        #expect(lab.eventually { session.pids.allSatisfy { !isAlive($0) } })
+        let ended = try #require(lab.denials.last { $0.kind == .sessionsEnded })
+        #expect(ended.reason.hasPrefix("usbtest0 (virtual veth) is a second uplink"))
+        #expect(!lab.canReachGateway(), "sga0 still has carrier, but the decision is unauthorized: the table drops")
+    }
+
+    @Test("off-segment: segguard-launch refuses with the reason and the refusal is an event; unknown profile and wrong user too")
+    func refusals() throws {
+        let lab = try EnforcementLab(policy: EnforcementLab.policy() + "\n    allowed_groups: [root]\n", base: 3920)
+        defer { lab.cleanup() }
+        try lab.gateway.ip("link", "set", "gwa0", "down")
+        try lab.startDaemon()
+        #expect(lab.eventually { lab.segment == "unauthorized" })
+
+        let p = try lab.launch(["/bin/true"])
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 1)
+        let stderr = String(decoding: (p.standardError as! Pipe).fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(stderr.hasPrefix("segguard-launch: refused: profile 'mynumber' needs the My Number segment: no authorized path: sga0"))
+        #expect(lab.denials.last?.kind == .launchRefused)
+
+        let unknown = try lab.launch(profile: "mynumbre", ["/bin/true"])
+        unknown.waitUntilExit()
+        #expect(unknown.terminationStatus == 1)
+        #expect(lab.denials.last?.reason == "unknown profile 'mynumbre' (profiles in the policy: mynumber, lgwan)")
+
+        // The lgwan profile (allowed_groups: [root] appended to it) refuses an unprivileged user.
+        try lab.gateway.ip("link", "set", "gwa0", "up")
+        #expect(lab.eventually { lab.segment == "authorized-wired" })
+        let nobody = try lab.launch(profile: "lgwan", ["/bin/true"], user: (65534, 65534))
+        nobody.waitUntilExit()
+        #expect(nobody.terminationStatus == 1)
+        #expect(lab.denials.last?.reason == "uid 65534 is not in a group allowed to launch profile 'lgwan' (root)")
+        #expect(lab.sessions.isEmpty, "nothing half-applied")
+    }
+
+    @Test("SIGKILL of segguardd leaves the drop in place; a restarted segguardd reconciles the table")
+    func crashFailsClosed() throws {
+        let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3930)
+        defer { lab.cleanup() }
+        try lab.startDaemon()
+        #expect(lab.eventually { lab.segment == "authorized-wired" && lab.hasTable })
+        #expect(lab.canReachGateway())
+
+        lab.killDaemon(SIGKILL)
+        // The path through alt0 was never authorized: with segguardd dead it stays closed.
+        try lab.client.ip("route", "replace", "10.62.9.1/32", "via", "10.62.2.1", "dev", "alt0")
+        #expect(!lab.canReachGateway(), "the table outlives the daemon")
+
+        // Someone removes the table while segguardd is down; the restart puts it back.
+        try runCommand(["nsenter", "--net=\(lab.client.path)", "nft", "delete", "table", "inet", "segguard"])
+        #expect(lab.canReachGateway(), "without the table alt0 reaches the gateway")
+        try lab.startDaemon()
+        #expect(lab.eventually { lab.segment == "authorized-wired" && lab.hasTable })
+        #expect(!lab.canReachGateway(), "reconciled: alt0 blocked again")
+        try lab.client.ip("route", "replace", "10.62.9.1/32", "via", "10.62.1.1", "dev", "sga0")
+        #expect(lab.canReachGateway())
+    }
+
+    @Test("audit mode: the same second-uplink scenario logs would-be actions and blocks nothing")
+    func auditBlocksNothing() throws {
+        let lab = try EnforcementLab(policy: EnforcementLab.policy(mode: "audit"), base: 3940)
+        defer { lab.cleanup() }
+        try lab.startDaemon()
+        #expect(lab.eventually { lab.segment == "authorized-wired" })
+        _ = try lab.launch(EnforcementLab.client)
+        #expect(lab.eventually { (lab.sessions.first?.pids.count ?? 0) >= 2 })
+        let session = try #require(lab.sessions.first)
+
+        try lab.client.addVeth("usbtest0", index: 3948, peer: "phone0", index: 3949)
+        try lab.client.ip("addr", "add", "10.63.0.2/24", "dev", "usbtest0")
+        try lab.client.ip("route", "add", "default", "via", "10.63.0.1", "dev", "usbtest0")
+        #expect(lab.eventually { lab.denials.contains { $0.kind == .sessionsWouldBeEnded } })
+        #expect(session.pids.allSatisfy(isAlive), "audit: the session keeps running")
+        #expect(lab.canReachGateway(), "audit: the gateway stays reachable")
+        let refused = try lab.launch(["/bin/true"])
+        refused.waitUntilExit()
+        #expect(refused.terminationStatus == 0, "audit: the launch goes ahead")
+        #expect(lab.denials.contains { $0.kind == .launchWouldBeRefused })
+    }
+}

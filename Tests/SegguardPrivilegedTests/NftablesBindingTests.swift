@@ -1,0 +1,314 @@
+// Real-kernel tests of the nftables network binding: per test a client namespace and a
+// gateway namespace joined by two veth pairs, a TCP server on the VDI address in the gateway
+// namespace, and the binding's table applied inside the client namespace. Without root they
+// are skipped with the reason shown.
+
+import Foundation
+import SegguardEnforce
+import SegguardPolicy
+import SegguardTestSupport
+import Testing
+
+/// Client ⇄ gateway over two paths: sga0 (10.61.1.2) ⇄ gwa0 (10.61.1.1) and sgb0 (10.61.2.2)
+/// ⇄ gwb0 (10.61.2.1); the VDI address 10.61.9.1 sits on the gateway's lo with a TCP server
+/// on port 8443. Torn down by `close()`.
+final class GatewayLab {
+    static let vdi = IPAddress("10.61.9.1")!
+    static let port: UInt16 = 8443
+    static let gateway = Gateway(prefix: IPPrefix("10.61.9.1")!, ports: [8443], transport: .both)
+    static let table = "segguard_test"
+
+    let client: TestNamespace
+    let gatewayNS: TestNamespace
+    let server: NamespaceTCPServer
+    /// Created inside the client namespace, so it acts there from any thread.
+    let binding: NftablesBinding
+
+    init() throws {
+        client = try TestNamespace(prefix: "sgnftc")
+        do {
+            gatewayNS = try TestNamespace(prefix: "sgnftg")
+        } catch {
+            client.destroy()
+            throw error
+        }
+        do {
+            try client.addVeth("sga0", index: 3201, peer: "gwa0", index: 3202, up: false)
+            try client.addVeth("sgb0", index: 3203, peer: "gwb0", index: 3204, up: false)
+            try client.ip("link", "set", "gwa0", "netns", gatewayNS.name)
+            try client.ip("link", "set", "gwb0", "netns", gatewayNS.name)
+            try client.ip("addr", "add", "10.61.1.2/24", "dev", "sga0")
+            try client.ip("addr", "add", "10.61.2.2/24", "dev", "sgb0")
+            try client.ip("link", "set", "sga0", "up")
+            try client.ip("link", "set", "sgb0", "up")
+            try gatewayNS.ip("addr", "add", "10.61.9.1/32", "dev", "lo")
+            try gatewayNS.ip("addr", "add", "10.61.1.1/24", "dev", "gwa0")
+            try gatewayNS.ip("addr", "add", "10.61.2.1/24", "dev", "gwb0")
+            try gatewayNS.ip("link", "set", "gwa0", "up")
+            try gatewayNS.ip("link", "set", "gwb0", "up")
+            try client.ip("route", "add", "10.61.9.1/32", "via", "10.61.1.1", "dev", "sga0")
+            server = try NamespaceTCPServer(namespacePath: gatewayNS.path, address: GatewayLab.vdi, port: GatewayLab.port)
+            binding = try withNetworkNamespace(client.path) { try NftablesBinding(table: GatewayLab.table) }
+        } catch {
+            client.destroy()
+            gatewayNS.destroy()
+            throw error
+        }
+    }
+
+    func close() {
+        server.stop()
+        client.destroy()
+        gatewayNS.destroy()
+    }
+
+    /// Routes the VDI address through path "a" (sga0) or "b" (sgb0).
+    func route(via path: String) throws {
+        let (gw, dev) = path == "a" ? ("10.61.1.1", "sga0") : ("10.61.2.1", "sgb0")
+        try client.ip("route", "replace", "10.61.9.1/32", "via", gw, "dev", dev)
+    }
+
+    func apply(_ allowed: [String], _ mode: ControlMode = .enforce) throws {
+        try binding.apply(transaction(allowed, mode))
+    }
+
+    func transaction(_ allowed: [String], _ mode: ControlMode = .enforce) -> Data {
+        NftablesRuleset.transaction(table: GatewayLab.table, gateways: [GatewayLab.gateway], allowedInterfaces: allowed, mode: mode)
+    }
+
+    /// TCP connect to the VDI server from the client; short timeout when a drop is expected.
+    func connect(timeout: Double = 5) -> Result<Void, SocketFailure> {
+        tcpConnect(namespacePath: client.path, address: GatewayLab.vdi, port: GatewayLab.port, timeout: timeout)
+    }
+
+    func udp(to address: IPAddress = GatewayLab.vdi, port: UInt16 = GatewayLab.port) -> Result<Void, SocketFailure> {
+        udpSend(namespacePath: client.path, address: address, port: port)
+    }
+
+    /// Packet counters of the table's rules, by role (nil when the table or rule is absent).
+    func packets(_ role: NftablesRuleset.RuleRole) throws -> UInt64? {
+        guard let listing = try binding.listTable() else { return nil }
+        let comment = NftablesRuleset.comment(role, gateway: GatewayLab.gateway)
+        return NftablesRuleset.counters(inListing: listing).first { $0.comment == comment }?.packets
+    }
+}
+
+extension Result where Success == Void {
+    var succeeded: Bool { if case .success = self { true } else { false } }
+    var error: Failure? { if case .failure(let f) = self { f } else { nil } }
+}
+
+@Suite("Nftables binding on the real kernel", .serialized, .enabled(if: canCreateNamespaces, "needs root and iproute2 to create network namespaces"))
+struct NftablesBindingTests {
+    @Test("enforce: the gateway is reachable only through the authorized interface")
+    func enforceFollowsAllowedInterface() throws {
+        let lab = try GatewayLab()
+        defer { lab.close() }
+        try lab.apply(["sga0"])
+
+        #expect(lab.connect().succeeded)
+        #expect(lab.server.waitForAccepted(1) == 1)
+        #expect(lab.udp().succeeded)
+        #expect(try #require(try lab.packets(.allow)) >= 3)  // at least the SYN, the ACK and the datagram
+        #expect(try lab.packets(.drop) == 0)
+
+        try lab.route(via: "b")
+        #expect(lab.connect(timeout: 1).error == .timedOut)  // the SYN is dropped in the output hook
+        #expect(lab.udp().error == .notPermitted)
+        #expect(lab.udp().error?.message == "Operation not permitted")
+        #expect(lab.server.acceptedCount == 1)
+        #expect(try #require(try lab.packets(.drop)) >= 2)
+        // Only the gateway's address and ports are bound: other traffic on sgb0 still flows.
+        #expect(lab.udp(port: 9999).succeeded)
+        #expect(lab.udp(to: IPAddress("10.61.2.1")!, port: 8443).succeeded)
+
+        // A new decision moves the binding to sgb0 in one transaction.
+        try lab.apply(["sgb0"])
+        #expect(lab.connect().succeeded)
+        #expect(lab.server.waitForAccepted(2) == 2)
+        try lab.route(via: "a")
+        #expect(lab.udp().error == .notPermitted)
+    }
+
+    @Test("enforce with no authorized interface: gateway traffic is dropped on both paths")
+    func noAllowedInterfaceDropsAll() throws {
+        let lab = try GatewayLab()
+        defer { lab.close() }
+        try lab.apply([])
+
+        #expect(lab.connect(timeout: 1).error == .timedOut)
+        #expect(lab.udp().error == .notPermitted)
+        try lab.route(via: "b")
+        #expect(lab.udp().error == .notPermitted)
+        #expect(lab.server.acceptedCount == 0)
+        #expect(try lab.packets(.allow) == nil)
+        #expect(try #require(try lab.packets(.drop)) >= 3)
+    }
+
+    @Test("audit: nothing is blocked; the would-drop counter counts traffic leaving elsewhere")
+    func auditBlocksNothing() throws {
+        let lab = try GatewayLab()
+        defer { lab.close() }
+        try lab.apply(["sga0"], .audit)
+
+        #expect(lab.connect().succeeded)
+        #expect(try lab.packets(.wouldDrop) == 0)
+
+        try lab.route(via: "b")
+        #expect(lab.connect().succeeded)
+        #expect(lab.udp().succeeded)
+        #expect(lab.server.waitForAccepted(2) == 2)
+        #expect(try #require(try lab.packets(.wouldDrop)) >= 3)
+        #expect(try lab.packets(.drop) == nil)
+        #expect(try lab.packets(.allow) == nil)
+    }
+
+    @Test("off: the table is deleted and traffic flows; deleting again is not an error")
+    func offRemovesTable() throws {
+        let lab = try GatewayLab()
+        defer { lab.close() }
+        try lab.route(via: "b")
+        try lab.apply([])
+        #expect(lab.udp().error == .notPermitted)
+        #expect(try lab.binding.listTable() != nil)
+
+        try lab.apply(["sga0"], .off)
+        #expect(try lab.binding.listTable() == nil)
+        #expect(lab.connect().succeeded)
+        #expect(lab.udp().succeeded)
+        try lab.apply(["sga0"], .off)
+        try lab.binding.deleteTable()
+        #expect(try lab.binding.listTable() == nil)
+    }
+
+    @Test("a failing transaction throws libnftables' text and leaves the previous table in place")
+    func failedTransactionKeepsPreviousTable() throws {
+        let lab = try GatewayLab()
+        defer { lab.close() }
+        try lab.apply(["sga0"])
+        let before = try #require(try lab.binding.listTable())
+
+        // Rejected by libnftables' JSON parser: an unknown statement in the last rule.
+        let bogus = try appending(["add": ["rule": ["family": "inet", "table": GatewayLab.table, "chain": "output", "expr": [["bogus": 1]]]]],
+                                  to: lab.transaction(["sgb0"]))
+        let parseError = try #require(throws: NftablesError.self) { try lab.binding.apply(bogus) }
+        #expect(parseError.operation == "apply the transaction to table inet segguard_test")
+        #expect(parseError.detail.contains("Unknown statement object 'bogus'"), "\(parseError.detail)")
+        #expect(parseError.description.hasPrefix("nftables: cannot apply the transaction to table inet segguard_test: "))
+        #expect(try lab.binding.listTable() == before)
+
+        // Rejected by the kernel: the batch (which had already deleted and re-made our table)
+        // also deletes a table that does not exist, so the whole transaction is aborted.
+        let kernelRejected = try appending(["delete": ["table": ["family": "inet", "name": "segguard_absent"]]], to: lab.transaction(["sgb0"]))
+        let kernelError = try #require(throws: NftablesError.self) { try lab.binding.apply(kernelRejected) }
+        #expect(kernelError.detail.contains("No such file or directory"), "\(kernelError.detail)")
+        #expect(try lab.binding.listTable() == before)
+
+        // Connectivity is what the previous table says: sga0 allowed, sgb0 not.
+        #expect(lab.connect().succeeded)
+        try lab.route(via: "b")
+        #expect(lab.udp().error == .notPermitted)
+    }
+
+    @Test("the table outlives the binding object (fail closed), and a binding acts in the namespace it was created in")
+    func tableSurvivesRelease() throws {
+        let lab = try GatewayLab()
+        defer { lab.close() }
+        try withNetworkNamespace(lab.client.path) {
+            let b = try NftablesBinding(table: "segguard_released")
+            try b.apply(NftablesRuleset.baseline(table: "segguard_released", gateways: [GatewayLab.gateway]))
+        }
+        // The object is gone; the kernel still has the table and still drops.
+        let listing = try runCommand(["ip", "netns", "exec", lab.client.name, "nft", "-j", "list", "table", "inet", "segguard_released"])
+        let counters = NftablesRuleset.counters(inListing: listing)
+        #expect(counters.map(\.comment) == [NftablesRuleset.comment(.drop, gateway: GatewayLab.gateway)])
+        #expect(lab.udp().error == .notPermitted)
+
+        // A binding created on a thread inside the client namespace, used here from the
+        // test's own thread: it still sees the client's tables, not the host's.
+        let viaLab = try withNetworkNamespace(lab.client.path) { try NftablesBinding(table: "segguard_released") }
+        #expect(try viaLab.listTable().map { NftablesRuleset.counters(inListing: $0).count } == 1)
+        try viaLab.deleteTable()
+        #expect(lab.udp().succeeded)
+    }
+
+    @Test("the baseline file is written atomically and `nft -j -f` loads it, blocking the gateway")
+    func baselineFileLoadsWithNft() throws {
+        let lab = try GatewayLab()
+        defer { lab.close() }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sgnft-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("segguard-baseline.json").path
+
+        try "stale".write(toFile: path, atomically: false, encoding: .utf8)
+        try lab.binding.writeBaseline(gateways: [GatewayLab.gateway], to: path)
+        #expect(FileManager.default.contents(atPath: path) == NftablesRuleset.baseline(table: GatewayLab.table, gateways: [GatewayLab.gateway]))
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path) == ["segguard-baseline.json"])
+        let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+        #expect(mode == 0o644)
+
+        #expect(lab.connect().succeeded)
+        try runCommand(["ip", "netns", "exec", lab.client.name, "nft", "-j", "-f", path])
+        #expect(lab.connect(timeout: 1).error == .timedOut)
+        #expect(lab.udp().error == .notPermitted)
+        #expect(try lab.packets(.allow) == nil)
+        #expect(try #require(try lab.packets(.drop)) >= 2)
+
+        // Loading it again (the unit restarting) replaces it cleanly; then the daemon takes over.
+        try runCommand(["ip", "netns", "exec", lab.client.name, "nft", "-j", "-f", path])
+        #expect(try lab.packets(.drop) == 0)
+        try lab.apply(["sga0"])
+        #expect(lab.connect().succeeded)
+        #expect(lab.server.waitForAccepted(2) == 2)
+    }
+
+    @Test("IPv6 gateway prefix: ip6 daddr matches in the inet table, tcp and udp")
+    func ipv6Gateway() throws {
+        let lab = try GatewayLab()
+        defer { lab.close() }
+        try lab.gatewayNS.ip("addr", "add", "fd61:9::1/128", "dev", "lo")
+        try lab.gatewayNS.ip("addr", "add", "fd61:1::1/64", "dev", "gwa0", "nodad")
+        try lab.client.ip("addr", "add", "fd61:1::2/64", "dev", "sga0", "nodad")
+        try lab.client.ip("route", "add", "fd61:9::/64", "via", "fd61:1::1", "dev", "sga0")
+        let vdi6 = IPAddress("fd61:9::1")!
+        let server6 = try NamespaceTCPServer(namespacePath: lab.gatewayNS.path, address: vdi6, port: 443)
+        defer { server6.stop() }
+        let gw6 = Gateway(prefix: IPPrefix("fd61:9::/64")!, ports: [], transport: .both)
+        func apply(_ allowed: [String]) throws {
+            try lab.binding.apply(NftablesRuleset.transaction(table: GatewayLab.table, gateways: [GatewayLab.gateway, gw6], allowedInterfaces: allowed, mode: .enforce))
+        }
+
+        try apply([])
+        #expect(tcpConnect(namespacePath: lab.client.path, address: vdi6, port: 443, timeout: 1).error == .timedOut)
+        #expect(udpSend(namespacePath: lab.client.path, address: vdi6, port: 53).error == .notPermitted)
+        // Traffic to other destinations and ports still flows.
+        #expect(lab.udp(port: 9999).succeeded)
+
+        try apply(["sga0"])
+        #expect(tcpConnect(namespacePath: lab.client.path, address: vdi6, port: 443, timeout: 5).succeeded)
+        #expect(server6.waitForAccepted(1) == 1)
+        #expect(udpSend(namespacePath: lab.client.path, address: vdi6, port: 53).succeeded)
+        let listing = try #require(try lab.binding.listTable())
+        let allow6 = NftablesRuleset.counters(inListing: listing).first { $0.comment == NftablesRuleset.comment(.allow, gateway: gw6) }
+        #expect(try #require(allow6).packets >= 3)
+    }
+
+    @Test("writing the baseline into a missing directory fails with the path and the system error")
+    func baselineWriteFailure() throws {
+        let b = try NftablesBinding(table: "segguard_unused")
+        let path = "/nonexistent-segguard-dir/baseline.json"
+        let e = try #require(throws: NftablesError.self) { try b.writeBaseline(gateways: [GatewayLab.gateway], to: path) }
+        #expect(e.operation == "write the baseline ruleset to \(path)")
+        #expect(e.detail == "open /nonexistent-segguard-dir/.baseline.json.tmp.\(getpid()): No such file or directory")
+    }
+
+    /// The batch with one more command appended.
+    private func appending(_ command: [String: Any], to batch: Data) throws -> Data {
+        var root = try #require(try JSONSerialization.jsonObject(with: batch) as? [String: Any])
+        var cmds = try #require(root["nftables"] as? [Any])
+        cmds.append(command)
+        root["nftables"] = cmds
+        return try JSONSerialization.data(withJSONObject: root)
+    }
+}
