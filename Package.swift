@@ -71,8 +71,9 @@ let package = Package(
         .executableTarget(
             name: "segguard-bench",
             dependencies: [
-                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardTestSupport",
+                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardTestSupport", "SegguardEnforce", "SegguardWire",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
 

@@ -147,11 +147,17 @@ public final class Enforcer: Sendable {
         if grace > 0 {
             logger.warning("segment lost: VDI traffic blocked, sessions end unless an authorized path returns", metadata: ["grace_s": "\(grace)"])
         }
-        queue.asyncAfter(deadline: .now() + grace) { [self] in
+        let work: @Sendable () -> Void = { [self] in
             let (current, pol, started, valid) = state.withLock { s in (s.decision, s.policy, s.graceStartedAt, s.graceToken == token) }
             guard valid, let pol, !current.isAuthorized, let started else { return }
             state.withLock { $0.graceStartedAt = nil }
             endSessions(reason: current.reason, policy: pol, eventNanos: started)
+        }
+        // No grace: at once (a timer, even of zero, is subject to Dispatch's timer leeway).
+        if grace > 0 {
+            queue.asyncAfter(deadline: .now() + grace, execute: work)
+        } else {
+            queue.async(execute: work)
         }
     }
 

@@ -113,7 +113,7 @@ public final class SessionTracker: Sendable {
             info.pids = SessionTracker.pids(in: info.cgroup)
             _ = sg_pidfd_send_signal(e.pidfd, SIGTERM)
             for p in info.pids { kill(p, SIGTERM) }
-            var reapedAt = SessionTracker.waitEmpty(info.cgroup, timeout: killTimeout)
+            var reapedAt = SessionTracker.waitEmpty(info.cgroup, timeout: killTimeout, pidfd: e.pidfd)
             var killed = false
             if reapedAt == 0 {
                 killed = true
@@ -123,7 +123,10 @@ public final class SessionTracker: Sendable {
             results.append(TerminationResult(session: info, killed: killed, reaped: reapedAt != 0, reapedAtNanos: reapedAt))
             if reapedAt != 0 {
                 state.withLock { _ = $0.entries.removeValue(forKey: e.info.id) }
-                forget(e)
+                // Removing a cgroup waits for RCU grace periods (10-30 ms): not on the kill path.
+                close(e.pidfd)
+                let dir = e.info.cgroup
+                DispatchQueue.global(qos: .utility).async { rmdir(dir) }
             }
         }
         return results
@@ -137,7 +140,7 @@ public final class SessionTracker: Sendable {
     // MARK: cgroup files
 
     static func pids(in cgroup: String) -> [Int32] {
-        guard let text = try? String(contentsOfFile: "\(cgroup)/cgroup.procs", encoding: .utf8) else { return [] }
+        guard let text = readSmallFile("\(cgroup)/cgroup.procs") else { return [] }
         return text.split(separator: "\n").compactMap { Int32($0) }
     }
 
@@ -153,36 +156,57 @@ public final class SessionTracker: Sendable {
         }
     }
 
-    /// Waits (inotify on cgroup.events, no polling interval) until the cgroup has no process;
-    /// returns the monotonic time it was seen empty, or 0 on timeout.
-    static func waitEmpty(_ cgroup: String, timeout: Double) -> UInt64 {
+    /// Waits until the cgroup has no process and returns the monotonic time it was seen empty,
+    /// or 0 on timeout. Woken by the session's pidfd (readable the moment its first process has
+    /// exited, after it left the cgroup) and by inotify on cgroup.events (the kernel rate-limits
+    /// that one to about one notification per 10 ms, so it only serves for leftover children).
+    static func waitEmpty(_ cgroup: String, timeout: Double, pidfd: Int32 = -1) -> UInt64 {
         let events = "\(cgroup)/cgroup.events"
         let fd = inotify_init1(Int32(IN_CLOEXEC) | Int32(IN_NONBLOCK))
-        defer { if fd >= 0 { close(fd) } }
+        // Closing an inotify instance waits for an SRCU grace period (10-20 ms): not on the kill path.
+        defer { if fd >= 0 { DispatchQueue.global(qos: .utility).async { close(fd) } } }
         if fd >= 0 { _ = inotify_add_watch(fd, events, UInt32(IN_MODIFY)) }
+        var watchPidfd = pidfd >= 0
         let deadline = monotonicNanos() + UInt64(timeout * 1e9)
         while true {
             if !isPopulated(cgroup) { return monotonicNanos() }
             let now = monotonicNanos()
             if now >= deadline { return 0 }
-            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            // Bounded by the deadline; each wakeup is an inotify event on cgroup.events.
+            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+            if watchPidfd { fds.append(pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)) }
+            // Bounded by the deadline; every wakeup is a kernel notification.
             let ms = Int32(min(UInt64(Int32.max), (deadline - now) / 1_000_000 + 1))
-            if fd >= 0 {
-                if poll(&pfd, 1, ms) > 0 {
+            if poll(&fds, nfds_t(fds.count), ms) > 0 {
+                if fds[0].revents != 0 {
                     var buf = [UInt8](repeating: 0, count: 4096)
                     _ = read(fd, &buf, buf.count)
                 }
-            } else {
-                usleep(1000)
+                // A pidfd stays readable once its process has exited: watch it only once.
+                if watchPidfd && fds[1].revents != 0 { watchPidfd = false }
             }
         }
     }
 
     static func isPopulated(_ cgroup: String) -> Bool {
-        guard let text = try? String(contentsOfFile: "\(cgroup)/cgroup.events", encoding: .utf8) else { return false }
+        guard let text = readSmallFile("\(cgroup)/cgroup.events") else { return false }
         return text.contains("populated 1")
     }
+}
+
+/// The contents of a small kernel file (cgroup, proc), read with one open and plain reads.
+func readSmallFile(_ path: String) -> String? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var out = [UInt8]()
+    var buf = [UInt8](repeating: 0, count: 4096)
+    while true {
+        let n = read(fd, &buf, buf.count)
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { break }
+        out += buf[0..<n]
+    }
+    return String(decoding: out, as: UTF8.self)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds.

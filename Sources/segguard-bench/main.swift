@@ -5,7 +5,10 @@
 
 import ArgumentParser
 import Foundation
+import Logging
 import SegguardDecision
+import SegguardEnforce
+import SegguardWire
 import SegguardNetlink
 import SegguardPolicy
 import SegguardTestSupport
@@ -15,11 +18,6 @@ import Synchronization
 import Glibc
 #endif
 
-func monotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
 
 /// Decisions as they are made on the watcher thread, with the instant each was made.
 final class DecisionLog: Sendable {
@@ -58,7 +56,15 @@ final class DecisionLog: Sendable {
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "segguard-bench",
-        abstract: "Link-change-to-decision latency and segguardd idle RSS, measured in a private network namespace (root).")
+        abstract: "Measurements on the real kernel, in private network namespaces (root).",
+        subcommands: [DecisionBench.self, EnforceBench.self],
+        defaultSubcommand: DecisionBench.self)
+}
+
+struct DecisionBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "decision",
+        abstract: "Link-change-to-decision latency and segguardd idle RSS.")
 
     @Option(help: "Number of link changes (half carrier-lost, half carrier-back).")
     var changes = 400
@@ -96,11 +102,9 @@ struct Bench: ParsableCommand {
             cursor = next
             samples.append(Double(at - t0) / 1e6)
         }
-        samples.sort()
-        func pct(_ p: Double) -> Double { samples[min(samples.count - 1, Int((p / 100) * Double(samples.count - 1)))] }
         let stats = watcher.statistics
         print("link change -> decision latency over \(samples.count) changes (veth carrier lost/back, ifindex 4001/4002):")
-        print(String(format: "  p50 %.3f ms   p90 %.3f ms   p99 %.3f ms   max %.3f ms   min %.3f ms", pct(50), pct(90), pct(99), samples.last!, samples.first!))
+        print("  " + percentiles(samples))
         print("  watcher: \(stats.messages) netlink messages, \(stats.snapshots) snapshots, \(stats.wakeups) wakeups, \(stats.resyncs) resyncs")
 
         // Idle RSS of the real daemon watching the same namespace.
@@ -124,6 +128,113 @@ struct Bench: ParsableCommand {
         p.terminate()
         p.waitUntilExit()
         print("segguardd idle after \(idleSeconds) s: VmRSS \(rss), \(threads) threads (\(daemonPath))")
+    }
+}
+
+/// "p50 … p90 … p99 … max … min …" of samples in milliseconds.
+func percentiles(_ values: [Double]) -> String {
+    let v = values.sorted()
+    func pct(_ p: Double) -> Double { v[min(v.count - 1, Int((p / 100) * Double(v.count - 1)))] }
+    return String(format: "p50 %.3f ms   p90 %.3f ms   p99 %.3f ms   max %.3f ms   min %.3f ms", pct(50), pct(90), pct(99), v.last!, v.first!)
+}
+
+/// Times of enforcement events as the Enforcer reports them.
+final class EventTimes: Sendable {
+    private let state = Mutex<[(EnforcementEvent.Kind, UInt64)]>([])
+    private let condition = NSCondition()
+
+    func record(_ e: EnforcementEvent) {
+        condition.lock()
+        state.withLock { $0.append((e.kind, monotonicNanos())) }
+        condition.broadcast()
+        condition.unlock()
+    }
+
+    var count: Int { state.withLock { $0.count } }
+
+    /// The time of the first `kind` event at index >= from and not before `notBefore`; waits up to 5 s.
+    func wait(_ kind: EnforcementEvent.Kind, from: Int, notBefore: UInt64 = 0) -> (Int, UInt64)? {
+        let deadline = Date().addingTimeInterval(5)
+        condition.lock()
+        defer { condition.unlock() }
+        while true {
+            let hit: (Int, UInt64)? = state.withLock { s in
+                for i in from..<s.count where s[i].0 == kind && s[i].1 >= notBefore { return (i + 1, s[i].1) }
+                return nil
+            }
+            if let hit { return hit }
+            if !condition.wait(until: deadline) { return nil }
+        }
+    }
+}
+
+struct EnforceBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "enforce",
+        abstract: "Link change -> nftables table replaced, and -> VDI session process reaped.")
+
+    @Option(help: "Number of carrier losses (each ends one session).")
+    var changes = 100
+
+    func run() throws {
+        guard isRoot else { throw ValidationError("segguard-bench needs root (network namespaces, nftables, cgroups)") }
+        guard let cgroupRoot = SessionTracker.defaultBase() else { throw ValidationError("no cgroup v2 mount") }
+        let ns = try TestNamespace(prefix: "sgbench")
+        defer { ns.destroy() }
+        try runCommand(["ip", "netns", "exec", ns.name, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
+        try ns.addVeth("sgb0", index: 4101, peer: "sgbpeer0", index: 4102)
+
+        let policy = Policy(
+            name: "bench", sites: [Site(name: "bench", wired: [WiredRule(interfaces: ["sgb*"], linkKinds: ["veth"])])],
+            vdi: VDIRule(gateways: [Gateway(prefix: IPPrefix("192.0.2.10")!, ports: [443])]),
+            enforcement: EnforcementRule(graceSeconds: 0, killTimeoutSeconds: 1),
+            profiles: [LaunchProfile(name: "mynumber", segment: .mynumber)])
+        // libnftables binds to the namespace its context is created in.
+        let binding = try withNetworkNamespace(ns.path) { try NftablesBinding(table: "sgbench") }
+        let cgroup = cgroupRoot + "-bench-\(getpid())"
+        let tracker = try SessionTracker(base: cgroup)
+        defer { rmdir(cgroup) }
+        let times = EventTimes()
+        let enforcer = Enforcer(binding: binding, tracker: tracker, baselinePath: nil, logger: Logger(label: "bench"), onEvent: { times.record($0) })
+        let monitor = Mutex(SegmentMonitor(policy: policy))
+        let watcher = NetworkWatcher(options: .init(networkNamespace: ns.path))
+        try watcher.start(onSnapshot: { snapshot in
+            let now = monotonicNanos()
+            let decision = monitor.withLock { m -> Decision in
+                _ = m.update(snapshot)
+                return m.decision
+            }
+            enforcer.update(decision: decision, policy: policy, eventNanos: now)
+        })
+        defer { watcher.stop() }
+        guard var (cursor, _) = times.wait(.bindingApplied, from: 0) else { throw CommandError(description: "no initial binding") }
+
+        let toggler = try LinkToggler(namespacePath: ns.path)
+        var tableMs: [Double] = [], reapMs: [Double] = []
+        for i in 0..<changes {
+            let session = Process()
+            session.executableURL = URL(fileURLWithPath: "/bin/sleep")
+            session.arguments = ["3600"]
+            try session.run()
+            let reply = enforcer.launch(profileName: "mynumber", command: ["/bin/sleep"], requester: LaunchRequester(pid: session.processIdentifier, uid: 0, gid: 0, groups: []))
+            guard reply.allowed else { throw CommandError(description: "change \(i): launch refused: \(reply.reason)") }
+
+            let t0 = monotonicNanos()
+            try toggler.setUp(4102, false)
+            guard let (afterTable, tTable) = times.wait(.bindingApplied, from: cursor, notBefore: t0) else { throw CommandError(description: "change \(i): table not replaced") }
+            guard let (afterReap, tReap) = times.wait(.sessionsEnded, from: cursor, notBefore: t0) else { throw CommandError(description: "change \(i): session not ended") }
+            session.waitUntilExit()
+            tableMs.append(Double(tTable - t0) / 1e6)
+            reapMs.append(Double(tReap - t0) / 1e6)
+            cursor = max(afterTable, afterReap)
+            let t1 = monotonicNanos()
+            try toggler.setUp(4102, true)
+            guard let (back, _) = times.wait(.bindingApplied, from: cursor, notBefore: t1) else { throw CommandError(description: "change \(i): not re-authorized") }
+            cursor = back
+        }
+        print("link change (carrier lost) -> enforcement, over \(changes) changes:")
+        print("  nftables table replaced:  " + percentiles(tableMs))
+        print("  session process reaped:   " + percentiles(reapMs))
     }
 }
 
