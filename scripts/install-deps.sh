@@ -8,7 +8,8 @@ packages=(
     libnl-3-dev libnl-genl-3-dev libnl-route-3-dev   # netlink (rtnetlink, nl80211)
     libnftables-dev nftables                         # the network binding (libnftables JSON API; nft for admins)
     libsystemd-dev                                   # sd_notify / journald (service integration)
-    iproute2 procps                                  # ip netns / veth for the real-kernel tests, sysctl
+    iproute2 procps util-linux                       # ip netns / veth, sysctl, nsenter and setpriv for the real-kernel tests
+    dbus-daemon dbus-bin                             # a private session bus for the desktop-notification test
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -38,13 +38,17 @@ struct Launch: ParsableCommand {
         do {
             reply = try ControlClient.send(ControlRequest(command: .launch, profile: profile, clientCommand: command), path: socket)
         } catch {
+            notify("segment-guard is not answering: the VDI was not started (\(error.description.split(separator: "\n").first ?? ""))")
             fail("cannot ask segguardd: \(error)", status: 3)
         }
-        if let e = reply.error { fail("segguardd: \(e.message)", status: 3) }
+        if let e = reply.error {
+            notify("segment-guard refused the request: \(e.message)")
+            fail("segguardd: \(e.message)", status: 3)
+        }
         guard let launch = reply.launch else { fail("segguardd sent no launch answer", status: 3) }
         guard launch.allowed else {
             FileHandle.standardError.write(Data("segguard-launch: refused: \(launch.reason)\n".utf8))
-            if !noNotify { DesktopNotification.send(summary: "VDI start refused (\(launch.profile))", body: launch.reason) }
+            notify(launch.reason)
             throw ExitCode(1)
         }
         for edit in launch.configFiles {
@@ -58,6 +62,10 @@ struct Launch: ParsableCommand {
         let argv = launch.command.map { strdup($0) } + [nil]
         if exe.contains("/") { execv(exe, argv) } else { execvp(exe, argv) }
         fail("cannot start \(exe): \(String(cString: strerror(errno))) (errno \(errno))", status: 127)
+    }
+
+    func notify(_ body: String) {
+        if !noNotify { DesktopNotification.send(summary: "VDI start refused (\(profile))", body: body) }
     }
 
     func fail(_ message: String, status: Int32) -> Never {

@@ -109,11 +109,19 @@ final class EnforcementLab {
     }
 
     /// Starts `segguard-launch` in the client namespace (nsenter keeps the host's mounts).
-    func launch(profile: String = "mynumber", _ command: [String], user: (uid: Int, gid: Int)? = nil) throws -> Process {
+    func launch(profile: String = "mynumber", _ command: [String], user: (uid: Int, gid: Int)? = nil, notify: String? = nil) throws -> Process {
         let p = Process()
         var argv = ["--net=\(client.path)"]
         if let user { argv += ["setpriv", "--reuid=\(user.uid)", "--regid=\(user.gid)", "--clear-groups"] }
-        argv += [binDir.appendingPathComponent("segguard-launch").path, "--socket", socket, "--profile", profile, "--no-notify", "--"] + command
+        argv += [binDir.appendingPathComponent("segguard-launch").path, "--socket", socket, "--profile", profile]
+        if let notify {
+            var env = ProcessInfo.processInfo.environment
+            env["DBUS_SESSION_BUS_ADDRESS"] = notify
+            p.environment = env
+        } else {
+            argv.append("--no-notify")
+        }
+        argv += ["--"] + command
         p.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
         p.arguments = argv
         p.standardError = Pipe()
@@ -270,6 +278,46 @@ struct EnforcementTests {
         #expect(nobody.terminationStatus == 1)
         #expect(lab.denials.last?.reason == "uid 65534 is not in a group allowed to launch profile 'lgwan' (root)")
         #expect(lab.sessions.isEmpty, "nothing half-applied")
+    }
+
+    @Test("a refusal is shown as a freedesktop notification on the user's session bus",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/dbus-daemon") && FileManager.default.isExecutableFile(atPath: "/usr/bin/dbus-monitor"),
+                   "needs dbus-daemon and dbus-monitor (scripts/install-deps.sh installs them)"))
+    func refusalNotification() throws {
+        let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3950)
+        defer { lab.cleanup() }
+        try lab.gateway.ip("link", "set", "gwa0", "down")
+        try lab.startDaemon()
+        #expect(lab.eventually { lab.segment == "unauthorized" })
+
+        // A private session bus and a monitor recording the Notifications calls on it.
+        let bus = "unix:path=\(lab.dir.appendingPathComponent("bus").path)"
+        let daemon = Process()
+        daemon.executableURL = URL(fileURLWithPath: "/usr/bin/dbus-daemon")
+        daemon.arguments = ["--session", "--nofork", "--address=\(bus)"]
+        daemon.standardError = FileHandle.nullDevice
+        try daemon.run()
+        // SIGKILL: processes started by the test runner may inherit an ignored SIGTERM.
+        defer { kill(daemon.processIdentifier, SIGKILL); daemon.waitUntilExit() }
+        #expect(lab.eventually { FileManager.default.fileExists(atPath: lab.dir.appendingPathComponent("bus").path) })
+        let monitor = Process()
+        let out = Pipe()
+        monitor.executableURL = URL(fileURLWithPath: "/usr/bin/dbus-monitor")
+        monitor.arguments = ["--address", bus, "interface='org.freedesktop.Notifications'"]
+        monitor.standardOutput = out
+        try monitor.run()
+        Thread.sleep(forTimeInterval: 0.3)  // let the monitor register before the call (it has no readiness signal)
+
+        let p = try lab.launch(["/bin/true"], notify: bus)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 1)
+        Thread.sleep(forTimeInterval: 0.3)
+        kill(monitor.processIdentifier, SIGKILL)
+        monitor.waitUntilExit()
+        let seen = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(seen.contains("member=Notify"))
+        #expect(seen.contains("string \"VDI start refused (mynumber)\""))
+        #expect(seen.contains("string \"profile 'mynumber' needs the My Number segment: no authorized path: sga0"))
     }
 
     @Test("SIGKILL of segguardd leaves the drop in place; a restarted segguardd reconciles the table")
