@@ -74,3 +74,14 @@ int sg_notify_desktop(const char *app, const char *summary, const char *body, ch
     sd_bus_flush_close_unref(bus);
     return r < 0 ? r : 0;
 }
+
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
+int sg_peer_pidfd(int fd) {
+    int pidfd = -1;
+    socklen_t len = sizeof(pidfd);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0) return -errno;
+    return pidfd;
+}

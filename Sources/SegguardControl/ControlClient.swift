@@ -42,7 +42,11 @@ public enum ControlClient {
         var chunk = [UInt8](repeating: 0, count: 65536)
         while true {
             let n = recv(fd, &chunk, chunk.count, 0)
-            if n < 0 { throw ControlClientError(description: "reading from \(path): \(String(cString: strerror(errno)))") }
+            if n < 0 {
+                let e = errno
+                if e == EAGAIN || e == EWOULDBLOCK { throw ControlClientError(description: "segguardd at \(path) sent no reply within 5 s") }
+                throw ControlClientError(description: "reading from \(path): \(String(cString: strerror(e)))")
+            }
             if n == 0 { break }
             buf += chunk[0..<n]
             if buf.last == 0x0a { break }

@@ -19,12 +19,16 @@ public struct PeerCredentials: Sendable, Equatable {
     public var uid: UInt32
     public var gid: UInt32
     public var groups: [UInt32]
+    /// SO_PEERPIDFD of the connecting process (-1 where the kernel has none). Owned by the
+    /// server: valid only while the handler runs.
+    public var pidfd: Int32
 
-    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32]) {
+    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32], pidfd: Int32 = -1) {
         self.pid = pid
         self.uid = uid
         self.gid = gid
         self.groups = groups
+        self.pidfd = pidfd
     }
 }
 
@@ -43,12 +47,20 @@ public final class ControlServer: Sendable {
     let listenFd: Int32
     let logger: Logger
     let stopped = Mutex(false)
+    /// Connections being served right now (each on its own thread).
+    let active = Mutex(0)
+    /// More concurrent connections than this are refused at once.
+    public static let maxConnections = 16
+    /// A connection gets this long, in total, to send its request and take the reply.
+    public static let connectionDeadline = 2.0
+    let groupName: String
 
     /// Creates the socket file (replacing a stale one), mode 0666: access is decided by peer
     /// credentials, so that the refusal names the reason instead of a bare EACCES.
-    public init(path: String, adminGroup: UInt32?, logger: Logger) throws {
+    public init(path: String, adminGroup: UInt32?, adminGroupName: String = "segguard", logger: Logger) throws {
         self.path = path
         self.adminGroup = adminGroup
+        self.groupName = adminGroupName
         self.logger = logger
         let dir = (path as NSString).deletingLastPathComponent
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
@@ -82,20 +94,39 @@ public final class ControlServer: Sendable {
         listenFd = fd
     }
 
-    /// Starts the accept thread; `handler` runs on it for each authorized request.
+    /// Starts the accept thread; each connection is served on a thread of its own (at most
+    /// `maxConnections` at once), so a client that sends nothing delays no one else.
     public func start(handler: @escaping @Sendable (ControlRequest, PeerCredentials) -> ControlReply) {
         let thread = Thread { [self] in
             while !stopped.withLock({ $0 }) {
                 let conn = accept(listenFd, nil, nil)
-                if conn >= 0 { _ = fcntl(conn, F_SETFD, FD_CLOEXEC) }
                 if conn < 0 {
-                    if errno == EINTR || errno == ECONNABORTED { continue }
+                    let e = errno
                     if stopped.withLock({ $0 }) { return }
-                    logger.error("control socket accept failed", metadata: ["error": "\(SystemCallError(call: "accept", errno: errno))"])
-                    return
+                    if e == EINTR || e == ECONNABORTED { continue }
+                    // Out of fds or memory: say so (rate-limited by the pause) and keep serving.
+                    logger.error("control socket accept failed; retrying", metadata: ["error": "\(SystemCallError(call: "accept", errno: e))"])
+                    usleep(100_000)
+                    continue
                 }
-                serve(conn, handler)
-                close(conn)
+                _ = fcntl(conn, F_SETFD, FD_CLOEXEC)
+                let admitted = active.withLock { n -> Bool in
+                    guard n < ControlServer.maxConnections else { return false }
+                    n += 1
+                    return true
+                }
+                guard admitted else {
+                    logger.warning("control socket busy: connection refused", metadata: ["limit": "\(ControlServer.maxConnections)"])
+                    close(conn)
+                    continue
+                }
+                let worker = Thread { [self] in
+                    serve(conn, handler)
+                    close(conn)
+                    active.withLock { $0 -= 1 }
+                }
+                worker.name = "segguard-control-conn"
+                worker.start()
             }
         }
         thread.name = "segguard-control"
@@ -116,7 +147,8 @@ public final class ControlServer: Sendable {
         var groups = [gid_t](repeating: 0, count: 256)
         var count: Int32 = 256
         let rc = sg_peer_groups(fd, &groups, &count)
-        return PeerCredentials(pid: pid, uid: uid, gid: gid, groups: rc == 0 ? Array(groups.prefix(Int(count))) : [])
+        let pidfd = sg_peer_pidfd(fd)
+        return PeerCredentials(pid: pid, uid: uid, gid: gid, groups: rc == 0 ? Array(groups.prefix(Int(count))) : [], pidfd: max(pidfd, -1))
     }
 
     /// Root always; otherwise membership (primary or supplementary) of the admin group.
@@ -127,17 +159,18 @@ public final class ControlServer: Sendable {
     }
 
     func serve(_ fd: Int32, _ handler: @Sendable (ControlRequest, PeerCredentials) -> ControlReply) {
-        // A client that connects and sends nothing must not block the daemon's queries.
-        var tv = timeval(tv_sec: 2, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        // Credentials first (taken at connect time), then the request within one deadline.
+        let peer = credentials(fd)
+        defer { if let p = peer, p.pidfd >= 0 { close(p.pidfd) } }
+        var tv = timeval(tv_sec: Int(ControlServer.connectionDeadline), tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         // Read the request before answering, even a refusal, so the client never meets a closed socket.
-        let request = read(fd)
+        let request = read(fd, deadline: Double(DispatchTime.now().uptimeNanoseconds) / 1e9 + ControlServer.connectionDeadline)
         let reply: ControlReply
-        if let peer = credentials(fd) {
+        if let peer {
             if request?.command.isOpenToUsers != true && !ControlServer.isAuthorized(peer, adminGroup: adminGroup) {
                 logger.notice("control request refused", metadata: ["uid": "\(peer.uid)", "pid": "\(peer.pid)"])
-                reply = ControlReply(error: "permission denied: uid \(peer.uid) is neither root nor in the segguard admin group")
+                reply = ControlReply(error: "permission denied: uid \(peer.uid) is neither root nor in the admin group '\(groupName)'")
             } else if let request {
                 reply = handler(request, peer)
             } else {
@@ -158,12 +191,16 @@ public final class ControlServer: Sendable {
         }
     }
 
-    /// One request line, at most 64 KiB.
-    func read(_ fd: Int32) -> ControlRequest? {
+    /// One request line, at most 64 KiB, arriving before `deadline` (uptime seconds).
+    func read(_ fd: Int32, deadline: Double) -> ControlRequest? {
         var buf = [UInt8]()
         var chunk = [UInt8](repeating: 0, count: 4096)
         while buf.count < 65536 {
-            let n = recv(fd, &chunk, chunk.count, 0)
+            let left = deadline - Double(DispatchTime.now().uptimeNanoseconds) / 1e9
+            guard left > 0 else { break }
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, Int32(left * 1000) + 1) > 0 else { break }
+            let n = recv(fd, &chunk, chunk.count, Int32(MSG_DONTWAIT))
             if n <= 0 { break }
             buf += chunk[0..<n]
             if buf.contains(0x0a) { break }

@@ -26,11 +26,14 @@ public struct LaunchRequester: Sendable, Equatable {
     public var uid: UInt32
     public var gid: UInt32
     public var groups: [UInt32]
-    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32]) {
+    /// SO_PEERPIDFD of the launcher, -1 where the kernel has none (borrowed, not closed here).
+    public var pidfd: Int32
+    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32], pidfd: Int32 = -1) {
         self.pid = pid
         self.uid = uid
         self.gid = gid
         self.groups = groups
+        self.pidfd = pidfd
     }
 }
 
@@ -45,6 +48,10 @@ public final class Enforcer: Sendable {
         /// Set while a grace period runs; the netlink event time that started it.
         var graceStartedAt: UInt64?
         var graceToken: UInt64 = 0
+        /// The grace of this unauthorized period has expired (and sessions were ended, or
+        /// would have been in audit mode): no re-arming until an authorized decision.
+        var graceFired = false
+        var reconciling = false
         var events: [EnforcementEvent] = []
         var nextEventID: UInt64 = 1
     }
@@ -56,6 +63,9 @@ public final class Enforcer: Sendable {
     let state = Mutex(State())
     let queue = DispatchQueue(label: "segguard.enforce")
     let eventCapacity: Int
+    /// Holds the reconcile timer (Dispatch sources are not Sendable); set once, under `state`'s `reconciling` flag.
+    final class TimerHolder: @unchecked Sendable { var timer: (any DispatchSourceTimer)? }
+    let timerHolder = TimerHolder()
     /// Called for every event (the reporter will subscribe here).
     let onEvent: @Sendable (EnforcementEvent) -> Void
 
@@ -93,15 +103,14 @@ public final class Enforcer: Sendable {
         let allowed = decision.isAuthorized ? decision.authorizedInterfaces : []
         let key = "\(mode.rawValue)|\(allowed.joined(separator: ","))|\(policy.vdi.gateways.map { "\($0.prefix) \($0.transport) \($0.ports)" })"
         let (skip, writeBaseline) = state.withLock { s -> (Bool, Bool) in
-            let w = s.baselineGateways != policy.vdi.gateways
-            if w { s.baselineGateways = policy.vdi.gateways }
-            return (s.appliedBinding == key, w)
+            (s.appliedBinding == key, s.baselineGateways != policy.vdi.gateways)
         }
         if writeBaseline, let path = baselinePath {
             do {
                 try binding.writeBaseline(gateways: policy.vdi.gateways, to: path)
+                state.withLock { $0.baselineGateways = policy.vdi.gateways }
             } catch {
-                logger.error("cannot write the boot-time baseline table", metadata: ["file": "\(path)", "error": "\(error)"])
+                logger.error("cannot write the boot-time baseline table; will retry", metadata: ["file": "\(path)", "error": "\(error)"])
             }
         }
         guard !skip else { return }
@@ -118,16 +127,64 @@ public final class Enforcer: Sendable {
         } catch {
             logger.critical("nftables transaction refused; loading the drop-all baseline", metadata: ["error": "\(error)"])
             state.withLock { $0.appliedBinding = nil }
-            try? binding.apply(NftablesRuleset.transaction(table: binding.table, gateways: policy.vdi.gateways, allowedInterfaces: [], mode: .enforce))
-            record(.bindingFailed, reason: "\(error)")
+            var inForce = "the drop-all baseline is in force (no interface may reach the VDI gateways)"
+            do {
+                try binding.apply(NftablesRuleset.baseline(table: binding.table, gateways: policy.vdi.gateways))
+            } catch {
+                inForce = "the drop-all baseline was refused too (\(error)); the previous table stays in force"
+            }
+            record(.bindingFailed, reason: "\(error); \(inForce); retrying every \(Int(Enforcer.reconcileInterval)) s")
         }
+    }
+
+    /// How often the table is checked against the kernel (a flush by another tool, a failed
+    /// transaction to retry). Decisions never wait for this: it only repairs.
+    public static let reconcileInterval: Double = 5
+
+    /// Loads the drop-all table now (before the first decision), so that a table left by an
+    /// earlier run that allowed some interface is not in force while segguardd starts.
+    public func applyBaseline(policy: Policy) {
+        guard let binding else { return }
+        if policy.enforcement.networkBinding == .enforce {
+            do {
+                try binding.apply(NftablesRuleset.baseline(table: binding.table, gateways: policy.vdi.gateways))
+            } catch {
+                logger.critical("cannot load the drop-all baseline at start", metadata: ["error": "\(error)"])
+            }
+        }
+        state.withLock { $0.policy = policy }
+        startReconciling()
+    }
+
+    /// Every `reconcileInterval` seconds: if the table is missing (nft flush ruleset, someone
+    /// deleted it) or the last transaction failed, apply the current decision again.
+    func startReconciling() {
+        let first = state.withLock { s -> Bool in
+            defer { s.reconciling = true }
+            return !s.reconciling
+        }
+        guard first, let binding else { return }
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        timer.schedule(deadline: .now() + Enforcer.reconcileInterval, repeating: Enforcer.reconcileInterval)
+        timer.setEventHandler { [self] in
+            let (decision, policy, applied) = state.withLock { ($0.decision, $0.policy, $0.appliedBinding) }
+            guard let policy, policy.enforcement.networkBinding != .off else { return }
+            let present = (try? binding.listTable()) != nil
+            guard !present || applied == nil else { return }
+            if !present { logger.warning("the nftables table is gone: putting it back", metadata: ["table": "\(binding.table)"]) }
+            state.withLock { $0.appliedBinding = nil }
+            applyBinding(decision: decision, policy: policy, eventNanos: monotonicNanos(), changed: true)
+        }
+        timer.resume()
+        // The timer lives as long as the enforcer: keep it in the state.
+        timerHolder.timer = timer
     }
 
     func scheduleTermination(decision: Decision, policy: Policy, eventNanos: UInt64) {
         let mode = policy.enforcement.sessionTermination
         if decision.isAuthorized || mode == .off {
             let cancelled = state.withLock { s -> Bool in
-                defer { s.graceStartedAt = nil; s.graceToken &+= 1 }
+                defer { s.graceStartedAt = nil; s.graceToken &+= 1; s.graceFired = false }
                 return s.graceStartedAt != nil
             }
             if cancelled && decision.isAuthorized {
@@ -137,20 +194,27 @@ public final class Enforcer: Sendable {
         }
         guard let tracker, !tracker.sessions().isEmpty else { return }
         let token = state.withLock { s -> UInt64? in
-            guard s.graceStartedAt == nil else { return nil }
+            guard s.graceStartedAt == nil, !s.graceFired else { return nil }
             s.graceStartedAt = eventNanos
             s.graceToken &+= 1
             return s.graceToken
         }
         guard let token else { return }
         let grace = policy.enforcement.graceSeconds
+        // A session launched while already unauthorized (audit gate) is picked up when the
+        // grace expires; a later launch during the same unauthorized period re-arms below.
         if grace > 0 {
             logger.warning("segment lost: VDI traffic blocked, sessions end unless an authorized path returns", metadata: ["grace_s": "\(grace)"])
         }
         let work: @Sendable () -> Void = { [self] in
-            let (current, pol, started, valid) = state.withLock { s in (s.decision, s.policy, s.graceStartedAt, s.graceToken == token) }
-            guard valid, let pol, !current.isAuthorized, let started else { return }
-            state.withLock { $0.graceStartedAt = nil }
+            // Check and claim in one step: a cancel cannot slip in between.
+            let claim = state.withLock { s -> (Decision, Policy, UInt64)? in
+                guard s.graceToken == token, let pol = s.policy, !s.decision.isAuthorized, let started = s.graceStartedAt else { return nil }
+                s.graceStartedAt = nil
+                s.graceFired = true
+                return (s.decision, pol, started)
+            }
+            guard let (current, pol, started) = claim else { return }
             endSessions(reason: current.reason, policy: pol, eventNanos: started)
         }
         // No grace: at once (a timer, even of zero, is subject to Dispatch's timer leeway).
@@ -196,13 +260,22 @@ public final class Enforcer: Sendable {
             record(kind, profile: profileName, reason: why, uid: requester.uid)
             return LaunchReply(allowed: false, reason: why, profile: profileName, sessionID: nil, command: [], configFiles: [])
         }
-        guard let policy else { return refuse("segguardd has no policy loaded yet") }
+        guard profileName.count <= 64, profileName.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) else {
+            let shown = String(profileName.prefix(64).map { $0.isASCII && !$0.isNewline ? $0 : "?" })
+            return refuse("'\(shown)' is not a profile name (letters, digits, - and _, at most 64)")
+        }
+        guard let policy else { return refuse("segguardd has not decided the segment yet (network dump in progress); try again") }
         guard let profile = policy.profile(named: profileName) else {
             let names = policy.profiles.map(\.name)
             return refuse("unknown profile '\(profileName)' (profiles in the policy: \(names.isEmpty ? "none" : names.joined(separator: ", ")))")
         }
         if !profile.allowedGroups.isEmpty {
-            let gids = profile.allowedGroups.compactMap { getgrnam($0).map { $0.pointee.gr_gid } }
+            let resolved = profile.allowedGroups.map { name in (name, Enforcer.gid(of: name)) }
+            let missing = resolved.filter { $0.1 == nil }.map(\.0)
+            if !missing.isEmpty {
+                logger.error("allowed_groups names groups unknown on this host", metadata: ["profile": "\(profile.name)", "groups": "\(missing.joined(separator: ","))"])
+            }
+            let gids = resolved.compactMap(\.1)
             let member = requester.uid == 0 || gids.contains(requester.gid) || gids.contains { requester.groups.contains($0) }
             guard member else {
                 return refuse("uid \(requester.uid) is not in a group allowed to launch profile '\(profile.name)' (\(profile.allowedGroups.joined(separator: ", ")))")
@@ -227,15 +300,28 @@ public final class Enforcer: Sendable {
                 return refuse("cannot track a My Number session: no cgroup v2 on this system")
             }
             do {
-                sessionID = try tracker.register(pid: requester.pid, uid: requester.uid, profile: profile.name).id
+                sessionID = try tracker.register(pid: requester.pid, uid: requester.uid, profile: profile.name, peerPidfd: requester.pidfd).id
             } catch {
                 return refuse("cannot track the session: \(error)")
             }
+            // The decision may have turned while the session was being registered (or the
+            // gate is in audit/off): make sure a termination is pending if it must be.
+            let (now, pol) = state.withLock { ($0.decision, $0.policy) }
+            if let pol, !now.isAuthorized { scheduleTermination(decision: now, policy: pol, eventNanos: monotonicNanos()) }
         }
         record(.launchAllowed, profile: profile.name, reason: reason, uid: requester.uid)
         return LaunchReply(
             allowed: true, reason: reason, profile: profile.name, sessionID: sessionID, command: base + profile.enforceArguments,
             configFiles: profile.configFiles.map { ConfigFileEdit(path: $0.path, section: $0.section, set: $0.set) })
+    }
+
+    /// getgrnam_r (getgrnam is not reentrant and the control socket serves connections concurrently).
+    static func gid(of name: String) -> UInt32? {
+        var grp = Glibc.group()
+        var buf = [CChar](repeating: 0, count: 16384)
+        var result: UnsafeMutablePointer<Glibc.group>?
+        guard getgrnam_r(name, &grp, &buf, buf.count, &result) == 0, result != nil else { return nil }
+        return grp.gr_gid
     }
 
     // MARK: Queries and events

@@ -23,13 +23,18 @@ public struct SessionError: Error, CustomStringConvertible, Sendable {
 public final class SessionTracker: Sendable {
     struct Entry: Sendable {
         var info: SessionInfo
+        /// -1 when none could be opened (an adopted session whose first process is gone).
         var pidfd: Int32
+        /// Being ended by `terminate`: `prune` must not release it meanwhile.
+        var terminating = false
     }
 
     public let base: String
     private let state = Mutex<(next: UInt64, entries: [UInt64: Entry])>((1, [:]))
 
     /// `base` is a cgroup v2 directory to create sessions in; it is created if missing.
+    /// Sessions left by an earlier run of segguardd (a restart, a crash) are adopted so that
+    /// they are still ended when the segment is lost; empty ones are removed.
     public init(base: String) throws(SessionError) {
         self.base = base
         if mkdir(base, 0o755) != 0 && errno != EEXIST {
@@ -38,7 +43,27 @@ public final class SessionTracker: Sendable {
         guard access("\(base)/cgroup.procs", F_OK) == 0 else {
             throw SessionError("\(base) is not a cgroup v2 directory (no cgroup.procs)")
         }
+        var next: UInt64 = 1
+        var adopted: [UInt64: Entry] = [:]
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: base)) ?? [] where name.hasPrefix("session-") {
+            guard let id = UInt64(name.dropFirst("session-".count)) else { continue }
+            next = max(next, id + 1)
+            let dir = "\(base)/\(name)"
+            let pids = SessionTracker.pids(in: dir)
+            guard SessionTracker.isPopulated(dir), let first = pids.first else {
+                rmdir(dir)
+                continue
+            }
+            let info = SessionInfo(id: id, profile: SessionTracker.adoptedProfile, pid: first, uid: SessionTracker.uid(of: first) ?? 0,
+                                   startedAt: Date(), cgroup: dir, pids: pids)
+            adopted[id] = Entry(info: info, pidfd: sg_pidfd_open(first))
+        }
+        state.withLock { $0 = (next, adopted) }
     }
+
+    /// Profile name given to sessions adopted from an earlier run (their profile is unknown,
+    /// so they are treated as needing the My Number segment).
+    public static let adoptedProfile = "(adopted after restart)"
 
     /// `<cgroup2 mount>/segguard`, from /proc/self/mountinfo; nil without a cgroup v2 mount.
     public static func defaultBase() -> String? {
@@ -54,20 +79,33 @@ public final class SessionTracker: Sendable {
         return nil
     }
 
-    /// Puts `pid` (and so everything it will fork) into a new session cgroup.
-    public func register(pid: Int32, uid: UInt32, profile: String) throws(SessionError) -> SessionInfo {
+    /// Puts the process `pid` (and so everything it will fork) into a new session cgroup.
+    ///
+    /// `peerPidfd` (SO_PEERPIDFD, Linux 6.5+; -1 where unavailable) names the very process
+    /// that connected; without it the pid's owner must be `uid`. The process must be alive
+    /// before and after the move: a pid number cannot be reused while its process lives, so
+    /// this proves the move reached the requester and not a process that recycled its pid.
+    public func register(pid: Int32, uid: UInt32, profile: String, peerPidfd: Int32 = -1) throws(SessionError) -> SessionInfo {
+        prune()
+        let pidfd = peerPidfd >= 0 ? fcntl(peerPidfd, F_DUPFD_CLOEXEC, 0) : sg_pidfd_open(pid)
+        guard pidfd >= 0 else {
+            let e = peerPidfd >= 0 ? errno : -pidfd
+            throw SessionError("the launcher (pid \(pid)) is gone: \(String(cString: strerror(e))) (errno \(e))")
+        }
+        func alive() -> Bool { sg_pidfd_send_signal(pidfd, 0) == 0 }
+        guard alive(), SessionTracker.uid(of: pid) == uid else {
+            close(pidfd)
+            throw SessionError("the launcher (pid \(pid)) exited or is not owned by uid \(uid); nothing tracked")
+        }
         let id = state.withLock { s -> UInt64 in
             defer { s.next += 1 }
             return s.next
         }
         let dir = "\(base)/session-\(id)"
-        guard mkdir(dir, 0o755) == 0 || errno == EEXIST else {
-            throw SessionError("mkdir \(dir): \(String(cString: strerror(errno))) (errno \(errno))")
-        }
-        let pidfd = sg_pidfd_open(pid)
-        guard pidfd >= 0 else {
-            rmdir(dir)
-            throw SessionError("pidfd_open(\(pid)): \(String(cString: strerror(-pidfd))) (errno \(-pidfd))")
+        guard mkdir(dir, 0o755) == 0 else {
+            let e = errno
+            close(pidfd)
+            throw SessionError("mkdir \(dir): \(String(cString: strerror(e))) (errno \(e))")
         }
         do {
             try write("\(pid)\n", to: "\(dir)/cgroup.procs")
@@ -76,6 +114,13 @@ public final class SessionTracker: Sendable {
             rmdir(dir)
             throw error
         }
+        guard alive() else {
+            // The pid may have been recycled between the checks: undo whatever was moved.
+            SessionTracker.killAll(dir)
+            close(pidfd)
+            DispatchQueue.global(qos: .utility).async { rmdir(dir) }
+            throw SessionError("the launcher (pid \(pid)) exited while it was being tracked; nothing started")
+        }
         let info = SessionInfo(id: id, profile: profile, pid: pid, uid: uid, startedAt: Date(), cgroup: dir, pids: [pid])
         state.withLock { $0.entries[id] = Entry(info: info, pidfd: pidfd) }
         return info
@@ -83,49 +128,68 @@ public final class SessionTracker: Sendable {
 
     /// Live sessions; sessions whose cgroup is empty are forgotten (and their cgroup removed).
     public func sessions() -> [SessionInfo] {
-        var live: [SessionInfo] = []
-        var gone: [Entry] = []
-        state.withLock { s in
-            for (id, e) in s.entries {
-                let pids = SessionTracker.pids(in: e.info.cgroup)
-                if pids.isEmpty {
-                    gone.append(e)
-                    s.entries[id] = nil
-                } else {
-                    var info = e.info
-                    info.pids = pids
-                    live.append(info)
-                }
+        prune()
+        return state.withLock { s in s.entries.values.map(\.info) }
+            .map { info in
+                var i = info
+                i.pids = SessionTracker.pids(in: info.cgroup)
+                return i
             }
-        }
-        for e in gone { forget(e) }
-        return live.sorted { $0.id < $1.id }
+            .sorted { $0.id < $1.id }
     }
 
-    /// Ends every live session whose profile satisfies `matching`: SIGTERM to every process,
-    /// then SIGKILL (cgroup.kill) for what is left after `killTimeout` seconds. Blocks until
-    /// done (at most `killTimeout` + 2 s).
+    /// Forgets sessions whose cgroup reports `populated 0` (a read failure keeps them) and
+    /// releases their pidfd and cgroup. Only the remover closes: no double close.
+    func prune() {
+        let candidates = state.withLock { s in s.entries.values.filter { !$0.terminating }.map(\.info.id) }
+        for id in candidates {
+            guard let cg = state.withLock({ $0.entries[id]?.info.cgroup }), SessionTracker.populatedState(cg) == false else { continue }
+            if let e = state.withLock({ s in s.entries[id]?.terminating == false ? s.entries.removeValue(forKey: id) : nil }) {
+                forget(e)
+            }
+        }
+    }
+
+    /// Ends every live session whose profile satisfies `matching`: SIGTERM to every process of
+    /// every such session at once, then SIGKILL (cgroup.kill) for what is left after
+    /// `killTimeout` seconds. Blocks until done (at most `killTimeout` + 2 s).
     public func terminate(matching: (String) -> Bool, killTimeout: Double) -> [TerminationResult] {
-        let targets = state.withLock { s in s.entries.values.filter { matching($0.info.profile) } }
-        var results: [TerminationResult] = []
+        let targets = state.withLock { s -> [Entry] in
+            let t = s.entries.values.filter { !$0.terminating && matching($0.info.profile) }
+            for e in t { s.entries[e.info.id]?.terminating = true }
+            return t
+        }
+        var infos: [UInt64: SessionInfo] = [:]
         for e in targets {
             var info = e.info
             info.pids = SessionTracker.pids(in: info.cgroup)
-            _ = sg_pidfd_send_signal(e.pidfd, SIGTERM)
-            for p in info.pids { kill(p, SIGTERM) }
-            var reapedAt = SessionTracker.waitEmpty(info.cgroup, timeout: killTimeout, pidfd: e.pidfd)
+            infos[e.info.id] = info
+            if e.pidfd >= 0 { _ = sg_pidfd_send_signal(e.pidfd, SIGTERM) }
+            // Processes of the cgroup cannot change pid under us: the cgroup holds them, and a
+            // recycled pid would be a new process outside it, so re-read right before killing.
+            for p in SessionTracker.pids(in: info.cgroup) { kill(p, SIGTERM) }
+        }
+        let deadline = Double(monotonicNanos()) / 1e9 + killTimeout
+        var results: [TerminationResult] = []
+        for e in targets {
+            let remaining = max(0, deadline - Double(monotonicNanos()) / 1e9)
+            var reapedAt = SessionTracker.waitEmpty(e.info.cgroup, timeout: remaining, pidfd: e.pidfd)
             var killed = false
             if reapedAt == 0 {
                 killed = true
-                SessionTracker.killAll(info.cgroup)
-                reapedAt = SessionTracker.waitEmpty(info.cgroup, timeout: 2)
+                SessionTracker.killAll(e.info.cgroup)
+                reapedAt = SessionTracker.waitEmpty(e.info.cgroup, timeout: 2)
             }
-            results.append(TerminationResult(session: info, killed: killed, reaped: reapedAt != 0, reapedAtNanos: reapedAt))
-            if reapedAt != 0 {
-                state.withLock { _ = $0.entries.removeValue(forKey: e.info.id) }
+            results.append(TerminationResult(session: infos[e.info.id] ?? e.info, killed: killed, reaped: reapedAt != 0, reapedAtNanos: reapedAt))
+            let removed = state.withLock { s -> Entry? in
+                if reapedAt != 0 { return s.entries.removeValue(forKey: e.info.id) }
+                s.entries[e.info.id]?.terminating = false
+                return nil
+            }
+            if let removed {
                 // Removing a cgroup waits for RCU grace periods (10-30 ms): not on the kill path.
-                close(e.pidfd)
-                let dir = e.info.cgroup
+                if removed.pidfd >= 0 { close(removed.pidfd) }
+                let dir = removed.info.cgroup
                 DispatchQueue.global(qos: .utility).async { rmdir(dir) }
             }
         }
@@ -133,8 +197,9 @@ public final class SessionTracker: Sendable {
     }
 
     private func forget(_ e: Entry) {
-        close(e.pidfd)
-        rmdir(e.info.cgroup)
+        if e.pidfd >= 0 { close(e.pidfd) }
+        let dir = e.info.cgroup
+        DispatchQueue.global(qos: .utility).async { rmdir(dir) }
     }
 
     // MARK: cgroup files
@@ -185,6 +250,21 @@ public final class SessionTracker: Sendable {
                 if watchPidfd && fds[1].revents != 0 { watchPidfd = false }
             }
         }
+    }
+
+    /// `populated` of cgroup.events; nil when it cannot be read (out of fds, …).
+    static func populatedState(_ cgroup: String) -> Bool? {
+        guard let text = readSmallFile("\(cgroup)/cgroup.events") else { return nil }
+        return text.contains("populated 1")
+    }
+
+    /// The real uid owning a process, from /proc/PID/status.
+    static func uid(of pid: Int32) -> UInt32? {
+        guard let text = readSmallFile("/proc/\(pid)/status") else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("Uid:") {
+            return line.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().first.flatMap { UInt32($0) }
+        }
+        return nil
     }
 
     static func isPopulated(_ cgroup: String) -> Bool {

@@ -129,14 +129,16 @@ public struct ConfigFileEdit: Sendable, Equatable, Codable {
 extension ConfigFileEdit {
     /// The text with each key of `set` given its value inside `section` (added if missing).
     public func rewrite(_ text: String) -> String {
-        var lines = text.isEmpty ? [] : text.components(separatedBy: "\n")
+        // Any line ending (LF, CRLF — one Character in Swift) splits; the result is written with LF.
+        var lines = text.isEmpty ? [] : text.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline).map(String.init)
         if lines.last == "" { lines.removeLast() }
         var remaining = set
         var current: String? = nil
         var inTarget = section == nil
         var lastTargetLine = section == nil ? -1 : nil as Int?
+        var drop: [Int] = []
         for i in lines.indices {
-            let t = lines[i].trimmingCharacters(in: .whitespaces)
+            let t = lines[i].trimmingCharacters(in: .whitespacesAndNewlines)
             if t.hasPrefix("[") && t.hasSuffix("]") {
                 current = String(t.dropFirst().dropLast())
                 inTarget = current == section
@@ -145,8 +147,17 @@ extension ConfigFileEdit {
             }
             guard inTarget, let eq = t.firstIndex(of: "=") else { if inTarget { lastTargetLine = i }; continue }
             let key = t[..<eq].trimmingCharacters(in: .whitespaces)
-            if let v = remaining.removeValue(forKey: key) { lines[i] = "\(key)=\(v)" }
+            if let v = remaining.removeValue(forKey: key) {
+                lines[i] = "\(key)=\(v)"
+            } else if set[key] != nil {
+                // A later duplicate would win in last-wins parsers: drop it.
+                drop.append(i)
+            }
             lastTargetLine = i
+        }
+        for i in drop.reversed() {
+            lines.remove(at: i)
+            if let l = lastTargetLine, l >= i { lastTargetLine = l - 1 }
         }
         let additions = remaining.keys.sorted().map { "\($0)=\(remaining[$0]!)" }
         if !additions.isEmpty {

@@ -140,12 +140,12 @@ func percentiles(_ values: [Double]) -> String {
 
 /// Times of enforcement events as the Enforcer reports them.
 final class EventTimes: Sendable {
-    private let state = Mutex<[(EnforcementEvent.Kind, UInt64)]>([])
+    private let state = Mutex<[(EnforcementEvent.Kind, UInt64, String)]>([])
     private let condition = NSCondition()
 
     func record(_ e: EnforcementEvent) {
         condition.lock()
-        state.withLock { $0.append((e.kind, monotonicNanos())) }
+        state.withLock { $0.append((e.kind, monotonicNanos(), e.reason)) }
         condition.broadcast()
         condition.unlock()
     }
@@ -153,13 +153,15 @@ final class EventTimes: Sendable {
     var count: Int { state.withLock { $0.count } }
 
     /// The time of the first `kind` event at index >= from and not before `notBefore`; waits up to 5 s.
-    func wait(_ kind: EnforcementEvent.Kind, from: Int, notBefore: UInt64 = 0) -> (Int, UInt64)? {
+    func wait(_ kind: EnforcementEvent.Kind, from: Int, notBefore: UInt64 = 0, reasonContains: String = "") -> (Int, UInt64)? {
         let deadline = Date().addingTimeInterval(5)
         condition.lock()
         defer { condition.unlock() }
         while true {
             let hit: (Int, UInt64)? = state.withLock { s in
-                for i in from..<s.count where s[i].0 == kind && s[i].1 >= notBefore { return (i + 1, s[i].1) }
+                for i in from..<s.count where s[i].0 == kind && s[i].1 >= notBefore && (reasonContains.isEmpty || s[i].2.contains(reasonContains)) {
+                    return (i + 1, s[i].1)
+                }
                 return nil
             }
             if let hit { return hit }
@@ -221,7 +223,7 @@ struct EnforceBench: ParsableCommand {
 
             let t0 = monotonicNanos()
             try toggler.setUp(4102, false)
-            guard let (afterTable, tTable) = times.wait(.bindingApplied, from: cursor, notBefore: t0) else { throw CommandError(description: "change \(i): table not replaced") }
+            guard let (afterTable, tTable) = times.wait(.bindingApplied, from: cursor, notBefore: t0, reasonContains: "via []") else { throw CommandError(description: "change \(i): table not replaced") }
             guard let (afterReap, tReap) = times.wait(.sessionsEnded, from: cursor, notBefore: t0) else { throw CommandError(description: "change \(i): session not ended") }
             session.waitUntilExit()
             tableMs.append(Double(tTable - t0) / 1e6)

@@ -18,7 +18,7 @@ struct Launch: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "segguard-launch",
         abstract: "Start a VDI client through the segment-guard launch gate.",
-        discussion: "Exit status: 1 refused, 2 usage, 3 segguardd unreachable, 127 the client could not be started.",
+        discussion: "Exit status: 1 refused, 2 usage, 3 segguardd unreachable, 4 the profile's client settings could not be written, 127 the client could not be started.",
         version: segguardVersion)
 
     @Option(name: .long, help: "Launch profile from the policy (mynumber, lgwan, …).")
@@ -55,7 +55,7 @@ struct Launch: ParsableCommand {
             do {
                 try ConfigFileEditor.apply(edit)
             } catch {
-                fail("cannot apply the profile's client settings: \(error)", status: 1)
+                fail("cannot apply the profile's client settings (the client was not started): \(error)", status: 4)
             }
         }
         guard let exe = launch.command.first else { fail("segguardd allowed an empty command", status: 127) }

@@ -100,13 +100,16 @@ struct Segguardd: ParsableCommand {
         if group == nil { logger.info("admin group not found: only root may query the control socket", metadata: ["group": "\(adminGroup)"]) }
         let server: ControlServer
         do {
-            server = try ControlServer(path: socket, adminGroup: group, logger: logger)
+            server = try ControlServer(path: socket, adminGroup: group, adminGroupName: adminGroup, logger: logger)
         } catch {
             logger.critical("cannot open the control socket", metadata: ["error": "\(error)"])
             throw ExitCode(1)
         }
         server.start { request, peer in daemon.reply(to: request, peer: peer) }
 
+        // Until the first decision nothing may reach the VDI gateways, whatever table an
+        // earlier run left behind.
+        enforcer.applyBaseline(policy: loaded)
         let watcher = NetworkWatcher(options: .init(), logger: logger)
         do {
             try watcher.start(
@@ -181,6 +184,9 @@ final class Daemon: Sendable {
     }
 
     let state: Mutex<State>
+    /// Serializes (decide, enforce) pairs from the netlink thread and from SIGHUP reloads, so a
+    /// stale decision can never be applied after a newer one.
+    let applyLock = NSLock()
     let policyFile: String
     let enforcer: Enforcer
     let logger: Logger
@@ -200,6 +206,8 @@ final class Daemon: Sendable {
 
     /// Called on the watcher thread for every new snapshot.
     func observe(_ snapshot: NetworkSnapshot, statistics: NetworkWatcher.Statistics, eventNanos: UInt64) {
+        applyLock.lock()
+        defer { applyLock.unlock() }
         let (change, decision, policy) = state.withLock { s -> (DecisionChange?, Decision, Policy) in
             s.statistics = statistics
             let c = s.monitor.update(snapshot)
@@ -215,6 +223,8 @@ final class Daemon: Sendable {
         logger.notice("reloading policy", metadata: ["file": "\(policyFile)"])
         do {
             let p = try loadPolicy(policyFile)
+            applyLock.lock()
+            defer { applyLock.unlock() }
             let (change, decision, hasDecided) = state.withLock { s -> (DecisionChange?, Decision, Bool) in
                 s.lastPolicyError = nil
                 s.policyLoadedAt = Date()
@@ -250,7 +260,7 @@ final class Daemon: Sendable {
         switch request.command {
         case .launch:
             guard let profile = request.profile, !profile.isEmpty else { return ControlReply(error: "launch: no profile named") }
-            let requester = LaunchRequester(pid: peer.pid, uid: peer.uid, gid: peer.gid, groups: peer.groups)
+            let requester = LaunchRequester(pid: peer.pid, uid: peer.uid, gid: peer.gid, groups: peer.groups, pidfd: peer.pidfd)
             return ControlReply(launch: enforcer.launch(profileName: profile, command: request.clientCommand ?? [], requester: requester))
         case .sessions:
             return ControlReply(sessions: enforcer.sessions())

@@ -44,6 +44,15 @@ struct EnforcerTests {
         #expect(denial.kind == .launchRefused && denial.profile == "mynumber" && denial.uid == 1000 && denial.reason == r.reason)
     }
 
+    @Test("a profile name that could forge log lines is refused before it is recorded")
+    func badProfileName() throws {
+        let e = enforcer(Self.authorized, Self.policy())
+        let r = e.launch(profileName: "x\nsegguardd: decision=authorized", command: [], requester: Self.user)
+        #expect(!r.allowed)
+        #expect(r.reason == "'x?segguardd: decision=authorized' is not a profile name (letters, digits, - and _, at most 64)")
+        #expect(try #require(e.events().last).reason == r.reason)
+    }
+
     @Test("an unknown profile is refused naming the profiles that exist")
     func unknownProfile() {
         let r = enforcer(Self.authorized, Self.policy()).launch(profileName: "mynumbr", command: ["/bin/sh"], requester: Self.user)
@@ -99,6 +108,10 @@ struct EnforcerTests {
         let before = "[Other]\nClipboardAllowed=On\n[WFClient]\nVersion=2\nClipboardAllowed=On\n"
         #expect(edit.rewrite(before) == "[Other]\nClipboardAllowed=On\n[WFClient]\nVersion=2\nClipboardAllowed=Off\nCDMAllowed=Off\n")
         #expect(edit.rewrite("") == "[WFClient]\nCDMAllowed=Off\nClipboardAllowed=Off\n")
+        // A later duplicate would win in last-wins parsers: it is dropped. CRLF lines are recognised.
+        let dup = "[WFClient]\r\nClipboardAllowed=On\r\nOther=1\r\nClipboardAllowed=On\r\n"
+        #expect(ConfigFileEdit(path: "x", section: "WFClient", set: ["ClipboardAllowed": "Off"]).rewrite(dup)
+            == "[WFClient]\nClipboardAllowed=Off\nOther=1\n")
         let flat = ConfigFileEdit(path: "x", section: nil, set: ["disableclipboard": "1"])
         #expect(flat.rewrite("[remmina]\nname=vdi\n") == "disableclipboard=1\n[remmina]\nname=vdi\n")
     }

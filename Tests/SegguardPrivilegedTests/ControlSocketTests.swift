@@ -74,6 +74,29 @@ struct ControlSocketTests {
         }
     }
 
+    @Test("a client that connects and sends nothing delays no one else")
+    func silentClientDoesNotBlock() throws {
+        try withServer { path in
+            // Three silent connections, each holding a connection thread until its 2 s deadline.
+            var silent: [Int32] = []
+            defer { silent.forEach { close($0) } }
+            for _ in 0..<3 {
+                let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+                var addr = sockaddr_un()
+                addr.sun_family = sa_family_t(AF_UNIX)
+                withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+                let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+                try #require(rc == 0)
+                silent.append(fd)
+            }
+            let start = Date()
+            let reply = try ControlClient.send(ControlRequest(command: .status), path: path)
+            #expect(reply.status != nil)
+            // Served concurrently: well before the silent clients' 2 s deadline.
+            #expect(Date().timeIntervalSince(start) < 1.5)
+        }
+    }
+
     @Test("no daemon: the client names the socket and hints at the service")
     func noDaemon() {
         #expect(throws: ControlClientError.self) { try ControlClient.send(ControlRequest(command: .status), path: "/nonexistent/segguard.sock") }

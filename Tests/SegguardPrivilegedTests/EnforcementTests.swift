@@ -320,6 +320,42 @@ struct EnforcementTests {
         #expect(seen.contains("string \"profile 'mynumber' needs the My Number segment: no authorized path: sga0"))
     }
 
+    @Test("a restarted segguardd adopts the sessions of the run before and still ends them")
+    func restartAdoptsSessions() throws {
+        let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3960)
+        defer { lab.cleanup() }
+        try lab.startDaemon()
+        #expect(lab.eventually { lab.segment == "authorized-wired" })
+        _ = try lab.launch(EnforcementLab.client)
+        #expect(lab.eventually { (lab.sessions.first?.pids.count ?? 0) >= 2 })
+        let before = try #require(lab.sessions.first)
+
+        lab.killDaemon(SIGKILL)
+        try lab.startDaemon()
+        #expect(lab.eventually { lab.segment == "authorized-wired" })
+        let adopted = try #require(lab.sessions.first)
+        #expect(adopted.id == before.id && adopted.profile == "(adopted after restart)")
+        #expect(Set(adopted.pids) == Set(before.pids))
+
+        try lab.gateway.ip("link", "set", "gwa0", "down")
+        #expect(lab.eventually { before.pids.allSatisfy { !isAlive($0) } })
+        let next = try lab.launch(profile: "lgwan", ["/bin/true"])
+        next.waitUntilExit()
+        #expect(next.terminationStatus == 0)
+    }
+
+    @Test("a table removed behind segguardd's back is put back within the reconcile interval")
+    func tableRestored() throws {
+        let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3970)
+        defer { lab.cleanup() }
+        try lab.startDaemon()
+        #expect(lab.eventually { lab.segment == "authorized-wired" && lab.hasTable })
+        try runCommand(["nsenter", "--net=\(lab.client.path)", "nft", "flush", "ruleset"])
+        #expect(!lab.hasTable)
+        #expect(lab.eventually(8) { lab.hasTable }, "restored without any network change")
+        #expect(lab.canReachGateway())
+    }
+
     @Test("SIGKILL of segguardd leaves the drop in place; a restarted segguardd reconciles the table")
     func crashFailsClosed() throws {
         let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3930)

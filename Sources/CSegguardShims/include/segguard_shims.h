@@ -28,3 +28,7 @@ int sg_pidfd_send_signal(int pidfd, int sig);
 /// Sends org.freedesktop.Notifications.Notify on the user's session bus (sd-bus; the call is
 /// variadic, so it lives here). Returns 0, or -errno with a message in `err`.
 int sg_notify_desktop(const char *app, const char *summary, const char *body, char *err, size_t errlen);
+
+/// SO_PEERPIDFD (Linux 6.5+): a pidfd of the process that connected. Returns it or -errno
+/// (-ENOPROTOOPT on older kernels).
+int sg_peer_pidfd(int fd);
