@@ -39,6 +39,8 @@ let package = Package(
             name: "SegguardEnforce",
             dependencies: ["SegguardPolicy", "SegguardDecision", "SegguardWire", "CNftables", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
+        // systemd integration: sd_notify (ready, status, reload, watchdog) and a journald log handler.
+        .target(name: "SegguardService", dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         // Versioned Codable types spoken on the control socket.
         .target(name: "SegguardWire", dependencies: ["SegguardPolicy", "SegguardDecision"], swiftSettings: strict),
         // The local control socket: server (daemon side) and client (segguardctl side).
@@ -52,7 +54,7 @@ let package = Package(
         .executableTarget(
             name: "segguardd",
             dependencies: [
-                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardWire", "SegguardControl", "SegguardEnforce", "CSegguardShims",
+                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardWire", "SegguardControl", "SegguardEnforce", "SegguardService", "CSegguardShims",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -79,6 +81,7 @@ let package = Package(
 
         .testTarget(name: "SegguardPolicyTests", dependencies: ["SegguardPolicy"]),
         .testTarget(name: "SegguardDecisionTests", dependencies: ["SegguardDecision", "SegguardPolicy"]),
+        .testTarget(name: "SegguardServiceTests", dependencies: ["SegguardService", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "SegguardEnforceTests", dependencies: ["SegguardEnforce", "SegguardPolicy", "SegguardDecision"]),
         .testTarget(name: "SegguardNetlinkTests", dependencies: ["SegguardNetlink", "CLibNL", "CSegguardShims"]),
         .testTarget(

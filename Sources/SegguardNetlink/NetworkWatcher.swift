@@ -35,12 +35,18 @@ public final class NetworkWatcher: Sendable {
         public var watchWireless: Bool
         /// Test hook: called on the watcher thread before each read of the sockets.
         public var beforeRead: (@Sendable () -> Void)?
+        /// With a service watchdog: ping at least every `interval / 2` seconds, from the loop
+        /// itself, so a loop that hangs stops the pings and the service manager restarts it.
+        /// (The only timed wakeup of the loop; it never produces a snapshot.)
+        public var watchdog: (interval: Double, ping: @Sendable () -> Void)?
 
-        public init(networkNamespace: String? = nil, receiveBufferSize: Int32 = 1 << 20, watchWireless: Bool = true, beforeRead: (@Sendable () -> Void)? = nil) {
+        public init(networkNamespace: String? = nil, receiveBufferSize: Int32 = 1 << 20, watchWireless: Bool = true,
+                    beforeRead: (@Sendable () -> Void)? = nil, watchdog: (interval: Double, ping: @Sendable () -> Void)? = nil) {
             self.networkNamespace = networkNamespace
             self.receiveBufferSize = receiveBufferSize
             self.watchWireless = watchWireless
             self.beforeRead = beforeRead
+            self.watchdog = watchdog
         }
     }
 
@@ -53,6 +59,8 @@ public final class NetworkWatcher: Sendable {
         /// Wakeups on which no message could be read (should stay 0: nothing wakes the loop
         /// but the kernel or `stop()`).
         public var emptyWakeups: UInt64 = 0
+        /// Watchdog pings sent from the loop.
+        public var watchdogPings: UInt64 = 0
         public var snapshots: UInt64 = 0
         /// Full re-dumps after an overrun or an interrupted dump.
         public var resyncs: UInt64 = 0
@@ -376,15 +384,28 @@ private final class WatcherLoop {
 
     /// Runs until stopped (nil) or a fatal error (its description).
     func run() -> String? {
+        let watchdog = watcher.options.watchdog
+        let half = watchdog.map { UInt64($0.interval * 1e9 / 2) } ?? 0
+        var lastPing: UInt64 = 0
         while watcher.running.withLock({ $0 }) {
+            if let watchdog {
+                let now = loopNanos()
+                if now &- lastPing >= half {
+                    watchdog.ping()
+                    lastPing = now
+                    watcher.stats.withLock { $0.watchdogPings += 1 }
+                }
+            }
             var fds = [pollfd(fd: watcher.wakeFd, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: route.fd, events: Int16(POLLIN), revents: 0)]
             if genl.fd >= 0 { fds.append(pollfd(fd: genl.fd, events: Int16(POLLIN), revents: 0)) }
-            let n = poll(&fds, nfds_t(fds.count), -1)
+            let timeout: Int32 = watchdog == nil ? -1 : Int32(max(1, half / 1_000_000))
+            let n = poll(&fds, nfds_t(fds.count), timeout)
             if n < 0 {
                 if errno == EINTR { continue }
                 return "poll: \(String(cString: strerror(errno))) (errno \(errno))"
             }
+            if n == 0 { continue }  // watchdog timeout only
             watcher.stats.withLock { $0.wakeups += 1 }
             if fds[0].revents != 0 { continue }
             watcher.options.beforeRead?()
@@ -461,6 +482,13 @@ private final class WatcherLoop {
         route.close()
         genl.close()
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+private func loopNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
 private func loop(_ arg: UnsafeMutableRawPointer?) -> WatcherLoop {

@@ -12,6 +12,7 @@ import SegguardDecision
 import SegguardEnforce
 import SegguardNetlink
 import SegguardPolicy
+import SegguardService
 import SegguardWire
 import Synchronization
 
@@ -72,11 +73,19 @@ struct Segguardd: ParsableCommand {
                 throw ExitCode(2)
             }
         }
+        // Under systemd (stderr is the journal stream): structured journal fields; else stderr.
+        let toJournal = JournalLogHandler.stderrIsJournal
         LoggingSystem.bootstrap { label in
+            if toJournal {
+                var h = JournalLogHandler(label: label)
+                h.logLevel = Logger.Level(rawValue: logLevel) ?? .info
+                return h
+            }
             var h = StreamLogHandler.standardError(label: label)
             h.logLevel = Logger.Level(rawValue: logLevel) ?? .info
             return h
         }
+        let notifier = ServiceNotifier()
         let logger = Logger(label: "segguardd")
 
         let loaded: Policy
@@ -93,7 +102,7 @@ struct Segguardd: ParsableCommand {
             logger.critical("cannot set up enforcement", metadata: ["error": "\(error)"])
             throw ExitCode(1)
         }
-        let daemon = Daemon(policy: loaded, policyFile: policy, enforcer: enforcer, logger: logger)
+        let daemon = Daemon(policy: loaded, policyFile: policy, enforcer: enforcer, notifier: notifier, logger: logger)
         logger.notice("policy loaded", metadata: ["policy": "\(loaded.name)", "file": "\(policy)", "sites": "\(loaded.sites.count)"])
 
         let group = getgrnam(adminGroup).map { $0.pointee.gr_gid }
@@ -110,7 +119,12 @@ struct Segguardd: ParsableCommand {
         // Until the first decision nothing may reach the VDI gateways, whatever table an
         // earlier run left behind.
         enforcer.applyBaseline(policy: loaded)
-        let watcher = NetworkWatcher(options: .init(), logger: logger)
+        var options = NetworkWatcher.Options()
+        if let interval = notifier.watchdogInterval {
+            options.watchdog = (interval: interval, ping: { notifier.watchdog() })
+            logger.info("watchdog enabled", metadata: ["interval_s": "\(interval)"])
+        }
+        let watcher = NetworkWatcher(options: options, logger: logger)
         do {
             try watcher.start(
                 onSnapshot: { daemon.observe($0, statistics: watcher.statistics, eventNanos: monotonicNanos()) },
@@ -137,6 +151,7 @@ struct Segguardd: ParsableCommand {
             let s = DispatchSource.makeSignalSource(signal: sig, queue: .main)
             s.setEventHandler {
                 logger.notice("stopping", metadata: ["signal": "\(sig == SIGTERM ? "SIGTERM" : "SIGINT")"])
+                notifier.stopping()
                 watcher.stop()
                 server.stop()
                 Foundation.exit(0)
@@ -189,6 +204,7 @@ final class Daemon: Sendable {
     let applyLock = NSLock()
     let policyFile: String
     let enforcer: Enforcer
+    let notifier: ServiceNotifier
     let logger: Logger
     let watcherBox = Mutex<NetworkWatcher?>(nil)
 
@@ -197,10 +213,11 @@ final class Daemon: Sendable {
         set { watcherBox.withLock { $0 = newValue } }
     }
 
-    init(policy: Policy, policyFile: String, enforcer: Enforcer, logger: Logger) {
+    init(policy: Policy, policyFile: String, enforcer: Enforcer, notifier: ServiceNotifier, logger: Logger) {
         self.state = Mutex(State(monitor: SegmentMonitor(policy: policy)))
         self.policyFile = policyFile
         self.enforcer = enforcer
+        self.notifier = notifier
         self.logger = logger
     }
 
@@ -217,10 +234,21 @@ final class Daemon: Sendable {
         logger.debug("network snapshot", metadata: ["generation": "\(snapshot.generation)", "interfaces": "\(summary(snapshot))"])
         if let change { log(change) }
         enforcer.update(decision: decision, policy: policy, eventNanos: eventNanos)
+        // READY=1 only now: the first netlink dump is decided and the table is in place.
+        if let change {
+            if change.isInitial { notifier.ready(status: Daemon.statusLine(decision)) } else { notifier.status(Daemon.statusLine(decision)) }
+        }
+    }
+
+    /// The STATUS= line: the decision and its interfaces or reason.
+    static func statusLine(_ d: Decision) -> String {
+        d.isAuthorized ? "\(d.segment.rawValue) via \(d.authorizedInterfaces.joined(separator: ", "))" : "unauthorized: \(d.reason)"
     }
 
     func reload() {
         logger.notice("reloading policy", metadata: ["file": "\(policyFile)"])
+        notifier.reloading()
+        defer { notifier.reloaded(status: Daemon.statusLine(state.withLock { $0.monitor.decision })) }
         do {
             let p = try loadPolicy(policyFile)
             applyLock.lock()

@@ -41,7 +41,7 @@ final class RunningDaemon {
     var socket: String { dir.appendingPathComponent("control.sock").path }
     var policyFile: URL { dir.appendingPathComponent("policy.yaml") }
 
-    init(policy: String, setup: (TestNamespace) throws -> Void) throws {
+    init(policy: String, environment: [String: String] = [:], setup: (TestNamespace) throws -> Void) throws {
         let exe = binDir.appendingPathComponent("segguardd")
         guard FileManager.default.isExecutableFile(atPath: exe.path) else {
             throw CommandError(description: "\(exe.path) is not built: run scripts/test.sh (it builds before testing) or set SEGGUARD_BIN_DIR")
@@ -55,7 +55,11 @@ final class RunningDaemon {
             try policy.write(to: policyFile, atomically: true, encoding: .utf8)
             _ = FileManager.default.createFile(atPath: log.path, contents: nil)
             process.executableURL = exe
-            process.arguments = ["--policy", policyFile.path, "--netns", ns.path, "--socket", socket]
+            process.arguments = ["--policy", policyFile.path, "--netns", ns.path, "--socket", socket,
+                                 "--nft-table", "sgdaemontest", "--baseline-file", dir.appendingPathComponent("baseline.json").path]
+            if !environment.isEmpty {
+                process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
+            }
             process.standardError = try FileHandle(forWritingTo: log)
             try process.run()
         } catch {
@@ -153,6 +157,43 @@ struct DaemonTests {
         #expect(applied.decision.reason.contains("is a virtual link (veth), which the rule does not admit"))
     }
 
+    @Test("sd_notify: READY=1 only with the first decision, STATUS= per change, watchdog pings, RELOADING/READY around SIGHUP, STOPPING")
+    func serviceNotifications() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("segguard-notify-\(getpid())-\(UUID().uuidString.prefix(6))")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let notifyPath = dir.appendingPathComponent("notify").path
+        let listener = try NotifyListener(path: notifyPath)
+        defer { listener.close() }
+
+        // The namespace is set up with the carrier down, so the first decision is unauthorized.
+        let d = try RunningDaemon(policy: daemonPolicy, environment: ["NOTIFY_SOCKET": notifyPath, "WATCHDOG_USEC": "200000"]) { ns in
+            try ns.addVeth("sgw0", index: 3991, peer: "peer0", index: 3992, up: false)
+            try ns.ip("link", "set", "sgw0", "up")
+        }
+        defer { d.cleanup() }
+        let first = try #require(listener.next { $0.contains("READY=1") })
+        #expect(first.contains("STATUS=unauthorized: no authorized path: sgw0 matches site 'hq' wired rule"))
+        #expect(listener.received.prefix { !$0.contains("READY=1") }.allSatisfy { !$0.contains("STATUS=") }, "nothing announced before READY")
+
+        try d.ns.ip("link", "set", "peer0", "up")
+        #expect(listener.next { $0 == "STATUS=authorized-wired via sgw0" } != nil)
+
+        // Watchdog: WATCHDOG_USEC=200000 means a ping at least every 100 ms from the loop.
+        let pingsBefore = listener.received.filter { $0 == "WATCHDOG=1" }.count
+        Thread.sleep(forTimeInterval: 0.6)
+        _ = listener.next(timeout: 0.2) { _ in false }
+        #expect(listener.received.filter { $0 == "WATCHDOG=1" }.count - pingsBefore >= 4)
+
+        kill(d.process.processIdentifier, SIGHUP)
+        #expect(listener.next { $0.hasPrefix("RELOADING=1\nMONOTONIC_USEC=") } != nil)
+        #expect(listener.next { $0 == "READY=1\nSTATUS=authorized-wired via sgw0" } != nil)
+
+        kill(d.process.processIdentifier, SIGTERM)
+        #expect(listener.next { $0.hasPrefix("STOPPING=1") } != nil)
+        d.process.waitUntilExit()
+    }
+
     @Test("check-policy: exit 0 with a summary for a good file, exit 1 with every located error for a bad one")
     func checkPolicy() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("segguard-check-\(getpid())")
@@ -174,5 +215,44 @@ struct DaemonTests {
         #expect(lines.contains("\(bad.path):6:18: sites[0].wireless[0].bssids[0]: \"aa:bb\" is not a BSSID"))
         #expect(lines.contains("\(bad.path):7:9: sites[0].wireless[0].securty: unknown key \"securty\""))
         #expect(lines.last == "2 errors; policy refused")
+    }
+}
+
+/// A datagram socket standing in for systemd's NOTIFY_SOCKET; records every message.
+final class NotifyListener {
+    let fd: Int32
+    let path: String
+    private(set) var received: [String] = []
+
+    init(path: String) throws {
+        self.path = path
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &addr.sun_path) { $0.copyBytes(from: Array(path.utf8)) }
+        let rc = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        guard rc == 0 else { throw CommandError(description: "bind \(path): errno \(errno)") }
+    }
+
+    /// Receives until a message satisfies `match` (returned) or `timeout` passes (nil).
+    func next(timeout: Double = 10, _ match: (String) -> Bool) -> String? {
+        let deadline = Date().addingTimeInterval(timeout)
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let left = deadline.timeIntervalSinceNow
+            if left <= 0 { return nil }
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, Int32(left * 1000) + 1) > 0 else { return nil }
+            let n = recv(fd, &buf, buf.count, 0)
+            guard n > 0 else { continue }
+            let msg = String(decoding: buf[0..<n], as: UTF8.self)
+            received.append(msg)
+            if match(msg) { return msg }
+        }
+    }
+
+    func close() {
+        Glibc.close(fd)
+        unlink(path)
     }
 }
