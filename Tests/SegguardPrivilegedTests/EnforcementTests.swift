@@ -151,6 +151,13 @@ final class EnforcementLab {
     var segment: String? { reply(.status)?.status?.decision.segment.rawValue }
     /// The binding's table exists in the client namespace (it is applied right after the decision).
     var hasTable: Bool { (try? runCommand(["nsenter", "--net=\(client.path)", "nft", "list", "table", "inet", "segguard"])) != nil }
+    /// The decision is authorized and its table, which replaces the start-up baseline a few
+    /// milliseconds after the decision, lets the gateway traffic out through sga0.
+    var isBoundToSga0: Bool {
+        guard segment == "authorized-wired" else { return false }
+        let listing = (try? runCommand(["nsenter", "--net=\(client.path)", "nft", "list", "table", "inet", "segguard"])) ?? ""
+        return listing.contains("oifname \"sga0\"") && listing.contains("accept")
+    }
     var sessions: [SessionInfo] { reply(.sessions)?.sessions ?? [] }
     var denials: [EnforcementEvent] { reply(.whyDenied)?.events ?? [] }
     func canReachGateway() -> Bool {
@@ -205,7 +212,7 @@ struct EnforcementTests {
         let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3900)
         defer { lab.cleanup() }
         try lab.startDaemon()
-        #expect(lab.eventually { lab.segment == "authorized-wired" })
+        #expect(lab.eventually { lab.isBoundToSga0 })
         #expect(lab.canReachGateway())
 
         let launcher = try lab.launch(EnforcementLab.client)
@@ -224,7 +231,7 @@ struct EnforcementTests {
         #expect((ended.latencyMs ?? 1e9) < 2000)
 
         try lab.gateway.ip("link", "set", "gwa0", "up")
-        #expect(lab.eventually { lab.segment == "authorized-wired" })
+        #expect(lab.eventually { lab.isBoundToSga0 })
         #expect(lab.eventually { lab.canReachGateway() })
         let again = try lab.launch(["/bin/true"])
         again.waitUntilExit()
@@ -236,7 +243,7 @@ struct EnforcementTests {
         let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3910)
         defer { lab.cleanup() }
         try lab.startDaemon()
-        #expect(lab.eventually { lab.segment == "authorized-wired" })
+        #expect(lab.eventually { lab.isBoundToSga0 })
         _ = try lab.launch(EnforcementLab.client)
         #expect(lab.eventually { (lab.sessions.first?.pids.count ?? 0) >= 2 })
         let session = try #require(lab.sessions.first)
@@ -272,7 +279,7 @@ struct EnforcementTests {
 
         // The lgwan profile (allowed_groups: [root] appended to it) refuses an unprivileged user.
         try lab.gateway.ip("link", "set", "gwa0", "up")
-        #expect(lab.eventually { lab.segment == "authorized-wired" })
+        #expect(lab.eventually { lab.isBoundToSga0 })
         let nobody = try lab.launch(profile: "lgwan", ["/bin/true"], user: (65534, 65534))
         nobody.waitUntilExit()
         #expect(nobody.terminationStatus == 1)
@@ -325,14 +332,14 @@ struct EnforcementTests {
         let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3960)
         defer { lab.cleanup() }
         try lab.startDaemon()
-        #expect(lab.eventually { lab.segment == "authorized-wired" })
+        #expect(lab.eventually { lab.isBoundToSga0 })
         _ = try lab.launch(EnforcementLab.client)
         #expect(lab.eventually { (lab.sessions.first?.pids.count ?? 0) >= 2 })
         let before = try #require(lab.sessions.first)
 
         lab.killDaemon(SIGKILL)
         try lab.startDaemon()
-        #expect(lab.eventually { lab.segment == "authorized-wired" })
+        #expect(lab.eventually { lab.isBoundToSga0 })
         let adopted = try #require(lab.sessions.first)
         #expect(adopted.id == before.id && adopted.profile == "(adopted after restart)")
         #expect(Set(adopted.pids) == Set(before.pids))
@@ -349,7 +356,7 @@ struct EnforcementTests {
         let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3970)
         defer { lab.cleanup() }
         try lab.startDaemon()
-        #expect(lab.eventually { lab.segment == "authorized-wired" && lab.hasTable })
+        #expect(lab.eventually { lab.isBoundToSga0 })
         try runCommand(["nsenter", "--net=\(lab.client.path)", "nft", "flush", "ruleset"])
         #expect(!lab.hasTable)
         #expect(lab.eventually(8) { lab.hasTable }, "restored without any network change")
@@ -361,7 +368,7 @@ struct EnforcementTests {
         let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3930)
         defer { lab.cleanup() }
         try lab.startDaemon()
-        #expect(lab.eventually { lab.segment == "authorized-wired" && lab.hasTable })
+        #expect(lab.eventually { lab.isBoundToSga0 })
         #expect(lab.canReachGateway())
 
         lab.killDaemon(SIGKILL)
@@ -373,7 +380,7 @@ struct EnforcementTests {
         try runCommand(["nsenter", "--net=\(lab.client.path)", "nft", "delete", "table", "inet", "segguard"])
         #expect(lab.canReachGateway(), "without the table alt0 reaches the gateway")
         try lab.startDaemon()
-        #expect(lab.eventually { lab.segment == "authorized-wired" && lab.hasTable })
+        #expect(lab.eventually { lab.isBoundToSga0 })
         #expect(!lab.canReachGateway(), "reconciled: alt0 blocked again")
         try lab.client.ip("route", "replace", "10.62.9.1/32", "via", "10.62.1.1", "dev", "sga0")
         #expect(lab.canReachGateway())
@@ -384,7 +391,7 @@ struct EnforcementTests {
         let lab = try EnforcementLab(policy: EnforcementLab.policy(mode: "audit"), base: 3940)
         defer { lab.cleanup() }
         try lab.startDaemon()
-        #expect(lab.eventually { lab.segment == "authorized-wired" })
+        #expect(lab.eventually { lab.segment == "authorized-wired" && lab.hasTable }, "audit: a counting table, no baseline drop")
         _ = try lab.launch(EnforcementLab.client)
         #expect(lab.eventually { (lab.sessions.first?.pids.count ?? 0) >= 2 })
         let session = try #require(lab.sessions.first)
