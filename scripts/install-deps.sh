@@ -10,6 +10,7 @@ packages=(
     libsystemd-dev                                   # sd_notify / journald (service integration)
     iproute2 procps util-linux                       # ip netns / veth, sysctl, nsenter and setpriv for the real-kernel tests
     dbus-daemon dbus-bin                             # a private session bus for the desktop-notification test
+    debootstrap systemd-container                    # Packaging/test-install-boot.sh: a Debian root booted under systemd-nspawn
 )
 missing=()
 for p in "${packages[@]}"; do

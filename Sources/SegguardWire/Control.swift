@@ -9,7 +9,7 @@ import SegguardPolicy
 public let controlProtocolVersion = 1
 
 /// The product version, printed by `--version` and carried in status replies.
-public let segguardVersion = "0.1.0"
+public let segguardVersion = "0.2.0"
 
 /// A request from a client.
 public struct ControlRequest: Codable, Sendable, Equatable {

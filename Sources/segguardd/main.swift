@@ -121,7 +121,16 @@ struct Segguardd: ParsableCommand {
         enforcer.applyBaseline(policy: loaded)
         var options = NetworkWatcher.Options()
         if let interval = notifier.watchdogInterval {
-            options.watchdog = (interval: interval, ping: { notifier.watchdog() })
+            // Fault injection for the install test: with this file present the netlink loop
+            // hangs in its next watchdog ping, so the service manager must restart segguardd.
+            let hangSwitch = (socket as NSString).deletingLastPathComponent + "/fault-hang-netlink-loop"
+            options.watchdog = (interval: interval, ping: {
+                if access(hangSwitch, F_OK) == 0 {
+                    logger.critical("fault injection: netlink loop hangs now", metadata: ["switch": "\(hangSwitch)"])
+                    while true { sleep(3600) }
+                }
+                notifier.watchdog()
+            })
             logger.info("watchdog enabled", metadata: ["interval_s": "\(interval)"])
         }
         let watcher = NetworkWatcher(options: options, logger: logger)

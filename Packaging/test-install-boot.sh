@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Install-and-boot test under a real systemd: builds the agent .deb, installs it with dpkg in
+# a minimal Debian 12 root (debootstrap, cached under /var/cache/segguard-test so reruns skip
+# it), boots the root with systemd-nspawn (systemd as PID 1) and drives it with nsenter.
+# Needs root, debootstrap and systemd-container. Prints one line per check and
+# "N passed, N failed" at the end; exits non-zero on any failure.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "test-install-boot.sh needs root" >&2; exit 2; }
+
+cache=/var/cache/segguard-test/bookworm-minbase
+work="$(mktemp -d /var/tmp/segguard-boot.XXXXXX)"
+machine="sgboot-$$"
+nspawn_pid=""
+passed=0; failed=0
+check() {  # check "what" command...
+    local what="$1"; shift
+    if "$@" >/dev/null 2>&1; then echo "ok   $what"; passed=$((passed + 1)); else echo "FAIL $what"; failed=$((failed + 1)); fi
+}
+cleanup() {
+    if [ -n "$nspawn_pid" ] && kill -0 "$nspawn_pid" 2>/dev/null; then
+        kill -TERM "$nspawn_pid" 2>/dev/null; sleep 2; kill -KILL "$nspawn_pid" 2>/dev/null
+    fi
+    wait 2>/dev/null
+    rm -rf "$work"
+}
+[ -n "${KEEP:-}" ] || trap cleanup EXIT
+
+# 1. The minimal root (mirror taken from this machine's own apt sources).
+if [ ! -x "$cache/usr/lib/systemd/systemd" ]; then
+    mirror="$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null)"
+    [ -n "$mirror" ] || mirror="$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null)"
+    rm -rf "$cache.tmp"; mkdir -p "$(dirname "$cache")"
+    debootstrap --variant=minbase \
+        --include=systemd,systemd-sysv,dbus,libnl-3-200,libnl-genl-3-200,libnl-route-3-200,libnftables1,nftables,libstdc++6,iproute2 \
+        bookworm "$cache.tmp" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log"; exit 1; }
+    mv "$cache.tmp" "$cache"
+fi
+root="$work/root"
+cp -a "$cache" "$root"
+echo "$machine" > "$root/etc/hostname"
+
+# 2. The package, installed with dpkg inside the root (no systemd running yet: enable only).
+deb="$(Packaging/build-deb.sh "$work/out" | tail -1)"
+check "the .deb builds ($(basename "$deb"))" test -f "$deb"
+check "dpkg-deb --info reads it" dpkg-deb --info "$deb"
+cp "$deb" "$root/var/tmp/agent.deb"
+check "dpkg -i installs it in the root" systemd-nspawn -q -D "$root" --register=no --keep-unit -- dpkg -i /var/tmp/agent.deb
+check "policy is a conffile" grep -qx /etc/segguard/policy.yaml "$root/var/lib/dpkg/info/segment-guard-agent.conffiles"
+check "segguardd.service is enabled" test -L "$root/etc/systemd/system/multi-user.target.wants/segguardd.service"
+check "segguardd --version runs in the root" systemd-nspawn -q -D "$root" --register=no --keep-unit -- /usr/sbin/segguardd --version
+# A watchdog short enough to test, and a policy the container's own interface satisfies.
+mkdir -p "$root/etc/systemd/system/segguardd.service.d"
+printf '[Service]\nWatchdogSec=3s\n' > "$root/etc/systemd/system/segguardd.service.d/test.conf"
+cat > "$root/etc/segguard/policy.yaml" <<'POLICY'
+schema_version: 1
+name: boot-test
+sites:
+  - name: lab
+    wired:
+      - interfaces: ["host0"]
+        link_kinds: [veth]
+enforcement: {launch_gate: enforce, session_termination: enforce, network_binding: enforce, grace_seconds: 0}
+vdi:
+  gateways: [{address: 192.0.2.10, ports: [443]}]
+POLICY
+
+# 3. Boot it (systemd as PID 1, its own network with a veth host0).
+systemd-nspawn -q -D "$root" --boot --register=no --keep-unit --machine="$machine" --network-veth \
+    >"$work/console.log" 2>&1 &
+nspawn_pid=$!
+pid1=""
+for _ in $(seq 100); do
+    for c in $(pgrep -P "$nspawn_pid"); do
+        [ "$(cat /proc/$c/comm 2>/dev/null)" = systemd ] && pid1=$c
+        for g in $(pgrep -P "$c"); do [ "$(cat /proc/$g/comm 2>/dev/null)" = systemd ] && pid1=$g; done
+    done
+    [ -n "$pid1" ] && break
+    sleep 0.2
+done
+[ -n "$pid1" ] || { echo "FAIL the container did not boot"; tail -30 "$work/console.log"; exit 1; }
+in_ct() { nsenter -t "$pid1" -a -- "$@"; }
+for _ in $(seq 150); do
+    state="$(in_ct systemctl is-system-running 2>/dev/null)"
+    case "$state" in running|degraded) break ;; esac
+    sleep 0.2
+done
+echo "     (container system state: $state)"
+
+check "segguardd is active" in_ct systemctl is-active segguardd
+check "it became active through READY (Type=notify)" sh -c "nsenter -t $pid1 -a -- systemctl show -p Type --value segguardd | grep -qx notify"
+check "segguardd wrote the boot-time baseline file" test -s "$root/var/lib/segguard/baseline.nft.json"
+status="$(in_ct systemctl show -p StatusText --value segguardd)"
+echo "     (StatusText: $status)"
+check "STATUS= shows the decision" sh -c "echo '$status' | grep -Eq '^(authorized-wired via host0|unauthorized: )'"
+check "journal has structured DECISION= fields" sh -c "nsenter -t $pid1 -a -- journalctl -u segguardd -o json --no-pager | grep -q '\"DECISION\"'"
+check "the nftables table is in place" in_ct nft list table inet segguard
+
+# Reload: a changed policy applies, a broken one is refused and the old one kept.
+sed -i 's/^name: boot-test$/name: boot-test-2/' "$root/etc/segguard/policy.yaml"
+in_ct systemctl reload segguardd
+sleep 1
+check "reload applies a changed policy" sh -c "nsenter -t $pid1 -a -- segguardctl status | grep -q 'policy:    boot-test-2'"
+echo "broken: [" >> "$root/etc/segguard/policy.yaml"
+in_ct systemctl reload segguardd
+sleep 1
+check "a broken policy is refused, the old one kept" sh -c "nsenter -t $pid1 -a -- segguardctl status | grep -q 'last reload REFUSED' && nsenter -t $pid1 -a -- segguardctl status | grep -q 'policy:    boot-test-2'"
+check "segguardd is still active after the refused reload" in_ct systemctl is-active segguardd
+sed -i '$d' "$root/etc/segguard/policy.yaml"
+
+# Watchdog: hang the netlink loop; systemd must restart the service.
+before="$(in_ct systemctl show -p NRestarts --value segguardd)"
+in_ct touch /run/segguard/fault-hang-netlink-loop
+restarted=""
+for _ in $(seq 60); do
+    now="$(in_ct systemctl show -p NRestarts --value segguardd)"
+    if [ "$now" -gt "$before" ] 2>/dev/null && in_ct systemctl is-active segguardd >/dev/null 2>&1; then restarted=1; break; fi
+    sleep 0.5
+done
+check "a hung event loop is restarted by the watchdog (NRestarts $before -> ${now:-?})" test -n "$restarted"
+
+check "systemctl stop is clean" in_ct systemctl stop segguardd
+check "stopped with result success" sh -c "nsenter -t $pid1 -a -- systemctl show -p Result --value segguardd | grep -qx success"
+check "the table stays after stop (fail closed)" in_ct nft list table inet segguard
+# What the next boot does before the network: the baseline unit loads the drop-all table.
+in_ct nft delete table inet segguard
+check "the baseline unit loads the drop-all table" sh -c "nsenter -t $pid1 -a -- systemctl restart segguard-baseline && nsenter -t $pid1 -a -- nft list table inet segguard | grep -q 'drop'"
+[ "$failed" = 0 ] || { in_ct nft list ruleset 2>&1 | head; head -c 600 "$root/var/lib/segguard/baseline.nft.json"; echo; } | sed 's/^/     | /'
+check "dpkg --purge removes the package" in_ct dpkg --purge segment-guard-agent
+check "purge removed the state" sh -c "! test -e '$root/var/lib/segguard' && ! test -e '$root/etc/segguard'"
+
+[ -n "${KEEP:-}" ] && { echo "kept: pid1=$pid1 root=$root nspawn=$nspawn_pid"; exit 0; }
+in_ct systemctl poweroff >/dev/null 2>&1 || true
+for _ in $(seq 50); do kill -0 "$nspawn_pid" 2>/dev/null || break; sleep 0.2; done
+echo "$passed passed, $failed failed"
+[ "$failed" = 0 ]
