@@ -13,25 +13,6 @@ import Synchronization
 import Glibc
 #endif
 
-/// Who is on the other end of a control connection, as the kernel reports it.
-public struct PeerCredentials: Sendable, Equatable {
-    public var pid: Int32
-    public var uid: UInt32
-    public var gid: UInt32
-    public var groups: [UInt32]
-    /// SO_PEERPIDFD of the connecting process (-1 where the kernel has none). Owned by the
-    /// server: valid only while the handler runs.
-    public var pidfd: Int32
-
-    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32], pidfd: Int32 = -1) {
-        self.pid = pid
-        self.uid = uid
-        self.gid = gid
-        self.groups = groups
-        self.pidfd = pidfd
-    }
-}
-
 /// A failed system call, with its name and errno.
 public struct SystemCallError: Error, CustomStringConvertible, Sendable {
     public var call: String

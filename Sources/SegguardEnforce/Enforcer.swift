@@ -20,22 +20,8 @@ import Synchronization
 import Glibc
 #endif
 
-/// Who asked to launch, from the control socket's peer credentials.
-public struct LaunchRequester: Sendable, Equatable {
-    public var pid: Int32
-    public var uid: UInt32
-    public var gid: UInt32
-    public var groups: [UInt32]
-    /// SO_PEERPIDFD of the launcher, -1 where the kernel has none (borrowed, not closed here).
-    public var pidfd: Int32
-    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32], pidfd: Int32 = -1) {
-        self.pid = pid
-        self.uid = uid
-        self.gid = gid
-        self.groups = groups
-        self.pidfd = pidfd
-    }
-}
+/// Who asked to launch: the control socket's peer credentials.
+public typealias LaunchRequester = PeerCredentials
 
 /// Applies the launch gate, session termination and the network binding, each in its mode.
 public final class Enforcer: Sendable {

@@ -2,6 +2,7 @@
 // segguardctl (which prints them): sessions, terminations, refusals.
 
 import Foundation
+import SegguardPolicy
 
 /// A tracked session, as status output shows it.
 public struct SessionInfo: Sendable, Equatable, Codable {
@@ -41,6 +42,26 @@ public struct TerminationResult: Sendable, Equatable, Codable {
         self.killed = killed
         self.reaped = reaped
         self.reapedAtNanos = reapedAtNanos
+    }
+}
+
+/// Who is on the other end of a control connection, as the kernel reports it (SO_PEERCRED,
+/// SO_PEERGROUPS, SO_PEERPIDFD); the daemon trusts nothing a client says about itself.
+public struct PeerCredentials: Sendable, Equatable {
+    public var pid: Int32
+    public var uid: UInt32
+    public var gid: UInt32
+    public var groups: [UInt32]
+    /// SO_PEERPIDFD of the connecting process (-1 where the kernel has none). Owned by the
+    /// control server: valid only while the request is handled.
+    public var pidfd: Int32
+
+    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32], pidfd: Int32 = -1) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+        self.groups = groups
+        self.pidfd = pidfd
     }
 }
 
@@ -113,20 +134,10 @@ public struct LaunchReply: Sendable, Equatable, Codable {
     }
 }
 
-/// Keys to set in one INI-style client configuration file.
-public struct ConfigFileEdit: Sendable, Equatable, Codable {
-    public var path: String
-    public var section: String?
-    public var set: [String: String]
-    public init(path: String, section: String?, set: [String: String]) {
-        self.path = path
-        self.section = section
-        self.set = set
-    }
-}
+/// Keys to set in one INI-style client configuration file: the policy's own type.
+public typealias ConfigFileEdit = LaunchProfile.ConfigFile
 
-
-extension ConfigFileEdit {
+extension LaunchProfile.ConfigFile {
     /// The text with each key of `set` given its value inside `section` (added if missing).
     public func rewrite(_ text: String) -> String {
         // Any line ending (LF, CRLF — one Character in Swift) splits; the result is written with LF.

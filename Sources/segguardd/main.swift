@@ -297,8 +297,7 @@ final class Daemon: Sendable {
         switch request.command {
         case .launch:
             guard let profile = request.profile, !profile.isEmpty else { return ControlReply(error: "launch: no profile named") }
-            let requester = LaunchRequester(pid: peer.pid, uid: peer.uid, gid: peer.gid, groups: peer.groups, pidfd: peer.pidfd)
-            return ControlReply(launch: enforcer.launch(profileName: profile, command: request.clientCommand ?? [], requester: requester))
+            return ControlReply(launch: enforcer.launch(profileName: profile, command: request.clientCommand ?? [], requester: peer))
         case .sessions:
             return ControlReply(sessions: enforcer.sessions())
         case .whyDenied:
