@@ -26,16 +26,25 @@ cleanup() {
 }
 [ -n "${KEEP:-}" ] || trap cleanup EXIT
 
-# 1. The minimal root (mirror taken from this machine's own apt sources).
+# 1. The minimal root (mirror taken from this machine's own apt sources). Built once into a
+#    private temporary directory and renamed into place under a lock, so concurrent runs
+#    neither collide nor build it twice.
+mkdir -p "$(dirname "$cache")"
+exec 9>"$(dirname "$cache")/.lock"
+flock 9
 if [ ! -x "$cache/usr/lib/systemd/systemd" ]; then
     mirror="$(awk '/^URIs:/{print $2; exit}' /etc/apt/sources.list.d/*.sources 2>/dev/null)"
     [ -n "$mirror" ] || mirror="$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null)"
-    rm -rf "$cache.tmp"; mkdir -p "$(dirname "$cache")"
-    debootstrap --variant=minbase \
+    tmp="$(mktemp -d "$cache.tmp.XXXXXX")"
+    if ! debootstrap --variant=minbase \
         --include=systemd,systemd-sysv,dbus,libnl-3-200,libnl-genl-3-200,libnl-route-3-200,libnftables1,nftables,libstdc++6,iproute2 \
-        bookworm "$cache.tmp" "$mirror" >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log"; exit 1; }
-    mv "$cache.tmp" "$cache"
+        bookworm "$tmp" "$mirror" >"$work/debootstrap.log" 2>&1; then
+        tail -20 "$work/debootstrap.log"; umount -R "$tmp/proc" "$tmp/sys" 2>/dev/null; rm -rf "$tmp"; exit 1
+    fi
+    rm -rf "$cache"
+    mv "$tmp" "$cache"
 fi
+flock -u 9
 root="$work/root"
 cp -a "$cache" "$root"
 echo "$machine" > "$root/etc/hostname"
@@ -89,6 +98,12 @@ echo "     (container system state: $state)"
 
 check "segguardd is active" in_ct systemctl is-active segguardd
 check "it became active through READY (Type=notify)" sh -c "nsenter -t $pid1 -a -- systemctl show -p Type --value segguardd | grep -qx notify"
+# Startup order: the first decision (and the table) came before systemd saw READY=1.
+active_at="$(in_ct systemctl show -p ActiveEnterTimestampMonotonic --value segguardd)"
+decided_at="$(in_ct journalctl -u segguardd -o json --no-pager | grep '"initial segment decision"' | head -1 | sed -n 's/.*"__MONOTONIC_TIMESTAMP":"\([0-9]*\)".*/\1/p')"
+echo "     (initial decision at ${decided_at:-?} us, active at ${active_at:-?} us, monotonic)"
+check "active only after the first decision (READY after the netlink dump)" test -n "$decided_at" -a -n "$active_at" -a "${decided_at:-0}" -le "${active_at:-0}"
+check "the hardened unit is in force (capability bounding set)" sh -c "nsenter -t $pid1 -a -- systemctl show -p CapabilityBoundingSet --value segguardd | grep -q cap_net_admin"
 check "segguardd wrote the boot-time baseline file" test -s "$root/var/lib/segguard/baseline.nft.json"
 status="$(in_ct systemctl show -p StatusText --value segguardd)"
 echo "     (StatusText: $status)"
