@@ -153,6 +153,15 @@ public enum SegmentDecider {
                 detail: "\(name) associated to \(quoted) via BSSID \(bssid), not in the office allowlist (\(sites))",
                 site: secure[0].0.name)
         }
+        if rule.deviceAuth != .none {
+            let why = ifc.deviceAuth.map { $0.shortfall(for: rule.deviceAuth) } ?? "no 802.1X state from wpa_supplicant"
+            if let why {
+                return InterfaceFinding(
+                    interface: name, status: .rejected,
+                    detail: "\(name) associated to \(quoted) via BSSID \(bssid) but \(why): site '\(site.name)' (\(rule.location)) requires \(rule.deviceAuth.rawValue)",
+                    site: site.name)
+            }
+        }
         guard ifc.isRunning else {
             return InterfaceFinding(
                 interface: name, status: .rejected,
@@ -200,6 +209,15 @@ public enum SegmentDecider {
                         interface: name, status: .rejected,
                         detail: "\(name) matches site '\(site.name)' wired rule (\(rule.location)) but \(linkState(ifc))",
                         site: site.name)
+                }
+                if rule.deviceAuth != .none {
+                    let why = ifc.deviceAuth.map { $0.shortfall(for: rule.deviceAuth) } ?? "no 802.1X state from wpa_supplicant"
+                    if let why {
+                        return InterfaceFinding(
+                            interface: name, status: .rejected,
+                            detail: "\(name) matches site '\(site.name)' wired rule (\(rule.location)) but \(why)",
+                            site: site.name)
+                    }
                 }
                 return InterfaceFinding(
                     interface: name, status: .authorized,

@@ -52,13 +52,17 @@ public struct WirelessRule: Sendable, Equatable, Codable {
     public var security: Set<WirelessSecurity>
     /// Empty means any access point carrying the SSID.
     public var bssids: Set<MACAddress>
+    /// 802.1X authentication the association must have completed.
+    public var deviceAuth: DeviceAuthRequirement
     /// "file:line" of the rule, for reasons and errors.
     public var location: String
 
-    public init(ssid: SSID, security: Set<WirelessSecurity> = [.enterprise], bssids: Set<MACAddress> = [], location: String = "") {
+    public init(ssid: SSID, security: Set<WirelessSecurity> = [.enterprise], bssids: Set<MACAddress> = [],
+                deviceAuth: DeviceAuthRequirement = .none, location: String = "") {
         self.ssid = ssid
         self.security = security
         self.bssids = bssids
+        self.deviceAuth = deviceAuth
         self.location = location
     }
 }
@@ -71,12 +75,16 @@ public struct WiredRule: Sendable, Equatable, Codable {
     public var macs: Set<MACAddress>
     /// Kernel-made link kinds (IFLA_INFO_KIND, e.g. "vlan") admitted besides plain wired NICs.
     public var linkKinds: Set<String>
+    /// 802.1X authentication the port must have completed (wired 802.1X).
+    public var deviceAuth: DeviceAuthRequirement
     public var location: String
 
-    public init(interfaces: [String] = [], macs: Set<MACAddress> = [], linkKinds: Set<String> = [], location: String = "") {
+    public init(interfaces: [String] = [], macs: Set<MACAddress> = [], linkKinds: Set<String> = [],
+                deviceAuth: DeviceAuthRequirement = .none, location: String = "") {
         self.interfaces = interfaces
         self.macs = macs
         self.linkKinds = linkKinds
+        self.deviceAuth = deviceAuth
         self.location = location
     }
 }

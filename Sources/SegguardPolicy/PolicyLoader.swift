@@ -398,7 +398,7 @@ private struct Context {
     }
 
     mutating func wirelessRule(_ node: Node, _ path: String) -> WirelessRule? {
-        guard let m = mapping(node, path, allowed: ["ssid", "ssid_hex", "security", "bssids"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["ssid", "ssid_hex", "security", "bssids", "device_auth"]) else { return nil }
         var ssid: SSID?
         switch (m["ssid"], m["ssid_hex"]) {
         case let (s?, nil):
@@ -445,13 +445,21 @@ private struct Context {
                 }
             }
         }
+        var deviceAuth = DeviceAuthRequirement.none
+        if let d = m["device_auth"], let v = oneOf(d, "\(path).device_auth", DeviceAuthRequirement.self) {
+            deviceAuth = v
+            if v == .eapTLS && !security.isSubset(of: [.enterprise]) {
+                report(d, "\(path).device_auth", "eap-tls needs security [enterprise] (802.1X); this rule also accepts \(security.subtracting([.enterprise]).map(\.rawValue).sorted().joined(separator: ", "))")
+            }
+        }
         guard let ssid else { return nil }
-        return WirelessRule(ssid: ssid, security: security, bssids: bssids, location: location(node))
+        return WirelessRule(ssid: ssid, security: security, bssids: bssids, deviceAuth: deviceAuth, location: location(node))
     }
 
     mutating func wiredRule(_ node: Node, _ path: String) -> WiredRule? {
-        guard let m = mapping(node, path, allowed: ["interfaces", "macs", "link_kinds"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["interfaces", "macs", "link_kinds", "device_auth"]) else { return nil }
         var rule = WiredRule(location: location(node))
+        if let d = m["device_auth"], let v = oneOf(d, "\(path).device_auth", DeviceAuthRequirement.self) { rule.deviceAuth = v }
         if let i = m["interfaces"] { rule.interfaces = patterns(i, "\(path).interfaces") }
         if let ms = m["macs"], let items = sequence(ms, "\(path).macs") {
             for (i, item) in items.enumerated() {

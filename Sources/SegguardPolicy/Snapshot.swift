@@ -267,12 +267,16 @@ public struct InterfaceState: Sendable, Equatable, Codable {
     public var defaultRoutes: [DefaultRoute]
     /// Present for wireless interfaces once nl80211 has been read.
     public var wireless: WirelessLink?
+    /// 802.1X state from wpa_supplicant, when a supplicant runs on the interface.
+    public var deviceAuth: DeviceAuthState?
 
     public init(
         index: Int32, name: String, kind: InterfaceKind, linkKind: String? = nil, mac: MACAddress? = nil,
         isAdminUp: Bool = true, operState: OperState = .up, hasCarrier: Bool = true,
-        addresses: [InterfaceAddress] = [], defaultRoutes: [DefaultRoute] = [], wireless: WirelessLink? = nil
+        addresses: [InterfaceAddress] = [], defaultRoutes: [DefaultRoute] = [], wireless: WirelessLink? = nil,
+        deviceAuth: DeviceAuthState? = nil
     ) {
+        self.deviceAuth = deviceAuth
         self.index = index
         self.name = name
         self.kind = kind

@@ -1,0 +1,163 @@
+// wpa_supplicant control-interface text: STATUS replies and events, good and malformed.
+
+import SegguardDecision
+import SegguardDeviceAuth
+import SegguardPolicy
+import Testing
+
+@Suite("wpa_supplicant control protocol")
+struct WPAControlProtocolTests {
+    /// A STATUS reply of wpa_supplicant -Dwired after a successful EAP-TLS authentication.
+    static let wiredSuccess = """
+        bssid=01:80:c2:00:00:03
+        freq=0
+        ssid=
+        id=0
+        mode=station
+        pairwise_cipher=NONE
+        group_cipher=NONE
+        key_mgmt=IEEE 802.1X (no WPA)
+        wpa_state=COMPLETED
+        ip_address=10.0.0.2
+        Supplicant PAE state=AUTHENTICATED
+        suppPortStatus=Authorized
+        EAP state=SUCCESS
+        selectedMethod=13 (EAP-TLS)
+        EAP TLS cipher=ECDHE-RSA-AES256-GCM-SHA384
+        tls_session_reused=0
+        eap_session_id=0d8c
+        uuid=6c4b3a8e-0000-0000-0000-000000000000
+        identity=thin-client-0042.example.lg.jp
+
+        """
+
+    @Test("a completed EAP-TLS STATUS gives method, port, identity, and meets eap-tls")
+    func success() throws {
+        let s = try WPAControlProtocol.parseStatus(Self.wiredSuccess)
+        #expect(s == DeviceAuthState(keyManagement: "IEEE 802.1X (no WPA)", eapState: "SUCCESS", eapMethod: "TLS",
+                                     portStatus: .authorized, identity: "thin-client-0042.example.lg.jp"))
+        #expect(s.isComplete)
+        #expect(s.shortfall(for: .eapTLS) == nil)
+    }
+
+    @Test("a failed or different authentication says what falls short")
+    func shortfalls() throws {
+        let failed = try WPAControlProtocol.parseStatus("key_mgmt=IEEE 802.1X (no WPA)\nwpa_state=ASSOCIATED\nsuppPortStatus=Unauthorized\nEAP state=FAILURE\n")
+        #expect(failed.shortfall(for: .eapTLS) == "802.1X device authentication is not complete (EAP state FAILURE, port unauthorized)")
+        let peap = try WPAControlProtocol.parseStatus("suppPortStatus=Authorized\nEAP state=SUCCESS\nselectedMethod=25 (EAP-PEAP)\n")
+        #expect(peap.shortfall(for: .eapTLS) == "802.1X authentication used EAP-PEAP, the rule requires EAP-TLS (a device certificate)")
+        let psk = try WPAControlProtocol.parseStatus("key_mgmt=WPA2-PSK\nwpa_state=COMPLETED\n")
+        #expect(psk.shortfall(for: .eapTLS) == "802.1X device authentication is not complete (no EAP state, port unknown)")
+        #expect(psk.shortfall(for: .none) == nil)
+    }
+
+    @Test("malformed replies are clear errors, never a crash", arguments: [
+        ("", "wpa_supplicant reply: empty reply to STATUS"),
+        ("FAIL\n", "wpa_supplicant reply: STATUS refused: FAIL"),
+        ("UNKNOWN COMMAND\n", "wpa_supplicant reply: STATUS refused: UNKNOWN COMMAND"),
+        ("wpa_state=COMPLETED\nnonsense\n", "wpa_supplicant STATUS line 2: \"nonsense\" is not key=value"),
+        ("=x\n", "wpa_supplicant STATUS line 1: \"=x\" is not key=value"),
+        ("EAP state=SUCCESS\nEAP state=FAILURE\n", "wpa_supplicant STATUS line 2: key \"EAP state\" given twice"),
+    ])
+    func malformed(reply: String, message: String) {
+        #expect(throws: WPAParseError.self) { try WPAControlProtocol.parseStatus(reply) }
+        do {
+            _ = try WPAControlProtocol.parseStatus(reply)
+        } catch {
+            #expect(error.description == message)
+        }
+    }
+
+    @Test("CRLF lines and a huge reply")
+    func edges() throws {
+        #expect(try WPAControlProtocol.parseStatus("EAP state=SUCCESS\r\nsuppPortStatus=Authorized\r\n").isComplete)
+        let huge = (0..<300).map { "k\($0)=v" }.joined(separator: "\n")
+        #expect(throws: WPAParseError.self) { try WPAControlProtocol.parseStatus(huge) }
+    }
+
+    @Test("event lines", arguments: [
+        ("<3>CTRL-EVENT-EAP-SUCCESS EAP authentication completed successfully", WPAEvent.eapSuccess),
+        ("<3>CTRL-EVENT-EAP-FAILURE EAP authentication failed", .eapFailure),
+        ("<3>CTRL-EVENT-EAP-METHOD EAP vendor 0 method 13 (TLS) selected", .eapMethod("TLS")),
+        ("<3>CTRL-EVENT-CONNECTED - Connection to 01:80:c2:00:00:03 completed [id=0 id_str=]", .connected),
+        ("<3>CTRL-EVENT-DISCONNECTED bssid=01:80:c2:00:00:03 reason=3", .disconnected),
+        ("<2>CTRL-EVENT-SCAN-RESULTS ", .other("CTRL-EVENT-SCAN-RESULTS")),
+        ("CTRL-EVENT-EAP-SUCCESS", .eapSuccess),
+    ])
+    func events(line: String, event: WPAEvent) throws {
+        let e = try WPAControlProtocol.parseEvent(line)
+        #expect(e == event)
+        #expect(e.changesState == (event != .other("CTRL-EVENT-SCAN-RESULTS")))
+    }
+
+    @Test("malformed events are errors", arguments: ["<x>CTRL-EVENT-EAP-SUCCESS", "<3>", "<3>CTRL-EVENT-EAP-METHOD EAP vendor 0 method 13 selected"])
+    func badEvents(line: String) {
+        #expect(throws: WPAParseError.self) { try WPAControlProtocol.parseEvent(line) }
+    }
+}
+
+@Suite("Device authentication in the decision")
+struct DeviceAuthDecisionTests {
+    static let tls = DeviceAuthState(keyManagement: "WPA2/IEEE 802.1X/EAP", eapState: "SUCCESS", eapMethod: "TLS", portStatus: .authorized, identity: "tc-1")
+
+    @Test("policy: device_auth on wireless and wired rules; eap-tls with a PSK security is refused")
+    func policy() throws {
+        let p = try PolicyLoader.load(text: """
+            schema_version: 1
+            sites:
+              - name: hq
+                wireless: [{ssid: mn-office, device_auth: eap-tls}]
+                wired: [{interfaces: [eth0], device_auth: eap-tls}]
+            """, file: "p.yaml")
+        #expect(p.sites[0].wireless[0].deviceAuth == .eapTLS && p.sites[0].wired[0].deviceAuth == .eapTLS)
+        #expect(throws: PolicyLoadError.self) {
+            try PolicyLoader.load(text: "schema_version: 1\nsites:\n  - name: hq\n    wireless: [{ssid: x, security: [psk], device_auth: eap-tls}]\n", file: "q.yaml")
+        }
+        do {
+            _ = try PolicyLoader.load(text: "schema_version: 1\nsites:\n  - name: hq\n    wireless: [{ssid: x, security: [psk, enterprise], device_auth: eap-tls}]\n", file: "q.yaml")
+        } catch {
+            #expect(error.issues.first?.description == "q.yaml:4:68: sites[0].wireless[0].device_auth: eap-tls needs security [enterprise] (802.1X); this rule also accepts psk")
+        }
+    }
+}
+
+extension DeviceAuthDecisionTests {
+    static let policy = try! PolicyLoader.load(text: """
+        schema_version: 1
+        sites:
+          - name: hq
+            wireless: [{ssid: mn-office, device_auth: eap-tls}]
+            wired: [{interfaces: [eth0], device_auth: eap-tls}]
+        """, file: "p.yaml")
+    static let wifi = WirelessLink(ssid: SSID("mn-office"), bssid: MACAddress("02:00:5e:00:53:01"), frequencyMHz: 5180, security: .enterprise)
+}
+
+
+@Suite("Device authentication decides")
+struct DeviceAuthDecides {
+    typealias T = DeviceAuthDecisionTests
+
+    @Test("wired 802.1X port: authorized only with completed EAP-TLS", arguments: [
+        (DeviceAuthState?.none, "no authorized path: eth0 matches site 'hq' wired rule (p.yaml:5) but no 802.1X state from wpa_supplicant"),
+        (DeviceAuthState(eapState: "FAILURE", portStatus: .unauthorized), "no authorized path: eth0 matches site 'hq' wired rule (p.yaml:5) but 802.1X device authentication is not complete (EAP state FAILURE, port unauthorized)"),
+        (DeviceAuthState?(T.tls), "eth0 has carrier and matches site 'hq' wired rule (p.yaml:5)"),
+    ])
+    func wired(auth: DeviceAuthState?, reason: String) {
+        let s = NetworkSnapshot(interfaces: [InterfaceState(index: 2, name: "eth0", kind: .wired, deviceAuth: auth)])
+        let d = SegmentDecider.decide(s, T.policy)
+        #expect(d.reason == reason)
+        #expect(d.isAuthorized == (auth == T.tls))
+    }
+
+    @Test("Wi-Fi: an authorized SSID is not enough without EAP-TLS")
+    func wireless() {
+        let peap = DeviceAuthState(eapState: "SUCCESS", eapMethod: "PEAP", portStatus: .authorized)
+        let s = NetworkSnapshot(interfaces: [InterfaceState(index: 3, name: "wlan0", kind: .wireless, wireless: T.wifi, deviceAuth: peap)])
+        let d = SegmentDecider.decide(s, T.policy)
+        #expect(d.segment == .unauthorized)
+        #expect(d.reason == "no authorized path: wlan0 associated to SSID 'mn-office' via BSSID 02:00:5e:00:53:01 but 802.1X authentication used EAP-PEAP, the rule requires EAP-TLS (a device certificate): site 'hq' (p.yaml:4) requires eap-tls")
+        var ok = s
+        ok.interfaces[0].deviceAuth = T.tls
+        #expect(SegmentDecider.decide(ok, T.policy).segment == .authorizedWireless)
+    }
+}
