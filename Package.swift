@@ -42,7 +42,7 @@ let package = Package(
         // systemd integration: sd_notify (ready, status, reload, watchdog) and a journald log handler.
         .target(name: "SegguardService", dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         // 802.1X device authentication from wpa_supplicant (control interface; D-Bus next).
-        .target(name: "SegguardDeviceAuth", dependencies: ["SegguardPolicy"], swiftSettings: strict),
+        .target(name: "SegguardDeviceAuth", dependencies: ["SegguardPolicy", "CSegguardShims", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         // Versioned Codable types spoken on the control socket.
         .target(name: "SegguardWire", dependencies: ["SegguardPolicy", "SegguardDecision"], swiftSettings: strict),
         // The local control socket: server (daemon side) and client (segguardctl side).
@@ -56,7 +56,7 @@ let package = Package(
         .executableTarget(
             name: "segguardd",
             dependencies: [
-                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardWire", "SegguardControl", "SegguardEnforce", "SegguardService", "CSegguardShims",
+                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardWire", "SegguardControl", "SegguardEnforce", "SegguardService", "SegguardDeviceAuth", "CSegguardShims",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],

@@ -7,6 +7,7 @@ packages=(
     pkg-config
     libnl-3-dev libnl-genl-3-dev libnl-route-3-dev   # netlink (rtnetlink, nl80211)
     libnftables-dev nftables                         # the network binding (libnftables JSON API; nft for admins)
+    hostapd wpasupplicant openssl                    # real 802.1X EAP-TLS peers for the device-authentication work
     libsystemd-dev                                   # sd_notify / journald (service integration)
     iproute2 procps util-linux                       # ip netns / veth, sysctl, nsenter and setpriv for the real-kernel tests
     dbus-daemon dbus-bin                             # a private session bus for the desktop-notification test

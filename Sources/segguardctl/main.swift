@@ -164,6 +164,14 @@ enum Render {
                     out += "      wifi: not associated\n"
                 }
             }
+            if let a = i.deviceAuth {
+                var line = "      802.1X: EAP \(a.eapState ?? "?")"
+                if let m = a.eapMethod { line += " (EAP-\(m))" }
+                line += ", port \(a.portStatus.rawValue)"
+                if let id = a.identity { line += ", identity \(id)" }
+                if let since = a.since { line += ", since \(iso(Date(timeIntervalSince1970: since)))" }
+                out += line + "\n"
+            }
             if !i.addresses.isEmpty { out += "      addresses: \(i.addresses.map(\.description).joined(separator: ", "))\n" }
             for r in i.defaultRoutes { out += "      default route: \(r)\n" }
         }

@@ -9,6 +9,7 @@ import Foundation
 import Logging
 import SegguardControl
 import SegguardDecision
+import SegguardDeviceAuth
 import SegguardEnforce
 import SegguardNetlink
 import SegguardPolicy
@@ -50,6 +51,9 @@ struct Segguardd: ParsableCommand {
 
     @Option(name: .long, help: "cgroup v2 directory for VDI sessions (default: <cgroup2 mount>/segguard).")
     var sessionCgroup: String?
+
+    @Option(name: .long, help: "wpa_supplicant control interface directory (802.1X state for device_auth rules).")
+    var wpaControlDir: String = "/run/wpa_supplicant"
 
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
@@ -149,6 +153,10 @@ struct Segguardd: ParsableCommand {
         }
         daemon.watcher = watcher
 
+        // 802.1X state for device_auth rules, from wpa_supplicant's control sockets.
+        let wpa = WPAControlSource(directory: wpaControlDir, localDirectory: (socket as NSString).deletingLastPathComponent, logger: logger)
+        wpa.start { states in daemon.deviceAuthChanged(states) }
+
         signal(SIGHUP, SIG_IGN)
         signal(SIGTERM, SIG_IGN)
         signal(SIGINT, SIG_IGN)
@@ -231,9 +239,37 @@ final class Daemon: Sendable {
     }
 
     /// Called on the watcher thread for every new snapshot.
-    func observe(_ snapshot: NetworkSnapshot, statistics: NetworkWatcher.Statistics, eventNanos: UInt64) {
+    /// The latest netlink snapshot and 802.1X states, merged into what the monitor decides on.
+    struct Inputs {
+        var snapshot: NetworkSnapshot?
+        var deviceAuth: [String: DeviceAuthState] = [:]
+    }
+    let inputs = Mutex(Inputs())
+
+    func merged(_ snapshot: NetworkSnapshot, _ auth: [String: DeviceAuthState]) -> NetworkSnapshot {
+        var s = snapshot
+        for i in s.interfaces.indices { s.interfaces[i].deviceAuth = auth[s.interfaces[i].name] }
+        return s
+    }
+
+    /// Called on the wpa_supplicant thread after every 802.1X state change.
+    func deviceAuthChanged(_ states: [String: DeviceAuthState]) {
+        let snapshot = inputs.withLock { i -> NetworkSnapshot? in
+            i.deviceAuth = states
+            return i.snapshot
+        }
+        guard let snapshot else { return }
+        let stats = state.withLock { $0.statistics }
+        observe(snapshot, statistics: stats, eventNanos: monotonicNanos())
+    }
+
+    func observe(_ raw: NetworkSnapshot, statistics: NetworkWatcher.Statistics, eventNanos: UInt64) {
         applyLock.lock()
         defer { applyLock.unlock() }
+        let snapshot = inputs.withLock { i -> NetworkSnapshot in
+            i.snapshot = raw
+            return merged(raw, i.deviceAuth)
+        }
         let (change, decision, policy) = state.withLock { s -> (DecisionChange?, Decision, Policy) in
             s.statistics = statistics
             let c = s.monitor.update(snapshot)

@@ -41,7 +41,7 @@ final class RunningDaemon {
     var socket: String { dir.appendingPathComponent("control.sock").path }
     var policyFile: URL { dir.appendingPathComponent("policy.yaml") }
 
-    init(policy: String, environment: [String: String] = [:], setup: (TestNamespace) throws -> Void) throws {
+    init(policy: String, environment: [String: String] = [:], arguments: [String] = [], setup: (TestNamespace) throws -> Void) throws {
         let exe = binDir.appendingPathComponent("segguardd")
         guard FileManager.default.isExecutableFile(atPath: exe.path) else {
             throw CommandError(description: "\(exe.path) is not built: run scripts/test.sh (it builds before testing) or set SEGGUARD_BIN_DIR")
@@ -56,7 +56,7 @@ final class RunningDaemon {
             _ = FileManager.default.createFile(atPath: log.path, contents: nil)
             process.executableURL = exe
             process.arguments = ["--policy", policyFile.path, "--netns", ns.path, "--socket", socket,
-                                 "--nft-table", "sgdaemontest", "--baseline-file", dir.appendingPathComponent("baseline.json").path]
+                                 "--nft-table", "sgdaemontest", "--baseline-file", dir.appendingPathComponent("baseline.json").path] + arguments
             if !environment.isEmpty {
                 process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
             }
