@@ -5,6 +5,7 @@
 
 import Foundation
 import SegguardControl
+import SegguardEnforce
 import SegguardPolicy
 import SegguardTestSupport
 import SegguardWire
@@ -188,18 +189,9 @@ final class EnforcementLab {
     }
 }
 
-/// Where the cgroup v2 hierarchy is mounted.
+/// Where session cgroups go: the daemon's own default (`<cgroup2 mount>/segguard`).
 enum SessionTrackerPaths {
-    static let base: String? = {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
-        for line in text.split(separator: "\n") {
-            let halves = line.components(separatedBy: " - ")
-            guard halves.count == 2, halves[1].hasPrefix("cgroup2 ") else { continue }
-            let fields = halves[0].split(separator: " ")
-            if fields.count >= 5 { return String(fields[4]) + "/segguard" }
-        }
-        return nil
-    }()
+    static let base: String? = SessionTracker.defaultBase()
 }
 
 func isAlive(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || errno != ESRCH }
