@@ -42,7 +42,7 @@ let package = Package(
         // systemd integration: sd_notify (ready, status, reload, watchdog) and a journald log handler.
         .target(name: "SegguardService", dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         // 802.1X device authentication from wpa_supplicant (control interface; D-Bus next).
-        .target(name: "SegguardDeviceAuth", dependencies: ["SegguardPolicy", "CSegguardShims", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "SegguardDeviceAuth", dependencies: ["SegguardPolicy", "CSegguardShims", "CSystemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         // Versioned Codable types spoken on the control socket.
         .target(name: "SegguardWire", dependencies: ["SegguardPolicy", "SegguardDecision"], swiftSettings: strict),
         // The local control socket: server (daemon side) and client (segguardctl side).
@@ -75,7 +75,7 @@ let package = Package(
         .executableTarget(
             name: "segguard-bench",
             dependencies: [
-                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardTestSupport", "SegguardEnforce", "SegguardWire",
+                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardTestSupport", "SegguardEnforce", "SegguardWire", "SegguardDeviceAuth",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -83,7 +83,7 @@ let package = Package(
 
         .testTarget(name: "SegguardPolicyTests", dependencies: ["SegguardPolicy"]),
         .testTarget(name: "SegguardDecisionTests", dependencies: ["SegguardDecision", "SegguardPolicy"]),
-        .testTarget(name: "SegguardDeviceAuthTests", dependencies: ["SegguardDeviceAuth", "SegguardPolicy", "SegguardDecision"]),
+        .testTarget(name: "SegguardDeviceAuthTests", dependencies: ["SegguardDeviceAuth", "SegguardPolicy", "SegguardDecision", "CSystemd"]),
         .testTarget(name: "SegguardServiceTests", dependencies: ["SegguardService", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "SegguardEnforceTests", dependencies: ["SegguardEnforce", "SegguardPolicy", "SegguardDecision"]),
         .testTarget(name: "SegguardNetlinkTests", dependencies: ["SegguardNetlink", "CLibNL", "CSegguardShims"]),

@@ -1,6 +1,5 @@
 // The text protocol of wpa_supplicant's control interface: STATUS replies and the unsolicited
-// event lines an ATTACHed client receives. Pure parsing; the socket client that feeds it is
-// the next step of the device-authentication work.
+// event lines an ATTACHed client receives. Pure parsing; WPAControlSource feeds it.
 
 import SegguardPolicy
 
@@ -20,6 +19,9 @@ public enum WPAEvent: Sendable, Equatable {
     case eapMethod(String)
     case connected
     case disconnected
+    /// CTRL-EVENT-TERMINATING: wpa_supplicant is exiting. With a monitor attached it leaves
+    /// its socket file behind (2.10), so this event, not the file, says the state is gone.
+    case terminating
     /// Any other event: its name (e.g. "CTRL-EVENT-SCAN-RESULTS").
     case other(String)
 
@@ -59,6 +61,7 @@ public enum WPAControlProtocol {
         state.keyManagement = fields["key_mgmt"]
         state.eapState = fields["EAP state"]
         state.identity = fields["identity"]
+        state.paeState = fields["Supplicant PAE state"]
         if let method = fields["selectedMethod"] {
             state.eapMethod = methodName(method)
         }
@@ -68,6 +71,22 @@ public enum WPAControlProtocol {
         default: state.portStatus = .unknown
         }
         return state
+    }
+
+    /// The `id=` of the network in use from a STATUS reply.
+    public static func networkID(_ reply: String) -> Int? {
+        for line in reply.split(whereSeparator: \.isNewline) where line.hasPrefix("id=") {
+            return Int(line.dropFirst(3))
+        }
+        return nil
+    }
+
+    /// A `GET_NETWORK n field` reply holding a string ("\"tc-0042\""), or nil for FAIL or a
+    /// value that is not a quoted string.
+    public static func parseNetworkString(_ reply: String) -> String? {
+        let v = reply.trimmingTrailingNewlines()
+        guard v.count >= 2, v.hasPrefix("\""), v.hasSuffix("\"") else { return nil }
+        return String(v.dropFirst().dropLast())
     }
 
     /// "13 (EAP-TLS)" → "TLS"; "25 (EAP-PEAP)" → "PEAP"; a bare name is upper-cased.
@@ -96,6 +115,7 @@ public enum WPAControlProtocol {
         case "CTRL-EVENT-EAP-FAILURE", "CTRL-EVENT-EAP-TIMEOUT-FAILURE", "CTRL-EVENT-EAP-TIMEOUT-FAILURE2": return .eapFailure
         case "CTRL-EVENT-CONNECTED": return .connected
         case "CTRL-EVENT-DISCONNECTED": return .disconnected
+        case "CTRL-EVENT-TERMINATING": return .terminating
         case "CTRL-EVENT-EAP-METHOD":
             // "CTRL-EVENT-EAP-METHOD EAP vendor 0 method 13 (TLS) selected"
             if let open = text.firstIndex(of: "("), let close = text[open...].firstIndex(of: ")") {

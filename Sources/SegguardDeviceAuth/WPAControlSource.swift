@@ -58,7 +58,11 @@ final class WPAControlConnection {
         return withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
     }
 
-    /// Sends a command and returns its reply, skipping event lines ("<N>…") that arrive meanwhile.
+    /// Event lines ("<N>…") that arrived while a request waited for its reply, oldest first.
+    var pendingEvents: [String] = []
+
+    /// Sends a command and returns its reply; event lines that arrive meanwhile are kept in
+    /// `pendingEvents`, so that waiting for a reply never loses an event.
     func request(_ command: String, timeout: Double = 2) throws(WPAConnectionError) -> String {
         let sent = command.withCString { send(fd, $0, strlen($0), 0) }
         guard sent >= 0 else { throw WPAConnectionError(description: "send \(command): \(String(cString: strerror(errno))) (errno \(errno))") }
@@ -67,7 +71,10 @@ final class WPAControlConnection {
             let left = deadline.timeIntervalSinceNow
             guard left > 0 else { throw WPAConnectionError(description: "\(command): no reply within \(timeout) s") }
             guard let msg = try receive(timeoutMs: Int32(left * 1000) + 1) else { continue }
-            if msg.hasPrefix("<") { continue }
+            if msg.hasPrefix("<") {
+                pendingEvents.append(msg)
+                continue
+            }
             return msg
         }
     }
@@ -128,14 +135,15 @@ public final class WPAControlSource: Sendable {
 
     /// The watcher thread's state.
     final class Loop {
-        struct Attached {
-            var events: WPAControlConnection
-            var requests: WPAControlConnection
-        }
 
         unowned let source: WPAControlSource
         let onChange: @Sendable ([String: DeviceAuthState]) -> Void
-        var attached: [String: Attached] = [:]
+        /// One ATTACHed connection per interface, also used for STATUS: wpa_supplicant allows
+        /// a monitor only max_dgram_qlen (10) unread datagrams and detaches it after more than
+        /// ten failed sends, so the thread never waits anywhere without reading this socket.
+        var attached: [String: WPAControlConnection] = [:]
+        /// onChange runs here, off the thread that reads the sockets.
+        let delivery = DispatchQueue(label: "segguard.wpa.delivery")
         var states: [String: DeviceAuthState] = [:]
         var inotifyFd: Int32 = -1
 
@@ -145,26 +153,36 @@ public final class WPAControlSource: Sendable {
         }
 
         func run() {
-            try? FileManager.default.createDirectory(atPath: source.directory, withIntermediateDirectories: true)
             inotifyFd = inotify_init1(Int32(IN_CLOEXEC) | Int32(IN_NONBLOCK))
-            if inotifyFd >= 0 { _ = inotify_add_watch(inotifyFd, source.directory, UInt32(IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_ATTRIB)) }
+            // wpa_supplicant removes the directory when its last interface goes and makes it
+            // again at the next start: the parent is watched too, to watch the new directory.
+            let parent = (source.directory as NSString).deletingLastPathComponent
+            if inotifyFd >= 0 { _ = inotify_add_watch(inotifyFd, parent, UInt32(IN_CREATE | IN_MOVED_TO)) }
+            watchDirectory()
             rescan()
             while source.running.withLock({ $0 }) {
                 let names = attached.keys.sorted()
                 var fds = [pollfd(fd: source.wakeFd, events: Int16(POLLIN), revents: 0), pollfd(fd: inotifyFd, events: Int16(POLLIN), revents: 0)]
-                fds += names.map { pollfd(fd: attached[$0]!.events.fd, events: Int16(POLLIN), revents: 0) }
+                fds += names.map { pollfd(fd: attached[$0]!.fd, events: Int16(POLLIN), revents: 0) }
                 let n = poll(&fds, nfds_t(fds.count), -1)
                 if n < 0 { if errno == EINTR { continue } else { return } }
                 if fds[0].revents != 0 { continue }
                 if fds[1].revents != 0 {
                     var buf = [UInt8](repeating: 0, count: 4096)
-                    _ = read(inotifyFd, &buf, buf.count)
+                    while read(inotifyFd, &buf, buf.count) > 0 {}
+                    watchDirectory()
                     rescan()
                 }
                 for (i, name) in names.enumerated() where fds[i + 2].revents != 0 {
                     handleEvents(name)
                 }
             }
+        }
+
+        /// (Re)adds the watch on the control directory; the same watch when it still exists.
+        func watchDirectory() {
+            guard inotifyFd >= 0 else { return }
+            _ = inotify_add_watch(inotifyFd, source.directory, UInt32(IN_CREATE | IN_DELETE | IN_MOVED_TO | IN_ATTRIB))
         }
 
         /// Attaches to sockets that appeared, forgets those that vanished.
@@ -180,64 +198,79 @@ public final class WPAControlSource: Sendable {
         func attach(_ name: String) {
             let path = "\(source.directory)/\(name)"
             do {
-                let events = try WPAControlConnection(serverPath: path, localDirectory: source.localDirectory)
-                let requests: WPAControlConnection
+                let connection = try WPAControlConnection(serverPath: path, localDirectory: source.localDirectory)
                 do {
-                    requests = try WPAControlConnection(serverPath: path, localDirectory: source.localDirectory)
+                    let ok = try connection.request("ATTACH")
+                    guard ok.hasPrefix("OK") else { throw WPAConnectionError(description: "ATTACH answered \(ok)") }
                 } catch {
-                    events.close()
+                    connection.close()
                     throw error
                 }
-                let ok = try events.request("ATTACH")
-                guard ok.hasPrefix("OK") else { throw WPAConnectionError(description: "ATTACH answered \(ok)") }
-                attached[name] = Attached(events: events, requests: requests)
+                attached[name] = connection
                 source.logger.info("watching wpa_supplicant", metadata: ["interface": "\(name)", "socket": "\(path)"])
                 refresh(name)
             } catch {
-                source.logger.warning("cannot attach to wpa_supplicant", metadata: ["interface": "\(name)", "error": "\(error)"])
+                // A socket file left by a supplicant that exited refuses connections; the next
+                // supplicant replaces the file, and inotify brings us back here.
+                let stale = "\(error)".contains("errno \(ECONNREFUSED))")
+                source.logger.log(level: stale ? .debug : .warning, "cannot attach to wpa_supplicant", metadata: ["interface": "\(name)", "error": "\(error)"])
             }
         }
 
         func detach(_ name: String, why: String) {
-            if let a = attached.removeValue(forKey: name) {
-                a.events.close()
-                a.requests.close()
-            }
+            attached.removeValue(forKey: name)?.close()
             if states.removeValue(forKey: name) != nil {
                 source.logger.warning("802.1X state lost", metadata: ["interface": "\(name)", "why": "\(why)"])
-                onChange(states)
+                publish()
             }
         }
 
+        /// Reads every event waiting on the interface's socket, then STATUS when one of them
+        /// changes the state (again while events that came during STATUS say so).
         func handleEvents(_ name: String) {
-            guard let a = attached[name] else { return }
-            var changed = false
+            guard let connection = attached[name] else { return }
+            var events = connection.pendingEvents
+            connection.pendingEvents = []
             while true {
-                let msg: String?
                 do {
-                    msg = try a.events.receive(timeoutMs: 0)
+                    guard let msg = try connection.receive(timeoutMs: 0) else { break }
+                    events.append(msg)
                 } catch {
                     detach(name, why: "\(error)")
                     return
                 }
-                guard let msg else { break }
-                if let event = try? WPAControlProtocol.parseEvent(msg), event.changesState { changed = true }
             }
-            if changed { refresh(name) }
+            for _ in 0..<8 {
+                var changed = false
+                for line in events {
+                    guard let event = try? WPAControlProtocol.parseEvent(line) else { continue }
+                    if event == .terminating {
+                        detach(name, why: "wpa_supplicant is terminating")
+                        return
+                    }
+                    if event.changesState { changed = true }
+                }
+                guard changed else { return }
+                refresh(name)
+                guard let c = attached[name] else { return }
+                events = c.pendingEvents
+                c.pendingEvents = []
+            }
         }
 
         func refresh(_ name: String) {
-            guard let a = attached[name] else { return }
+            guard let connection = attached[name] else { return }
             do {
-                var state = try WPAControlProtocol.parseStatus(try a.requests.request("STATUS"))
-                if let old = states[name], old.eapState == state.eapState, old.portStatus == state.portStatus, old.eapMethod == state.eapMethod {
-                    state.since = old.since
-                } else {
-                    state.since = Date().timeIntervalSince1970
+                let reply = try connection.request("STATUS")
+                var read = try WPAControlProtocol.parseStatus(reply)
+                if read.identity == nil, let id = WPAControlProtocol.networkID(reply) {
+                    // STATUS names the identity only for some methods; the network block has it.
+                    read.identity = WPAControlProtocol.parseNetworkString(try connection.request("GET_NETWORK \(id) identity"))
                 }
+                let state = DeviceAuthState.continuing(read, from: states[name], now: Date().timeIntervalSince1970)
                 if states[name] != state {
                     states[name] = state
-                    onChange(states)
+                    publish()
                 }
             } catch let e as WPAParseError {
                 source.logger.warning("unreadable STATUS from wpa_supplicant", metadata: ["interface": "\(name)", "error": "\(e)"])
@@ -246,11 +279,15 @@ public final class WPAControlSource: Sendable {
             }
         }
 
+        /// Hands the map to onChange without waiting for it.
+        func publish() {
+            let snapshot = states
+            let onChange = self.onChange
+            delivery.async { onChange(snapshot) }
+        }
+
         func closeAll() {
-            for (_, a) in attached {
-                a.events.close()
-                a.requests.close()
-            }
+            for (_, connection) in attached { connection.close() }
             attached = [:]
             if inotifyFd >= 0 { close(inotifyFd) }
         }

@@ -37,18 +37,31 @@ public final class NftablesBinding: Sendable {
     public let table: String
     private let ctx: Mutex<OpaquePointer>
 
+    /// Every libnftables call of the process, across contexts, holds this lock: libnftables
+    /// is not documented as thread-safe and keeps process-global state (one-time library
+    /// setup in `nft_ctx_new`, an interface-name cache), so two contexts must not run on two
+    /// threads at once. segguardd has one context; tests and benchmarks have several.
+    private static let library = Mutex(())
+
     /// A context with JSON input/output and buffered output and errors.
     public init(table: String = "segguard") throws(NftablesError) {
         guard !table.isEmpty, table.utf8.count < 256, !table.utf8.contains(0) else {
             throw NftablesError(operation: "use table name \"\(table)\"", detail: "a table name has 1 to 255 bytes and no NUL")
         }
-        guard let c = nft_ctx_new(UInt32(NFT_CTX_DEFAULT)) else {
+        let made: OpaquePointer? = Self.library.withLock { _ in
+            guard let c = nft_ctx_new(UInt32(NFT_CTX_DEFAULT)) else { return nil }
+            // In libnftables 1.0.6 the JSON output flag also makes it parse JSON input.
+            nft_ctx_output_set_flags(c, UInt32(NFT_CTX_OUTPUT_JSON))
+            guard nft_ctx_buffer_output(c) == 0, nft_ctx_buffer_error(c) == 0 else {
+                nft_ctx_free(c)
+                return OpaquePointer(bitPattern: 1)
+            }
+            return c
+        }
+        guard let c = made else {
             throw NftablesError(operation: "create a libnftables context", detail: "nft_ctx_new returned NULL")
         }
-        // In libnftables 1.0.6 the JSON output flag also makes it parse JSON input.
-        nft_ctx_output_set_flags(c, UInt32(NFT_CTX_OUTPUT_JSON))
-        guard nft_ctx_buffer_output(c) == 0, nft_ctx_buffer_error(c) == 0 else {
-            nft_ctx_free(c)
+        guard c != OpaquePointer(bitPattern: 1) else {
             throw NftablesError(operation: "create a libnftables context", detail: "cannot buffer output")
         }
         self.table = table
@@ -57,7 +70,7 @@ public final class NftablesBinding: Sendable {
 
     deinit {
         // Only the context: the table is deliberately left in the kernel.
-        ctx.withLock { nft_ctx_free($0) }
+        ctx.withLock { c in Self.library.withLock { _ in nft_ctx_free(c) } }
     }
 
     /// Runs one batch (from `NftablesRuleset`) in a single `nft_run_cmd_from_buffer` call.
@@ -134,10 +147,13 @@ public final class NftablesBinding: Sendable {
         let text = String(decoding: json, as: UTF8.self)
         guard !text.utf8.contains(0) else { throw NftablesError(operation: what, detail: "the batch contains a NUL byte") }
         return try ctx.withLock { (c: inout OpaquePointer) throws(NftablesError) -> String in
-            let rc = nft_run_cmd_from_buffer(c, text)
-            // Reading a buffer rewinds it, so read both every time.
-            let out = nft_ctx_get_output_buffer(c).map { String(cString: $0) } ?? ""
-            let err = nft_ctx_get_error_buffer(c).map { String(cString: $0) } ?? ""
+            let (rc, out, err) = Self.library.withLock { _ in
+                let rc = nft_run_cmd_from_buffer(c, text)
+                // Reading a buffer rewinds it, so read both every time.
+                let out = nft_ctx_get_output_buffer(c).map { String(cString: $0) } ?? ""
+                let err = nft_ctx_get_error_buffer(c).map { String(cString: $0) } ?? ""
+                return (rc, out, err)
+            }
             guard rc == 0 else {
                 throw NftablesError(operation: what, detail: err.trimmingCharacters(in: .whitespacesAndNewlines))
             }

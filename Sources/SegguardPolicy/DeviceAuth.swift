@@ -16,6 +16,9 @@ public struct DeviceAuthState: Sendable, Equatable, Codable {
 
     /// `key_mgmt`, e.g. "WPA2/IEEE 802.1X/EAP", "IEEE 802.1X (no WPA)", "WPA2-PSK".
     public var keyManagement: String?
+    /// IEEE 802.1X supplicant PAE state, e.g. "AUTHENTICATED", "AUTHENTICATING" (also during a
+    /// re-authentication), "HELD" (after a failure). Nil when the source does not expose it (D-Bus).
+    public var paeState: String?
     /// EAP state machine state, e.g. "SUCCESS", "FAILURE", "IDLE".
     public var eapState: String?
     /// The EAP method in use, upper case without the "EAP-" prefix, e.g. "TLS", "PEAP".
@@ -27,8 +30,9 @@ public struct DeviceAuthState: Sendable, Equatable, Codable {
     public var since: Double?
 
     public init(keyManagement: String? = nil, eapState: String? = nil, eapMethod: String? = nil,
-                portStatus: PortStatus = .unknown, identity: String? = nil, since: Double? = nil) {
+                portStatus: PortStatus = .unknown, identity: String? = nil, since: Double? = nil, paeState: String? = nil) {
         self.keyManagement = keyManagement
+        self.paeState = paeState
         self.eapState = eapState
         self.eapMethod = eapMethod
         self.portStatus = portStatus
@@ -36,8 +40,21 @@ public struct DeviceAuthState: Sendable, Equatable, Codable {
         self.since = since
     }
 
-    /// Complete: EAP succeeded and the port is authorized.
-    public var isComplete: Bool { eapState == "SUCCESS" && portStatus == .authorized }
+    /// Complete: the supplicant port is authorized, which it is only after an EAP success.
+    ///
+    /// The port stays authorized while a re-authentication runs (EAP state IDLE/… and PAE state
+    /// AUTHENTICATING, measured on wpa_supplicant 2.10): a periodic re-authentication by the
+    /// switch or access point must not block the VDI. A failed one turns the port unauthorized
+    /// (PAE state HELD) in the same step as the EAP failure.
+    public var isComplete: Bool { portStatus == .authorized }
+
+    /// True while an authorized port re-authenticates.
+    public var isReauthenticating: Bool { portStatus == .authorized && eapState != nil && eapState != "SUCCESS" }
+
+    /// The same authentication, differing only in the transient fields of a re-authentication.
+    public func sameAuthentication(as other: DeviceAuthState) -> Bool {
+        portStatus == other.portStatus && eapMethod == other.eapMethod && identity == other.identity
+    }
 
     /// Why `requirement` is not met, or nil when it is.
     public func shortfall(for requirement: DeviceAuthRequirement) -> String? {
@@ -45,6 +62,9 @@ public struct DeviceAuthState: Sendable, Equatable, Codable {
         case .none:
             return nil
         case .eapTLS:
+            if let km = keyManagement, km.contains("PSK") || km.contains("SAE"), !km.contains("802.1X") {
+                return "the network uses \(km) (a shared key), not 802.1X: the rule requires EAP-TLS (a device certificate)"
+            }
             guard isComplete else {
                 let state = eapState.map { "EAP state \($0)" } ?? "no EAP state"
                 return "802.1X device authentication is not complete (\(state), port \(portStatus.rawValue))"
@@ -54,5 +74,25 @@ public struct DeviceAuthState: Sendable, Equatable, Codable {
             }
             return nil
         }
+    }
+}
+
+extension DeviceAuthState {
+    /// `new` as read from the supplicant, carried on from `old`: during a re-authentication the
+    /// supplicant forgets the method until the server proposes it again, so the method of the
+    /// authentication that authorized the port is kept; `since` moves only when the
+    /// authentication itself changes (port status, method, identity), not on every re-auth.
+    public static func continuing(_ new: DeviceAuthState, from old: DeviceAuthState?, now: Double) -> DeviceAuthState {
+        var state = new
+        if let old, state.portStatus == .authorized, old.portStatus == .authorized {
+            if state.eapMethod == nil { state.eapMethod = old.eapMethod }
+            if state.identity == nil { state.identity = old.identity }
+        }
+        if let old, old.sameAuthentication(as: state) {
+            state.since = old.since
+        } else {
+            state.since = now
+        }
+        return state
     }
 }

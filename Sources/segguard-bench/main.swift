@@ -7,6 +7,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import SegguardDecision
+import SegguardDeviceAuth
 import SegguardEnforce
 import SegguardWire
 import SegguardNetlink
@@ -57,7 +58,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "segguard-bench",
         abstract: "Measurements on the real kernel, in private network namespaces (root).",
-        subcommands: [DecisionBench.self, EnforceBench.self],
+        subcommands: [DecisionBench.self, EnforceBench.self, EAPBench.self],
         defaultSubcommand: DecisionBench.self)
 }
 
@@ -241,3 +242,121 @@ struct EnforceBench: ParsableCommand {
 }
 
 Bench.main()
+
+
+/// The network snapshot merged with the 802.1X map, as segguardd decides on it.
+final class MergedSnapshots: Sendable {
+    private let state = Mutex<(NetworkSnapshot?, [String: DeviceAuthState])>((nil, [:]))
+    let log: DecisionLog
+    init(log: DecisionLog) { self.log = log }
+
+    func network(_ s: NetworkSnapshot) { emit(state.withLock { $0.0 = s; return $0 }) }
+    func deviceAuth(_ m: [String: DeviceAuthState]) { emit(state.withLock { $0.1 = m; return $0 }) }
+
+    private func emit(_ st: (NetworkSnapshot?, [String: DeviceAuthState])) {
+        guard var s = st.0 else { return }
+        for i in s.interfaces.indices { s.interfaces[i].deviceAuth = st.1[s.interfaces[i].name] }
+        log.observe(s)
+    }
+}
+
+struct EAPBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "eap",
+        abstract: "EAP failure (hostapd refuses a re-authentication) to new decision, through wpa_supplicant's control socket.")
+
+    @Option(help: "Number of refused re-authentications.")
+    var rounds = 20
+
+    func run() throws {
+        guard isRoot else { throw ValidationError("segguard-bench needs root (network namespaces)") }
+        guard EAPLab.available else { throw ValidationError("needs \(EAPLab.programs.joined(separator: ", ")) (scripts/install-deps.sh)") }
+        let lab = try EAPLab()
+        defer { lab.cleanup() }
+        let ns = try TestNamespace(prefix: "sgbench")
+        defer { ns.destroy() }
+        try ns.addVeth("tcb0", index: 4011, peer: "gwb0", index: 4012)
+
+        let policy = Policy(name: "bench", sites: [Site(name: "bench", wired: [WiredRule(interfaces: ["tcb*"], linkKinds: ["veth"], deviceAuth: .eapTLS)])])
+        let log = DecisionLog(policy: policy)
+        let merged = MergedSnapshots(log: log)
+        let watcher = NetworkWatcher(options: .init(networkNamespace: ns.path))
+        try watcher.start(onSnapshot: { merged.network($0) })
+        defer { watcher.stop() }
+        let local = FileManager.default.temporaryDirectory.appendingPathComponent("sgbench-eap-\(getpid())").path
+        try FileManager.default.createDirectory(atPath: local, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: local) }
+        let source = WPAControlSource(directory: lab.controlDirectory, localDirectory: local, logger: Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() })
+        source.start { merged.deviceAuth($0) }
+        defer { source.stop() }
+
+        var cursor = 0
+        var fromRequest: [Double] = [], fromEvent: [Double] = []
+        for round in 0..<rounds {
+            // A fresh authenticator each round: after a refusal hostapd keeps the port quiet.
+            try lab.startAuthenticator(in: ns, interface: "gwb0")
+            try lab.startSupplicant(in: ns, interface: "tcb0", certificate: .client)
+            guard let (next, _) = log.wait(for: .authorizedWired, from: cursor, timeout: 15) else {
+                throw CommandError(description: "round \(round): no authorized-wired decision after EAP-TLS; wpa_supplicant log:\n\(lab.log("wpa_supplicant").suffix(1500))")
+            }
+            cursor = next
+            // The device now presents a certificate of another CA; the switch re-authenticates.
+            let monitor = try EAPMonitor(lab: lab, interface: "tcb0", directory: local)
+            defer { monitor.close() }
+            _ = try lab.supplicantRequest("tcb0", "SET_NETWORK 0 client_cert \"\(lab.path)/rogue.pem\"")
+            _ = try lab.supplicantRequest("tcb0", "SET_NETWORK 0 private_key \"\(lab.path)/rogue.key\"")
+            let t0 = monotonicNanos()
+            try lab.reauthenticate()
+            let failure = try monitor.waitFor("CTRL-EVENT-EAP-FAILURE")
+            guard let (after, at) = log.wait(for: .unauthorized, from: cursor) else {
+                throw CommandError(description: "round \(round): no unauthorized decision within 5 s of the EAP failure")
+            }
+            cursor = after
+            fromRequest.append(Double(at - t0) / 1e6)
+            fromEvent.append((Double(at) - Double(failure)) / 1e6)
+            lab.stopSupplicant("tcb0")
+            lab.stopAuthenticator()
+        }
+        print("EAP failure -> decision over \(rounds) refused re-authentications (hostapd EAPOL_REAUTH, certificate of another CA):")
+        print("  from the re-authentication request (includes the TLS handshake): " + percentiles(fromRequest))
+        print("  from CTRL-EVENT-EAP-FAILURE seen by a second monitor:             " + percentiles(fromEvent))
+    }
+}
+
+/// A second ATTACHed monitor on the supplicant, to time its events.
+final class EAPMonitor {
+    let fd: Int32
+    let local: String
+
+    init(lab: EAPLab, interface: String, directory: String) throws {
+        local = "\(directory)/monitor-\(UInt32.random(in: 0...UInt32.max))"
+        fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        var me = sockaddr_un(), peer = sockaddr_un()
+        me.sun_family = sa_family_t(AF_UNIX)
+        peer.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &me.sun_path) { $0.copyBytes(from: Array(local.utf8)) }
+        withUnsafeMutableBytes(of: &peer.sun_path) { $0.copyBytes(from: Array("\(lab.controlDirectory)/\(interface)".utf8)) }
+        let size = socklen_t(MemoryLayout<sockaddr_un>.size)
+        guard withUnsafePointer(to: &me, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, size) } }) == 0,
+              withUnsafePointer(to: &peer, { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, size) } }) == 0,
+              send(fd, "ATTACH", 6, 0) == 6, (try? waitFor("OK")) != nil
+        else { throw CommandError(description: "cannot attach a monitor to \(interface): errno \(errno)") }
+    }
+
+    /// Monotonic time at which a datagram starting with (or containing) `text` arrived.
+    func waitFor(_ text: String, timeout: Int32 = 5000) throws -> UInt64 {
+        var buf = [UInt8](repeating: 0, count: 8192)
+        while true {
+            var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&pfd, 1, timeout) == 1 else { throw CommandError(description: "no \(text) within \(timeout) ms") }
+            let n = recv(fd, &buf, buf.count, 0)
+            let at = monotonicNanos()
+            if n > 0, String(decoding: buf[0..<n], as: UTF8.self).contains(text) { return at }
+        }
+    }
+
+    func close() {
+        Glibc.close(fd)
+        unlink(local)
+    }
+}

@@ -165,9 +165,9 @@ enum Render {
                 }
             }
             if let a = i.deviceAuth {
-                var line = "      802.1X: EAP \(a.eapState ?? "?")"
-                if let m = a.eapMethod { line += " (EAP-\(m))" }
-                line += ", port \(a.portStatus.rawValue)"
+                var line = "      802.1X: port \(a.portStatus.rawValue)"
+                line += " (" + [a.eapMethod.map { "EAP-\($0)" }, a.eapState.map { "EAP state \($0)" }, a.keyManagement].compactMap { $0 }.joined(separator: ", ") + ")"
+                if a.isReauthenticating { line += ", re-authenticating" }
                 if let id = a.identity { line += ", identity \(id)" }
                 if let since = a.since { line += ", since \(iso(Date(timeIntervalSince1970: since)))" }
                 out += line + "\n"
@@ -196,13 +196,15 @@ enum Render {
             for w in site.wireless {
                 let sec = w.security.map(\.rawValue).sorted().joined(separator: "/")
                 let aps = w.bssids.isEmpty ? "any access point" : "\(w.bssids.count) pinned access point\(w.bssids.count == 1 ? "" : "s")"
-                out += "    wifi  SSID '\(w.ssid)' \(sec), \(aps)\n"
+                let auth = w.deviceAuth == .none ? "" : ", device auth \(w.deviceAuth.rawValue)"
+                out += "    wifi  SSID '\(w.ssid)' \(sec), \(aps)\(auth)\n"
             }
             for r in site.wired {
                 var parts: [String] = []
                 if !r.interfaces.isEmpty { parts.append("interfaces \(r.interfaces.joined(separator: " "))") }
                 if !r.macs.isEmpty { parts.append("MACs \(r.macs.sorted().map(\.description).joined(separator: " "))") }
                 if !r.linkKinds.isEmpty { parts.append("also link kinds \(r.linkKinds.sorted().joined(separator: " "))") }
+                if r.deviceAuth != .none { parts.append("device auth \(r.deviceAuth.rawValue)") }
                 out += "    wired \(parts.joined(separator: ", "))\n"
             }
         }

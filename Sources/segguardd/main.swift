@@ -52,8 +52,14 @@ struct Segguardd: ParsableCommand {
     @Option(name: .long, help: "cgroup v2 directory for VDI sessions (default: <cgroup2 mount>/segguard).")
     var sessionCgroup: String?
 
-    @Option(name: .long, help: "wpa_supplicant control interface directory (802.1X state for device_auth rules).")
+    @Option(name: .long, help: "Where 802.1X state for device_auth rules comes from: control (wpa_supplicant's control sockets) or dbus (its D-Bus API, where NetworkManager runs it).")
+    var deviceAuthSource: DeviceAuthSourceKind = .control
+
+    @Option(name: .long, help: "wpa_supplicant control interface directory (--device-auth-source control).")
     var wpaControlDir: String = "/run/wpa_supplicant"
+
+    @Option(name: .long, help: "D-Bus address of the bus wpa_supplicant is on (--device-auth-source dbus; default: the system bus).")
+    var wpaDbusAddress: String?
 
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
@@ -153,9 +159,12 @@ struct Segguardd: ParsableCommand {
         }
         daemon.watcher = watcher
 
-        // 802.1X state for device_auth rules, from wpa_supplicant's control sockets.
-        let wpa = WPAControlSource(directory: wpaControlDir, localDirectory: (socket as NSString).deletingLastPathComponent, logger: logger)
-        wpa.start { states in daemon.deviceAuthChanged(states) }
+        // 802.1X state for device_auth rules, from wpa_supplicant.
+        let deviceAuth: any DeviceAuthSource = switch deviceAuthSource {
+        case .control: WPAControlSource(directory: wpaControlDir, localDirectory: (socket as NSString).deletingLastPathComponent, logger: logger)
+        case .dbus: WPADBusSource(address: wpaDbusAddress, logger: logger)
+        }
+        deviceAuth.start { states in daemon.deviceAuthChanged(states) }
 
         signal(SIGHUP, SIG_IGN)
         signal(SIGTERM, SIG_IGN)
@@ -357,3 +366,8 @@ final class Daemon: Sendable {
 }
 
 Segguardd.main()
+
+/// Where segguardd reads 802.1X state from.
+enum DeviceAuthSourceKind: String, ExpressibleByArgument, CaseIterable {
+    case control, dbus
+}

@@ -35,9 +35,26 @@ struct WPAControlProtocolTests {
     func success() throws {
         let s = try WPAControlProtocol.parseStatus(Self.wiredSuccess)
         #expect(s == DeviceAuthState(keyManagement: "IEEE 802.1X (no WPA)", eapState: "SUCCESS", eapMethod: "TLS",
-                                     portStatus: .authorized, identity: "thin-client-0042.example.lg.jp"))
+                                     portStatus: .authorized, identity: "thin-client-0042.example.lg.jp", paeState: "AUTHENTICATED"))
         #expect(s.isComplete)
         #expect(s.shortfall(for: .eapTLS) == nil)
+    }
+
+    /// STATUS replies of wpa_supplicant 2.10 -Dwired sampled while hostapd re-authenticated the
+    /// port (EAPOL_REAUTH): the port stays authorized, the method is briefly unknown.
+    @Test("a re-authentication keeps the port authorized and the method; a failed one does not")
+    func reauthentication() throws {
+        let before = DeviceAuthState.continuing(try WPAControlProtocol.parseStatus(Self.wiredSuccess), from: nil, now: 100)
+        let during = try WPAControlProtocol.parseStatus("key_mgmt=IEEE 802.1X (no WPA)\nwpa_state=COMPLETED\nSupplicant PAE state=AUTHENTICATING\nsuppPortStatus=Authorized\nEAP state=IDLE\n")
+        #expect(during.isReauthenticating && during.isComplete)
+        let carried = DeviceAuthState.continuing(during, from: before, now: 200)
+        #expect(carried.eapMethod == "TLS" && carried.identity == "thin-client-0042.example.lg.jp" && carried.since == 100)
+        #expect(carried.shortfall(for: .eapTLS) == nil)
+        let after = DeviceAuthState.continuing(try WPAControlProtocol.parseStatus(Self.wiredSuccess), from: carried, now: 300)
+        #expect(after.since == 100)
+        let failed = DeviceAuthState.continuing(try WPAControlProtocol.parseStatus("key_mgmt=IEEE 802.1X (no WPA)\nwpa_state=COMPLETED\nSupplicant PAE state=HELD\nsuppPortStatus=Unauthorized\nEAP state=FAILURE\nselectedMethod=13 (EAP-TLS)\n"), from: after, now: 400)
+        #expect(failed.since == 400 && !failed.isComplete)
+        #expect(failed.shortfall(for: .eapTLS) == "802.1X device authentication is not complete (EAP state FAILURE, port unauthorized)")
     }
 
     @Test("a failed or different authentication says what falls short")
@@ -47,7 +64,7 @@ struct WPAControlProtocolTests {
         let peap = try WPAControlProtocol.parseStatus("suppPortStatus=Authorized\nEAP state=SUCCESS\nselectedMethod=25 (EAP-PEAP)\n")
         #expect(peap.shortfall(for: .eapTLS) == "802.1X authentication used EAP-PEAP, the rule requires EAP-TLS (a device certificate)")
         let psk = try WPAControlProtocol.parseStatus("key_mgmt=WPA2-PSK\nwpa_state=COMPLETED\n")
-        #expect(psk.shortfall(for: .eapTLS) == "802.1X device authentication is not complete (no EAP state, port unknown)")
+        #expect(psk.shortfall(for: .eapTLS) == "the network uses WPA2-PSK (a shared key), not 802.1X: the rule requires EAP-TLS (a device certificate)")
         #expect(psk.shortfall(for: .none) == nil)
     }
 
@@ -159,5 +176,17 @@ struct DeviceAuthDecides {
         var ok = s
         ok.interfaces[0].deviceAuth = T.tls
         #expect(SegmentDecider.decide(ok, T.policy).segment == .authorizedWireless)
+    }
+}
+
+@Suite("wpa_supplicant network fields")
+struct WPANetworkFieldTests {
+    @Test("STATUS id= and GET_NETWORK identity replies")
+    func fields() {
+        #expect(WPAControlProtocol.networkID("bssid=01:80:c2:00:00:03\nid=3\nmode=station\n") == 3)
+        #expect(WPAControlProtocol.networkID("wpa_state=DISCONNECTED\n") == nil)
+        #expect(WPAControlProtocol.parseNetworkString("\"tc-0042\"") == "tc-0042")
+        #expect(WPAControlProtocol.parseNetworkString("FAIL\n") == nil)
+        #expect(WPAControlProtocol.parseNetworkString("\"") == nil)
     }
 }

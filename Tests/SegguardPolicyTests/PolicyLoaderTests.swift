@@ -108,7 +108,7 @@ struct PolicyFixtureTests {
     func fixturesExist() {
         #expect(FixturePaths.goodFixtures.count >= 5, "good fixtures in \(FixturePaths.fixtures.path)/good")
         #expect(FixturePaths.badFixtures.count >= 19, "bad fixtures in \(FixturePaths.fixtures.path)/bad")
-        #expect(FixturePaths.yamlFiles(in: FixturePaths.config) == ["demo-veth.yaml", "policy.example.yaml", "profiles.example.yaml"])
+        #expect(FixturePaths.yamlFiles(in: FixturePaths.config) == ["demo-veth.yaml", "device-auth.example.yaml", "policy.example.yaml", "profiles.example.yaml"])
     }
 
     @Test("every good fixture loads", arguments: FixturePaths.goodFixtures)
@@ -289,6 +289,15 @@ struct PolicyFixtureTests {
         #expect(p.vdi.gateways.map(\.prefix.address.family) == [.ipv4, .ipv4, .ipv6])
         #expect(p.vdi.gateways[1].transport == .both)
         #expect(p.vdi.gateways[2].prefix.description == "2001:db8:4d4e::/48")
+    }
+
+    @Test("Config/device-auth.example.yaml: EAP-TLS required on the office Wi-Fi and the 802.1X desk ports")
+    func configDeviceAuth() throws {
+        let p = try loadPolicy(FixturePaths.config, "device-auth.example.yaml")
+        #expect(p.sites.map(\.name) == ["main-building", "branch-north"])
+        #expect(p.sites.flatMap(\.wireless).allSatisfy { $0.deviceAuth == .eapTLS && $0.security == [.enterprise] })
+        #expect(p.sites[0].wired.map(\.deviceAuth) == [.eapTLS])
+        #expect(p.sites[0].wired[0].interfaces == ["eth0", "enp*"])
     }
 
     @Test("Config/demo-veth.yaml parses: one veth-admitting rule on sgdemo*")

@@ -61,6 +61,9 @@ final class RunningDaemon {
                 process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new }
             }
             process.standardError = try FileHandle(forWritingTo: log)
+            // Not the test runner's stdout: a daemon orphaned by a crashed test process would
+            // hold swift-test's pipe open and hang the run.
+            process.standardOutput = FileHandle.nullDevice
             try process.run()
         } catch {
             cleanup()

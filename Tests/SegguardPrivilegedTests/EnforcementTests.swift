@@ -99,6 +99,7 @@ final class EnforcementLab {
         let h = try FileHandle(forWritingTo: log)
         h.seekToEndOfFile()
         p.standardError = h
+        p.standardOutput = FileHandle.nullDevice // never swift-test's pipe (see RunningDaemon)
         try p.run()
         daemon = p
     }
@@ -126,6 +127,7 @@ final class EnforcementLab {
         p.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
         p.arguments = argv
         p.standardError = Pipe()
+        p.standardOutput = FileHandle.nullDevice // its double-forked child must not hold swift-test's pipe
         try p.run()
         launchers.append(p)
         return p
@@ -295,6 +297,7 @@ struct EnforcementTests {
         daemon.executableURL = URL(fileURLWithPath: "/usr/bin/dbus-daemon")
         daemon.arguments = ["--session", "--nofork", "--address=\(bus)"]
         daemon.standardError = FileHandle.nullDevice
+        daemon.standardOutput = FileHandle.nullDevice
         try daemon.run()
         // SIGKILL: processes started by the test runner may inherit an ignored SIGTERM.
         defer { kill(daemon.processIdentifier, SIGKILL); daemon.waitUntilExit() }
