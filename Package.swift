@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
     ],
     targets: [
         // C libraries, through pkg-config.
@@ -43,6 +44,11 @@ let package = Package(
         .target(name: "SegguardService", dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         // 802.1X device authentication from wpa_supplicant (control interface; D-Bus next).
         .target(name: "SegguardDeviceAuth", dependencies: ["SegguardPolicy", "CSegguardShims", "CSystemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        // Screen-capture blocking: fanotify exec permission events, blocklist/trusted-only decision.
+        .target(
+            name: "SegguardCapture",
+            dependencies: ["SegguardPolicy", "CSegguardShims", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
         // Versioned Codable types spoken on the control socket.
         .target(name: "SegguardWire", dependencies: ["SegguardPolicy", "SegguardDecision"], swiftSettings: strict),
         // The local control socket: server (daemon side) and client (segguardctl side).
@@ -56,7 +62,7 @@ let package = Package(
         .executableTarget(
             name: "segguardd",
             dependencies: [
-                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardWire", "SegguardControl", "SegguardEnforce", "SegguardService", "SegguardDeviceAuth", "CSegguardShims",
+                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardWire", "SegguardControl", "SegguardEnforce", "SegguardService", "SegguardDeviceAuth", "SegguardCapture", "CSegguardShims",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
@@ -84,6 +90,7 @@ let package = Package(
         .testTarget(name: "SegguardPolicyTests", dependencies: ["SegguardPolicy"]),
         .testTarget(name: "SegguardDecisionTests", dependencies: ["SegguardDecision", "SegguardPolicy"]),
         .testTarget(name: "SegguardDeviceAuthTests", dependencies: ["SegguardDeviceAuth", "SegguardPolicy", "SegguardDecision", "CSystemd"]),
+        .testTarget(name: "SegguardCaptureTests", dependencies: ["SegguardCapture", "SegguardPolicy"]),
         .testTarget(name: "SegguardServiceTests", dependencies: ["SegguardService", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "SegguardEnforceTests", dependencies: ["SegguardEnforce", "SegguardPolicy", "SegguardDecision"]),
         .testTarget(name: "SegguardNetlinkTests", dependencies: ["SegguardNetlink", "CLibNL", "CSegguardShims"]),

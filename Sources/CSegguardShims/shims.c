@@ -85,3 +85,37 @@ int sg_peer_pidfd(int fd) {
     if (getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) < 0) return -errno;
     return pidfd;
 }
+
+#include <sys/fanotify.h>
+#include <fcntl.h>
+
+int sg_fanotify_init(void) {
+    return fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK, O_RDONLY | O_LARGEFILE | O_CLOEXEC);
+}
+
+int sg_fanotify_mark_filesystem(int fd, const char *path, int add) {
+    return fanotify_mark(fd, (add ? FAN_MARK_ADD : FAN_MARK_REMOVE) | FAN_MARK_FILESYSTEM, FAN_OPEN_EXEC_PERM, AT_FDCWD, path);
+}
+
+int sg_fanotify_parse(const void *buf, size_t len, sg_fanotify_event *events, int max) {
+    const struct fanotify_event_metadata *m = buf;
+    int n = 0;
+    while (n < max && FAN_EVENT_OK(m, len)) {
+        if (m->vers != FANOTIFY_METADATA_VERSION) return -1;
+        events[n].fd = m->fd;
+        events[n].pid = m->pid;
+        events[n].mask = m->mask;
+        n++;
+        m = FAN_EVENT_NEXT(m, len);
+    }
+    return n;
+}
+
+int sg_fanotify_respond(int fanotify_fd, int event_fd, int allow) {
+    struct fanotify_response r = { .fd = event_fd, .response = allow ? FAN_ALLOW : FAN_DENY };
+    return write(fanotify_fd, &r, sizeof r) == (ssize_t)sizeof r ? 0 : -1;
+}
+
+int sg_fanotify_is_exec_perm(unsigned long long mask) {
+    return (mask & FAN_OPEN_EXEC_PERM) != 0;
+}

@@ -322,9 +322,16 @@ public final class Enforcer: Sendable {
     /// Waits until the enforcement queue has run everything scheduled before now (tests, shutdown).
     public func drain() { queue.sync {} }
 
-    func record(_ kind: EnforcementEvent.Kind, profile: String? = nil, sessions: [SessionInfo] = [], reason: String, latencyMs: Double? = nil, uid: UInt32? = nil) {
+    /// Records an event of another control (capture blocking) in the same numbered log.
+    public func recordExternal(_ kind: EnforcementEvent.Kind, profile: String?, reason: String, uid: UInt32?, exec: EnforcementEvent.ExecDetails?) {
+        record(kind, profile: profile, reason: reason, uid: uid, exec: exec)
+    }
+
+    func record(_ kind: EnforcementEvent.Kind, profile: String? = nil, sessions: [SessionInfo] = [], reason: String, latencyMs: Double? = nil, uid: UInt32? = nil,
+                exec: EnforcementEvent.ExecDetails? = nil) {
         let event = state.withLock { s -> EnforcementEvent in
-            let e = EnforcementEvent(id: s.nextEventID, time: Date(), kind: kind, profile: profile, sessions: sessions, reason: reason, latencyMs: latencyMs, uid: uid)
+            let e = EnforcementEvent(id: s.nextEventID, time: Date(), kind: kind, profile: profile, sessions: sessions, reason: reason, latencyMs: latencyMs, uid: uid,
+                                     exec: exec)
             s.nextEventID += 1
             s.events.append(e)
             if s.events.count > eventCapacity { s.events.removeFirst(s.events.count - eventCapacity) }
@@ -335,6 +342,13 @@ public final class Enforcer: Sendable {
         if !sessions.isEmpty { meta["sessions"] = "\(sessions.map { "\($0.id)(pid \($0.pid))" }.joined(separator: ","))" }
         if let latencyMs { meta["latency_ms"] = "\(String(format: "%.3f", latencyMs))" }
         if let uid { meta["uid"] = "\(uid)" }
+        if let exec {
+            meta["path"] = "\(exec.path)"
+            meta["pid"] = "\(exec.pid)"
+            if let h = exec.sha256 { meta["sha256"] = "\(h)" }
+            if let p = exec.parentPid { meta["ppid"] = "\(p)" }
+            if let p = exec.parentExecutable { meta["parent"] = "\(p)" }
+        }
         logger.log(level: event.isDenial ? .warning : .notice, "enforcement event", metadata: meta)
         onEvent(event)
     }

@@ -86,9 +86,13 @@ public struct LaunchProfile: Sendable, Equatable, Codable {
     /// Groups whose members may launch it (empty: any local user).
     public var allowedGroups: [String]
     public var location: String
+    /// Capture blocking while this profile's sessions run (`capture:`; default none).
+    public var capture: CaptureProtection
 
     public init(name: String, segment: SegmentRequirement, command: [String] = [], enforceArguments: [String] = [],
-                configFiles: [ConfigFile] = [], options: ClientOptions = .init(), allowedGroups: [String] = [], location: String = "") {
+                configFiles: [ConfigFile] = [], options: ClientOptions = .init(), allowedGroups: [String] = [], location: String = "",
+                capture: CaptureProtection = .none) {
+        self.capture = capture
         self.name = name
         self.segment = segment
         self.command = command

@@ -15,9 +15,12 @@ public struct Policy: Sendable, Equatable, Codable {
     public var vdi: VDIRule
     public var enforcement: EnforcementRule
     public var profiles: [LaunchProfile]
+    /// Screen-capture blocking (`capture:`); off when the section is absent.
+    public var capture: CaptureRule
 
     public init(schemaVersion: Int = 1, name: String, sites: [Site], uplinks: UplinkRule = .init(), vdi: VDIRule = .init(),
-                enforcement: EnforcementRule = .init(), profiles: [LaunchProfile] = []) {
+                enforcement: EnforcementRule = .init(), profiles: [LaunchProfile] = [], capture: CaptureRule = .init()) {
+        self.capture = capture
         self.schemaVersion = schemaVersion
         self.name = name
         self.sites = sites

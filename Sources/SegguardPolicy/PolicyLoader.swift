@@ -197,7 +197,7 @@ private struct Context {
     // MARK: Sections
 
     mutating func policy(_ root: Node) -> Policy? {
-        guard let top = mapping(root, "", allowed: ["schema_version", "name", "sites", "uplinks", "vdi", "enforcement", "profiles"]) else { return nil }
+        guard let top = mapping(root, "", allowed: ["schema_version", "name", "sites", "uplinks", "vdi", "enforcement", "profiles", "capture"]) else { return nil }
         var version: Int?
         if let v = top["schema_version"] {
             version = int(v, "schema_version", range: 0...Int.max)
@@ -255,7 +255,10 @@ private struct Context {
             }
         }
         guard let version else { return nil }
-        return Policy(schemaVersion: version, name: name, sites: sites, uplinks: uplinks, vdi: vdi, enforcement: enforcement, profiles: profiles)
+        var capture = CaptureRule()
+        if let c = top["capture"] { capture = self.capture(c) }
+        return Policy(schemaVersion: version, name: name, sites: sites, uplinks: uplinks, vdi: vdi, enforcement: enforcement, profiles: profiles,
+                      capture: capture)
     }
 
     mutating func double(_ node: Node, _ path: String, range: ClosedRange<Double>) -> Double? {
@@ -300,8 +303,60 @@ private struct Context {
         return rule
     }
 
+    /// The `capture:` section. Present means enforce unless `mode` says otherwise.
+    mutating func capture(_ node: Node) -> CaptureRule {
+        let path = "capture"
+        var rule = CaptureRule(mode: .enforce)
+        guard let m = mapping(node, path, allowed: ["mode", "scope", "watch", "fail_mode", "decision_timeout_ms", "block", "allow"]) else { return rule }
+        if let v = m["mode"], let mode = oneOf(v, "\(path).mode", ControlMode.self) { rule.mode = mode }
+        if let v = m["scope"], let scope = oneOf(v, "\(path).scope", CaptureScope.self) { rule.scope = scope }
+        if let v = m["fail_mode"], let f = oneOf(v, "\(path).fail_mode", CaptureFailMode.self) { rule.failMode = f }
+        if let v = m["decision_timeout_ms"], let t = int(v, "\(path).decision_timeout_ms", range: 10...5000) { rule.decisionTimeoutMs = t }
+        if let v = m["watch"] {
+            let paths = strings(v, "\(path).watch")
+            for (i, p) in paths.enumerated() where !p.hasPrefix("/") {
+                report(v, "\(path).watch[\(i)]", "\"\(p)\" is not an absolute path", hint: "the mounts to watch, e.g. [/, /home, /tmp]")
+            }
+            if paths.isEmpty { report(v, "\(path).watch", "empty", hint: "name at least one mount, e.g. [/]") }
+            rule.watch = paths.filter { $0.hasPrefix("/") }
+        }
+        func hashes(_ v: Node, _ p: String) -> [String] {
+            var out: [String] = []
+            for (i, h) in strings(v, p).enumerated() {
+                let lower = h.lowercased()
+                if lower.count == 64, lower.allSatisfy(\.isHexDigit) { out.append(lower) } else {
+                    report(v, "\(p)[\(i)]", "\"\(h.prefix(70))\" is not a SHA-256 (64 hex digits)", hint: "sha256sum /usr/bin/TOOL prints it")
+                }
+            }
+            return out
+        }
+        func absolute(_ v: Node, _ p: String) -> [String] {
+            let paths = strings(v, p)
+            for (i, x) in paths.enumerated() where !x.hasPrefix("/") {
+                report(v, "\(p)[\(i)]", "\"\(x)\" is not an absolute path", hint: "list bare file names under names:")
+            }
+            return paths.filter { $0.hasPrefix("/") }
+        }
+        if let b = m["block"], let bm = mapping(b, "\(path).block", allowed: ["names", "paths", "sha256"]) {
+            if let v = bm["names"] {
+                let names = strings(v, "\(path).block.names")
+                for (i, n) in names.enumerated() where n.isEmpty || n.contains("/") {
+                    report(v, "\(path).block.names[\(i)]", "\"\(n)\" is not a file name", hint: "a name without /, e.g. scrot; full paths go under paths:")
+                }
+                rule.blockNames = names.filter { !$0.isEmpty && !$0.contains("/") }
+            }
+            if let v = bm["paths"] { rule.blockPaths = absolute(v, "\(path).block.paths") }
+            if let v = bm["sha256"] { rule.blockSHA256 = hashes(v, "\(path).block.sha256") }
+        }
+        if let a = m["allow"], let am = mapping(a, "\(path).allow", allowed: ["paths", "sha256"]) {
+            if let v = am["paths"] { rule.allowPaths = absolute(v, "\(path).allow.paths") }
+            if let v = am["sha256"] { rule.allowSHA256 = hashes(v, "\(path).allow.sha256") }
+        }
+        return rule
+    }
+
     mutating func profile(_ node: Node, _ path: String) -> LaunchProfile? {
-        guard let m = mapping(node, path, allowed: ["name", "segment", "command", "enforce_arguments", "config_files", "options", "allowed_groups"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["name", "segment", "command", "enforce_arguments", "config_files", "options", "allowed_groups", "capture"]) else { return nil }
         var name: String?
         if let n = m["name"], let text = string(n, "\(path).name") {
             if !text.isEmpty, text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "_") }) {
@@ -367,9 +422,10 @@ private struct Context {
             if let v = om["screen_capture"], let b = bool(v, "\(path).options.screen_capture") { options.screenCapture = b }
         }
         let groups = m["allowed_groups"].map { strings($0, "\(path).allowed_groups") } ?? []
+        let capture = m["capture"].flatMap { oneOf($0, "\(path).capture", CaptureProtection.self) } ?? .none
         guard let name, let segment else { return nil }
         return LaunchProfile(name: name, segment: segment, command: command, enforceArguments: enforceArguments, configFiles: configFiles,
-                             options: options, allowedGroups: groups, location: location(node))
+                             options: options, allowedGroups: groups, location: location(node), capture: capture)
     }
 
     mutating func site(_ node: Node, _ path: String) -> Site? {

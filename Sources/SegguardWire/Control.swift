@@ -62,12 +62,40 @@ public struct StatusReply: Codable, Sendable, Equatable {
     public var netlinkMessages: UInt64
     public var netlinkResyncs: UInt64
     public var netlinkParseErrors: UInt64
+    /// Screen-capture blocking; nil when the policy has it off.
+    public var capture: CaptureStatus?
+
+    /// What capture blocking is doing.
+    public struct CaptureStatus: Codable, Sendable, Equatable {
+        public var mode: String
+        /// none, blocklist or trusted-only: what applies to the next exec.
+        public var level: String
+        public var profile: String?
+        public var watched: [String]
+        public var events: UInt64
+        public var denied: UInt64
+        public var failModeAnswers: UInt64
+        /// Why blocking is not running (fanotify unavailable, a mount that cannot be marked).
+        public var error: String?
+        public init(mode: String, level: String, profile: String?, watched: [String], events: UInt64, denied: UInt64, failModeAnswers: UInt64, error: String?) {
+            self.mode = mode
+            self.level = level
+            self.profile = profile
+            self.watched = watched
+            self.events = events
+            self.denied = denied
+            self.failModeAnswers = failModeAnswers
+            self.error = error
+        }
+    }
 
     public init(
         daemonVersion: String, pid: Int32, policyName: String, policyFile: String, policyLoadedAt: Date,
         lastPolicyError: String?, snapshot: NetworkSnapshot, decision: Decision, decidedAt: Date,
-        decisionChanges: UInt64, netlinkMessages: UInt64, netlinkResyncs: UInt64, netlinkParseErrors: UInt64
+        decisionChanges: UInt64, netlinkMessages: UInt64, netlinkResyncs: UInt64, netlinkParseErrors: UInt64,
+        capture: CaptureStatus? = nil
     ) {
+        self.capture = capture
         self.daemonVersion = daemonVersion
         self.pid = pid
         self.policyName = policyName

@@ -78,6 +78,29 @@ public struct EnforcementEvent: Sendable, Equatable, Codable {
         case sessionsWouldBeEnded = "sessions-would-be-ended"
         case bindingApplied = "binding-applied"
         case bindingFailed = "binding-failed"
+        /// Capture blocking denied an exec (fanotify).
+        case execDenied = "exec-denied"
+        /// Audit mode: the exec would have been denied.
+        case execWouldBeDenied = "exec-would-be-denied"
+        /// An exec answered by capture.fail_mode because no decision came in time.
+        case execFailMode = "exec-fail-mode"
+    }
+
+    /// The exec a capture event is about.
+    public struct ExecDetails: Sendable, Equatable, Codable {
+        public var path: String
+        public var sha256: String?
+        public var pid: Int32
+        public var parentPid: Int32?
+        /// The parent's executable (/proc/PPID/exe).
+        public var parentExecutable: String?
+        public init(path: String, sha256: String? = nil, pid: Int32, parentPid: Int32? = nil, parentExecutable: String? = nil) {
+            self.path = path
+            self.sha256 = sha256
+            self.pid = pid
+            self.parentPid = parentPid
+            self.parentExecutable = parentExecutable
+        }
     }
 
     public var id: UInt64
@@ -90,9 +113,12 @@ public struct EnforcementEvent: Sendable, Equatable, Codable {
     /// From the netlink event to the action (nftables replaced, processes reaped), ms.
     public var latencyMs: Double?
     public var uid: UInt32?
+    /// Capture events: the exec.
+    public var exec: ExecDetails?
 
     public init(id: UInt64, time: Date, kind: Kind, profile: String? = nil, sessions: [SessionInfo] = [], reason: String,
-                latencyMs: Double? = nil, uid: UInt32? = nil) {
+                latencyMs: Double? = nil, uid: UInt32? = nil, exec: ExecDetails? = nil) {
+        self.exec = exec
         self.id = id
         self.time = time
         self.kind = kind
@@ -106,7 +132,8 @@ public struct EnforcementEvent: Sendable, Equatable, Codable {
     /// Refusals and kills (and their audit twins): what `segguardctl why-denied` lists.
     public var isDenial: Bool {
         switch kind {
-        case .launchRefused, .launchWouldBeRefused, .sessionsEnded, .sessionsWouldBeEnded, .bindingFailed: true
+        case .launchRefused, .launchWouldBeRefused, .sessionsEnded, .sessionsWouldBeEnded, .bindingFailed,
+             .execDenied, .execWouldBeDenied: true
         default: false
         }
     }

@@ -91,7 +91,7 @@ struct Sessions: ParsableCommand {
 
 struct WhyDenied: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "why-denied", abstract: "The last launch refusals and session terminations, with their reasons (newest last).")
+        commandName: "why-denied", abstract: "The last launch refusals, session terminations and denied execs, with their reasons (newest last).")
     @OptionGroup var options: DaemonOptions
 
     @Option(name: .long, help: "Show at most this many.")
@@ -109,6 +109,12 @@ struct WhyDenied: ParsableCommand {
             if let ms = e.latencyMs { head += String(format: "  %.1f ms after the network event", ms) }
             print(head)
             if !e.sessions.isEmpty { print("  sessions: \(e.sessions.map { "\($0.id) (pid \($0.pid), \($0.profile))" }.joined(separator: ", "))") }
+            if let x = e.exec {
+                var line = "  exec: \(x.path) pid \(x.pid)"
+                if let p = x.parentPid { line += ", parent \(p)\(x.parentExecutable.map { " (\($0))" } ?? "")" }
+                if let h = x.sha256 { line += ", sha256 \(h)" }
+                print(line)
+            }
             print("  \(e.reason)")
         }
     }
@@ -149,6 +155,14 @@ enum Render {
         }
         out += "daemon:    segguardd \(s.daemonVersion), pid \(s.pid); netlink: \(s.netlinkMessages) messages, \(s.netlinkResyncs) resyncs, \(s.netlinkParseErrors) parse errors\n"
         out += "wireless:  \(s.snapshot.wirelessMonitoring ? "monitored (nl80211)" : "not monitored (no nl80211 in this kernel)")\n"
+        if let c = s.capture {
+            if let e = c.error {
+                out += "capture:   NOT RUNNING (\(c.mode)): \(e)\n"
+            } else {
+                let who = c.profile.map { " for profile '\($0)'" } ?? ""
+                out += "capture:   \(c.mode), \(c.level)\(who); watching \(c.watched.joined(separator: ", ")); \(c.events) execs checked, \(c.denied) denied, \(c.failModeAnswers) by fail mode\n"
+            }
+        }
         out += "\ninterfaces (snapshot \(s.snapshot.generation)):\n"
         for i in s.snapshot.interfaces {
             var line = "  \(i.name.padding(toLength: 12, withPad: " ", startingAt: 0)) \(i.kind.rawValue)"
@@ -211,6 +225,14 @@ enum Render {
         out += "  other uplinks: \(p.uplinks.otherUplinks.rawValue)"
         if !p.uplinks.ignore.isEmpty { out += " (ignoring \(p.uplinks.ignore.joined(separator: " ")))" }
         out += "\n  VDI gateways: \(p.vdi.gateways.isEmpty ? "none" : p.vdi.gateways.map { g in "\(g.prefix) \(g.transport.rawValue)\(g.ports.isEmpty ? "" : " " + g.ports.map(String.init).joined(separator: ","))" }.joined(separator: "; "))"
+        let c = p.capture
+        if c.mode == .off {
+            out += "\n  capture blocking: off"
+        } else {
+            out += "\n  capture blocking: \(c.mode.rawValue), scope \(c.scope.rawValue), watching \(c.watch.joined(separator: " ")); blocklist \(c.blockNames.count) names, \(c.blockPaths.count) paths, \(c.blockSHA256.count) hashes; fail mode \(c.failMode.rawValue) after \(c.decisionTimeoutMs) ms"
+            let protecting = p.profiles.filter { $0.capture != .none }
+            if !protecting.isEmpty { out += "\n    during sessions: " + protecting.map { "\($0.name) \($0.capture.rawValue)" }.joined(separator: ", ") }
+        }
         return out
     }
 

@@ -9,6 +9,7 @@ import Foundation
 import Logging
 import SegguardControl
 import SegguardDecision
+import SegguardCapture
 import SegguardDeviceAuth
 import SegguardEnforce
 import SegguardNetlink
@@ -60,6 +61,12 @@ struct Segguardd: ParsableCommand {
 
     @Option(name: .long, help: "D-Bus address of the bus wpa_supplicant is on (--device-auth-source dbus; default: the system bus).")
     var wpaDbusAddress: String?
+
+    @Option(name: .long, help: ArgumentHelp("Test only: delay every hash of capture blocking by this many ms (proves the fail-mode bound).", visibility: .hidden))
+    var captureTestHashDelayMs: Int = 0
+
+    @Option(name: .long, help: ArgumentHelp("dpkg's info directory, whose *.md5sums define trusted executables (trusted-only capture mode).", visibility: .hidden))
+    var dpkgInfoDir: String = "/var/lib/dpkg/info"
 
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
@@ -159,6 +166,10 @@ struct Segguardd: ParsableCommand {
         }
         daemon.watcher = watcher
 
+        // Screen-capture blocking (fanotify); its failure to start is reported, not fatal:
+        // the segment controls keep working and status says why capture blocking does not.
+        daemon.startCapture(hashDelayMs: captureTestHashDelayMs, dpkgInfoDirectory: dpkgInfoDir)
+
         // 802.1X state for device_auth rules, from wpa_supplicant.
         let deviceAuth: any DeviceAuthSource = switch deviceAuthSource {
         case .control: WPAControlSource(directory: wpaControlDir, localDirectory: (socket as NSString).deletingLastPathComponent, logger: logger)
@@ -255,6 +266,57 @@ final class Daemon: Sendable {
     }
     let inputs = Mutex(Inputs())
 
+    /// Capture blocking, when the policy turns it on; the error when it could not start.
+    let capture = Mutex<(blocker: CaptureBlocker?, error: String?)>((nil, nil))
+
+    /// Starts or reconfigures capture blocking for the current policy.
+    func startCapture(hashDelayMs: Int = 0, dpkgInfoDirectory: String = "/var/lib/dpkg/info") {
+        let policy = state.withLock { $0.monitor.policy }
+        let rule = policy.capture
+        let existing = capture.withLock { $0.blocker }
+        if let blocker = existing {
+            do {
+                if blocker.watched != rule.watch { try blocker.rewatch(rule.watch) }
+                capture.withLock { $0.error = nil }
+            } catch {
+                capture.withLock { $0.error = "\(error)" }
+                logger.error("capture blocking: cannot watch the policy's mounts", metadata: ["error": "\(error)"])
+            }
+            refreshCapture()
+            return
+        }
+        guard rule.mode != .off else { return }
+        do {
+            let blocker = try CaptureBlocker(rule: rule, dpkg: DpkgIndex(infoDirectory: dpkgInfoDirectory), logger: logger, hashDelayMs: hashDelayMs) { [enforcer] record in
+                let kind: EnforcementEvent.Kind = switch record.outcome {
+                case .denied: .execDenied
+                case .wouldBeDenied: .execWouldBeDenied
+                case .failMode: .execFailMode
+                }
+                enforcer.recordExternal(kind, profile: record.profile, reason: record.reason, uid: record.uid,
+                                        exec: .init(path: record.path, sha256: record.sha256, pid: record.pid,
+                                                    parentPid: record.parentPid, parentExecutable: record.parentExecutable))
+            }
+            try blocker.watch(rule.watch)
+            blocker.onStaleProtection { [weak self] in self?.refreshCapture() }
+            capture.withLock { $0 = (blocker, nil) }
+            refreshCapture()
+            blocker.start()
+            logger.notice("capture blocking started", metadata: ["mode": "\(rule.mode.rawValue)", "scope": "\(rule.scope.rawValue)", "watch": "\(rule.watch.joined(separator: ","))"])
+        } catch {
+            capture.withLock { $0.error = "\(error)" }
+            logger.critical("capture blocking is NOT running", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Recomputes the capture protection from the policy and the sessions running now.
+    func refreshCapture() {
+        guard let blocker = capture.withLock({ $0.blocker }) else { return }
+        let policy = state.withLock { $0.monitor.policy }
+        let running = Set(enforcer.sessions().map(\.profile))
+        blocker.update(rule: policy.capture, sessionProfiles: policy.profiles.filter { running.contains($0.name) })
+    }
+
     func merged(_ snapshot: NetworkSnapshot, _ auth: [String: DeviceAuthState]) -> NetworkSnapshot {
         var s = snapshot
         for i in s.interfaces.indices { s.interfaces[i].deviceAuth = auth[s.interfaces[i].name] }
@@ -317,10 +379,20 @@ final class Daemon: Sendable {
             logger.notice("policy loaded", metadata: ["policy": "\(p.name)", "file": "\(policyFile)"])
             if let change { log(change) }
             if hasDecided { enforcer.update(decision: decision, policy: p, eventNanos: monotonicNanos()) }
+            startCapture()
         } catch {
             state.withLock { $0.lastPolicyError = "\(error)" }
             logger.error("policy refused; keeping the previous policy", metadata: ["file": "\(policyFile)", "errors": "\(error)"])
         }
+    }
+
+    func captureStatus(_ policy: Policy) -> StatusReply.CaptureStatus? {
+        let (blocker, error) = capture.withLock { ($0.blocker, $0.error) }
+        guard policy.capture.mode != .off || blocker != nil else { return nil }
+        let p = blocker?.protection
+        let st = blocker?.statistics ?? CaptureStatistics()
+        return .init(mode: policy.capture.mode.rawValue, level: p?.level.rawValue ?? "none", profile: p?.profile, watched: blocker?.watched ?? [],
+                     events: st.events, denied: st.denied, failModeAnswers: st.failModeAnswers, error: error)
     }
 
     func log(_ change: DecisionChange) {
@@ -342,7 +414,10 @@ final class Daemon: Sendable {
         switch request.command {
         case .launch:
             guard let profile = request.profile, !profile.isEmpty else { return ControlReply(error: "launch: no profile named") }
-            return ControlReply(launch: enforcer.launch(profileName: profile, command: request.clientCommand ?? [], requester: peer))
+            let reply = enforcer.launch(profileName: profile, command: request.clientCommand ?? [], requester: peer)
+            // A session of a protecting profile raises capture protection before the client runs.
+            refreshCapture()
+            return ControlReply(launch: reply)
         case .sessions:
             return ControlReply(sessions: enforcer.sessions())
         case .whyDenied:
@@ -357,7 +432,7 @@ final class Daemon: Sendable {
             policyLoadedAt: s.policyLoadedAt, lastPolicyError: s.lastPolicyError,
             snapshot: s.monitor.snapshot ?? .empty, decision: s.monitor.decision, decidedAt: s.decidedAt,
             decisionChanges: s.monitor.changes, netlinkMessages: stats.messages, netlinkResyncs: stats.resyncs,
-            netlinkParseErrors: stats.parseErrors))
+            netlinkParseErrors: stats.parseErrors, capture: captureStatus(s.monitor.policy)))
     }
 
     func summary(_ snapshot: NetworkSnapshot) -> String {

@@ -108,7 +108,7 @@ struct PolicyFixtureTests {
     func fixturesExist() {
         #expect(FixturePaths.goodFixtures.count >= 5, "good fixtures in \(FixturePaths.fixtures.path)/good")
         #expect(FixturePaths.badFixtures.count >= 19, "bad fixtures in \(FixturePaths.fixtures.path)/bad")
-        #expect(FixturePaths.yamlFiles(in: FixturePaths.config) == ["demo-veth.yaml", "device-auth.example.yaml", "policy.example.yaml", "profiles.example.yaml"])
+        #expect(FixturePaths.yamlFiles(in: FixturePaths.config) == ["capture.example.yaml", "demo-veth.yaml", "device-auth.example.yaml", "policy.example.yaml", "profiles.example.yaml"])
     }
 
     @Test("every good fixture loads", arguments: FixturePaths.goodFixtures)
@@ -298,6 +298,18 @@ struct PolicyFixtureTests {
         #expect(p.sites.flatMap(\.wireless).allSatisfy { $0.deviceAuth == .eapTLS && $0.security == [.enterprise] })
         #expect(p.sites[0].wired.map(\.deviceAuth) == [.eapTLS])
         #expect(p.sites[0].wired[0].interfaces == ["eth0", "enp*"])
+    }
+
+    @Test("Config/capture.example.yaml: the default capture tool list, trusted-only for the My Number profile")
+    func configCapture() throws {
+        let p = try loadPolicy(FixturePaths.config, "capture.example.yaml")
+        #expect(p.capture.mode == .enforce && p.capture.scope == .always && p.capture.watch == ["/"])
+        for tool in ["gnome-screenshot", "spectacle", "xfce4-screenshooter", "scrot", "maim", "flameshot", "grim", "wf-recorder", "xwd", "import",
+                     "ksnip", "shutter", "obs", "simplescreenrecorder", "kazam", "peek", "vokoscreen"] {
+            #expect(p.capture.blockNames.contains(tool), "\(tool)")
+        }
+        #expect(Set(p.capture.blockNames).count == p.capture.blockNames.count, "no duplicates")
+        #expect(p.profiles.map(\.capture) == [.trustedOnly, .none])
     }
 
     @Test("Config/demo-veth.yaml parses: one veth-admitting rule on sgdemo*")

@@ -32,3 +32,28 @@ int sg_notify_desktop(const char *app, const char *summary, const char *body, ch
 /// SO_PEERPIDFD (Linux 6.5+): a pidfd of the process that connected. Returns it or -errno
 /// (-ENOPROTOOPT on older kernels).
 int sg_peer_pidfd(int fd);
+
+// fanotify exec permission events (screen-capture blocking). Thin wrappers: the constants and
+// struct layouts of <sys/fanotify.h> are not visible to Swift.
+
+/// fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK, O_RDONLY | O_LARGEFILE | O_CLOEXEC); -1 and errno on failure.
+int sg_fanotify_init(void);
+/// Adds (add != 0) or removes FAN_OPEN_EXEC_PERM on the filesystem holding `path` (FAN_MARK_FILESYSTEM:
+/// every mount of it, in every mount namespace, so a service with its own namespace still sees
+/// the users' execs).
+int sg_fanotify_mark_filesystem(int fd, const char *path, int add);
+
+/// One permission event taken from a read buffer.
+typedef struct {
+    int fd;          // the file being executed (open, O_RDONLY), or -1 (FAN_NOFD)
+    int pid;         // the process calling execve
+    unsigned long long mask;
+} sg_fanotify_event;
+
+/// Splits `len` bytes read from the fanotify fd into at most `max` events; returns how many,
+/// or -1 when the buffer holds a malformed or version-mismatched record.
+int sg_fanotify_parse(const void *buf, size_t len, sg_fanotify_event *events, int max);
+/// Answers one permission event: allow != 0 → FAN_ALLOW, else FAN_DENY.
+int sg_fanotify_respond(int fanotify_fd, int event_fd, int allow);
+/// True when `mask` carries FAN_OPEN_EXEC_PERM.
+int sg_fanotify_is_exec_perm(unsigned long long mask);

@@ -1,0 +1,274 @@
+// Exec blocking with fanotify permission events (FAN_OPEN_EXEC_PERM), as fapolicyd does. Owns:
+// the fanotify descriptor and its mount marks, the thread that answers every event, and the
+// hashing queue. The one rule above all: every permission event gets an answer, at once when
+// the path decides, within `capture.decision_timeout_ms` when the content must be hashed
+// (else `capture.fail_mode` answers); if this process dies the kernel allows what was pending.
+
+import CSegguardShims
+import Foundation
+import Logging
+import SegguardPolicy
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A capture-blocking setup failure (fanotify unavailable, a mount that cannot be marked).
+public struct CaptureSetupError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+}
+
+/// One exec capture blocking acted on (or, in audit mode, would have).
+public struct CaptureDecisionRecord: Sendable {
+    public enum Outcome: String, Sendable { case denied, wouldBeDenied, failMode }
+    public var outcome: Outcome
+    public var path: String
+    public var sha256: String?
+    public var pid: Int32
+    public var uid: UInt32?
+    public var parentPid: Int32?
+    public var parentExecutable: String?
+    public var profile: String?
+    public var reason: String
+}
+
+/// Counters for status and benchmarks.
+public struct CaptureStatistics: Sendable, Equatable {
+    public var events: UInt64 = 0
+    public var allowed: UInt64 = 0
+    public var denied: UInt64 = 0
+    public var failModeAnswers: UInt64 = 0
+    public var hashed: UInt64 = 0
+    public var cacheHits: UInt64 = 0
+    public init() {}
+}
+
+/// Answers fanotify exec permission events on the watched mounts.
+public final class CaptureBlocker: Sendable {
+    struct Config: Sendable {
+        var decider: ExecDecider
+        var protection: CaptureProtectionState
+        var mode: ControlMode
+    }
+
+    let logger: Logger
+    let config: Mutex<Config>
+    let stats = Mutex(CaptureStatistics())
+    let cache = DigestCache()
+    let dpkg: DpkgIndex
+    let fanotifyFd: Int32
+    let wakeFd: Int32
+    let running = Mutex(false)
+    let marked = Mutex<[String]>([])
+    let onRecord: @Sendable (CaptureDecisionRecord) -> Void
+    /// Hashing runs here, so that the answering thread can give up waiting for it.
+    let hasher = DispatchQueue(label: "segguard.capture.hash")
+    /// Test hook: extra delay in the hasher (ms), to prove the fail-mode bound.
+    let hashDelayMs: Int
+    /// Asked (on another queue, at most once a second, from exec events) to recompute the
+    /// protection when sessions may have ended; never waited for.
+    let refresh = Mutex<(hint: (@Sendable () -> Void)?, last: UInt64)>((nil, 0))
+
+    public init(rule: CaptureRule, dpkg: DpkgIndex = DpkgIndex(), logger: Logger = Logger(label: "segguard.capture"), hashDelayMs: Int = 0,
+                onRecord: @escaping @Sendable (CaptureDecisionRecord) -> Void) throws(CaptureSetupError) {
+        let fd = sg_fanotify_init()
+        guard fd >= 0 else {
+            let e = errno
+            throw CaptureSetupError(description: "fanotify_init: \(String(cString: strerror(e))) (errno \(e)); capture blocking needs CAP_SYS_ADMIN and a kernel with CONFIG_FANOTIFY_ACCESS_PERMISSIONS")
+        }
+        fanotifyFd = fd
+        wakeFd = sg_eventfd()
+        self.logger = logger
+        self.dpkg = dpkg
+        self.onRecord = onRecord
+        self.hashDelayMs = hashDelayMs
+        config = Mutex(Config(decider: ExecDecider(rule: rule), protection: CaptureProtectionState.current(rule, sessionProfiles: []), mode: rule.mode))
+    }
+
+    deinit {
+        close(fanotifyFd)
+        close(wakeFd)
+    }
+
+    /// Marks the filesystems holding `paths`; a path that cannot be marked is an error naming it
+    /// (the marks made so far stay).
+    public func watch(_ paths: [String]) throws(CaptureSetupError) {
+        for p in paths {
+            guard sg_fanotify_mark_filesystem(fanotifyFd, p, 1) == 0 else {
+                let e = errno
+                throw CaptureSetupError(description: "capture.watch \(p): fanotify_mark: \(String(cString: strerror(e))) (errno \(e))")
+            }
+            marked.withLock { $0.append(p) }
+        }
+    }
+
+    /// A new policy or a change of the sessions running: takes effect for the next exec.
+    public func update(rule: CaptureRule, sessionProfiles: [LaunchProfile]) {
+        let protection = CaptureProtectionState.current(rule, sessionProfiles: sessionProfiles)
+        // Trusted-only needs dpkg's index: start loading it now, not at the first exec.
+        if protection.level == .trustedOnly { _ = dpkg.lookup("/") }
+        let changed = config.withLock { c -> Bool in
+            let changed = c.protection != protection || c.mode != rule.mode
+            c = Config(decider: ExecDecider(rule: rule), protection: protection, mode: rule.mode)
+            return changed
+        }
+        if changed {
+            logger.notice("capture protection", metadata: ["level": "\(protection.level.rawValue)", "profile": "\(protection.profile ?? "-")", "mode": "\(rule.mode.rawValue)"])
+        }
+    }
+
+    /// Sets the refresh hint (see `refresh`).
+    public func onStaleProtection(_ hint: @escaping @Sendable () -> Void) { refresh.withLock { $0.hint = hint } }
+
+    /// The marked paths.
+    public var watched: [String] { marked.withLock { $0 } }
+
+    /// Removes the marks, then marks `paths` (a policy reload that changed capture.watch).
+    public func rewatch(_ paths: [String]) throws(CaptureSetupError) {
+        let old = marked.withLock { m -> [String] in
+            let o = m
+            m = []
+            return o
+        }
+        for p in old { _ = sg_fanotify_mark_filesystem(fanotifyFd, p, 0) }
+        try watch(paths)
+    }
+
+    public var protection: CaptureProtectionState { config.withLock { $0.protection } }
+    public var statistics: CaptureStatistics { stats.withLock { $0 } }
+
+    public func start() {
+        running.withLock { $0 = true }
+        let t = Thread { [self] in run() }
+        t.name = "segguard-capture"
+        t.start()
+    }
+
+    public func stop() {
+        running.withLock { $0 = false }
+        var one: UInt64 = 1
+        _ = write(wakeFd, &one, 8)
+    }
+
+    func run() {
+        var buf = [UInt8](repeating: 0, count: 8192)
+        var events = [sg_fanotify_event](repeating: sg_fanotify_event(), count: 64)
+        while running.withLock({ $0 }) {
+            var fds = [pollfd(fd: fanotifyFd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeFd, events: Int16(POLLIN), revents: 0)]
+            let n = poll(&fds, 2, -1)
+            if n < 0 { if errno == EINTR { continue } else { break } }
+            if fds[1].revents != 0 { continue }
+            while true {
+                let got = buf.withUnsafeMutableBytes { read(fanotifyFd, $0.baseAddress, $0.count) }
+                if got <= 0 { break }
+                let count = buf.withUnsafeBytes { raw in
+                    events.withUnsafeMutableBufferPointer { sg_fanotify_parse(raw.baseAddress, got, $0.baseAddress, Int32($0.count)) }
+                }
+                guard count >= 0 else {
+                    logger.critical("fanotify returned a record of an unknown version; capture blocking stops (the kernel allows pending execs when the descriptor closes)")
+                    return
+                }
+                for e in events.prefix(Int(count)) { handle(e) }
+            }
+        }
+    }
+
+    /// Answers one event; never returns without answering a permission event.
+    func handle(_ e: sg_fanotify_event) {
+        guard e.fd >= 0 else { return }
+        defer { close(e.fd) }
+        guard sg_fanotify_is_exec_perm(e.mask) != 0 else { return }
+        let started = DispatchTime.now()
+        let hint = refresh.withLock { r -> (@Sendable () -> Void)? in
+            guard let h = r.hint, started.uptimeNanoseconds &- r.last > 1_000_000_000 else { return nil }
+            r.last = started.uptimeNanoseconds
+            return h
+        }
+        if let hint { DispatchQueue.global(qos: .utility).async(execute: hint) }
+        let cfg = config.withLock { $0 }
+        let path = Self.path(of: e.fd) ?? "?"
+        var verdict: ExecVerdict = .allow
+        var sha256: String?
+        var failMode = false
+        switch cfg.decider.quick(path: path, protection: cfg.protection) {
+        case .allow:
+            verdict = .allow
+        case .deny(let reason):
+            verdict = .deny(reason: reason)
+        case .needsContent:
+            let lookup: DpkgIndex.Lookup = cfg.protection.level == .trustedOnly ? dpkg.lookup(path) : .recorded(nil)
+            if lookup != .notLoaded,
+               let digests = digests(fd: e.fd, timeoutMs: cfg.decider.rule.decisionTimeoutMs - Int((DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1_000_000)) {
+                sha256 = digests.sha256
+                var packaged: Bool?
+                if cfg.protection.level == .trustedOnly, case .recorded(let md5) = lookup { packaged = md5 == digests.md5 }
+                verdict = cfg.decider.decide(path: path, sha256: digests.sha256, packaged: packaged, protection: cfg.protection)
+            } else {
+                verdict = cfg.decider.failAnswer(path: path)
+                failMode = true
+            }
+        }
+        let deny = verdict.isDeny && cfg.mode == .enforce
+        if sg_fanotify_respond(fanotifyFd, e.fd, deny ? 0 : 1) != 0 {
+            logger.error("cannot answer a fanotify event", metadata: ["path": "\(path)", "errno": "\(errno)"])
+        }
+        stats.withLock { s in
+            s.events += 1
+            if deny { s.denied += 1 } else { s.allowed += 1 }
+            if failMode { s.failModeAnswers += 1 }
+        }
+        guard verdict.isDeny || failMode else { return }
+        let reason: String
+        if case .deny(let r) = verdict { reason = r } else { reason = "no decision for \(path) within \(cfg.decider.rule.decisionTimeoutMs) ms: allowed by capture.fail_mode" }
+        let outcome: CaptureDecisionRecord.Outcome = failMode && !verdict.isDeny ? .failMode : (deny ? .denied : .wouldBeDenied)
+        let (uid, ppid) = Self.processInfo(e.pid)
+        let parentExe = ppid.flatMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\($0)/exe") }
+        onRecord(CaptureDecisionRecord(outcome: outcome, path: path, sha256: sha256, pid: e.pid, uid: uid, parentPid: ppid,
+                                       parentExecutable: parentExe, profile: cfg.protection.profile, reason: reason))
+    }
+
+    /// The file's digests from the cache, or hashed on the hasher within `timeoutMs`; nil when
+    /// that is not enough (the hashing goes on and fills the cache for the next exec).
+    func digests(fd: Int32, timeoutMs: Int) -> FileDigests? {
+        guard let id = FileIdentity(fd: fd) else { return nil }
+        if let hit = cache.get(id) {
+            stats.withLock { $0.cacheHits += 1 }
+            return hit
+        }
+        let copy = dup(fd)
+        guard copy >= 0 else { return nil }
+        let result = Mutex<FileDigests?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        let delay = hashDelayMs
+        hasher.async { [self] in
+            defer { close(copy) }
+            if delay > 0 { usleep(UInt32(delay) * 1000) }
+            guard let d = FileDigests.of(fd: copy) else {
+                done.signal()
+                return
+            }
+            cache.put(id, d)
+            stats.withLock { $0.hashed += 1 }
+            result.withLock { $0 = d }
+            done.signal()
+        }
+        guard done.wait(timeout: .now() + .milliseconds(max(timeoutMs, 0))) == .success else { return nil }
+        return result.withLock { $0 }
+    }
+
+    static func path(of fd: Int32) -> String? {
+        try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)")
+    }
+
+    /// Real uid and parent pid of `pid` from /proc/PID/status.
+    static func processInfo(_ pid: Int32) -> (UInt32?, Int32?) {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return (nil, nil) }
+        var uid: UInt32?, ppid: Int32?
+        for line in text.split(separator: "\n") {
+            if line.hasPrefix("Uid:") { uid = line.dropFirst(4).split(whereSeparator: \.isWhitespace).first.flatMap { UInt32($0) } }
+            if line.hasPrefix("PPid:") { ppid = Int32(line.dropFirst(5).trimmingCharacters(in: .whitespaces)) }
+        }
+        return (uid, ppid)
+    }
+}

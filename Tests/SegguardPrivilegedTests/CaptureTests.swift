@@ -1,0 +1,263 @@
+// Screen-capture blocking on the real kernel, safely: segguardd runs in a private mount
+// namespace (unshare -m) holding a tmpfs that the test owns, and the policy watches only that
+// tmpfs, so fanotify marks nothing the machine needs. Programs are copied into the tmpfs and
+// executed inside the same mount namespace (nsenter -m).
+
+import Foundation
+import SegguardTestSupport
+import SegguardWire
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// segguardd in its own network and mount namespace, with a tmpfs at `tools`.
+final class CaptureDaemon {
+    let ns: TestNamespace
+    let dir: URL
+    let tools: String
+    let process = Process()
+    let log: URL
+    var socket: String { dir.appendingPathComponent("control.sock").path }
+    var policyFile: URL { dir.appendingPathComponent("policy.yaml") }
+
+    /// `arguments` may name the tmpfs as TOOLS.
+    init(policy: (String) -> String, arguments: [String] = []) throws {
+        ns = try TestNamespace(prefix: "sgcap")
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("segguard-capture-\(getpid())-\(ns.name)")
+        tools = dir.appendingPathComponent("tools").path
+        log = dir.appendingPathComponent("daemon.log")
+        do {
+            try FileManager.default.createDirectory(atPath: tools, withIntermediateDirectories: true)
+            try policy(tools).write(to: policyFile, atomically: true, encoding: .utf8)
+            _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/unshare")
+            // The tmpfs exists only in the daemon's mount namespace; the host never sees it.
+            process.arguments = ["--mount", "--propagation", "private", "/bin/sh", "-c", #"mount -t tmpfs -o mode=0755 sgcaptest "$0" && exec "$@""#,
+                                 tools, binDir.appendingPathComponent("segguardd").path,
+                                 "--policy", policyFile.path, "--netns", ns.path, "--socket", socket,
+                                 "--nft-table", "sgcaptest", "--baseline-file", dir.appendingPathComponent("baseline.json").path]
+                + arguments.map { $0.replacingOccurrences(of: "TOOLS", with: tools) }
+            process.standardError = try FileHandle(forWritingTo: log)
+            process.standardOutput = FileHandle.nullDevice
+            try process.run()
+            // The socket appears after the marks are made.
+            let deadline = Date().addingTimeInterval(10)
+            while !FileManager.default.fileExists(atPath: socket) {
+                guard Date() < deadline, process.isRunning else { throw CommandError(description: "segguardd did not start:\n\(logText)") }
+                usleep(20_000)
+            }
+        } catch {
+            cleanup()
+            throw error
+        }
+    }
+
+    var pid: Int32 { process.processIdentifier }
+    var logText: String { (try? String(contentsOf: log, encoding: .utf8)) ?? "" }
+
+    /// Runs a command inside the daemon's mount namespace; returns its exit status and stderr.
+    @discardableResult
+    func run(_ argv: [String]) throws -> (Int32, String) {
+        let (rc, _, err) = try runCapturing(URL(fileURLWithPath: "/usr/bin/nsenter"), ["-t", "\(pid)", "-m", "--"] + argv)
+        return (rc, err)
+    }
+
+    /// Copies `source` to `name` in the tmpfs.
+    func install(_ source: String, as name: String) throws {
+        let (rc, err) = try run(["/bin/cp", source, "\(tools)/\(name)"])
+        guard rc == 0 else { throw CommandError(description: "cp \(source) \(name): \(err)") }
+    }
+
+    func events() throws -> [EnforcementEvent] {
+        let (rc, out, err) = try runCapturing(binDir.appendingPathComponent("segguardctl"), ["why-denied", "--json", "--socket", socket])
+        guard rc == 0 else { throw CommandError(description: "why-denied: \(err)") }
+        return try ControlCoding.decoder().decode(ControlReply.self, from: Data(out.utf8)).events ?? []
+    }
+
+    func status() throws -> StatusReply {
+        let (rc, out, err) = try runCapturing(binDir.appendingPathComponent("segguardctl"), ["status", "--json", "--socket", socket])
+        guard rc == 0, let s = try ControlCoding.decoder().decode(ControlReply.self, from: Data(out.utf8)).status else {
+            throw CommandError(description: "status: \(err)")
+        }
+        return s
+    }
+
+    func reload(_ policy: String) throws {
+        try policy.write(to: policyFile, atomically: true, encoding: .utf8)
+        kill(pid, SIGHUP)
+    }
+
+    func cleanup() {
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+        }
+        ns.destroy()
+        try? FileManager.default.removeItem(at: dir)
+    }
+}
+
+/// SHA-256 of a file, by sha256sum.
+func sha256(_ path: String) throws -> String {
+    String(try runCommand(["sha256sum", path]).prefix(64))
+}
+
+func capturePolicy(mode: String = "enforce", failMode: String = "allow", timeoutMs: Int = 250, extra: String = "") throws -> (String) -> String {
+    let echoHash = try sha256("/usr/bin/echo")
+    return { tools in
+        """
+        schema_version: 1
+        name: capture-test
+        sites:
+          - name: hq
+            wired: [{interfaces: ["sgc*"], link_kinds: [veth]}]
+        capture:
+          mode: \(mode)
+          scope: always
+          watch: ["\(tools)"]
+          fail_mode: \(failMode)
+          decision_timeout_ms: \(timeoutMs)
+          block:
+            names: [scrot, gnome-screenshot]
+            sha256: ["\(echoHash)"]
+        \(extra)
+        """
+    }
+}
+
+@Suite("Screen-capture blocking with fanotify (private mount namespace, tmpfs only)", .serialized,
+       .enabled(if: canCreateNamespaces && FileManager.default.isExecutableFile(atPath: "/usr/bin/unshare") && FileManager.default.isExecutableFile(atPath: "/usr/bin/nsenter"),
+                "needs root, unshare and nsenter (util-linux)"))
+struct CaptureTests {
+    @Test("a listed name and a renamed copy of a listed binary are denied at exec; others run; every denial is an event")
+    func blocklist() throws {
+        let d = try CaptureDaemon(policy: try capturePolicy())
+        defer { d.cleanup() }
+        try d.install("/usr/bin/true", as: "scrot")
+        try d.install("/usr/bin/echo", as: "notes")     // a listed tool under another name
+        try d.install("/usr/bin/true", as: "editor")    // not listed
+        let (denied, err) = try d.run(["\(d.tools)/scrot"])
+        #expect(denied != 0)
+        #expect(err.contains("Operation not permitted"), "\(err)") // FAN_DENY is EPERM
+        #expect(try d.run(["\(d.tools)/notes", "hello"]).0 != 0)
+        #expect(try d.run(["\(d.tools)/editor"]).0 == 0)
+        // Execs outside the watched mount are not touched.
+        #expect(try d.run(["/usr/bin/echo", "outside"]).0 == 0)
+
+        let events = try d.events().filter { $0.kind == .execDenied }
+        #expect(events.count == 2, "\(events)")
+        let byName = try #require(events.first { $0.exec?.path == "\(d.tools)/scrot" })
+        #expect(byName.reason == "executable name \"scrot\" is listed in capture.block.names")
+        #expect(byName.uid == 0 && byName.exec?.parentPid != nil)
+        let byHash = try #require(events.first { $0.exec?.path == "\(d.tools)/notes" })
+        #expect(byHash.exec?.sha256 == (try sha256("/usr/bin/echo")))
+        #expect(byHash.reason.contains("is listed in capture.block.sha256 (a copy or renamed capture tool)"))
+
+        let s = try d.status()
+        let c = try #require(s.capture)
+        #expect(c.mode == "enforce" && c.level == "blocklist" && c.error == nil)
+        #expect(c.watched == [d.tools])
+        #expect(c.denied == 2 && c.events >= 3)
+    }
+
+    @Test("audit mode lets the tool run and records what would have been denied; a reload switches modes")
+    func audit() throws {
+        let d = try CaptureDaemon(policy: try capturePolicy(mode: "audit"))
+        defer { d.cleanup() }
+        try d.install("/usr/bin/true", as: "gnome-screenshot")
+        #expect(try d.run(["\(d.tools)/gnome-screenshot"]).0 == 0)
+        let would = try d.events().filter { $0.kind == .execWouldBeDenied }
+        #expect(would.map(\.exec?.path) == ["\(d.tools)/gnome-screenshot"])
+
+        try d.reload(try capturePolicy(mode: "enforce")(d.tools))
+        let deadline = Date().addingTimeInterval(5)
+        while (try? d.status().capture?.mode) != "enforce" && Date() < deadline { usleep(50_000) }
+        #expect(try d.run(["\(d.tools)/gnome-screenshot"]).0 != 0)
+    }
+
+    @Test("an exec whose hash is not ready in time is answered by the fail mode, never left waiting")
+    func failMode() throws {
+        // Every hash takes 3 s (test hook); the decision bound is 100 ms.
+        let allow = try CaptureDaemon(policy: try capturePolicy(failMode: "allow", timeoutMs: 100), arguments: ["--capture-test-hash-delay-ms", "3000"])
+        defer { allow.cleanup() }
+        try allow.install("/usr/bin/true", as: "slow")
+        #expect(try allow.run(["\(allow.tools)/slow"]).0 == 0)
+        // Names need no hash: still denied at once.
+        try allow.install("/usr/bin/true", as: "scrot")
+        #expect(try allow.run(["\(allow.tools)/scrot"]).0 != 0)
+        // A fail-mode answer is an event (logged and reported), not a denial.
+        #expect(allow.logText.contains("event=exec-fail-mode") && allow.logText.contains("path=\(allow.tools)/slow"), "\(allow.logText.suffix(2000))")
+        #expect((try allow.status().capture?.failModeAnswers ?? 0) >= 1)
+
+        let deny = try CaptureDaemon(policy: try capturePolicy(failMode: "deny", timeoutMs: 100), arguments: ["--capture-test-hash-delay-ms", "3000"])
+        defer { deny.cleanup() }
+        try deny.install("/usr/bin/true", as: "slow")
+        #expect(try deny.run(["\(deny.tools)/slow"]).0 != 0)
+        #expect(try deny.events().contains { $0.kind == .execDenied && $0.reason.contains("capture.fail_mode: deny") })
+    }
+
+    @Test("trusted-only during a protecting profile's session: packaged files run, a copied or modified one is denied")
+    func trustedOnly() throws {
+        // scope: sessions, a profile asking for trusted-only; a session runs through the launcher.
+        // dpkg's database is a stand-in in the tmpfs: it lists tools/packaged with its MD5.
+        let policy: (String) -> String = { tools in
+            """
+            schema_version: 1
+            name: capture-trusted
+            sites:
+              - name: hq
+                wired: [{interfaces: ["sgc*"], link_kinds: [veth]}]
+            profiles:
+              - {name: mynumber, segment: mynumber, command: [/usr/bin/sleep], capture: trusted-only}
+            capture:
+              scope: sessions
+              watch: ["\(tools)"]
+              block: {names: [scrot]}
+            """
+        }
+        let d = try CaptureDaemon(policy: policy, arguments: ["--dpkg-info-dir", "TOOLS/dpkg-info"])
+        defer { d.cleanup() }
+        try d.ns.addVeth("sgc0", index: 3991, peer: "sgcpeer", index: 3992)
+        try d.install("/usr/bin/true", as: "packaged")
+        try d.install("/usr/bin/true", as: "copied-true")
+        try d.install("/usr/bin/true", as: "modified")
+        let md5 = String(try runCommand(["md5sum", "/usr/bin/true"]).prefix(32))
+        let rel = String(d.tools.dropFirst())
+        let list = "\(md5)  \(rel)/packaged\n\(md5)  \(rel)/modified\n"
+        #expect(try d.run(["/bin/sh", "-c", "mkdir -p \(d.tools)/dpkg-info && printf '\(list)' > \(d.tools)/dpkg-info/tools.md5sums && echo x >> \(d.tools)/modified"]).0 == 0)
+
+        // No session: nothing applies (scope: sessions).
+        #expect(try d.run(["\(d.tools)/copied-true"]).0 == 0)
+        #expect(try d.status().capture?.level == "none")
+
+        // A VDI session of the trusted-only profile, through the launcher.
+        let deadline = Date().addingTimeInterval(10)
+        while (try? d.status().decision.segment) != .authorizedWired && Date() < deadline { usleep(50_000) }
+        let launcher = Process()
+        launcher.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+        launcher.arguments = ["--net=\(d.ns.path)", binDir.appendingPathComponent("segguard-launch").path, "--socket", d.socket, "--profile", "mynumber", "--no-notify", "--", "/usr/bin/sleep", "30"]
+        launcher.standardOutput = FileHandle.nullDevice
+        launcher.standardError = FileHandle.nullDevice
+        try launcher.run()
+        defer { kill(launcher.processIdentifier, SIGKILL); launcher.waitUntilExit() }
+        let raised = Date().addingTimeInterval(10)
+        while (try? d.status().capture?.level) != "trusted-only" && Date() < raised { usleep(50_000) }
+        let s = try d.status()
+        #expect(s.capture?.level == "trusted-only" && s.capture?.profile == "mynumber", "\(String(describing: s.capture))\n\(d.logText.suffix(1500))")
+
+        // The dpkg index loads in the background; until then execs get the fail mode (allow).
+        let loaded = Date().addingTimeInterval(10)
+        while try d.run(["\(d.tools)/copied-true"]).0 == 0 && Date() < loaded { usleep(100_000) }
+        let (rc, err) = try d.run(["\(d.tools)/copied-true"])
+        #expect(rc != 0, "\(err)")
+        #expect(try d.run(["\(d.tools)/packaged"]).0 == 0)
+        #expect(try d.run(["\(d.tools)/modified"]).0 != 0)
+        let denials = try d.events().filter { $0.kind == .execDenied }
+        let copied = try #require(denials.last { $0.exec?.path == "\(d.tools)/copied-true" })
+        #expect(copied.profile == "mynumber")
+        #expect(copied.reason == "\(d.tools)/copied-true is not part of an installed package (or differs from it) and not in capture.allow: profile 'mynumber' allows trusted executables only")
+        #expect(denials.contains { $0.exec?.path == "\(d.tools)/modified" })
+    }
+}
