@@ -119,3 +119,49 @@ int sg_fanotify_respond(int fanotify_fd, int event_fd, int allow) {
 int sg_fanotify_is_exec_perm(unsigned long long mask) {
     return (mask & FAN_OPEN_EXEC_PERM) != 0;
 }
+
+#include <linux/netlink.h>
+#include <linux/connector.h>
+#include <linux/cn_proc.h>
+#include <sys/socket.h>
+#include <string.h>
+
+int sg_proc_connector_open(void) {
+    int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_CONNECTOR);
+    if (fd < 0) return -1;
+    struct sockaddr_nl addr = { .nl_family = AF_NETLINK, .nl_groups = CN_IDX_PROC, .nl_pid = 0 };
+    if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) { close(fd); return -1; }
+    // nlmsghdr, cn_msg (flexible array member), then the operation.
+    unsigned char msg[NLMSG_LENGTH(sizeof(struct cn_msg) + sizeof(enum proc_cn_mcast_op))];
+    memset(msg, 0, sizeof msg);
+    struct nlmsghdr *nl = (struct nlmsghdr *)msg;
+    nl->nlmsg_len = sizeof msg;
+    nl->nlmsg_type = NLMSG_DONE;
+    struct cn_msg *cn = NLMSG_DATA(nl);
+    cn->id.idx = CN_IDX_PROC;
+    cn->id.val = CN_VAL_PROC;
+    cn->len = sizeof(enum proc_cn_mcast_op);
+    enum proc_cn_mcast_op op = PROC_CN_MCAST_LISTEN;
+    memcpy(cn->data, &op, sizeof op);
+    if (send(fd, msg, sizeof msg, 0) != (ssize_t)sizeof msg) { close(fd); return -1; }
+    return fd;
+}
+
+int sg_proc_connector_parse(const void *buf, size_t len, sg_proc_exec *out, int max) {
+    int n = 0;
+    const struct nlmsghdr *nl = buf;
+    for (; NLMSG_OK(nl, len); nl = NLMSG_NEXT(nl, len)) {
+        if (nl->nlmsg_type == NLMSG_NOOP) continue;
+        if (nl->nlmsg_type == NLMSG_ERROR || nl->nlmsg_type == NLMSG_OVERRUN) return -1;
+        if (nl->nlmsg_len < NLMSG_LENGTH(sizeof(struct cn_msg))) return -1;
+        const struct cn_msg *cn = NLMSG_DATA(nl);
+        if (cn->id.idx != CN_IDX_PROC || cn->id.val != CN_VAL_PROC) continue;
+        if (nl->nlmsg_len < NLMSG_LENGTH(sizeof(struct cn_msg)) + cn->len || cn->len < sizeof(struct proc_event)) continue;
+        const struct proc_event *ev = (const struct proc_event *)cn->data;
+        if (ev->what != PROC_EVENT_EXEC || n >= max) continue;
+        out[n].pid = ev->event_data.exec.process_pid;
+        out[n].tgid = ev->event_data.exec.process_tgid;
+        n++;
+    }
+    return n;
+}

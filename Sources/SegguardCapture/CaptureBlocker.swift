@@ -21,7 +21,7 @@ public struct CaptureSetupError: Error, CustomStringConvertible, Sendable {
 
 /// One exec capture blocking acted on (or, in audit mode, would have).
 public struct CaptureDecisionRecord: Sendable {
-    public enum Outcome: String, Sendable { case denied, wouldBeDenied, failMode }
+    public enum Outcome: String, Sendable { case denied, wouldBeDenied, failMode, killed, wouldBeKilled }
     public var outcome: Outcome
     public var path: String
     public var sha256: String?
@@ -41,6 +41,9 @@ public struct CaptureStatistics: Sendable, Equatable {
     public var failModeAnswers: UInt64 = 0
     public var hashed: UInt64 = 0
     public var cacheHits: UInt64 = 0
+    /// Exec notifications from the process connector, and capture tools ended.
+    public var processExecs: UInt64 = 0
+    public var processesKilled: UInt64 = 0
     public init() {}
 }
 
@@ -108,11 +111,14 @@ public final class CaptureBlocker: Sendable {
         let protection = CaptureProtectionState.current(rule, sessionProfiles: sessionProfiles)
         // Trusted-only needs dpkg's index: start loading it now, not at the first exec.
         if protection.level == .trustedOnly { _ = dpkg.lookup("/") }
-        let changed = config.withLock { c -> Bool in
+        let (changed, raised) = config.withLock { c -> (Bool, Bool) in
             let changed = c.protection != protection || c.mode != rule.mode
+            let raised = protection.level > c.protection.level || (c.mode != .enforce && rule.mode == .enforce)
             c = Config(decider: ExecDecider(rule: rule), protection: protection, mode: rule.mode)
-            return changed
+            return (changed, raised)
         }
+        // Tools already running when the protection rises (a session starts) are ended now.
+        if raised, running.withLock({ $0 }) { DispatchQueue.global(qos: .userInitiated).async { [self] in sweep() } }
         if changed {
             logger.notice("capture protection", metadata: ["level": "\(protection.level.rawValue)", "profile": "\(protection.profile ?? "-")", "mode": "\(rule.mode.rawValue)"])
         }
@@ -138,11 +144,91 @@ public final class CaptureBlocker: Sendable {
     public var protection: CaptureProtectionState { config.withLock { $0.protection } }
     public var statistics: CaptureStatistics { stats.withLock { $0 } }
 
-    public func start() {
+    /// Starts answering execs and watching processes. `procConnector`: a connector socket
+    /// opened earlier (in the initial network namespace), or -1 to open one now.
+    public func start(procConnector: Int32 = -1) {
         running.withLock { $0 = true }
         let t = Thread { [self] in run() }
         t.name = "segguard-capture"
         t.start()
+        let fd = procConnector >= 0 ? procConnector : sg_proc_connector_open()
+        if fd < 0 {
+            let e = errno
+            logger.error("process connector unavailable: running capture tools are not ended", metadata: ["error": "\(String(cString: strerror(e))) (errno \(e))"])
+        } else {
+            let w = Thread { [self] in watchProcesses(fd) }
+            w.name = "segguard-procs"
+            w.start()
+        }
+        sweep()
+    }
+
+    // MARK: - Running processes (proc connector)
+
+    /// Reads exec notifications until stopped; every exec is checked against the running-tool
+    /// rules (names, paths, arguments), which also catches tools started before blocking began
+    /// execing again, interpreted tools and argument-dependent ones (ffmpeg -f x11grab).
+    func watchProcesses(_ fd: Int32) {
+        defer { close(fd) }
+        var buf = [UInt8](repeating: 0, count: 16384)
+        var execs = [sg_proc_exec](repeating: sg_proc_exec(), count: 128)
+        while running.withLock({ $0 }) {
+            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeFd, events: Int16(POLLIN), revents: 0)]
+            let n = poll(&fds, 2, -1)
+            if n < 0 { if errno == EINTR { continue } else { return } }
+            if fds[1].revents != 0 { continue }
+            while true {
+                let got = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+                if got < 0 {
+                    // ENOBUFS: notifications were lost; look at every process instead.
+                    if errno == ENOBUFS { sweep() }
+                    break
+                }
+                if got == 0 { break }
+                let count = buf.withUnsafeBytes { raw in
+                    execs.withUnsafeMutableBufferPointer { sg_proc_connector_parse(raw.baseAddress, got, $0.baseAddress, Int32($0.count)) }
+                }
+                guard count > 0 else { continue }
+                stats.withLock { $0.processExecs += UInt64(count) }
+                for e in execs.prefix(Int(count)) { check(pid: e.tgid) }
+            }
+        }
+    }
+
+    /// Checks every running process (protection raised, notifications lost, start).
+    public func sweep() {
+        guard config.withLock({ $0.protection.level != .none }) else { return }
+        let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
+        for pid in pids where pid != getpid() { check(pid: pid) }
+    }
+
+    /// Ends `pid` when it runs a capture tool and the protection in force says so.
+    func check(pid: Int32) {
+        let cfg = config.withLock { $0 }
+        guard cfg.protection.level != .none,
+              let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe"),
+              let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline")
+        else { return }
+        let argv = raw.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }.filter { !$0.isEmpty }
+        guard let reason = cfg.decider.running(executable: exe, argv: argv, protection: cfg.protection) else { return }
+        var outcome: CaptureDecisionRecord.Outcome = .wouldBeKilled
+        if cfg.mode == .enforce {
+            // pidfd: the signal reaches this process, not a later one that got its pid.
+            let pidfd = sg_pidfd_open(pid)
+            if pidfd >= 0 {
+                defer { close(pidfd) }
+                let same = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")) == exe
+                if same, sg_pidfd_send_signal(pidfd, SIGKILL) == 0 {
+                    outcome = .killed
+                    stats.withLock { $0.processesKilled += 1 }
+                }
+            }
+            guard outcome == .killed else { return }
+        }
+        let (uid, ppid) = Self.processInfo(pid)
+        let parentExe = ppid.flatMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\($0)/exe") }
+        onRecord(CaptureDecisionRecord(outcome: outcome, path: exe, sha256: nil, pid: pid, uid: uid, parentPid: ppid,
+                                       parentExecutable: parentExe, profile: cfg.protection.profile, reason: reason + " (" + argv.prefix(6).joined(separator: " ") + ")"))
     }
 
     public func stop() {

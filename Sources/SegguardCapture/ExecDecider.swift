@@ -83,6 +83,22 @@ public struct ExecDecider: Sendable {
         return .deny(reason: "\(path) could not be checked against the installed packages: \(who) allows trusted executables only")
     }
 
+    /// Why a running process is a capture tool, or nil. `executable` is /proc/PID/exe, `argv`
+    /// its command line; an interpreted tool is matched by its script too (argv[1]).
+    public func running(executable: String, argv: [String], protection: CaptureProtectionState) -> String? {
+        guard protection.level != .none else { return nil }
+        func base(_ p: String) -> String { p.split(separator: "/").last.map(String.init) ?? p }
+        if paths.contains(executable) { return "running \(executable) is listed in capture.block.paths" }
+        let candidates = [base(executable)] + argv.prefix(2).map(base)
+        if let hit = candidates.first(where: names.contains) { return "running \"\(hit)\" (\(executable)) is listed in capture.block.names" }
+        for rule in rule.blockArguments where candidates.contains(rule.name) {
+            if let word = rule.anyOf.first(where: { w in argv.dropFirst().contains { $0.contains(w) } }) {
+                return "running \(rule.name) with \"\(word)\" in its arguments (capture.block.arguments)"
+            }
+        }
+        return nil
+    }
+
     /// The answer when the content cannot be read in time.
     public func failAnswer(path: String) -> ExecVerdict {
         switch rule.failMode {

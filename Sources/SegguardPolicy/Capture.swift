@@ -32,6 +32,18 @@ public enum CaptureProtection: String, Sendable, Codable, CaseIterable, Comparab
     }
 }
 
+/// A tool that captures only with certain arguments (ffmpeg -f x11grab): denied while running
+/// when its name matches and any argument contains one of `anyOf`. Seen by the process
+/// watcher after the exec (the kernel asks fanotify before the new program has arguments).
+public struct ArgumentRule: Sendable, Equatable, Codable {
+    public var name: String
+    public var anyOf: [String]
+    public init(name: String, anyOf: [String]) {
+        self.name = name
+        self.anyOf = anyOf
+    }
+}
+
 /// The policy's `capture:` section.
 public struct CaptureRule: Sendable, Equatable, Codable {
     public var mode: ControlMode
@@ -47,13 +59,16 @@ public struct CaptureRule: Sendable, Equatable, Codable {
     public var blockPaths: [String]
     /// SHA-256 of executables (lower-case hex): a renamed or copied tool is still denied.
     public var blockSHA256: [String]
+    /// Tools denied only with certain arguments (checked on running processes).
+    public var blockArguments: [ArgumentRule]
     /// Trusted-only mode: executables allowed besides those of installed packages.
     public var allowPaths: [String]
     public var allowSHA256: [String]
 
     public init(mode: ControlMode = .off, scope: CaptureScope = .always, watch: [String] = ["/"], failMode: CaptureFailMode = .allow,
                 decisionTimeoutMs: Int = 250, blockNames: [String] = [], blockPaths: [String] = [], blockSHA256: [String] = [],
-                allowPaths: [String] = [], allowSHA256: [String] = []) {
+                allowPaths: [String] = [], allowSHA256: [String] = [], blockArguments: [ArgumentRule] = []) {
+        self.blockArguments = blockArguments
         self.mode = mode
         self.scope = scope
         self.watch = watch

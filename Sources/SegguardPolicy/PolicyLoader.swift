@@ -337,7 +337,23 @@ private struct Context {
             }
             return paths.filter { $0.hasPrefix("/") }
         }
-        if let b = m["block"], let bm = mapping(b, "\(path).block", allowed: ["names", "paths", "sha256"]) {
+        if let b = m["block"], let bm = mapping(b, "\(path).block", allowed: ["names", "paths", "sha256", "arguments"]) {
+            if let v = bm["arguments"], let items = sequence(v, "\(path).block.arguments") {
+                for (i, item) in items.enumerated() {
+                    let p = "\(path).block.arguments[\(i)]"
+                    guard let am = mapping(item, p, allowed: ["name", "any_of"]) else { continue }
+                    guard let nameNode = am["name"], let name = string(nameNode, "\(p).name"), !name.isEmpty, !name.contains("/") else {
+                        report(item, "\(p).name", "missing or not a file name", hint: "e.g. name: ffmpeg")
+                        continue
+                    }
+                    let words = am["any_of"].map { strings($0, "\(p).any_of") } ?? []
+                    guard !words.isEmpty, !words.contains(where: \.isEmpty) else {
+                        report(item, "\(p).any_of", "missing or empty", hint: "the arguments that make it capture, e.g. [x11grab, kmsgrab]")
+                        continue
+                    }
+                    rule.blockArguments.append(ArgumentRule(name: name, anyOf: words))
+                }
+            }
             if let v = bm["names"] {
                 let names = strings(v, "\(path).block.names")
                 for (i, n) in names.enumerated() where n.isEmpty || n.contains("/") {

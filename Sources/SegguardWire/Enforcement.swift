@@ -84,6 +84,10 @@ public struct EnforcementEvent: Sendable, Equatable, Codable {
         case execWouldBeDenied = "exec-would-be-denied"
         /// An exec answered by capture.fail_mode because no decision came in time.
         case execFailMode = "exec-fail-mode"
+        /// A running capture tool was ended (process watcher).
+        case processKilled = "process-killed"
+        /// Audit mode: the running capture tool would have been ended.
+        case processWouldBeKilled = "process-would-be-killed"
     }
 
     /// The exec a capture event is about.
@@ -133,7 +137,7 @@ public struct EnforcementEvent: Sendable, Equatable, Codable {
     public var isDenial: Bool {
         switch kind {
         case .launchRefused, .launchWouldBeRefused, .sessionsEnded, .sessionsWouldBeEnded, .bindingFailed,
-             .execDenied, .execWouldBeDenied: true
+             .execDenied, .execWouldBeDenied, .processKilled, .processWouldBeKilled: true
         default: false
         }
     }

@@ -77,7 +77,11 @@ struct Segguardd: ParsableCommand {
     func run() throws {
         // Enter the namespace before any thread exists, so that every thread (netlink watcher,
         // nftables, control socket) inherits it. Unlike `ip netns exec`, the mounts stay the host's.
+        // The process connector speaks only in the initial network namespace: with --netns
+        // (tests, demo) its socket is opened before entering the namespace.
+        var procConnector: Int32 = -1
         if let netns {
+            procConnector = sg_proc_connector_open()
             let fd = open(netns, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else {
                 FileHandle.standardError.write(Data("segguardd: --netns \(netns): \(String(cString: strerror(errno))) (errno \(errno))\n".utf8))
@@ -168,7 +172,7 @@ struct Segguardd: ParsableCommand {
 
         // Screen-capture blocking (fanotify); its failure to start is reported, not fatal:
         // the segment controls keep working and status says why capture blocking does not.
-        daemon.startCapture(hashDelayMs: captureTestHashDelayMs, dpkgInfoDirectory: dpkgInfoDir)
+        daemon.startCapture(hashDelayMs: captureTestHashDelayMs, dpkgInfoDirectory: dpkgInfoDir, procConnector: procConnector)
 
         // 802.1X state for device_auth rules, from wpa_supplicant.
         let deviceAuth: any DeviceAuthSource = switch deviceAuthSource {
@@ -270,7 +274,7 @@ final class Daemon: Sendable {
     let capture = Mutex<(blocker: CaptureBlocker?, error: String?)>((nil, nil))
 
     /// Starts or reconfigures capture blocking for the current policy.
-    func startCapture(hashDelayMs: Int = 0, dpkgInfoDirectory: String = "/var/lib/dpkg/info") {
+    func startCapture(hashDelayMs: Int = 0, dpkgInfoDirectory: String = "/var/lib/dpkg/info", procConnector: Int32 = -1) {
         let policy = state.withLock { $0.monitor.policy }
         let rule = policy.capture
         let existing = capture.withLock { $0.blocker }
@@ -292,6 +296,8 @@ final class Daemon: Sendable {
                 case .denied: .execDenied
                 case .wouldBeDenied: .execWouldBeDenied
                 case .failMode: .execFailMode
+                case .killed: .processKilled
+                case .wouldBeKilled: .processWouldBeKilled
                 }
                 enforcer.recordExternal(kind, profile: record.profile, reason: record.reason, uid: record.uid,
                                         exec: .init(path: record.path, sha256: record.sha256, pid: record.pid,
@@ -301,7 +307,7 @@ final class Daemon: Sendable {
             blocker.onStaleProtection { [weak self] in self?.refreshCapture() }
             capture.withLock { $0 = (blocker, nil) }
             refreshCapture()
-            blocker.start()
+            blocker.start(procConnector: procConnector)
             logger.notice("capture blocking started", metadata: ["mode": "\(rule.mode.rawValue)", "scope": "\(rule.scope.rawValue)", "watch": "\(rule.watch.joined(separator: ","))"])
         } catch {
             capture.withLock { $0.error = "\(error)" }

@@ -62,6 +62,20 @@ struct ExecDeciderTests {
         #expect(d.quick(path: "/usr/bin/ls", protection: Self.trusted) == .needsContent)
     }
 
+    @Test("running processes: names (also of the script), paths, and tools that capture only with certain arguments")
+    func running() {
+        var r = Self.rule
+        r.blockArguments = [ArgumentRule(name: "ffmpeg", anyOf: ["x11grab", "kmsgrab"])]
+        let d = ExecDecider(rule: r)
+        #expect(d.running(executable: "/usr/bin/scrot", argv: ["scrot"], protection: Self.always) == "running \"scrot\" (/usr/bin/scrot) is listed in capture.block.names")
+        #expect(d.running(executable: "/usr/bin/python3.11", argv: ["python3", "/home/u/scrot"], protection: Self.always)?.contains("\"scrot\"") == true)
+        #expect(d.running(executable: "/opt/tools/grab", argv: ["grab"], protection: Self.always) == "running /opt/tools/grab is listed in capture.block.paths")
+        #expect(d.running(executable: "/usr/bin/ffmpeg", argv: ["ffmpeg", "-f", "x11grab", "-i", ":0", "out.mp4"], protection: Self.always)
+                == "running ffmpeg with \"x11grab\" in its arguments (capture.block.arguments)")
+        #expect(d.running(executable: "/usr/bin/ffmpeg", argv: ["ffmpeg", "-i", "in.mp4", "out.webm"], protection: Self.always) == nil)
+        #expect(d.running(executable: "/usr/bin/scrot", argv: ["scrot"], protection: .init(level: .none)) == nil)
+    }
+
     @Test("fail mode answers when no decision comes in time")
     func failMode() {
         #expect(ExecDecider(rule: Self.rule).failAnswer(path: "/x") == .allow)
@@ -147,7 +161,9 @@ struct CapturePolicyTests {
               block:
                 names: [scrot]
                 sha256: ["\(String(repeating: "AB", count: 32))"]
+                arguments: [{name: ffmpeg, any_of: [x11grab, kmsgrab]}]
             """, file: "p.yaml")
+        #expect(p.capture.blockArguments == [ArgumentRule(name: "ffmpeg", anyOf: ["x11grab", "kmsgrab"])])
         #expect(p.capture.mode == .enforce && p.capture.scope == .sessions && p.capture.failMode == .allow && p.capture.decisionTimeoutMs == 250)
         #expect(p.capture.blockSHA256 == [String(repeating: "ab", count: 32)])
         #expect(p.profiles[0].capture == .trustedOnly)
@@ -162,6 +178,7 @@ struct CapturePolicyTests {
         ("capture: {scope: sometimes}", "capture.scope"),
         ("capture: {decision_timeout_ms: 1}", "capture.decision_timeout_ms"),
         ("capture: {blok: {}}", "capture"),
+        ("capture: {block: {arguments: [{name: ffmpeg}]}}", "capture.block.arguments[0].any_of"),
     ])
     func mistakes(line: String, path: String) {
         let text = "schema_version: 1\nsites: [{name: hq, wired: [{interfaces: [eth0]}]}]\n\(line)\n"

@@ -122,6 +122,7 @@ func capturePolicy(mode: String = "enforce", failMode: String = "allow", timeout
           block:
             names: [scrot, gnome-screenshot]
             sha256: ["\(echoHash)"]
+            arguments: [{name: ffmpeg, any_of: [x11grab]}]
         \(extra)
         """
     }
@@ -160,6 +161,21 @@ struct CaptureTests {
         #expect(c.mode == "enforce" && c.level == "blocklist" && c.error == nil)
         #expect(c.watched == [d.tools])
         #expect(c.denied == 2 && c.events >= 3)
+    }
+
+    @Test("process connector: a tool that captures only with certain arguments is ended right after its exec")
+    func argumentTool() throws {
+        let d = try CaptureDaemon(policy: try capturePolicy())
+        defer { d.cleanup() }
+        // A stand-in "ffmpeg" (a copy of bash) grabbing the screen by its arguments.
+        try d.install("/usr/bin/bash", as: "ffmpeg")
+        let (rc, _) = try d.run(["\(d.tools)/ffmpeg", "-c", "sleep 20; true", "-f", "x11grab"])
+        #expect(rc != 0) // killed (SIGKILL), not 20 s of sleep
+        let killed = try #require(try d.events().first { $0.kind == .processKilled })
+        #expect(killed.exec?.path == "\(d.tools)/ffmpeg")
+        #expect(killed.reason.hasPrefix("running ffmpeg with \"x11grab\" in its arguments (capture.block.arguments)"))
+        // The same tool without the capturing argument runs.
+        #expect(try d.run(["\(d.tools)/ffmpeg", "-c", "true", "-f", "mp4"]).0 == 0)
     }
 
     @Test("audit mode lets the tool run and records what would have been denied; a reload switches modes")
@@ -210,7 +226,7 @@ struct CaptureTests {
               - name: hq
                 wired: [{interfaces: ["sgc*"], link_kinds: [veth]}]
             profiles:
-              - {name: mynumber, segment: mynumber, command: [/usr/bin/sleep], capture: trusted-only}
+              - {name: mynumber, segment: mynumber, capture: trusted-only}
             capture:
               scope: sessions
               watch: ["\(tools)"]
@@ -231,6 +247,17 @@ struct CaptureTests {
         // No session: nothing applies (scope: sessions).
         #expect(try d.run(["\(d.tools)/copied-true"]).0 == 0)
         #expect(try d.status().capture?.level == "none")
+        // A listed tool started now, before any session, runs...
+        try d.install("/usr/bin/sleep", as: "scrot")
+        let early = Process()
+        early.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+        early.arguments = ["-t", "\(d.pid)", "-m", "--", "\(d.tools)/scrot", "60"]
+        early.standardOutput = FileHandle.nullDevice
+        early.standardError = FileHandle.nullDevice
+        try early.run()
+        defer { if early.isRunning { kill(early.processIdentifier, SIGKILL) } }
+        usleep(300_000)
+        #expect(early.isRunning)
 
         // A VDI session of the trusted-only profile, through the launcher.
         let deadline = Date().addingTimeInterval(10)
@@ -239,13 +266,20 @@ struct CaptureTests {
         launcher.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
         launcher.arguments = ["--net=\(d.ns.path)", binDir.appendingPathComponent("segguard-launch").path, "--socket", d.socket, "--profile", "mynumber", "--no-notify", "--", "/usr/bin/sleep", "30"]
         launcher.standardOutput = FileHandle.nullDevice
-        launcher.standardError = FileHandle.nullDevice
+        let launcherErr = d.dir.appendingPathComponent("launcher.err")
+        _ = FileManager.default.createFile(atPath: launcherErr.path, contents: nil)
+        launcher.standardError = try FileHandle(forWritingTo: launcherErr)
         try launcher.run()
         defer { kill(launcher.processIdentifier, SIGKILL); launcher.waitUntilExit() }
         let raised = Date().addingTimeInterval(10)
         while (try? d.status().capture?.level) != "trusted-only" && Date() < raised { usleep(50_000) }
         let s = try d.status()
-        #expect(s.capture?.level == "trusted-only" && s.capture?.profile == "mynumber", "\(String(describing: s.capture))\n\(d.logText.suffix(1500))")
+        #expect(s.capture?.level == "trusted-only" && s.capture?.profile == "mynumber",
+                "\(String(describing: s.capture))\n\(d.logText.suffix(1500))\n\((try? String(contentsOf: launcherErr, encoding: .utf8)) ?? "")")
+        // ...and is ended when the protecting session starts.
+        early.waitUntilExit()
+        #expect(early.terminationStatus != 0)
+        #expect(try d.events().contains { $0.kind == .processKilled && $0.exec?.path == "\(d.tools)/scrot" && $0.profile == "mynumber" })
 
         // The dpkg index loads in the background; until then execs get the fail mode (allow).
         let loaded = Date().addingTimeInterval(10)
@@ -253,7 +287,7 @@ struct CaptureTests {
         let (rc, err) = try d.run(["\(d.tools)/copied-true"])
         #expect(rc != 0, "\(err)")
         #expect(try d.run(["\(d.tools)/packaged"]).0 == 0)
-        #expect(try d.run(["\(d.tools)/modified"]).0 != 0)
+        #expect(try d.run(["\(d.tools)/modified"]).0 != 0, "\(d.logText.suffix(3000))")
         let denials = try d.events().filter { $0.kind == .execDenied }
         let copied = try #require(denials.last { $0.exec?.path == "\(d.tools)/copied-true" })
         #expect(copied.profile == "mynumber")

@@ -57,3 +57,18 @@ int sg_fanotify_parse(const void *buf, size_t len, sg_fanotify_event *events, in
 int sg_fanotify_respond(int fanotify_fd, int event_fd, int allow);
 /// True when `mask` carries FAN_OPEN_EXEC_PERM.
 int sg_fanotify_is_exec_perm(unsigned long long mask);
+
+// The process events connector (NETLINK_CONNECTOR, CN_IDX_PROC): every exec on the system.
+
+/// Opens a connector socket, joins CN_IDX_PROC and sends PROC_CN_MCAST_LISTEN; -1 and errno.
+int sg_proc_connector_open(void);
+
+/// One exec from the connector.
+typedef struct {
+    int pid;   // the thread that called execve
+    int tgid;  // its process
+} sg_proc_exec;
+
+/// Extracts the exec events of `len` bytes read from the socket into at most `max` entries;
+/// returns how many (other events are skipped), or -1 for a malformed message.
+int sg_proc_connector_parse(const void *buf, size_t len, sg_proc_exec *out, int max);

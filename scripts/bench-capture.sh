@@ -1,0 +1,78 @@
+#!/bin/bash
+# Per-exec cost of screen-capture blocking: the time of N execs of a small binary on a watched
+# tmpfs, without segguardd and with segguardd in four configurations:
+#   off            - capture: mode off (no fanotify mark): the floor
+#   names          - blocklist by names only: answered from the path, no hashing
+#   sha256 cached  - a SHA-256 list: the first exec hashes, the rest hit the cache
+#   sha256 new     - a SHA-256 list, every exec a file never seen (cache miss: hash each time)
+# Runs as root; segguardd lives in a private mount namespace holding the tmpfs, as in the tests,
+# so nothing outside it is marked. Usage: scripts/bench-capture.sh [N] [BIN_DIR]
+set -euo pipefail
+N=${1:-2000}
+BIN=${2:-$(cd "$(dirname "$0")/.." && pwd)/.build/release}
+[ "$(id -u)" = 0 ] || { echo "bench-capture: needs root" >&2; exit 1; }
+[ -x "$BIN/segguardd" ] || { echo "bench-capture: build first: swift build -c release --product segguardd" >&2; exit 1; }
+
+WORK=$(mktemp -d /tmp/sgbench-capture.XXXXXX)
+NS="sgbcap-$$"
+PID=""
+cleanup() {
+  [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null || true
+  ip netns del "$NS" 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+ip netns add "$NS"
+TOOLS="$WORK/tools"
+mkdir -p "$TOOLS"
+HASH=$(sha256sum /usr/bin/echo | cut -c1-64)
+
+policy() { # mode, block section
+  cat > "$WORK/policy.yaml" <<EOF
+schema_version: 1
+name: bench-capture
+sites: [{name: hq, wired: [{interfaces: ["none*"]}]}]
+capture:
+  mode: $1
+  watch: ["$TOOLS"]
+  block:
+$2
+EOF
+}
+
+start() {
+  unshare --mount --propagation private /bin/sh -c 'mount -t tmpfs -o mode=0755 sgbench "$0" && exec "$@"' "$TOOLS" \
+    "$BIN/segguardd" --policy "$WORK/policy.yaml" --netns "/run/netns/$NS" --socket "$WORK/control.sock" \
+    --nft-table sgbenchcap --baseline-file "$WORK/baseline.json" --log-level error 2>"$WORK/daemon.log" &
+  PID=$!
+  for _ in $(seq 100); do [ -S "$WORK/control.sock" ] && break; sleep 0.05; done
+  [ -S "$WORK/control.sock" ] || { cat "$WORK/daemon.log"; exit 1; }
+}
+
+stop() { kill -9 "$PID"; wait "$PID" 2>/dev/null || true; PID=""; rm -f "$WORK/control.sock"; }
+
+# N execs inside the daemon's mount namespace; prints microseconds per exec.
+run() { # setup script, exec loop body
+  nsenter -t "$PID" -m -- /bin/bash -c "$1
+    start=\$(date +%s%N)
+    for i in \$(seq $N); do $2; done
+    end=\$(date +%s%N)
+    echo \$(( (end - start) / $N / 1000 ))"
+}
+
+prepare_many='cp /usr/bin/true '"$TOOLS"'/t; for i in $(seq '"$N"'); do cp /usr/bin/true '"$TOOLS"'/t$i; done'
+results=()
+measure() { # label, mode, block section, setup, body
+  policy "$2" "$3"
+  start
+  us=$(run "$4" "$5")
+  stop
+  results+=("$(printf '%-16s %6s us/exec' "$1" "$us")")
+}
+
+measure "off"           off     "    names: [scrot]"            "cp /usr/bin/true $TOOLS/t" "$TOOLS/t"
+measure "names"         enforce "    names: [scrot]"            "cp /usr/bin/true $TOOLS/t" "$TOOLS/t"
+measure "sha256 cached" enforce "    sha256: [\"$HASH\"]"       "cp /usr/bin/true $TOOLS/t" "$TOOLS/t"
+measure "sha256 new"    enforce "    sha256: [\"$HASH\"]"       "$prepare_many"             "$TOOLS/t\$i"
+echo "exec of /usr/bin/true ($(stat -c %s /usr/bin/true) bytes) on a watched tmpfs, $N execs each (bash loop, fork+exec included):"
+printf '  %s\n' "${results[@]}"
