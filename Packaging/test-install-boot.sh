@@ -72,6 +72,10 @@ sites:
 enforcement: {launch_gate: enforce, session_termination: enforce, network_binding: enforce, grace_seconds: 0}
 vdi:
   gateways: [{address: 192.0.2.10, ports: [443]}]
+# Capture blocking on the container's own /run (a tmpfs of the container's), never the host's.
+capture:
+  watch: ["/run"]
+  block: {names: [scrot]}
 POLICY
 
 # 3. Boot it (systemd as PID 1, its own network with a veth host0).
@@ -110,6 +114,10 @@ echo "     (StatusText: $status)"
 check "STATUS= shows the decision" sh -c "echo '$status' | grep -Eq '^(authorized-wired via host0|unauthorized: )'"
 check "journal has structured DECISION= fields" sh -c "nsenter -t $pid1 -a -- journalctl -u segguardd -o json --no-pager | grep -q '\"DECISION\"'"
 check "the nftables table is in place" in_ct nft list table inet segguard
+in_ct sh -c 'mkdir -p /run/captest && cp /usr/bin/true /run/captest/scrot && cp /usr/bin/true /run/captest/editor'
+check "capture blocking under the hardened unit denies a listed tool" sh -c "! nsenter -t $pid1 -a -- /run/captest/scrot"
+check "capture blocking lets other programs run" in_ct /run/captest/editor
+check "the exec denial is a journal event" sh -c "nsenter -t $pid1 -a -- journalctl -u segguardd -o json --no-pager | grep -q 'exec-denied'"
 
 # Reload: a changed policy applies, a broken one is refused and the old one kept.
 sed -i 's/^name: boot-test$/name: boot-test-2/' "$root/etc/segguard/policy.yaml"

@@ -11,7 +11,7 @@ set -euo pipefail
 N=${1:-2000}
 BIN=${2:-$(cd "$(dirname "$0")/.." && pwd)/.build/release}
 [ "$(id -u)" = 0 ] || { echo "bench-capture: needs root" >&2; exit 1; }
-[ -x "$BIN/segguardd" ] || { echo "bench-capture: build first: swift build -c release --product segguardd" >&2; exit 1; }
+[ -x "$BIN/segguardd" ] && [ -x "$BIN/segguard-bench" ] || { echo "bench-capture: build first: swift build -c release --product segguardd --product segguard-bench" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/sgbench-capture.XXXXXX)
 NS="sgbcap-$$"
@@ -51,28 +51,24 @@ start() {
 
 stop() { kill -9 "$PID"; wait "$PID" 2>/dev/null || true; PID=""; rm -f "$WORK/control.sock"; }
 
-# N execs inside the daemon's mount namespace; prints microseconds per exec.
-run() { # setup script, exec loop body
-  nsenter -t "$PID" -m -- /bin/bash -c "$1
-    start=\$(date +%s%N)
-    for i in \$(seq $N); do $2; done
-    end=\$(date +%s%N)
-    echo \$(( (end - start) / $N / 1000 ))"
+# N execs inside the daemon's mount namespace, timed one by one by segguard-bench exec-loop.
+run() { # label, setup script, exec-loop arguments
+  nsenter -t "$PID" -m -- /bin/bash -c "$2" >/dev/null
+  nsenter -t "$PID" -m -- "$BIN/segguard-bench" exec-loop --count "$N" --label "$(printf '%-14s' "$1")" $3
 }
 
-prepare_many='cp /usr/bin/true '"$TOOLS"'/t; for i in $(seq '"$N"'); do cp /usr/bin/true '"$TOOLS"'/t$i; done'
 results=()
-measure() { # label, mode, block section, setup, body
+measure() { # label, mode, block section, setup, exec-loop arguments
   policy "$2" "$3"
   start
-  us=$(run "$4" "$5")
+  results+=("$(run "$1" "$4" "$5")")
   stop
-  results+=("$(printf '%-16s %6s us/exec' "$1" "$us")")
 }
 
-measure "off"           off     "    names: [scrot]"            "cp /usr/bin/true $TOOLS/t" "$TOOLS/t"
-measure "names"         enforce "    names: [scrot]"            "cp /usr/bin/true $TOOLS/t" "$TOOLS/t"
-measure "sha256 cached" enforce "    sha256: [\"$HASH\"]"       "cp /usr/bin/true $TOOLS/t" "$TOOLS/t"
-measure "sha256 new"    enforce "    sha256: [\"$HASH\"]"       "$prepare_many"             "$TOOLS/t\$i"
-echo "exec of /usr/bin/true ($(stat -c %s /usr/bin/true) bytes) on a watched tmpfs, $N execs each (bash loop, fork+exec included):"
+copies='for i in $(seq 0 '"$((N - 1))"'); do cp /usr/bin/true '"$TOOLS"'/t$i; done'
+measure "off"           off     "    names: [scrot]"      "cp /usr/bin/true $TOOLS/t" "$TOOLS/t"
+measure "names"         enforce "    names: [scrot]"      "cp /usr/bin/true $TOOLS/t" "$TOOLS/t"
+measure "sha256 cached" enforce "    sha256: [\"$HASH\"]" "cp /usr/bin/true $TOOLS/t" "$TOOLS/t"
+measure "sha256 new"    enforce "    sha256: [\"$HASH\"]" "$copies"                   "--numbered $TOOLS/t"
+echo "posix_spawn + wait of /usr/bin/true ($(stat -c %s /usr/bin/true) bytes) on a watched tmpfs, $N execs each:"
 printf '  %s\n' "${results[@]}"

@@ -343,8 +343,16 @@ public final class CaptureBlocker: Sendable {
         return result.withLock { $0 }
     }
 
+    /// The path of an open descriptor (readlink of /proc/self/fd/N), without Foundation: this
+    /// runs for every exec on the watched filesystems.
     static func path(of fd: Int32) -> String? {
-        try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)")
+        let link = "/proc/self/fd/\(fd)"
+        var buf = [UInt8](repeating: 0, count: Int(PATH_MAX))
+        let n = buf.withUnsafeMutableBufferPointer { b in
+            readlink(link, UnsafeMutableRawPointer(b.baseAddress!).assumingMemoryBound(to: CChar.self), b.count)
+        }
+        guard n > 0 else { return nil }
+        return String(decoding: buf[0..<n], as: UTF8.self)
     }
 
     /// Real uid and parent pid of `pid` from /proc/PID/status.

@@ -62,7 +62,7 @@ public struct ExecDecider: Sendable {
     public func quick(path: String, protection: CaptureProtectionState) -> QuickVerdict {
         guard protection.level != .none else { return .allow }
         if paths.contains(path) { return .deny(reason: "\(path) is listed in capture.block.paths") }
-        let name = path.split(separator: "/").last.map(String.init) ?? path
+        let name = path.lastIndex(of: "/").map { String(path[path.index(after: $0)...]) } ?? path
         if names.contains(name) { return .deny(reason: "executable name \"\(name)\" is listed in capture.block.names") }
         if protection.level == .trustedOnly { return .needsContent }
         return hashes.isEmpty ? .allow : .needsContent

@@ -58,7 +58,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "segguard-bench",
         abstract: "Measurements on the real kernel, in private network namespaces (root).",
-        subcommands: [DecisionBench.self, EnforceBench.self, EAPBench.self],
+        subcommands: [DecisionBench.self, EnforceBench.self, EAPBench.self, ExecLoop.self],
         defaultSubcommand: DecisionBench.self)
 }
 
@@ -358,5 +358,50 @@ final class EAPMonitor {
     func close() {
         Glibc.close(fd)
         unlink(local)
+    }
+}
+
+
+/// Spawns a program N times, one after the other, and prints the distribution of spawn-to-exit
+/// times: run inside a mount namespace whose filesystem segguardd watches (scripts/bench-capture.sh).
+struct ExecLoop: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "exec-loop", abstract: "Time N execs of a program (posix_spawn + wait), median and p99 in microseconds.")
+
+    @Option(help: "Number of execs.")
+    var count = 2000
+
+    @Option(help: "Label printed before the figures.")
+    var label = "exec"
+
+    @Flag(help: "Run PROGRAM0, PROGRAM1, … (distinct files: every exec a cache miss).")
+    var numbered = false
+
+    @Argument(help: "The program to run (no arguments).")
+    var program: String
+
+    func run() throws {
+        var samples: [Double] = []
+        samples.reserveCapacity(count)
+        var failures = 0
+        for i in 0..<count {
+            var pid: pid_t = 0
+            let path = numbered ? "\(program)\(i)" : program
+            let argv: [UnsafeMutablePointer<CChar>?] = [strdup(path), nil]
+            defer { argv.forEach { free($0) } }
+            let t0 = monotonicNanos()
+            guard posix_spawn(&pid, path, nil, nil, argv, environ) == 0 else {
+                failures += 1
+                continue
+            }
+            var status: Int32 = 0
+            waitpid(pid, &status, 0)
+            samples.append(Double(monotonicNanos() - t0) / 1000)
+            if status != 0 { failures += 1 }
+        }
+        let v = samples.sorted()
+        guard !v.isEmpty else { throw CommandError(description: "no exec succeeded") }
+        func pct(_ p: Double) -> Double { v[min(v.count - 1, Int((p / 100) * Double(v.count - 1)))] }
+        print(String(format: "%@ median %.1f us  p90 %.1f us  p99 %.1f us  (%d execs, %d failed)", label, pct(50), pct(90), pct(99), v.count, failures))
     }
 }
