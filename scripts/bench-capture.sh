@@ -11,7 +11,7 @@ set -euo pipefail
 N=${1:-2000}
 BIN=${2:-$(cd "$(dirname "$0")/.." && pwd)/.build/release}
 [ "$(id -u)" = 0 ] || { echo "bench-capture: needs root" >&2; exit 1; }
-[ -x "$BIN/segguardd" ] && [ -x "$BIN/segguard-bench" ] || { echo "bench-capture: build first: swift build -c release --product segguardd --product segguard-bench" >&2; exit 1; }
+[ -x "$BIN/segguardd" ] && [ -x "$BIN/segguard-bench" ] && [ -x "$BIN/segguardctl" ] || { echo "bench-capture: build first: swift build -c release (segguardd, segguardctl, segguard-bench)" >&2; exit 1; }
 
 WORK=$(mktemp -d /tmp/sgbench-capture.XXXXXX)
 NS="sgbcap-$$"

@@ -205,11 +205,7 @@ public final class CaptureBlocker: Sendable {
     /// Ends `pid` when it runs a capture tool and the protection in force says so.
     func check(pid: Int32) {
         let cfg = config.withLock { $0 }
-        guard cfg.protection.level != .none,
-              let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe"),
-              let raw = FileManager.default.contents(atPath: "/proc/\(pid)/cmdline")
-        else { return }
-        let argv = raw.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }.filter { !$0.isEmpty }
+        guard cfg.protection.level != .none, let exe = Self.readLink("/proc/\(pid)/exe"), let argv = Self.commandLine(pid) else { return }
         guard let reason = cfg.decider.running(executable: exe, argv: argv, protection: cfg.protection) else { return }
         var outcome: CaptureDecisionRecord.Outcome = .wouldBeKilled
         if cfg.mode == .enforce {
@@ -217,7 +213,7 @@ public final class CaptureBlocker: Sendable {
             let pidfd = sg_pidfd_open(pid)
             if pidfd >= 0 {
                 defer { close(pidfd) }
-                let same = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")) == exe
+                let same = Self.readLink("/proc/\(pid)/exe") == exe
                 if same, sg_pidfd_send_signal(pidfd, SIGKILL) == 0 {
                     outcome = .killed
                     stats.withLock { $0.processesKilled += 1 }
@@ -265,10 +261,10 @@ public final class CaptureBlocker: Sendable {
         guard e.fd >= 0 else { return }
         defer { close(e.fd) }
         guard sg_fanotify_is_exec_perm(e.mask) != 0 else { return }
-        let started = DispatchTime.now()
+        let started = Self.nowNanos()
         let hint = refresh.withLock { r -> (@Sendable () -> Void)? in
-            guard let h = r.hint, started.uptimeNanoseconds &- r.last > 1_000_000_000 else { return nil }
-            r.last = started.uptimeNanoseconds
+            guard let h = r.hint, started &- r.last > 1_000_000_000 else { return nil }
+            r.last = started
             return h
         }
         if let hint { DispatchQueue.global(qos: .utility).async(execute: hint) }
@@ -285,7 +281,7 @@ public final class CaptureBlocker: Sendable {
         case .needsContent:
             let lookup: DpkgIndex.Lookup = cfg.protection.level == .trustedOnly ? dpkg.lookup(path) : .recorded(nil)
             if lookup != .notLoaded,
-               let digests = digests(fd: e.fd, timeoutMs: cfg.decider.rule.decisionTimeoutMs - Int((DispatchTime.now().uptimeNanoseconds - started.uptimeNanoseconds) / 1_000_000)) {
+               let digests = digests(fd: e.fd, timeoutMs: cfg.decider.rule.decisionTimeoutMs - Int((Self.nowNanos() &- started) / 1_000_000)) {
                 sha256 = digests.sha256
                 var packaged: Bool?
                 if cfg.protection.level == .trustedOnly, case .recorded(let md5) = lookup { packaged = md5 == digests.md5 }
@@ -345,14 +341,34 @@ public final class CaptureBlocker: Sendable {
 
     /// The path of an open descriptor (readlink of /proc/self/fd/N), without Foundation: this
     /// runs for every exec on the watched filesystems.
-    static func path(of fd: Int32) -> String? {
-        let link = "/proc/self/fd/\(fd)"
-        var buf = [UInt8](repeating: 0, count: Int(PATH_MAX))
-        let n = buf.withUnsafeMutableBufferPointer { b in
-            readlink(link, UnsafeMutableRawPointer(b.baseAddress!).assumingMemoryBound(to: CChar.self), b.count)
+    static func path(of fd: Int32) -> String? { readLink("/proc/self/fd/\(fd)") }
+
+    /// CLOCK_MONOTONIC in ns (DispatchTime.now() may be a coarse clock on Linux).
+    static func nowNanos() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+
+    /// readlink(2) into a stack-sized buffer.
+    static func readLink(_ path: String) -> String? {
+        withUnsafeTemporaryAllocation(of: CChar.self, capacity: Int(PATH_MAX)) { buf in
+            let n = readlink(path, buf.baseAddress!, buf.count)
+            guard n > 0 else { return nil }
+            return String(decoding: UnsafeRawBufferPointer(start: buf.baseAddress!, count: n), as: UTF8.self)
         }
-        guard n > 0 else { return nil }
-        return String(decoding: buf[0..<n], as: UTF8.self)
+    }
+
+    /// The first `limit` bytes of /proc/PID/cmdline split at NULs, without Foundation.
+    static func commandLine(_ pid: Int32, limit: Int = 4096) -> [String]? {
+        let fd = open("/proc/\(pid)/cmdline", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        return withUnsafeTemporaryAllocation(of: UInt8.self, capacity: limit) { buf -> [String]? in
+            let n = read(fd, buf.baseAddress!, buf.count)
+            guard n > 0 else { return nil }
+            return UnsafeBufferPointer(rebasing: buf[0..<n]).split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        }
     }
 
     /// Real uid and parent pid of `pid` from /proc/PID/status.

@@ -402,6 +402,6 @@ struct ExecLoop: ParsableCommand {
         let v = samples.sorted()
         guard !v.isEmpty else { throw CommandError(description: "no exec succeeded") }
         func pct(_ p: Double) -> Double { v[min(v.count - 1, Int((p / 100) * Double(v.count - 1)))] }
-        print(String(format: "%@ median %.1f us  p90 %.1f us  p99 %.1f us  (%d execs, %d failed)", label, pct(50), pct(90), pct(99), v.count, failures))
+        print(String(format: "%@ median %.1f us  p90 %.1f us  p99 %.1f us  max %.0f us  (%d execs, %d failed)", label, pct(50), pct(90), pct(99), v.last!, v.count, failures))
     }
 }
