@@ -1,7 +1,8 @@
 #!/bin/bash
-# Per-exec cost of screen-capture blocking: the time of N execs of a small binary on a watched
-# tmpfs, without segguardd and with segguardd in four configurations:
-#   off            - capture: mode off (no fanotify mark): the floor
+# Per-exec cost of screen-capture blocking: N execs of a small binary on a watched tmpfs,
+# alternating with the same binary on a second, unwatched tmpfs (same moment, same load: the
+# difference of the medians is what the blocker adds), in four configurations:
+#   off            - capture: mode off (no fanotify mark): both should be equal
 #   names          - blocklist by names only: answered from the path, no hashing
 #   sha256 cached  - a SHA-256 list: the first exec hashes, the rest hit the cache
 #   sha256 new     - a SHA-256 list, every exec a file never seen (cache miss: hash each time)
@@ -24,7 +25,8 @@ cleanup() {
 trap cleanup EXIT
 ip netns add "$NS"
 TOOLS="$WORK/tools"
-mkdir -p "$TOOLS"
+PLAIN="$WORK/plain"
+mkdir -p "$TOOLS" "$PLAIN"
 HASH=$(sha256sum /usr/bin/echo | cut -c1-64)
 
 policy() { # mode, block section
@@ -41,7 +43,7 @@ EOF
 }
 
 start() {
-  unshare --mount --propagation private /bin/sh -c 'mount -t tmpfs -o mode=0755 sgbench "$0" && exec "$@"' "$TOOLS" \
+  unshare --mount --propagation private /bin/sh -c 'mount -t tmpfs -o mode=0755 sgbench "$0" && mount -t tmpfs -o mode=0755 sgplain "$0/../plain" && exec "$@"' "$TOOLS" \
     "$BIN/segguardd" --policy "$WORK/policy.yaml" --netns "/run/netns/$NS" --socket "$WORK/control.sock" \
     --nft-table sgbenchcap --baseline-file "$WORK/baseline.json" --log-level error 2>"$WORK/daemon.log" &
   PID=$!
@@ -53,8 +55,8 @@ stop() { kill -9 "$PID"; wait "$PID" 2>/dev/null || true; PID=""; rm -f "$WORK/c
 
 # N execs inside the daemon's mount namespace, timed one by one by segguard-bench exec-loop.
 run() { # label, setup script, exec-loop arguments
-  nsenter -t "$PID" -m -- /bin/bash -c "$2" >/dev/null
-  nsenter -t "$PID" -m -- "$BIN/segguard-bench" exec-loop --count "$N" --label "$(printf '%-14s' "$1")" $3
+  nsenter -t "$PID" -m -- /bin/bash -c "$2; cp /usr/bin/true $PLAIN/t" >/dev/null
+  nsenter -t "$PID" -m -- "$BIN/segguard-bench" exec-loop --count "$N" --baseline "$PLAIN/t" --label "$(printf '%-14s' "$1")" $3
 }
 
 results=()

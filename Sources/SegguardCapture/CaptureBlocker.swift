@@ -205,7 +205,9 @@ public final class CaptureBlocker: Sendable {
     /// Ends `pid` when it runs a capture tool and the protection in force says so.
     func check(pid: Int32) {
         let cfg = config.withLock { $0 }
-        guard cfg.protection.level != .none, let exe = Self.readLink("/proc/\(pid)/exe"), let argv = Self.commandLine(pid) else { return }
+        guard cfg.protection.level != .none, let exe = Self.readLink("/proc/\(pid)/exe") else { return }
+        // One readlink for most execs; the command line only where it can matter.
+        let argv = cfg.decider.needsCommandLine(executable: exe) ? (Self.commandLine(pid) ?? []) : []
         guard let reason = cfg.decider.running(executable: exe, argv: argv, protection: cfg.protection) else { return }
         var outcome: CaptureDecisionRecord.Outcome = .wouldBeKilled
         if cfg.mode == .enforce {

@@ -83,6 +83,17 @@ public struct ExecDecider: Sendable {
         return .deny(reason: "\(path) could not be checked against the installed packages: \(who) allows trusted executables only")
     }
 
+    /// Interpreters whose script (argv[1]) is matched against the names too.
+    static let interpreters: Set<String> = ["sh", "dash", "bash", "zsh", "ksh", "python", "python3", "perl", "ruby", "node", "nodejs", "lua", "tclsh", "wish", "php"]
+
+    /// Whether the command line is needed to judge a running `executable` (an interpreter, or
+    /// a tool named in an argument rule): most execs are judged from the executable alone.
+    public func needsCommandLine(executable: String) -> Bool {
+        let base = executable.lastIndex(of: "/").map { String(executable[executable.index(after: $0)...]) } ?? executable
+        let stem = base.prefix { !$0.isNumber && $0 != "." }  // python3.11 -> python
+        return Self.interpreters.contains(base) || Self.interpreters.contains(String(stem)) || rule.blockArguments.contains { $0.name == base }
+    }
+
     /// Why a running process is a capture tool, or nil. `executable` is /proc/PID/exe, `argv`
     /// its command line; an interpreted tool is matched by its script too (argv[1]).
     public func running(executable: String, argv: [String], protection: CaptureProtectionState) -> String? {

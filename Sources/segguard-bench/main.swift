@@ -377,16 +377,21 @@ struct ExecLoop: ParsableCommand {
     @Flag(help: "Run PROGRAM0, PROGRAM1, … (distinct files: every exec a cache miss).")
     var numbered = false
 
+    @Option(help: "Alternate with this program (e.g. the same binary on an unwatched filesystem) and print both, and the difference of the medians.")
+    var baseline: String?
+
     @Argument(help: "The program to run (no arguments).")
     var program: String
 
     func run() throws {
-        var samples: [Double] = []
+        var samples: [Double] = [], base: [Double] = []
         samples.reserveCapacity(count)
         var failures = 0
-        for i in 0..<count {
+        for i in 0..<(baseline == nil ? count : 2 * count) {
+            let isBase = baseline != nil && i % 2 == 1
+            let n = baseline == nil ? i : i / 2
             var pid: pid_t = 0
-            let path = numbered ? "\(program)\(i)" : program
+            let path = isBase ? baseline! : (numbered ? "\(program)\(n)" : program)
             let argv: [UnsafeMutablePointer<CChar>?] = [strdup(path), nil]
             defer { argv.forEach { free($0) } }
             let t0 = monotonicNanos()
@@ -396,12 +401,19 @@ struct ExecLoop: ParsableCommand {
             }
             var status: Int32 = 0
             waitpid(pid, &status, 0)
-            samples.append(Double(monotonicNanos() - t0) / 1000)
+            let us = Double(monotonicNanos() - t0) / 1000
+            if isBase { base.append(us) } else { samples.append(us) }
             if status != 0 { failures += 1 }
         }
         let v = samples.sorted()
         guard !v.isEmpty else { throw CommandError(description: "no exec succeeded") }
-        func pct(_ p: Double) -> Double { v[min(v.count - 1, Int((p / 100) * Double(v.count - 1)))] }
-        print(String(format: "%@ median %.1f us  p90 %.1f us  p99 %.1f us  max %.0f us  (%d execs, %d failed)", label, pct(50), pct(90), pct(99), v.last!, v.count, failures))
+        func pct(_ v: [Double], _ p: Double) -> Double { v[min(v.count - 1, Int((p / 100) * Double(v.count - 1)))] }
+        var line = String(format: "%@ median %.1f us  p90 %.1f us  p99 %.1f us  max %.0f us  (%d execs, %d failed)", label, pct(v, 50), pct(v, 90), pct(v, 99), v.last!, v.count, failures)
+        if !base.isEmpty {
+            let b = base.sorted()
+            line += String(format: "; unwatched alternate: median %.1f us  p99 %.1f us; added: median %+.1f us (x%.2f)  p99 %+.1f us",
+                           pct(b, 50), pct(b, 99), pct(v, 50) - pct(b, 50), pct(v, 50) / pct(b, 50), pct(v, 99) - pct(b, 99))
+        }
+        print(line)
     }
 }

@@ -74,6 +74,10 @@ struct ExecDeciderTests {
                 == "running ffmpeg with \"x11grab\" in its arguments (capture.block.arguments)")
         #expect(d.running(executable: "/usr/bin/ffmpeg", argv: ["ffmpeg", "-i", "in.mp4", "out.webm"], protection: Self.always) == nil)
         #expect(d.running(executable: "/usr/bin/scrot", argv: ["scrot"], protection: .init(level: .none)) == nil)
+        // The command line is read only for interpreters and argument-rule tools.
+        #expect(d.needsCommandLine(executable: "/usr/bin/python3.11") && d.needsCommandLine(executable: "/usr/bin/bash"))
+        #expect(d.needsCommandLine(executable: "/usr/bin/ffmpeg"))
+        #expect(!d.needsCommandLine(executable: "/usr/bin/true"))
     }
 
     @Test("fail mode answers when no decision comes in time")
