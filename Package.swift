@@ -33,7 +33,7 @@ let package = Package(
         // rtnetlink + nl80211 -> NetworkSnapshot.
         .target(
             name: "SegguardNetlink",
-            dependencies: ["SegguardPolicy", "CLibNL", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SegguardPolicy", "SegguardEventLoop", "CLibNL", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // Binding the decision: nftables table, VDI session tracking and termination.
         .target(
@@ -43,11 +43,13 @@ let package = Package(
         // systemd integration: sd_notify (ready, status, reload, watchdog) and a journald log handler.
         .target(name: "SegguardService", dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         // 802.1X device authentication from wpa_supplicant (control interface; D-Bus next).
-        .target(name: "SegguardDeviceAuth", dependencies: ["SegguardPolicy", "CSegguardShims", "CSystemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        .target(name: "SegguardDeviceAuth", dependencies: ["SegguardPolicy", "SegguardEventLoop", "CSegguardShims", "CSystemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        // The stop flag + eventfd every event-loop thread polls.
+        .target(name: "SegguardEventLoop", dependencies: ["CSegguardShims"], swiftSettings: strict),
         // Screen-capture blocking: fanotify exec permission events, blocklist/trusted-only decision.
         .target(
             name: "SegguardCapture",
-            dependencies: ["SegguardPolicy", "CSegguardShims", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SegguardPolicy", "SegguardEventLoop", "CSegguardShims", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // Versioned Codable types spoken on the control socket.
         .target(name: "SegguardWire", dependencies: ["SegguardPolicy", "SegguardDecision"], swiftSettings: strict),
@@ -90,6 +92,7 @@ let package = Package(
         .testTarget(name: "SegguardPolicyTests", dependencies: ["SegguardPolicy"]),
         .testTarget(name: "SegguardDecisionTests", dependencies: ["SegguardDecision", "SegguardPolicy"]),
         .testTarget(name: "SegguardDeviceAuthTests", dependencies: ["SegguardDeviceAuth", "SegguardPolicy", "SegguardDecision", "CSystemd"]),
+        .testTarget(name: "SegguardEventLoopTests", dependencies: ["SegguardEventLoop"]),
         .testTarget(name: "SegguardCaptureTests", dependencies: ["SegguardCapture", "SegguardPolicy"]),
         .testTarget(name: "SegguardServiceTests", dependencies: ["SegguardService", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "SegguardEnforceTests", dependencies: ["SegguardEnforce", "SegguardPolicy", "SegguardDecision"]),

@@ -8,6 +8,7 @@ import CSegguardShims
 import Foundation
 import Logging
 import SegguardPolicy
+import SegguardEventLoop
 import Synchronization
 
 #if canImport(Glibc)
@@ -61,8 +62,7 @@ public final class CaptureBlocker: Sendable {
     let cache = DigestCache()
     let dpkg: DpkgIndex
     let fanotifyFd: Int32
-    let wakeFd: Int32
-    let running = Mutex(false)
+    let stopSignal = StopSignal()
     let marked = Mutex<[String]>([])
     let onRecord: @Sendable (CaptureDecisionRecord) -> Void
     /// Hashing runs here, so that the answering thread can give up waiting for it.
@@ -81,7 +81,6 @@ public final class CaptureBlocker: Sendable {
             throw CaptureSetupError(description: "fanotify_init: \(String(cString: strerror(e))) (errno \(e)); capture blocking needs CAP_SYS_ADMIN and a kernel with CONFIG_FANOTIFY_ACCESS_PERMISSIONS")
         }
         fanotifyFd = fd
-        wakeFd = sg_eventfd()
         self.logger = logger
         self.dpkg = dpkg
         self.onRecord = onRecord
@@ -89,10 +88,7 @@ public final class CaptureBlocker: Sendable {
         config = Mutex(Config(decider: ExecDecider(rule: rule), protection: CaptureProtectionState.current(rule, sessionProfiles: []), mode: rule.mode))
     }
 
-    deinit {
-        close(fanotifyFd)
-        close(wakeFd)
-    }
+    deinit { close(fanotifyFd) }
 
     /// Marks the filesystems holding `paths`; a path that cannot be marked is an error naming it
     /// (the marks made so far stay).
@@ -118,7 +114,7 @@ public final class CaptureBlocker: Sendable {
             return (changed, raised)
         }
         // Tools already running when the protection rises (a session starts) are ended now.
-        if raised, running.withLock({ $0 }) { DispatchQueue.global(qos: .userInitiated).async { [self] in sweep() } }
+        if raised, stopSignal.isRunning { DispatchQueue.global(qos: .userInitiated).async { [self] in sweep() } }
         if changed {
             logger.notice("capture protection", metadata: ["level": "\(protection.level.rawValue)", "profile": "\(protection.profile ?? "-")", "mode": "\(rule.mode.rawValue)"])
         }
@@ -147,7 +143,7 @@ public final class CaptureBlocker: Sendable {
     /// Starts answering execs and watching processes. `procConnector`: a connector socket
     /// opened earlier (in the initial network namespace), or -1 to open one now.
     public func start(procConnector: Int32 = -1) {
-        running.withLock { $0 = true }
+        stopSignal.arm()
         let t = Thread { [self] in run() }
         t.name = "segguard-capture"
         t.start()
@@ -172,11 +168,7 @@ public final class CaptureBlocker: Sendable {
         defer { close(fd) }
         var buf = [UInt8](repeating: 0, count: 16384)
         var execs = [sg_proc_exec](repeating: sg_proc_exec(), count: 128)
-        while running.withLock({ $0 }) {
-            var fds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeFd, events: Int16(POLLIN), revents: 0)]
-            let n = poll(&fds, 2, -1)
-            if n < 0 { if errno == EINTR { continue } else { return } }
-            if fds[1].revents != 0 { continue }
+        while stopSignal.wait(for: fd) == .readable {
             while true {
                 let got = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
                 if got < 0 {
@@ -229,20 +221,12 @@ public final class CaptureBlocker: Sendable {
                                        parentExecutable: parentExe, profile: cfg.protection.profile, reason: reason + " (" + argv.prefix(6).joined(separator: " ") + ")"))
     }
 
-    public func stop() {
-        running.withLock { $0 = false }
-        var one: UInt64 = 1
-        _ = write(wakeFd, &one, 8)
-    }
+    public func stop() { stopSignal.stop() }
 
     func run() {
         var buf = [UInt8](repeating: 0, count: 8192)
         var events = [sg_fanotify_event](repeating: sg_fanotify_event(), count: 64)
-        while running.withLock({ $0 }) {
-            var fds = [pollfd(fd: fanotifyFd, events: Int16(POLLIN), revents: 0), pollfd(fd: wakeFd, events: Int16(POLLIN), revents: 0)]
-            let n = poll(&fds, 2, -1)
-            if n < 0 { if errno == EINTR { continue } else { break } }
-            if fds[1].revents != 0 { continue }
+        while stopSignal.wait(for: fanotifyFd) == .readable {
             while true {
                 let got = buf.withUnsafeMutableBytes { read(fanotifyFd, $0.baseAddress, $0.count) }
                 if got <= 0 { break }

@@ -41,41 +41,15 @@ enum DBusMessageReader {
             let s = p.map { String(cString: $0) } ?? ""
             return t == "s" ? .string(s) : t == "o" ? .objectPath(s) : .signature(s)
         case "b":
-            var v: Int32 = 0
-            try check(sd_bus_message_read_basic(m, type, &v), "read bool")
-            return .bool(v != 0)
-        case "y":
-            var v: UInt8 = 0
-            try check(sd_bus_message_read_basic(m, type, &v), "read byte")
-            return .uint(UInt64(v), type: t)
-        case "n":
-            var v: Int16 = 0
-            try check(sd_bus_message_read_basic(m, type, &v), "read int16")
-            return .int(Int64(v), type: t)
-        case "q":
-            var v: UInt16 = 0
-            try check(sd_bus_message_read_basic(m, type, &v), "read uint16")
-            return .uint(UInt64(v), type: t)
-        case "i", "h":
-            var v: Int32 = 0
-            try check(sd_bus_message_read_basic(m, type, &v), "read int32")
-            return .int(Int64(v), type: t)
-        case "u":
-            var v: UInt32 = 0
-            try check(sd_bus_message_read_basic(m, type, &v), "read uint32")
-            return .uint(UInt64(v), type: t)
-        case "x":
-            var v: Int64 = 0
-            try check(sd_bus_message_read_basic(m, type, &v), "read int64")
-            return .int(v, type: t)
-        case "t":
-            var v: UInt64 = 0
-            try check(sd_bus_message_read_basic(m, type, &v), "read uint64")
-            return .uint(v, type: t)
-        case "d":
-            var v: Double = 0
-            try check(sd_bus_message_read_basic(m, type, &v), "read double")
-            return .double(v)
+            return .bool(try basic(m, type, Int32(0)) != 0)
+        case "y": return .uint(UInt64(try basic(m, type, UInt8(0))), type: t)
+        case "n": return .int(Int64(try basic(m, type, Int16(0))), type: t)
+        case "q": return .uint(UInt64(try basic(m, type, UInt16(0))), type: t)
+        case "i", "h": return .int(Int64(try basic(m, type, Int32(0))), type: t)
+        case "u": return .uint(UInt64(try basic(m, type, UInt32(0))), type: t)
+        case "x": return .int(try basic(m, type, Int64(0)), type: t)
+        case "t": return .uint(try basic(m, type, UInt64(0)), type: t)
+        case "d": return .double(try basic(m, type, Double(0)))
         case "v":
             try check(sd_bus_message_enter_container(m, type, contents), "enter variant")
             guard let inner = try read(m, depth: depth + 1) else { throw SDBusError("empty variant") }
@@ -124,6 +98,14 @@ enum DBusMessageReader {
         default:
             throw SDBusError("unsupported D-Bus type '\(t)'")
         }
+    }
+
+    /// One fixed-size basic value; `initial` gives its Swift type (sd-bus writes int for 'b').
+    static func basic<T: BitwiseCopyable>(_ m: OpaquePointer, _ type: CChar, _ initial: T) throws -> T {
+        var v = initial
+        let r = withUnsafeMutableBytes(of: &v) { sd_bus_message_read_basic(m, type, $0.baseAddress) }
+        try check(r, "read '\(Character(UnicodeScalar(UInt8(bitPattern: type))))'")
+        return v
     }
 
     static func check(_ r: Int32, _ what: String) throws {

@@ -8,6 +8,7 @@ import CSegguardShims
 import Foundation
 import Logging
 import SegguardPolicy
+import SegguardEventLoop
 import Synchronization
 
 #if canImport(Glibc)
@@ -102,22 +103,18 @@ public final class WPAControlSource: Sendable {
     public let directory: String
     public let localDirectory: String
     let logger: Logger
-    let running = Mutex(false)
-    let wakeFd: Int32
+    let stopSignal = StopSignal()
 
     public init(directory: String = "/run/wpa_supplicant", localDirectory: String = "/run/segguard",
                 logger: Logger = Logger(label: "segguard.deviceauth")) {
         self.directory = directory
         self.localDirectory = localDirectory
         self.logger = logger
-        self.wakeFd = sg_eventfd()
     }
-
-    deinit { close(wakeFd) }
 
     /// Starts the watcher thread; `onChange` gets the full map after every change.
     public func start(onChange: @escaping @Sendable ([String: DeviceAuthState]) -> Void) {
-        running.withLock { $0 = true }
+        stopSignal.arm()
         let t = Thread { [self] in
             let loop = Loop(source: self, onChange: onChange)
             loop.run()
@@ -127,11 +124,7 @@ public final class WPAControlSource: Sendable {
         t.start()
     }
 
-    public func stop() {
-        running.withLock { $0 = false }
-        var one: UInt64 = 1
-        _ = write(wakeFd, &one, 8)
-    }
+    public func stop() { stopSignal.stop() }
 
     /// The watcher thread's state.
     final class Loop {
@@ -160,9 +153,9 @@ public final class WPAControlSource: Sendable {
             if inotifyFd >= 0 { _ = inotify_add_watch(inotifyFd, parent, UInt32(IN_CREATE | IN_MOVED_TO)) }
             watchDirectory()
             rescan()
-            while source.running.withLock({ $0 }) {
+            while source.stopSignal.isRunning {
                 let names = attached.keys.sorted()
-                var fds = [pollfd(fd: source.wakeFd, events: Int16(POLLIN), revents: 0), pollfd(fd: inotifyFd, events: Int16(POLLIN), revents: 0)]
+                var fds = [pollfd(fd: source.stopSignal.fd, events: Int16(POLLIN), revents: 0), pollfd(fd: inotifyFd, events: Int16(POLLIN), revents: 0)]
                 fds += names.map { pollfd(fd: attached[$0]!.fd, events: Int16(POLLIN), revents: 0) }
                 let n = poll(&fds, nfds_t(fds.count), -1)
                 if n < 0 { if errno == EINTR { continue } else { return } }

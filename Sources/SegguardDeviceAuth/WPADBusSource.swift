@@ -9,6 +9,7 @@ import CSystemd
 import Foundation
 import Logging
 import SegguardPolicy
+import SegguardEventLoop
 import Synchronization
 
 #if canImport(Glibc)
@@ -26,19 +27,15 @@ public final class WPADBusSource: DeviceAuthSource {
     /// The bus address, or nil for the system bus (`DBUS_SYSTEM_BUS_ADDRESS` or the default).
     public let address: String?
     let logger: Logger
-    let running = Mutex(false)
-    let wakeFd: Int32
+    let stopSignal = StopSignal()
 
     public init(address: String? = nil, logger: Logger = Logger(label: "segguard.deviceauth.dbus")) {
         self.address = address
         self.logger = logger
-        self.wakeFd = sg_eventfd()
     }
 
-    deinit { close(wakeFd) }
-
     public func start(onChange: @escaping @Sendable ([String: DeviceAuthState]) -> Void) {
-        running.withLock { $0 = true }
+        stopSignal.arm()
         let t = Thread { [self] in
             let loop = Loop(source: self, onChange: onChange)
             loop.run()
@@ -47,11 +44,7 @@ public final class WPADBusSource: DeviceAuthSource {
         t.start()
     }
 
-    public func stop() {
-        running.withLock { $0 = false }
-        var one: UInt64 = 1
-        _ = write(wakeFd, &one, 8)
-    }
+    public func stop() { stopSignal.stop() }
 
     /// The bus thread's state; every sd-bus object is used on that thread only.
     final class Loop {
@@ -66,7 +59,7 @@ public final class WPADBusSource: DeviceAuthSource {
             self.onChange = onChange
         }
 
-        var isRunning: Bool { source.running.withLock { $0 } }
+        var isRunning: Bool { source.stopSignal.isRunning }
 
         func run() {
             var backoff = 0.5
@@ -82,7 +75,7 @@ public final class WPADBusSource: DeviceAuthSource {
                 disconnect()
                 guard isRunning else { break }
                 // Only while the bus itself is gone: wait for the stop eventfd or the retry.
-                var pfd = pollfd(fd: source.wakeFd, events: Int16(POLLIN), revents: 0)
+                var pfd = pollfd(fd: source.stopSignal.fd, events: Int16(POLLIN), revents: 0)
                 _ = poll(&pfd, 1, Int32(backoff * 1000))
                 backoff = min(backoff * 2, 10)
             }
@@ -137,7 +130,7 @@ public final class WPADBusSource: DeviceAuthSource {
                 let events = sd_bus_get_events(b)
                 if events < 0 { throw SDBusError("sd_bus_get_events", events) }
                 var fds = [pollfd(fd: sd_bus_get_fd(b), events: Int16(events), revents: 0),
-                           pollfd(fd: source.wakeFd, events: Int16(POLLIN), revents: 0)]
+                           pollfd(fd: source.stopSignal.fd, events: Int16(POLLIN), revents: 0)]
                 var usec: UInt64 = 0
                 _ = sd_bus_get_timeout(b, &usec)
                 let timeout: Int32 = usec == UInt64.max ? -1 : Int32(clamping: (usec + 999) / 1000)

@@ -16,6 +16,7 @@ import CSegguardShims
 import Foundation
 import Logging
 import SegguardPolicy
+import SegguardEventLoop
 import Synchronization
 
 #if canImport(Glibc)
@@ -77,16 +78,12 @@ public final class NetworkWatcher: Sendable {
     let options: Options
     let logger: Logger
     let stats = Mutex(Statistics())
-    let wakeFd: Int32
-    let running = Mutex<Bool>(false)
+    let stopSignal = StopSignal()
 
     public init(options: Options = Options(), logger: Logger = Logger(label: "segguard.netlink")) {
         self.options = options
         self.logger = logger
-        self.wakeFd = sg_eventfd()
     }
-
-    deinit { close(wakeFd) }
 
     public var statistics: Statistics { stats.withLock { $0 } }
 
@@ -99,7 +96,7 @@ public final class NetworkWatcher: Sendable {
     ) throws {
         let setup = Mutex<Result<Void, SetupError>?>(nil)
         let ready = DispatchSemaphore(value: 0)
-        running.withLock { $0 = true }
+        stopSignal.arm()
         let thread = Thread { [self] in
             let loop: WatcherLoop
             do {
@@ -125,11 +122,7 @@ public final class NetworkWatcher: Sendable {
     }
 
     /// Asks the watcher thread to close its sockets and exit.
-    public func stop() {
-        running.withLock { $0 = false }
-        var one: UInt64 = 1
-        _ = write(wakeFd, &one, 8)
-    }
+    public func stop() { stopSignal.stop() }
 
     /// Snapshots as an async sequence (the newest one wins if the consumer falls behind).
     public func snapshots(onFailure: @escaping @Sendable (String) -> Void = { _ in }) throws -> AsyncStream<NetworkSnapshot> {
@@ -387,7 +380,7 @@ private final class WatcherLoop {
         let watchdog = watcher.options.watchdog
         let half = watchdog.map { UInt64($0.interval * 1e9 / 2) } ?? 0
         var lastPing: UInt64 = 0
-        while watcher.running.withLock({ $0 }) {
+        while watcher.stopSignal.isRunning {
             if let watchdog {
                 let now = loopNanos()
                 if now &- lastPing >= half {
@@ -396,7 +389,7 @@ private final class WatcherLoop {
                     watcher.stats.withLock { $0.watchdogPings += 1 }
                 }
             }
-            var fds = [pollfd(fd: watcher.wakeFd, events: Int16(POLLIN), revents: 0),
+            var fds = [pollfd(fd: watcher.stopSignal.fd, events: Int16(POLLIN), revents: 0),
                        pollfd(fd: route.fd, events: Int16(POLLIN), revents: 0)]
             if genl.fd >= 0 { fds.append(pollfd(fd: genl.fd, events: Int16(POLLIN), revents: 0)) }
             let timeout: Int32 = watchdog == nil ? -1 : Int32(max(1, half / 1_000_000))
