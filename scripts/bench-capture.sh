@@ -2,6 +2,7 @@
 # Per-exec cost of screen-capture blocking: N execs of a small binary on a watched tmpfs,
 # alternating with the same binary on a second, unwatched tmpfs (same moment, same load: the
 # difference of the medians is what the blocker adds), in four configurations:
+#   no segguardd   - the daemon not running at all (the floor)
 #   off            - capture: mode off (no fanotify mark): both should be equal
 #   names          - blocklist by names only: answered from the path, no hashing
 #   sha256 cached  - a SHA-256 list: the first exec hashes, the rest hit the cache
@@ -66,6 +67,13 @@ measure() { # label, mode, block section, setup, exec-loop arguments
   results+=("$(run "$1" "$4" "$5")")
   stop
 }
+
+# Without segguardd at all (same private mounts): the floor the other rows are compared with.
+nodaemon() {
+  unshare --mount --propagation private /bin/bash -c 'mount -t tmpfs -o mode=0755 sgbench "$0" && mount -t tmpfs -o mode=0755 sgplain "$0/../plain" && cp /usr/bin/true "$0/t" && cp /usr/bin/true "$0/../plain/t" && exec "$@"' "$TOOLS" \
+    "$BIN/segguard-bench" exec-loop --count "$N" --baseline "$PLAIN/t" --label "$(printf '%-14s' "no segguardd")" "$TOOLS/t"
+}
+results+=("$(nodaemon)")
 
 copies='for i in $(seq 0 '"$((N - 1))"'); do cp /usr/bin/true '"$TOOLS"'/t$i; done'
 measure "off"           off     "    names: [scrot]"      "cp /usr/bin/true $TOOLS/t" "$TOOLS/t"

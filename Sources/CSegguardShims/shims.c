@@ -125,26 +125,41 @@ int sg_fanotify_is_exec_perm(unsigned long long mask) {
 #include <linux/cn_proc.h>
 #include <sys/socket.h>
 #include <string.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <sys/utsname.h>
 
 int sg_proc_connector_open(void) {
     int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_CONNECTOR);
     if (fd < 0) return -1;
     struct sockaddr_nl addr = { .nl_family = AF_NETLINK, .nl_groups = CN_IDX_PROC, .nl_pid = 0 };
     if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) { close(fd); return -1; }
-    // nlmsghdr, cn_msg (flexible array member), then the operation.
-    unsigned char msg[NLMSG_LENGTH(sizeof(struct cn_msg) + sizeof(enum proc_cn_mcast_op))];
+    // nlmsghdr, cn_msg (flexible array member), then the operation. Linux 6.6 and later take
+    // a struct proc_input {op, event_type} and then send only the events asked for: exec only,
+    // so fork and exit (two more wake-ups per command run) never reach this socket. Older
+    // kernels ignore a message of that length, so they get the bare operation.
+    struct { uint32_t op; uint32_t event_type; } input = { PROC_CN_MCAST_LISTEN, PROC_EVENT_EXEC };
+    size_t payload = sg_kernel_at_least(6, 6) ? sizeof input : sizeof(enum proc_cn_mcast_op);
+    unsigned char msg[NLMSG_LENGTH(sizeof(struct cn_msg) + sizeof input)];
     memset(msg, 0, sizeof msg);
     struct nlmsghdr *nl = (struct nlmsghdr *)msg;
-    nl->nlmsg_len = sizeof msg;
+    nl->nlmsg_len = NLMSG_LENGTH(sizeof(struct cn_msg) + payload);
     nl->nlmsg_type = NLMSG_DONE;
     struct cn_msg *cn = NLMSG_DATA(nl);
     cn->id.idx = CN_IDX_PROC;
     cn->id.val = CN_VAL_PROC;
-    cn->len = sizeof(enum proc_cn_mcast_op);
-    enum proc_cn_mcast_op op = PROC_CN_MCAST_LISTEN;
-    memcpy(cn->data, &op, sizeof op);
-    if (send(fd, msg, sizeof msg, 0) != (ssize_t)sizeof msg) { close(fd); return -1; }
+    cn->len = (uint16_t)payload;
+    memcpy(cn->data, &input, payload);
+    if (send(fd, msg, nl->nlmsg_len, 0) != (ssize_t)nl->nlmsg_len) { close(fd); return -1; }
     return fd;
+}
+
+int sg_kernel_at_least(int major, int minor) {
+    struct utsname u;
+    if (uname(&u) != 0) return 0;
+    int ma = 0, mi = 0;
+    if (sscanf(u.release, "%d.%d", &ma, &mi) != 2) return 0;
+    return ma > major || (ma == major && mi >= minor);
 }
 
 int sg_proc_connector_parse(const void *buf, size_t len, sg_proc_exec *out, int max) {

@@ -166,6 +166,13 @@ public final class CaptureBlocker: Sendable {
     /// execing again, interpreted tools and argument-dependent ones (ffmpeg -f x11grab).
     func watchProcesses(_ fd: Int32) {
         defer { close(fd) }
+        // SCHED_BATCH: the kernel does not let this thread preempt the process whose exec
+        // woke it (every exec on the machine does), so the look at each new process runs
+        // beside it, not in its place; the thread still gets its fair share under load.
+        var param = sched_param()
+        if sched_setscheduler(0, 3 /* SCHED_BATCH, hidden behind _GNU_SOURCE */, &param) != 0 {
+            logger.debug("SCHED_BATCH not set for the process watcher", metadata: ["errno": "\(errno)"])
+        }
         var buf = [UInt8](repeating: 0, count: 16384)
         var execs = [sg_proc_exec](repeating: sg_proc_exec(), count: 128)
         while stopSignal.wait(for: fd) == .readable {

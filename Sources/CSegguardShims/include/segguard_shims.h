@@ -60,7 +60,11 @@ int sg_fanotify_is_exec_perm(unsigned long long mask);
 
 // The process events connector (NETLINK_CONNECTOR, CN_IDX_PROC): every exec on the system.
 
-/// Opens a connector socket, joins CN_IDX_PROC and sends PROC_CN_MCAST_LISTEN; -1 and errno.
+/// Whether the running kernel is at least major.minor (uname).
+int sg_kernel_at_least(int major, int minor);
+
+/// Opens a connector socket, joins CN_IDX_PROC and sends PROC_CN_MCAST_LISTEN (exec events
+/// only on Linux >= 6.6); -1 and errno.
 int sg_proc_connector_open(void);
 
 /// One exec from the connector.
