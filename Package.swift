@@ -11,12 +11,26 @@ let package = Package(
         .executable(name: "segguardctl", targets: ["segguardctl"]),
         .executable(name: "segguard-bench", targets: ["segguard-bench"]),
         .executable(name: "segguard-launch", targets: ["segguard-launch"]),
+        .executable(name: "segguard-collector", targets: ["segguard-collector"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
+        // Reporting and the collector.
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-nio-ssl.git", from: "2.37.6"),
+        .package(url: "https://github.com/apple/swift-certificates.git", from: "1.21.1"),
+        .package(url: "https://github.com/apple/swift-asn1.git", from: "1.7.4"),
+        .package(url: "https://github.com/vapor/sqlite-nio.git", from: "1.13.2"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
     ],
     targets: [
         // C libraries, through pkg-config.
@@ -58,21 +72,75 @@ let package = Package(
             name: "SegguardControl",
             dependencies: ["SegguardWire", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
+        // Agent <-> collector: heartbeat, event batch and signed policy bundle types (pure).
+        .target(name: "SegguardReport", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
+        // Test and small-site PKI: a CA, the collector's server certificate, device certificates.
+        .target(
+            name: "SegguardPKI",
+            dependencies: [
+                .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
+            swiftSettings: strict),
+        // The agent side of reporting: durable spool, heartbeats, event delivery, policy bundles.
+        .target(
+            name: "SegguardReporter",
+            dependencies: [
+                "SegguardReport", "SegguardPolicy", "SegguardPKI",
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        // The collector: HTTP API (mutual TLS), stores (SQLite, PostgreSQL), dashboard, metrics.
+        .target(
+            name: "SegguardCollector",
+            dependencies: [
+                "SegguardReport", "SegguardPKI",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTLS", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+
         // Network-namespace helpers shared by privileged tests and the benchmark.
         .target(name: "SegguardTestSupport", dependencies: ["SegguardNetlink", "SegguardPolicy", "CLibNL", "CSegguardShims"], swiftSettings: strict),
 
         .executableTarget(
             name: "segguardd",
             dependencies: [
-                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardWire", "SegguardControl", "SegguardEnforce", "SegguardService", "SegguardDeviceAuth", "SegguardCapture", "CSegguardShims",
+                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardWire", "SegguardControl", "SegguardEnforce", "SegguardService", "SegguardDeviceAuth", "SegguardCapture", "SegguardReport", "SegguardReporter", "SegguardPKI", "CSegguardShims",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
         .executableTarget(
+            name: "segguard-collector",
+            dependencies: [
+                "SegguardCollector", "SegguardReport", "SegguardService", "SegguardWire",
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        .executableTarget(
             name: "segguardctl",
             dependencies: [
-                "SegguardPolicy", "SegguardDecision", "SegguardWire", "SegguardControl",
+                "SegguardPolicy", "SegguardDecision", "SegguardWire", "SegguardControl", "SegguardPKI", "SegguardReport", "SegguardReporter",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -84,6 +152,8 @@ let package = Package(
             name: "segguard-bench",
             dependencies: [
                 "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardTestSupport", "SegguardEnforce", "SegguardWire", "SegguardDeviceAuth",
+                "SegguardReport", "SegguardReporter", "SegguardPKI",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -93,12 +163,25 @@ let package = Package(
         .testTarget(name: "SegguardDecisionTests", dependencies: ["SegguardDecision", "SegguardPolicy"]),
         .testTarget(name: "SegguardDeviceAuthTests", dependencies: ["SegguardDeviceAuth", "SegguardPolicy", "SegguardDecision", "CSystemd"]),
         .testTarget(name: "SegguardEventLoopTests", dependencies: ["SegguardEventLoop"]),
+        .testTarget(name: "SegguardPKITests", dependencies: ["SegguardPKI", .product(name: "X509", package: "swift-certificates")]),
+        .testTarget(
+            name: "SegguardCollectorTests",
+            dependencies: [
+                "SegguardCollector", "SegguardReport", "SegguardReporter", "SegguardPKI", "SegguardPolicy", "SegguardTestSupport",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]),
         .testTarget(name: "SegguardCaptureTests", dependencies: ["SegguardCapture", "SegguardPolicy"]),
         .testTarget(name: "SegguardServiceTests", dependencies: ["SegguardService", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "SegguardEnforceTests", dependencies: ["SegguardEnforce", "SegguardPolicy", "SegguardDecision"]),
         .testTarget(name: "SegguardNetlinkTests", dependencies: ["SegguardNetlink", "CLibNL", "CSegguardShims"]),
         .testTarget(
             name: "SegguardPrivilegedTests",
-            dependencies: ["SegguardNetlink", "SegguardDecision", "SegguardPolicy", "SegguardTestSupport", "SegguardControl", "SegguardWire", "SegguardEnforce"]),
+            dependencies: ["SegguardNetlink", "SegguardDecision", "SegguardPolicy", "SegguardTestSupport", "SegguardControl", "SegguardWire", "SegguardEnforce",
+                           "SegguardReporter", "SegguardReport", "SegguardPKI"]),
     ]
 )

@@ -17,10 +17,13 @@ public struct Policy: Sendable, Equatable, Codable {
     public var profiles: [LaunchProfile]
     /// Screen-capture blocking (`capture:`); off when the section is absent.
     public var capture: CaptureRule
+    /// Reporting to the collector (`report:`); defaults when absent.
+    public var report: ReportRule
 
     public init(schemaVersion: Int = 1, name: String, sites: [Site], uplinks: UplinkRule = .init(), vdi: VDIRule = .init(),
-                enforcement: EnforcementRule = .init(), profiles: [LaunchProfile] = [], capture: CaptureRule = .init()) {
+                enforcement: EnforcementRule = .init(), profiles: [LaunchProfile] = [], capture: CaptureRule = .init(), report: ReportRule = .init()) {
         self.capture = capture
+        self.report = report
         self.schemaVersion = schemaVersion
         self.name = name
         self.sites = sites

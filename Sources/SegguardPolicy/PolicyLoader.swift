@@ -197,7 +197,7 @@ private struct Context {
     // MARK: Sections
 
     mutating func policy(_ root: Node) -> Policy? {
-        guard let top = mapping(root, "", allowed: ["schema_version", "name", "sites", "uplinks", "vdi", "enforcement", "profiles", "capture"]) else { return nil }
+        guard let top = mapping(root, "", allowed: ["schema_version", "name", "sites", "uplinks", "vdi", "enforcement", "profiles", "capture", "report"]) else { return nil }
         var version: Int?
         if let v = top["schema_version"] {
             version = int(v, "schema_version", range: 0...Int.max)
@@ -257,13 +257,31 @@ private struct Context {
         guard let version else { return nil }
         var capture = CaptureRule()
         if let c = top["capture"] { capture = self.capture(c) }
+        var reportRule = ReportRule()
+        if let r = top["report"] { reportRule = report(r) }
         return Policy(schemaVersion: version, name: name, sites: sites, uplinks: uplinks, vdi: vdi, enforcement: enforcement, profiles: profiles,
-                      capture: capture)
+                      capture: capture, report: reportRule)
+    }
+
+    /// The `report:` section.
+    mutating func report(_ node: Node) -> ReportRule {
+        let path = "report"
+        var rule = ReportRule()
+        guard let m = mapping(node, path, allowed: ["heartbeat_seconds", "jitter", "batch_size", "spool_max_events", "overflow", "max_backoff_seconds"]) else {
+            return rule
+        }
+        if let v = m["heartbeat_seconds"], let n = int(v, "\(path).heartbeat_seconds", range: 1...3600) { rule.heartbeatSeconds = n }
+        if let v = m["jitter"], let d = double(v, "\(path).jitter", range: 0...0.5) { rule.jitter = d }
+        if let v = m["batch_size"], let n = int(v, "\(path).batch_size", range: 1...1000) { rule.batchSize = n }
+        if let v = m["spool_max_events"], let n = int(v, "\(path).spool_max_events", range: 10...10_000_000) { rule.spoolMaxEvents = n }
+        if let v = m["overflow"], let o = oneOf(v, "\(path).overflow", SpoolOverflow.self) { rule.overflow = o }
+        if let v = m["max_backoff_seconds"], let n = int(v, "\(path).max_backoff_seconds", range: 1...86_400) { rule.maxBackoffSeconds = n }
+        return rule
     }
 
     mutating func double(_ node: Node, _ path: String, range: ClosedRange<Double>) -> Double? {
         guard case let .scalar(s) = node, s.style == .plain, let v = Double(s.string), v.isFinite else {
-            report(node, path, "expected a number of seconds, found \(describe(node))")
+            report(node, path, "expected a number, found \(describe(node))")
             return nil
         }
         guard range.contains(v) else {

@@ -13,7 +13,10 @@ import SegguardCapture
 import SegguardDeviceAuth
 import SegguardEnforce
 import SegguardNetlink
+import SegguardPKI
 import SegguardPolicy
+import SegguardReport
+import SegguardReporter
 import SegguardService
 import SegguardWire
 import Synchronization
@@ -62,6 +65,27 @@ struct Segguardd: ParsableCommand {
     @Option(name: .long, help: "D-Bus address of the bus wpa_supplicant is on (--device-auth-source dbus; default: the system bus).")
     var wpaDbusAddress: String?
 
+    @Option(name: .long, help: "Collector to report to (https://HOST:PORT); without it nothing is reported.")
+    var collector: String?
+
+    @Option(name: .long, help: "CA certificate (PEM) that issued the collector's server certificate.")
+    var collectorCa: String = "/etc/segguard/collector-ca.pem"
+
+    @Option(name: .long, help: "This thin client's device certificate (PEM): its CN is the agent id, its OU the policy group.")
+    var clientCert: String = "/etc/segguard/device.pem"
+
+    @Option(name: .long, help: "The device certificate's key (PEM).")
+    var clientKey: String = "/etc/segguard/device.key"
+
+    @Option(name: .long, help: "Durable event spool (SQLite); events wait here until the collector acknowledged them.")
+    var spool: String = "/var/lib/segguard/spool.sqlite"
+
+    @Option(name: .long, help: "Admin policy-signing public key (base64 Ed25519): fetch, verify and apply the group's signed policy bundles.")
+    var policyPublicKey: String?
+
+    @Option(name: .long, help: "Where the applied bundle and its policy are kept (bundle.json, bundle-policy.yaml).")
+    var bundleDir: String = "/var/lib/segguard"
+
     @Option(name: .long, help: ArgumentHelp("Test only: delay every hash of capture blocking by this many ms (proves the fail-mode bound).", visibility: .hidden))
     var captureTestHashDelayMs: Int = 0
 
@@ -109,21 +133,34 @@ struct Segguardd: ParsableCommand {
         let notifier = ServiceNotifier()
         let logger = Logger(label: "segguardd")
 
+        // A bundle applied earlier (verified again now) takes precedence over the local file.
+        var policyPath = policy
+        var applied: AppliedBundle?
+        if collector != nil, let keyPath = policyPublicKey {
+            do {
+                (applied, policyPath) = try Self.appliedBundle(keyPath: keyPath, certificatePath: clientCert, bundleDir: bundleDir, fallback: policy)
+            } catch {
+                logger.error("the saved policy bundle does not verify; using the local policy file", metadata: ["error": "\(error)", "file": "\(policy)"])
+            }
+        }
         let loaded: Policy
         do {
-            loaded = try loadPolicy(policy)
+            loaded = try loadPolicy(policyPath)
         } catch {
             FileHandle.standardError.write(Data("segguardd: \(error)\n".utf8))
             throw ExitCode(2)
         }
+        let reporterBox = ReporterBox()
         let enforcer: Enforcer
         do {
-            enforcer = try makeEnforcer(logger: logger)
+            enforcer = try makeEnforcer(logger: logger, reporter: reporterBox)
         } catch {
             logger.critical("cannot set up enforcement", metadata: ["error": "\(error)"])
             throw ExitCode(1)
         }
-        let daemon = Daemon(policy: loaded, policyFile: policy, enforcer: enforcer, notifier: notifier, logger: logger)
+        let daemon = Daemon(policy: loaded, policyFile: policyPath, enforcer: enforcer, notifier: notifier, logger: logger)
+        daemon.reporterBox = reporterBox
+        daemon.bundlePolicyPath = bundleDir + "/bundle-policy.yaml"
         logger.notice("policy loaded", metadata: ["policy": "\(loaded.name)", "file": "\(policy)", "sites": "\(loaded.sites.count)"])
 
         let group = getgrnam(adminGroup).map { $0.pointee.gr_gid }
@@ -181,6 +218,36 @@ struct Segguardd: ParsableCommand {
         }
         deviceAuth.start { states in daemon.deviceAuthChanged(states) }
 
+        // Reporting to the collector: spool first, so that no event is lost while it is away.
+        if let collector {
+            let appliedBundle = applied
+            do {
+                let reporter = try Self.blocking {
+                    let spool = try await Spool(path: spool, maxEvents: loaded.report.spoolMaxEvents, overflow: loaded.report.overflow)
+                    let unclean = try await spool.markRunning()
+                    let config = ReporterConfiguration(collectorURL: collector, caPath: collectorCa, certificatePath: clientCert, keyPath: clientKey,
+                                                       policyPublicKeyPath: policyPublicKey, bundleStatePath: bundleDir + "/bundle.json")
+                    let reporter = try Reporter(configuration: config, spool: spool, rule: loaded.report, logger: logger, applied: appliedBundle,
+                                                heartbeat: { daemon.heartbeat() }, applyBundle: { try daemon.applyBundle($0) })
+                    return (reporter, unclean)
+                }
+                reporter.0.record(kind: "agent-started", severity: "info", reason: "segguardd \(segguardVersion) started with policy '\(loaded.name)'",
+                                  details: ["policy_file": policyPath, "policy_sha256": daemon.policySHA256])
+                if reporter.1 {
+                    reporter.0.record(kind: "agent-restarted-uncleanly", severity: "warning",
+                                      reason: "the previous segguardd run ended without a clean stop (killed, crashed or power lost): a possible tamper sign")
+                }
+                reporterBox.set(reporter.0)
+                reporter.0.start()
+                logger.notice("reporting to the collector", metadata: ["collector": "\(collector)", "agent": "\(reporter.0.identity.agentID)", "group": "\(reporter.0.identity.group)"])
+            } catch {
+                reporterBox.disable()
+                logger.critical("cannot report to the collector", metadata: ["error": "\(error)"])
+            }
+        } else {
+            reporterBox.disable()
+        }
+
         signal(SIGHUP, SIG_IGN)
         signal(SIGTERM, SIG_IGN)
         signal(SIGINT, SIG_IGN)
@@ -195,6 +262,9 @@ struct Segguardd: ParsableCommand {
                 notifier.stopping()
                 watcher.stop()
                 server.stop()
+                if let reporter = reporterBox.get() {
+                    _ = try? Self.blocking { await reporter.stop() }
+                }
                 Foundation.exit(0)
             }
             s.resume()
@@ -207,7 +277,7 @@ struct Segguardd: ParsableCommand {
 extension Segguardd {
     /// The nftables binding (its table is left alone until the first decision replaces it,
     /// so a crashed daemon's fail-closed table stays meanwhile) and the session tracker.
-    func makeEnforcer(logger: Logger) throws -> Enforcer {
+    func makeEnforcer(logger: Logger, reporter: ReporterBox) throws -> Enforcer {
         let binding = try NftablesBinding(table: nftTable)
         var tracker: SessionTracker?
         if let base = sessionCgroup ?? SessionTracker.defaultBase() {
@@ -220,7 +290,7 @@ extension Segguardd {
             logger.error("no cgroup v2 mount: My Number launches will be refused")
         }
         try? FileManager.default.createDirectory(atPath: (baselineFile as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-        return Enforcer(binding: binding, tracker: tracker, baselinePath: baselineFile, logger: logger)
+        return Enforcer(binding: binding, tracker: tracker, baselinePath: baselineFile, logger: logger) { event in reporter.with { $0.record(event) } }
     }
 }
 
@@ -243,7 +313,22 @@ final class Daemon: Sendable {
     /// Serializes (decide, enforce) pairs from the netlink thread and from SIGHUP reloads, so a
     /// stale decision can never be applied after a newer one.
     let applyLock = NSLock()
-    let policyFile: String
+    let policyFileBox: Mutex<String>
+    /// The policy file in force: the local one, or the applied bundle's.
+    var policyFile: String { policyFileBox.withLock { $0 } }
+    /// SHA-256 of the policy file's bytes as loaded (heartbeats).
+    let policyDigest = Mutex<String>("")
+    var policySHA256: String { policyDigest.withLock { $0 } }
+    let reporterBoxStorage = Mutex<ReporterBox?>(nil)
+    var reporterBox: ReporterBox? {
+        get { reporterBoxStorage.withLock { $0 } }
+        set { reporterBoxStorage.withLock { $0 = newValue } }
+    }
+    let bundlePathStorage = Mutex<String>("")
+    var bundlePolicyPath: String {
+        get { bundlePathStorage.withLock { $0 } }
+        set { bundlePathStorage.withLock { $0 = newValue } }
+    }
     let enforcer: Enforcer
     let notifier: ServiceNotifier
     let logger: Logger
@@ -256,7 +341,8 @@ final class Daemon: Sendable {
 
     init(policy: Policy, policyFile: String, enforcer: Enforcer, notifier: ServiceNotifier, logger: Logger) {
         self.state = Mutex(State(monitor: SegmentMonitor(policy: policy)))
-        self.policyFile = policyFile
+        self.policyFileBox = Mutex(policyFile)
+        self.policyDigest.withLock { $0 = Daemon.digest(ofFile: policyFile) }
         self.enforcer = enforcer
         self.notifier = notifier
         self.logger = logger
@@ -383,12 +469,22 @@ final class Daemon: Sendable {
                 return (c, s.monitor.decision, s.monitor.hasDecided)
             }
             logger.notice("policy loaded", metadata: ["policy": "\(p.name)", "file": "\(policyFile)"])
+            let digest = Daemon.digest(ofFile: policyFile)
+            policyDigest.withLock { $0 = digest }
+            if let reporter = reporterBox?.get() {
+                reporter.update(rule: p.report)
+                reporter.record(kind: "policy-loaded", severity: "info", reason: "policy '\(p.name)' loaded from \(policyFile)",
+                                details: ["policy_file": policyFile, "policy_sha256": digest])
+                reporter.heartbeatNow()
+            }
             if let change { log(change) }
             if hasDecided { enforcer.update(decision: decision, policy: p, eventNanos: monotonicNanos()) }
             startCapture()
         } catch {
             state.withLock { $0.lastPolicyError = "\(error)" }
             logger.error("policy refused; keeping the previous policy", metadata: ["file": "\(policyFile)", "errors": "\(error)"])
+            reporterBox?.get()?.record(kind: "policy-refused", severity: "warning", reason: "policy \(policyFile) refused, the previous one is kept: \(error)",
+                                       details: ["policy_file": policyFile])
         }
     }
 
@@ -403,6 +499,13 @@ final class Daemon: Sendable {
 
     func log(_ change: DecisionChange) {
         let d = change.current
+        reporterBox?.with { reporter in
+            reporter.record(kind: "decision-changed", severity: d.isAuthorized ? "info" : "warning",
+                            reason: d.isAuthorized ? "\(d.segment.rawValue) via \(d.authorizedInterfaces.joined(separator: ", "))" : d.reason,
+                            details: ["segment": d.segment.rawValue, "previous": change.previous.segment.rawValue,
+                                      "interfaces": d.authorizedInterfaces.joined(separator: ","), "initial": change.isInitial ? "true" : "false"])
+            reporter.heartbeatNow()
+        }
         let level: Logger.Level = d.isAuthorized ? .notice : .warning
         // The first decision after start replaces the fail-closed placeholder: not a change.
         logger.log(level: level, change.isInitial ? "initial segment decision" : "segment decision changed", metadata: [
@@ -451,4 +554,127 @@ Segguardd.main()
 /// Where segguardd reads 802.1X state from.
 enum DeviceAuthSourceKind: String, ExpressibleByArgument, CaseIterable {
     case control, dbus
+}
+
+/// The reporter, once it exists (the enforcer is made before it and reports through this).
+/// Events recorded before it exists (the first decision, the baseline binding) are kept
+/// and handed over when it is set, so the spool gets every event of the run.
+final class ReporterBox: Sendable {
+    private let state = Mutex<(reporter: Reporter?, early: [@Sendable (Reporter) -> Void], disabled: Bool)>((nil, [], false))
+
+    func set(_ r: Reporter) {
+        let early = state.withLock { s in
+            s.reporter = r
+            defer { s.early = [] }
+            return s.early
+        }
+        for record in early { record(r) }
+    }
+
+    func get() -> Reporter? { state.withLock { $0.reporter } }
+
+    /// Runs `body` now, or once the reporter exists.
+    func with(_ body: @escaping @Sendable (Reporter) -> Void) {
+        let r = state.withLock { s -> Reporter? in
+            if s.reporter == nil && !s.disabled && s.early.count < 10_000 { s.early.append(body) }
+            return s.reporter
+        }
+        if let r { body(r) }
+    }
+
+    /// Drops what was kept when no reporter will ever come (no --collector).
+    func disable() {
+        state.withLock { s in
+            s.early = []
+            s.disabled = true
+        }
+    }
+}
+
+extension Segguardd {
+    /// Runs async start-up/shutdown work from this synchronous command.
+    static func blocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+        let result = Mutex<Result<T, any Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            let r: Result<T, any Error>
+            do { r = .success(try await body()) } catch { r = .failure(error) }
+            result.withLock { $0 = r }
+            done.signal()
+        }
+        done.wait()
+        return try result.withLock { $0! }.get()
+    }
+
+    /// The saved bundle, verified against the pinned key and this device's group, and the
+    /// path of its policy (rewritten from the verified payload when missing or different).
+    static func appliedBundle(keyPath: String, certificatePath: String, bundleDir: String, fallback: String) throws -> (AppliedBundle?, String) {
+        let key = try PolicySigningKey(base64: try String(contentsOfFile: keyPath, encoding: .utf8))
+        let identity = try DeviceIdentity(certificatePEM: try String(contentsOfFile: certificatePath, encoding: .utf8))
+        guard let (saved, payload) = try AppliedBundle.load(path: bundleDir + "/bundle.json", key: key, group: identity.group) else { return (nil, fallback) }
+        let path = bundleDir + "/bundle-policy.yaml"
+        if Daemon.digest(ofFile: path) != payload.policySHA256 {
+            try AtomicFile.write(Data(payload.policyYAML.utf8), to: path, mode: 0o644)
+        }
+        return (saved, path)
+    }
+}
+
+extension Reporter {
+    /// An enforcement or capture event, as reported.
+    func record(_ e: EnforcementEvent) {
+        var details: [String: String] = [:]
+        if let p = e.profile { details["profile"] = p }
+        if let u = e.uid { details["uid"] = "\(u)" }
+        if let l = e.latencyMs { details["latency_ms"] = String(format: "%.3f", l) }
+        if !e.sessions.isEmpty { details["sessions"] = e.sessions.map { "\($0.id)(pid \($0.pid))" }.joined(separator: ",") }
+        if let x = e.exec {
+            details["path"] = x.path
+            details["pid"] = "\(x.pid)"
+            if let h = x.sha256 { details["sha256"] = h }
+            if let p = x.parentPid { details["ppid"] = "\(p)" }
+            if let p = x.parentExecutable { details["parent"] = p }
+        }
+        let severity: String = switch e.kind {
+        case .bindingFailed: "critical"
+        default: e.isDenial ? "warning" : "info"
+        }
+        record(kind: e.kind.rawValue, severity: severity, reason: e.reason, details: details, time: e.time)
+    }
+}
+
+extension Daemon {
+    static func digest(ofFile path: String) -> String {
+        guard let data = FileManager.default.contents(atPath: path) else { return "" }
+        return PolicySigning.sha256Hex(data)
+    }
+
+    /// The heartbeat: who we are, the policy and decision in force, the interfaces.
+    func heartbeat() -> Heartbeat {
+        let s = state.withLock { $0 }
+        let d = s.monitor.decision
+        let snapshot = s.monitor.snapshot ?? .empty
+        let interfaces = snapshot.interfaces.filter { $0.kind != .loopback }.prefix(64).map { i in
+            InterfaceSummary(name: i.name, wireless: i.kind == .wireless, up: i.isRunning, ssid: i.wireless?.ssid.map { "\($0)" },
+                             bssid: i.wireless?.bssid.map { "\($0)" },
+                             deviceAuth: i.deviceAuth.map { "\($0.portStatus.rawValue)\($0.eapMethod.map { " (\($0))" } ?? "")" })
+        }
+        return Heartbeat(hostname: ProcessInfo.processInfo.hostName, agentVersion: segguardVersion,
+                         policy: PolicySummary(name: s.monitor.policy.name, sha256: policySHA256), 
+                         decision: DecisionSummary(segment: d.segment.rawValue, authorized: d.isAuthorized, reason: d.reason,
+                                                   interfaces: d.authorizedInterfaces, since: s.decidedAt),
+                         interfaces: Array(interfaces), intervalSeconds: s.monitor.policy.report.heartbeatSeconds,
+                         spool: SpoolSummary(pending: 0, dropped: 0), sentAt: Date())
+    }
+
+    /// A verified bundle: validate its policy (refused with the reason, nothing changed), then
+    /// write it and switch to it through the normal reload path.
+    func applyBundle(_ payload: PolicyBundlePayload) throws {
+        let path = bundlePolicyPath
+        _ = try PolicyLoader.load(text: payload.policyYAML, file: "bundle v\(payload.version)")
+        try AtomicFile.write(Data(payload.policyYAML.utf8), to: path, mode: 0o644)
+        policyFileBox.withLock { $0 = path }
+        logger.notice("policy bundle applied", metadata: ["version": "\(payload.version)", "group": "\(payload.group)", "file": "\(path)"])
+        reload()
+    }
 }

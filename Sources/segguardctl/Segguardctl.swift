@@ -9,12 +9,13 @@ import SegguardPolicy
 import SegguardWire
 
 /// The segment-guard control tool.
-struct Segguardctl: ParsableCommand {
+@main
+struct Segguardctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "segguardctl",
-        abstract: "Query segguardd and check segment policies.",
+        abstract: "Query segguardd, check segment policies, sign and push policy bundles, create a test PKI.",
         version: segguardVersion,
-        subcommands: [Status.self, Why.self, Sessions.self, WhyDenied.self, CheckPolicy.self])
+        subcommands: [Status.self, Why.self, Sessions.self, WhyDenied.self, CheckPolicy.self, PolicyCommand.self, PKICommand.self])
 }
 
 /// Options shared by the commands that talk to the daemon.
@@ -239,4 +240,3 @@ enum Render {
     static func iso(_ d: Date) -> String { ISO8601DateFormatter().string(from: d) }
 }
 
-Segguardctl.main()

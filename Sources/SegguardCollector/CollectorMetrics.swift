@@ -1,0 +1,89 @@
+// Prometheus metrics of the collector: per-agent counters (heartbeats, events by kind and
+// severity) kept by this replica, and fleet gauges read from the shared store at scrape time.
+
+import Foundation
+import Logging
+import Prometheus
+import SegguardReport
+import ServiceLifecycle
+
+/// The metrics registry and the counters the routes increment.
+public final class CollectorMetrics: Sendable {
+    public let registry = PrometheusCollectorRegistry()
+    let rejectedBodies: Counter
+    let storeErrors: Counter
+    let identityMismatches: Counter
+    let refusedBundles: Counter
+    let staleTransitions: Counter
+    let agentsGauge: [String: Gauge]
+    let eventsStored: Gauge
+
+    init() {
+        rejectedBodies = registry.makeCounter(name: "segguard_collector_rejected_bodies_total", help: "Request bodies refused (malformed, unknown fields, too large).")
+        storeErrors = registry.makeCounter(name: "segguard_collector_store_errors_total", help: "Requests that failed in the store (answered 503).")
+        identityMismatches = registry.makeCounter(name: "segguard_collector_identity_mismatches_total", help: "Bodies naming another agent than the client certificate.")
+        refusedBundles = registry.makeCounter(name: "segguard_collector_bundles_refused_total", help: "Policy bundle pushes refused.")
+        staleTransitions = registry.makeCounter(name: "segguard_collector_agents_marked_stale_total", help: "Agents this replica marked stale.")
+        let registry = self.registry
+        agentsGauge = Dictionary(uniqueKeysWithValues: ["authorized", "unauthorized", "stale"].map {
+            ($0, registry.makeGauge(name: "segguard_agents", labels: [("state", $0)], help: "Agents by state (from the store).")) })
+        eventsStored = registry.makeGauge(name: "segguard_events_stored", help: "Events in the store.")
+    }
+
+    func heartbeat(_ agent: AgentIdentity, recovered: Bool) {
+        registry.makeCounter(name: "segguard_agent_heartbeats_total", labels: [("agent", agent.agentID), ("group", agent.group)],
+                             help: "Heartbeats received per agent.").increment()
+    }
+
+    func events(_ agent: AgentIdentity, _ events: [ReportedEvent], inserted: Int, duplicates: Int) {
+        var byKind: [String: Int] = [:]
+        for e in events { byKind[e.kind, default: 0] += 1 }
+        for (kind, n) in byKind {
+            registry.makeCounter(name: "segguard_agent_events_total", labels: [("agent", agent.agentID), ("group", agent.group), ("kind", kind)],
+                                 help: "Events received per agent and kind (resends included).").increment(by: Int64(n))
+        }
+        if duplicates > 0 {
+            registry.makeCounter(name: "segguard_agent_duplicate_events_total", labels: [("agent", agent.agentID), ("group", agent.group)],
+                                 help: "Events received again after being stored (a resend after a lost acknowledgement).").increment(by: Int64(duplicates))
+        }
+    }
+
+    func rejected() { rejectedBodies.increment() }
+    func storeError() { storeErrors.increment() }
+    func identityMismatch() { identityMismatches.increment() }
+    func bundleRefused() { refusedBundles.increment() }
+    func markedStale(_ n: Int) { staleTransitions.increment(by: Int64(n)) }
+
+    /// The text exposition, with the fleet gauges set from `counts`.
+    func render(counts: StoreCounts) -> String {
+        agentsGauge["authorized"]?.set(Double(counts.authorized))
+        agentsGauge["unauthorized"]?.set(Double(counts.unauthorized))
+        agentsGauge["stale"]?.set(Double(counts.stale))
+        eventsStored.set(Double(counts.events))
+        return registry.emitToString()
+    }
+}
+
+/// Marks silent agents stale every `staleSweepSeconds` (each replica sweeps; the store makes
+/// sure an agent turns stale, and is reported, once).
+struct StaleSweeper: Service {
+    let collector: Collector
+
+    func run() async throws {
+        let period = collector.configuration.staleSweepSeconds
+        while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                let stale = try await collector.store.markStale(now: Date(), intervals: collector.configuration.staleIntervals)
+                if !stale.isEmpty {
+                    collector.metrics.markedStale(stale.count)
+                    for a in stale {
+                        collector.logger.warning("agent is stale", metadata: ["agent": "\(a.agentID)", "group": "\(a.group)", "last_seen": "\(a.lastSeen)"])
+                    }
+                }
+            } catch {
+                collector.logger.error("stale sweep failed", metadata: ["error": "\(error)"])
+            }
+            try? await cancelWhenGracefulShutdown { try await Task.sleep(for: .seconds(period)) }
+        }
+    }
+}

@@ -1,0 +1,346 @@
+// The collector's HTTP API on Hummingbird, over TLS. Agents authenticate with their device
+// certificate (mutual TLS): the collector takes the agent id and group from the verified
+// certificate, never from the body. Admin calls need the admin bearer token. The dashboard
+// and /metrics are read-only pages.
+//
+//   POST /api/v1/heartbeat          agent    the agent's state (204)
+//   POST /api/v1/events             agent    a batch of spooled events (200, BatchAck)
+//   GET  /api/v1/policy             agent    the signed bundle of the agent's group (ETag, 304, 404)
+//   PUT  /api/v1/admin/policy/:group admin   push a signed bundle (201; 409 when not newer)
+//   GET  /api/v1/admin/agents       admin    agents (JSON; ?group= &state=)
+//   GET  /api/v1/admin/events       admin    latest events (JSON; ?group= &agent= &limit=)
+//   GET  /                          -        dashboard (?group= &state=)
+//   GET  /metrics                   -        Prometheus text format
+//   GET  /healthz                   -        store reachable
+//   POST /api/v1/noop               -        204 doing nothing: the benchmark's floor
+
+import Crypto
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTLS
+import Logging
+import NIOCore
+import NIOSSL
+import SegguardPKI
+import SegguardReport
+import Synchronization
+
+/// The request context: the channel, to read the client certificate of the TLS connection.
+public struct CollectorContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    public let channel: any Channel
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+}
+
+/// Everything the collector needs to serve.
+public struct CollectorConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 8443
+    /// PEM files: the collector's certificate and key, the CA that issued device certificates.
+    public var certificatePath: String
+    public var keyPath: String
+    public var clientCAPath: String
+    /// SHA-256 (hex) of the admin bearer token; nil: admin calls are refused.
+    public var adminTokenSHA256: String?
+    /// When set, pushed bundles must verify against this key (agents verify again).
+    public var policyPublicKey: PolicySigningKey?
+    /// Agents silent for this many of their intervals are stale.
+    public var staleIntervals = 3
+    /// How often the stale sweep runs.
+    public var staleSweepSeconds = 5.0
+    public var maxBodyBytes = 1 << 20
+
+    public init(certificatePath: String, keyPath: String, clientCAPath: String) {
+        self.certificatePath = certificatePath
+        self.keyPath = keyPath
+        self.clientCAPath = clientCAPath
+    }
+
+    /// Server TLS: our certificate; client certificates verified against the device CA when
+    /// presented (the dashboard is reachable without one; agent calls require one).
+    public func tlsConfiguration() throws -> TLSConfiguration {
+        let chain: [NIOSSLCertificate]
+        let key: NIOSSLPrivateKey
+        let roots: [NIOSSLCertificate]
+        do { chain = try NIOSSLCertificate.fromPEMFile(certificatePath) } catch { throw CollectorError("--cert \(certificatePath): \(error)") }
+        do { key = try NIOSSLPrivateKey(file: keyPath, format: .pem) } catch { throw CollectorError("--key \(keyPath): \(error)") }
+        do { roots = try NIOSSLCertificate.fromPEMFile(clientCAPath) } catch { throw CollectorError("--client-ca \(clientCAPath): \(error)") }
+        guard !chain.isEmpty else { throw CollectorError("--cert \(certificatePath): no certificate in the file") }
+        guard !roots.isEmpty else { throw CollectorError("--client-ca \(clientCAPath): no certificate in the file") }
+        var tls = TLSConfiguration.makeServerConfiguration(certificateChain: chain.map { .certificate($0) }, privateKey: .privateKey(key))
+        tls.trustRoots = .certificates(roots)
+        tls.certificateVerification = .optionalVerification
+        tls.minimumTLSVersion = .tlsv12
+        return tls
+    }
+}
+
+/// A configuration or start-up problem, said in one line.
+public struct CollectorError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+/// The collector: routes, identity, group commit, metrics, stale sweep.
+public final class Collector: Sendable {
+    public let store: any CollectorStore
+    public let configuration: CollectorConfiguration
+    public let batcher: HeartbeatBatcher
+    public let metrics: CollectorMetrics
+    let logger: Logger
+    /// Verified certificate DER -> identity (parsing X.509 once per device, not per request).
+    let identities = Mutex<[[UInt8]: DeviceIdentity]>([:])
+
+    public init(store: any CollectorStore, configuration: CollectorConfiguration, logger: Logger) {
+        self.store = store
+        self.configuration = configuration
+        self.logger = logger
+        batcher = HeartbeatBatcher(store: store)
+        metrics = CollectorMetrics()
+    }
+
+    /// The Hummingbird application (TLS). `onRunning` gets the bound port (tests use port 0).
+    public func application(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) throws -> some ApplicationProtocol {
+        let app = Application(
+            router: router(),
+            server: try .tls(.http1(), tlsConfiguration: configuration.tlsConfiguration()),
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "segguard-collector"),
+            services: [StaleSweeper(collector: self)],
+            onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
+            logger: logger)
+        return app
+    }
+
+    func router() -> Router<CollectorContext> {
+        let router = Router(context: CollectorContext.self)
+        router.post("/api/v1/heartbeat") { request, context in await self.guarded { try await self.heartbeat(request, context) } }
+        router.post("/api/v1/events") { request, context in await self.guarded { try await self.events(request, context) } }
+        router.get("/api/v1/policy") { request, context in await self.guarded { try await self.policy(request, context) } }
+        router.put("/api/v1/admin/policy/:group") { request, context in await self.guarded { try await self.pushPolicy(request, context) } }
+        router.get("/api/v1/admin/agents") { request, _ in
+            await self.guarded {
+                try self.requireAdmin(request)
+                let q = request.uri.queryParameters
+                return try Self.json(.ok, try await self.store.agents(AgentFilter(group: q.get("group"), state: q.get("state"))))
+            }
+        }
+        router.get("/api/v1/admin/events") { request, _ in
+            await self.guarded {
+                try self.requireAdmin(request)
+                let q = request.uri.queryParameters
+                let limit = min(max(Int(q.get("limit") ?? "100") ?? 100, 1), 10_000)
+                return try Self.json(.ok, try await self.store.events(EventFilter(agentID: q.get("agent"), group: q.get("group"), limit: limit)))
+            }
+        }
+        router.get("/") { request, _ in await self.guarded { try await self.dashboard(request) } }
+        router.get("/metrics") { _, _ in await self.guarded { try await self.metricsPage() } }
+        router.get("/healthz") { _, _ in
+            await self.guarded {
+                _ = try await self.store.counts()
+                return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "ok\n")))
+            }
+        }
+        router.post("/api/v1/noop") { _, _ in Response(status: .noContent) }
+        return router
+    }
+
+    // MARK: Agent calls
+
+    func heartbeat(_ request: Request, _ context: CollectorContext) async throws -> Response {
+        let agent = try await identity(context)
+        let hb = try await decode(Heartbeat.self, request)
+        try checkBodyID(hb.agentID, agent)
+        do { try hb.validate() } catch { throw APIError(.unprocessableContent, "\(error)") }
+        let recovered = try await batcher.record(hb, from: agent)
+        metrics.heartbeat(agent, recovered: recovered)
+        return Response(status: .noContent)
+    }
+
+    func events(_ request: Request, _ context: CollectorContext) async throws -> Response {
+        let agent = try await identity(context)
+        let batch = try await decode(EventBatch.self, request)
+        try checkBodyID(batch.agentID, agent)
+        do { try batch.validate() } catch { throw APIError(.unprocessableContent, "\(error)") }
+        let result = try await store.insertEvents(batch.events, from: agent, at: Date())
+        metrics.events(agent, batch.events, inserted: result.inserted, duplicates: result.duplicates)
+        return try Self.json(.ok, BatchAck(stored: batch.events.map(\.id), inserted: result.inserted, duplicates: result.duplicates))
+    }
+
+    func policy(_ request: Request, _ context: CollectorContext) async throws -> Response {
+        let agent = try await identity(context)
+        guard let bundle = try await store.bundle(group: agent.group) else {
+            throw APIError(.notFound, "no policy bundle has been pushed for group '\(agent.group)'")
+        }
+        if let tags = request.headers[.ifNoneMatch], tags.split(separator: ",").contains(where: { $0.trimmingCharacters(in: .whitespaces) == bundle.etag }) {
+            return Response(status: .notModified, headers: [.eTag: bundle.etag])
+        }
+        var response = try Self.json(.ok, bundle.bundle)
+        response.headers[.eTag] = bundle.etag
+        return response
+    }
+
+    // MARK: Admin calls
+
+    func pushPolicy(_ request: Request, _ context: CollectorContext) async throws -> Response {
+        try requireAdmin(request)
+        guard let group = context.parameters.get("group") else { throw APIError(.badRequest, "no group in the path") }
+        do { try PKI.validateName(group, what: "group") } catch { throw APIError(.badRequest, "\(error)") }
+        let bundle = try await decode(SignedPolicyBundle.self, request)
+        let payload: PolicyBundlePayload
+        do {
+            if let key = configuration.policyPublicKey {
+                payload = try PolicySigning.verify(bundle, key: key, group: group)
+            } else {
+                payload = try bundle.unverifiedPayload()
+            }
+        } catch {
+            metrics.bundleRefused()
+            throw APIError(.unprocessableContent, "\(error)")
+        }
+        guard payload.group == group else {
+            metrics.bundleRefused()
+            throw APIError(.unprocessableContent, "the bundle is for group '\(payload.group)', pushed to '\(group)'")
+        }
+        let stored = StoredBundle(group: group, version: payload.version, policySHA256: payload.policySHA256, bundle: bundle,
+                                  pushedAt: Date(), pushedBy: "admin-token")
+        switch try await store.putBundle(stored) {
+        case .stored:
+            logger.notice("policy bundle pushed", metadata: ["group": "\(group)", "version": "\(payload.version)", "sha256": "\(payload.policySHA256)"])
+            var r = try Self.json(.created, ["group": group, "version": "\(payload.version)", "etag": stored.etag])
+            r.headers[.eTag] = stored.etag
+            return r
+        case .notNewer(let current):
+            metrics.bundleRefused()
+            throw APIError(.conflict, "group '\(group)' already has version \(current); push a version above it")
+        }
+    }
+
+    func requireAdmin(_ request: Request) throws {
+        guard let expected = configuration.adminTokenSHA256 else {
+            throw APIError(.forbidden, "admin calls are disabled: start the collector with --admin-token-file")
+        }
+        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
+            throw APIError(.unauthorized, "admin calls need 'Authorization: Bearer <token>'")
+        }
+        let got = Data(SHA256.hash(data: Data(header.dropFirst(7).utf8)))
+        let want = Data(hexString: expected) ?? Data()
+        // Compare every byte (no early exit on the first difference).
+        guard got.count == want.count, zip(got, want).reduce(0, { $0 | ($1.0 ^ $1.1) }) == 0 else {
+            throw APIError(.unauthorized, "wrong admin token")
+        }
+    }
+
+    // MARK: Pages
+
+    func dashboard(_ request: Request) async throws -> Response {
+        let q = request.uri.queryParameters
+        let group = q.get("group").flatMap { $0.isEmpty ? nil : $0 }
+        let state = q.get("state").flatMap { $0.isEmpty ? nil : $0 }
+        if let state, !["authorized", "unauthorized", "stale"].contains(state) {
+            throw APIError(.badRequest, "state: \"\(state)\" is not one of authorized, unauthorized, stale")
+        }
+        let agents = try await store.agents(AgentFilter(group: group, state: state))
+        let allGroups = Set(try await store.agents(AgentFilter()).map(\.group)).sorted()
+        let events = try await store.events(EventFilter(group: group, limit: 50))
+        let html = Dashboard.render(agents: agents, events: events, groups: allGroups, group: group, state: state, now: Date(),
+                                    staleIntervals: configuration.staleIntervals)
+        return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: html)))
+    }
+
+    func metricsPage() async throws -> Response {
+        let text = metrics.render(counts: try await store.counts())
+        return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4"], body: .init(byteBuffer: ByteBuffer(string: text)))
+    }
+
+    // MARK: Helpers
+
+    /// The agent behind this TLS connection, from its verified client certificate.
+    func identity(_ context: CollectorContext) async throws -> AgentIdentity {
+        let cert: NIOSSLCertificate?
+        do { cert = try await context.channel.nioSSL_peerCertificate().get() } catch { cert = nil }
+        guard let cert else {
+            throw APIError(.unauthorized, "agent calls need a client certificate issued by the collector's device CA (mutual TLS)")
+        }
+        let der = try cert.toDERBytes()
+        if let known = identities.withLock({ $0[der] }) { return AgentIdentity(agentID: known.agentID, group: known.group) }
+        let id: DeviceIdentity
+        do { id = try DeviceIdentity(certificateDER: der) } catch { throw APIError(.forbidden, "client certificate: \(error)") }
+        identities.withLock { cache in
+            if cache.count > 100_000 { cache.removeAll() }
+            cache[der] = id
+        }
+        return AgentIdentity(agentID: id.agentID, group: id.group)
+    }
+
+    func checkBodyID(_ bodyID: String?, _ agent: AgentIdentity) throws {
+        if let bodyID, bodyID != agent.agentID {
+            metrics.identityMismatch()
+            logger.warning("agent wrote another agent's id in the body", metadata: ["certificate": "\(agent.agentID)", "body": "\(bodyID)"])
+            throw APIError(.forbidden, "agent_id \"\(bodyID)\" in the body is not the agent of the client certificate (\"\(agent.agentID)\")")
+        }
+    }
+
+    func decode<T: Codable>(_ type: T.Type, _ request: Request) async throws -> T {
+        if let ct = request.headers[.contentType], !ct.lowercased().hasPrefix("application/json") {
+            throw APIError(.unsupportedMediaType, "Content-Type must be application/json, not \(ct)")
+        }
+        let buffer: ByteBuffer
+        do {
+            buffer = try await request.body.collect(upTo: configuration.maxBodyBytes)
+        } catch is NIOTooManyBytesError {
+            metrics.rejected()
+            throw APIError(.contentTooLarge, "body larger than \(configuration.maxBodyBytes) bytes")
+        }
+        do {
+            return try ReportCoding.decodeStrict(T.self, from: Data(buffer.readableBytesView))
+        } catch {
+            metrics.rejected()
+            throw APIError(.badRequest, "\(error)")
+        }
+    }
+
+    /// Turns every error into a JSON error reply; store failures are 503 (the agent retries).
+    func guarded(_ body: () async throws -> Response) async -> Response {
+        do {
+            return try await body()
+        } catch let e as APIError {
+            return (try? Self.json(e.status, ErrorReply(error: e.message))) ?? Response(status: e.status)
+        } catch {
+            logger.error("request failed", metadata: ["error": "\(String(reflecting: error))"])
+            metrics.storeError()
+            return (try? Self.json(.serviceUnavailable, ErrorReply(error: "store unavailable: \(error)"))) ?? Response(status: .serviceUnavailable)
+        }
+    }
+
+    static func json<T: Encodable>(_ status: HTTPResponse.Status, _ value: T) throws -> Response {
+        let data = try ReportCoding.encoder().encode(value)
+        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}
+
+/// An HTTP error with the message the client gets.
+struct APIError: Error {
+    let status: HTTPResponse.Status
+    let message: String
+    init(_ status: HTTPResponse.Status, _ message: String) {
+        self.status = status
+        self.message = message
+    }
+}
+
+extension Data {
+    init?(hexString: String) {
+        var bytes: [UInt8] = []
+        var chars = hexString.lowercased().makeIterator()
+        while let a = chars.next() {
+            guard let b = chars.next(), let hi = a.hexDigitValue, let lo = b.hexDigitValue else { return nil }
+            bytes.append(UInt8(hi << 4 | lo))
+        }
+        self.init(bytes)
+    }
+}

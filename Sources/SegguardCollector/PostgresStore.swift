@@ -1,0 +1,253 @@
+// The store for large deployments: PostgreSQL, shared by every collector replica. Upserts
+// and `UPDATE ... RETURNING` make each operation atomic across replicas (an agent goes stale
+// once, an event is stored once, a bundle version only rises).
+
+import Foundation
+import Logging
+import PostgresNIO
+import SegguardReport
+
+/// The collector's PostgreSQL store (`--store postgres://user@host:port/db`).
+public final class PostgresStore: CollectorStore {
+    let client: PostgresClient
+    let runTask: Task<Void, Never>
+    let logger: Logger
+
+    /// Connects lazily (the pool opens connections as queries need them).
+    public init(configuration: PostgresClient.Configuration, logger: Logger = Logger(label: "segguard-collector.postgres")) {
+        let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        self.client = client
+        self.logger = logger
+        runTask = Task { await client.run() }
+    }
+
+    /// From `postgres://user[:password]@host[:port]/database` (no TLS: loopback or a
+    /// private network; put a TLS proxy in front otherwise).
+    public static func configuration(url: String) throws -> PostgresClient.Configuration {
+        guard let u = URLComponents(string: url), u.scheme == "postgres" || u.scheme == "postgresql", let host = u.host, !host.isEmpty else {
+            throw StoreError("--store \(url): expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE")
+        }
+        let db = u.path.hasPrefix("/") ? String(u.path.dropFirst()) : u.path
+        var c = PostgresClient.Configuration(host: host, port: u.port ?? 5432, username: u.user ?? "postgres", password: u.password,
+                                             database: db.isEmpty ? nil : db, tls: .disable)
+        c.options.maximumConnections = 16
+        return c
+    }
+
+    public func close() async throws { runTask.cancel() }
+
+    public func migrate() async throws {
+        let statements: [PostgresQuery] = [
+            // Several replicas may start at once: serialize the DDL with an advisory lock.
+            "SELECT pg_advisory_lock(7305001)",
+            """
+            CREATE TABLE IF NOT EXISTS agents (
+                agent_id TEXT PRIMARY KEY, grp TEXT NOT NULL, hostname TEXT NOT NULL, agent_version TEXT NOT NULL,
+                policy_name TEXT NOT NULL, policy_sha256 TEXT NOT NULL, bundle_version BIGINT,
+                segment TEXT NOT NULL, authorized BOOLEAN NOT NULL, reason TEXT NOT NULL, interfaces TEXT NOT NULL,
+                interval_s BIGINT NOT NULL, spool_pending BIGINT NOT NULL, spool_dropped BIGINT NOT NULL,
+                first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL, stale BOOLEAN NOT NULL DEFAULT FALSE,
+                heartbeats BIGINT NOT NULL DEFAULT 0, events BIGINT NOT NULL DEFAULT 0)
+            """,
+            "CREATE INDEX IF NOT EXISTS agents_group ON agents (grp)",
+            """
+            CREATE TABLE IF NOT EXISTS events (
+                agent_id TEXT NOT NULL, event_id TEXT NOT NULL, grp TEXT NOT NULL, seq BIGINT NOT NULL, time BIGINT NOT NULL,
+                kind TEXT NOT NULL, severity TEXT NOT NULL, reason TEXT NOT NULL, details TEXT NOT NULL, received BIGINT NOT NULL,
+                PRIMARY KEY (agent_id, event_id))
+            """,
+            "CREATE INDEX IF NOT EXISTS events_received ON events (received)",
+            """
+            CREATE TABLE IF NOT EXISTS bundles (
+                grp TEXT PRIMARY KEY, version BIGINT NOT NULL, policy_sha256 TEXT NOT NULL, bundle TEXT NOT NULL,
+                pushed_at BIGINT NOT NULL, pushed_by TEXT NOT NULL)
+            """,
+            "SELECT pg_advisory_unlock(7305001)",
+        ]
+        do {
+            try await client.withConnection { conn in
+                for s in statements { try await conn.query(s, logger: logger) }
+            }
+        } catch {
+            throw StoreError("PostgreSQL schema: \(String(reflecting: error))")
+        }
+    }
+
+    public func recordHeartbeats(_ heartbeats: [(Heartbeat, AgentIdentity)], at time: Date) async throws -> [Bool] {
+        let rows = try heartbeats.map { hb, agent in (hb, agent, try ColumnJSON.encode(hb.interfaces)) }
+        let now = time.millis
+        let logger = self.logger
+        return try await client.withTransaction(logger: logger) { conn -> [Bool] in
+            var recovered: [Bool] = []
+            for (hb, agent, interfaces) in rows {
+                // The old stale flag, locked until the upsert below clears it.
+                var wasStale = false
+                let old = try await conn.query("SELECT stale FROM agents WHERE agent_id = \(agent.agentID) FOR UPDATE", logger: logger)
+                for try await row in old { wasStale = try row.makeRandomAccess()["stale"].decode(Bool.self) }
+                try await conn.query(
+                    """
+                    INSERT INTO agents (agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment,
+                        authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats)
+                    VALUES (\(agent.agentID), \(agent.group), \(hb.hostname), \(hb.agentVersion), \(hb.policy.name), \(hb.policy.sha256),
+                        \(hb.policy.bundleVersion), \(hb.decision.segment), \(hb.decision.authorized), \(hb.decision.reason), \(interfaces),
+                        \(Int64(hb.intervalSeconds)), \(Int64(hb.spool.pending)), \(Int64(hb.spool.dropped)), \(now), \(now), FALSE, 1)
+                    ON CONFLICT (agent_id) DO UPDATE SET grp = EXCLUDED.grp, hostname = EXCLUDED.hostname, agent_version = EXCLUDED.agent_version,
+                        policy_name = EXCLUDED.policy_name, policy_sha256 = EXCLUDED.policy_sha256, bundle_version = EXCLUDED.bundle_version,
+                        segment = EXCLUDED.segment, authorized = EXCLUDED.authorized, reason = EXCLUDED.reason, interfaces = EXCLUDED.interfaces,
+                        interval_s = EXCLUDED.interval_s, spool_pending = EXCLUDED.spool_pending, spool_dropped = EXCLUDED.spool_dropped,
+                        last_seen = EXCLUDED.last_seen, stale = FALSE, heartbeats = agents.heartbeats + 1
+                    """, logger: logger)
+                if wasStale { _ = try await Self.insert([recoveredEvent(now: time)], agent: agent, received: now, conn: conn, logger: logger) }
+                recovered.append(wasStale)
+            }
+            return recovered
+        }
+    }
+
+    static func insert(_ events: [ReportedEvent], agent: AgentIdentity, received: Int64, conn: PostgresConnection, logger: Logger) async throws -> Int {
+        var inserted = 0
+        for e in events {
+            let details = try ColumnJSON.encode(e.details)
+            let rows = try await conn.query(
+                """
+                INSERT INTO events (agent_id, event_id, grp, seq, time, kind, severity, reason, details, received)
+                VALUES (\(agent.agentID), \(e.id), \(agent.group), \(e.seq), \(e.time.millis), \(e.kind), \(e.severity), \(e.reason), \(details), \(received))
+                ON CONFLICT (agent_id, event_id) DO NOTHING RETURNING seq
+                """, logger: logger)
+            for try await _ in rows { inserted += 1 }
+        }
+        if inserted > 0 {
+            try await conn.query("UPDATE agents SET events = events + \(Int64(inserted)) WHERE agent_id = \(agent.agentID)", logger: logger)
+        }
+        return inserted
+    }
+
+    public func insertEvents(_ events: [ReportedEvent], from agent: AgentIdentity, at time: Date) async throws -> InsertResult {
+        let received = time.millis
+        let logger = self.logger
+        let inserted = try await client.withTransaction(logger: logger) { conn in
+            try await Self.insert(events, agent: agent, received: received, conn: conn, logger: logger)
+        }
+        return InsertResult(inserted: inserted, duplicates: events.count - inserted)
+    }
+
+    static let agentColumns = """
+        agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment, authorized, reason, interfaces,
+        interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats, events
+        """
+
+    static func agent(_ row: PostgresRow) throws -> AgentRecord {
+        let r = row.makeRandomAccess()
+        return AgentRecord(
+            agentID: try r["agent_id"].decode(String.self), group: try r["grp"].decode(String.self), hostname: try r["hostname"].decode(String.self),
+            agentVersion: try r["agent_version"].decode(String.self), policyName: try r["policy_name"].decode(String.self),
+            policySHA256: try r["policy_sha256"].decode(String.self), bundleVersion: try r["bundle_version"].decode(Int64?.self),
+            segment: try r["segment"].decode(String.self), authorized: try r["authorized"].decode(Bool.self), reason: try r["reason"].decode(String.self),
+            interfaces: try ColumnJSON.decode([InterfaceSummary].self, try r["interfaces"].decode(String.self)),
+            intervalSeconds: Int(try r["interval_s"].decode(Int64.self)), spoolPending: Int(try r["spool_pending"].decode(Int64.self)),
+            spoolDropped: Int(try r["spool_dropped"].decode(Int64.self)), firstSeen: Date(millis: try r["first_seen"].decode(Int64.self)),
+            lastSeen: Date(millis: try r["last_seen"].decode(Int64.self)), stale: try r["stale"].decode(Bool.self),
+            heartbeats: try r["heartbeats"].decode(Int64.self), events: try r["events"].decode(Int64.self))
+    }
+
+    public func agents(_ filter: AgentFilter) async throws -> [AgentRecord] {
+        let rows = try await client.query(
+            """
+            SELECT \(unescaped: Self.agentColumns) FROM agents
+            WHERE (\(filter.group)::text IS NULL OR grp = \(filter.group))
+              AND (\(filter.state)::text IS NULL OR (\(filter.state) = 'stale' AND stale)
+                   OR (\(filter.state) = 'authorized' AND NOT stale AND authorized)
+                   OR (\(filter.state) = 'unauthorized' AND NOT stale AND NOT authorized))
+            ORDER BY grp, agent_id
+            """, logger: logger)
+        var out: [AgentRecord] = []
+        for try await row in rows { out.append(try Self.agent(row)) }
+        return out
+    }
+
+    public func events(_ filter: EventFilter) async throws -> [StoredEvent] {
+        let rows = try await client.query(
+            """
+            SELECT agent_id, event_id, grp, seq, time, kind, severity, reason, details, received FROM events
+            WHERE (\(filter.agentID)::text IS NULL OR agent_id = \(filter.agentID)) AND (\(filter.group)::text IS NULL OR grp = \(filter.group))
+            ORDER BY received DESC, time DESC, seq DESC LIMIT \(Int64(max(0, filter.limit)))
+            """, logger: logger)
+        var out: [StoredEvent] = []
+        for try await row in rows {
+            let r = row.makeRandomAccess()
+            out.append(StoredEvent(
+                agentID: try r["agent_id"].decode(String.self), group: try r["grp"].decode(String.self),
+                event: ReportedEvent(id: try r["event_id"].decode(String.self), seq: try r["seq"].decode(Int64.self),
+                                     time: Date(millis: try r["time"].decode(Int64.self)), kind: try r["kind"].decode(String.self),
+                                     severity: try r["severity"].decode(String.self), reason: try r["reason"].decode(String.self),
+                                     details: try ColumnJSON.decode([String: String].self, try r["details"].decode(String.self))),
+                receivedAt: Date(millis: try r["received"].decode(Int64.self))))
+        }
+        return out
+    }
+
+    public func markStale(now: Date, intervals: Int) async throws -> [AgentRecord] {
+        let nowMs = now.millis
+        let logger = self.logger
+        return try await client.withTransaction(logger: logger) { conn -> [AgentRecord] in
+            let rows = try await conn.query(
+                """
+                UPDATE agents SET stale = TRUE WHERE NOT stale AND last_seen + interval_s * 1000 * \(Int64(intervals)) < \(nowMs)
+                RETURNING \(unescaped: Self.agentColumns)
+                """, logger: logger)
+            var agents: [AgentRecord] = []
+            for try await row in rows { agents.append(try Self.agent(row)) }
+            for a in agents {
+                _ = try await Self.insert([staleEvent(for: a, now: now, intervals: intervals)], agent: AgentIdentity(agentID: a.agentID, group: a.group),
+                                          received: nowMs, conn: conn, logger: logger)
+            }
+            return agents
+        }
+    }
+
+    public func putBundle(_ bundle: StoredBundle) async throws -> PutBundleResult {
+        let json = try ColumnJSON.encode(bundle.bundle)
+        // One statement: stored only when newer; otherwise the current version comes back.
+        let rows = try await client.query(
+            """
+            INSERT INTO bundles (grp, version, policy_sha256, bundle, pushed_at, pushed_by)
+            VALUES (\(bundle.group), \(bundle.version), \(bundle.policySHA256), \(json), \(bundle.pushedAt.millis), \(bundle.pushedBy))
+            ON CONFLICT (grp) DO UPDATE SET version = EXCLUDED.version, policy_sha256 = EXCLUDED.policy_sha256, bundle = EXCLUDED.bundle,
+                pushed_at = EXCLUDED.pushed_at, pushed_by = EXCLUDED.pushed_by
+            WHERE bundles.version < EXCLUDED.version
+            RETURNING version
+            """, logger: logger)
+        for try await _ in rows { return .stored }
+        let current = try await self.bundle(group: bundle.group)?.version ?? bundle.version
+        return .notNewer(current: current)
+    }
+
+    public func bundle(group: String) async throws -> StoredBundle? {
+        let rows = try await client.query(
+            "SELECT grp, version, policy_sha256, bundle, pushed_at, pushed_by FROM bundles WHERE grp = \(group)", logger: logger)
+        for try await row in rows {
+            let r = row.makeRandomAccess()
+            return StoredBundle(
+                group: try r["grp"].decode(String.self), version: try r["version"].decode(Int64.self), policySHA256: try r["policy_sha256"].decode(String.self),
+                bundle: try ColumnJSON.decode(SignedPolicyBundle.self, try r["bundle"].decode(String.self)),
+                pushedAt: Date(millis: try r["pushed_at"].decode(Int64.self)), pushedBy: try r["pushed_by"].decode(String.self))
+        }
+        return nil
+    }
+
+    public func counts() async throws -> StoreCounts {
+        let rows = try await client.query(
+            """
+            SELECT COUNT(*)::BIGINT AS n, COUNT(*) FILTER (WHERE NOT stale AND authorized)::BIGINT AS ok,
+                   COUNT(*) FILTER (WHERE NOT stale AND NOT authorized)::BIGINT AS bad, COUNT(*) FILTER (WHERE stale)::BIGINT AS stale,
+                   (SELECT COUNT(*) FROM events)::BIGINT AS events FROM agents
+            """, logger: logger)
+        for try await row in rows {
+            let r = row.makeRandomAccess()
+            return StoreCounts(agents: Int(try r["n"].decode(Int64.self)), authorized: Int(try r["ok"].decode(Int64.self)),
+                               unauthorized: Int(try r["bad"].decode(Int64.self)), stale: Int(try r["stale"].decode(Int64.self)),
+                               events: try r["events"].decode(Int64.self))
+        }
+        return StoreCounts()
+    }
+}

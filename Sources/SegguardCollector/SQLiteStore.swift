@@ -1,0 +1,260 @@
+// The embedded default store: one SQLite file (WAL, synchronous=FULL: an acknowledged event
+// survives a crash of the collector). One connection; transactions are serialized.
+
+import Foundation
+import Logging
+import SQLiteNIO
+import SegguardReport
+
+/// Runs async operations one after another (a transaction must not interleave with another
+/// on the same connection).
+actor SerialRunner {
+    private var tail: Task<Void, Never>?
+
+    func run<T: Sendable>(_ operation: @escaping @Sendable () async throws -> T) async throws -> T {
+        let previous = tail
+        let task = Task { () async throws -> T in
+            _ = await previous?.value
+            return try await operation()
+        }
+        tail = Task { _ = try? await task.value }
+        return try await task.value
+    }
+}
+
+/// The collector's SQLite store (`--store sqlite:PATH`).
+public final class SQLiteStore: CollectorStore {
+    let connection: SQLiteConnection
+    let serial = SerialRunner()
+    public let path: String
+
+    public init(path: String, logger: Logger = Logger(label: "segguard-collector.sqlite")) async throws {
+        self.path = path
+        do {
+            connection = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
+        } catch {
+            throw StoreError("cannot open the SQLite store \(path): \(error)")
+        }
+        for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=5000"] {
+            _ = try await connection.query(pragma)
+        }
+    }
+
+    public func close() async throws { try await connection.close() }
+
+    static let schema = [
+        """
+        CREATE TABLE IF NOT EXISTS agents (
+            agent_id TEXT PRIMARY KEY, grp TEXT NOT NULL, hostname TEXT NOT NULL, agent_version TEXT NOT NULL,
+            policy_name TEXT NOT NULL, policy_sha256 TEXT NOT NULL, bundle_version INTEGER,
+            segment TEXT NOT NULL, authorized INTEGER NOT NULL, reason TEXT NOT NULL, interfaces TEXT NOT NULL,
+            interval_s INTEGER NOT NULL, spool_pending INTEGER NOT NULL, spool_dropped INTEGER NOT NULL,
+            first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, stale INTEGER NOT NULL DEFAULT 0,
+            heartbeats INTEGER NOT NULL DEFAULT 0, events INTEGER NOT NULL DEFAULT 0)
+        """,
+        "CREATE INDEX IF NOT EXISTS agents_group ON agents (grp)",
+        """
+        CREATE TABLE IF NOT EXISTS events (
+            agent_id TEXT NOT NULL, event_id TEXT NOT NULL, grp TEXT NOT NULL, seq INTEGER NOT NULL, time INTEGER NOT NULL,
+            kind TEXT NOT NULL, severity TEXT NOT NULL, reason TEXT NOT NULL, details TEXT NOT NULL, received INTEGER NOT NULL,
+            PRIMARY KEY (agent_id, event_id))
+        """,
+        "CREATE INDEX IF NOT EXISTS events_received ON events (received)",
+        """
+        CREATE TABLE IF NOT EXISTS bundles (
+            grp TEXT PRIMARY KEY, version INTEGER NOT NULL, policy_sha256 TEXT NOT NULL, bundle TEXT NOT NULL,
+            pushed_at INTEGER NOT NULL, pushed_by TEXT NOT NULL)
+        """,
+    ]
+
+    public func migrate() async throws {
+        try await serial.run { [connection] in
+            for statement in Self.schema { _ = try await connection.query(statement) }
+        }
+    }
+
+    /// BEGIN IMMEDIATE ... COMMIT around `body`, rolled back on error.
+    func transaction<T: Sendable>(_ body: @escaping @Sendable (SQLiteConnection) async throws -> T) async throws -> T {
+        try await serial.run { [connection] in
+            _ = try await connection.query("BEGIN IMMEDIATE")
+            do {
+                let result = try await body(connection)
+                _ = try await connection.query("COMMIT")
+                return result
+            } catch {
+                _ = try? await connection.query("ROLLBACK")
+                throw error
+            }
+        }
+    }
+
+    public func recordHeartbeats(_ heartbeats: [(Heartbeat, AgentIdentity)], at time: Date) async throws -> [Bool] {
+        let rows = try heartbeats.map { hb, agent in (hb, agent, try ColumnJSON.encode(hb.interfaces)) }
+        let now = time.millis
+        return try await transaction { db in
+            var recovered: [Bool] = []
+            for (hb, agent, interfaces) in rows {
+                let was = try await db.query("SELECT stale FROM agents WHERE agent_id = ?", [.text(agent.agentID)]).first?.column("stale")?.integer
+                _ = try await db.query(
+                    """
+                    INSERT INTO agents (agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment,
+                        authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats)
+                    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, 0, 1)
+                    ON CONFLICT (agent_id) DO UPDATE SET grp = ?2, hostname = ?3, agent_version = ?4, policy_name = ?5, policy_sha256 = ?6,
+                        bundle_version = ?7, segment = ?8, authorized = ?9, reason = ?10, interfaces = ?11, interval_s = ?12,
+                        spool_pending = ?13, spool_dropped = ?14, last_seen = ?15, stale = 0, heartbeats = heartbeats + 1
+                    """,
+                    [.text(agent.agentID), .text(agent.group), .text(hb.hostname), .text(hb.agentVersion), .text(hb.policy.name),
+                     .text(hb.policy.sha256), hb.policy.bundleVersion.map { .integer(SQLiteInt64($0)) } ?? .null, .text(hb.decision.segment),
+                     .integer(hb.decision.authorized ? 1 : 0), .text(hb.decision.reason), .text(interfaces), .integer(SQLiteInt64(hb.intervalSeconds)),
+                     .integer(SQLiteInt64(hb.spool.pending)), .integer(SQLiteInt64(hb.spool.dropped)), .integer(SQLiteInt64(now))])
+                let wasStale = was == 1
+                if wasStale { try await Self.insert([recoveredEvent(now: time)], agent: agent, received: now, db: db) }
+                recovered.append(wasStale)
+            }
+            return recovered
+        }
+    }
+
+    static func insert(_ events: [ReportedEvent], agent: AgentIdentity, received: Int64, db: SQLiteConnection) async throws -> Int {
+        var inserted = 0
+        for e in events {
+            let rows = try await db.query(
+                """
+                INSERT INTO events (agent_id, event_id, grp, seq, time, kind, severity, reason, details, received)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (agent_id, event_id) DO NOTHING RETURNING seq
+                """,
+                [.text(agent.agentID), .text(e.id), .text(agent.group), .integer(SQLiteInt64(e.seq)), .integer(SQLiteInt64(e.time.millis)),
+                 .text(e.kind), .text(e.severity), .text(e.reason), .text(try ColumnJSON.encode(e.details)), .integer(SQLiteInt64(received))])
+            inserted += rows.count
+        }
+        if inserted > 0 {
+            _ = try await db.query("UPDATE agents SET events = events + ? WHERE agent_id = ?", [.integer(SQLiteInt64(inserted)), .text(agent.agentID)])
+        }
+        return inserted
+    }
+
+    public func insertEvents(_ events: [ReportedEvent], from agent: AgentIdentity, at time: Date) async throws -> InsertResult {
+        let received = time.millis
+        let inserted = try await transaction { db in try await Self.insert(events, agent: agent, received: received, db: db) }
+        return InsertResult(inserted: inserted, duplicates: events.count - inserted)
+    }
+
+    static let agentColumns = """
+        agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment, authorized, reason, interfaces,
+        interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats, events
+        """
+
+    static func agent(_ r: SQLiteRow) throws -> AgentRecord {
+        func s(_ c: String) -> String { r.column(c)?.string ?? "" }
+        func i(_ c: String) -> Int64 { Int64(r.column(c)?.integer ?? 0) }
+        return AgentRecord(
+            agentID: s("agent_id"), group: s("grp"), hostname: s("hostname"), agentVersion: s("agent_version"), policyName: s("policy_name"),
+            policySHA256: s("policy_sha256"), bundleVersion: r.column("bundle_version")?.integer.map { Int64($0) }, segment: s("segment"),
+            authorized: i("authorized") == 1, reason: s("reason"), interfaces: try ColumnJSON.decode([InterfaceSummary].self, s("interfaces")),
+            intervalSeconds: Int(i("interval_s")), spoolPending: Int(i("spool_pending")), spoolDropped: Int(i("spool_dropped")),
+            firstSeen: Date(millis: i("first_seen")), lastSeen: Date(millis: i("last_seen")), stale: i("stale") == 1,
+            heartbeats: i("heartbeats"), events: i("events"))
+    }
+
+    public func agents(_ filter: AgentFilter) async throws -> [AgentRecord] {
+        var conditions: [String] = []
+        var binds: [SQLiteData] = []
+        if let g = filter.group { conditions.append("grp = ?"); binds.append(.text(g)) }
+        switch filter.state {
+        case "stale": conditions.append("stale = 1")
+        case "authorized": conditions.append("stale = 0 AND authorized = 1")
+        case "unauthorized": conditions.append("stale = 0 AND authorized = 0")
+        default: break
+        }
+        let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        let sql = "SELECT \(Self.agentColumns) FROM agents \(whereClause) ORDER BY grp, agent_id"
+        let values = binds
+        return try await serial.run { [connection] in try await connection.query(sql, values).map(Self.agent) }
+    }
+
+    public func events(_ filter: EventFilter) async throws -> [StoredEvent] {
+        var conditions: [String] = []
+        var binds: [SQLiteData] = []
+        if let a = filter.agentID { conditions.append("agent_id = ?"); binds.append(.text(a)) }
+        if let g = filter.group { conditions.append("grp = ?"); binds.append(.text(g)) }
+        let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        binds.append(.integer(SQLiteInt64(max(0, filter.limit))))
+        let sql = """
+            SELECT agent_id, event_id, grp, seq, time, kind, severity, reason, details, received FROM events \(whereClause)
+            ORDER BY received DESC, time DESC, seq DESC LIMIT ?
+            """
+        let values = binds
+        return try await serial.run { [connection] in
+            try await connection.query(sql, values).map { r in
+                func s(_ c: String) -> String { r.column(c)?.string ?? "" }
+                func i(_ c: String) -> Int64 { Int64(r.column(c)?.integer ?? 0) }
+                return StoredEvent(
+                    agentID: s("agent_id"), group: s("grp"),
+                    event: ReportedEvent(id: s("event_id"), seq: i("seq"), time: Date(millis: i("time")), kind: s("kind"), severity: s("severity"),
+                                         reason: s("reason"), details: try ColumnJSON.decode([String: String].self, s("details"))),
+                    receivedAt: Date(millis: i("received")))
+            }
+        }
+    }
+
+    public func markStale(now: Date, intervals: Int) async throws -> [AgentRecord] {
+        let nowMs = now.millis
+        return try await transaction { db in
+            let rows = try await db.query(
+                "UPDATE agents SET stale = 1 WHERE stale = 0 AND last_seen + interval_s * 1000 * ? < ? RETURNING \(Self.agentColumns)",
+                [.integer(SQLiteInt64(intervals)), .integer(SQLiteInt64(nowMs))])
+            let agents = try rows.map(Self.agent)
+            for a in agents {
+                _ = try await Self.insert([staleEvent(for: a, now: now, intervals: intervals)], agent: AgentIdentity(agentID: a.agentID, group: a.group),
+                                          received: nowMs, db: db)
+            }
+            return agents
+        }
+    }
+
+    public func putBundle(_ bundle: StoredBundle) async throws -> PutBundleResult {
+        let json = try ColumnJSON.encode(bundle.bundle)
+        return try await transaction { db in
+            if let current = try await db.query("SELECT version FROM bundles WHERE grp = ?", [.text(bundle.group)]).first?.column("version")?.integer,
+               Int64(current) >= bundle.version {
+                return .notNewer(current: Int64(current))
+            }
+            _ = try await db.query(
+                """
+                INSERT INTO bundles (grp, version, policy_sha256, bundle, pushed_at, pushed_by) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                ON CONFLICT (grp) DO UPDATE SET version = ?2, policy_sha256 = ?3, bundle = ?4, pushed_at = ?5, pushed_by = ?6
+                """,
+                [.text(bundle.group), .integer(SQLiteInt64(bundle.version)), .text(bundle.policySHA256), .text(json),
+                 .integer(SQLiteInt64(bundle.pushedAt.millis)), .text(bundle.pushedBy)])
+            return .stored
+        }
+    }
+
+    public func bundle(group: String) async throws -> StoredBundle? {
+        try await serial.run { [connection] in
+            guard let r = try await connection.query(
+                "SELECT grp, version, policy_sha256, bundle, pushed_at, pushed_by FROM bundles WHERE grp = ?", [.text(group)]).first
+            else { return nil }
+            return StoredBundle(
+                group: r.column("grp")?.string ?? "", version: Int64(r.column("version")?.integer ?? 0),
+                policySHA256: r.column("policy_sha256")?.string ?? "",
+                bundle: try ColumnJSON.decode(SignedPolicyBundle.self, r.column("bundle")?.string ?? ""),
+                pushedAt: Date(millis: Int64(r.column("pushed_at")?.integer ?? 0)), pushedBy: r.column("pushed_by")?.string ?? "")
+        }
+    }
+
+    public func counts() async throws -> StoreCounts {
+        try await serial.run { [connection] in
+            let a = try await connection.query(
+                """
+                SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN stale = 0 AND authorized = 1 THEN 1 ELSE 0 END), 0) AS ok,
+                       COALESCE(SUM(CASE WHEN stale = 0 AND authorized = 0 THEN 1 ELSE 0 END), 0) AS bad,
+                       COALESCE(SUM(stale), 0) AS stale FROM agents
+                """).first
+            let e = try await connection.query("SELECT COUNT(*) AS n FROM events").first
+            func i(_ r: SQLiteRow?, _ c: String) -> Int { Int(r?.column(c)?.integer ?? 0) }
+            return StoreCounts(agents: i(a, "n"), authorized: i(a, "ok"), unauthorized: i(a, "bad"), stale: i(a, "stale"), events: Int64(i(e, "n")))
+        }
+    }
+}

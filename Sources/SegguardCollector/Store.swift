@@ -1,0 +1,203 @@
+// The collector's one store interface. Two implementations: SQLiteStore (a file, the default,
+// no setup) and PostgresStore (several collector replicas share one database). Every method
+// is one transaction or one statement, so replicas never need each other's memory; the same
+// test suite runs against both.
+
+import Foundation
+import SegguardReport
+
+/// The agent a request comes from, taken from its verified client certificate.
+public struct AgentIdentity: Sendable, Equatable, Hashable {
+    public let agentID: String
+    public let group: String
+    public init(agentID: String, group: String) {
+        self.agentID = agentID
+        self.group = group
+    }
+}
+
+/// What the store knows of one agent (from its latest heartbeat).
+public struct AgentRecord: Sendable, Equatable, Codable {
+    public var agentID: String
+    public var group: String
+    public var hostname: String
+    public var agentVersion: String
+    public var policyName: String
+    public var policySHA256: String
+    public var bundleVersion: Int64?
+    public var segment: String
+    public var authorized: Bool
+    public var reason: String
+    public var interfaces: [InterfaceSummary]
+    public var intervalSeconds: Int
+    public var spoolPending: Int
+    public var spoolDropped: Int
+    public var firstSeen: Date
+    public var lastSeen: Date
+    public var stale: Bool
+    public var heartbeats: Int64
+    public var events: Int64
+
+    enum CodingKeys: String, CodingKey {
+        case agentID = "agent_id", group, hostname, agentVersion = "agent_version", policyName = "policy_name"
+        case policySHA256 = "policy_sha256", bundleVersion = "bundle_version", segment, authorized, reason, interfaces
+        case intervalSeconds = "interval_s", spoolPending = "spool_pending", spoolDropped = "spool_dropped"
+        case firstSeen = "first_seen", lastSeen = "last_seen", stale, heartbeats, events
+    }
+
+    /// "stale", "authorized" or "unauthorized": what the dashboard filters on.
+    public var state: String { stale ? "stale" : (authorized ? "authorized" : "unauthorized") }
+}
+
+/// An event as stored: the agent's fields plus who sent it and when it arrived.
+public struct StoredEvent: Sendable, Equatable, Codable {
+    public var agentID: String
+    public var group: String
+    public var event: ReportedEvent
+    public var receivedAt: Date
+    enum CodingKeys: String, CodingKey { case agentID = "agent_id", group, event, receivedAt = "received_at" }
+    public init(agentID: String, group: String, event: ReportedEvent, receivedAt: Date) {
+        self.agentID = agentID
+        self.group = group
+        self.event = event
+        self.receivedAt = receivedAt
+    }
+}
+
+/// A bundle as pushed by an admin.
+public struct StoredBundle: Sendable, Equatable, Codable {
+    public var group: String
+    public var version: Int64
+    public var policySHA256: String
+    public var bundle: SignedPolicyBundle
+    public var pushedAt: Date
+    public var pushedBy: String
+    enum CodingKeys: String, CodingKey {
+        case group, version, policySHA256 = "policy_sha256", bundle, pushedAt = "pushed_at", pushedBy = "pushed_by"
+    }
+    public init(group: String, version: Int64, policySHA256: String, bundle: SignedPolicyBundle, pushedAt: Date, pushedBy: String) {
+        self.group = group
+        self.version = version
+        self.policySHA256 = policySHA256
+        self.bundle = bundle
+        self.pushedAt = pushedAt
+        self.pushedBy = pushedBy
+    }
+
+    /// The HTTP entity tag agents send back in If-None-Match.
+    public var etag: String { "\"\(group)-\(version)-\(policySHA256.prefix(16))\"" }
+}
+
+/// Filters for the dashboard and the admin API.
+public struct AgentFilter: Sendable, Equatable {
+    public var group: String?
+    /// authorized, unauthorized, stale.
+    public var state: String?
+    public init(group: String? = nil, state: String? = nil) {
+        self.group = group
+        self.state = state
+    }
+}
+
+public struct EventFilter: Sendable, Equatable {
+    public var agentID: String?
+    public var group: String?
+    public var limit: Int
+    public init(agentID: String? = nil, group: String? = nil, limit: Int = 100) {
+        self.agentID = agentID
+        self.group = group
+        self.limit = limit
+    }
+}
+
+/// How many events of a batch were new.
+public struct InsertResult: Sendable, Equatable {
+    public var inserted: Int
+    public var duplicates: Int
+    public init(inserted: Int, duplicates: Int) {
+        self.inserted = inserted
+        self.duplicates = duplicates
+    }
+}
+
+/// Counts for the metrics endpoint.
+public struct StoreCounts: Sendable, Equatable {
+    public var agents: Int
+    public var authorized: Int
+    public var unauthorized: Int
+    public var stale: Int
+    public var events: Int64
+    public init(agents: Int = 0, authorized: Int = 0, unauthorized: Int = 0, stale: Int = 0, events: Int64 = 0) {
+        self.agents = agents
+        self.authorized = authorized
+        self.unauthorized = unauthorized
+        self.stale = stale
+        self.events = events
+    }
+}
+
+/// The outcome of a bundle push.
+public enum PutBundleResult: Sendable, Equatable {
+    case stored
+    /// The group already has this version or a newer one.
+    case notNewer(current: Int64)
+}
+
+/// The collector's persistent state, shared by every replica.
+public protocol CollectorStore: Sendable {
+    /// Creates or upgrades the schema (idempotent; safe when several replicas start at once).
+    func migrate() async throws
+    /// Upserts the agent's row; returns true when the agent was stale until now.
+    func recordHeartbeat(_ heartbeat: Heartbeat, from agent: AgentIdentity, at time: Date) async throws -> Bool
+    /// Several heartbeats in one transaction (group commit); one result per heartbeat, in order.
+    func recordHeartbeats(_ heartbeats: [(Heartbeat, AgentIdentity)], at time: Date) async throws -> [Bool]
+    /// Stores each event once per (agent, id): a resent event is a duplicate, not a new row.
+    func insertEvents(_ events: [ReportedEvent], from agent: AgentIdentity, at time: Date) async throws -> InsertResult
+    func agents(_ filter: AgentFilter) async throws -> [AgentRecord]
+    /// Newest first.
+    func events(_ filter: EventFilter) async throws -> [StoredEvent]
+    /// Marks agents silent for `intervals` of their own heartbeat interval as stale, records an
+    /// `agent-stale` event for each (once, whichever replica gets there first) and returns them.
+    func markStale(now: Date, intervals: Int) async throws -> [AgentRecord]
+    /// Stores the bundle when its version is above the group's current one.
+    func putBundle(_ bundle: StoredBundle) async throws -> PutBundleResult
+    func bundle(group: String) async throws -> StoredBundle?
+    func counts() async throws -> StoreCounts
+    func close() async throws
+}
+
+/// Failures of a store, with the operation that failed.
+public struct StoreError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}
+
+extension Date {
+    var millis: Int64 { Int64((timeIntervalSince1970 * 1000).rounded()) }
+    init(millis: Int64) { self.init(timeIntervalSince1970: Double(millis) / 1000) }
+}
+
+/// JSON columns (interfaces, details, bundles) are written and read with the report coding.
+enum ColumnJSON {
+    static func encode<T: Encodable>(_ v: T) throws -> String { String(decoding: try ReportCoding.encoder().encode(v), as: UTF8.self) }
+    static func decode<T: Decodable>(_ t: T.Type, _ s: String) throws -> T { try ReportCoding.decoder().decode(T.self, from: Data(s.utf8)) }
+}
+
+extension CollectorStore {
+    public func recordHeartbeat(_ heartbeat: Heartbeat, from agent: AgentIdentity, at time: Date) async throws -> Bool {
+        try await recordHeartbeats([(heartbeat, agent)], at: time)[0]
+    }
+}
+
+/// The event the collector records itself when an agent goes stale.
+func staleEvent(for agent: AgentRecord, now: Date, intervals: Int) -> ReportedEvent {
+    ReportedEvent(
+        id: "stale-\(agent.lastSeen.millis)", seq: 0, time: now, kind: "agent-stale", severity: "warning",
+        reason: "no heartbeat for \(Int(now.timeIntervalSince(agent.lastSeen))) s (\(intervals) intervals of \(agent.intervalSeconds) s)",
+        details: ["last_seen": agent.lastSeen.formatted(.iso8601), "source": "collector"])
+}
+
+func recoveredEvent(now: Date) -> ReportedEvent {
+    ReportedEvent(id: "recovered-\(now.millis)", seq: 0, time: now, kind: "agent-recovered", severity: "info",
+                  reason: "heartbeats again after being stale", details: ["source": "collector"])
+}

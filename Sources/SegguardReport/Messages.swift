@@ -1,0 +1,319 @@
+// What an agent sends to the collector and what it gets back. JSON with snake_case keys
+// (explicit CodingKeys), dates as RFC 3339 with fractional seconds. Pure: the agent's reporter,
+// the collector and the tests share these types.
+
+import Foundation
+
+/// The version of the agent <-> collector API (the /api/v1 prefix).
+public let reportAPIVersion = 1
+
+/// A heartbeat: the agent's current state, sent every `interval_s` (with jitter).
+public struct Heartbeat: Codable, Sendable, Equatable {
+    /// Optional: when present it must be the id in the agent's certificate (identity comes
+    /// from the certificate, never from the body).
+    public var agentID: String?
+    public var hostname: String
+    public var agentVersion: String
+    public var policy: PolicySummary
+    public var decision: DecisionSummary
+    public var interfaces: [InterfaceSummary]
+    /// The heartbeat interval the agent uses now (stale after three of them).
+    public var intervalSeconds: Int
+    public var spool: SpoolSummary
+    public var sentAt: Date
+
+    enum CodingKeys: String, CodingKey, CaseIterable {
+        case agentID = "agent_id", hostname, agentVersion = "agent_version", policy, decision, interfaces
+        case intervalSeconds = "interval_s", spool, sentAt = "sent_at"
+    }
+
+    public init(agentID: String? = nil, hostname: String, agentVersion: String, policy: PolicySummary, decision: DecisionSummary,
+                interfaces: [InterfaceSummary], intervalSeconds: Int, spool: SpoolSummary, sentAt: Date) {
+        self.agentID = agentID
+        self.hostname = hostname
+        self.agentVersion = agentVersion
+        self.policy = policy
+        self.decision = decision
+        self.interfaces = interfaces
+        self.intervalSeconds = intervalSeconds
+        self.spool = spool
+        self.sentAt = sentAt
+    }
+
+    /// Field limits the collector enforces (and the agent respects).
+    public func validate() throws(ReportValidationError) {
+        try ReportValidationError.check(hostname, "hostname", max: 255)
+        try ReportValidationError.check(agentVersion, "agent_version", max: 64)
+        try ReportValidationError.check(policy.name, "policy.name", max: 256)
+        try ReportValidationError.check(policy.sha256, "policy.sha256", max: 64)
+        try ReportValidationError.check(decision.segment, "decision.segment", max: 64)
+        try ReportValidationError.check(decision.reason, "decision.reason", max: 4096, allowEmpty: true)
+        guard (1...86_400).contains(intervalSeconds) else { throw .init("interval_s: \(intervalSeconds) is outside 1...86400") }
+        guard interfaces.count <= 64 else { throw .init("interfaces: \(interfaces.count) entries, at most 64") }
+        for (i, f) in interfaces.enumerated() { try ReportValidationError.check(f.name, "interfaces[\(i)].name", max: 15) }
+    }
+}
+
+/// Which policy the agent runs.
+public struct PolicySummary: Codable, Sendable, Equatable {
+    public var name: String
+    /// SHA-256 (hex) of the policy file's bytes.
+    public var sha256: String
+    /// The signed bundle's version, when the policy came from one.
+    public var bundleVersion: Int64?
+    enum CodingKeys: String, CodingKey, CaseIterable { case name, sha256, bundleVersion = "bundle_version" }
+    public init(name: String, sha256: String, bundleVersion: Int64? = nil) {
+        self.name = name
+        self.sha256 = sha256
+        self.bundleVersion = bundleVersion
+    }
+}
+
+/// The segment decision in force.
+public struct DecisionSummary: Codable, Sendable, Equatable {
+    /// my-number / lgwan / ... or "unauthorized".
+    public var segment: String
+    public var authorized: Bool
+    public var reason: String
+    public var interfaces: [String]
+    public var since: Date
+    public init(segment: String, authorized: Bool, reason: String, interfaces: [String], since: Date) {
+        self.segment = segment
+        self.authorized = authorized
+        self.reason = reason
+        self.interfaces = interfaces
+        self.since = since
+    }
+}
+
+/// One network interface as the agent sees it.
+public struct InterfaceSummary: Codable, Sendable, Equatable {
+    public var name: String
+    public var wireless: Bool
+    public var up: Bool
+    public var ssid: String?
+    public var bssid: String?
+    /// "authorized (EAP-TLS)", "unauthorized", nil when no 802.1X.
+    public var deviceAuth: String?
+    enum CodingKeys: String, CodingKey, CaseIterable { case name, wireless, up, ssid, bssid, deviceAuth = "device_auth" }
+    public init(name: String, wireless: Bool, up: Bool, ssid: String? = nil, bssid: String? = nil, deviceAuth: String? = nil) {
+        self.name = name
+        self.wireless = wireless
+        self.up = up
+        self.ssid = ssid
+        self.bssid = bssid
+        self.deviceAuth = deviceAuth
+    }
+}
+
+/// The agent's delivery backlog.
+public struct SpoolSummary: Codable, Sendable, Equatable {
+    /// Events written but not yet acknowledged by the collector.
+    public var pending: Int
+    /// Events the overflow policy dropped since the spool was created.
+    public var dropped: Int
+    public init(pending: Int, dropped: Int) {
+        self.pending = pending
+        self.dropped = dropped
+    }
+}
+
+/// One event, as the agent spooled it. `id` is unique (a UUID), `seq` counts the agent's
+/// events from 1 with no gap: the collector stores each id once, so a resend is harmless.
+public struct ReportedEvent: Codable, Sendable, Equatable {
+    public var id: String
+    public var seq: Int64
+    public var time: Date
+    /// decision-changed, launch-refused, sessions-ended, exec-denied, process-killed,
+    /// policy-loaded, policy-refused, bundle-applied, bundle-refused, agent-started,
+    /// agent-restarted-uncleanly, spool-overflow, ...
+    public var kind: String
+    /// info, warning or critical.
+    public var severity: String
+    public var reason: String
+    public var details: [String: String]
+
+    public init(id: String, seq: Int64, time: Date, kind: String, severity: String, reason: String, details: [String: String] = [:]) {
+        self.id = id
+        self.seq = seq
+        self.time = time
+        self.kind = kind
+        self.severity = severity
+        self.reason = reason
+        self.details = details
+    }
+
+    public static let severities: Set<String> = ["info", "warning", "critical"]
+
+    public func validate(at path: String) throws(ReportValidationError) {
+        try ReportValidationError.check(id, "\(path).id", max: 64)
+        try ReportValidationError.check(kind, "\(path).kind", max: 64)
+        try ReportValidationError.check(reason, "\(path).reason", max: 4096, allowEmpty: true)
+        guard seq >= 1 else { throw .init("\(path).seq: \(seq) (sequence numbers start at 1)") }
+        guard Self.severities.contains(severity) else { throw .init("\(path).severity: \"\(severity)\" is not one of info, warning, critical") }
+        guard details.count <= 32 else { throw .init("\(path).details: \(details.count) entries, at most 32") }
+        for (k, v) in details {
+            try ReportValidationError.check(k, "\(path).details key", max: 64)
+            try ReportValidationError.check(v, "\(path).details.\(k)", max: 4096, allowEmpty: true)
+        }
+    }
+}
+
+/// A batch of spooled events, oldest first.
+public struct EventBatch: Codable, Sendable, Equatable {
+    /// Optional, as in the heartbeat: must match the certificate.
+    public var agentID: String?
+    public var events: [ReportedEvent]
+    enum CodingKeys: String, CodingKey, CaseIterable { case agentID = "agent_id", events }
+    public init(agentID: String? = nil, events: [ReportedEvent]) {
+        self.agentID = agentID
+        self.events = events
+    }
+
+    public static let maxEvents = 1000
+
+    public func validate() throws(ReportValidationError) {
+        guard !events.isEmpty else { throw .init("events: empty batch") }
+        guard events.count <= Self.maxEvents else { throw .init("events: \(events.count) in one batch, at most \(Self.maxEvents)") }
+        for (i, e) in events.enumerated() { try e.validate(at: "events[\(i)]") }
+    }
+}
+
+/// The collector's answer to a batch: every id in `stored` is in the store now (just written
+/// or written by an earlier attempt); the agent may drop them from its spool.
+public struct BatchAck: Codable, Sendable, Equatable {
+    public var stored: [String]
+    public var inserted: Int
+    public var duplicates: Int
+    public init(stored: [String], inserted: Int, duplicates: Int) {
+        self.stored = stored
+        self.inserted = inserted
+        self.duplicates = duplicates
+    }
+}
+
+/// An error reply's body.
+public struct ErrorReply: Codable, Sendable, Equatable {
+    public var error: String
+    public init(error: String) { self.error = error }
+}
+
+/// A field outside its limits, named by its path.
+public struct ReportValidationError: Error, CustomStringConvertible, Equatable {
+    public var description: String
+    public init(_ d: String) { description = d }
+
+    static func check(_ s: String, _ path: String, max: Int, allowEmpty: Bool = false) throws(ReportValidationError) {
+        if !allowEmpty && s.isEmpty { throw .init("\(path): empty") }
+        if s.utf8.count > max { throw .init("\(path): \(s.utf8.count) bytes, at most \(max)") }
+    }
+}
+
+/// The encoders and the strict decoder both sides use.
+public enum ReportCoding {
+    public static func encoder() -> JSONEncoder {
+        let e = JSONEncoder()
+        e.dateEncodingStrategy = .custom { date, enc in
+            var c = enc.singleValueContainer()
+            try c.encode(date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted)))
+        }
+        e.outputFormatting = [.sortedKeys]
+        return e
+    }
+
+    public static func decoder() -> JSONDecoder {
+        let d = JSONDecoder()
+        d.dateDecodingStrategy = .custom { dec in
+            let c = try dec.singleValueContainer()
+            let s = try c.decode(String.self)
+            if let date = parseDate(s) { return date }
+            throw DecodingError.dataCorruptedError(in: c, debugDescription: "\"\(s)\" is not an RFC 3339 date (2026-11-26T05:00:00.000Z)")
+        }
+        return d
+    }
+
+    static func parseDate(_ s: String) -> Date? {
+        if let d = try? Date(s, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted)) { return d }
+        if let d = try? Date(s, strategy: .iso8601) { return d }
+        return nil
+    }
+
+    /// Decodes `T` and refuses fields `T` does not know (a typo must not be silently dropped).
+    /// Errors name the field's path: `events[2].severity: expected a string`.
+    public static func decodeStrict<T: Codable>(_ type: T.Type, from data: Data) throws(ReportDecodingError) -> T {
+        let value: T
+        do {
+            value = try decoder().decode(T.self, from: data)
+        } catch let e as DecodingError {
+            throw ReportDecodingError(Self.describe(e))
+        } catch {
+            throw ReportDecodingError("\(error)")
+        }
+        // Unknown fields: keys of the body that the type does not write back.
+        do {
+            let raw = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
+            let known = try JSONSerialization.jsonObject(with: encoder().encode(value), options: [.fragmentsAllowed])
+            if let path = unknownKey(raw, known, path: "") { throw ReportDecodingError("\(path): unknown field") }
+        } catch let e as ReportDecodingError {
+            throw e
+        } catch {
+            throw ReportDecodingError("\(error)")
+        }
+        return value
+    }
+
+    static func unknownKey(_ raw: Any, _ known: Any, path: String) -> String? {
+        if let r = raw as? [String: Any] {
+            let k = known as? [String: Any] ?? [:]
+            for key in r.keys.sorted() {
+                let sub = path.isEmpty ? key : "\(path).\(key)"
+                guard let kv = k[key] else {
+                    if r[key] is NSNull { continue }
+                    // A dictionary-valued field ([String: String]) is written back with every key.
+                    return sub
+                }
+                if let p = unknownKey(r[key]!, kv, path: sub) { return p }
+            }
+        } else if let r = raw as? [Any], let k = known as? [Any] {
+            for (i, item) in r.enumerated() where i < k.count {
+                if let p = unknownKey(item, k[i], path: "\(path)[\(i)]") { return p }
+            }
+        }
+        return nil
+    }
+
+    static func describe(_ e: DecodingError) -> String {
+        func path(_ p: [any CodingKey]) -> String {
+            var s = ""
+            for k in p {
+                if let i = k.intValue { s += "[\(i)]" } else { s += s.isEmpty ? k.stringValue : ".\(k.stringValue)" }
+            }
+            return s.isEmpty ? "body" : s
+        }
+        switch e {
+        case .typeMismatch(let t, let c): return "\(path(c.codingPath)): expected \(typeName(t))"
+        case .valueNotFound(let t, let c): return "\(path(c.codingPath)): expected \(typeName(t)), found null"
+        case .keyNotFound(let k, let c): return "\(path(c.codingPath + [k])): missing"
+        case .dataCorrupted(let c):
+            if c.codingPath.isEmpty { return "body: not valid JSON (\(c.underlyingError.map { "\($0)" } ?? c.debugDescription))" }
+            return "\(path(c.codingPath)): \(c.debugDescription)"
+        @unknown default: return "\(e)"
+        }
+    }
+
+    static func typeName(_ t: Any.Type) -> String {
+        switch t {
+        case is String.Type: "a string"
+        case is Bool.Type: "true or false"
+        case is Int.Type, is Int64.Type: "an integer"
+        case is Date.Type: "a date"
+        default: "\(t)".contains("Array") ? "an array" : (("\(t)".contains("Dictionary")) ? "an object" : "\(t)")
+        }
+    }
+}
+
+/// A body that is not the expected JSON, with the path of the first problem.
+public struct ReportDecodingError: Error, CustomStringConvertible, Equatable {
+    public var description: String
+    public init(_ d: String) { description = d }
+}

@@ -1,0 +1,443 @@
+// The agent's reporter: heartbeats every report.heartbeat_seconds (± jitter), spooled events
+// delivered in batches with exponential backoff and full jitter while the collector is away,
+// and the group's signed policy bundle fetched (ETag) and handed to the daemon once verified.
+// The collector is reached over mutual TLS with the device certificate.
+
+import AsyncHTTPClient
+import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
+import NIOSSL
+import SegguardPKI
+import SegguardPolicy
+import SegguardReport
+import Synchronization
+
+/// Where the collector is and what to authenticate with (the host's, not policy).
+public struct ReporterConfiguration: Sendable {
+    /// https://HOST:PORT
+    public var collectorURL: String
+    /// The CA that issued the collector's server certificate.
+    public var caPath: String
+    /// This thin client's device certificate and key.
+    public var certificatePath: String
+    public var keyPath: String
+    /// The admin's policy-signing public key (base64 Ed25519); nil: no bundles are fetched.
+    public var policyPublicKeyPath: String?
+    /// Where the applied bundle is kept (survives restarts; rollback protection).
+    public var bundleStatePath: String
+
+    public init(collectorURL: String, caPath: String, certificatePath: String, keyPath: String, policyPublicKeyPath: String?, bundleStatePath: String) {
+        self.collectorURL = collectorURL
+        self.caPath = caPath
+        self.certificatePath = certificatePath
+        self.keyPath = keyPath
+        self.policyPublicKeyPath = policyPublicKeyPath
+        self.bundleStatePath = bundleStatePath
+    }
+}
+
+/// The bundle in force, as kept on disk.
+public struct AppliedBundle: Codable, Sendable, Equatable {
+    public var group: String
+    public var version: Int64
+    public var policySHA256: String
+    public var etag: String?
+    public var bundle: SignedPolicyBundle
+    enum CodingKeys: String, CodingKey { case group, version, policySHA256 = "policy_sha256", etag, bundle }
+
+    /// Reads and re-verifies the saved bundle; nil when there is none.
+    public static func load(path: String, key: PolicySigningKey, group: String) throws -> (AppliedBundle, PolicyBundlePayload)? {
+        guard FileManager.default.fileExists(atPath: path) else { return nil }
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        let saved = try ReportCoding.decoder().decode(AppliedBundle.self, from: data)
+        let payload = try PolicySigning.verify(saved.bundle, key: key, group: group)
+        return (saved, payload)
+    }
+
+    func save(path: String) throws {
+        let data = try ReportCoding.encoder().encode(self)
+        try AtomicFile.write(data, to: path, mode: 0o600)
+    }
+}
+
+/// Writes a file with rename-over-temp (never a half-written file) and fsync.
+public enum AtomicFile {
+    public static func write(_ data: Data, to path: String, mode: mode_t = 0o644) throws {
+        let tmp = path + ".tmp-\(getpid())"
+        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw SpoolError("cannot write \(tmp): \(String(cString: strerror(errno)))") }
+        var ok = data.withUnsafeBytes { raw -> Bool in
+            var off = 0
+            while off < raw.count {
+                let n = Glibc.write(fd, raw.baseAddress! + off, raw.count - off)
+                if n <= 0 { return false }
+                off += n
+            }
+            return true
+        }
+        ok = ok && fsync(fd) == 0
+        close(fd)
+        guard ok, rename(tmp, path) == 0 else {
+            unlink(tmp)
+            throw SpoolError("cannot write \(path): \(String(cString: strerror(errno)))")
+        }
+        let dir = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        if dir >= 0 {
+            fsync(dir)
+            close(dir)
+        }
+    }
+}
+
+/// A status code the collector answered with, and its message.
+struct CollectorHTTPError: Error, CustomStringConvertible {
+    let status: Int
+    let message: String
+    var description: String { "collector answered \(status): \(message)" }
+    /// A refusal that a retry cannot fix (the request itself is wrong).
+    var isPermanent: Bool { (400..<500).contains(status) && ![401, 403, 408, 425, 429].contains(status) }
+}
+
+/// Wakes one waiting task; a signal while nobody waits is kept for the next wait.
+final class WakeSignal: Sendable {
+    private let state = Mutex<(pending: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    func signal() {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if let w = s.waiter {
+                s.waiter = nil
+                return w
+            }
+            s.pending = true
+            return nil
+        }
+        waiter?.resume()
+    }
+
+    /// Returns on a signal or after `seconds`.
+    func wait(seconds: Double) async {
+        let timer = Task {
+            try? await Task.sleep(for: .milliseconds(Int64(seconds * 1000)))
+            if !Task.isCancelled { self.signal() }
+        }
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = state.withLock { s -> Bool in
+                if s.pending {
+                    s.pending = false
+                    return true
+                }
+                s.waiter = c
+                return false
+            }
+            if now { c.resume() }
+        }
+        timer.cancel()
+    }
+}
+
+/// Reports this agent to the collector.
+public final class Reporter: Sendable {
+    public typealias HeartbeatSource = @Sendable () -> Heartbeat
+    /// Validates and applies a verified bundle's policy; throws (with the reason) to refuse it.
+    public typealias BundleApplier = @Sendable (PolicyBundlePayload) throws -> Void
+
+    let configuration: ReporterConfiguration
+    public let spool: Spool
+    public let identity: DeviceIdentity
+    let client: HTTPClient
+    let logger: Logger
+    let heartbeatSource: HeartbeatSource
+    let applyBundle: BundleApplier
+    let policyKey: PolicySigningKey?
+    let rule: Mutex<ReportRule>
+    let incoming: AsyncStream<PendingEvent>.Continuation
+    let incomingStream: AsyncStream<PendingEvent>
+    let deliveryWake = WakeSignal()
+    let heartbeatWake = WakeSignal()
+    let tasks = Mutex<[Task<Void, Never>]>([])
+    let applied: Mutex<AppliedBundle?>
+    /// The ETag of a bundle refused already (reported once, not at every heartbeat).
+    let refusedETag = Mutex<String?>(nil)
+    let counters = Mutex<ReporterStatistics>(ReporterStatistics())
+
+    struct PendingEvent: Sendable {
+        var kind: String
+        var severity: String
+        var reason: String
+        var details: [String: String]
+        var time: Date
+    }
+
+    public init(configuration: ReporterConfiguration, spool: Spool, rule: ReportRule, logger: Logger, applied: AppliedBundle?,
+                heartbeat: @escaping HeartbeatSource, applyBundle: @escaping BundleApplier) throws {
+        self.configuration = configuration
+        self.spool = spool
+        self.logger = logger
+        self.heartbeatSource = heartbeat
+        self.applyBundle = applyBundle
+        self.rule = Mutex(rule)
+        self.applied = Mutex(applied)
+        let issued: IssuedCertificate
+        do {
+            issued = try PKI.load(certificatePath: configuration.certificatePath, keyPath: configuration.keyPath)
+            identity = try DeviceIdentity(certificatePEM: issued.certificatePEM)
+        } catch {
+            throw SpoolError("device certificate: \(error)")
+        }
+        if let p = configuration.policyPublicKeyPath {
+            do {
+                policyKey = try PolicySigningKey(base64: try String(contentsOfFile: p, encoding: .utf8))
+            } catch {
+                throw SpoolError("--policy-public-key \(p): \(error)")
+            }
+        } else {
+            policyKey = nil
+        }
+        var tls = TLSConfiguration.makeClientConfiguration()
+        do {
+            tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(configuration.caPath))
+            tls.certificateChain = try NIOSSLCertificate.fromPEMFile(configuration.certificatePath).map { .certificate($0) }
+            tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: configuration.keyPath, format: .pem))
+        } catch {
+            throw SpoolError("TLS files (--collector-ca \(configuration.caPath), --client-cert, --client-key): \(error)")
+        }
+        tls.certificateVerification = .fullVerification
+        tls.minimumTLSVersion = .tlsv12
+        var http = HTTPClient.Configuration(tlsConfiguration: tls, timeout: .init(connect: .seconds(5), read: .seconds(20)))
+        http.httpVersion = .http1Only
+        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
+        (incomingStream, incoming) = AsyncStream.makeStream(of: PendingEvent.self, bufferingPolicy: .unbounded)
+    }
+
+    /// What the reporter did (status output, tests).
+    public var statistics: ReporterStatistics { counters.withLock { $0 } }
+    public var appliedBundle: AppliedBundle? { applied.withLock { $0 } }
+
+    /// Records an event: queued at once (never blocks the caller), written to the spool in
+    /// order, then delivered.
+    public func record(kind: String, severity: String, reason: String, details: [String: String] = [:], time: Date = Date()) {
+        incoming.yield(PendingEvent(kind: kind, severity: severity, reason: reason, details: details, time: time))
+    }
+
+    /// New reporting rule (policy reload).
+    public func update(rule new: ReportRule) {
+        let changed = rule.withLock { r -> Bool in
+            defer { r = new }
+            return r != new
+        }
+        if changed {
+            Task { await spool.configure(maxEvents: new.spoolMaxEvents, overflow: new.overflow) }
+            heartbeatWake.signal()
+        }
+    }
+
+    /// Sends a heartbeat soon (decision changed).
+    public func heartbeatNow() { heartbeatWake.signal() }
+
+    public func start() {
+        let r = rule.withLock { $0 }
+        let writer = Task { await self.writeLoop() }
+        let delivery = Task { await self.deliveryLoop() }
+        let beat = Task { await self.heartbeatLoop() }
+        tasks.withLock { $0 = [writer, delivery, beat] }
+        Task { await spool.configure(maxEvents: r.spoolMaxEvents, overflow: r.overflow) }
+    }
+
+    /// Stops the loops after the queued events are in the spool (clean shutdown).
+    public func stop() async {
+        incoming.finish()
+        let all = tasks.withLock { $0 }
+        if let writer = all.first { await writer.value }
+        for t in all.dropFirst() { t.cancel() }
+        try? await spool.markStopped()
+        try? await client.shutdown()
+    }
+
+    // MARK: Loops
+
+    func writeLoop() async {
+        for await e in incomingStream {
+            do {
+                if try await spool.append(kind: e.kind, severity: e.severity, reason: e.reason, details: e.details, time: e.time) == nil {
+                    logger.warning("event spool full: new event dropped (report.overflow: drop-newest)", metadata: ["kind": "\(e.kind)"])
+                }
+            } catch {
+                logger.critical("event not spooled", metadata: ["kind": "\(e.kind)", "error": "\(error)"])
+            }
+            deliveryWake.signal()
+        }
+    }
+
+    func deliveryLoop() async {
+        var backoff = 1.0
+        while !Task.isCancelled {
+            let r = rule.withLock { $0 }
+            do {
+                let drops = await spool.takeUnreportedDrops()
+                if drops > 0 {
+                    record(kind: "spool-overflow", severity: "warning",
+                           reason: "\(drops) event(s) dropped: the spool was full (\(r.spoolMaxEvents) events, report.overflow: \(r.overflow.rawValue))",
+                           details: ["dropped": "\(drops)"])
+                }
+                let batch = try await spool.pending(limit: r.batchSize)
+                if batch.isEmpty {
+                    await deliveryWake.wait(seconds: 30)
+                    continue
+                }
+                try await deliver(batch)
+                backoff = 1
+            } catch {
+                let delay = Double.random(in: 0...min(Double(r.maxBackoffSeconds), backoff))
+                counters.withLock { $0.deliveryFailures += 1 }
+                logger.info("event delivery failed; retrying", metadata: ["error": "\(error)", "retry_in_s": "\(String(format: "%.1f", delay))"])
+                backoff = min(backoff * 2, Double(r.maxBackoffSeconds))
+                try? await Task.sleep(for: .milliseconds(Int64(delay * 1000)))
+            }
+        }
+    }
+
+    /// Sends a batch; a batch the collector refuses for good is split down to the event it
+    /// refuses, which is kept on disk as undeliverable (reported in the heartbeat).
+    func deliver(_ batch: [ReportedEvent]) async throws {
+        do {
+            let (_, body) = try await send("POST", "/api/v1/events", body: try ReportCoding.encoder().encode(EventBatch(events: batch)))
+            let ack = try ReportCoding.decoder().decode(BatchAck.self, from: body)
+            try await spool.remove(ids: ack.stored)
+            counters.withLock {
+                $0.eventsDelivered += ack.inserted
+                $0.duplicatesAcknowledged += ack.duplicates
+            }
+        } catch let e as CollectorHTTPError where e.isPermanent {
+            if batch.count == 1 {
+                logger.error("collector refuses an event for good; kept in the spool as undeliverable", metadata: ["id": "\(batch[0].id)", "error": "\(e)"])
+                try await spool.markDead(id: batch[0].id)
+                return
+            }
+            let half = batch.count / 2
+            try await deliver(Array(batch[..<half]))
+            try await deliver(Array(batch[half...]))
+        }
+    }
+
+    func heartbeatLoop() async {
+        while !Task.isCancelled {
+            let r = rule.withLock { $0 }
+            await sendHeartbeat(intervalSeconds: r.heartbeatSeconds)
+            await fetchBundle()
+            let spread = Double(r.heartbeatSeconds) * r.jitter
+            await heartbeatWake.wait(seconds: Double(r.heartbeatSeconds) + Double.random(in: -spread...spread))
+        }
+    }
+
+    func sendHeartbeat(intervalSeconds: Int) async {
+        var hb = heartbeatSource()
+        hb.intervalSeconds = intervalSeconds
+        if let s = try? await spool.summary() { hb.spool = SpoolSummary(pending: s.pending, dropped: s.dropped) }
+        if let a = applied.withLock({ $0 }) { hb.policy.bundleVersion = a.version }
+        do {
+            _ = try await send("POST", "/api/v1/heartbeat", body: try ReportCoding.encoder().encode(hb))
+            counters.withLock { $0.heartbeatsSent += 1 }
+        } catch {
+            counters.withLock { $0.heartbeatFailures += 1 }
+            logger.info("heartbeat not delivered", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Fetches the group's bundle when it changed; verifies, applies and reports it.
+    func fetchBundle() async {
+        guard let key = policyKey else { return }
+        let current = applied.withLock { $0 }
+        let known = refusedETag.withLock { $0 } ?? current?.etag
+        let response: (HTTPResponseStatus, Data, String?)
+        do {
+            response = try await get("/api/v1/policy", ifNoneMatch: known)
+        } catch {
+            logger.info("policy bundle not fetched", metadata: ["error": "\(error)"])
+            return
+        }
+        let (status, body, etag) = response
+        guard status == .ok else { return }  // 304 unchanged, 404 none pushed
+        do {
+            let bundle = try ReportCoding.decodeStrict(SignedPolicyBundle.self, from: body)
+            let payload = try PolicySigning.verify(bundle, key: key, group: identity.group, currentVersion: current?.version ?? 0)
+            do {
+                try applyBundle(payload)
+            } catch {
+                throw BundleRefusal.invalidPolicy("\(error)", version: payload.version)
+            }
+            let saved = AppliedBundle(group: payload.group, version: payload.version, policySHA256: payload.policySHA256, etag: etag, bundle: bundle)
+            try saved.save(path: configuration.bundleStatePath)
+            applied.withLock { $0 = saved }
+            refusedETag.withLock { $0 = nil }
+            counters.withLock { $0.bundlesApplied += 1 }
+            record(kind: "bundle-applied", severity: "info",
+                   reason: "policy bundle version \(payload.version) for group '\(payload.group)' applied\(payload.comment.map { ": \($0)" } ?? "")",
+                   details: ["version": "\(payload.version)", "policy_sha256": payload.policySHA256, "previous_version": "\(current?.version ?? 0)"])
+            heartbeatWake.signal()
+        } catch {
+            refusedETag.withLock { $0 = etag }
+            counters.withLock { $0.bundlesRefused += 1 }
+            let severity: String
+            switch error {
+            case PolicyBundleError.badSignature, PolicyBundleError.unknownKey, PolicyBundleError.rollback, PolicyBundleError.wrongGroup: severity = "critical"
+            default: severity = "warning"
+            }
+            logger.error("policy bundle refused; keeping the policy in force", metadata: ["error": "\(error)"])
+            record(kind: "bundle-refused", severity: severity, reason: "policy bundle refused, the policy in force is kept: \(error)",
+                   details: ["etag": etag ?? "", "version_in_force": "\(current?.version ?? 0)"])
+        }
+    }
+
+    // MARK: HTTP
+
+    func send(_ method: String, _ path: String, body: Data) async throws -> (HTTPResponseStatus, Data) {
+        var request = HTTPClientRequest(url: configuration.collectorURL + path)
+        request.method = HTTPMethod(rawValue: method)
+        request.headers.add(name: "Content-Type", value: "application/json")
+        request.body = .bytes(ByteBuffer(bytes: body))
+        let response = try await client.execute(request, timeout: .seconds(20))
+        let data = Data((try await response.body.collect(upTo: 1 << 20)).readableBytesView)
+        guard (200..<300).contains(Int(response.status.code)) else {
+            let message = (try? ReportCoding.decoder().decode(ErrorReply.self, from: data))?.error ?? String(decoding: data.prefix(200), as: UTF8.self)
+            throw CollectorHTTPError(status: Int(response.status.code), message: message)
+        }
+        return (response.status, data)
+    }
+
+    func get(_ path: String, ifNoneMatch: String?) async throws -> (HTTPResponseStatus, Data, String?) {
+        var request = HTTPClientRequest(url: configuration.collectorURL + path)
+        if let ifNoneMatch { request.headers.add(name: "If-None-Match", value: ifNoneMatch) }
+        let response = try await client.execute(request, timeout: .seconds(20))
+        let data = Data((try await response.body.collect(upTo: 4 << 20)).readableBytesView)
+        let code = Int(response.status.code)
+        guard (200..<300).contains(code) || code == 304 || code == 404 else {
+            let message = (try? ReportCoding.decoder().decode(ErrorReply.self, from: data))?.error ?? String(decoding: data.prefix(200), as: UTF8.self)
+            throw CollectorHTTPError(status: code, message: message)
+        }
+        return (response.status, data, response.headers.first(name: "ETag"))
+    }
+}
+
+/// A verified bundle whose policy does not validate.
+enum BundleRefusal: Error, CustomStringConvertible {
+    case invalidPolicy(String, version: Int64)
+    var description: String {
+        switch self {
+        case .invalidPolicy(let why, let v): "bundle version \(v) carries an invalid policy: \(why)"
+        }
+    }
+}
+
+/// Counters of the reporter (status output, tests).
+public struct ReporterStatistics: Sendable, Equatable {
+    public var heartbeatsSent = 0
+    public var heartbeatFailures = 0
+    public var eventsDelivered = 0
+    public var duplicatesAcknowledged = 0
+    public var deliveryFailures = 0
+    public var bundlesApplied = 0
+    public var bundlesRefused = 0
+    public init() {}
+}

@@ -1,0 +1,156 @@
+// The agent's durable event spool: every event is committed to an SQLite file (WAL,
+// synchronous=FULL: on disk when append returns) before any attempt to send it, and removed
+// only when the collector acknowledged it. Ids are UUIDs and sequence numbers count up from 1
+// across restarts, so the collector can store each event once and anyone can see a gap.
+
+import Foundation
+import Logging
+import SQLiteNIO
+import SegguardPolicy
+import SegguardReport
+
+/// The spool. One instance per file; calls are serialized.
+public actor Spool {
+    let connection: SQLiteConnection
+    public let path: String
+    var maxEvents: Int
+    var overflow: SpoolOverflow
+    /// Dropped by the overflow policy since the last spool-overflow event was written.
+    var droppedUnreported = 0
+    /// Actor methods may interleave at every await; a transaction must not. One at a time.
+    var busy = false
+    var waiters: [CheckedContinuation<Void, Never>] = []
+
+    func exclusive<T: Sendable>(_ body: () async throws -> T) async throws -> T {
+        while busy { await withCheckedContinuation { waiters.append($0) } }
+        busy = true
+        defer {
+            busy = false
+            if !waiters.isEmpty { waiters.removeFirst().resume() }
+        }
+        return try await body()
+    }
+
+    /// Opens (creating if needed) the spool. `wasRunning` tells whether the previous agent
+    /// using it never closed it (a crash or a kill: a tamper sign worth an event).
+    public init(path: String, maxEvents: Int = 100_000, overflow: SpoolOverflow = .dropOldest) async throws {
+        self.path = path
+        self.maxEvents = maxEvents
+        self.overflow = overflow
+        do {
+            connection = try await SQLiteConnection.open(storage: .file(path: path), logger: Logger(label: "segguardd.spool"))
+            for s in [
+                "PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=5000",
+                "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, json TEXT NOT NULL, dead INTEGER NOT NULL DEFAULT 0)",
+                "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+                "INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0), ('dropped', 0), ('running', 0)",
+            ] { _ = try await connection.query(s) }
+        } catch {
+            throw SpoolError("cannot open the event spool \(path): \(error)")
+        }
+    }
+
+    public func configure(maxEvents: Int, overflow: SpoolOverflow) {
+        self.maxEvents = maxEvents
+        self.overflow = overflow
+    }
+
+    /// Marks the spool in use; returns whether it was already marked (unclean end before).
+    public func markRunning() async throws -> Bool {
+        let was = try await meta("running") == 1
+        _ = try await connection.query("UPDATE meta SET value = 1 WHERE key = 'running'")
+        return was
+    }
+
+    /// Clean shutdown.
+    public func markStopped() async throws {
+        _ = try await connection.query("UPDATE meta SET value = 0 WHERE key = 'running'")
+    }
+
+    func meta(_ key: String) async throws -> Int {
+        Int(try await connection.query("SELECT value FROM meta WHERE key = ?", [.text(key)]).first?.column("value")?.integer ?? 0)
+    }
+
+    /// Writes one event durably and returns it with its id and sequence number; nil when the
+    /// spool is full and the policy is drop-newest (counted as dropped).
+    @discardableResult
+    public func append(kind: String, severity: String, reason: String, details: [String: String] = [:], time: Date = Date()) async throws -> ReportedEvent? {
+        try await exclusive { try await appendLocked(kind: kind, severity: severity, reason: reason, details: details, time: time) }
+    }
+
+    func appendLocked(kind: String, severity: String, reason: String, details: [String: String], time: Date) async throws -> ReportedEvent? {
+        _ = try await connection.query("BEGIN IMMEDIATE")
+        do {
+            let pending = Int(try await connection.query("SELECT COUNT(*) AS n FROM events").first?.column("n")?.integer ?? 0)
+            if pending >= maxEvents {
+                _ = try await connection.query("UPDATE meta SET value = value + 1 WHERE key = 'dropped'")
+                droppedUnreported += 1
+                if overflow == .dropNewest {
+                    _ = try await connection.query("COMMIT")
+                    return nil
+                }
+                _ = try await connection.query("DELETE FROM events WHERE seq = (SELECT MIN(seq) FROM events)")
+            }
+            let seq = Int64(try await meta("last_seq") + 1)
+            let event = ReportedEvent(id: UUID().uuidString.lowercased(), seq: seq, time: time, kind: kind, severity: severity, reason: reason, details: details)
+            let json = String(decoding: try ReportCoding.encoder().encode(event), as: UTF8.self)
+            _ = try await connection.query("INSERT INTO events (seq, id, json) VALUES (?, ?, ?)", [.integer(SQLiteInt64(seq)), .text(event.id), .text(json)])
+            _ = try await connection.query("UPDATE meta SET value = ? WHERE key = 'last_seq'", [.integer(SQLiteInt64(seq))])
+            _ = try await connection.query("COMMIT")
+            return event
+        } catch {
+            _ = try? await connection.query("ROLLBACK")
+            throw SpoolError("cannot write an event to the spool \(path): \(error)")
+        }
+    }
+
+    /// The oldest `limit` undelivered events.
+    public func pending(limit: Int) async throws -> [ReportedEvent] {
+        let rows = try await connection.query("SELECT json FROM events WHERE dead = 0 ORDER BY seq LIMIT ?", [.integer(SQLiteInt64(limit))])
+        return try rows.map { try ReportCoding.decoder().decode(ReportedEvent.self, from: Data(($0.column("json")?.string ?? "").utf8)) }
+    }
+
+    /// Removes delivered events (acknowledged by the collector).
+    public func remove(ids: [String]) async throws {
+        guard !ids.isEmpty else { return }
+        try await exclusive {
+            _ = try await connection.query("BEGIN IMMEDIATE")
+            do {
+                for id in ids { _ = try await connection.query("DELETE FROM events WHERE id = ?", [.text(id)]) }
+                _ = try await connection.query("COMMIT")
+            } catch {
+                _ = try? await connection.query("ROLLBACK")
+                throw error
+            }
+        }
+    }
+
+    /// Keeps an event the collector refuses for good (4xx) out of the delivery queue, on disk.
+    public func markDead(id: String) async throws {
+        _ = try await connection.query("UPDATE events SET dead = 1 WHERE id = ?", [.text(id)])
+    }
+
+    /// Undelivered, dropped-by-overflow and refused counts.
+    public func summary() async throws -> (pending: Int, dropped: Int, dead: Int) {
+        let p = Int(try await connection.query("SELECT COUNT(*) AS n FROM events WHERE dead = 0").first?.column("n")?.integer ?? 0)
+        let d = Int(try await connection.query("SELECT COUNT(*) AS n FROM events WHERE dead = 1").first?.column("n")?.integer ?? 0)
+        return (p, try await meta("dropped"), d)
+    }
+
+    /// The highest sequence number ever assigned.
+    public func lastSequence() async throws -> Int64 { Int64(try await meta("last_seq")) }
+
+    /// Events dropped since the last call (to report them once there is room again).
+    public func takeUnreportedDrops() -> Int {
+        defer { droppedUnreported = 0 }
+        return droppedUnreported
+    }
+
+    public func close() async throws { try await connection.close() }
+}
+
+/// A spool failure, with the file.
+public struct SpoolError: Error, CustomStringConvertible {
+    public var description: String
+    public init(_ d: String) { description = d }
+}

@@ -1,0 +1,133 @@
+// segguard-collector: wiring only. Opens the store (SQLite file by default, PostgreSQL for
+// several replicas), serves the agent API over mutual TLS, the dashboard and /metrics, and
+// sweeps stale agents. SIGTERM/SIGINT stop it gracefully (requests in flight finish).
+
+import ArgumentParser
+import Crypto
+import Foundation
+import Hummingbird
+import Logging
+import SegguardCollector
+import SegguardReport
+import SegguardService
+import SegguardWire
+
+/// The segment-guard collector.
+@main
+struct CollectorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "segguard-collector",
+        abstract: "Collects heartbeats and events from segguardd agents (mutual TLS), serves signed policy bundles and a dashboard.",
+        version: segguardVersion)
+
+    @Option(name: .long, help: "Address and port to listen on.")
+    var listen: String = "127.0.0.1:8443"
+
+    @Option(name: .long, help: "sqlite:PATH (default, no setup) or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (shared by replicas).")
+    var store: String = "sqlite:/var/lib/segguard-collector/collector.sqlite"
+
+    @Option(name: .long, help: "The collector's TLS certificate (PEM).")
+    var cert: String = "/etc/segguard-collector/server.pem"
+
+    @Option(name: .long, help: "The collector's TLS key (PEM).")
+    var key: String = "/etc/segguard-collector/server.key"
+
+    @Option(name: .long, help: "The CA that issued the device certificates (PEM); agents must present one.")
+    var clientCa: String = "/etc/segguard-collector/ca.pem"
+
+    @Option(name: .long, help: "File holding the admin bearer token (needed to push policy bundles and read the admin API).")
+    var adminTokenFile: String?
+
+    @Option(name: .long, help: "Admin policy-signing public key (base64 Ed25519); pushed bundles must verify against it.")
+    var policyPublicKey: String?
+
+    @Option(name: .long, help: "An agent silent for this many of its heartbeat intervals is stale.")
+    var staleIntervals: Int = 3
+
+    @Option(name: .long, help: "Seconds between stale sweeps.")
+    var staleSweepSeconds: Double = 5
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: \"\(logLevel)\" is not a log level") }
+        guard parseListen() != nil else { throw ValidationError("--listen \(listen): expected HOST:PORT, e.g. 127.0.0.1:8443") }
+        guard staleIntervals >= 1 else { throw ValidationError("--stale-intervals: at least 1") }
+        guard staleSweepSeconds > 0 else { throw ValidationError("--stale-sweep-seconds: must be positive") }
+        guard store.hasPrefix("sqlite:") || store.hasPrefix("postgres://") || store.hasPrefix("postgresql://") else {
+            throw ValidationError("--store \(store): expected sqlite:PATH or postgres://USER@HOST:PORT/DATABASE")
+        }
+    }
+
+    func parseListen() -> (String, Int)? {
+        guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else { return nil }
+        var host = String(listen[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        return host.isEmpty ? nil : (host, port)
+    }
+
+    func run() async throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        let toJournal = JournalLogHandler.stderrIsJournal
+        LoggingSystem.bootstrap { label in
+            if toJournal {
+                var h = JournalLogHandler(label: label)
+                h.logLevel = level
+                return h
+            }
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "segguard-collector")
+        let (host, port) = parseListen()!
+
+        var config = CollectorConfiguration(certificatePath: cert, keyPath: key, clientCAPath: clientCa)
+        config.host = host
+        config.port = port
+        config.staleIntervals = staleIntervals
+        config.staleSweepSeconds = staleSweepSeconds
+        do {
+            if let adminTokenFile {
+                let token = try String(contentsOfFile: adminTokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+                guard token.count >= 16 else { throw CollectorError("--admin-token-file \(adminTokenFile): the token is shorter than 16 characters") }
+                config.adminTokenSHA256 = SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
+            }
+            if let policyPublicKey {
+                let text = try String(contentsOfFile: policyPublicKey, encoding: .utf8)
+                config.policyPublicKey = try PolicySigningKey(base64: text)
+            }
+            _ = try config.tlsConfiguration()
+        } catch {
+            FileHandle.standardError.write(Data("segguard-collector: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+
+        let backend: any CollectorStore
+        do {
+            if store.hasPrefix("sqlite:") {
+                let path = String(store.dropFirst("sqlite:".count))
+                try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+                backend = try await SQLiteStore(path: path)
+            } else {
+                backend = PostgresStore(configuration: try PostgresStore.configuration(url: store))
+            }
+            try await backend.migrate()
+        } catch {
+            FileHandle.standardError.write(Data("segguard-collector: store \(store): \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        let collector = Collector(store: backend, configuration: config, logger: logger)
+        let notifier = ServiceNotifier()
+        let storeName = store.hasPrefix("sqlite:") ? store : "postgres"
+        let app = try collector.application { bound in
+            logger.notice("collector listening", metadata: ["address": "\(host):\(bound)", "store": "\(storeName)"])
+            notifier.ready(status: "listening on \(host):\(bound), store \(storeName)")
+        }
+        try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
+        notifier.stopping()
+        try? await backend.close()
+    }
+}
+

@@ -1,0 +1,289 @@
+// The collector's HTTP API over real mutual TLS: identity from the certificate, malformed
+// bodies (a property test over mutated heartbeats), policy push and fetch, dashboard, metrics.
+
+import AsyncHTTPClient
+import Crypto
+import Foundation
+import SegguardCollector
+import SegguardReport
+import Testing
+
+@Suite("Collector HTTP API (mutual TLS, in-process)", .serialized)
+struct CollectorAPITests {
+    @Test("identity comes from the client certificate: no certificate 401, another agent's id in the body 403")
+    func identity() async throws {
+        let c = try await TestCollector.start()
+        defer { c.pki.remove() }
+        let a = try c.pki.device("tc-0001", group: "mynumber")
+        try c.pki.device("tc-0002", group: "mynumber")
+        try await withClient(try c.client(device: a)) { client in
+            let ok = try await call(client, .POST, c.url + "/api/v1/heartbeat", body: try json(heartbeat("tc-0001")))
+            #expect(ok.status == 204)
+            var hb = heartbeat("tc-0001")
+            hb.agentID = nil  // optional: identity is the certificate's anyway
+            #expect(try await call(client, .POST, c.url + "/api/v1/heartbeat", body: try json(hb)).status == 204)
+            let forged = try await call(client, .POST, c.url + "/api/v1/heartbeat", body: try json(heartbeat("tc-0002")))
+            #expect(forged.status == 403)
+            #expect(forged.body.contains("\\\"tc-0002\\\" in the body is not the agent of the client certificate") || forged.body.contains("is not the agent of the client certificate"))
+            let forgedEvents = try await call(client, .POST, c.url + "/api/v1/events", body: try json(EventBatch(agentID: "tc-0002", events: [event(1)])))
+            #expect(forgedEvents.status == 403)
+        }
+        try await withClient(try c.client()) { anonymous in
+            let r = try await call(anonymous, .POST, c.url + "/api/v1/heartbeat", body: try json(heartbeat("tc-0001")))
+            #expect(r.status == 401)
+            #expect(r.body.contains("client certificate"))
+        }
+        let agents = try await c.collector.store.agents(AgentFilter())
+        #expect(agents.map(\.agentID) == ["tc-0001"])
+        #expect(agents.first?.group == "mynumber")
+        #expect(agents.first?.heartbeats == 2)
+        #expect(try await c.collector.store.events(EventFilter()).isEmpty)
+        await c.stop()
+    }
+
+    @Test("a certificate from another CA does not get through the TLS handshake")
+    func foreignCA() async throws {
+        let c = try await TestCollector.start()
+        let other = try TestPKI()
+        defer {
+            c.pki.remove()
+            other.remove()
+        }
+        let foreign = try other.device("tc-0001", group: "mynumber")
+        try await withClient(try c.client(device: foreign)) { client in
+            await #expect(throws: (any Error).self) {
+                _ = try await call(client, .POST, c.url + "/api/v1/heartbeat", body: try json(heartbeat("tc-0001")))
+            }
+        }
+        #expect(try await c.collector.store.agents(AgentFilter()).isEmpty)
+        await c.stop()
+    }
+
+    @Test("events: acknowledged by id, a resend is all duplicates")
+    func events() async throws {
+        let c = try await TestCollector.start()
+        defer { c.pki.remove() }
+        let a = try c.pki.device("tc-0001", group: "mynumber")
+        try await withClient(try c.client(device: a)) { client in
+            let batch = EventBatch(events: (1...3).map { event(Int64($0)) })
+            let first = try await call(client, .POST, c.url + "/api/v1/events", body: try json(batch))
+            #expect(first.status == 200)
+            let ack = try ReportCoding.decoder().decode(BatchAck.self, from: Data(first.body.utf8))
+            #expect(ack == BatchAck(stored: batch.events.map(\.id), inserted: 3, duplicates: 0))
+            let again = try ReportCoding.decoder().decode(BatchAck.self, from: Data(try await call(client, .POST, c.url + "/api/v1/events", body: try json(batch)).body.utf8))
+            #expect(again.inserted == 0 && again.duplicates == 3)
+        }
+        #expect(try await c.collector.store.events(EventFilter()).count == 3)
+        await c.stop()
+    }
+
+    @Test("malformed bodies get 4xx with a message naming the problem; the collector keeps serving")
+    func malformedBodies() async throws {
+        let c = try await TestCollector.start()
+        defer { c.pki.remove() }
+        let a = try c.pki.device("tc-0001", group: "mynumber")
+        let client = try c.client(device: a)
+        do {
+            try await Self.malformed(client: client, url: c.url + "/api/v1/heartbeat")
+        } catch {
+            Issue.record("malformed-body run failed: \(error)")
+        }
+        try? await client.shutdown()
+        await c.stop()
+    }
+
+    static func malformed(client: HTTPClient, url: String) async throws {
+        let valid = try json(heartbeat("tc-0001"))
+        // Named cases, each with the words its message must contain.
+        let cases: [(String, Data, Int, String)] = [
+            ("truncated", valid.prefix(valid.count / 2), 400, "not valid JSON"),
+            ("wrong type", try replacing(valid, key: "interval_s", with: "\"thirty\""), 400, "interval_s: expected an integer"),
+            ("nested wrong type", try replacing(valid, key: "authorized", with: "\"yes\""), 400, "decision.authorized: expected true or false"),
+            ("unknown field", try adding(valid, key: "colour", value: "\"blue\""), 400, "colour: unknown field"),
+            ("missing field", try removing(valid, key: "hostname"), 400, "hostname: missing"),
+            ("out of range", try replacing(valid, key: "interval_s", with: "0"), 422, "interval_s: 0 is outside"),
+            ("empty", Data(), 400, "not valid JSON"),
+            ("array", Data("[]".utf8), 400, "body"),
+            ("huge", Data(repeating: UInt8(ascii: "a"), count: 2 << 20), 413, "larger than"),
+        ]
+        for (name, body, status, words) in cases {
+            let r = try await call(client, .POST, url, body: body)
+            #expect(r.status == status, "\(name): \(r.body)")
+            #expect(r.body.contains(words), "\(name): \(r.body)")
+        }
+        let wrongType = try await call(client, .POST, url, body: valid, contentType: "text/plain")
+        #expect(wrongType.status == 415)
+
+        // Property: random mutations of a valid body never crash the collector and never
+        // get a 5xx; every answer is 204 (the mutation kept it valid) or 4xx with a message.
+        var rng = SeededGenerator(seed: 0x5E66)
+        var statuses: [Int: Int] = [:]
+        for _ in 0..<300 {
+            let mutated = mutate(valid, using: &rng)
+            let r = try await call(client, .POST, url, body: mutated)
+            statuses[r.status, default: 0] += 1
+            #expect(r.status == 204 || (400..<500).contains(r.status), "mutation answered \(r.status): \(r.body)")
+            if r.status != 204 { #expect(r.body.contains("\"error\"")) }
+        }
+        #expect(statuses.keys.contains { (400..<500).contains($0) })
+        #expect(try await call(client, .POST, url, body: valid).status == 204)
+    }
+
+    @Test("policy bundles: admin token required, version only rises, ETag and 304, bad signature refused")
+    func policyPush() async throws {
+        let admin = Curve25519.Signing.PrivateKey()
+        let c = try await TestCollector.start(policyKey: PolicySigningKey(admin.publicKey))
+        defer { c.pki.remove() }
+        let a = try c.pki.device("tc-0001", group: "mynumber")
+        let bundle = try PolicySigning.sign(PolicyBundlePayload(group: "mynumber", version: 1, policyYAML: "schema_version: 1\n"), with: admin)
+        let push = c.url + "/api/v1/admin/policy/mynumber"
+        try await withClient(try c.client()) { adminClient in
+            #expect(try await call(adminClient, .PUT, push, body: try json(bundle)).status == 401)
+            #expect(try await call(adminClient, .PUT, push, body: try json(bundle), headers: [("Authorization", "Bearer wrong-token-wrong-token")]).status == 401)
+            let auth = [("Authorization", "Bearer \(TestCollector.adminToken)")]
+            #expect(try await call(adminClient, .PUT, push, body: try json(bundle), headers: auth).status == 201)
+            let again = try await call(adminClient, .PUT, push, body: try json(bundle), headers: auth)
+            #expect(again.status == 409)
+            #expect(again.body.contains("already has version 1"))
+            let wrongGroup = try await call(adminClient, .PUT, c.url + "/api/v1/admin/policy/lgwan", body: try json(bundle), headers: auth)
+            #expect(wrongGroup.status == 422)
+            let forged = try PolicySigning.sign(PolicyBundlePayload(group: "mynumber", version: 2, policyYAML: "x"), with: Curve25519.Signing.PrivateKey())
+            let refused = try await call(adminClient, .PUT, push, body: try json(forged), headers: auth)
+            #expect(refused.status == 422)
+            #expect(refused.body.contains("pinned admin key"))
+            let agents = try await call(adminClient, .GET, c.url + "/api/v1/admin/agents", headers: auth)
+            #expect(agents.status == 200)
+        }
+        try await withClient(try c.client(device: a)) { client in
+            let got = try await call(client, .GET, c.url + "/api/v1/policy")
+            #expect(got.status == 200)
+            let etag = try #require(got.headers.first { $0.0.lowercased() == "etag" }?.1)
+            #expect(try ReportCoding.decodeStrict(SignedPolicyBundle.self, from: Data(got.body.utf8)) == bundle)
+            #expect(try await call(client, .GET, c.url + "/api/v1/policy", headers: [("If-None-Match", etag)]).status == 304)
+        }
+        let other = try c.pki.device("tc-0009", group: "lgwan")
+        try await withClient(try c.client(device: other)) { client in
+            let none = try await call(client, .GET, c.url + "/api/v1/policy")
+            #expect(none.status == 404)
+            #expect(none.body.contains("group 'lgwan'"))
+        }
+        await c.stop()
+    }
+
+    @Test("dashboard lists agents with state, reason and stale flag, filters by group and state, escapes what agents send; /metrics counts per agent")
+    func dashboardAndMetrics() async throws {
+        let c = try await TestCollector.start()
+        defer { c.pki.remove() }
+        let store = c.collector.store
+        let t0 = Date()
+        _ = try await store.recordHeartbeat(heartbeat("tc-0001"), from: AgentIdentity(agentID: "tc-0001", group: "mynumber"), at: t0)
+        var hostile = heartbeat("tc-0002", authorized: false, reason: "<script>alert(1)</script> cable out")
+        hostile.hostname = "<b>evil</b>"
+        _ = try await store.recordHeartbeat(hostile, from: AgentIdentity(agentID: "tc-0002", group: "lgwan"), at: t0)
+        _ = try await store.recordHeartbeat(heartbeat("tc-0003", interval: 1), from: AgentIdentity(agentID: "tc-0003", group: "mynumber"), at: t0.addingTimeInterval(-60))
+        _ = try await store.markStale(now: t0, intervals: 3)
+        try await withClient(try c.client()) { client in
+            let page = try await call(client, .GET, c.url + "/")
+            #expect(page.status == 200)
+            #expect(page.body.contains("data-agent=\"tc-0001\" data-state=\"authorized\""))
+            #expect(page.body.contains("data-agent=\"tc-0002\" data-state=\"unauthorized\""))
+            #expect(page.body.contains("data-agent=\"tc-0003\" data-state=\"stale\""))
+            #expect(page.body.contains("&lt;script&gt;alert(1)&lt;/script&gt; cable out"))
+            #expect(!page.body.contains("<script>"))
+            #expect(!page.body.contains("<b>evil</b>"))
+            #expect(page.body.contains("agent-stale"))
+            let filtered = try await call(client, .GET, c.url + "/?group=mynumber&state=stale")
+            #expect(filtered.body.contains("data-agent=\"tc-0003\""))
+            #expect(!filtered.body.contains("data-agent=\"tc-0001\""))
+            #expect(!filtered.body.contains("data-agent=\"tc-0002\""))
+            #expect(try await call(client, .GET, c.url + "/?state=bogus").status == 400)
+        }
+        let a = try c.pki.device("tc-0001", group: "mynumber")
+        try await withClient(try c.client(device: a)) { client in
+            #expect(try await call(client, .POST, c.url + "/api/v1/heartbeat", body: try json(heartbeat("tc-0001"))).status == 204)
+            #expect(try await call(client, .POST, c.url + "/api/v1/events", body: try json(EventBatch(events: [event(1), event(2, kind: "launch-refused")]))).status == 200)
+            let metrics = try await call(client, .GET, c.url + "/metrics")
+            #expect(metrics.status == 200)
+            #expect(metrics.body.contains("segguard_agent_heartbeats_total{agent=\"tc-0001\",group=\"mynumber\"} 1"))
+            #expect(metrics.body.contains("segguard_agent_events_total{agent=\"tc-0001\",group=\"mynumber\",kind=\"launch-refused\"} 1"))
+            #expect(metrics.body.contains("segguard_agents{state=\"stale\"} 1"))
+        }
+        await c.stop()
+    }
+}
+
+// MARK: - Body mutations
+
+func object(_ data: Data) throws -> [String: Any] { try JSONSerialization.jsonObject(with: data) as! [String: Any] }
+
+/// Replaces the value of `key` (searched at any depth) by raw JSON text.
+func replacing(_ data: Data, key: String, with raw: String) throws -> Data {
+    var text = String(decoding: data, as: UTF8.self)
+    let value = try JSONSerialization.jsonObject(with: Data(raw.utf8), options: .fragmentsAllowed)
+    let obj = try object(data)
+    func walk(_ o: Any) -> Any {
+        if var d = o as? [String: Any] {
+            for (k, v) in d { d[k] = k == key ? value : walk(v) }
+            return d
+        }
+        if let a = o as? [Any] { return a.map(walk) }
+        return o
+    }
+    let out = try JSONSerialization.data(withJSONObject: walk(obj))
+    text = String(decoding: out, as: UTF8.self)
+    return Data(text.utf8)
+}
+
+func adding(_ data: Data, key: String, value raw: String) throws -> Data {
+    var obj = try object(data)
+    obj[key] = try JSONSerialization.jsonObject(with: Data(raw.utf8), options: .fragmentsAllowed)
+    return try JSONSerialization.data(withJSONObject: obj)
+}
+
+func removing(_ data: Data, key: String) throws -> Data {
+    var obj = try object(data)
+    obj.removeValue(forKey: key)
+    return try JSONSerialization.data(withJSONObject: obj)
+}
+
+/// A small deterministic generator (SplitMix64), so a failing mutation can be replayed.
+struct SeededGenerator: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// One random damage: truncate, flip bytes, insert junk, duplicate a slice, or swap a value.
+func mutate(_ data: Data, using rng: inout SeededGenerator) -> Data {
+    var bytes = [UInt8](data)
+    switch Int.random(in: 0..<6, using: &rng) {
+    case 0:
+        bytes = Array(bytes.prefix(Int.random(in: 0..<bytes.count, using: &rng)))
+    case 1:
+        for _ in 0..<Int.random(in: 1...4, using: &rng) { bytes[Int.random(in: 0..<bytes.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng) }
+    case 2:
+        let junk = [UInt8](["{", "}", "[", "]", ",", ":", "\"", "\\", "0", "-", "e", "n"].randomElement(using: &rng)!.utf8)
+        bytes.insert(contentsOf: junk, at: Int.random(in: 0...bytes.count, using: &rng))
+    case 3:
+        let i = Int.random(in: 0..<bytes.count, using: &rng), j = min(bytes.count, i + Int.random(in: 1...40, using: &rng))
+        bytes.insert(contentsOf: bytes[i..<j], at: Int.random(in: 0...bytes.count, using: &rng))
+    case 4:
+        let values = ["null", "1e309", "-1", "true", "\"\"", "[]", "{}", "\"\\u0000\"", String(repeating: "[", count: 2000)]
+        let text = String(decoding: bytes, as: UTF8.self)
+        let keys = ["hostname", "interval_s", "segment", "authorized", "interfaces", "sent_at", "spool", "pending", "name", "since"]
+        let key = keys.randomElement(using: &rng)!
+        if let r = text.range(of: "\"\(key)\":") {
+            let end = text[r.upperBound...].firstIndex { $0 == "," || $0 == "}" } ?? text.endIndex
+            bytes = [UInt8]((text[..<r.upperBound] + values.randomElement(using: &rng)! + text[end...]).utf8)
+        }
+    default:
+        bytes = [UInt8](String(repeating: "{\"a\":", count: Int.random(in: 1...3000, using: &rng)).utf8)
+    }
+    return Data(bytes)
+}

@@ -1,0 +1,188 @@
+// One test suite, both stores: every test runs against SQLite (a temporary file) and against
+// a real PostgreSQL server started on loopback for this test process.
+
+import Foundation
+import SegguardCollector
+import SegguardReport
+import SegguardTestSupport
+import Synchronization
+import Testing
+
+/// The PostgreSQL server of this test process (started on first use, stopped at exit).
+enum SharedPostgres {
+    static let server: Result<PostgresServer, any Error> = {
+        let r = Result { try PostgresServer() }
+        if case .success = r { atexit { if case .success(let s) = SharedPostgres.server { s.stop() } } }
+        return r
+    }()
+}
+
+enum Backend: String, CaseIterable, CustomTestStringConvertible, Sendable {
+    case sqlite, postgres
+    var testDescription: String { rawValue }
+
+    /// A fresh, migrated store of this kind (own file / own database).
+    func makeStore() async throws -> any CollectorStore {
+        switch self {
+        case .sqlite:
+            let path = NSTemporaryDirectory() + "sg-store-\(UUID().uuidString).sqlite"
+            let s = try await SQLiteStore(path: path)
+            try await s.migrate()
+            return s
+        case .postgres:
+            let server = try SharedPostgres.server.get()
+            let db = "t_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased()
+            try server.createDatabase(db)
+            let s = PostgresStore(configuration: try PostgresStore.configuration(url: server.url(database: db)))
+            try await s.migrate()
+            return s
+        }
+    }
+}
+
+func heartbeat(_ agent: String, authorized: Bool = true, interval: Int = 30, reason: String = "authorized-wired via eth0") -> Heartbeat {
+    Heartbeat(agentID: agent, hostname: "host-\(agent)", agentVersion: "0.2.0",
+              policy: PolicySummary(name: "office", sha256: String(repeating: "a", count: 64)),
+              decision: DecisionSummary(segment: authorized ? "authorized-wired" : "unauthorized", authorized: authorized, reason: reason,
+                                        interfaces: authorized ? ["eth0"] : [], since: Date()),
+              interfaces: [InterfaceSummary(name: "eth0", wireless: false, up: true), InterfaceSummary(name: "wlan0", wireless: true, up: true, ssid: "office", bssid: "02:00:00:00:00:01")],
+              intervalSeconds: interval, spool: SpoolSummary(pending: 0, dropped: 0), sentAt: Date())
+}
+
+func event(_ seq: Int64, kind: String = "exec-denied", id: String? = nil) -> ReportedEvent {
+    ReportedEvent(id: id ?? UUID().uuidString.lowercased(), seq: seq, time: Date(timeIntervalSince1970: 1_790_000_000 + Double(seq)), kind: kind,
+                  severity: "warning", reason: "scrot is listed", details: ["path": "/usr/bin/scrot", "uid": "1000"])
+}
+
+@Suite("Collector stores: the same suite on SQLite and on PostgreSQL")
+struct StoreTests {
+    let hq = AgentIdentity(agentID: "tc-0001", group: "mynumber")
+    let branch = AgentIdentity(agentID: "tc-0002", group: "lgwan")
+
+    @Test("a heartbeat creates the agent, the next one updates it; filters by group and state", arguments: Backend.allCases)
+    func heartbeats(backend: Backend) async throws {
+        let store = try await backend.makeStore()
+        defer { Task { try? await store.close() } }
+        let t0 = Date()
+        #expect(try await store.recordHeartbeat(heartbeat("tc-0001"), from: hq, at: t0) == false)
+        #expect(try await store.recordHeartbeat(heartbeat("tc-0002", authorized: false, reason: "no authorized path"), from: branch, at: t0) == false)
+        #expect(try await store.recordHeartbeat(heartbeat("tc-0001", authorized: false, reason: "cable out"), from: hq, at: t0.addingTimeInterval(1)) == false)
+
+        let all = try await store.agents(AgentFilter())
+        #expect(all.map(\.agentID) == ["tc-0002", "tc-0001"])  // ordered by group, then id
+        let a = try #require(all.first { $0.agentID == "tc-0001" })
+        #expect(a.heartbeats == 2)
+        #expect(a.reason == "cable out")
+        #expect(a.authorized == false)
+        #expect(a.interfaces.count == 2 && a.interfaces[1].ssid == "office")
+        #expect(abs(a.lastSeen.timeIntervalSince(t0.addingTimeInterval(1))) < 0.01)
+        #expect(abs(a.firstSeen.timeIntervalSince(t0)) < 0.01)
+        #expect(try await store.agents(AgentFilter(group: "lgwan")).map(\.agentID) == ["tc-0002"])
+        #expect(try await store.agents(AgentFilter(state: "unauthorized")).count == 2)
+        #expect(try await store.agents(AgentFilter(state: "authorized")).isEmpty)
+        let counts = try await store.counts()
+        #expect(counts == StoreCounts(agents: 2, authorized: 0, unauthorized: 2, stale: 0, events: 0))
+    }
+
+    @Test("each (agent, event id) is stored once: a resent batch is all duplicates", arguments: Backend.allCases)
+    func idempotentEvents(backend: Backend) async throws {
+        let store = try await backend.makeStore()
+        defer { Task { try? await store.close() } }
+        _ = try await store.recordHeartbeat(heartbeat("tc-0001"), from: hq, at: Date())
+        let batch = (1...5).map { event(Int64($0)) }
+        #expect(try await store.insertEvents(batch, from: hq, at: Date()) == InsertResult(inserted: 5, duplicates: 0))
+        #expect(try await store.insertEvents(batch, from: hq, at: Date()) == InsertResult(inserted: 0, duplicates: 5))
+        let overlap = Array(batch[3...]) + [event(6)]
+        #expect(try await store.insertEvents(overlap, from: hq, at: Date()) == InsertResult(inserted: 1, duplicates: 2))
+        // The same id from another agent is another event.
+        #expect(try await store.insertEvents([batch[0]], from: branch, at: Date()) == InsertResult(inserted: 1, duplicates: 0))
+
+        let mine = try await store.events(EventFilter(agentID: "tc-0001", limit: 100))
+        #expect(mine.map(\.event.seq).sorted() == [1, 2, 3, 4, 5, 6])
+        #expect(mine.first?.event.details["path"] == "/usr/bin/scrot")
+        #expect(try await store.events(EventFilter(group: "lgwan")).count == 1)
+        #expect(try await store.events(EventFilter(limit: 2)).count == 2)
+        #expect(try await store.agents(AgentFilter(group: "mynumber")).first?.events == 6)
+        #expect(try await store.counts().events == 7)
+    }
+
+    @Test("concurrent batches with overlapping ids: every event stored exactly once", arguments: Backend.allCases)
+    func concurrentInserts(backend: Backend) async throws {
+        let store = try await backend.makeStore()
+        defer { Task { try? await store.close() } }
+        _ = try await store.recordHeartbeat(heartbeat("tc-0001"), from: hq, at: Date())
+        let events = (1...200).map { event(Int64($0)) }
+        let agent = hq
+        let inserted = try await withThrowingTaskGroup(of: Int.self) { group in
+            for start in stride(from: 0, to: 200, by: 10) {
+                // Each task sends 30 events starting at `start`: neighbours overlap.
+                let slice = Array(events[start..<min(200, start + 30)])
+                group.addTask { try await store.insertEvents(slice, from: agent, at: Date()).inserted }
+            }
+            return try await group.reduce(0, +)
+        }
+        #expect(inserted == 200)
+        #expect(try await store.events(EventFilter(agentID: "tc-0001", limit: 1000)).count == 200)
+    }
+
+    @Test("an agent silent for 3 intervals turns stale once (with an event) and recovers with its next heartbeat", arguments: Backend.allCases)
+    func staleness(backend: Backend) async throws {
+        let store = try await backend.makeStore()
+        defer { Task { try? await store.close() } }
+        let t0 = Date()
+        _ = try await store.recordHeartbeat(heartbeat("tc-0001", interval: 10), from: hq, at: t0)
+        _ = try await store.recordHeartbeat(heartbeat("tc-0002", interval: 10), from: branch, at: t0.addingTimeInterval(25))
+        #expect(try await store.markStale(now: t0.addingTimeInterval(29), intervals: 3).isEmpty)
+        let stale = try await store.markStale(now: t0.addingTimeInterval(31), intervals: 3)
+        #expect(stale.map(\.agentID) == ["tc-0001"])
+        #expect(try await store.markStale(now: t0.addingTimeInterval(40), intervals: 3).isEmpty)  // once
+        #expect(try await store.agents(AgentFilter(state: "stale")).map(\.agentID) == ["tc-0001"])
+        let events = try await store.events(EventFilter(agentID: "tc-0001"))
+        #expect(events.map(\.event.kind) == ["agent-stale"])
+        #expect(events.first?.event.reason.contains("3 intervals of 10 s") == true)
+
+        #expect(try await store.recordHeartbeat(heartbeat("tc-0001", interval: 10), from: hq, at: t0.addingTimeInterval(50)) == true)
+        #expect(try await store.agents(AgentFilter(state: "stale")).isEmpty)
+        #expect(try await store.events(EventFilter(agentID: "tc-0001")).map(\.event.kind).contains("agent-recovered"))
+        #expect(try await store.counts().stale == 0)
+    }
+
+    @Test("a group's bundle version only rises", arguments: Backend.allCases)
+    func bundles(backend: Backend) async throws {
+        let store = try await backend.makeStore()
+        defer { Task { try? await store.close() } }
+        func stored(_ v: Int64) -> StoredBundle {
+            StoredBundle(group: "mynumber", version: v, policySHA256: String(repeating: "\(v % 10)", count: 64),
+                         bundle: SignedPolicyBundle(payload: "cGF5bG9hZA==", signature: "c2ln", keyID: "0123456789abcdef"), pushedAt: Date(), pushedBy: "admin-token")
+        }
+        #expect(try await store.bundle(group: "mynumber") == nil)
+        #expect(try await store.putBundle(stored(1)) == .stored)
+        #expect(try await store.putBundle(stored(1)) == .notNewer(current: 1))
+        #expect(try await store.putBundle(stored(3)) == .stored)
+        #expect(try await store.putBundle(stored(2)) == .notNewer(current: 3))
+        let b = try #require(try await store.bundle(group: "mynumber"))
+        #expect(b.version == 3)
+        #expect(b.bundle.keyID == "0123456789abcdef")
+        #expect(b.etag == "\"mynumber-3-3333333333333333\"")
+        #expect(try await store.bundle(group: "lgwan") == nil)
+    }
+
+    @Test("many heartbeats in one group commit", arguments: Backend.allCases)
+    func groupCommit(backend: Backend) async throws {
+        let store = try await backend.makeStore()
+        defer { Task { try? await store.close() } }
+        let batcher = HeartbeatBatcher(store: store)
+        try await withThrowingTaskGroup(of: Bool.self) { group in
+            for i in 0..<300 {
+                let id = AgentIdentity(agentID: "tc-\(i % 100)", group: "g\(i % 3)")
+                group.addTask { try await batcher.record(heartbeat(id.agentID), from: id) }
+            }
+            for try await recovered in group { #expect(recovered == false) }
+        }
+        let agents = try await store.agents(AgentFilter())
+        #expect(agents.count == 100)
+        #expect(agents.allSatisfy { $0.heartbeats == 3 })
+        let batches = await batcher.batches
+        #expect(batches < 300)  // several heartbeats shared a transaction
+    }
+}
