@@ -152,8 +152,11 @@ let package = Package(
             name: "segguard-bench",
             dependencies: [
                 "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardTestSupport", "SegguardEnforce", "SegguardWire", "SegguardDeviceAuth",
-                "SegguardReport", "SegguardReporter", "SegguardPKI",
+                "SegguardReport", "SegguardReporter", "SegguardPKI", "SegguardCollector",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -182,6 +185,6 @@ let package = Package(
         .testTarget(
             name: "SegguardPrivilegedTests",
             dependencies: ["SegguardNetlink", "SegguardDecision", "SegguardPolicy", "SegguardTestSupport", "SegguardControl", "SegguardWire", "SegguardEnforce",
-                           "SegguardReporter", "SegguardReport", "SegguardPKI"]),
+                           "SegguardReporter", "SegguardReport", "SegguardPKI", "SegguardCollector"]),
     ]
 )

@@ -47,6 +47,14 @@ public struct AppliedBundle: Codable, Sendable, Equatable {
     public var bundle: SignedPolicyBundle
     enum CodingKeys: String, CodingKey { case group, version, policySHA256 = "policy_sha256", etag, bundle }
 
+    public init(group: String, version: Int64, policySHA256: String, etag: String?, bundle: SignedPolicyBundle) {
+        self.group = group
+        self.version = version
+        self.policySHA256 = policySHA256
+        self.etag = etag
+        self.bundle = bundle
+    }
+
     /// Reads and re-verifies the saved bundle; nil when there is none.
     public static func load(path: String, key: PolicySigningKey, group: String) throws -> (AppliedBundle, PolicyBundlePayload)? {
         guard FileManager.default.fileExists(atPath: path) else { return nil }

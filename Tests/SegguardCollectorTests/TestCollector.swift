@@ -50,7 +50,7 @@ final class TestCollector: Sendable {
 
     /// Starts a collector on `store` (a fresh SQLite store when nil).
     static func start(store: (any CollectorStore)? = nil, policyKey: PolicySigningKey? = nil, staleSweepSeconds: Double = 3600,
-                      pki: TestPKI? = nil) async throws -> TestCollector {
+                      pki: TestPKI? = nil, port: Int = 0) async throws -> TestCollector {
         let pki = try pki ?? TestPKI()
         let backend: any CollectorStore
         if let store {
@@ -61,7 +61,7 @@ final class TestCollector: Sendable {
         }
         var config = CollectorConfiguration(certificatePath: pki.directory + "/server.pem", keyPath: pki.directory + "/server.key",
                                             clientCAPath: pki.directory + "/ca.pem")
-        config.port = 0
+        config.port = port
         config.adminTokenSHA256 = PolicySigning.sha256Hex(Data(adminToken.utf8))
         config.policyPublicKey = policyKey
         config.staleSweepSeconds = staleSweepSeconds
@@ -137,4 +137,14 @@ func withClient<T>(_ client: HTTPClient, _ body: (HTTPClient) async throws -> T)
         try? await client.shutdown()
         throw error
     }
+}
+
+/// Polls `condition` until it holds or `seconds` pass; returns whether it held.
+func eventually(_ seconds: Double = 15, _ condition: () async throws -> Bool) async rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try await condition() { return true }
+        try? await Task.sleep(for: .milliseconds(50))
+    }
+    return try await condition()
 }

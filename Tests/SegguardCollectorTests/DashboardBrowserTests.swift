@@ -1,0 +1,425 @@
+// The dashboard as a real browser shows it: an in-process collector (TLS, test PKI) with
+// agents in two groups and three states, loaded by headless Chromium. The checks read the DOM
+// Chromium dumps after parsing the page (not the HTML string we served): the agents and events
+// tables, the filter form, and that text coming from agents stays text (no injected element).
+
+import Foundation
+import SegguardCollector
+import SegguardReport
+import Testing
+
+@Suite("Dashboard in headless Chromium", .serialized,
+       .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/chromium"), "Chromium is not installed (apt-get install chromium)"))
+struct DashboardBrowserTests {
+    /// What the seeded collector holds, to compare the page with.
+    struct Seeded {
+        let collector: TestCollector
+        let t0: Date
+        let officeSHA: String
+        let branchSHA: String
+        /// agent id -> last heartbeat time as the store has it.
+        let lastSeen: [String: Date]
+    }
+
+    static let hostileHost = "<b>evil</b>"
+    static let hostileReason = "<script>alert(1)</script> cable out"
+    static let hostileEventReason = "<img src=x onerror=alert(2)> blocked"
+    static let hostileKind = "x\" onmouseover=\"alert(3)"
+
+    /// mynumber: tc-0001 authorized, tc-0003 stale. lgwan: tc-0002 unauthorized (hostile
+    /// hostname and reason), tc-0004 stale. Events from tc-0001 and tc-0002, plus the
+    /// agent-stale events markStale records.
+    static func seeded() async throws -> Seeded {
+        let c = try await TestCollector.start()
+        do {
+            let store = c.collector.store
+            let t0 = Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down))
+            let officeSHA = sha256Hex("office policy v3"), branchSHA = sha256Hex("branch policy v7")
+            let mynumber = { AgentIdentity(agentID: $0, group: "mynumber") }, lgwan = { AgentIdentity(agentID: $0, group: "lgwan") }
+
+            var a1 = heartbeat("tc-0001", reason: "authorized-wired via eth0 (802.1X ok)")
+            a1.policy = PolicySummary(name: "office", sha256: officeSHA, bundleVersion: 3)
+            _ = try await store.recordHeartbeat(a1, from: mynumber("tc-0001"), at: t0)
+
+            var a2 = heartbeat("tc-0002", authorized: false, reason: hostileReason)
+            a2.hostname = hostileHost
+            a2.policy = PolicySummary(name: "branch", sha256: branchSHA)
+            _ = try await store.recordHeartbeat(a2, from: lgwan("tc-0002"), at: t0)
+
+            var a3 = heartbeat("tc-0003", interval: 1, reason: "authorized-wired via eth1")
+            a3.policy = PolicySummary(name: "office", sha256: officeSHA, bundleVersion: 3)
+            _ = try await store.recordHeartbeat(a3, from: mynumber("tc-0003"), at: t0.addingTimeInterval(-60))
+
+            var a4 = heartbeat("tc-0004", interval: 5, reason: "authorized-wireless via wlan0")
+            a4.policy = PolicySummary(name: "branch", sha256: branchSHA)
+            _ = try await store.recordHeartbeat(a4, from: lgwan("tc-0004"), at: t0.addingTimeInterval(-120))
+
+            let marked = try await store.markStale(now: t0, intervals: 3)
+            #expect(Set(marked.map(\.agentID)) == ["tc-0003", "tc-0004"])
+
+            #expect(try await store.insertEvents([event(1, kind: "exec-denied"), event(2, kind: "launch-refused")],
+                                                 from: mynumber("tc-0001"), at: t0).inserted == 2)
+            var hostile = event(1, kind: hostileKind)
+            hostile.reason = hostileEventReason
+            #expect(try await store.insertEvents([event(2, kind: "decision-changed"), hostile], from: lgwan("tc-0002"), at: t0).inserted == 2)
+
+            let agents = try await store.agents(AgentFilter())
+            return Seeded(collector: c, t0: t0, officeSHA: officeSHA, branchSHA: branchSHA,
+                          lastSeen: Dictionary(uniqueKeysWithValues: agents.map { ($0.agentID, $0.lastSeen) }))
+        } catch {
+            await c.stop()
+            c.pki.remove()
+            throw error
+        }
+    }
+
+    /// Runs `body` on a seeded collector and a private temporary directory; stops and removes
+    /// both whatever happens.
+    static func withSeeded(_ body: (Seeded, String) async throws -> Void) async throws {
+        let s = try await seeded()
+        let dir = NSTemporaryDirectory() + "sg-chromium-\(UUID().uuidString)"
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            try await body(s, dir)
+        } catch {
+            await s.collector.stop()
+            s.collector.pki.remove()
+            try? FileManager.default.removeItem(atPath: dir)
+            throw error
+        }
+        await s.collector.stop()
+        s.collector.pki.remove()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    @Test("the page lists each agent with state, stale flag, reason, last heartbeat and policy hash, and the latest events",
+          .timeLimit(.minutes(2)))
+    func agentsAndEvents() async throws {
+        try await Self.withSeeded { s, dir in
+            let dom = try await HeadlessChromium.dumpDOM(s.collector.url + "/", in: dir)
+
+            let agents = try HTMLTable(dom, id: "agents")
+            #expect(agents.headers == ["Agent", "Group", "Host", "State", "Segment", "Reason", "Interfaces", "Last heartbeat", "Policy", "Spool"])
+            let rows = agents.rows.filter { $0.attributes["class"] == "agent" }
+            #expect(rows.count == agents.rows.count)
+            // Ordered by group, then id.
+            #expect(rows.map { $0.attributes["data-agent"] ?? "?" } == ["tc-0002", "tc-0004", "tc-0001", "tc-0003"])
+            let byID = Dictionary(uniqueKeysWithValues: rows.map { ($0.attributes["data-agent"] ?? "?", $0) })
+            let expected: [(id: String, group: String, state: String, reason: String, sha: String, policy: String)] = [
+                ("tc-0001", "mynumber", "authorized", "authorized-wired via eth0 (802.1X ok)", s.officeSHA, "office"),
+                ("tc-0002", "lgwan", "unauthorized", Self.hostileReason, s.branchSHA, "branch"),
+                ("tc-0003", "mynumber", "stale", "authorized-wired via eth1", s.officeSHA, "office"),
+                ("tc-0004", "lgwan", "stale", "authorized-wireless via wlan0", s.branchSHA, "branch"),
+            ]
+            for e in expected {
+                let row = try #require(byID[e.id], "no row for \(e.id)")
+                try #require(row.cells.count == 10, "\(e.id): \(row.cells)")
+                #expect(row.attributes["data-state"] == e.state, "\(e.id)")
+                #expect(row.cells[0] == e.id)
+                #expect(row.cells[1] == e.group)
+                #expect(row.cells[3].hasPrefix(e.state), "\(e.id): state cell \(row.cells[3])")
+                #expect(row.cellAttributes[3]["class"] == e.state, "\(e.id)")
+                #expect(row.cells[5] == e.reason, "\(e.id)")
+                // Policy name and the first 12 hex digits of its SHA-256.
+                #expect(row.cells[8].hasPrefix("\(e.policy) \(e.sha.prefix(12))"), "\(e.id): policy cell \(row.cells[8])")
+                #expect(!row.cells[8].contains(String(e.sha.prefix(13))), "only 12 hex digits are shown")
+                // Last heartbeat: the store's time (UTC, to the second) and how long ago.
+                let seen = try #require(s.lastSeen[e.id])
+                #expect(row.cells[7].hasPrefix(Self.utcSeconds(seen)), "\(e.id): last heartbeat \(row.cells[7]) vs \(Self.utcSeconds(seen))")
+                #expect(row.cells[7].wholeMatch(of: #/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ? \(\d+ s ago\)/#) != nil, "\(e.id): \(row.cells[7])")
+                let ago = try #require(row.cells[7].firstMatch(of: #/\((\d+) s ago\)/#).flatMap { Int($0.1) })
+                let minimum = Int(s.t0.timeIntervalSince(seen))
+                #expect(ago >= minimum && ago < minimum + 60, "\(e.id): \(ago) s ago")
+            }
+            // The stale flag: the state says for how long the agent has been silent.
+            for id in ["tc-0003", "tc-0004"] {
+                let cell = try #require(byID[id]).cells[3]
+                #expect(cell.wholeMatch(of: #/stale \(silent \d+ s\)/#) != nil, "\(id): \(cell)")
+            }
+            #expect(byID["tc-0001"]?.cells[3] == "authorized")
+            #expect(byID["tc-0002"]?.cells[3] == "unauthorized")
+            #expect(byID["tc-0001"]?.cells[8] == "office \(s.officeSHA.prefix(12)) v3")
+            #expect(byID["tc-0002"]?.cells[8] == "branch \(s.branchSHA.prefix(12))")
+            #expect(byID["tc-0001"]?.cells[6] == "eth0 up; wlan0 up SSID office 02:00:00:00:00:01")
+
+            let summary = try #require(HTMLText.element(dom, id: "summary"))
+            #expect(summary.contains("4 agent(s) shown: 1 authorized, 1 unauthorized, 2 stale."), "\(summary)")
+
+            let events = try HTMLTable(dom, id: "events")
+            #expect(events.headers == ["Time", "Agent", "Group", "Kind", "Severity", "Reason"])
+            let eventRows = events.rows.filter { $0.attributes["class"] == "event" }
+            #expect(eventRows.count == events.rows.count)
+            let kinds = eventRows.map { $0.attributes["data-kind"] ?? "?" }
+            #expect(Set(kinds) == ["exec-denied", "launch-refused", "decision-changed", Self.hostileKind, "agent-stale"], "\(kinds)")
+            #expect(kinds.count == 6)
+            for row in eventRows {
+                try #require(row.cells.count == 6, "\(row.cells)")
+                #expect(row.cells[3] == row.attributes["data-kind"], "the Kind cell shows the row's kind")
+            }
+            let stale = eventRows.filter { $0.attributes["data-kind"] == "agent-stale" }
+            #expect(Set(stale.map { $0.cells[1] }) == ["tc-0003", "tc-0004"])
+            #expect(stale.allSatisfy { $0.cells[4] == "warning" && $0.cells[5].hasPrefix("no heartbeat for ") })
+            let denied = try #require(eventRows.first { $0.attributes["data-kind"] == "exec-denied" })
+            #expect(denied.cells[1] == "tc-0001" && denied.cells[2] == "mynumber" && denied.cells[5] == "scrot is listed")
+            // Newest first (all arrived at t0, so by event time).
+            let times = eventRows.map { $0.cells[0] }
+            #expect(times == times.sorted(by: >), "\(times)")
+        }
+    }
+
+    @Test("text from agents is shown as text: no element is injected by a hostname, reason or event kind",
+          .timeLimit(.minutes(2)))
+    func escaping() async throws {
+        try await Self.withSeeded { s, dir in
+            let dom = try await HeadlessChromium.dumpDOM(s.collector.url + "/", in: dir)
+            // Every element and attribute the parser built (text never holds a raw "<" in
+            // Chromium's serialization, so each start tag in the dump is an element).
+            let tags = HTMLText.startTags(dom)
+            let names = Set(tags.map(\.name))
+            #expect(names.isSuperset(of: ["html", "head", "body", "table", "tr", "td", "form", "select", "option", "code"]), "\(names.sorted())")
+            #expect(!names.contains("script"), "a <script> element exists in the DOM")
+            #expect(!names.contains("b"), "a <b> element exists in the DOM")
+            #expect(!names.contains("img"), "an <img> element exists in the DOM")
+            let handlers = tags.flatMap { t in t.attributes.keys.filter { $0.lowercased().hasPrefix("on") }.map { "\(t.name) \($0)" } }
+            #expect(handlers.isEmpty, "event handler attributes in the DOM: \(handlers)")
+            let bodyTags = Set(tags.drop { $0.name != "body" }.map(\.name))
+            #expect(bodyTags.isSubset(of: ["body", "h1", "h2", "p", "form", "label", "select", "option", "button", "table", "thead", "tbody",
+                                           "tr", "th", "td", "code"]), "unexpected elements in the body: \(bodyTags.sorted())")
+
+            let agents = try HTMLTable(dom, id: "agents")
+            let row = try #require(agents.rows.first { $0.attributes["data-agent"] == "tc-0002" })
+            #expect(row.cells[2] == Self.hostileHost, "the hostname is shown as typed: \(row.cells[2])")
+            #expect(row.cells[5] == Self.hostileReason, "the reason is shown as typed: \(row.cells[5])")
+            #expect(row.cellHTML[2] == "&lt;b&gt;evil&lt;/b&gt;")
+            #expect(row.cellHTML[5] == "&lt;script&gt;alert(1)&lt;/script&gt; cable out")
+
+            let events = try HTMLTable(dom, id: "events")
+            let hostile = try #require(events.rows.first { $0.attributes["data-kind"] == Self.hostileKind },
+                                       "the quoted kind stays one attribute value")
+            #expect(hostile.attributes.keys.sorted() == ["class", "data-kind"], "\(hostile.attributes)")
+            #expect(hostile.cells[3] == Self.hostileKind)
+            #expect(hostile.cells[5] == Self.hostileEventReason)
+        }
+    }
+
+    @Test("?group=mynumber&state=stale shows only the stale agent of that group, and the form shows the filter",
+          .timeLimit(.minutes(2)))
+    func filtered() async throws {
+        try await Self.withSeeded { s, dir in
+            let dom = try await HeadlessChromium.dumpDOM(s.collector.url + "/?group=mynumber&state=stale", in: dir)
+            let agents = try HTMLTable(dom, id: "agents")
+            #expect(agents.rows.map { $0.attributes["data-agent"] ?? "?" } == ["tc-0003"])
+            #expect(agents.rows.first?.attributes["data-state"] == "stale")
+            let summary = try #require(HTMLText.element(dom, id: "summary"))
+            #expect(summary.hasPrefix("1 agent(s) shown: 0 authorized, 0 unauthorized, 1 stale."), "\(summary)")
+
+            // The filter form keeps the filter (the browser's selected options).
+            #expect(HTMLText.selectedOptions(dom, select: "group") == ["mynumber"])
+            #expect(HTMLText.selectedOptions(dom, select: "state") == ["stale"])
+            #expect(HTMLText.options(dom, select: "group") == ["", "lgwan", "mynumber"], "every group is offered, not only the shown ones")
+            #expect(HTMLText.options(dom, select: "state") == ["", "authorized", "unauthorized", "stale"])
+
+            // Events are filtered by group.
+            let events = try HTMLTable(dom, id: "events")
+            let rows = events.rows.filter { $0.attributes["class"] == "event" }
+            #expect(!rows.isEmpty)
+            #expect(rows.allSatisfy { $0.cells[2] == "mynumber" }, "\(rows.map(\.cells))")
+            #expect(Set(rows.compactMap { $0.attributes["data-kind"] }) == ["exec-denied", "launch-refused", "agent-stale"])
+
+            // A filter that matches nothing says so.
+            let none = try await HeadlessChromium.dumpDOM(s.collector.url + "/?group=lgwan&state=authorized", in: dir)
+            let empty = try HTMLTable(none, id: "agents")
+            #expect(empty.rows.count == 1 && empty.rows.first?.cells == ["No agent matches."], "\(empty.rows.map(\.cells))")
+        }
+    }
+
+    @Test("the page renders: Chromium takes a 1400x900 screenshot of it", .timeLimit(.minutes(2)))
+    func screenshot() async throws {
+        try await Self.withSeeded { s, dir in
+            let png = dir + "/dashboard.png"
+            _ = try await HeadlessChromium.run(["--screenshot=\(png)", "--window-size=1400,900", s.collector.url + "/"], in: dir)
+            let data = try #require(FileManager.default.contents(atPath: png), "no screenshot written")
+            #expect(data.count > 1000, "\(data.count) bytes")
+            #expect(data.prefix(8) == Data([0x89, 0x50, 0x4E, 0x47, 0x0D, 0x0A, 0x1A, 0x0A]), "not a PNG")
+            // IHDR: width and height, big-endian, at bytes 16..<24.
+            if data.count >= 24 {
+                let be = { (o: Int) in data[o..<o + 4].reduce(UInt32(0)) { $0 << 8 | UInt32($1) } }
+                #expect(be(16) == 1400 && be(20) == 900, "\(be(16))x\(be(20))")
+            }
+            try FileManager.default.removeItem(atPath: png)
+        }
+    }
+
+    static func sha256Hex(_ s: String) -> String { PolicySigning.sha256Hex(Data(s.utf8)) }
+
+    /// yyyy-MM-ddTHH:mm:ss in UTC.
+    static func utcSeconds(_ d: Date) -> String {
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX")
+        f.timeZone = TimeZone(identifier: "UTC")
+        f.dateFormat = "yyyy-MM-dd'T'HH:mm:ss"
+        return f.string(from: d)
+    }
+}
+
+// MARK: - Headless Chromium
+
+// Nested in the suite so that the names cannot collide with other files of the test target.
+extension DashboardBrowserTests {
+    enum HeadlessChromium {
+        static let path = "/usr/bin/chromium"
+
+        struct Failure: Error, CustomStringConvertible {
+            var description: String
+        }
+
+        /// Loads `url` and returns the DOM Chromium serializes after parsing it (--dump-dom).
+        static func dumpDOM(_ url: String, in dir: String) async throws -> String {
+            let dom = try await run(["--virtual-time-budget=3000", "--dump-dom", url], in: dir)
+            guard dom.contains("<table id=\"agents\"") else {
+                throw Failure(description: "Chromium did not show the dashboard for \(url); it dumped: \(dom.prefix(600))")
+            }
+            return dom
+        }
+
+        /// Runs headless Chromium with `arguments` in a fresh profile under `dir`; returns its
+        /// standard output. Standard output goes to a file, not a pipe: Chromium's helper
+        /// processes may keep a pipe open after the browser exits. Chromium runs in its own
+        /// process group, which is killed after `timeout` (and once the browser has exited, so
+        /// that no helper outlives the test).
+        static func run(_ arguments: [String], in dir: String, timeout: Duration = .seconds(30)) async throws -> String {
+            let id = UUID().uuidString
+            let profile = "\(dir)/profile-\(id)", out = "\(dir)/stdout-\(id)", err = "\(dir)/stderr-\(id)"
+            defer {
+                for p in [profile, out, err] { try? FileManager.default.removeItem(atPath: p) }
+            }
+            try FileManager.default.createDirectory(atPath: profile, withIntermediateDirectories: true)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/bash")
+            process.arguments = ["-c", "out=$1; err=$2; shift 2; exec \"$@\" >\"$out\" 2>\"$err\" </dev/null", "chromium-run", out, err,
+                                 path, "--headless=new", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
+                                 "--no-first-run", "--disable-extensions", "--user-data-dir=\(profile)"] + arguments
+            process.standardInput = FileHandle.nullDevice
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            let pid = process.processIdentifier
+            // Foundation starts the child as the leader of a new process group; only then is
+            // killing the group safe (never our own group).
+            let ownGroup = getpgid(pid) == pid && pid != getpgrp()
+
+            let clock = ContinuousClock()
+            let deadline = clock.now + timeout
+            while process.isRunning && clock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(50))
+            }
+            let timedOut = process.isRunning
+            if ownGroup {
+                kill(-pid, SIGKILL)
+            } else if timedOut {
+                process.terminate()
+            }
+            while process.isRunning { try? await Task.sleep(for: .milliseconds(20)) }
+
+            let stderr = (try? String(contentsOfFile: err, encoding: .utf8)) ?? ""
+            if timedOut {
+                throw Failure(description: "Chromium did not finish in \(timeout) (\(arguments)); stderr: \(stderr.suffix(1500))")
+            }
+            guard process.terminationStatus == 0 else {
+                throw Failure(description: "Chromium exited with \(process.terminationStatus) (\(arguments)); stderr: \(stderr.suffix(1500))")
+            }
+            return (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+        }
+    }
+
+    // MARK: - Reading Chromium's DOM dump
+
+    /// Text helpers for Chromium's serialization of the DOM: attribute values in double quotes with
+    /// & and " escaped; text with & < > escaped; elements in the order of the tree.
+    enum HTMLText {
+        /// Tags removed, entities decoded, whitespace trimmed.
+        static func text(_ html: some StringProtocol) -> String {
+            decode(String(html).replacing(#/<[^>]*>/#, with: "")).trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+
+        static func decode(_ s: String) -> String {
+            var out = s
+            for (entity, c) in [("&lt;", "<"), ("&gt;", ">"), ("&quot;", "\""), ("&#39;", "'"), ("&nbsp;", "\u{a0}"), ("&amp;", "&")] {
+                out = out.replacingOccurrences(of: entity, with: c)
+            }
+            return out
+        }
+
+        /// The attributes of a start tag's inside (`tr class="agent" data-agent="x"`).
+        static func attributes(_ tag: some StringProtocol) -> [String: String] {
+            var a: [String: String] = [:]
+            for m in String(tag).matches(of: #/([A-Za-z_:][-A-Za-z0-9_:.]*)(?:="([^"]*)")?/#).dropFirst() {
+                a[String(m.1)] = decode(String(m.2 ?? ""))
+            }
+            return a
+        }
+
+        /// Every start tag of the dump, in document order: element name (lower case) and attributes.
+    static func startTags(_ dom: String) -> [(name: String, attributes: [String: String])] {
+        dom.matches(of: #/<([A-Za-z][A-Za-z0-9-]*)((?:[^>"]|"[^"]*")*)>/#).map { m in
+            (String(m.1).lowercased(), attributes(m.1 + m.2))
+        }
+    }
+
+    /// The text of the element with this id.
+        static func element(_ dom: String, id: String) -> String? {
+            let open = try! Regex("<([a-z0-9]+)[^>]*\\bid=\"\(NSRegularExpression.escapedPattern(for: id))\"[^>]*>")
+            guard let m = dom.firstMatch(of: open), let name = m.output[1].substring else { return nil }
+            let rest = dom[m.range.upperBound...]
+            guard let close = rest.range(of: "</\(name)>") else { return nil }
+            return text(rest[..<close.lowerBound])
+        }
+
+        /// (value, selected) of the options of `select[name=name]`.
+        static func optionElements(_ dom: String, select name: String) -> [(value: String, selected: Bool)] {
+            guard let start = dom.range(of: "<select name=\"\(name)\""),
+                  let end = dom[start.upperBound...].range(of: "</select>") else { return [] }
+            return dom[start.upperBound..<end.lowerBound].matches(of: #/<option([^>]*)>/#).map { m in
+                let a = attributes("option" + m.1)
+                return (a["value"] ?? "", a["selected"] != nil)
+            }
+        }
+
+        static func options(_ dom: String, select name: String) -> [String] { optionElements(dom, select: name).map(\.value) }
+
+        static func selectedOptions(_ dom: String, select name: String) -> [String] {
+            optionElements(dom, select: name).filter(\.selected).map(\.value)
+        }
+    }
+
+    /// A table of the dumped DOM: header texts, and each body row's attributes and cells.
+    struct HTMLTable {
+        struct Row {
+            var attributes: [String: String]
+            var cells: [String]
+            var cellHTML: [String]
+            var cellAttributes: [[String: String]]
+        }
+
+        var headers: [String]
+        var rows: [Row]
+
+        init(_ dom: String, id: String) throws {
+            guard let start = dom.range(of: "<table id=\"\(id)\""), let end = dom[start.upperBound...].range(of: "</table>") else {
+                throw HeadlessChromium.Failure(description: "no table#\(id) in the DOM")
+            }
+            let table = dom[start.lowerBound..<end.upperBound]
+            let head = table.range(of: "<thead>").flatMap { h in table[h.upperBound...].range(of: "</thead>").map { table[h.upperBound..<$0.lowerBound] } } ?? ""
+            headers = head.matches(of: #/<th[^>]*>(.*?)</th>/#.dotMatchesNewlines()).map { HTMLText.text($0.1) }
+            // The parser puts every row in a tbody; the served page has one after the thead.
+            guard let b = table.range(of: "<tbody>"), let e = table[b.upperBound...].range(of: "</tbody>") else {
+                throw HeadlessChromium.Failure(description: "table#\(id) has no tbody")
+            }
+            rows = table[b.upperBound..<e.lowerBound].matches(of: #/<tr([^>]*)>(.*?)</tr>/#.dotMatchesNewlines()).map { m in
+                let cells = m.2.matches(of: #/<td([^>]*)>(.*?)</td>/#.dotMatchesNewlines())
+                return Row(attributes: HTMLText.attributes("tr" + m.1), cells: cells.map { HTMLText.text($0.2) },
+                           cellHTML: cells.map { String($0.2) }, cellAttributes: cells.map { HTMLText.attributes("td" + $0.1) })
+            }
+        }
+    }
+}
