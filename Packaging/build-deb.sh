@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# Builds the agent .deb (segment-guard-agent) with dpkg-deb from a release build with the
-# Swift runtime linked statically (thin clients have no Swift toolchain).
+# Builds the agent .deb (segment-guard-agent) and the collector .deb
+# (segment-guard-collector) with dpkg-deb from a release build with the Swift runtime linked
+# statically (thin clients have no Swift toolchain). Prints the collector's path, then the
+# agent's (last line).
 # Usage: Packaging/build-deb.sh [OUTDIR]   (default: out/)
+# SEGGUARD_DEB_CONFIG=debug builds unoptimized binaries (CI's install test: the packaging,
+# units and maintainer scripts are what it checks, and a release build of the collector's
+# dependencies alone takes longer than the rest of CI). Ship release builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-out}"
 version="$(sed -n 's/^public let segguardVersion = "\(.*\)"$/\1/p' Sources/SegguardWire/Control.swift)"
 arch="$(dpkg --print-architecture)"
 scratch=".build-deb"
+config="${SEGGUARD_DEB_CONFIG:-release}"
+case "$config" in release|debug) ;; *) echo "SEGGUARD_DEB_CONFIG must be release or debug, not '$config'" >&2; exit 2 ;; esac
 
-for product in segguardd segguardctl segguard-launch; do
-    swift build -c release --static-swift-stdlib --scratch-path "$scratch" --product "$product"
+for product in segguardd segguardctl segguard-launch segguard-collector; do
+    swift build -c "$config" --static-swift-stdlib --scratch-path "$scratch" --product "$product"
 done
-bin="$(swift build -c release --static-swift-stdlib --scratch-path "$scratch" --show-bin-path)"
+bin="$(swift build -c "$config" --static-swift-stdlib --scratch-path "$scratch" --show-bin-path)"
 
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
@@ -34,6 +41,22 @@ size="$(du -sk --exclude=DEBIAN "$pkg" | cut -f1)"
 sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" Packaging/debian/agent.control > "$pkg/DEBIAN/control"
 
 mkdir -p "$out"
+
+# The collector.
+cpkg="$root/segment-guard-collector"
+install -d -m 0755 "$cpkg/DEBIAN" "$cpkg/usr/bin" "$cpkg/lib/systemd/system" "$cpkg/usr/share/doc/segment-guard-collector"
+install -m 0755 -s "$bin/segguard-collector" "$cpkg/usr/bin/segguard-collector"
+install -m 0644 Packaging/segguard-collector.service "$cpkg/lib/systemd/system/"
+install -m 0644 docs/admin-guide.md docs/architecture.md docs/threat-model.md "$cpkg/usr/share/doc/segment-guard-collector/"
+gzip -9n -c CHANGELOG.md > "$cpkg/usr/share/doc/segment-guard-collector/changelog.gz"
+install -m 0644 Packaging/debian/copyright "$cpkg/usr/share/doc/segment-guard-collector/copyright"
+for s in postinst prerm postrm; do install -m 0755 "Packaging/debian/collector.$s" "$cpkg/DEBIAN/$s"; done
+csize="$(du -sk --exclude=DEBIAN "$cpkg" | cut -f1)"
+sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$csize/" Packaging/debian/collector.control > "$cpkg/DEBIAN/control"
+cdeb="$out/segment-guard-collector_${version}_${arch}.deb"
+dpkg-deb --root-owner-group --build "$cpkg" "$cdeb" >/dev/null
+echo "$cdeb"
+
 deb="$out/segment-guard-agent_${version}_${arch}.deb"
 dpkg-deb --root-owner-group --build "$pkg" "$deb" >/dev/null
 echo "$deb"

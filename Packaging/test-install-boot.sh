@@ -50,11 +50,30 @@ cp -a "$cache" "$root"
 echo "$machine" > "$root/etc/hostname"
 
 # 2. The package, installed with dpkg inside the root (no systemd running yet: enable only).
-deb="$(Packaging/build-deb.sh "$work/out" | tail -1)"
+debs="$(Packaging/build-deb.sh "$work/out")"
+deb="$(echo "$debs" | tail -1)"
+cdeb="$(echo "$debs" | grep segment-guard-collector_ | tail -1)"
 check "the .deb builds ($(basename "$deb"))" test -f "$deb"
+check "the collector .deb builds ($(basename "$cdeb"))" test -f "$cdeb"
 check "dpkg-deb --info reads it" dpkg-deb --info "$deb"
 cp "$deb" "$root/var/tmp/agent.deb"
+cp "$cdeb" "$root/var/tmp/collector.deb"
 check "dpkg -i installs it in the root" systemd-nspawn -q -D "$root" --register=no --keep-unit -- dpkg -i /var/tmp/agent.deb
+check "dpkg -i installs the collector in the root" systemd-nspawn -q -D "$root" --register=no --keep-unit -- dpkg -i /var/tmp/collector.deb
+# The collector on the same machine (its loopback), with a test PKI made by segguardctl pki.
+systemd-nspawn -q -D "$root" --register=no --keep-unit -- sh -c '
+  set -e
+  segguardctl pki init-ca --dir /etc/segguard-collector --name "boot test CA"
+  segguardctl pki issue-server --dir /etc/segguard-collector --name localhost --ip 127.0.0.1
+  segguardctl pki issue-device --dir /etc/segguard-collector --id boot-agent --group mynumber
+  cp /etc/segguard-collector/devices/boot-agent.pem /etc/segguard/device.pem
+  cp /etc/segguard-collector/devices/boot-agent.key /etc/segguard/device.key
+  cp /etc/segguard-collector/ca.pem /etc/segguard/collector-ca.pem
+  chgrp segguard-collector /etc/segguard-collector/server.key && chmod 0640 /etc/segguard-collector/server.key
+  echo SEGGUARDD_OPTS=\"--collector https://127.0.0.1:8443 --collector-ca /etc/segguard/collector-ca.pem --client-cert /etc/segguard/device.pem --client-key /etc/segguard/device.key\" > /etc/default/segguardd
+  echo SEGGUARD_COLLECTOR_OPTS=\"--cert /etc/segguard-collector/server.pem --key /etc/segguard-collector/server.key --client-ca /etc/segguard-collector/ca.pem\" > /etc/default/segguard-collector
+' >"$work/pki.log" 2>&1 || { echo "FAIL provisioning the test PKI"; cat "$work/pki.log"; }
+check "segguard-collector.service is enabled" test -L "$root/etc/systemd/system/multi-user.target.wants/segguard-collector.service"
 check "policy is a conffile" grep -qx /etc/segguard/policy.yaml "$root/var/lib/dpkg/info/segment-guard-agent.conffiles"
 check "segguardd.service is enabled" test -L "$root/etc/systemd/system/multi-user.target.wants/segguardd.service"
 check "segguardd --version runs in the root" systemd-nspawn -q -D "$root" --register=no --keep-unit -- /usr/sbin/segguardd --version
@@ -110,6 +129,14 @@ decided_at="$(in_ct journalctl -u segguardd -o json --no-pager | grep '"initial 
 echo "     (initial decision at ${decided_at:-?} us, active at ${active_at:-?} us, monotonic)"
 check "active only after the first decision (READY after the netlink dump)" test -n "$decided_at" -a -n "$active_at" -a "${decided_at:-0}" -le "${active_at:-0}"
 check "the hardened unit is in force (capability bounding set)" sh -c "nsenter -t $pid1 -a -- systemctl show -p CapabilityBoundingSet --value segguardd | grep -q cap_net_admin"
+check "segguard-collector is active (Type=notify, as its own user)" sh -c "nsenter -t $pid1 -a -- systemctl is-active segguard-collector && nsenter -t $pid1 -a -- systemctl show -p User --value segguard-collector | grep -qx segguard-collector"
+reported=""
+for _ in $(seq 40); do
+    in_ct segguardctl status 2>/dev/null | grep -Eq 'reporting: boot-agent \(group mynumber\) to https://127.0.0.1:8443: [1-9][0-9]* heartbeats ok' && { reported=1; break; }
+    sleep 0.5
+done
+check "the agent reports to the collector (segguardctl status: heartbeats ok)" test -n "$reported"
+[ -n "$reported" ] || { in_ct segguardctl status | grep -A1 reporting; in_ct journalctl -u segguard-collector --no-pager | tail -5; } | sed 's/^/     | /'
 check "segguardd wrote the boot-time baseline file" test -s "$root/var/lib/segguard/baseline.nft.json"
 status="$(in_ct systemctl show -p StatusText --value segguardd)"
 echo "     (StatusText: $status)"
@@ -151,6 +178,8 @@ check "the table stays after stop (fail closed)" in_ct nft list table inet seggu
 in_ct nft delete table inet segguard
 check "the baseline unit loads the drop-all table" sh -c "nsenter -t $pid1 -a -- systemctl restart segguard-baseline && nsenter -t $pid1 -a -- nft list table inet segguard | grep -q 'drop'"
 [ "$failed" = 0 ] || { in_ct nft list ruleset 2>&1 | head; head -c 600 "$root/var/lib/segguard/baseline.nft.json"; echo; } | sed 's/^/     | /'
+check "dpkg --purge removes the collector" in_ct dpkg --purge segment-guard-collector
+in_ct rm -f /etc/segguard/device.pem /etc/segguard/device.key /etc/segguard/collector-ca.pem /etc/default/segguardd
 check "dpkg --purge removes the package" in_ct dpkg --purge segment-guard-agent
 check "purge removed the state" sh -c "! test -e '$root/var/lib/segguard' && ! test -e '$root/etc/segguard'"
 

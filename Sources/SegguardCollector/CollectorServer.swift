@@ -246,7 +246,12 @@ public final class Collector: Sendable {
         }
         let agents = try await store.agents(AgentFilter(group: group, state: state))
         let allGroups = Set(try await store.agents(AgentFilter()).map(\.group)).sorted()
-        let events = try await store.events(EventFilter(group: group, limit: 50))
+        var events = try await store.events(EventFilter(group: group, limit: state == nil ? 50 : 500))
+        if state != nil {
+            // Only the events of the agents shown (the state filter applies to both tables).
+            let shown = Set(agents.map(\.agentID))
+            events = Array(events.filter { shown.contains($0.agentID) }.prefix(50))
+        }
         let html = Dashboard.render(agents: agents, events: events, groups: allGroups, group: group, state: state, now: Date(),
                                     staleIntervals: configuration.staleIntervals)
         return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: html)))

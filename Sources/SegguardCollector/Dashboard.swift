@@ -11,7 +11,7 @@ public enum Dashboard {
                               staleIntervals: Int) -> String {
         var h = """
             <!DOCTYPE html>
-            <html lang="en"><head><meta charset="utf-8"><meta http-equiv="refresh" content="15">
+            <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><meta http-equiv="refresh" content="15">
             <title>segment-guard collector</title>
             <style>
             body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
@@ -43,25 +43,28 @@ public enum Dashboard {
                 if let auth = i.deviceAuth { s += " 802.1X \(auth)" }
                 return s
             }.joined(separator: "; ")
-            let ago = Int(now.timeIntervalSince(a.lastSeen))
+            let ago = max(0, Int(now.timeIntervalSince(a.lastSeen)))  // replicas' clocks may differ slightly
             h += "<tr class=\"agent\" data-agent=\"\(esc(a.agentID))\" data-state=\"\(a.state)\">"
             h += "<td>\(esc(a.agentID))</td><td>\(esc(a.group))</td><td>\(esc(a.hostname))</td>"
             h += "<td class=\"\(a.state)\">\(a.state)\(a.stale ? " (silent \(ago) s)" : "")</td><td>\(esc(a.segment))</td><td>\(esc(a.reason))</td>"
             h += "<td>\(esc(ifaces))</td><td>\(esc(time(a.lastSeen))) (\(ago) s ago)</td>"
-            h += "<td>\(esc(a.policyName)) <code>\(esc(String(a.policySHA256.prefix(12))))</code>\(a.bundleVersion.map { " v\($0)" } ?? "")</td>"
+            h += "<td>\(esc(a.policyName)) <code title=\"\(esc(a.policySHA256))\">\(esc(String(a.policySHA256.prefix(12))))</code>\(a.bundleVersion.map { " v\($0)" } ?? "")</td>"
             h += "<td>\(a.spoolPending) pending\(a.spoolDropped > 0 ? ", \(a.spoolDropped) dropped" : "")</td></tr>\n"
         }
-        h += "</tbody></table>\n<h2>Latest events</h2>\n<table id=\"events\"><thead><tr><th>Time</th><th>Agent</th><th>Group</th><th>Kind</th><th>Severity</th><th>Reason</th></tr></thead><tbody>\n"
-        if events.isEmpty { h += "<tr><td colspan=\"6\">No events.</td></tr>\n" }
+        h += "</tbody></table>\n<h2>Latest events</h2>\n<table id=\"events\"><thead><tr><th>Time</th><th>Agent</th><th>Group</th><th>Kind</th><th>Severity</th><th>Reason</th><th>Details</th></tr></thead><tbody>\n"
+        if events.isEmpty { h += "<tr><td colspan=\"7\">No events.</td></tr>\n" }
         for e in events {
             h += "<tr class=\"event\" data-kind=\"\(esc(e.event.kind))\"><td>\(esc(time(e.event.time)))</td><td>\(esc(e.agentID))</td><td>\(esc(e.group))</td>"
-            h += "<td>\(esc(e.event.kind))</td><td class=\"\(esc(e.event.severity))\">\(esc(e.event.severity))</td><td>\(esc(e.event.reason))</td></tr>\n"
+            let details = e.event.details.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            h += "<td>\(esc(e.event.kind))</td><td class=\"\(esc(e.event.severity))\">\(esc(e.event.severity))</td><td>\(esc(e.event.reason))</td>"
+            h += "<td><code>\(esc(details))</code></td></tr>\n"
         }
         h += "</tbody></table>\n</body></html>\n"
         return h
     }
 
-    static func time(_ d: Date) -> String { d.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: false)) }
+    /// UTC with its Z, so that readers in JST are not misled.
+    static func time(_ d: Date) -> String { d.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: false).timeZone(separator: .omitted)) }
 
     /// HTML escaping for text and attribute values.
     public static func esc(_ s: String) -> String {

@@ -151,7 +151,7 @@ public final class Reporter: Sendable {
     /// Validates and applies a verified bundle's policy; throws (with the reason) to refuse it.
     public typealias BundleApplier = @Sendable (PolicyBundlePayload) throws -> Void
 
-    let configuration: ReporterConfiguration
+    public let configuration: ReporterConfiguration
     public let spool: Spool
     public let identity: DeviceIdentity
     let client: HTTPClient
@@ -298,7 +298,10 @@ public final class Reporter: Sendable {
                 backoff = 1
             } catch {
                 let delay = Double.random(in: 0...min(Double(r.maxBackoffSeconds), backoff))
-                counters.withLock { $0.deliveryFailures += 1 }
+                counters.withLock {
+                    $0.deliveryFailures += 1
+                    $0.lastError = "events: \(error)"
+                }
                 logger.info("event delivery failed; retrying", metadata: ["error": "\(error)", "retry_in_s": "\(String(format: "%.1f", delay))"])
                 backoff = min(backoff * 2, Double(r.maxBackoffSeconds))
                 try? await Task.sleep(for: .milliseconds(Int64(delay * 1000)))
@@ -346,9 +349,16 @@ public final class Reporter: Sendable {
         if let a = applied.withLock({ $0 }) { hb.policy.bundleVersion = a.version }
         do {
             _ = try await send("POST", "/api/v1/heartbeat", body: try ReportCoding.encoder().encode(hb))
-            counters.withLock { $0.heartbeatsSent += 1 }
+            counters.withLock {
+                $0.heartbeatsSent += 1
+                $0.lastHeartbeatAt = Date()
+                $0.lastError = nil
+            }
         } catch {
-            counters.withLock { $0.heartbeatFailures += 1 }
+            counters.withLock {
+                $0.heartbeatFailures += 1
+                $0.lastError = "heartbeat: \(error)"
+            }
             logger.info("heartbeat not delivered", metadata: ["error": "\(error)"])
         }
     }
@@ -447,5 +457,8 @@ public struct ReporterStatistics: Sendable, Equatable {
     public var deliveryFailures = 0
     public var bundlesApplied = 0
     public var bundlesRefused = 0
+    public var lastHeartbeatAt: Date?
+    /// The last delivery or heartbeat failure (cleared by the next success).
+    public var lastError: String?
     public init() {}
 }

@@ -64,6 +64,33 @@ public struct StatusReply: Codable, Sendable, Equatable {
     public var netlinkParseErrors: UInt64
     /// Screen-capture blocking; nil when the policy has it off.
     public var capture: CaptureStatus?
+    /// Reporting to the collector; nil when segguardd runs without --collector.
+    public var reporting: ReportingStatus?
+
+    /// What the reporter is doing.
+    public struct ReportingStatus: Codable, Sendable, Equatable {
+        public var collector: String
+        public var agentID: String
+        public var group: String
+        public var heartbeatsSent: Int
+        public var heartbeatFailures: Int
+        public var lastHeartbeatAt: Date?
+        public var eventsDelivered: Int
+        public var lastError: String?
+        public var bundleVersion: Int64?
+        public init(collector: String, agentID: String, group: String, heartbeatsSent: Int, heartbeatFailures: Int, lastHeartbeatAt: Date?,
+                    eventsDelivered: Int, lastError: String?, bundleVersion: Int64?) {
+            self.collector = collector
+            self.agentID = agentID
+            self.group = group
+            self.heartbeatsSent = heartbeatsSent
+            self.heartbeatFailures = heartbeatFailures
+            self.lastHeartbeatAt = lastHeartbeatAt
+            self.eventsDelivered = eventsDelivered
+            self.lastError = lastError
+            self.bundleVersion = bundleVersion
+        }
+    }
 
     /// What capture blocking is doing.
     public struct CaptureStatus: Codable, Sendable, Equatable {
@@ -93,9 +120,10 @@ public struct StatusReply: Codable, Sendable, Equatable {
         daemonVersion: String, pid: Int32, policyName: String, policyFile: String, policyLoadedAt: Date,
         lastPolicyError: String?, snapshot: NetworkSnapshot, decision: Decision, decidedAt: Date,
         decisionChanges: UInt64, netlinkMessages: UInt64, netlinkResyncs: UInt64, netlinkParseErrors: UInt64,
-        capture: CaptureStatus? = nil
+        capture: CaptureStatus? = nil, reporting: ReportingStatus? = nil
     ) {
         self.capture = capture
+        self.reporting = reporting
         self.daemonVersion = daemonVersion
         self.pid = pid
         self.policyName = policyName

@@ -164,6 +164,12 @@ enum Render {
                 out += "capture:   \(c.mode), \(c.level)\(who); watching \(c.watched.joined(separator: ", ")); \(c.events) execs checked, \(c.denied) denied, \(c.failModeAnswers) by fail mode\n"
             }
         }
+        if let r = s.reporting {
+            let last = r.lastHeartbeatAt.map { "last heartbeat \(ISO8601DateFormatter().string(from: $0))" } ?? "no heartbeat delivered yet"
+            let bundle = r.bundleVersion.map { ", policy bundle v\($0)" } ?? ""
+            out += "reporting: \(r.agentID) (group \(r.group)) to \(r.collector): \(r.heartbeatsSent) heartbeats ok, \(r.heartbeatFailures) failed, \(last); \(r.eventsDelivered) events delivered\(bundle)\n"
+            if let e = r.lastError { out += "           last error: \(e)\n" }
+        }
         out += "\ninterfaces (snapshot \(s.snapshot.generation)):\n"
         for i in s.snapshot.interfaces {
             var line = "  \(i.name.padding(toLength: 12, withPad: " ", startingAt: 0)) \(i.kind.rawValue)"

@@ -488,6 +488,14 @@ final class Daemon: Sendable {
         }
     }
 
+    func reportingStatus() -> StatusReply.ReportingStatus? {
+        guard let r = reporterBox?.get() else { return nil }
+        let st = r.statistics
+        return .init(collector: r.configuration.collectorURL, agentID: r.identity.agentID, group: r.identity.group, heartbeatsSent: st.heartbeatsSent,
+                     heartbeatFailures: st.heartbeatFailures, lastHeartbeatAt: st.lastHeartbeatAt, eventsDelivered: st.eventsDelivered,
+                     lastError: st.lastError, bundleVersion: r.appliedBundle?.version)
+    }
+
     func captureStatus(_ policy: Policy) -> StatusReply.CaptureStatus? {
         let (blocker, error) = capture.withLock { ($0.blocker, $0.error) }
         guard policy.capture.mode != .off || blocker != nil else { return nil }
@@ -541,7 +549,7 @@ final class Daemon: Sendable {
             policyLoadedAt: s.policyLoadedAt, lastPolicyError: s.lastPolicyError,
             snapshot: s.monitor.snapshot ?? .empty, decision: s.monitor.decision, decidedAt: s.decidedAt,
             decisionChanges: s.monitor.changes, netlinkMessages: stats.messages, netlinkResyncs: stats.resyncs,
-            netlinkParseErrors: stats.parseErrors, capture: captureStatus(s.monitor.policy)))
+            netlinkParseErrors: stats.parseErrors, capture: captureStatus(s.monitor.policy), reporting: reportingStatus()))
     }
 
     func summary(_ snapshot: NetworkSnapshot) -> String {
@@ -644,6 +652,14 @@ extension Reporter {
 }
 
 extension Daemon {
+    /// gethostname(2) (Foundation's hostName may resolve names, which can block).
+    static func hostname() -> String {
+        var buf = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buf, buf.count - 1) == 0 else { return "unknown" }
+        let name = String(cString: buf)
+        return name.isEmpty ? "unknown" : name
+    }
+
     static func digest(ofFile path: String) -> String {
         guard let data = FileManager.default.contents(atPath: path) else { return "" }
         return PolicySigning.sha256Hex(data)
@@ -659,7 +675,7 @@ extension Daemon {
                              bssid: i.wireless?.bssid.map { "\($0)" },
                              deviceAuth: i.deviceAuth.map { "\($0.portStatus.rawValue)\($0.eapMethod.map { " (\($0))" } ?? "")" })
         }
-        return Heartbeat(hostname: ProcessInfo.processInfo.hostName, agentVersion: segguardVersion,
+        return Heartbeat(hostname: Daemon.hostname(), agentVersion: segguardVersion,
                          policy: PolicySummary(name: s.monitor.policy.name, sha256: policySHA256), 
                          decision: DecisionSummary(segment: d.segment.rawValue, authorized: d.isAuthorized, reason: d.reason,
                                                    interfaces: d.authorizedInterfaces, since: s.decidedAt),

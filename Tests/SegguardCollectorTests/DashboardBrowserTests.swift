@@ -286,15 +286,21 @@ extension DashboardBrowserTests {
         /// standard output. Standard output goes to a file, not a pipe: Chromium's helper
         /// processes may keep a pipe open after the browser exits. Chromium runs in its own
         /// process group, which is killed after `timeout` (and once the browser has exited, so
-        /// that no helper outlives the test).
+        /// that no helper outlives the test). XDG_CONFIG_HOME and XDG_CACHE_HOME point into the
+        /// run's directory too: Chromium keeps its crash database ("Crash Reports") and dconf
+        /// cache there, not in the profile, and would otherwise write them into $HOME.
         static func run(_ arguments: [String], in dir: String, timeout: Duration = .seconds(30)) async throws -> String {
-            let id = UUID().uuidString
-            let profile = "\(dir)/profile-\(id)", out = "\(dir)/stdout-\(id)", err = "\(dir)/stderr-\(id)"
-            defer {
-                for p in [profile, out, err] { try? FileManager.default.removeItem(atPath: p) }
+            let runDir = "\(dir)/run-\(UUID().uuidString)"
+            let profile = runDir + "/profile", out = runDir + "/stdout", err = runDir + "/stderr"
+            defer { try? FileManager.default.removeItem(atPath: runDir) }
+            for sub in ["/profile", "/config", "/cache"] {
+                try FileManager.default.createDirectory(atPath: runDir + sub, withIntermediateDirectories: true)
             }
-            try FileManager.default.createDirectory(atPath: profile, withIntermediateDirectories: true)
             let process = Process()
+            var environment = ProcessInfo.processInfo.environment
+            environment["XDG_CONFIG_HOME"] = runDir + "/config"
+            environment["XDG_CACHE_HOME"] = runDir + "/cache"
+            process.environment = environment
             process.executableURL = URL(fileURLWithPath: "/bin/bash")
             process.arguments = ["-c", "out=$1; err=$2; shift 2; exec \"$@\" >\"$out\" 2>\"$err\" </dev/null", "chromium-run", out, err,
                                  path, "--headless=new", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
@@ -360,13 +366,13 @@ extension DashboardBrowserTests {
         }
 
         /// Every start tag of the dump, in document order: element name (lower case) and attributes.
-    static func startTags(_ dom: String) -> [(name: String, attributes: [String: String])] {
-        dom.matches(of: #/<([A-Za-z][A-Za-z0-9-]*)((?:[^>"]|"[^"]*")*)>/#).map { m in
-            (String(m.1).lowercased(), attributes(m.1 + m.2))
+        static func startTags(_ dom: String) -> [(name: String, attributes: [String: String])] {
+            dom.matches(of: #/<([A-Za-z][A-Za-z0-9-]*)((?:[^>"]|"[^"]*")*)>/#).map { m in
+                (String(m.1).lowercased(), attributes(m.1 + m.2))
+            }
         }
-    }
 
-    /// The text of the element with this id.
+        /// The text of the element with this id.
         static func element(_ dom: String, id: String) -> String? {
             let open = try! Regex("<([a-z0-9]+)[^>]*\\bid=\"\(NSRegularExpression.escapedPattern(for: id))\"[^>]*>")
             guard let m = dom.firstMatch(of: open), let name = m.output[1].substring else { return nil }
