@@ -4,9 +4,11 @@
 # statically (thin clients have no Swift toolchain). Prints the collector's path, then the
 # agent's (last line).
 # Usage: Packaging/build-deb.sh [OUTDIR]   (default: out/)
-# SEGGUARD_DEB_CONFIG=debug builds unoptimized binaries (CI's install test: the packaging,
-# units and maintainer scripts are what it checks, and a release build of the collector's
-# dependencies alone takes longer than the rest of CI). Ship release builds.
+# SEGGUARD_DEB_CONFIG=debug builds unoptimized binaries. SEGGUARD_DEB_CONFIG=prebuilt packs
+# the binaries scripts/test.sh already built (.build/debug, linked against the toolchain's
+# Swift runtime, which the install test then mounts read-only into its container): CI's
+# install test checks the packaging, units and maintainer scripts, and a second full build of
+# the collector's dependencies would take longer than the rest of CI. Ship release builds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-out}"
@@ -14,12 +16,19 @@ version="$(sed -n 's/^public let segguardVersion = "\(.*\)"$/\1/p' Sources/Seggu
 arch="$(dpkg --print-architecture)"
 scratch=".build-deb"
 config="${SEGGUARD_DEB_CONFIG:-release}"
-case "$config" in release|debug) ;; *) echo "SEGGUARD_DEB_CONFIG must be release or debug, not '$config'" >&2; exit 2 ;; esac
+case "$config" in release|debug|prebuilt) ;; *) echo "SEGGUARD_DEB_CONFIG must be release, debug or prebuilt, not '$config'" >&2; exit 2 ;; esac
 
-for product in segguardd segguardctl segguard-launch segguard-collector; do
-    swift build -c "$config" --static-swift-stdlib --scratch-path "$scratch" --product "$product"
-done
-bin="$(swift build -c "$config" --static-swift-stdlib --scratch-path "$scratch" --show-bin-path)"
+if [ "$config" = prebuilt ]; then
+    bin="$(swift build --show-bin-path)"
+    for product in segguardd segguardctl segguard-launch segguard-collector; do
+        [ -x "$bin/$product" ] || { echo "SEGGUARD_DEB_CONFIG=prebuilt: $bin/$product is not built (run scripts/test.sh first)" >&2; exit 2; }
+    done
+else
+    for product in segguardd segguardctl segguard-launch segguard-collector; do
+        swift build -c "$config" --static-swift-stdlib --scratch-path "$scratch" --product "$product" >&2
+    done
+    bin="$(swift build -c "$config" --static-swift-stdlib --scratch-path "$scratch" --show-bin-path)"
+fi
 
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT

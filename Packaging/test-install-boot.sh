@@ -47,9 +47,20 @@ fi
 flock -u 9
 root="$work/root"
 cp -a "$cache" "$root"
+# mktemp made the cached root 0700: as "/" of the container it would shut out every
+# non-root service user (the collector runs as segguard-collector).
+chmod 0755 "$root"
 echo "$machine" > "$root/etc/hostname"
 
 # 2. The package, installed with dpkg inside the root (no systemd running yet: enable only).
+# SEGGUARD_DEB_CONFIG=prebuilt (CI): the binaries need the toolchain's Swift runtime, which
+# every container below gets read-only at the same path (their RUNPATH).
+rt_bind=()
+if [ "${SEGGUARD_DEB_CONFIG:-release}" = prebuilt ]; then
+    rt="$(readelf -d "$(swift build --show-bin-path)/segguardd" | sed -n 's/.*runpath: \[\([^:]*\).*/\1/p')"
+    [ -d "$rt" ] && rt_bind=("--bind-ro=$rt")
+    echo "     (prebuilt binaries; Swift runtime ${rt:-?} mounted read-only into the container)"
+fi
 debs="$(Packaging/build-deb.sh "$work/out")"
 deb="$(echo "$debs" | tail -1)"
 cdeb="$(echo "$debs" | grep segment-guard-collector_ | tail -1)"
@@ -58,10 +69,10 @@ check "the collector .deb builds ($(basename "$cdeb"))" test -f "$cdeb"
 check "dpkg-deb --info reads it" dpkg-deb --info "$deb"
 cp "$deb" "$root/var/tmp/agent.deb"
 cp "$cdeb" "$root/var/tmp/collector.deb"
-check "dpkg -i installs it in the root" systemd-nspawn -q -D "$root" --register=no --keep-unit -- dpkg -i /var/tmp/agent.deb
-check "dpkg -i installs the collector in the root" systemd-nspawn -q -D "$root" --register=no --keep-unit -- dpkg -i /var/tmp/collector.deb
+check "dpkg -i installs it in the root" systemd-nspawn -q -D "$root" "${rt_bind[@]}" --register=no --keep-unit -- dpkg -i /var/tmp/agent.deb
+check "dpkg -i installs the collector in the root" systemd-nspawn -q -D "$root" "${rt_bind[@]}" --register=no --keep-unit -- dpkg -i /var/tmp/collector.deb
 # The collector on the same machine (its loopback), with a test PKI made by segguardctl pki.
-systemd-nspawn -q -D "$root" --register=no --keep-unit -- sh -c '
+systemd-nspawn -q -D "$root" "${rt_bind[@]}" --register=no --keep-unit -- sh -c '
   set -e
   segguardctl pki init-ca --dir /etc/segguard-collector --name "boot test CA"
   segguardctl pki issue-server --dir /etc/segguard-collector --name localhost --ip 127.0.0.1
@@ -76,7 +87,7 @@ systemd-nspawn -q -D "$root" --register=no --keep-unit -- sh -c '
 check "segguard-collector.service is enabled" test -L "$root/etc/systemd/system/multi-user.target.wants/segguard-collector.service"
 check "policy is a conffile" grep -qx /etc/segguard/policy.yaml "$root/var/lib/dpkg/info/segment-guard-agent.conffiles"
 check "segguardd.service is enabled" test -L "$root/etc/systemd/system/multi-user.target.wants/segguardd.service"
-check "segguardd --version runs in the root" systemd-nspawn -q -D "$root" --register=no --keep-unit -- /usr/sbin/segguardd --version
+check "segguardd --version runs in the root" systemd-nspawn -q -D "$root" "${rt_bind[@]}" --register=no --keep-unit -- /usr/sbin/segguardd --version
 # A watchdog short enough to test, and a policy the container's own interface satisfies.
 mkdir -p "$root/etc/systemd/system/segguardd.service.d"
 printf '[Service]\nWatchdogSec=3s\n' > "$root/etc/systemd/system/segguardd.service.d/test.conf"
@@ -99,7 +110,7 @@ POLICY
 
 # 3. Boot it (systemd as PID 1, its own network with a veth host0).
 # nspawn's own seccomp filter refuses fanotify_init in containers unless asked (capture blocking).
-systemd-nspawn -q -D "$root" --boot --register=no --keep-unit --machine="$machine" --network-veth \
+systemd-nspawn -q -D "$root" "${rt_bind[@]}" --boot --register=no --keep-unit --machine="$machine" --network-veth \
     --system-call-filter="fanotify_init fanotify_mark" \
     >"$work/console.log" 2>&1 &
 nspawn_pid=$!

@@ -58,7 +58,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "segguard-bench",
         abstract: "Measurements on the real kernel, in private network namespaces (root).",
-        subcommands: [DecisionBench.self, EnforceBench.self, EAPBench.self, ExecLoop.self],
+        subcommands: [DecisionBench.self, EnforceBench.self, EAPBench.self, ExecLoop.self, CollectorBench.self, CollectorLoad.self],
         defaultSubcommand: DecisionBench.self)
 }
 

@@ -146,14 +146,14 @@ struct DashboardBrowserTests {
             #expect(summary.contains("4 agent(s) shown: 1 authorized, 1 unauthorized, 2 stale."), "\(summary)")
 
             let events = try HTMLTable(dom, id: "events")
-            #expect(events.headers == ["Time", "Agent", "Group", "Kind", "Severity", "Reason"])
+            #expect(events.headers == ["Time", "Agent", "Group", "Kind", "Severity", "Reason", "Details"])
             let eventRows = events.rows.filter { $0.attributes["class"] == "event" }
             #expect(eventRows.count == events.rows.count)
             let kinds = eventRows.map { $0.attributes["data-kind"] ?? "?" }
             #expect(Set(kinds) == ["exec-denied", "launch-refused", "decision-changed", Self.hostileKind, "agent-stale"], "\(kinds)")
             #expect(kinds.count == 6)
             for row in eventRows {
-                try #require(row.cells.count == 6, "\(row.cells)")
+                try #require(row.cells.count == 7, "\(row.cells)")
                 #expect(row.cells[3] == row.attributes["data-kind"], "the Kind cell shows the row's kind")
             }
             let stale = eventRows.filter { $0.attributes["data-kind"] == "agent-stale" }
@@ -161,6 +161,7 @@ struct DashboardBrowserTests {
             #expect(stale.allSatisfy { $0.cells[4] == "warning" && $0.cells[5].hasPrefix("no heartbeat for ") })
             let denied = try #require(eventRows.first { $0.attributes["data-kind"] == "exec-denied" })
             #expect(denied.cells[1] == "tc-0001" && denied.cells[2] == "mynumber" && denied.cells[5] == "scrot is listed")
+            #expect(denied.cells[6].contains("path=/usr/bin/scrot") && denied.cells[6].contains("uid=1000"), "the Details cell: \(denied.cells[6])")
             // Newest first (all arrived at t0, so by event time).
             let times = eventRows.map { $0.cells[0] }
             #expect(times == times.sorted(by: >), "\(times)")
@@ -219,12 +220,12 @@ struct DashboardBrowserTests {
             #expect(HTMLText.options(dom, select: "group") == ["", "lgwan", "mynumber"], "every group is offered, not only the shown ones")
             #expect(HTMLText.options(dom, select: "state") == ["", "authorized", "unauthorized", "stale"])
 
-            // Events are filtered by group.
+            // Events follow both filters: only the shown (stale) agent's events of that group.
             let events = try HTMLTable(dom, id: "events")
             let rows = events.rows.filter { $0.attributes["class"] == "event" }
             #expect(!rows.isEmpty)
-            #expect(rows.allSatisfy { $0.cells[2] == "mynumber" }, "\(rows.map(\.cells))")
-            #expect(Set(rows.compactMap { $0.attributes["data-kind"] }) == ["exec-denied", "launch-refused", "agent-stale"])
+            #expect(rows.allSatisfy { $0.cells[2] == "mynumber" && $0.cells[1] == "tc-0003" }, "\(rows.map(\.cells))")
+            #expect(Set(rows.compactMap { $0.attributes["data-kind"] }) == ["agent-stale"])
 
             // A filter that matches nothing says so.
             let none = try await HeadlessChromium.dumpDOM(s.collector.url + "/?group=lgwan&state=authorized", in: dir)
