@@ -35,8 +35,13 @@ public final class SQLiteStore: CollectorStore {
         } catch {
             throw StoreError("cannot open the SQLite store \(path): \(error)")
         }
-        for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=5000"] {
-            _ = try await connection.query(pragma)
+        do {
+            for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=5000"] {
+                _ = try await connection.query(pragma)
+            }
+        } catch {
+            try? await connection.close()
+            throw StoreError("cannot set up the SQLite store \(path): \(error)")
         }
     }
 

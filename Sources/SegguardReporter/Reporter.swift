@@ -259,7 +259,12 @@ public final class Reporter: Sendable {
         let all = tasks.withLock { $0 }
         if let writer = all.first { await writer.value }
         for t in all.dropFirst() { t.cancel() }
+        // The loops may be waiting on a wake signal (which does not see cancellation).
+        deliveryWake.signal()
+        heartbeatWake.signal()
+        for t in all.dropFirst() { await t.value }
         try? await spool.markStopped()
+        try? await spool.close()
         try? await client.shutdown()
     }
 

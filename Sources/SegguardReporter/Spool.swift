@@ -39,6 +39,10 @@ public actor Spool {
         self.overflow = overflow
         do {
             connection = try await SQLiteConnection.open(storage: .file(path: path), logger: Logger(label: "segguardd.spool"))
+        } catch {
+            throw SpoolError("cannot open the event spool \(path): \(error)")
+        }
+        do {
             for s in [
                 "PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA busy_timeout=5000",
                 "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, json TEXT NOT NULL, dead INTEGER NOT NULL DEFAULT 0)",
@@ -46,6 +50,7 @@ public actor Spool {
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0), ('dropped', 0), ('running', 0)",
             ] { _ = try await connection.query(s) }
         } catch {
+            try? await connection.close()
             throw SpoolError("cannot open the event spool \(path): \(error)")
         }
     }
