@@ -129,7 +129,6 @@ let package = Package(
             name: "segguard-collector",
             dependencies: [
                 "SegguardCollector", "SegguardReport", "SegguardService", "SegguardWire",
-                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),

@@ -93,3 +93,21 @@ public enum JournalLogHandlerFieldName {
         JournalLogHandler.fields(level: level, message: message, metadata: metadata, identifier: "segguardd", label: "segguardd", source: "test")
     }
 }
+
+extension JournalLogHandler {
+    /// Bootstraps swift-log once per process: structured journal fields when stderr is the
+    /// journal stream (under systemd), plain lines on stderr otherwise.
+    public static func bootstrap(level: Logger.Level) {
+        let toJournal = stderrIsJournal
+        LoggingSystem.bootstrap { label in
+            if toJournal {
+                var h = JournalLogHandler(label: label)
+                h.logLevel = level
+                return h
+            }
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+    }
+}

@@ -3,7 +3,6 @@
 // sweeps stale agents. SIGTERM/SIGINT stop it gracefully (requests in flight finish).
 
 import ArgumentParser
-import Crypto
 import Foundation
 import Hummingbird
 import Logging
@@ -68,18 +67,7 @@ struct CollectorCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        let level = Logger.Level(rawValue: logLevel) ?? .info
-        let toJournal = JournalLogHandler.stderrIsJournal
-        LoggingSystem.bootstrap { label in
-            if toJournal {
-                var h = JournalLogHandler(label: label)
-                h.logLevel = level
-                return h
-            }
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = level
-            return h
-        }
+        JournalLogHandler.bootstrap(level: Logger.Level(rawValue: logLevel) ?? .info)
         let logger = Logger(label: "segguard-collector")
         let (host, port) = parseListen()!
 
@@ -92,7 +80,7 @@ struct CollectorCommand: AsyncParsableCommand {
             if let adminTokenFile {
                 let token = try String(contentsOfFile: adminTokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
                 guard token.count >= 16 else { throw CollectorError("--admin-token-file \(adminTokenFile): the token is shorter than 16 characters") }
-                config.adminTokenSHA256 = SHA256.hash(data: Data(token.utf8)).map { String(format: "%02x", $0) }.joined()
+                config.adminTokenSHA256 = PolicySigning.sha256Hex(Data(token.utf8))
             }
             if let policyPublicKey {
                 let text = try String(contentsOfFile: policyPublicKey, encoding: .utf8)

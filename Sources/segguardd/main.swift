@@ -119,17 +119,7 @@ struct Segguardd: ParsableCommand {
             }
         }
         // Under systemd (stderr is the journal stream): structured journal fields; else stderr.
-        let toJournal = JournalLogHandler.stderrIsJournal
-        LoggingSystem.bootstrap { label in
-            if toJournal {
-                var h = JournalLogHandler(label: label)
-                h.logLevel = Logger.Level(rawValue: logLevel) ?? .info
-                return h
-            }
-            var h = StreamLogHandler.standardError(label: label)
-            h.logLevel = Logger.Level(rawValue: logLevel) ?? .info
-            return h
-        }
+        JournalLogHandler.bootstrap(level: Logger.Level(rawValue: logLevel) ?? .info)
         let notifier = ServiceNotifier()
         let logger = Logger(label: "segguardd")
 
