@@ -6,6 +6,7 @@ import Logging
 import Prometheus
 import SegguardReport
 import ServiceLifecycle
+import Synchronization
 
 /// The metrics registry and the counters the routes increment.
 public final class CollectorMetrics: Sendable {
@@ -19,33 +20,52 @@ public final class CollectorMetrics: Sendable {
     let eventsStored: Gauge
 
     init() {
-        rejectedBodies = registry.makeCounter(name: "segguard_collector_rejected_bodies_total", help: "Request bodies refused (malformed, unknown fields, too large).")
-        storeErrors = registry.makeCounter(name: "segguard_collector_store_errors_total", help: "Requests that failed in the store (answered 503).")
-        identityMismatches = registry.makeCounter(name: "segguard_collector_identity_mismatches_total", help: "Bodies naming another agent than the client certificate.")
-        refusedBundles = registry.makeCounter(name: "segguard_collector_bundles_refused_total", help: "Policy bundle pushes refused.")
-        staleTransitions = registry.makeCounter(name: "segguard_collector_agents_marked_stale_total", help: "Agents this replica marked stale.")
+        rejectedBodies = registry.makeCounter(descriptor: Self.name("segguard_collector_rejected_bodies_total", "Request bodies refused (malformed, unknown fields, too large)."))
+        storeErrors = registry.makeCounter(descriptor: Self.name("segguard_collector_store_errors_total", "Requests that failed in the store (answered 503)."))
+        identityMismatches = registry.makeCounter(descriptor: Self.name("segguard_collector_identity_mismatches_total", "Bodies naming another agent than the client certificate."))
+        refusedBundles = registry.makeCounter(descriptor: Self.name("segguard_collector_bundles_refused_total", "Policy bundle pushes refused."))
+        staleTransitions = registry.makeCounter(descriptor: Self.name("segguard_collector_agents_marked_stale_total", "Agents this replica marked stale."))
         let registry = self.registry
         agentsGauge = Dictionary(uniqueKeysWithValues: ["authorized", "unauthorized", "stale"].map {
-            ($0, registry.makeGauge(name: "segguard_agents", labels: [("state", $0)], help: "Agents by state (from the store).")) })
-        eventsStored = registry.makeGauge(name: "segguard_events_stored", help: "Events in the store.")
+            ($0, registry.makeGauge(descriptor: Self.name("segguard_agents", "Agents by state (from the store)."), labels: [("state", $0)])) })
+        eventsStored = registry.makeGauge(descriptor: Self.name("segguard_events_stored", "Events in the store."))
     }
 
+    static var heartbeatsName: MetricNameDescriptor { name("segguard_agent_heartbeats_total", "Heartbeats received per agent.") }
+    static var eventsName: MetricNameDescriptor { name("segguard_agent_events_total", "Events received per agent and kind (resends included).") }
+    static var duplicatesName: MetricNameDescriptor {
+        name("segguard_agent_duplicate_events_total", "Events received again after being stored (a resend after a lost acknowledgement).")
+    }
+
+    /// Each agent's heartbeat counter, looked up once (the registry builds a label key per call).
+    let heartbeatCounters = Mutex<[AgentIdentity: Counter]>([:])
+
     func heartbeat(_ agent: AgentIdentity, recovered: Bool) {
-        registry.makeCounter(name: "segguard_agent_heartbeats_total", labels: [("agent", agent.agentID), ("group", agent.group)],
-                             help: "Heartbeats received per agent.").increment()
+        let counter = heartbeatCounters.withLock { cache in
+            if let c = cache[agent] { return c }
+            let c = registry.makeCounter(descriptor: Self.heartbeatsName, labels: [("agent", agent.agentID), ("group", agent.group)])
+            cache[agent] = c
+            return c
+        }
+        counter.increment()
     }
 
     func events(_ agent: AgentIdentity, _ events: [ReportedEvent], inserted: Int, duplicates: Int) {
         var byKind: [String: Int] = [:]
         for e in events { byKind[e.kind, default: 0] += 1 }
         for (kind, n) in byKind {
-            registry.makeCounter(name: "segguard_agent_events_total", labels: [("agent", agent.agentID), ("group", agent.group), ("kind", kind)],
-                                 help: "Events received per agent and kind (resends included).").increment(by: Int64(n))
+            registry.makeCounter(descriptor: Self.eventsName, labels: [("agent", agent.agentID), ("group", agent.group), ("kind", kind)])
+                .increment(by: Int64(n))
         }
         if duplicates > 0 {
-            registry.makeCounter(name: "segguard_agent_duplicate_events_total", labels: [("agent", agent.agentID), ("group", agent.group)],
-                                 help: "Events received again after being stored (a resend after a lost acknowledgement).").increment(by: Int64(duplicates))
+            registry.makeCounter(descriptor: Self.duplicatesName, labels: [("agent", agent.agentID), ("group", agent.group)])
+                .increment(by: Int64(duplicates))
         }
+    }
+
+    /// A metric's full name and help text (the name is given whole, not in parts).
+    static func name(_ full: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: full, unitName: "", helpText: help)
     }
 
     func rejected() { rejectedBodies.increment() }

@@ -21,6 +21,7 @@ import Hummingbird
 import HummingbirdTLS
 import Logging
 import NIOCore
+import NIOHTTPTypes
 import NIOSSL
 import SegguardPKI
 import SegguardReport
@@ -95,6 +96,8 @@ public final class Collector: Sendable {
     let logger: Logger
     /// Verified certificate DER -> identity (parsing X.509 once per device, not per request).
     let identities = Mutex<[[UInt8]: DeviceIdentity]>([:])
+    /// The identity of each open TLS connection, read once on its event loop.
+    let connections = ConnectionIdentities()
 
     public init(store: any CollectorStore, configuration: CollectorConfiguration, logger: Logger) {
         self.store = store
@@ -108,7 +111,8 @@ public final class Collector: Sendable {
     public func application(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) throws -> some ApplicationProtocol {
         let app = Application(
             router: router(),
-            server: try .tls(.http1(), tlsConfiguration: configuration.tlsConfiguration()),
+            server: try .tls(.http1(configuration: .init(additionalChannelHandlers: [ClientIdentityHandler(collector: self)])),
+                             tlsConfiguration: configuration.tlsConfiguration()),
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "segguard-collector"),
             services: [StaleSweeper(collector: self)],
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
@@ -264,22 +268,31 @@ public final class Collector: Sendable {
 
     // MARK: Helpers
 
-    /// The agent behind this TLS connection, from its verified client certificate.
+    /// The agent behind this TLS connection, from its verified client certificate: read once
+    /// per connection by ClientIdentityHandler (no hop to the event loop per request), or
+    /// asked of the TLS handler when the connection has no entry.
     func identity(_ context: CollectorContext) async throws -> AgentIdentity {
+        if let known = connections.lookup(context.channel) { return try known.get() }
         let cert: NIOSSLCertificate?
         do { cert = try await context.channel.nioSSL_peerCertificate().get() } catch { cert = nil }
+        return try identity(certificate: cert).get()
+    }
+
+    /// The identity in a verified client certificate (X.509 parsed once per device).
+    func identity(certificate cert: NIOSSLCertificate?) -> Result<AgentIdentity, APIError> {
         guard let cert else {
-            throw APIError(.unauthorized, "agent calls need a client certificate issued by the collector's device CA (mutual TLS)")
+            return .failure(APIError(.unauthorized, "agent calls need a client certificate issued by the collector's device CA (mutual TLS)"))
         }
-        let der = try cert.toDERBytes()
-        if let known = identities.withLock({ $0[der] }) { return AgentIdentity(agentID: known.agentID, group: known.group) }
+        let der: [UInt8]
+        do { der = try cert.toDERBytes() } catch { return .failure(APIError(.forbidden, "client certificate: \(error)")) }
+        if let known = identities.withLock({ $0[der] }) { return .success(AgentIdentity(agentID: known.agentID, group: known.group)) }
         let id: DeviceIdentity
-        do { id = try DeviceIdentity(certificateDER: der) } catch { throw APIError(.forbidden, "client certificate: \(error)") }
+        do { id = try DeviceIdentity(certificateDER: der) } catch { return .failure(APIError(.forbidden, "client certificate: \(error)")) }
         identities.withLock { cache in
             if cache.count > 100_000 { cache.removeAll() }
             cache[der] = id
         }
-        return AgentIdentity(agentID: id.agentID, group: id.group)
+        return .success(AgentIdentity(agentID: id.agentID, group: id.group))
     }
 
     func checkBodyID(_ bodyID: String?, _ agent: AgentIdentity) throws {
@@ -290,7 +303,7 @@ public final class Collector: Sendable {
         }
     }
 
-    func decode<T: Codable>(_ type: T.Type, _ request: Request) async throws -> T {
+    func decode<T: StrictDecodable>(_ type: T.Type, _ request: Request) async throws -> T {
         if let ct = request.headers[.contentType], !ct.lowercased().hasPrefix("application/json") {
             throw APIError(.unsupportedMediaType, "Content-Type must be application/json, not \(ct)")
         }
@@ -325,6 +338,63 @@ public final class Collector: Sendable {
     static func json<T: Encodable>(_ status: HTTPResponse.Status, _ value: T) throws -> Response {
         let data = try ReportCoding.encoder().encode(value)
         return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: data)))
+    }
+}
+
+/// The identity of each open connection, keyed by the channel object. An entry also holds
+/// the channel weakly and is only used for that very channel, so an entry left behind can
+/// never be taken for another connection's.
+final class ConnectionIdentities: Sendable {
+    struct Entry: Sendable {
+        weak var channel: (any Channel)?
+        let identity: Result<AgentIdentity, APIError>
+    }
+    let entries = Mutex<[ObjectIdentifier: Entry]>([:])
+
+    func set(_ channel: any Channel, _ identity: Result<AgentIdentity, APIError>) {
+        entries.withLock { $0[ObjectIdentifier(channel)] = Entry(channel: channel, identity: identity) }
+    }
+
+    func remove(_ channel: any Channel) {
+        _ = entries.withLock { $0.removeValue(forKey: ObjectIdentifier(channel)) }
+    }
+
+    func lookup(_ channel: any Channel) -> Result<AgentIdentity, APIError>? {
+        entries.withLock { e in
+            guard let entry = e[ObjectIdentifier(channel)], entry.channel === channel else { return nil }
+            return entry.identity
+        }
+    }
+
+    var count: Int { entries.withLock { $0.count } }
+}
+
+/// Sits after the HTTP decoder of every connection: at the first request (the TLS handshake
+/// is complete by then) it reads the client certificate's identity once, on the event loop,
+/// and forgets it when the connection closes.
+final class ClientIdentityHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPRequestPart
+    let collector: Collector
+    var resolved = false
+
+    init(collector: Collector) { self.collector = collector }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if !resolved {
+            resolved = true
+            let cert = try? context.pipeline.syncOperations.handler(type: NIOSSLHandler.self).peerCertificate
+            collector.connections.set(context.channel, collector.identity(certificate: cert))
+        }
+        context.fireChannelRead(data)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        collector.connections.remove(context.channel)
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        collector.connections.remove(context.channel)
     }
 }
 

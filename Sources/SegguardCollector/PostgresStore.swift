@@ -49,6 +49,8 @@ public final class PostgresStore: CollectorStore {
                 first_seen BIGINT NOT NULL, last_seen BIGINT NOT NULL, stale BOOLEAN NOT NULL DEFAULT FALSE,
                 heartbeats BIGINT NOT NULL DEFAULT 0, events BIGINT NOT NULL DEFAULT 0)
             """,
+            // The stale flag before the latest heartbeat (returned by the heartbeat upsert).
+            "ALTER TABLE agents ADD COLUMN IF NOT EXISTS was_stale BOOLEAN NOT NULL DEFAULT FALSE",
             "CREATE INDEX IF NOT EXISTS agents_group ON agents (grp)",
             """
             CREATE TABLE IF NOT EXISTS events (
@@ -73,35 +75,52 @@ public final class PostgresStore: CollectorStore {
         }
     }
 
+    /// The whole batch in one statement (one round trip, one commit): the agents' rows are
+    /// upserted from arrays (unnest), the old stale flag comes back through was_stale, and
+    /// the `agent-recovered` events of the agents that were stale are inserted by the same
+    /// statement (a data-modifying WITH), their event counters bumped by the upsert itself.
+    /// Atomic without BEGIN/COMMIT round trips; concurrent replicas serialize on the rows.
     public func recordHeartbeats(_ heartbeats: [(Heartbeat, AgentIdentity)], at time: Date) async throws -> [Bool] {
-        let rows = try heartbeats.map { hb, agent in (hb, agent, try ColumnJSON.encode(hb.interfaces)) }
+        let rows = try HeartbeatRows(heartbeats)
+        guard !rows.latest.isEmpty else { return [] }
+        // Sorted by agent id: two replicas' batches lock shared rows in the same order (no deadlock).
+        let latest = rows.latest.sorted { $0.1.agentID < $1.1.agentID }
         let now = time.millis
-        let logger = self.logger
-        return try await client.withTransaction(logger: logger) { conn -> [Bool] in
-            var recovered: [Bool] = []
-            for (hb, agent, interfaces) in rows {
-                // The old stale flag, locked until the upsert below clears it.
-                var wasStale = false
-                let old = try await conn.query("SELECT stale FROM agents WHERE agent_id = \(agent.agentID) FOR UPDATE", logger: logger)
-                for try await row in old { wasStale = try row.makeRandomAccess()["stale"].decode(Bool.self) }
-                try await conn.query(
-                    """
-                    INSERT INTO agents (agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment,
-                        authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats)
-                    VALUES (\(agent.agentID), \(agent.group), \(hb.hostname), \(hb.agentVersion), \(hb.policy.name), \(hb.policy.sha256),
-                        \(hb.policy.bundleVersion), \(hb.decision.segment), \(hb.decision.authorized), \(hb.decision.reason), \(interfaces),
-                        \(Int64(hb.intervalSeconds)), \(Int64(hb.spool.pending)), \(Int64(hb.spool.dropped)), \(now), \(now), FALSE, 1)
-                    ON CONFLICT (agent_id) DO UPDATE SET grp = EXCLUDED.grp, hostname = EXCLUDED.hostname, agent_version = EXCLUDED.agent_version,
-                        policy_name = EXCLUDED.policy_name, policy_sha256 = EXCLUDED.policy_sha256, bundle_version = EXCLUDED.bundle_version,
-                        segment = EXCLUDED.segment, authorized = EXCLUDED.authorized, reason = EXCLUDED.reason, interfaces = EXCLUDED.interfaces,
-                        interval_s = EXCLUDED.interval_s, spool_pending = EXCLUDED.spool_pending, spool_dropped = EXCLUDED.spool_dropped,
-                        last_seen = EXCLUDED.last_seen, stale = FALSE, heartbeats = agents.heartbeats + 1
-                    """, logger: logger)
-                if wasStale { _ = try await Self.insert([recoveredEvent(now: time)], agent: agent, received: now, conn: conn, logger: logger) }
-                recovered.append(wasStale)
-            }
-            return recovered
+        let recovered = recoveredEvent(now: time)
+        let details = RecoveredEvent.detailsJSON
+        let noBundle = Int64.min
+        let query: PostgresQuery = """
+            WITH up AS (
+                INSERT INTO agents (agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment,
+                    authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats)
+                SELECT a, g, h, v, pn, ps, NULLIF(bv, \(noBundle)), seg, au, r, i, iv, sp, sd, \(now), \(now), FALSE, n
+                FROM unnest(\(latest.map(\.1.agentID))::text[], \(latest.map(\.1.group))::text[], \(latest.map(\.0.hostname))::text[],
+                            \(latest.map(\.0.agentVersion))::text[], \(latest.map(\.0.policy.name))::text[], \(latest.map(\.0.policy.sha256))::text[],
+                            \(latest.map { $0.0.policy.bundleVersion ?? noBundle })::bigint[], \(latest.map(\.0.decision.segment))::text[],
+                            \(latest.map(\.0.decision.authorized))::boolean[], \(latest.map(\.0.decision.reason))::text[], \(latest.map(\.2))::text[],
+                            \(latest.map { Int64($0.0.intervalSeconds) })::bigint[], \(latest.map { Int64($0.0.spool.pending) })::bigint[],
+                            \(latest.map { Int64($0.0.spool.dropped) })::bigint[], \(latest.map { Int64($0.3) })::bigint[])
+                    AS t(a, g, h, v, pn, ps, bv, seg, au, r, i, iv, sp, sd, n)
+                ON CONFLICT (agent_id) DO UPDATE SET grp = EXCLUDED.grp, hostname = EXCLUDED.hostname, agent_version = EXCLUDED.agent_version,
+                    policy_name = EXCLUDED.policy_name, policy_sha256 = EXCLUDED.policy_sha256, bundle_version = EXCLUDED.bundle_version,
+                    segment = EXCLUDED.segment, authorized = EXCLUDED.authorized, reason = EXCLUDED.reason, interfaces = EXCLUDED.interfaces,
+                    interval_s = EXCLUDED.interval_s, spool_pending = EXCLUDED.spool_pending, spool_dropped = EXCLUDED.spool_dropped,
+                    last_seen = EXCLUDED.last_seen, was_stale = agents.stale, stale = FALSE,
+                    heartbeats = agents.heartbeats + EXCLUDED.heartbeats, events = agents.events + CASE WHEN agents.stale THEN 1 ELSE 0 END
+                RETURNING agent_id, grp, was_stale),
+            recovered AS (
+                INSERT INTO events (agent_id, event_id, grp, seq, time, kind, severity, reason, details, received)
+                SELECT agent_id, \(recovered.id), grp, 0, \(recovered.time.millis), \(recovered.kind), \(recovered.severity), \(recovered.reason),
+                       \(details), \(now)
+                FROM up WHERE was_stale
+                ON CONFLICT (agent_id, event_id) DO NOTHING)
+            SELECT agent_id FROM up WHERE was_stale
+            """
+        var recoveredIDs: Set<String> = []
+        for try await row in try await client.query(query, logger: logger) {
+            recoveredIDs.insert(try row.decode(String.self))
         }
+        return rows.results(recovered: recoveredIDs)
     }
 
     static func insert(_ events: [ReportedEvent], agent: AgentIdentity, received: Int64, conn: PostgresConnection, logger: Logger) async throws -> Int {

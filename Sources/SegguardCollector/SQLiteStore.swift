@@ -55,7 +55,7 @@ public final class SQLiteStore: CollectorStore {
             segment TEXT NOT NULL, authorized INTEGER NOT NULL, reason TEXT NOT NULL, interfaces TEXT NOT NULL,
             interval_s INTEGER NOT NULL, spool_pending INTEGER NOT NULL, spool_dropped INTEGER NOT NULL,
             first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, stale INTEGER NOT NULL DEFAULT 0,
-            heartbeats INTEGER NOT NULL DEFAULT 0, events INTEGER NOT NULL DEFAULT 0)
+            heartbeats INTEGER NOT NULL DEFAULT 0, events INTEGER NOT NULL DEFAULT 0, was_stale INTEGER NOT NULL DEFAULT 0)
         """,
         "CREATE INDEX IF NOT EXISTS agents_group ON agents (grp)",
         """
@@ -65,6 +65,16 @@ public final class SQLiteStore: CollectorStore {
             PRIMARY KEY (agent_id, event_id))
         """,
         "CREATE INDEX IF NOT EXISTS events_received ON events (received)",
+        // An agent that heartbeats again after being stale gets its agent-recovered event in
+        // the heartbeat's own statement (the event counter is bumped by the upsert).
+        """
+        CREATE TRIGGER IF NOT EXISTS agents_recovered AFTER UPDATE OF stale ON agents WHEN OLD.stale = 1 AND NEW.stale = 0
+        BEGIN
+            INSERT OR IGNORE INTO events (agent_id, event_id, grp, seq, time, kind, severity, reason, details, received)
+            VALUES (NEW.agent_id, '\(RecoveredEvent.idPrefix)' || NEW.last_seen, NEW.grp, 0, NEW.last_seen, '\(RecoveredEvent.kind)', '\(RecoveredEvent.severity)',
+                    '\(RecoveredEvent.reason)', '\(RecoveredEvent.detailsJSON)', NEW.last_seen);
+        END
+        """,
         """
         CREATE TABLE IF NOT EXISTS bundles (
             grp TEXT PRIMARY KEY, version INTEGER NOT NULL, policy_sha256 TEXT NOT NULL, bundle TEXT NOT NULL,
@@ -75,6 +85,11 @@ public final class SQLiteStore: CollectorStore {
     public func migrate() async throws {
         try await serial.run { [connection] in
             for statement in Self.schema { _ = try await connection.query(statement) }
+            // Stores made before was_stale existed (0.x) get the column.
+            let columns = try await connection.query("PRAGMA table_info(agents)").compactMap { $0.column("name")?.string }
+            if !columns.contains("was_stale") {
+                _ = try await connection.query("ALTER TABLE agents ADD COLUMN was_stale INTEGER NOT NULL DEFAULT 0")
+            }
         }
     }
 
@@ -93,32 +108,41 @@ public final class SQLiteStore: CollectorStore {
         }
     }
 
+    /// One multi-row upsert for the whole batch: one statement in its own (autocommit)
+    /// transaction, one fsync. The upsert keeps the old stale flag in was_stale and returns
+    /// it, so finding the agents that come back from stale costs no extra read; their
+    /// `agent-recovered` events are written by the agents_recovered trigger, in the same
+    /// statement.
     public func recordHeartbeats(_ heartbeats: [(Heartbeat, AgentIdentity)], at time: Date) async throws -> [Bool] {
-        let rows = try heartbeats.map { hb, agent in (hb, agent, try ColumnJSON.encode(hb.interfaces)) }
+        let rows = try HeartbeatRows(heartbeats)
+        guard !rows.latest.isEmpty else { return [] }
         let now = time.millis
-        return try await transaction { db in
-            var recovered: [Bool] = []
-            for (hb, agent, interfaces) in rows {
-                let was = try await db.query("SELECT stale FROM agents WHERE agent_id = ?", [.text(agent.agentID)]).first?.column("stale")?.integer
-                _ = try await db.query(
-                    """
-                    INSERT INTO agents (agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment,
-                        authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats)
-                    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?15, 0, 1)
-                    ON CONFLICT (agent_id) DO UPDATE SET grp = ?2, hostname = ?3, agent_version = ?4, policy_name = ?5, policy_sha256 = ?6,
-                        bundle_version = ?7, segment = ?8, authorized = ?9, reason = ?10, interfaces = ?11, interval_s = ?12,
-                        spool_pending = ?13, spool_dropped = ?14, last_seen = ?15, stale = 0, heartbeats = heartbeats + 1
-                    """,
-                    [.text(agent.agentID), .text(agent.group), .text(hb.hostname), .text(hb.agentVersion), .text(hb.policy.name),
-                     .text(hb.policy.sha256), hb.policy.bundleVersion.map { .integer(SQLiteInt64($0)) } ?? .null, .text(hb.decision.segment),
-                     .integer(hb.decision.authorized ? 1 : 0), .text(hb.decision.reason), .text(interfaces), .integer(SQLiteInt64(hb.intervalSeconds)),
-                     .integer(SQLiteInt64(hb.spool.pending)), .integer(SQLiteInt64(hb.spool.dropped)), .integer(SQLiteInt64(now))])
-                let wasStale = was == 1
-                if wasStale { try await Self.insert([recoveredEvent(now: time)], agent: agent, received: now, db: db) }
-                recovered.append(wasStale)
-            }
-            return recovered
+        var binds: [SQLiteData] = []
+        binds.reserveCapacity(rows.latest.count * 15)
+        for (hb, agent, interfaces, count) in rows.latest {
+            binds += [.text(agent.agentID), .text(agent.group), .text(hb.hostname), .text(hb.agentVersion), .text(hb.policy.name),
+                      .text(hb.policy.sha256), hb.policy.bundleVersion.map { .integer(SQLiteInt64($0)) } ?? .null, .text(hb.decision.segment),
+                      .integer(hb.decision.authorized ? 1 : 0), .text(hb.decision.reason), .text(interfaces), .integer(SQLiteInt64(hb.intervalSeconds)),
+                      .integer(SQLiteInt64(hb.spool.pending)), .integer(SQLiteInt64(hb.spool.dropped)), .integer(SQLiteInt64(count))]
         }
+        let values = Array(repeating: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \(now), \(now), 0, ?)", count: rows.latest.count).joined(separator: ", ")
+        let sql = """
+            INSERT INTO agents (agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment,
+                authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats)
+            VALUES \(values)
+            ON CONFLICT (agent_id) DO UPDATE SET grp = excluded.grp, hostname = excluded.hostname, agent_version = excluded.agent_version,
+                policy_name = excluded.policy_name, policy_sha256 = excluded.policy_sha256, bundle_version = excluded.bundle_version,
+                segment = excluded.segment, authorized = excluded.authorized, reason = excluded.reason, interfaces = excluded.interfaces,
+                interval_s = excluded.interval_s, spool_pending = excluded.spool_pending, spool_dropped = excluded.spool_dropped,
+                last_seen = excluded.last_seen, was_stale = stale, stale = 0, heartbeats = heartbeats + excluded.heartbeats,
+                events = events + stale
+            RETURNING agent_id, was_stale
+            """
+        let bound = binds
+        let recoveredIDs = try await serial.run { [connection] in
+            Set(try await connection.query(sql, bound).filter { $0.column("was_stale")?.integer == 1 }.compactMap { $0.column("agent_id")?.string })
+        }
+        return rows.results(recovered: recoveredIDs)
     }
 
     static func insert(_ events: [ReportedEvent], agent: AgentIdentity, received: Int64, db: SQLiteConnection) async throws -> Int {

@@ -189,6 +189,37 @@ extension CollectorStore {
     }
 }
 
+/// A batch of heartbeats as rows to upsert: one row per agent (its latest heartbeat, with how
+/// many heartbeats of the batch it stands for: PostgreSQL cannot upsert one row twice in a
+/// statement), and the way back to one result per heartbeat.
+struct HeartbeatRows {
+    /// (latest heartbeat, agent, interfaces as JSON, heartbeats of this agent in the batch).
+    var latest: [(Heartbeat, AgentIdentity, String, Int)] = []
+    /// For each heartbeat of the batch, in order: its agent id, and whether it is its agent's latest.
+    var order: [(String, Bool)] = []
+
+    init(_ heartbeats: [(Heartbeat, AgentIdentity)]) throws {
+        var index: [String: Int] = [:]
+        var lastPosition: [String: Int] = [:]
+        for (position, (hb, agent)) in heartbeats.enumerated() {
+            lastPosition[agent.agentID] = position
+            if let i = index[agent.agentID] {
+                latest[i] = (hb, agent, latest[i].2, latest[i].3 + 1)
+            } else {
+                index[agent.agentID] = latest.count
+                latest.append((hb, agent, "", 1))
+            }
+        }
+        for i in latest.indices { latest[i].2 = try ColumnJSON.encode(latest[i].0.interfaces) }
+        order = heartbeats.enumerated().map { position, item in (item.1.agentID, lastPosition[item.1.agentID] == position) }
+    }
+
+    /// One result per heartbeat: an agent's recovery is reported on its latest heartbeat.
+    func results(recovered: Set<String>) -> [Bool] {
+        order.map { id, isLatest in isLatest && recovered.contains(id) }
+    }
+}
+
 /// The event the collector records itself when an agent goes stale.
 func staleEvent(for agent: AgentRecord, now: Date, intervals: Int) -> ReportedEvent {
     ReportedEvent(
@@ -197,7 +228,17 @@ func staleEvent(for agent: AgentRecord, now: Date, intervals: Int) -> ReportedEv
         details: ["last_seen": agent.lastSeen.formatted(.iso8601), "source": "collector"])
 }
 
+/// The event the collector records when a stale agent heartbeats again (SQLite writes it
+/// from a trigger, PostgreSQL from the heartbeat statement: both from these constants).
+enum RecoveredEvent {
+    static let idPrefix = "recovered-"
+    static let kind = "agent-recovered"
+    static let severity = "info"
+    static let reason = "heartbeats again after being stale"
+    static let detailsJSON = #"{"source":"collector"}"#
+}
+
 func recoveredEvent(now: Date) -> ReportedEvent {
-    ReportedEvent(id: "recovered-\(now.millis)", seq: 0, time: now, kind: "agent-recovered", severity: "info",
-                  reason: "heartbeats again after being stale", details: ["source": "collector"])
+    ReportedEvent(id: RecoveredEvent.idPrefix + "\(now.millis)", seq: 0, time: Date(millis: now.millis), kind: RecoveredEvent.kind,
+                  severity: RecoveredEvent.severity, reason: RecoveredEvent.reason, details: ["source": "collector"])
 }

@@ -8,7 +8,7 @@ import Foundation
 public let reportAPIVersion = 1
 
 /// A heartbeat: the agent's current state, sent every `interval_s` (with jitter).
-public struct Heartbeat: Codable, Sendable, Equatable {
+public struct Heartbeat: Codable, StrictDecodable, Sendable, Equatable {
     /// Optional: when present it must be the id in the agent's certificate (identity comes
     /// from the certificate, never from the body).
     public var agentID: String?
@@ -26,6 +26,28 @@ public struct Heartbeat: Codable, Sendable, Equatable {
         case agentID = "agent_id", hostname, agentVersion = "agent_version", policy, decision, interfaces
         case intervalSeconds = "interval_s", spool, sentAt = "sent_at"
     }
+    public init(reading r: inout StrictJSONReader) throws(ReportDecodingError) {
+        var agentID: String?, hostname = "", agentVersion = "", policy: PolicySummary?, decision: DecisionSummary?
+        var interfaces: [InterfaceSummary] = [], intervalSeconds = 0, spool: SpoolSummary?, sentAt = Date()
+        let seen = try r.object { (r: inout StrictJSONReader, key: String) throws(ReportDecodingError) in
+            switch key {
+            case "agent_id": agentID = try r.optionalString()
+            case "hostname": hostname = try r.string()
+            case "agent_version": agentVersion = try r.string()
+            case "policy": policy = try PolicySummary(reading: &r)
+            case "decision": decision = try DecisionSummary(reading: &r)
+            case "interfaces": interfaces = try r.array { (r: inout StrictJSONReader) throws(ReportDecodingError) in try InterfaceSummary(reading: &r) }
+            case "interval_s": intervalSeconds = try r.int()
+            case "spool": spool = try SpoolSummary(reading: &r)
+            case "sent_at": sentAt = try r.date()
+            default: throw r.unknown()
+            }
+        }
+        try r.require(["hostname", "agent_version", "policy", "decision", "interfaces", "interval_s", "spool", "sent_at"], in: seen)
+        self.init(agentID: agentID, hostname: hostname, agentVersion: agentVersion, policy: policy!, decision: decision!,
+                  interfaces: interfaces, intervalSeconds: intervalSeconds, spool: spool!, sentAt: sentAt)
+    }
+
 
     public init(agentID: String? = nil, hostname: String, agentVersion: String, policy: PolicySummary, decision: DecisionSummary,
                 interfaces: [InterfaceSummary], intervalSeconds: Int, spool: SpoolSummary, sentAt: Date) {
@@ -55,13 +77,26 @@ public struct Heartbeat: Codable, Sendable, Equatable {
 }
 
 /// Which policy the agent runs.
-public struct PolicySummary: Codable, Sendable, Equatable {
+public struct PolicySummary: Codable, StrictDecodable, Sendable, Equatable {
     public var name: String
     /// SHA-256 (hex) of the policy file's bytes.
     public var sha256: String
     /// The signed bundle's version, when the policy came from one.
     public var bundleVersion: Int64?
     enum CodingKeys: String, CodingKey, CaseIterable { case name, sha256, bundleVersion = "bundle_version" }
+    public init(reading r: inout StrictJSONReader) throws(ReportDecodingError) {
+        var name = "", sha256 = "", bundleVersion: Int64?
+        let seen = try r.object { (r: inout StrictJSONReader, key: String) throws(ReportDecodingError) in
+            switch key {
+            case "name": name = try r.string()
+            case "sha256": sha256 = try r.string()
+            case "bundle_version": bundleVersion = try r.optionalInt64()
+            default: throw r.unknown()
+            }
+        }
+        try r.require(["name", "sha256"], in: seen)
+        self.init(name: name, sha256: sha256, bundleVersion: bundleVersion)
+    }
     public init(name: String, sha256: String, bundleVersion: Int64? = nil) {
         self.name = name
         self.sha256 = sha256
@@ -70,13 +105,29 @@ public struct PolicySummary: Codable, Sendable, Equatable {
 }
 
 /// The segment decision in force.
-public struct DecisionSummary: Codable, Sendable, Equatable {
+public struct DecisionSummary: Codable, StrictDecodable, Sendable, Equatable {
     /// my-number / lgwan / ... or "unauthorized".
     public var segment: String
     public var authorized: Bool
     public var reason: String
     public var interfaces: [String]
     public var since: Date
+    enum CodingKeys: String, CodingKey, CaseIterable { case segment, authorized, reason, interfaces, since }
+    public init(reading r: inout StrictJSONReader) throws(ReportDecodingError) {
+        var segment = "", authorized = false, reason = "", interfaces: [String] = [], since = Date()
+        let seen = try r.object { (r: inout StrictJSONReader, key: String) throws(ReportDecodingError) in
+            switch key {
+            case "segment": segment = try r.string()
+            case "authorized": authorized = try r.bool()
+            case "reason": reason = try r.string()
+            case "interfaces": interfaces = try r.array { (r: inout StrictJSONReader) throws(ReportDecodingError) in try r.string() }
+            case "since": since = try r.date()
+            default: throw r.unknown()
+            }
+        }
+        try r.require(["segment", "authorized", "reason", "interfaces", "since"], in: seen)
+        self.init(segment: segment, authorized: authorized, reason: reason, interfaces: interfaces, since: since)
+    }
     public init(segment: String, authorized: Bool, reason: String, interfaces: [String], since: Date) {
         self.segment = segment
         self.authorized = authorized
@@ -87,7 +138,7 @@ public struct DecisionSummary: Codable, Sendable, Equatable {
 }
 
 /// One network interface as the agent sees it.
-public struct InterfaceSummary: Codable, Sendable, Equatable {
+public struct InterfaceSummary: Codable, StrictDecodable, Sendable, Equatable {
     public var name: String
     public var wireless: Bool
     public var up: Bool
@@ -96,6 +147,22 @@ public struct InterfaceSummary: Codable, Sendable, Equatable {
     /// "authorized (EAP-TLS)", "unauthorized", nil when no 802.1X.
     public var deviceAuth: String?
     enum CodingKeys: String, CodingKey, CaseIterable { case name, wireless, up, ssid, bssid, deviceAuth = "device_auth" }
+    public init(reading r: inout StrictJSONReader) throws(ReportDecodingError) {
+        var name = "", wireless = false, up = false, ssid: String?, bssid: String?, deviceAuth: String?
+        let seen = try r.object { (r: inout StrictJSONReader, key: String) throws(ReportDecodingError) in
+            switch key {
+            case "name": name = try r.string()
+            case "wireless": wireless = try r.bool()
+            case "up": up = try r.bool()
+            case "ssid": ssid = try r.optionalString()
+            case "bssid": bssid = try r.optionalString()
+            case "device_auth": deviceAuth = try r.optionalString()
+            default: throw r.unknown()
+            }
+        }
+        try r.require(["name", "wireless", "up"], in: seen)
+        self.init(name: name, wireless: wireless, up: up, ssid: ssid, bssid: bssid, deviceAuth: deviceAuth)
+    }
     public init(name: String, wireless: Bool, up: Bool, ssid: String? = nil, bssid: String? = nil, deviceAuth: String? = nil) {
         self.name = name
         self.wireless = wireless
@@ -107,11 +174,24 @@ public struct InterfaceSummary: Codable, Sendable, Equatable {
 }
 
 /// The agent's delivery backlog.
-public struct SpoolSummary: Codable, Sendable, Equatable {
+public struct SpoolSummary: Codable, StrictDecodable, Sendable, Equatable {
     /// Events written but not yet acknowledged by the collector.
     public var pending: Int
     /// Events the overflow policy dropped since the spool was created.
     public var dropped: Int
+    enum CodingKeys: String, CodingKey, CaseIterable { case pending, dropped }
+    public init(reading r: inout StrictJSONReader) throws(ReportDecodingError) {
+        var pending = 0, dropped = 0
+        let seen = try r.object { (r: inout StrictJSONReader, key: String) throws(ReportDecodingError) in
+            switch key {
+            case "pending": pending = try r.int()
+            case "dropped": dropped = try r.int()
+            default: throw r.unknown()
+            }
+        }
+        try r.require(["pending", "dropped"], in: seen)
+        self.init(pending: pending, dropped: dropped)
+    }
     public init(pending: Int, dropped: Int) {
         self.pending = pending
         self.dropped = dropped
@@ -120,7 +200,7 @@ public struct SpoolSummary: Codable, Sendable, Equatable {
 
 /// One event, as the agent spooled it. `id` is unique (a UUID), `seq` counts the agent's
 /// events from 1 with no gap: the collector stores each id once, so a resend is harmless.
-public struct ReportedEvent: Codable, Sendable, Equatable {
+public struct ReportedEvent: Codable, StrictDecodable, Sendable, Equatable {
     public var id: String
     public var seq: Int64
     public var time: Date
@@ -132,6 +212,25 @@ public struct ReportedEvent: Codable, Sendable, Equatable {
     public var severity: String
     public var reason: String
     public var details: [String: String]
+
+    enum CodingKeys: String, CodingKey, CaseIterable { case id, seq, time, kind, severity, reason, details }
+    public init(reading r: inout StrictJSONReader) throws(ReportDecodingError) {
+        var id = "", seq: Int64 = 0, time = Date(), kind = "", severity = "", reason = "", details: [String: String] = [:]
+        let seen = try r.object { (r: inout StrictJSONReader, key: String) throws(ReportDecodingError) in
+            switch key {
+            case "id": id = try r.string()
+            case "seq": seq = try r.int64()
+            case "time": time = try r.date()
+            case "kind": kind = try r.string()
+            case "severity": severity = try r.string()
+            case "reason": reason = try r.string()
+            case "details": details = try r.stringMap()
+            default: throw r.unknown()
+            }
+        }
+        try r.require(["id", "seq", "time", "kind", "severity", "reason", "details"], in: seen)
+        self.init(id: id, seq: seq, time: time, kind: kind, severity: severity, reason: reason, details: details)
+    }
 
     public init(id: String, seq: Int64, time: Date, kind: String, severity: String, reason: String, details: [String: String] = [:]) {
         self.id = id
@@ -160,11 +259,23 @@ public struct ReportedEvent: Codable, Sendable, Equatable {
 }
 
 /// A batch of spooled events, oldest first.
-public struct EventBatch: Codable, Sendable, Equatable {
+public struct EventBatch: Codable, StrictDecodable, Sendable, Equatable {
     /// Optional, as in the heartbeat: must match the certificate.
     public var agentID: String?
     public var events: [ReportedEvent]
     enum CodingKeys: String, CodingKey, CaseIterable { case agentID = "agent_id", events }
+    public init(reading r: inout StrictJSONReader) throws(ReportDecodingError) {
+        var agentID: String?, events: [ReportedEvent] = []
+        let seen = try r.object { (r: inout StrictJSONReader, key: String) throws(ReportDecodingError) in
+            switch key {
+            case "agent_id": agentID = try r.optionalString()
+            case "events": events = try r.array { (r: inout StrictJSONReader) throws(ReportDecodingError) in try ReportedEvent(reading: &r) }
+            default: throw r.unknown()
+            }
+        }
+        try r.require(["events"], in: seen)
+        self.init(agentID: agentID, events: events)
+    }
     public init(agentID: String? = nil, events: [ReportedEvent]) {
         self.agentID = agentID
         self.events = events
@@ -215,7 +326,7 @@ public enum ReportCoding {
         let e = JSONEncoder()
         e.dateEncodingStrategy = .custom { date, enc in
             var c = enc.singleValueContainer()
-            try c.encode(date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted)))
+            try c.encode(RFC3339.format(date))
         }
         e.outputFormatting = [.sortedKeys]
         return e
@@ -226,89 +337,17 @@ public enum ReportCoding {
         d.dateDecodingStrategy = .custom { dec in
             let c = try dec.singleValueContainer()
             let s = try c.decode(String.self)
-            if let date = parseDate(s) { return date }
+            if let date = RFC3339.parse(s) { return date }
             throw DecodingError.dataCorruptedError(in: c, debugDescription: "\"\(s)\" is not an RFC 3339 date (2026-11-26T05:00:00.000Z)")
         }
         return d
     }
 
-    static func parseDate(_ s: String) -> Date? {
-        if let d = try? Date(s, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted)) { return d }
-        if let d = try? Date(s, strategy: .iso8601) { return d }
-        return nil
-    }
-
-    /// Decodes `T` and refuses fields `T` does not know (a typo must not be silently dropped).
-    /// Errors name the field's path: `events[2].severity: expected a string`.
-    public static func decodeStrict<T: Codable>(_ type: T.Type, from data: Data) throws(ReportDecodingError) -> T {
-        let value: T
-        do {
-            value = try decoder().decode(T.self, from: data)
-        } catch let e as DecodingError {
-            throw ReportDecodingError(Self.describe(e))
-        } catch {
-            throw ReportDecodingError("\(error)")
-        }
-        // Unknown fields: keys of the body that the type does not write back.
-        do {
-            let raw = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
-            let known = try JSONSerialization.jsonObject(with: encoder().encode(value), options: [.fragmentsAllowed])
-            if let path = unknownKey(raw, known, path: "") { throw ReportDecodingError("\(path): unknown field") }
-        } catch let e as ReportDecodingError {
-            throw e
-        } catch {
-            throw ReportDecodingError("\(error)")
-        }
-        return value
-    }
-
-    static func unknownKey(_ raw: Any, _ known: Any, path: String) -> String? {
-        if let r = raw as? [String: Any] {
-            let k = known as? [String: Any] ?? [:]
-            for key in r.keys.sorted() {
-                let sub = path.isEmpty ? key : "\(path).\(key)"
-                guard let kv = k[key] else {
-                    if r[key] is NSNull { continue }
-                    // A dictionary-valued field ([String: String]) is written back with every key.
-                    return sub
-                }
-                if let p = unknownKey(r[key]!, kv, path: sub) { return p }
-            }
-        } else if let r = raw as? [Any], let k = known as? [Any] {
-            for (i, item) in r.enumerated() where i < k.count {
-                if let p = unknownKey(item, k[i], path: "\(path)[\(i)]") { return p }
-            }
-        }
-        return nil
-    }
-
-    static func describe(_ e: DecodingError) -> String {
-        func path(_ p: [any CodingKey]) -> String {
-            var s = ""
-            for k in p {
-                if let i = k.intValue { s += "[\(i)]" } else { s += s.isEmpty ? k.stringValue : ".\(k.stringValue)" }
-            }
-            return s.isEmpty ? "body" : s
-        }
-        switch e {
-        case .typeMismatch(let t, let c): return "\(path(c.codingPath)): expected \(typeName(t))"
-        case .valueNotFound(let t, let c): return "\(path(c.codingPath)): expected \(typeName(t)), found null"
-        case .keyNotFound(let k, let c): return "\(path(c.codingPath + [k])): missing"
-        case .dataCorrupted(let c):
-            if c.codingPath.isEmpty { return "body: not valid JSON (\(c.underlyingError.map { "\($0)" } ?? c.debugDescription))" }
-            return "\(path(c.codingPath)): \(c.debugDescription)"
-        @unknown default: return "\(e)"
-        }
-    }
-
-    static func typeName(_ t: Any.Type) -> String {
-        switch t {
-        case is String.Type: "a string"
-        case is Bool.Type: "true or false"
-        case is Int.Type, is Int64.Type: "an integer"
-        case is Date.Type: "a date"
-        default: "\(t)".contains("Array") ? "an array" : (("\(t)".contains("Dictionary")) ? "an object" : "\(t)")
-        }
+    /// Reads `T` with the strict reader: refuses fields `T` does not know (a typo must not be
+    /// silently dropped), fields given twice, wrong types. Errors name the field's path:
+    /// `events[2].severity: expected a string`.
+    public static func decodeStrict<T: StrictDecodable>(_ type: T.Type, from data: Data) throws(ReportDecodingError) -> T {
+        try StrictJSONReader.read(T.self, from: data)
     }
 }
 

@@ -7,7 +7,7 @@ import Crypto
 import Foundation
 
 /// What the admin signed.
-public struct PolicyBundlePayload: Codable, Sendable, Equatable {
+public struct PolicyBundlePayload: Codable, StrictDecodable, Sendable, Equatable {
     /// The group of agents this bundle is for (the OU of their device certificates).
     public var group: String
     /// Increases with every bundle of the group; agents refuse a version not above the one
@@ -24,6 +24,27 @@ public struct PolicyBundlePayload: Codable, Sendable, Equatable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case group, version, policyYAML = "policy_yaml", policySHA256 = "policy_sha256", createdAt = "created_at", comment
     }
+    public init(reading r: inout StrictJSONReader) throws(ReportDecodingError) {
+        var group = "", version: Int64 = 0, policyYAML = "", policySHA256 = "", createdAt = Date(), comment: String?
+        let seen = try r.object { (r: inout StrictJSONReader, key: String) throws(ReportDecodingError) in
+            switch key {
+            case "group": group = try r.string()
+            case "version": version = try r.int64()
+            case "policy_yaml": policyYAML = try r.string()
+            case "policy_sha256": policySHA256 = try r.string()
+            case "created_at": createdAt = try r.date()
+            case "comment": comment = try r.optionalString()
+            default: throw r.unknown()
+            }
+        }
+        try r.require(["group", "version", "policy_yaml", "policy_sha256", "created_at"], in: seen)
+        self.group = group
+        self.version = version
+        self.policyYAML = policyYAML
+        self.policySHA256 = policySHA256
+        self.createdAt = createdAt
+        self.comment = comment
+    }
 
     public init(group: String, version: Int64, policyYAML: String, createdAt: Date = Date(), comment: String? = nil) {
         self.group = group
@@ -36,7 +57,7 @@ public struct PolicyBundlePayload: Codable, Sendable, Equatable {
 }
 
 /// The envelope that travels: payload bytes, signature and the signing key's id.
-public struct SignedPolicyBundle: Codable, Sendable, Equatable {
+public struct SignedPolicyBundle: Codable, StrictDecodable, Sendable, Equatable {
     public var format: Int
     /// Base64 of the payload's JSON bytes.
     public var payload: String
@@ -46,6 +67,20 @@ public struct SignedPolicyBundle: Codable, Sendable, Equatable {
     public var keyID: String
 
     enum CodingKeys: String, CodingKey, CaseIterable { case format, payload, signature, keyID = "key_id" }
+    public init(reading r: inout StrictJSONReader) throws(ReportDecodingError) {
+        var format = 0, payload = "", signature = "", keyID = ""
+        let seen = try r.object { (r: inout StrictJSONReader, key: String) throws(ReportDecodingError) in
+            switch key {
+            case "format": format = try r.int()
+            case "payload": payload = try r.string()
+            case "signature": signature = try r.string()
+            case "key_id": keyID = try r.string()
+            default: throw r.unknown()
+            }
+        }
+        try r.require(["format", "payload", "signature", "key_id"], in: seen)
+        self.init(format: format, payload: payload, signature: signature, keyID: keyID)
+    }
 
     public init(format: Int = 1, payload: String, signature: String, keyID: String) {
         self.format = format

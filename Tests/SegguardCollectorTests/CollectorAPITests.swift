@@ -4,7 +4,7 @@
 import AsyncHTTPClient
 import Crypto
 import Foundation
-import SegguardCollector
+@testable import SegguardCollector
 import SegguardReport
 import Testing
 
@@ -27,7 +27,16 @@ struct CollectorAPITests {
             #expect(forged.body.contains("\\\"tc-0002\\\" in the body is not the agent of the client certificate") || forged.body.contains("is not the agent of the client certificate"))
             let forgedEvents = try await call(client, .POST, c.url + "/api/v1/events", body: try json(EventBatch(agentID: "tc-0002", events: [event(1)])))
             #expect(forgedEvents.status == 403)
+            // The identity was read once for the connection, on its event loop.
+            #expect(c.collector.connections.count >= 1)
         }
+        // Closed connections leave no identity behind.
+        var left = c.collector.connections.count
+        for _ in 0..<100 where left > 0 {
+            try await Task.sleep(for: .milliseconds(20))
+            left = c.collector.connections.count
+        }
+        #expect(left == 0)
         try await withClient(try c.client()) { anonymous in
             let r = try await call(anonymous, .POST, c.url + "/api/v1/heartbeat", body: try json(heartbeat("tc-0001")))
             #expect(r.status == 401)

@@ -17,6 +17,21 @@ enum SharedPostgres {
     }()
 }
 
+/// SQLite files of this test process, removed at exit (with their -wal and -shm).
+enum TemporaryStoreFiles {
+    static let paths = Mutex<[String]>([])
+    static let installed: Void = { atexit { TemporaryStoreFiles.removeAll() } }()
+    static func register(_ path: String) {
+        _ = installed
+        paths.withLock { $0.append(path) }
+    }
+    static func removeAll() {
+        for p in paths.withLock({ $0 }) {
+            for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: p + suffix) }
+        }
+    }
+}
+
 enum Backend: String, CaseIterable, CustomTestStringConvertible, Sendable {
     case sqlite, postgres
     var testDescription: String { rawValue }
@@ -26,6 +41,7 @@ enum Backend: String, CaseIterable, CustomTestStringConvertible, Sendable {
         switch self {
         case .sqlite:
             let path = NSTemporaryDirectory() + "sg-store-\(UUID().uuidString).sqlite"
+            TemporaryStoreFiles.register(path)
             let s = try await SQLiteStore(path: path)
             try await s.migrate()
             return s
@@ -147,6 +163,34 @@ struct StoreTests {
         #expect(try await store.counts().stale == 0)
     }
 
+    @Test("one batch: an agent twice (counted twice, one row), a stale agent recovers once with one event", arguments: Backend.allCases)
+    func batchWithRepeatsAndRecovery(backend: Backend) async throws {
+        let store = try await backend.makeStore()
+        defer { Task { try? await store.close() } }
+        let t0 = Date()
+        _ = try await store.recordHeartbeats([(heartbeat("tc-0001", interval: 10), hq), (heartbeat("tc-0002", interval: 10), branch)], at: t0)
+        #expect(try await store.markStale(now: t0.addingTimeInterval(31), intervals: 3).count == 2)
+        let third = AgentIdentity(agentID: "tc-0003", group: "lgwan")
+        let results = try await store.recordHeartbeats([
+            (heartbeat("tc-0001", interval: 10), hq), (heartbeat("tc-0003"), third),
+            (heartbeat("tc-0001", authorized: false, interval: 10, reason: "cable out"), hq),
+        ], at: t0.addingTimeInterval(40))
+        // The recovery is reported on the agent's latest heartbeat of the batch; tc-0002 stays stale.
+        #expect(results == [false, false, true])
+        let agents = Dictionary(uniqueKeysWithValues: try await store.agents(AgentFilter()).map { ($0.agentID, $0) })
+        #expect(agents["tc-0001"]?.heartbeats == 3)
+        #expect(agents["tc-0001"]?.stale == false)
+        #expect(agents["tc-0001"]?.reason == "cable out")  // the batch's latest heartbeat of the agent wins
+        #expect(agents["tc-0001"]?.events == 2)  // agent-stale + agent-recovered
+        #expect(agents["tc-0002"]?.stale == true)
+        #expect(agents["tc-0003"]?.heartbeats == 1)
+        let kinds = try await store.events(EventFilter(agentID: "tc-0001")).map(\.event.kind)
+        #expect(kinds.sorted() == ["agent-recovered", "agent-stale"])
+        // Next heartbeat: no second recovery.
+        #expect(try await store.recordHeartbeat(heartbeat("tc-0001", interval: 10), from: hq, at: t0.addingTimeInterval(45)) == false)
+        #expect(try await store.events(EventFilter(agentID: "tc-0001")).count == 2)
+    }
+
     @Test("a group's bundle version only rises", arguments: Backend.allCases)
     func bundles(backend: Backend) async throws {
         let store = try await backend.makeStore()
@@ -182,7 +226,7 @@ struct StoreTests {
         let agents = try await store.agents(AgentFilter())
         #expect(agents.count == 100)
         #expect(agents.allSatisfy { $0.heartbeats == 3 })
-        let batches = await batcher.batches
+        let batches = batcher.batches
         #expect(batches < 300)  // several heartbeats shared a transaction
     }
 }
