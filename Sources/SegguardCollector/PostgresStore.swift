@@ -10,15 +10,30 @@ import SegguardReport
 /// The collector's PostgreSQL store (`--store postgres://user@host:port/db`).
 public final class PostgresStore: CollectorStore {
     let client: PostgresClient
+    /// The heartbeat writer's connections: synchronous_commit=off (a heartbeat is soft state,
+    /// replaced by the agent's next one; its commit does not wait for the WAL flush, and a
+    /// crash of the database server may lose the last ones, never corrupt anything). Events,
+    /// bundles and stale marks go through `client`, fully synchronous.
+    let heartbeatClient: PostgresClient
     let runTask: Task<Void, Never>
     let logger: Logger
 
-    /// Connects lazily (the pool opens connections as queries need them).
+    /// Connects lazily (the pools open connections as queries need them).
     public init(configuration: PostgresClient.Configuration, logger: Logger = Logger(label: "segguard-collector.postgres")) {
         let client = PostgresClient(configuration: configuration, backgroundLogger: logger)
+        var heartbeats = configuration
+        heartbeats.options.additionalStartupParameters.append(("synchronous_commit", "off"))
+        heartbeats.options.maximumConnections = 2
+        let heartbeatClient = PostgresClient(configuration: heartbeats, backgroundLogger: logger)
         self.client = client
+        self.heartbeatClient = heartbeatClient
         self.logger = logger
-        runTask = Task { await client.run() }
+        runTask = Task {
+            await withDiscardingTaskGroup { group in
+                group.addTask { await client.run() }
+                group.addTask { await heartbeatClient.run() }
+            }
+        }
     }
 
     /// From `postgres://user[:password]@host[:port]/database` (no TLS: loopback or a
@@ -80,6 +95,7 @@ public final class PostgresStore: CollectorStore {
     /// the `agent-recovered` events of the agents that were stale are inserted by the same
     /// statement (a data-modifying WITH), their event counters bumped by the upsert itself.
     /// Atomic without BEGIN/COMMIT round trips; concurrent replicas serialize on the rows.
+    /// Written through `heartbeatClient` (no wait for the WAL flush).
     public func recordHeartbeats(_ heartbeats: [(Heartbeat, AgentIdentity)], at time: Date) async throws -> [Bool] {
         let rows = try HeartbeatRows(heartbeats)
         guard !rows.latest.isEmpty else { return [] }
@@ -117,7 +133,7 @@ public final class PostgresStore: CollectorStore {
             SELECT agent_id FROM up WHERE was_stale
             """
         var recoveredIDs: Set<String> = []
-        for try await row in try await client.query(query, logger: logger) {
+        for try await row in try await heartbeatClient.query(query, logger: logger) {
             recoveredIDs.insert(try row.decode(String.self))
         }
         return rows.results(recovered: recoveredIDs)

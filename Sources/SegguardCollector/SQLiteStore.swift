@@ -24,28 +24,49 @@ actor SerialRunner {
 
 /// The collector's SQLite store (`--store sqlite:PATH`).
 public final class SQLiteStore: CollectorStore {
+    /// Events, bundles, stale marks, reads: synchronous=FULL, transactions serialized.
     let connection: SQLiteConnection
+    /// The heartbeat writer's own connection: synchronous=NORMAL. A heartbeat is soft state,
+    /// replaced by the agent's next one: its commit does not wait for the disk flush (it
+    /// survives a crash of the collector; a power cut may lose the last ones). One statement
+    /// per batch, so nothing to serialize beyond SQLite's own write lock.
+    let heartbeatConnection: SQLiteConnection
     let serial = SerialRunner()
     public let path: String
 
     public init(path: String, logger: Logger = Logger(label: "segguard-collector.sqlite")) async throws {
         self.path = path
+        connection = try await Self.open(path, synchronous: "FULL", logger: logger)
+        do {
+            heartbeatConnection = try await Self.open(path, synchronous: "NORMAL", logger: logger)
+        } catch {
+            try? await connection.close()
+            throw error
+        }
+    }
+
+    static func open(_ path: String, synchronous: String, logger: Logger) async throws -> SQLiteConnection {
+        let connection: SQLiteConnection
         do {
             connection = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
         } catch {
             throw StoreError("cannot open the SQLite store \(path): \(error)")
         }
         do {
-            for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=5000"] {
+            for pragma in ["PRAGMA journal_mode=WAL", "PRAGMA synchronous=\(synchronous)", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=5000"] {
                 _ = try await connection.query(pragma)
             }
         } catch {
             try? await connection.close()
             throw StoreError("cannot set up the SQLite store \(path): \(error)")
         }
+        return connection
     }
 
-    public func close() async throws { try await connection.close() }
+    public func close() async throws {
+        try? await heartbeatConnection.close()
+        try await connection.close()
+    }
 
     static let schema = [
         """
@@ -109,7 +130,7 @@ public final class SQLiteStore: CollectorStore {
     }
 
     /// One multi-row upsert for the whole batch: one statement in its own (autocommit)
-    /// transaction, one fsync. The upsert keeps the old stale flag in was_stale and returns
+    /// transaction on the heartbeat connection, committed without waiting for the disk. The upsert keeps the old stale flag in was_stale and returns
     /// it, so finding the agents that come back from stale costs no extra read; their
     /// `agent-recovered` events are written by the agents_recovered trigger, in the same
     /// statement.
@@ -138,10 +159,8 @@ public final class SQLiteStore: CollectorStore {
                 events = events + stale
             RETURNING agent_id, was_stale
             """
-        let bound = binds
-        let recoveredIDs = try await serial.run { [connection] in
-            Set(try await connection.query(sql, bound).filter { $0.column("was_stale")?.integer == 1 }.compactMap { $0.column("agent_id")?.string })
-        }
+        let written = try await heartbeatConnection.query(sql, binds)
+        let recoveredIDs = Set(written.filter { $0.column("was_stale")?.integer == 1 }.compactMap { $0.column("agent_id")?.string })
         return rows.results(recovered: recoveredIDs)
     }
 

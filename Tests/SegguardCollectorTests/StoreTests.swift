@@ -2,7 +2,8 @@
 // a real PostgreSQL server started on loopback for this test process.
 
 import Foundation
-import SegguardCollector
+@testable import SegguardCollector
+import PostgresNIO
 import SegguardReport
 import SegguardTestSupport
 import Synchronization
@@ -189,6 +190,29 @@ struct StoreTests {
         // Next heartbeat: no second recovery.
         #expect(try await store.recordHeartbeat(heartbeat("tc-0001", interval: 10), from: hq, at: t0.addingTimeInterval(45)) == false)
         #expect(try await store.events(EventFilter(agentID: "tc-0001")).count == 2)
+    }
+
+    @Test("heartbeats commit without waiting for the disk flush; everything else waits for it", arguments: Backend.allCases)
+    func durabilityLevels(backend: Backend) async throws {
+        let store = try await backend.makeStore()
+        defer { Task { try? await store.close() } }
+        _ = try await store.recordHeartbeat(heartbeat("tc-0001"), from: hq, at: Date())
+        _ = try await store.insertEvents([event(1)], from: hq, at: Date())
+        switch store {
+        case let s as SQLiteStore:
+            // FULL (2) for everything but heartbeats, NORMAL (1) for the heartbeat writer.
+            #expect(try await s.connection.query("PRAGMA synchronous").first?.column("synchronous")?.integer == 2)
+            #expect(try await s.heartbeatConnection.query("PRAGMA synchronous").first?.column("synchronous")?.integer == 1)
+        case let p as PostgresStore:
+            func level(_ client: PostgresClient) async throws -> String {
+                for try await row in try await client.query("SHOW synchronous_commit") { return try row.decode(String.self) }
+                return "?"
+            }
+            #expect(try await level(p.heartbeatClient) == "off")
+            #expect(try await level(p.client) == "on")
+        default:
+            Issue.record("unknown store \(type(of: store))")
+        }
     }
 
     @Test("a group's bundle version only rises", arguments: Backend.allCases)
