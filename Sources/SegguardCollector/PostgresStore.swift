@@ -7,6 +7,72 @@ import Logging
 import PostgresNIO
 import SegguardReport
 
+/// A batch of heartbeats in one statement (one round trip, one commit), prepared once per
+/// connection (the text never changes: the rows travel as arrays). The agents' rows are
+/// upserted from the arrays (unnest), the old stale flag comes back through was_stale, the
+/// `agent-recovered` events of the agents that were stale are inserted by the same statement
+/// (a data-modifying WITH) and their event counters bumped by the upsert itself. Atomic
+/// without BEGIN/COMMIT round trips; concurrent replicas serialize on the rows. Returns the
+/// ids of the agents that were stale.
+struct HeartbeatUpsert: PostgresPreparedStatement {
+    typealias Row = String
+    static let noBundle = Int64.min
+    static let sql = """
+        WITH up AS (
+            INSERT INTO agents (agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment,
+                authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats)
+            SELECT a, g, h, v, pn, ps, NULLIF(bv, \(noBundle)), seg, au, r, i, iv, sp, sd, $16, $16, FALSE, n
+            FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],
+                        $9::boolean[], $10::text[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[])
+                AS t(a, g, h, v, pn, ps, bv, seg, au, r, i, iv, sp, sd, n)
+            ON CONFLICT (agent_id) DO UPDATE SET grp = EXCLUDED.grp, hostname = EXCLUDED.hostname, agent_version = EXCLUDED.agent_version,
+                policy_name = EXCLUDED.policy_name, policy_sha256 = EXCLUDED.policy_sha256, bundle_version = EXCLUDED.bundle_version,
+                segment = EXCLUDED.segment, authorized = EXCLUDED.authorized, reason = EXCLUDED.reason, interfaces = EXCLUDED.interfaces,
+                interval_s = EXCLUDED.interval_s, spool_pending = EXCLUDED.spool_pending, spool_dropped = EXCLUDED.spool_dropped,
+                last_seen = EXCLUDED.last_seen, was_stale = agents.stale, stale = FALSE,
+                heartbeats = agents.heartbeats + EXCLUDED.heartbeats, events = agents.events + CASE WHEN agents.stale THEN 1 ELSE 0 END
+            RETURNING agent_id, grp, was_stale),
+        recovered AS (
+            INSERT INTO events (agent_id, event_id, grp, seq, time, kind, severity, reason, details, received)
+            SELECT agent_id, '\(RecoveredEvent.idPrefix)' || $16::bigint, grp, 0, $16, '\(RecoveredEvent.kind)', '\(RecoveredEvent.severity)',
+                   '\(RecoveredEvent.reason)', '\(RecoveredEvent.detailsJSON)', $16
+            FROM up WHERE was_stale
+            ON CONFLICT (agent_id, event_id) DO NOTHING)
+        SELECT agent_id FROM up WHERE was_stale
+        """
+
+    let rows: [(Heartbeat, AgentIdentity, String, Int)]
+    let now: Int64
+
+    init(_ rows: [(Heartbeat, AgentIdentity, String, Int)], now: Date) {
+        self.rows = rows
+        self.now = now.millis
+    }
+
+    func makeBindings() throws -> PostgresBindings {
+        var b = PostgresBindings(capacity: 16)
+        b.append(rows.map(\.1.agentID))
+        b.append(rows.map(\.1.group))
+        b.append(rows.map(\.0.hostname))
+        b.append(rows.map(\.0.agentVersion))
+        b.append(rows.map(\.0.policy.name))
+        b.append(rows.map(\.0.policy.sha256))
+        b.append(rows.map { $0.0.policy.bundleVersion ?? Self.noBundle })
+        b.append(rows.map(\.0.decision.segment))
+        b.append(rows.map(\.0.decision.authorized))
+        b.append(rows.map(\.0.decision.reason))
+        b.append(rows.map(\.2))
+        b.append(rows.map { Int64($0.0.intervalSeconds) })
+        b.append(rows.map { Int64($0.0.spool.pending) })
+        b.append(rows.map { Int64($0.0.spool.dropped) })
+        b.append(rows.map { Int64($0.3) })
+        b.append(now)
+        return b
+    }
+
+    func decodeRow(_ row: PostgresRow) throws -> String { try row.decode(String.self) }
+}
+
 /// The collector's PostgreSQL store (`--store postgres://user@host:port/db`).
 public final class PostgresStore: CollectorStore {
     let client: PostgresClient
@@ -100,42 +166,9 @@ public final class PostgresStore: CollectorStore {
         let rows = try HeartbeatRows(heartbeats)
         guard !rows.latest.isEmpty else { return [] }
         // Sorted by agent id: two replicas' batches lock shared rows in the same order (no deadlock).
-        let latest = rows.latest.sorted { $0.1.agentID < $1.1.agentID }
-        let now = time.millis
-        let recovered = recoveredEvent(now: time)
-        let details = RecoveredEvent.detailsJSON
-        let noBundle = Int64.min
-        let query: PostgresQuery = """
-            WITH up AS (
-                INSERT INTO agents (agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment,
-                    authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats)
-                SELECT a, g, h, v, pn, ps, NULLIF(bv, \(noBundle)), seg, au, r, i, iv, sp, sd, \(now), \(now), FALSE, n
-                FROM unnest(\(latest.map(\.1.agentID))::text[], \(latest.map(\.1.group))::text[], \(latest.map(\.0.hostname))::text[],
-                            \(latest.map(\.0.agentVersion))::text[], \(latest.map(\.0.policy.name))::text[], \(latest.map(\.0.policy.sha256))::text[],
-                            \(latest.map { $0.0.policy.bundleVersion ?? noBundle })::bigint[], \(latest.map(\.0.decision.segment))::text[],
-                            \(latest.map(\.0.decision.authorized))::boolean[], \(latest.map(\.0.decision.reason))::text[], \(latest.map(\.2))::text[],
-                            \(latest.map { Int64($0.0.intervalSeconds) })::bigint[], \(latest.map { Int64($0.0.spool.pending) })::bigint[],
-                            \(latest.map { Int64($0.0.spool.dropped) })::bigint[], \(latest.map { Int64($0.3) })::bigint[])
-                    AS t(a, g, h, v, pn, ps, bv, seg, au, r, i, iv, sp, sd, n)
-                ON CONFLICT (agent_id) DO UPDATE SET grp = EXCLUDED.grp, hostname = EXCLUDED.hostname, agent_version = EXCLUDED.agent_version,
-                    policy_name = EXCLUDED.policy_name, policy_sha256 = EXCLUDED.policy_sha256, bundle_version = EXCLUDED.bundle_version,
-                    segment = EXCLUDED.segment, authorized = EXCLUDED.authorized, reason = EXCLUDED.reason, interfaces = EXCLUDED.interfaces,
-                    interval_s = EXCLUDED.interval_s, spool_pending = EXCLUDED.spool_pending, spool_dropped = EXCLUDED.spool_dropped,
-                    last_seen = EXCLUDED.last_seen, was_stale = agents.stale, stale = FALSE,
-                    heartbeats = agents.heartbeats + EXCLUDED.heartbeats, events = agents.events + CASE WHEN agents.stale THEN 1 ELSE 0 END
-                RETURNING agent_id, grp, was_stale),
-            recovered AS (
-                INSERT INTO events (agent_id, event_id, grp, seq, time, kind, severity, reason, details, received)
-                SELECT agent_id, \(recovered.id), grp, 0, \(recovered.time.millis), \(recovered.kind), \(recovered.severity), \(recovered.reason),
-                       \(details), \(now)
-                FROM up WHERE was_stale
-                ON CONFLICT (agent_id, event_id) DO NOTHING)
-            SELECT agent_id FROM up WHERE was_stale
-            """
+        let statement = HeartbeatUpsert(rows.latest.sorted { $0.1.agentID < $1.1.agentID }, now: time)
         var recoveredIDs: Set<String> = []
-        for try await row in try await heartbeatClient.query(query, logger: logger) {
-            recoveredIDs.insert(try row.decode(String.self))
-        }
+        for try await id in try await heartbeatClient.execute(statement, logger: logger) { recoveredIDs.insert(id) }
         return rows.results(recovered: recoveredIDs)
     }
 

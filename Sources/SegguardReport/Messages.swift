@@ -314,9 +314,10 @@ public struct ReportValidationError: Error, CustomStringConvertible, Equatable {
     public var description: String
     public init(_ d: String) { description = d }
 
-    static func check(_ s: String, _ path: String, max: Int, allowEmpty: Bool = false) throws(ReportValidationError) {
-        if !allowEmpty && s.isEmpty { throw .init("\(path): empty") }
-        if s.utf8.count > max { throw .init("\(path): \(s.utf8.count) bytes, at most \(max)") }
+    /// `path` is only built when the check fails (the collector validates every heartbeat).
+    static func check(_ s: String, _ path: @autoclosure () -> String, max: Int, allowEmpty: Bool = false) throws(ReportValidationError) {
+        if !allowEmpty && s.isEmpty { throw .init("\(path()): empty") }
+        if s.utf8.count > max { throw .init("\(path()): \(s.utf8.count) bytes, at most \(max)") }
     }
 }
 

@@ -131,11 +131,12 @@ public struct StrictJSONReader {
 
     /// Reads an object: `field` is called with each key while the reader stands at its
     /// value, and must read it (or throw). Unknown keys are the callee's to refuse (`unknown`);
-    /// a key given twice is refused here. Returns the keys seen.
-    public mutating func object(_ field: (inout StrictJSONReader, String) throws(ReportDecodingError) -> Void) throws(ReportDecodingError) -> Set<String> {
+    /// a key given twice is refused here. Returns the keys seen (a list: message objects have
+    /// a handful of keys, a linear search beats hashing them).
+    public mutating func object(_ field: (inout StrictJSONReader, String) throws(ReportDecodingError) -> Void) throws(ReportDecodingError) -> [String] {
         guard try peek() == UInt8(ascii: "{") else { throw expected("an object") }
         i += 1
-        var seen: Set<String> = []
+        var seen: [String] = []
         if try peek() == UInt8(ascii: "}") {
             i += 1
             return seen
@@ -146,7 +147,8 @@ public struct StrictJSONReader {
             guard try peek() == UInt8(ascii: ":") else { throw syntax("expected ':' after a field name") }
             i += 1
             path.append(.key(key))
-            guard seen.insert(key).inserted else { throw error("given twice") }
+            guard !seen.contains(key) else { throw error("given twice") }
+            seen.append(key)
             try field(&self, key)
             path.removeLast()
             switch try peek() {
@@ -163,7 +165,7 @@ public struct StrictJSONReader {
     public func unknown() -> ReportDecodingError { error("unknown field") }
 
     /// Throws "X: missing" for the first of `required` not in `seen`.
-    public mutating func require(_ required: [String], in seen: Set<String>) throws(ReportDecodingError) {
+    public mutating func require(_ required: [String], in seen: [String]) throws(ReportDecodingError) {
         for k in required where !seen.contains(k) {
             path.append(.key(k))
             throw error("missing")

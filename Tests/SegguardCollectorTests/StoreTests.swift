@@ -215,6 +215,22 @@ struct StoreTests {
         }
     }
 
+    @Test("the interfaces column written by hand reads back as written, and as JSONEncoder writes it")
+    func interfacesColumn() throws {
+        let names = ["eth0", "wlan0", "tab\there", "quote\"back\\slash", "ctl\u{1}\u{1F}", "\u{3042}\u{1F600}", "new\nline\r", ""]
+        var lists: [[InterfaceSummary]] = [[]]
+        for (n, name) in names.enumerated() {
+            lists.append([InterfaceSummary(name: name, wireless: n % 2 == 0, up: n % 3 == 0, ssid: n % 2 == 0 ? "office \(name)" : nil,
+                                           bssid: n % 4 == 0 ? "02:00:00:00:00:0\(n)" : nil, deviceAuth: n % 3 == 1 ? "authorized (EAP-TLS)" : nil),
+                          InterfaceSummary(name: "eth\(n)", wireless: false, up: true)])
+        }
+        for list in lists {
+            let mine = ColumnJSON.encode(interfaces: list)
+            #expect(try ColumnJSON.decode([InterfaceSummary].self, mine) == list, "\(mine)")
+            #expect(mine == String(decoding: try ReportCoding.encoder().encode(list), as: UTF8.self))
+        }
+    }
+
     @Test("a group's bundle version only rises", arguments: Backend.allCases)
     func bundles(backend: Backend) async throws {
         let store = try await backend.makeStore()
