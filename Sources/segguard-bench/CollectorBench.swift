@@ -14,7 +14,10 @@
 //  * Two runs against that same server, over the same kind of mutual-TLS keep-alive
 //    connections and with the same heartbeat body: the floor (POST /api/v1/noop) and the
 //    heartbeats (POST /api/v1/heartbeat). Each run: `--connections` closed-loop workers (one
-//    request in flight each, the next one sent as soon as the answer is in), a warm-up of
+//    request in flight each, the next one sent as soon as the answer is in; by default the
+//    whole measurement is made twice, with 32 and with 128 in flight: a group commit waits
+//    for the batch in flight, so with few requests in flight the heartbeat path is bound by
+//    the commit's latency, with many by CPU), a warm-up of
 //    `--warmup` seconds, then `--seconds` measured. Only 2xx answers count; other statuses
 //    and transport errors are counted and printed apart. After the heartbeat run the store is
 //    read back: the sum of the agents' heartbeat counters must equal the 2xx answers of the
@@ -93,10 +96,11 @@ struct CollectorBench: ParsableCommand {
     @Option(help: "Warm-up seconds per run (not counted).")
     var warmup = 2.0
 
-    @Option(help: "Concurrent requests in flight (closed-loop workers, one keep-alive connection each).")
-    var connections = 32
+    @Option(help: ArgumentHelp("Concurrent requests in flight (closed-loop workers, one keep-alive connection each); repeat the option to measure several (default: 32 and 128).",
+                               discussion: "A group commit waits for the batch in flight, so with few requests in flight the heartbeat path is bound by the commit's latency rather than by CPU; the floor is measured at the same concurrency."))
+    var connections: [Int] = [32, 128]
 
-    @Option(help: "Distinct agents = distinct device certificates (default: --connections).")
+    @Option(help: "Distinct agents = distinct device certificates (default: the connections of each run).")
     var agents: Int?
 
     @Option(help: "Stores to measure: sqlite, postgres or all.")
@@ -110,7 +114,7 @@ struct CollectorBench: ParsableCommand {
 
     func validate() throws {
         guard seconds > 0, warmup >= 0 else { throw ValidationError("--seconds must be > 0 and --warmup >= 0") }
-        guard connections >= 1 else { throw ValidationError("--connections must be >= 1") }
+        guard !connections.isEmpty, connections.allSatisfy({ $0 >= 1 }) else { throw ValidationError("--connections must be >= 1") }
         if let agents, agents < 1 { throw ValidationError("--agents must be >= 1") }
         guard ["on", "off"].contains(postgresFsync) else { throw ValidationError("--postgres-fsync: on or off") }
     }
@@ -129,7 +133,7 @@ struct CollectorBench: ParsableCommand {
     }
 
     func benchmark(_ onSignal: SignalCleanup) throws {
-        let agentCount = agents ?? connections
+        let agentCount = agents ?? connections.max()!
         let stores: [StoreChoice] = store == .all ? [.sqlite, .postgres] : [store]
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sgbench-collector-\(getpid())").path
         try FileManager.default.createDirectory(atPath: dir + "/devices", withIntermediateDirectories: true)
@@ -152,7 +156,7 @@ struct CollectorBench: ParsableCommand {
         let body = try ReportCoding.encoder().encode(Self.sampleHeartbeat())
         try body.write(to: URL(fileURLWithPath: dir + "/heartbeat.json"))
 
-        say("collector benchmark: \(connections) connections in flight, \(agentCount) agents (device certificates, issued in "
+        say("collector benchmark: \(connections.map(String.init).joined(separator: " and ")) connections in flight, as many agents (\(agentCount) device certificates, issued in "
               + String(format: "%.2f s", pkiSeconds) + "), \(String(format: "%g", warmup)) s warm-up + \(String(format: "%g", seconds)) s per run, "
               + "heartbeat body \(body.count) bytes, \(ProcessInfo.processInfo.activeProcessorCount) CPUs")
         say("load generator: child process (SwiftNIO, mutual TLS, keep-alive, closed loop) on the same machine, sharing its CPUs")
@@ -166,7 +170,6 @@ struct CollectorBench: ParsableCommand {
             let pg = try PostgresServer()
             postgres = pg
             try onSignal.check()
-            try pg.createDatabase("segguard_bench")
             if postgresFsync == "on" {
                 // PostgresServer starts with `-c fsync=off` on the command line, which ALTER
                 // SYSTEM cannot override: restart it with the same options minus that one.
@@ -176,23 +179,32 @@ struct CollectorBench: ParsableCommand {
             let fsync = try Self.psql(pg, "SHOW fsync").trimmingCharacters(in: .whitespacesAndNewlines)
             let commit = try Self.psql(pg, "SHOW synchronous_commit").trimmingCharacters(in: .whitespacesAndNewlines)
             say("PostgreSQL: \(PostgresServer.binaries() ?? "?") on 127.0.0.1:\(pg.port), fsync=\(fsync), synchronous_commit=\(commit)")
+            for c in connections { try pg.createDatabase("segguard_bench_\(c)") }
             postgresURL = pg.url(database: "segguard_bench")
             if breakdown { try pg.createDatabase("segguard_breakdown") }
         }
 
-        let plan = BenchPlan(directory: dir, connections: connections, agents: agentCount, seconds: seconds, warmup: warmup,
-                             postgresURL: postgresURL, postgresDirectory: postgres?.directory, breakdown: breakdown, onSignal: onSignal)
-        let results = try blockingAwait {
-            var out: [StoreResult] = []
-            for s in stores { out.append(try await plan.measure(s)) }
-            return out
+        var results: [(Int, StoreResult)] = []
+        for c in connections {
+            say("")
+            say("=== \(c) requests in flight ===")
+            let plan = BenchPlan(directory: dir, connections: c, agents: agents ?? c, seconds: seconds, warmup: warmup,
+                                 postgresURL: postgresURL.map { $0 + "_\(c)" }, breakdownURL: postgresURL.map { $0.replacingOccurrences(of: "/segguard_bench", with: "/segguard_breakdown") },
+                                 postgresDirectory: postgres?.directory, breakdown: breakdown && c == connections.last,
+                                 onSignal: onSignal)
+            let measured = try blockingAwait {
+                var out: [StoreResult] = []
+                for s in stores { out.append(try await plan.measure(s)) }
+                return out
+            }
+            results += measured.map { (c, $0) }
         }
 
         say("")
         say("summary (heartbeats accepted and stored per second vs the same server's 204 floor, target >= 50 %):")
-        for r in results {
+        for (c, r) in results {
             let name = r.name.padding(toLength: 10, withPad: " ", startingAt: 0)
-            say("  \(name) " + String(format: "%9.1f heartbeats/s vs floor %9.1f req/s = %5.1f %%", r.heartbeat.rate, r.floor.rate, r.ratio * 100)
+            say("  \(String(format: "%4d", c)) in flight  \(name) " + String(format: "%9.1f heartbeats/s vs floor %9.1f req/s = %5.1f %%", r.heartbeat.rate, r.floor.rate, r.ratio * 100)
                   + "  target " + (r.ratio >= 0.5 ? "met" : "NOT met"))
         }
         if breakdown { try Self.decodingBreakdown(body) }
@@ -388,6 +400,7 @@ struct BenchPlan: Sendable {
     var seconds: Double
     var warmup: Double
     var postgresURL: String?
+    var breakdownURL: String?
     var postgresDirectory: String?
     var breakdown = false
     var onSignal: SignalCleanup?
@@ -402,11 +415,11 @@ struct BenchPlan: Sendable {
             backend = PostgresStore(configuration: try PostgresStore.configuration(url: url))
         default:
             name = "SQLite"
-            backend = try await SQLiteStore(path: directory + "/collector.sqlite")
+            backend = try await SQLiteStore(path: directory + "/collector-\(connections).sqlite")
         }
         say("")
-        say(choice == .postgres ? "== PostgreSQL store (fresh database, 16-connection pool) =="
-                                  : "== SQLite store (WAL, synchronous=FULL, \(directory)/collector.sqlite) ==")
+        say(choice == .postgres ? "== PostgreSQL store (fresh database; events on a 16-connection pool, heartbeats on their own with synchronous_commit=off) =="
+                                  : "== SQLite store (WAL; events synchronous=FULL, heartbeats on their own connection with NORMAL; \(directory)/collector-\(connections).sqlite) ==")
         let running: RunningCollector
         do {
             try await backend.migrate()
@@ -461,7 +474,7 @@ struct BenchPlan: Sendable {
     private func storeBreakdown(postgres: Bool) async throws {
         let store: any CollectorStore
         if postgres {
-            guard let url = postgresURL?.replacingOccurrences(of: "/segguard_bench", with: "/segguard_breakdown") else { return }
+            guard let url = breakdownURL else { return }
             store = PostgresStore(configuration: try PostgresStore.configuration(url: url))
         } else {
             store = try await SQLiteStore(path: directory + "/breakdown.sqlite")
