@@ -114,7 +114,7 @@ public final class CaptureBlocker: Sendable {
             return (changed, raised)
         }
         // Tools already running when the protection rises (a session starts) are ended now.
-        if raised, stopSignal.isRunning { DispatchQueue.global(qos: .userInitiated).async { [self] in sweep() } }
+        if raised, stopSignal.isRunning { DispatchQueue.global(qos: .userInitiated).async { [self] in sweep(byContent: true) } }
         if changed {
             logger.notice("capture protection", metadata: ["level": "\(protection.level.rawValue)", "profile": "\(protection.profile ?? "-")", "mode": "\(rule.mode.rawValue)"])
         }
@@ -156,7 +156,10 @@ public final class CaptureBlocker: Sendable {
             w.name = "segguard-procs"
             w.start()
         }
-        sweep()
+        // Names and paths before returning; the executables' contents (listed SHA-256, a
+        // renamed copy started earlier) right after, off the caller's thread.
+        sweep(byContent: false)
+        DispatchQueue.global(qos: .utility).async { [self] in sweep(byContent: true) }
     }
 
     // MARK: - Running processes (proc connector)
@@ -180,7 +183,7 @@ public final class CaptureBlocker: Sendable {
                 let got = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
                 if got < 0 {
                     // ENOBUFS: notifications were lost; look at every process instead.
-                    if errno == ENOBUFS { sweep() }
+                    if errno == ENOBUFS { sweep(byContent: false) }
                     break
                 }
                 if got == 0 { break }
@@ -195,19 +198,32 @@ public final class CaptureBlocker: Sendable {
     }
 
     /// Checks every running process (protection raised, notifications lost, start).
-    public func sweep() {
+    /// `byContent`: also hash each running executable (through the digest cache) against the
+    /// listed SHA-256, so a renamed copy started before the protection is ended too. The
+    /// hashing runs on the sweeping thread, never on the hasher that exec answers wait for.
+    public func sweep(byContent: Bool = true) {
         guard config.withLock({ $0.protection.level != .none }) else { return }
         let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
+        // Names and paths first for everyone (cheap), then the contents (hashing a large
+        // executable the first time it is seen must not delay ending a listed tool).
         for pid in pids where pid != getpid() { check(pid: pid) }
+        guard byContent, config.withLock({ $0.decider.hasHashes }) else { return }
+        for pid in pids where pid != getpid() { check(pid: pid, byContent: true) }
     }
 
     /// Ends `pid` when it runs a capture tool and the protection in force says so.
-    func check(pid: Int32) {
+    func check(pid: Int32, byContent: Bool = false) {
         let cfg = config.withLock { $0 }
         guard cfg.protection.level != .none, let exe = Self.readLink("/proc/\(pid)/exe") else { return }
         // One readlink for most execs; the command line only where it can matter.
         let argv = cfg.decider.needsCommandLine(executable: exe) ? (Self.commandLine(pid) ?? []) : []
-        guard let reason = cfg.decider.running(executable: exe, argv: argv, protection: cfg.protection) else { return }
+        var sha256: String?
+        var found = cfg.decider.running(executable: exe, argv: argv, protection: cfg.protection)
+        if found == nil, byContent, cfg.decider.hasHashes, let digests = Self.runningDigests(pid, cache: cache) {
+            sha256 = digests.sha256
+            found = cfg.decider.running(sha256: digests.sha256, executable: exe, protection: cfg.protection)
+        }
+        guard let reason = found else { return }
         var outcome: CaptureDecisionRecord.Outcome = .wouldBeKilled
         if cfg.mode == .enforce {
             // pidfd: the signal reaches this process, not a later one that got its pid.
@@ -224,11 +240,24 @@ public final class CaptureBlocker: Sendable {
         }
         let (uid, ppid) = Self.processInfo(pid)
         let parentExe = ppid.flatMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\($0)/exe") }
-        onRecord(CaptureDecisionRecord(outcome: outcome, path: exe, sha256: nil, pid: pid, uid: uid, parentPid: ppid,
+        onRecord(CaptureDecisionRecord(outcome: outcome, path: exe, sha256: sha256, pid: pid, uid: uid, parentPid: ppid,
                                        parentExecutable: parentExe, profile: cfg.protection.profile, reason: reason + " (" + argv.prefix(6).joined(separator: " ") + ")"))
     }
 
     public func stop() { stopSignal.stop() }
+
+    /// The digests of the executable `pid` runs (/proc/PID/exe, even when deleted or
+    /// replaced on disk), from the cache or hashed here and cached.
+    static func runningDigests(_ pid: Int32, cache: DigestCache) -> FileDigests? {
+        let fd = open("/proc/\(pid)/exe", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        guard let id = FileIdentity(fd: fd) else { return nil }
+        if let hit = cache.get(id) { return hit }
+        guard let d = FileDigests.of(fd: fd) else { return nil }
+        cache.put(id, d)
+        return d
+    }
 
     func run() {
         var buf = [UInt8](repeating: 0, count: 8192)

@@ -110,6 +110,16 @@ public struct ExecDecider: Sendable {
         return nil
     }
 
+    /// Whether any SHA-256 is listed (running processes are hashed only then).
+    public var hasHashes: Bool { !hashes.isEmpty }
+
+    /// Why a running process is a capture tool by its executable's content, or nil: a
+    /// renamed or copied listed binary started before the protection began.
+    public func running(sha256: String, executable: String, protection: CaptureProtectionState) -> String? {
+        guard protection.level != .none, hashes.contains(sha256) else { return nil }
+        return "running \(executable) has SHA-256 \(sha256), listed in capture.block.sha256 (a copy or renamed capture tool)"
+    }
+
     /// The answer when the content cannot be read in time.
     public func failAnswer(path: String) -> ExecVerdict {
         switch rule.failMode {

@@ -74,6 +74,14 @@ struct ExecDeciderTests {
                 == "running ffmpeg with \"x11grab\" in its arguments (capture.block.arguments)")
         #expect(d.running(executable: "/usr/bin/ffmpeg", argv: ["ffmpeg", "-i", "in.mp4", "out.webm"], protection: Self.always) == nil)
         #expect(d.running(executable: "/usr/bin/scrot", argv: ["scrot"], protection: .init(level: .none)) == nil)
+        // By content: a renamed copy of a listed binary, already running.
+        let listed = Self.toolHash
+        #expect(d.hasHashes)
+        #expect(d.running(sha256: listed, executable: "/home/u/notes", protection: Self.always)
+                == "running /home/u/notes has SHA-256 \(listed), listed in capture.block.sha256 (a copy or renamed capture tool)")
+        #expect(d.running(sha256: String(repeating: "0", count: 64), executable: "/home/u/notes", protection: Self.always) == nil)
+        #expect(d.running(sha256: listed, executable: "/home/u/notes", protection: .init(level: .none)) == nil)
+        #expect(!ExecDecider(rule: CaptureRule()).hasHashes)
         // The command line is read only for interpreters and argument-rule tools.
         #expect(d.needsCommandLine(executable: "/usr/bin/python3.11") && d.needsCommandLine(executable: "/usr/bin/bash"))
         #expect(d.needsCommandLine(executable: "/usr/bin/ffmpeg"))

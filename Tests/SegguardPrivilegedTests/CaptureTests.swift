@@ -261,6 +261,15 @@ struct CaptureTests {
         // scope: sessions, a profile asking for trusted-only; a session runs through the launcher.
         // In the daemon's mount namespace /usr/bin is a tmpfs of the test's (so that it can be
         // watched) holding a copy of the real /usr/bin/true, and /usr/bin/false replaced by true.
+        // A binary of its own (sleep plus a unique trailer): its SHA-256 is listed, and no
+        // other process on the machine can have it.
+        let unique = FileManager.default.temporaryDirectory.appendingPathComponent("sgcap-unique-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        var bytes = try Data(contentsOf: URL(fileURLWithPath: "/usr/bin/sleep"))
+        bytes.append(Data(UUID().uuidString.utf8))
+        try bytes.write(to: unique)
+        chmod(unique.path, 0o755)
+        defer { try? FileManager.default.removeItem(at: unique) }
+        let uniqueHash = try sha256(unique.path)
         let policy: (String) -> String = { tools in
             """
             schema_version: 1
@@ -273,10 +282,10 @@ struct CaptureTests {
             capture:
               scope: sessions
               watch: ["\(tools)", "/usr/bin"]
-              block: {names: [scrot]}
+              block: {names: [scrot], sha256: ["\(uniqueHash)"]}
             """
         }
-        let setup = #"cp /usr/bin/true "$0/copied-true" && cp /usr/bin/sleep "$0/scrot" && cp /usr/bin/true "$0/.true" && cp /usr/bin/cp "$0/.cp" && mount -t tmpfs -o mode=0755 sgusrbin /usr/bin && "$0/.cp" "$0/.true" /usr/bin/true && "$0/.cp" "$0/.true" /usr/bin/false"#
+        let setup = #"cp /usr/bin/true "$0/copied-true" && cp /usr/bin/sleep "$0/scrot" && cp "# + unique.path + #" "$0/notes-app" && cp /usr/bin/true "$0/.true" && cp /usr/bin/cp "$0/.cp" && mount -t tmpfs -o mode=0755 sgusrbin /usr/bin && "$0/.cp" "$0/.true" /usr/bin/true && "$0/.cp" "$0/.true" /usr/bin/false"#
         let d = try CaptureDaemon(policy: policy, setup: setup)
         defer { d.cleanup() }
         try d.ns.addVeth("sgc0", index: 3991, peer: "sgcpeer", index: 3992)
@@ -292,8 +301,17 @@ struct CaptureTests {
         early.standardError = FileHandle.nullDevice
         try early.run()
         defer { if early.isRunning { kill(early.processIdentifier, SIGKILL) } }
+        // ...and so does a renamed copy of a listed binary (matched by its SHA-256 only).
+        let renamed = Process()
+        renamed.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+        renamed.arguments = ["-t", "\(d.pid)", "-m", "--", "\(d.tools)/notes-app", "60"]
+        renamed.standardOutput = FileHandle.nullDevice
+        renamed.standardError = FileHandle.nullDevice
+        try renamed.run()
+        defer { if renamed.isRunning { kill(renamed.processIdentifier, SIGKILL) } }
         usleep(300_000)
         #expect(early.isRunning)
+        #expect(renamed.isRunning)
 
         // A VDI session of the trusted-only profile, through the launcher (host mounts).
         let deadline = Date().addingTimeInterval(10)
@@ -316,6 +334,9 @@ struct CaptureTests {
         early.waitUntilExit()
         #expect(early.terminationStatus != 0)
         #expect(try d.events().contains { $0.kind == .processKilled && $0.exec?.path == "\(d.tools)/scrot" && $0.profile == "mynumber" })
+        renamed.waitUntilExit()
+        #expect(renamed.terminationStatus != 0)
+        #expect(try d.events().contains { $0.kind == .processKilled && $0.exec?.path == "\(d.tools)/notes-app" && $0.exec?.sha256 == uniqueHash })
 
         // dpkg's index loads in the background; until then execs get the fail mode (allow).
         let loaded = Date().addingTimeInterval(20)
