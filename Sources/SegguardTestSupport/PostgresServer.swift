@@ -25,6 +25,7 @@ public final class PostgresServer: Sendable {
         guard let bin = Self.binaries() else { throw CommandError(description: "PostgreSQL server binaries not found under /usr/lib/postgresql (apt-get install postgresql)") }
         binDirectory = bin
         runAs = getuid() == 0 ? "postgres" : nil
+        Self.stopOrphans(bin: bin, runAs: runAs)
         let dir = "/tmp/sg-pg-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         directory = dir
         port = Self.freePort()
@@ -63,6 +64,24 @@ public final class PostgresServer: Sendable {
         if args[0].hasSuffix("/psql"), !FileManager.default.isExecutableFile(atPath: args[0]) { args[0] = "psql" }
         if let user = runAs { return try runCommand(["runuser", "-u", user, "--"] + args) }
         return try runCommand(args)
+    }
+
+    /// Servers left by a test process that died without stopping them (a crash or SIGKILL
+    /// skips `atexit`): their directory names the owner's pid; when it is gone, the server is
+    /// stopped and its directory removed. Servers of live processes are not touched.
+    static func stopOrphans(bin: String, runAs: String?) {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/tmp")) ?? []
+        for name in entries where name.hasPrefix("sg-pg-") {
+            let parts = name.dropFirst("sg-pg-".count).split(separator: "-")
+            guard parts.count == 2, let owner = Int32(parts[0]), UInt32(parts[1]) != nil, owner != getpid() else { continue }
+            guard kill(owner, 0) != 0, errno == ESRCH else { continue }
+            let dir = "/tmp/\(name)"
+            if FileManager.default.fileExists(atPath: "\(dir)/data/postmaster.pid") {
+                let stop = ["\(bin)/pg_ctl", "-D", "\(dir)/data", "-m", "immediate", "-w", "stop"]
+                _ = try? runCommand(runAs.map { ["runuser", "-u", $0, "--"] + stop } ?? stop)
+            }
+            try? FileManager.default.removeItem(atPath: dir)
+        }
     }
 
     /// A port nobody listens on now (bind to 0, read it back, close).
