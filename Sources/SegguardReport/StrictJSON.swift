@@ -133,7 +133,9 @@ public struct StrictJSONReader {
     /// value, and must read it (or throw). Unknown keys are the callee's to refuse (`unknown`);
     /// a key given twice is refused here. Returns the keys seen (a list: message objects have
     /// a handful of keys, a linear search beats hashing them).
-    public mutating func object(_ field: (inout StrictJSONReader, String) throws(ReportDecodingError) -> Void) throws(ReportDecodingError) -> [String] {
+    /// `trackKeys: false` leaves duplicate detection to the caller (a map of any size, where a
+    /// list would make a body of many keys quadratic).
+    public mutating func object(trackKeys: Bool = true, _ field: (inout StrictJSONReader, String) throws(ReportDecodingError) -> Void) throws(ReportDecodingError) -> [String] {
         guard try peek() == UInt8(ascii: "{") else { throw expected("an object") }
         i += 1
         var seen: [String] = []
@@ -147,8 +149,10 @@ public struct StrictJSONReader {
             guard try peek() == UInt8(ascii: ":") else { throw syntax("expected ':' after a field name") }
             i += 1
             path.append(.key(key))
-            guard !seen.contains(key) else { throw error("given twice") }
-            seen.append(key)
+            if trackKeys {
+                guard !seen.contains(key) else { throw error("given twice") }
+                seen.append(key)
+            }
             try field(&self, key)
             path.removeLast()
             switch try peek() {
@@ -377,7 +381,9 @@ public struct StrictJSONReader {
     /// An object of strings (`details`).
     public mutating func stringMap() throws(ReportDecodingError) -> [String: String] {
         var out: [String: String] = [:]
-        _ = try object { (r, key) throws(ReportDecodingError) in out[key] = try r.string() }
+        _ = try object(trackKeys: false) { (r, key) throws(ReportDecodingError) in
+            guard out.updateValue(try r.string(), forKey: key) == nil else { throw r.error("given twice") }
+        }
         return out
     }
 }

@@ -139,6 +139,18 @@ import Testing
         } catch {}
     }
 
+    /// A map of many keys (details) is read whole (duplicates found through the map itself, not
+    /// a list: no quadratic work on a hostile body), and a key given twice in it is refused.
+    @Test func manyKeysInAMapAndRepeatedOnes() throws {
+        var text = #"{"events":[{"id":"e","seq":1,"time":"2026-11-26T05:00:00.000Z","kind":"k","severity":"info","reason":"","details":{"#
+        text += (0..<50_000).map { #""k\#($0)":"v""# }.joined(separator: ",")
+        text += "}}]}"
+        let batch = try ReportCoding.decodeStrict(EventBatch.self, from: Data(text.utf8))
+        #expect(batch.events[0].details.count == 50_000)
+        let twice = #"{"events":[{"id":"e","seq":1,"time":"2026-11-26T05:00:00.000Z","kind":"k","severity":"info","reason":"","details":{"a":"1","a":"2"}}]}"#
+        #expect(Self.decodeError(EventBatch.self, text: twice) == "events[0].details.a: given twice")
+    }
+
     /// Property: on random mutations of valid bodies, the strict reader never accepts what
     /// JSONSerialization calls invalid JSON, and whatever it accepts JSONDecoder decodes to
     /// the same value (the reader is only stricter, never different).
