@@ -133,6 +133,9 @@ done
 echo "     (container system state: $state)"
 
 check "segguardd is active" in_ct systemctl is-active segguardd
+verify="$(in_ct systemd-analyze verify segguardd.service segguard-baseline.service segguard-collector.service 2>&1)"
+check "systemd-analyze verify is clean for every unit" test -z "$verify"
+[ -z "$verify" ] || echo "$verify" | sed 's/^/     | /'
 check "it became active through READY (Type=notify)" sh -c "nsenter -t $pid1 -a -- systemctl show -p Type --value segguardd | grep -qx notify"
 # Startup order: the first decision (and the table) came before systemd saw READY=1.
 active_at="$(in_ct systemctl show -p ActiveEnterTimestampMonotonic --value segguardd)"
@@ -171,6 +174,19 @@ check "a broken policy is refused, the old one kept" sh -c "nsenter -t $pid1 -a 
 check "segguardd is still active after the refused reload" in_ct systemctl is-active segguardd
 sed -i '$d' "$root/etc/segguard/policy.yaml"
 
+# Upgrade over the admin's policy: a newer package whose shipped policy changed too. The
+# admin's file stays (unattended: --force-confold, as apt -o Dpkg::Options::=--force-confold
+# does); the new default lands beside it as policy.yaml.dpkg-dist.
+upg="$work/upgrade"
+dpkg-deb -R "$deb" "$upg"
+sed -i 's/^Version: \(.*\)$/Version: \1+upgrade1/' "$upg/DEBIAN/control"
+echo "# changed in the upgrade" >> "$upg/etc/segguard/policy.yaml"
+dpkg-deb -b "$upg" "$root/var/tmp/agent-upgrade.deb" >/dev/null
+check "an upgrade to a newer version installs (dpkg -i --force-confdef --force-confold)" in_ct dpkg -i --force-confdef --force-confold /var/tmp/agent-upgrade.deb
+check "the upgrade kept the admin's modified policy (conffile)" grep -qx 'name: boot-test-2' "$root/etc/segguard/policy.yaml"
+check "the new default policy is beside it (policy.yaml.dpkg-dist)" grep -q 'changed in the upgrade' "$root/etc/segguard/policy.yaml.dpkg-dist"
+check "segguardd is active after the upgrade (restarted by postinst)" in_ct systemctl is-active segguardd
+
 # Watchdog: hang the netlink loop; systemd must restart the service.
 before="$(in_ct systemctl show -p NRestarts --value segguardd)"
 in_ct touch /run/segguard/fault-hang-netlink-loop
@@ -181,6 +197,18 @@ for _ in $(seq 60); do
     sleep 0.5
 done
 check "a hung event loop is restarted by the watchdog (NRestarts $before -> ${now:-?})" test -n "$restarted"
+
+# Starting with an invalid policy: a non-zero exit with the problem and its place in the
+# journal, and no active daemon; mended, it starts again.
+cp "$root/etc/segguard/policy.yaml" "$work/good-policy.yaml"
+printf 'schema_version: 1\nname: broken\nsites: 5\n' > "$root/etc/segguard/policy.yaml"
+check "a start with an invalid policy fails (systemctl restart exits non-zero)" sh -c "! nsenter -t $pid1 -a -- systemctl restart segguardd"
+check "... the daemon is not active (no half-started daemon)" sh -c "! nsenter -t $pid1 -a -- systemctl is-active segguardd"
+check "... its exit status is 2" sh -c "nsenter -t $pid1 -a -- systemctl show -p ExecMainStatus --value segguardd | grep -qx 2"
+check "... the journal names the problem and its place" sh -c "nsenter -t $pid1 -a -- journalctl -u segguardd -o cat --no-pager | grep -q 'policy.yaml:3:8: sites: expected a list'"
+cp "$work/good-policy.yaml" "$root/etc/segguard/policy.yaml"
+in_ct systemctl reset-failed segguardd >/dev/null 2>&1
+check "with the policy mended it starts again" in_ct systemctl restart segguardd
 
 check "systemctl stop is clean" in_ct systemctl stop segguardd
 check "stopped with result success" sh -c "nsenter -t $pid1 -a -- systemctl show -p Result --value segguardd | grep -qx success"
