@@ -198,32 +198,31 @@ public final class CaptureBlocker: Sendable {
     }
 
     /// Checks every running process (protection raised, notifications lost, start).
-    /// `byContent`: also hash each running executable (through the digest cache) against the
-    /// listed SHA-256, so a renamed copy started before the protection is ended too. The
-    /// hashing runs on the sweeping thread, never on the hasher that exec answers wait for.
+    /// `byContent`: then hashes the executables of the processes no name, path or argument
+    /// matched (through the digest cache, off the hasher that exec answers wait for) against
+    /// the listed SHA-256, so a renamed copy started before the protection is ended too.
     public func sweep(byContent: Bool = true) {
         guard config.withLock({ $0.protection.level != .none }) else { return }
         let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
-        // Names and paths first for everyone (cheap), then the contents (hashing a large
-        // executable the first time it is seen must not delay ending a listed tool).
-        for pid in pids where pid != getpid() { check(pid: pid) }
+        // Names and paths first for everyone (cheap), then the contents of the others
+        // (hashing a large executable must not delay ending a listed tool).
+        var unmatched: [Int32] = []
+        for pid in pids where pid != getpid() {
+            if !check(pid: pid) { unmatched.append(pid) }
+        }
         guard byContent, config.withLock({ $0.decider.hasHashes }) else { return }
-        for pid in pids where pid != getpid() { check(pid: pid, byContent: true) }
+        for pid in unmatched { checkContent(pid: pid) }
     }
 
-    /// Ends `pid` when it runs a capture tool and the protection in force says so.
-    func check(pid: Int32, byContent: Bool = false) {
+    /// Ends `pid` when it runs a capture tool (by name, path, arguments) and the protection in
+    /// force says so. True when it matched.
+    @discardableResult
+    func check(pid: Int32) -> Bool {
         let cfg = config.withLock { $0 }
-        guard cfg.protection.level != .none, let exe = Self.readLink("/proc/\(pid)/exe") else { return }
+        guard cfg.protection.level != .none, let exe = Self.readLink("/proc/\(pid)/exe") else { return false }
         // One readlink for most execs; the command line only where it can matter.
         let argv = cfg.decider.needsCommandLine(executable: exe) ? (Self.commandLine(pid) ?? []) : []
-        var sha256: String?
-        var found = cfg.decider.running(executable: exe, argv: argv, protection: cfg.protection)
-        if found == nil, byContent, cfg.decider.hasHashes, let digests = Self.runningDigests(pid, cache: cache) {
-            sha256 = digests.sha256
-            found = cfg.decider.running(sha256: digests.sha256, executable: exe, protection: cfg.protection)
-        }
-        guard let reason = found else { return }
+        guard let reason = cfg.decider.running(executable: exe, argv: argv, protection: cfg.protection) else { return false }
         var outcome: CaptureDecisionRecord.Outcome = .wouldBeKilled
         if cfg.mode == .enforce {
             // pidfd: the signal reaches this process, not a later one that got its pid.
@@ -236,28 +235,52 @@ public final class CaptureBlocker: Sendable {
                     stats.withLock { $0.processesKilled += 1 }
                 }
             }
-            guard outcome == .killed else { return }
+            guard outcome == .killed else { return true }
         }
+        record(outcome, exe: exe, sha256: nil, pid: pid, profile: cfg.protection.profile, reason: reason + " (" + argv.prefix(6).joined(separator: " ") + ")")
+        return true
+    }
+
+    /// Ends `pid` when its executable's SHA-256 is listed (a renamed copy). The pidfd is taken
+    /// first and pins the process; the file is hashed (cache, or within a deadline); the
+    /// signal goes only if the process still runs that very file (same file identity).
+    func checkContent(pid: Int32) {
+        let cfg = config.withLock { $0 }
+        guard cfg.protection.level != .none, cfg.decider.hasHashes else { return }
+        let pidfd = sg_pidfd_open(pid)
+        guard pidfd >= 0 else { return }
+        defer { close(pidfd) }
+        guard let exe = Self.readLink("/proc/\(pid)/exe") else { return }
+        let fd = open("/proc/\(pid)/exe", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return }
+        defer { close(fd) }
+        guard let id = FileIdentity(fd: fd), let digests = digests(fd: fd, timeoutMs: Self.sweepHashTimeoutMs, on: .global(qos: .utility)),
+              let reason = cfg.decider.running(sha256: digests.sha256, executable: exe, protection: cfg.protection) else { return }
+        var outcome: CaptureDecisionRecord.Outcome = .wouldBeKilled
+        if cfg.mode == .enforce {
+            let again = open("/proc/\(pid)/exe", O_RDONLY | O_CLOEXEC)
+            defer { if again >= 0 { close(again) } }
+            guard again >= 0, FileIdentity(fd: again) == id, sg_pidfd_send_signal(pidfd, SIGKILL) == 0 else { return }
+            outcome = .killed
+            stats.withLock { $0.processesKilled += 1 }
+        }
+        record(outcome, exe: exe, sha256: digests.sha256, pid: pid, profile: cfg.protection.profile, reason: reason)
+    }
+
+    /// How long the sweep waits for one executable's digests (a hung read, e.g. a stuck
+    /// network mount, must not stop the sweep: that file is skipped, the hashing goes on and
+    /// fills the cache).
+    static let sweepHashTimeoutMs = 5000
+
+    func record(_ outcome: CaptureDecisionRecord.Outcome, exe: String, sha256: String?, pid: Int32, profile: String?, reason: String) {
         let (uid, ppid) = Self.processInfo(pid)
         let parentExe = ppid.flatMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\($0)/exe") }
         onRecord(CaptureDecisionRecord(outcome: outcome, path: exe, sha256: sha256, pid: pid, uid: uid, parentPid: ppid,
-                                       parentExecutable: parentExe, profile: cfg.protection.profile, reason: reason + " (" + argv.prefix(6).joined(separator: " ") + ")"))
+                                       parentExecutable: parentExe, profile: profile, reason: reason))
     }
 
     public func stop() { stopSignal.stop() }
 
-    /// The digests of the executable `pid` runs (/proc/PID/exe, even when deleted or
-    /// replaced on disk), from the cache or hashed here and cached.
-    static func runningDigests(_ pid: Int32, cache: DigestCache) -> FileDigests? {
-        let fd = open("/proc/\(pid)/exe", O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        guard let id = FileIdentity(fd: fd) else { return nil }
-        if let hit = cache.get(id) { return hit }
-        guard let d = FileDigests.of(fd: fd) else { return nil }
-        cache.put(id, d)
-        return d
-    }
 
     func run() {
         var buf = [UInt8](repeating: 0, count: 8192)
@@ -314,6 +337,11 @@ public final class CaptureBlocker: Sendable {
             }
         }
         let deny = verdict.isDeny && cfg.mode == .enforce
+        // Who tried, read while the process still waits for this answer (a denied exec
+        // exits at once, and its /proc entry with it).
+        let recorded = verdict.isDeny || failMode
+        let (uid, ppid) = recorded ? Self.processInfo(e.pid) : (nil, nil)
+        let parentExe = recorded ? ppid.flatMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\($0)/exe") } : nil
         if sg_fanotify_respond(fanotifyFd, e.fd, deny ? 0 : 1) != 0 {
             logger.error("cannot answer a fanotify event", metadata: ["path": "\(path)", "errno": "\(errno)"])
         }
@@ -326,15 +354,13 @@ public final class CaptureBlocker: Sendable {
         let reason: String
         if case .deny(let r) = verdict { reason = r } else { reason = "no decision for \(path) within \(cfg.decider.rule.decisionTimeoutMs) ms: allowed by capture.fail_mode" }
         let outcome: CaptureDecisionRecord.Outcome = failMode && !verdict.isDeny ? .failMode : (deny ? .denied : .wouldBeDenied)
-        let (uid, ppid) = Self.processInfo(e.pid)
-        let parentExe = ppid.flatMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\($0)/exe") }
         onRecord(CaptureDecisionRecord(outcome: outcome, path: path, sha256: sha256, pid: e.pid, uid: uid, parentPid: ppid,
                                        parentExecutable: parentExe, profile: cfg.protection.profile, reason: reason))
     }
 
     /// The file's digests from the cache, or hashed on the hasher within `timeoutMs`; nil when
     /// that is not enough (the hashing goes on and fills the cache for the next exec).
-    func digests(fd: Int32, timeoutMs: Int) -> FileDigests? {
+    func digests(fd: Int32, timeoutMs: Int, on queue: DispatchQueue? = nil) -> FileDigests? {
         guard let id = FileIdentity(fd: fd) else { return nil }
         if let hit = cache.get(id) {
             stats.withLock { $0.cacheHits += 1 }
@@ -345,7 +371,7 @@ public final class CaptureBlocker: Sendable {
         let result = Mutex<FileDigests?>(nil)
         let done = DispatchSemaphore(value: 0)
         let delay = hashDelayMs
-        hasher.async { [self] in
+        (queue ?? hasher).async { [self] in
             defer { close(copy) }
             if delay > 0 { usleep(UInt32(delay) * 1000) }
             guard let d = FileDigests.of(fd: copy) else {

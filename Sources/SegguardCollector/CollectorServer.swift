@@ -350,6 +350,8 @@ final class ConnectionIdentities: Sendable {
         let identity: Result<AgentIdentity, APIError>
     }
     let entries = Mutex<[ObjectIdentifier: Entry]>([:])
+    /// Requests that found their connection's identity here (for tests and debugging).
+    let hits = Mutex(0)
 
     func set(_ channel: any Channel, _ identity: Result<AgentIdentity, APIError>) {
         entries.withLock { $0[ObjectIdentifier(channel)] = Entry(channel: channel, identity: identity) }
@@ -360,10 +362,12 @@ final class ConnectionIdentities: Sendable {
     }
 
     func lookup(_ channel: any Channel) -> Result<AgentIdentity, APIError>? {
-        entries.withLock { e in
+        let found = entries.withLock { e -> Result<AgentIdentity, APIError>? in
             guard let entry = e[ObjectIdentifier(channel)], entry.channel === channel else { return nil }
             return entry.identity
         }
+        if found != nil { hits.withLock { $0 += 1 } }
+        return found
     }
 
     var count: Int { entries.withLock { $0.count } }

@@ -12,8 +12,9 @@ import SegguardReport
 /// upserted from the arrays (unnest), the old stale flag comes back through was_stale, the
 /// `agent-recovered` events of the agents that were stale are inserted by the same statement
 /// (a data-modifying WITH) and their event counters bumped by the upsert itself. Atomic
-/// without BEGIN/COMMIT round trips; concurrent replicas serialize on the rows. Returns the
-/// ids of the agents that were stale.
+/// without BEGIN/COMMIT round trips; concurrent replicas serialize on the rows, which every
+/// writer (this statement, markStale) locks in agent id order. Returns the ids of the agents
+/// that were stale.
 struct HeartbeatUpsert: PostgresPreparedStatement {
     typealias Row = String
     static let noBundle = Int64.min
@@ -25,6 +26,7 @@ struct HeartbeatUpsert: PostgresPreparedStatement {
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],
                         $9::boolean[], $10::text[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[])
                 AS t(a, g, h, v, pn, ps, bv, seg, au, r, i, iv, sp, sd, n)
+            ORDER BY a
             ON CONFLICT (agent_id) DO UPDATE SET grp = EXCLUDED.grp, hostname = EXCLUDED.hostname, agent_version = EXCLUDED.agent_version,
                 policy_name = EXCLUDED.policy_name, policy_sha256 = EXCLUDED.policy_sha256, bundle_version = EXCLUDED.bundle_version,
                 segment = EXCLUDED.segment, authorized = EXCLUDED.authorized, reason = EXCLUDED.reason, interfaces = EXCLUDED.interfaces,
@@ -78,8 +80,9 @@ public final class PostgresStore: CollectorStore {
     let client: PostgresClient
     /// The heartbeat writer's connections: synchronous_commit=off (a heartbeat is soft state,
     /// replaced by the agent's next one; its commit does not wait for the WAL flush, and a
-    /// crash of the database server may lose the last ones, never corrupt anything). Events,
-    /// bundles and stale marks go through `client`, fully synchronous.
+    /// crash of the database server may lose the last ones, never corrupt anything; so may
+    /// the agent-recovered event the heartbeat statement writes). Agent events, bundles and
+    /// stale marks go through `client`, fully synchronous.
     let heartbeatClient: PostgresClient
     let runTask: Task<Void, Never>
     let logger: Logger
@@ -163,7 +166,7 @@ public final class PostgresStore: CollectorStore {
     /// Atomic without BEGIN/COMMIT round trips; concurrent replicas serialize on the rows.
     /// Written through `heartbeatClient` (no wait for the WAL flush).
     public func recordHeartbeats(_ heartbeats: [(Heartbeat, AgentIdentity)], at time: Date) async throws -> [Bool] {
-        let rows = try HeartbeatRows(heartbeats)
+        let rows = HeartbeatRows(heartbeats)
         guard !rows.latest.isEmpty else { return [] }
         // Sorted by agent id: two replicas' batches lock shared rows in the same order (no deadlock).
         let statement = HeartbeatUpsert(rows.latest.sorted { $0.1.agentID < $1.1.agentID }, now: time)
@@ -260,7 +263,10 @@ public final class PostgresStore: CollectorStore {
         return try await client.withTransaction(logger: logger) { conn -> [AgentRecord] in
             let rows = try await conn.query(
                 """
-                UPDATE agents SET stale = TRUE WHERE NOT stale AND last_seen + interval_s * 1000 * \(Int64(intervals)) < \(nowMs)
+                UPDATE agents SET stale = TRUE WHERE agent_id IN (
+                    SELECT agent_id FROM agents WHERE NOT stale AND last_seen + interval_s * 1000 * \(Int64(intervals)) < \(nowMs)
+                    ORDER BY agent_id FOR UPDATE)
+                  AND NOT stale
                 RETURNING \(unescaped: Self.agentColumns)
                 """, logger: logger)
             var agents: [AgentRecord] = []

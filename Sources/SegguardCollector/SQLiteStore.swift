@@ -1,5 +1,8 @@
-// The embedded default store: one SQLite file (WAL, synchronous=FULL: an acknowledged event
-// survives a crash of the collector). One connection; transactions are serialized.
+// The embedded default store: one SQLite file in WAL mode and two connections. Events,
+// bundles and stale marks: synchronous=FULL (an acknowledged event survives a power cut),
+// transactions serialized. Heartbeats (and the agent-recovered event their statement
+// writes): their own connection with synchronous=NORMAL (a crash of the collector loses
+// nothing; a power cut may lose the last ones).
 
 import Foundation
 import Logging
@@ -87,13 +90,17 @@ public final class SQLiteStore: CollectorStore {
         """,
         "CREATE INDEX IF NOT EXISTS events_received ON events (received)",
         // An agent that heartbeats again after being stale gets its agent-recovered event in
-        // the heartbeat's own statement (the event counter is bumped by the upsert).
+        // the heartbeat's own statement (the event counter is bumped by the upsert). Not
+        // `INSERT OR IGNORE`: inside the DO UPDATE of an upsert SQLite runs triggers with the
+        // upsert's ABORT policy, so an existing id would fail the whole batch.
+        "DROP TRIGGER IF EXISTS agents_recovered",
         """
-        CREATE TRIGGER IF NOT EXISTS agents_recovered AFTER UPDATE OF stale ON agents WHEN OLD.stale = 1 AND NEW.stale = 0
+        CREATE TRIGGER IF NOT EXISTS agents_recovered_v2 AFTER UPDATE OF stale ON agents WHEN OLD.stale = 1 AND NEW.stale = 0
         BEGIN
-            INSERT OR IGNORE INTO events (agent_id, event_id, grp, seq, time, kind, severity, reason, details, received)
-            VALUES (NEW.agent_id, '\(RecoveredEvent.idPrefix)' || NEW.last_seen, NEW.grp, 0, NEW.last_seen, '\(RecoveredEvent.kind)', '\(RecoveredEvent.severity)',
-                    '\(RecoveredEvent.reason)', '\(RecoveredEvent.detailsJSON)', NEW.last_seen);
+            INSERT INTO events (agent_id, event_id, grp, seq, time, kind, severity, reason, details, received)
+            SELECT NEW.agent_id, '\(RecoveredEvent.idPrefix)' || NEW.last_seen, NEW.grp, 0, NEW.last_seen, '\(RecoveredEvent.kind)', '\(RecoveredEvent.severity)',
+                   '\(RecoveredEvent.reason)', '\(RecoveredEvent.detailsJSON)', NEW.last_seen
+            WHERE NOT EXISTS (SELECT 1 FROM events WHERE agent_id = NEW.agent_id AND event_id = '\(RecoveredEvent.idPrefix)' || NEW.last_seen);
         END
         """,
         """
@@ -135,7 +142,7 @@ public final class SQLiteStore: CollectorStore {
     /// `agent-recovered` events are written by the agents_recovered trigger, in the same
     /// statement.
     public func recordHeartbeats(_ heartbeats: [(Heartbeat, AgentIdentity)], at time: Date) async throws -> [Bool] {
-        let rows = try HeartbeatRows(heartbeats)
+        let rows = HeartbeatRows(heartbeats)
         guard !rows.latest.isEmpty else { return [] }
         let now = time.millis
         var binds: [SQLiteData] = []

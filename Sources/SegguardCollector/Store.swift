@@ -182,9 +182,10 @@ enum ColumnJSON {
     static func encode<T: Encodable>(_ v: T) throws -> String { String(decoding: try ReportCoding.encoder().encode(v), as: UTF8.self) }
     static func decode<T: Decodable>(_ t: T.Type, _ s: String) throws -> T { try ReportCoding.decoder().decode(T.self, from: Data(s.utf8)) }
 
-    /// The interfaces column of every heartbeat, written by hand: what ReportCoding.encoder
-    /// writes (sorted keys, nil fields left out) without JSONEncoder's generic machinery,
-    /// which costs more than the rest of the row on a busy collector.
+    /// The interfaces column of every heartbeat, written by hand (sorted keys, nil fields left
+    /// out, as ReportCoding.encoder writes them, except that `/` is not escaped) without
+    /// JSONEncoder's generic machinery, which costs more than the rest of the row on a busy
+    /// collector.
     static func encode(interfaces: [InterfaceSummary]) -> String {
         var out = "["
         for (n, f) in interfaces.enumerated() {
@@ -249,7 +250,7 @@ struct HeartbeatRows {
     /// For each heartbeat of the batch, in order: its agent id, and whether it is its agent's latest.
     var order: [(String, Bool)] = []
 
-    init(_ heartbeats: [(Heartbeat, AgentIdentity)]) throws {
+    init(_ heartbeats: [(Heartbeat, AgentIdentity)]) {
         var index: [String: Int] = [:]
         var lastPosition: [String: Int] = [:]
         for (position, (hb, agent)) in heartbeats.enumerated() {
@@ -289,7 +290,3 @@ enum RecoveredEvent {
     static let detailsJSON = #"{"source":"collector"}"#
 }
 
-func recoveredEvent(now: Date) -> ReportedEvent {
-    ReportedEvent(id: RecoveredEvent.idPrefix + "\(now.millis)", seq: 0, time: Date(millis: now.millis), kind: RecoveredEvent.kind,
-                  severity: RecoveredEvent.severity, reason: RecoveredEvent.reason, details: ["source": "collector"])
-}

@@ -71,6 +71,7 @@ public struct Heartbeat: Codable, StrictDecodable, Sendable, Equatable {
         try ReportValidationError.check(decision.segment, "decision.segment", max: 64)
         try ReportValidationError.check(decision.reason, "decision.reason", max: 4096, allowEmpty: true)
         guard (1...86_400).contains(intervalSeconds) else { throw .init("interval_s: \(intervalSeconds) is outside 1...86400") }
+        if let v = policy.bundleVersion, v < 0 { throw .init("policy.bundle_version: \(v) is negative") }
         guard interfaces.count <= 64 else { throw .init("interfaces: \(interfaces.count) entries, at most 64") }
         for (i, f) in interfaces.enumerated() { try ReportValidationError.check(f.name, "interfaces[\(i)].name", max: 15) }
     }
@@ -243,9 +244,14 @@ public struct ReportedEvent: Codable, StrictDecodable, Sendable, Equatable {
     }
 
     public static let severities: Set<String> = ["info", "warning", "critical"]
+    /// Ids of the events the collector records itself (agent-stale, agent-recovered).
+    public static let reservedIDPrefixes = ["stale-", "recovered-"]
 
     public func validate(at path: String) throws(ReportValidationError) {
         try ReportValidationError.check(id, "\(path).id", max: 64)
+        if let prefix = Self.reservedIDPrefixes.first(where: { id.hasPrefix($0) }) {
+            throw .init("\(path).id: \"\(id)\" starts with \"\(prefix)\", which the collector reserves for its own events")
+        }
         try ReportValidationError.check(kind, "\(path).kind", max: 64)
         try ReportValidationError.check(reason, "\(path).reason", max: 4096, allowEmpty: true)
         guard seq >= 1 else { throw .init("\(path).seq: \(seq) (sequence numbers start at 1)") }

@@ -64,6 +64,8 @@ public enum RFC3339 {
         }
         guard i == b.count else { return nil }
         let seconds = daysFromCivil(year: year, month: month, day: day) * 86_400 + hour * 3600 + minute * 60 + second - offset
+        // Years 0000-9999 in UTC (what `format` can write back).
+        guard seconds >= -62_167_219_200, seconds <= 253_402_300_799 else { return nil }
         if fractionDigits <= 3 {
             // Whole milliseconds: exactly the Date that Date(millis:) makes of them.
             var ms = fraction

@@ -27,8 +27,10 @@ struct CollectorAPITests {
             #expect(forged.body.contains("\\\"tc-0002\\\" in the body is not the agent of the client certificate") || forged.body.contains("is not the agent of the client certificate"))
             let forgedEvents = try await call(client, .POST, c.url + "/api/v1/events", body: try json(EventBatch(agentID: "tc-0002", events: [event(1)])))
             #expect(forgedEvents.status == 403)
-            // The identity was read once for the connection, on its event loop.
+            // The identity was read once for the connection, on its event loop, and every
+            // request after the first found it there.
             #expect(c.collector.connections.count >= 1)
+            #expect(c.collector.connections.hits.withLock { $0 } >= 4)
         }
         // Closed connections leave no identity behind.
         var left = c.collector.connections.count

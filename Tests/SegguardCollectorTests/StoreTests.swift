@@ -192,6 +192,21 @@ struct StoreTests {
         #expect(try await store.events(EventFilter(agentID: "tc-0001")).count == 2)
     }
 
+    @Test("a recovery whose event id is already taken still stores the batch (no duplicate, no failure)", arguments: Backend.allCases)
+    func recoveryWithTakenID(backend: Backend) async throws {
+        let store = try await backend.makeStore()
+        defer { Task { try? await store.close() } }
+        let t0 = Date(timeIntervalSince1970: 1_795_000_000)
+        _ = try await store.recordHeartbeat(heartbeat("tc-0001", interval: 10), from: hq, at: t0)
+        #expect(try await store.markStale(now: t0.addingTimeInterval(31), intervals: 3).count == 1)
+        let t1 = t0.addingTimeInterval(40)
+        _ = try await store.insertEvents([event(1, kind: "x", id: "recovered-\(t1.millis)")], from: hq, at: t1)
+        #expect(try await store.recordHeartbeats([(heartbeat("tc-0001", interval: 10), hq), (heartbeat("tc-0002"), branch)], at: t1) == [true, false])
+        #expect(try await store.agents(AgentFilter(state: "stale")).isEmpty)
+        let mine = try await store.events(EventFilter(agentID: "tc-0001", limit: 100))
+        #expect(mine.filter { $0.event.id == "recovered-\(t1.millis)" }.count == 1)
+    }
+
     @Test("heartbeats commit without waiting for the disk flush; everything else waits for it", arguments: Backend.allCases)
     func durabilityLevels(backend: Backend) async throws {
         let store = try await backend.makeStore()

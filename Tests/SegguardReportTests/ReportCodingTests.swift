@@ -163,7 +163,7 @@ import Testing
                               reason: "scrot", details: ["path": "/usr/bin/scrot", "uid": "1000"]),
             ])),
         ]
-        let alphabet = Array("{}[]\",:0123456789-.eE tfnul\\\"ab\u{1}".utf8)
+        let alphabet = Array("{}[]\",:0123456789-.eE tfnul\\\"ab\u{1}\\u00e9\\ud83d\\ude00".utf8) + [0xC3, 0xA9, 0xE3, 0x81, 0x82, 0xFF, 0xED, 0xA0, 0x80]
         var accepted = 0, refused = 0
         for round in 0..<4000 {
             var b = Array(bodies[round % 2])
@@ -221,7 +221,28 @@ import Testing
         }
     }
 
+    @Test func collectorIDsAndNegativeVersionsAreRefused() {
+        for id in ["recovered-1795000000000", "stale-1"] {
+            let e = ReportedEvent(id: id, seq: 1, time: Date(), kind: "k", severity: "info", reason: "")
+            #expect(throws: ReportValidationError.self) { try e.validate(at: "events[0]") }
+            do { try e.validate(at: "events[0]") } catch { #expect(error.description.contains("reserves for its own events")) }
+        }
+        var hb = Self.heartbeat
+        hb.policy.bundleVersion = -1
+        do {
+            try hb.validate()
+            Issue.record("a negative bundle version passed")
+        } catch {
+            #expect(error.description == "policy.bundle_version: -1 is negative")
+        }
+    }
+
     @Test func rfc3339ParsesOffsetsAndRefusesNonsense() {
+        // Only years 0000-9999 in UTC: what format() can write back.
+        #expect(RFC3339.parse("0000-01-01T00:00:00Z") != nil)
+        #expect(RFC3339.parse("9999-12-31T23:59:59.999Z") != nil)
+        #expect(RFC3339.parse("0000-01-01T00:00:00+00:01") == nil)
+        #expect(RFC3339.parse("9999-12-31T23:59:59-01:00") == nil)
         #expect(RFC3339.parse("2026-11-26T05:00:00Z") == Date(timeIntervalSince1970: 1_795_669_200))
         #expect(RFC3339.parse("2026-11-26T14:00:00+09:00") == Date(timeIntervalSince1970: 1_795_669_200))
         #expect(RFC3339.parse("2026-11-26T14:00:00.000+0900") == Date(timeIntervalSince1970: 1_795_669_200))
