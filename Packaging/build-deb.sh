@@ -32,6 +32,22 @@ fi
 
 root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
+
+# libc6: the newest GLIBC_ symbol version the binaries use (the control files get it).
+libc="$(for b in segguardd segguardctl segguard-launch segguard-collector; do readelf --dyn-syms -W "$bin/$b"; done \
+    | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)"
+[ -n "$libc" ] || { echo "cannot read the glibc versions the binaries need (readelf, binutils)" >&2; exit 2; }
+
+# /usr/share/doc/PKG: the Debian changelog (what dpkg tools read) and the project's own.
+doc() {  # doc PKG DIR
+    gzip -9n -c CHANGELOG.md > "$2/CHANGELOG.md.gz"
+    printf '%s (%s) unstable; urgency=medium\n\n  * Release %s. The changes are in\n    /usr/share/doc/%s/CHANGELOG.md.gz.\n\n -- segment-guard team <segment-guard@example.invalid>  %s\n' \
+        "$1" "$version" "$version" "$1" "$(date -u -R -d "@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")" \
+        | gzip -9n > "$2/changelog.gz"
+    install -m 0644 Packaging/debian/copyright "$2/copyright"
+    install -d -m 0755 "$(dirname "$2")/../lintian/overrides"
+    install -m 0644 "Packaging/debian/$3.lintian-overrides" "$(dirname "$2")/../lintian/overrides/$1"
+}
 pkg="$root/segment-guard-agent"
 install -d -m 0755 "$pkg/DEBIAN" "$pkg/usr/sbin" "$pkg/usr/bin" "$pkg/etc/segguard" \
     "$pkg/lib/systemd/system" "$pkg/usr/share/doc/segment-guard-agent/examples"
@@ -42,12 +58,11 @@ install -m 0644 Packaging/segguardd.service Packaging/segguard-baseline.service 
 install -m 0644 Packaging/debian/policy.yaml "$pkg/etc/segguard/policy.yaml"
 install -m 0644 Config/*.yaml "$pkg/usr/share/doc/segment-guard-agent/examples/"
 install -m 0644 docs/admin-guide.md docs/architecture.md docs/threat-model.md "$pkg/usr/share/doc/segment-guard-agent/"
-gzip -9n -c CHANGELOG.md > "$pkg/usr/share/doc/segment-guard-agent/changelog.gz"
-install -m 0644 Packaging/debian/copyright "$pkg/usr/share/doc/segment-guard-agent/copyright"
+doc segment-guard-agent "$pkg/usr/share/doc/segment-guard-agent" agent
 for s in postinst prerm postrm; do install -m 0755 "Packaging/debian/agent.$s" "$pkg/DEBIAN/$s"; done
 echo "/etc/segguard/policy.yaml" > "$pkg/DEBIAN/conffiles"
 size="$(du -sk --exclude=DEBIAN "$pkg" | cut -f1)"
-sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" Packaging/debian/agent.control > "$pkg/DEBIAN/control"
+sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" -e "s/@LIBC@/$libc/" Packaging/debian/agent.control > "$pkg/DEBIAN/control"
 
 mkdir -p "$out"
 
@@ -57,11 +72,10 @@ install -d -m 0755 "$cpkg/DEBIAN" "$cpkg/usr/bin" "$cpkg/lib/systemd/system" "$c
 install -m 0755 -s "$bin/segguard-collector" "$cpkg/usr/bin/segguard-collector"
 install -m 0644 Packaging/segguard-collector.service "$cpkg/lib/systemd/system/"
 install -m 0644 docs/admin-guide.md docs/architecture.md docs/threat-model.md "$cpkg/usr/share/doc/segment-guard-collector/"
-gzip -9n -c CHANGELOG.md > "$cpkg/usr/share/doc/segment-guard-collector/changelog.gz"
-install -m 0644 Packaging/debian/copyright "$cpkg/usr/share/doc/segment-guard-collector/copyright"
+doc segment-guard-collector "$cpkg/usr/share/doc/segment-guard-collector" collector
 for s in postinst prerm postrm; do install -m 0755 "Packaging/debian/collector.$s" "$cpkg/DEBIAN/$s"; done
 csize="$(du -sk --exclude=DEBIAN "$cpkg" | cut -f1)"
-sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$csize/" Packaging/debian/collector.control > "$cpkg/DEBIAN/control"
+sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$csize/" -e "s/@LIBC@/$libc/" Packaging/debian/collector.control > "$cpkg/DEBIAN/control"
 cdeb="$out/segment-guard-collector_${version}_${arch}.deb"
 dpkg-deb --root-owner-group --build "$cpkg" "$cdeb" >/dev/null
 echo "$cdeb"

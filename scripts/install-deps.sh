@@ -12,6 +12,7 @@ packages=(
     iproute2 procps util-linux                       # ip netns / veth, sysctl, nsenter and setpriv for the real-kernel tests
     dbus-daemon dbus-bin                             # a private session bus for the desktop-notification test
     debootstrap systemd-container                    # Packaging/test-install-boot.sh: a Debian root booted under systemd-nspawn
+    lintian binutils                                 # the install test lints both packages; build-deb.sh reads the binaries' glibc needs
     postgresql                                       # the collector's PostgreSQL store tests (a throwaway server on 127.0.0.1)
     chromium                                         # the dashboard test loads the page in headless Chromium
     curl                                             # README demo and the install test talk to the collector
