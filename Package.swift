@@ -167,7 +167,7 @@ let package = Package(
         .testTarget(name: "SegguardDecisionTests", dependencies: ["SegguardDecision", "SegguardPolicy"]),
         .testTarget(name: "SegguardDeviceAuthTests", dependencies: ["SegguardDeviceAuth", "SegguardPolicy", "SegguardDecision", "CSystemd"]),
         .testTarget(name: "SegguardEventLoopTests", dependencies: ["SegguardEventLoop"]),
-        .testTarget(name: "SegguardReportTests", dependencies: ["SegguardReport"]),
+        .testTarget(name: "SegguardReportTests", dependencies: ["SegguardReport", "SegguardTestSupport"]),
         .testTarget(name: "SegguardPKITests", dependencies: ["SegguardPKI", .product(name: "X509", package: "swift-certificates")]),
         .testTarget(
             name: "SegguardCollectorTests",

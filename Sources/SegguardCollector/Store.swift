@@ -221,7 +221,7 @@ enum ColumnJSON {
             case "\t": out += "\\t"
             default:
                 if u.value < 0x20 {
-                    out += "\\u00" + String(u.value, radix: 16).leftPadded(to: 2)
+                    out += String(format: "\\u%04x", u.value)
                 } else {
                     out.unicodeScalars.append(u)
                 }
@@ -229,10 +229,6 @@ enum ColumnJSON {
         }
         return out + "\""
     }
-}
-
-extension String {
-    func leftPadded(to width: Int) -> String { count >= width ? self : String(repeating: "0", count: width - count) + self }
 }
 
 extension CollectorStore {

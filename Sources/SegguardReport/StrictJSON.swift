@@ -54,20 +54,22 @@ public struct StrictJSONReader {
         switch result {
         case .success(let v): return v
         case .failure(let e):
-            // Not JSON at all: say that, whatever field the reader had reached.
-            if (try? JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])) == nil, !e.description.hasPrefix("body: not valid JSON") {
-                throw ReportDecodingError("body: not valid JSON (\(Self.syntaxProblem(data)))")
+            // Not JSON at all: say that, whatever field the reader had reached (one parse by
+            // JSONSerialization, on the error path only).
+            if !e.description.hasPrefix("body: not valid JSON"), let problem = Self.syntaxProblem(data) {
+                throw ReportDecodingError("body: not valid JSON (\(problem))")
             }
             throw e
         }
     }
 
-    static func syntaxProblem(_ data: Data) -> String {
+    /// Why `data` is not JSON, or nil when it is.
+    static func syntaxProblem(_ data: Data) -> String? {
+        if data.isEmpty { return "the body is empty" }
         do {
             _ = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
-            return "unknown problem"
+            return nil
         } catch {
-            if data.isEmpty { return "the body is empty" }
             return ((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String) ?? "\(error)"
         }
     }

@@ -6,6 +6,7 @@ import Crypto
 import Foundation
 @testable import SegguardCollector
 import SegguardReport
+import SegguardTestSupport
 import Testing
 
 @Suite("Collector HTTP API (mutual TLS, in-process)", .serialized)
@@ -255,19 +256,6 @@ func removing(_ data: Data, key: String) throws -> Data {
     var obj = try object(data)
     obj.removeValue(forKey: key)
     return try JSONSerialization.data(withJSONObject: obj)
-}
-
-/// A small deterministic generator (SplitMix64), so a failing mutation can be replayed.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
 }
 
 /// One random damage: truncate, flip bytes, insert junk, duplicate a slice, or swap a value.

@@ -1,5 +1,6 @@
 import Foundation
 import SegguardReport
+import SegguardTestSupport
 import Testing
 
 @Suite struct ReportCodingTests {
@@ -155,7 +156,7 @@ import Testing
     /// JSONSerialization calls invalid JSON, and whatever it accepts JSONDecoder decodes to
     /// the same value (the reader is only stricter, never different).
     @Test func agreesWithFoundationOnRandomMutations() throws {
-        var rng = SplitMix(seed: 0x5E6)
+        var rng = SeededGenerator(seed: 0x5E6)
         let bodies: [Data] = [
             try ReportCoding.encoder().encode(Self.heartbeat),
             try ReportCoding.encoder().encode(EventBatch(agentID: "tc-0001", events: [
@@ -252,18 +253,5 @@ import Testing
                     "2026-11-26T05:60:00Z", "2026-11-26T05:00:00.Z", "2026-11-26T05:00:00Zjunk", "2026-11-26 05:00:00Z", "２026-11-26T05:00:00Z"] {
             #expect(RFC3339.parse(bad) == nil, "\(bad)")
         }
-    }
-}
-
-/// A small seeded generator (SplitMix64), so a failing mutation can be replayed.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }
