@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "segguard-bench", targets: ["segguard-bench"]),
         .executable(name: "segguard-launch", targets: ["segguard-launch"]),
         .executable(name: "segguard-collector", targets: ["segguard-collector"]),
+        .executable(name: "segguard-loadgen", targets: ["segguard-loadgen"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
@@ -40,44 +41,58 @@ let package = Package(
         // Thin C wrappers for what Swift cannot import (macros, variadic, inline helpers).
         .target(name: "CSegguardShims", dependencies: ["CLibNL", "CSystemd"]),
 
+        // The low floor: syscall helper, atomic file, monotonic clock, named threads, the poll
+        // loop the agent runs on, the stop signal of the other loops, peer credentials.
+        .target(name: "SegguardSystem", dependencies: ["CSegguardShims"], swiftSettings: strict),
         // Pure Swift: the policy model, its parser/validator and the network snapshot model.
         .target(name: "SegguardPolicy", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strict),
         // Pure Swift: (snapshot, policy) -> decision.
         .target(name: "SegguardDecision", dependencies: ["SegguardPolicy"], swiftSettings: strict),
-        // rtnetlink + nl80211 -> NetworkSnapshot.
+        // rtnetlink + nl80211 -> NetworkSnapshot, behind the NetworkSource protocol.
         .target(
             name: "SegguardNetlink",
-            dependencies: ["SegguardPolicy", "SegguardEventLoop", "CLibNL", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SegguardPolicy", "SegguardSystem", "CLibNL", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
-        // Binding the decision: nftables table, VDI session tracking and termination.
+        // Binding the decision: nftables table, VDI session tracking and termination, the launch
+        // gate's rules, the grace period; kernel parts behind NetworkBinding and SessionControl.
         .target(
             name: "SegguardEnforce",
-            dependencies: ["SegguardPolicy", "SegguardDecision", "SegguardWire", "CNftables", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SegguardPolicy", "SegguardDecision", "SegguardSystem", "CNftables", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // systemd integration: sd_notify (ready, status, reload, watchdog) and a journald log handler.
-        .target(name: "SegguardService", dependencies: ["CSystemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        // 802.1X device authentication from wpa_supplicant (control interface; D-Bus next).
-        .target(name: "SegguardDeviceAuth", dependencies: ["SegguardPolicy", "SegguardEventLoop", "CSegguardShims", "CSystemd", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
-        // The stop flag + eventfd every event-loop thread polls.
-        .target(name: "SegguardEventLoop", dependencies: ["CSegguardShims"], swiftSettings: strict),
+        .target(name: "SegguardService", dependencies: ["CSystemd", "SegguardSystem", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
+        // 802.1X device authentication from wpa_supplicant (control interface, D-Bus).
+        .target(
+            name: "SegguardDeviceAuth",
+            dependencies: ["SegguardPolicy", "SegguardSystem", "CSegguardShims", "CSystemd", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
         // Screen-capture blocking: fanotify exec permission events, blocklist/trusted-only decision.
         .target(
             name: "SegguardCapture",
-            dependencies: ["SegguardPolicy", "SegguardEventLoop", "CSegguardShims", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SegguardPolicy", "SegguardSystem", "CSegguardShims", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
-        // Versioned Codable types spoken on the control socket.
+        // Versioned Codable types spoken on the control socket (DTOs, mapped from the agent's records).
         .target(name: "SegguardWire", dependencies: ["SegguardPolicy", "SegguardDecision"], swiftSettings: strict),
         // The local control socket: server (daemon side) and client (segguardctl side).
         .target(
             name: "SegguardControl",
-            dependencies: ["SegguardWire", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SegguardWire", "SegguardSystem", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // Agent <-> collector: heartbeat, event batch and signed policy bundle types (pure).
         .target(name: "SegguardReport", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
+        // THE agent: one owner of state on one executor; inputs -> decision -> enforcement -> events, status, heartbeats.
+        .target(
+            name: "SegguardAgent",
+            dependencies: [
+                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardEnforce", "SegguardDeviceAuth", "SegguardCapture",
+                "SegguardWire", "SegguardReport", "SegguardSystem", .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
         // Test and small-site PKI: a CA, the collector's server certificate, device certificates.
         .target(
             name: "SegguardPKI",
             dependencies: [
+                "SegguardSystem",
                 .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
@@ -86,7 +101,7 @@ let package = Package(
         .target(
             name: "SegguardReporter",
             dependencies: [
-                "SegguardReport", "SegguardPolicy", "SegguardPKI",
+                "SegguardReport", "SegguardPolicy", "SegguardPKI", "SegguardSystem", "SegguardWire",
                 .product(name: "SQLiteNIO", package: "sqlite-nio"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
@@ -110,19 +125,28 @@ let package = Package(
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
 
-        // Network-namespace helpers shared by privileged tests and the benchmark.
-        .target(name: "SegguardTestSupport", dependencies: ["SegguardNetlink", "SegguardPolicy", "CLibNL", "CSegguardShims"], swiftSettings: strict),
+        // Network-namespace helpers shared by privileged tests and the benchmarks.
+        .target(name: "SegguardTestSupport", dependencies: ["SegguardNetlink", "SegguardPolicy", "SegguardSystem", "CLibNL", "CSegguardShims"], swiftSettings: strict),
+        // A fake of every kernel source the agent reads or drives (unit tests without root).
+        .target(
+            name: "SegguardTestFakes",
+            dependencies: ["SegguardAgent", "SegguardNetlink", "SegguardEnforce", "SegguardDeviceAuth", "SegguardCapture", "SegguardPolicy", "SegguardDecision", "SegguardSystem", "SegguardWire"],
+            swiftSettings: strict),
 
         .executableTarget(
             name: "segguardd",
             dependencies: [
-                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardWire", "SegguardControl", "SegguardEnforce", "SegguardService", "SegguardDeviceAuth", "SegguardCapture", "SegguardReport", "SegguardReporter", "SegguardPKI", "CSegguardShims",
+                "SegguardAgent", "SegguardPolicy", "SegguardNetlink", "SegguardWire", "SegguardControl", "SegguardEnforce", "SegguardService",
+                "SegguardDeviceAuth", "SegguardCapture", "SegguardReport", "SegguardReporter", "SegguardPKI", "SegguardSystem", "CSegguardShims",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
         .executableTarget(
@@ -138,8 +162,10 @@ let package = Package(
         .executableTarget(
             name: "segguardctl",
             dependencies: [
-                "SegguardPolicy", "SegguardDecision", "SegguardWire", "SegguardControl", "SegguardPKI", "SegguardReport", "SegguardReporter",
+                "SegguardPolicy", "SegguardDecision", "SegguardWire", "SegguardControl", "SegguardPKI", "SegguardReport", "SegguardSystem",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
@@ -150,29 +176,38 @@ let package = Package(
         .executableTarget(
             name: "segguard-bench",
             dependencies: [
-                "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardTestSupport", "SegguardEnforce", "SegguardWire", "SegguardDeviceAuth",
-                "SegguardReport", "SegguardReporter", "SegguardPKI", "SegguardCollector",
-                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                "SegguardAgent", "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardTestSupport", "SegguardEnforce", "SegguardDeviceAuth",
+                "SegguardSystem", "SegguardReport", "SegguardPKI", "SegguardCollector", "SegguardLoadReport",
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-                .product(name: "NIOTLS", package: "swift-nio"),
-                .product(name: "NIOHTTP1", package: "swift-nio"),
-                .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        // The load generator `segguard-bench collector` runs as a child process.
+        .target(name: "SegguardLoadReport", dependencies: ["SegguardSystem"], swiftSettings: strict),
+        .executableTarget(
+            name: "segguard-loadgen",
+            dependencies: [
+                "SegguardLoadReport", "SegguardSystem",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
 
         .testTarget(name: "SegguardPolicyTests", dependencies: ["SegguardPolicy"]),
         .testTarget(name: "SegguardDecisionTests", dependencies: ["SegguardDecision", "SegguardPolicy"]),
         .testTarget(name: "SegguardDeviceAuthTests", dependencies: ["SegguardDeviceAuth", "SegguardPolicy", "SegguardDecision", "CSystemd"]),
-        .testTarget(name: "SegguardEventLoopTests", dependencies: ["SegguardEventLoop"]),
+        .testTarget(name: "SegguardSystemTests", dependencies: ["SegguardSystem"]),
         .testTarget(name: "SegguardReportTests", dependencies: ["SegguardReport", "SegguardTestSupport"]),
         .testTarget(name: "SegguardPKITests", dependencies: ["SegguardPKI", .product(name: "X509", package: "swift-certificates")]),
         .testTarget(
             name: "SegguardCollectorTests",
             dependencies: [
-                "SegguardCollector", "SegguardReport", "SegguardReporter", "SegguardPKI", "SegguardPolicy", "SegguardTestSupport",
+                "SegguardCollector", "SegguardReport", "SegguardReporter", "SegguardPKI", "SegguardPolicy", "SegguardTestSupport", "SegguardSystem",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -182,11 +217,17 @@ let package = Package(
             ]),
         .testTarget(name: "SegguardCaptureTests", dependencies: ["SegguardCapture", "SegguardPolicy"]),
         .testTarget(name: "SegguardServiceTests", dependencies: ["SegguardService", .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "SegguardEnforceTests", dependencies: ["SegguardEnforce", "SegguardPolicy", "SegguardDecision"]),
+        .testTarget(name: "SegguardEnforceTests", dependencies: ["SegguardEnforce", "SegguardPolicy", "SegguardDecision", "SegguardSystem", "SegguardWire", "SegguardTestFakes"]),
+        .testTarget(
+            name: "SegguardAgentTests",
+            dependencies: [
+                "SegguardAgent", "SegguardTestFakes", "SegguardPolicy", "SegguardDecision", "SegguardEnforce", "SegguardCapture", "SegguardDeviceAuth",
+                "SegguardNetlink", "SegguardWire", "SegguardReport", "SegguardSystem", .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(name: "SegguardNetlinkTests", dependencies: ["SegguardNetlink", "CLibNL", "CSegguardShims"]),
         .testTarget(
             name: "SegguardPrivilegedTests",
             dependencies: ["SegguardNetlink", "SegguardDecision", "SegguardPolicy", "SegguardTestSupport", "SegguardControl", "SegguardWire", "SegguardEnforce",
-                           "SegguardReporter", "SegguardReport", "SegguardPKI", "SegguardCollector"]),
+                           "SegguardReporter", "SegguardReport", "SegguardPKI", "SegguardCollector", "SegguardSystem"]),
     ]
 )

@@ -180,3 +180,14 @@ int sg_proc_connector_parse(const void *buf, size_t len, sg_proc_exec *out, int 
     }
     return n;
 }
+
+#include <sys/prctl.h>
+
+int sg_set_thread_name(const char *name) {
+    return prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0) == 0 ? 0 : -errno;
+}
+
+int sg_thread_name(char *buf, size_t len) {
+    if (len < 16) return -ERANGE;
+    return prctl(PR_GET_NAME, (unsigned long)buf, 0, 0, 0) == 0 ? 0 : -errno;
+}

@@ -8,7 +8,7 @@ import CSegguardShims
 import Foundation
 import Logging
 import SegguardPolicy
-import SegguardEventLoop
+import SegguardSystem
 import Synchronization
 
 #if canImport(Glibc)
@@ -18,6 +18,7 @@ import Glibc
 /// A capture-blocking setup failure (fanotify unavailable, a mount that cannot be marked).
 public struct CaptureSetupError: Error, CustomStringConvertible, Sendable {
     public var description: String
+    public init(description: String) { self.description = description }
 }
 
 /// One exec capture blocking acted on (or, in audit mode, would have).
@@ -32,6 +33,12 @@ public struct CaptureDecisionRecord: Sendable {
     public var parentExecutable: String?
     public var profile: String?
     public var reason: String
+
+    public init(outcome: Outcome, path: String, sha256: String?, pid: Int32, uid: UInt32?, parentPid: Int32?, parentExecutable: String?,
+                profile: String?, reason: String) {
+        (self.outcome, self.path, self.sha256, self.pid, self.uid) = (outcome, path, sha256, pid, uid)
+        (self.parentPid, self.parentExecutable, self.profile, self.reason) = (parentPid, parentExecutable, profile, reason)
+    }
 }
 
 /// Counters for status and benchmarks.
@@ -144,17 +151,13 @@ public final class CaptureBlocker: Sendable {
     /// opened earlier (in the initial network namespace), or -1 to open one now.
     public func start(procConnector: Int32 = -1) {
         stopSignal.arm()
-        let t = Thread { [self] in run() }
-        t.name = "segguard-capture"
-        t.start()
+        startThread(name: "sg-capture") { [self] in run() }
         let fd = procConnector >= 0 ? procConnector : sg_proc_connector_open()
         if fd < 0 {
             let e = errno
             logger.error("process connector unavailable: running capture tools are not ended", metadata: ["error": "\(String(cString: strerror(e))) (errno \(e))"])
         } else {
-            let w = Thread { [self] in watchProcesses(fd) }
-            w.name = "segguard-procs"
-            w.start()
+            startThread(name: "sg-procs") { [self] in watchProcesses(fd) }
         }
         // Names and paths before returning; the executables' contents (listed SHA-256, a
         // renamed copy started earlier) right after, off the caller's thread.
@@ -306,7 +309,7 @@ public final class CaptureBlocker: Sendable {
         guard e.fd >= 0 else { return }
         defer { close(e.fd) }
         guard sg_fanotify_is_exec_perm(e.mask) != 0 else { return }
-        let started = Self.nowNanos()
+        let started = monotonicNanos()
         let hint = refresh.withLock { r -> (@Sendable () -> Void)? in
             guard let h = r.hint, started &- r.last > 1_000_000_000 else { return nil }
             r.last = started
@@ -326,7 +329,7 @@ public final class CaptureBlocker: Sendable {
         case .needsContent:
             let lookup: DpkgIndex.Lookup = cfg.protection.level == .trustedOnly ? dpkg.lookup(path) : .recorded(nil)
             if lookup != .notLoaded,
-               let digests = digests(fd: e.fd, timeoutMs: cfg.decider.rule.decisionTimeoutMs - Int((Self.nowNanos() &- started) / 1_000_000)) {
+               let digests = digests(fd: e.fd, timeoutMs: cfg.decider.rule.decisionTimeoutMs - Int((monotonicNanos() &- started) / 1_000_000)) {
                 sha256 = digests.sha256
                 var packaged: Bool?
                 if cfg.protection.level == .trustedOnly, case .recorded(let md5) = lookup { packaged = md5 == digests.md5 }
@@ -391,13 +394,6 @@ public final class CaptureBlocker: Sendable {
     /// runs for every exec on the watched filesystems.
     static func path(of fd: Int32) -> String? { readLink("/proc/self/fd/\(fd)") }
 
-    /// CLOCK_MONOTONIC in ns (DispatchTime.now() may be a coarse clock on Linux).
-    static func nowNanos() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
-
     /// readlink(2) into a stack-sized buffer.
     static func readLink(_ path: String) -> String? {
         withUnsafeTemporaryAllocation(of: CChar.self, capacity: Int(PATH_MAX)) { buf in
@@ -430,3 +426,25 @@ public final class CaptureBlocker: Sendable {
         return (uid, ppid)
     }
 }
+
+/// The exec gate the agent drives: blocks capture tools at exec and ends running ones, at the
+/// protection level the policy and the running sessions call for. `CaptureBlocker` is the real
+/// one (fanotify and the process connector).
+public protocol ExecGate: AnyObject, Sendable {
+    /// Marks the filesystems holding `paths`.
+    func watch(_ paths: [String]) throws(CaptureSetupError)
+    /// Replaces the marks (a policy that changed `capture.watch`).
+    func rewatch(_ paths: [String]) throws(CaptureSetupError)
+    var watched: [String] { get }
+    /// A new policy or a change of the sessions running: takes effect for the next exec.
+    func update(rule: CaptureRule, sessionProfiles: [LaunchProfile])
+    var protection: CaptureProtectionState { get }
+    var statistics: CaptureStatistics { get }
+    /// Called (off the caller's thread, at most once a second) when sessions may have ended.
+    func onStaleProtection(_ hint: @escaping @Sendable () -> Void)
+    /// Starts answering execs; `procConnector` is a connector socket opened earlier, or -1.
+    func start(procConnector: Int32)
+    func stop()
+}
+
+extension CaptureBlocker: ExecGate {}

@@ -6,19 +6,13 @@
 import CSegguardShims
 import Foundation
 import Logging
+import SegguardSystem
 import SegguardWire
 import Synchronization
 
 #if canImport(Glibc)
 import Glibc
 #endif
-
-/// A failed system call, with its name and errno.
-public struct SystemCallError: Error, CustomStringConvertible, Sendable {
-    public var call: String
-    public var errno: Int32
-    public var description: String { "\(call): \(String(cString: strerror(errno))) (errno \(errno))" }
-}
 
 /// Serves `ControlRequest`s on a Unix stream socket.
 public final class ControlServer: Sendable {
@@ -46,14 +40,14 @@ public final class ControlServer: Sendable {
         let dir = (path as NSString).deletingLastPathComponent
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw SystemCallError(call: "socket(AF_UNIX)", errno: errno) }
+        guard fd >= 0 else { throw SystemError(call: "socket(AF_UNIX)", errno: errno) }
         unlink(path)
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
         let bytes = Array(path.utf8)
         guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else {
             close(fd)
-            throw SystemCallError(call: "bind \(path) (path too long)", errno: ENAMETOOLONG)
+            throw SystemError(call: "bind \(path) (path too long)", errno: ENAMETOOLONG)
         }
         withUnsafeMutableBytes(of: &addr.sun_path) { raw in
             raw.copyBytes(from: bytes)
@@ -64,13 +58,13 @@ public final class ControlServer: Sendable {
         guard rc == 0 else {
             let e = errno
             close(fd)
-            throw SystemCallError(call: "bind \(path)", errno: e)
+            throw SystemError(call: "bind \(path)", errno: e)
         }
         chmod(path, 0o666)
         guard listen(fd, 16) == 0 else {
             let e = errno
             close(fd)
-            throw SystemCallError(call: "listen \(path)", errno: e)
+            throw SystemError(call: "listen \(path)", errno: e)
         }
         listenFd = fd
     }
@@ -78,7 +72,7 @@ public final class ControlServer: Sendable {
     /// Starts the accept thread; each connection is served on a thread of its own (at most
     /// `maxConnections` at once), so a client that sends nothing delays no one else.
     public func start(handler: @escaping @Sendable (ControlRequest, PeerCredentials) -> ControlReply) {
-        let thread = Thread { [self] in
+        startThread(name: "sg-control") { [self] in
             while !stopped.withLock({ $0 }) {
                 let conn = accept(listenFd, nil, nil)
                 if conn < 0 {
@@ -86,7 +80,7 @@ public final class ControlServer: Sendable {
                     if stopped.withLock({ $0 }) { return }
                     if e == EINTR || e == ECONNABORTED { continue }
                     // Out of fds or memory: say so (rate-limited by the pause) and keep serving.
-                    logger.error("control socket accept failed; retrying", metadata: ["error": "\(SystemCallError(call: "accept", errno: e))"])
+                    logger.error("control socket accept failed; retrying", metadata: ["error": "\(SystemError(call: "accept", errno: e))"])
                     usleep(100_000)
                     continue
                 }
@@ -101,17 +95,13 @@ public final class ControlServer: Sendable {
                     close(conn)
                     continue
                 }
-                let worker = Thread { [self] in
+                startThread(name: "sg-control-conn") { [self] in
                     serve(conn, handler)
                     close(conn)
                     active.withLock { $0 -= 1 }
                 }
-                worker.name = "segguard-control-conn"
-                worker.start()
             }
         }
-        thread.name = "segguard-control"
-        thread.start()
     }
 
     /// Stops accepting and removes the socket file.

@@ -8,7 +8,7 @@ import CSegguardShims
 import Foundation
 import Logging
 import SegguardPolicy
-import SegguardEventLoop
+import SegguardSystem
 import Synchronization
 
 #if canImport(Glibc)
@@ -115,13 +115,11 @@ public final class WPAControlSource: Sendable {
     /// Starts the watcher thread; `onChange` gets the full map after every change.
     public func start(onChange: @escaping @Sendable ([String: DeviceAuthState]) -> Void) {
         stopSignal.arm()
-        let t = Thread { [self] in
+        startThread(name: "sg-wpa") { [self] in
             let loop = Loop(source: self, onChange: onChange)
             loop.run()
             loop.closeAll()
         }
-        t.name = "segguard-wpa"
-        t.start()
     }
 
     public func stop() { stopSignal.stop() }

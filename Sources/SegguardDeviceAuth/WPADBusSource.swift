@@ -9,7 +9,7 @@ import CSystemd
 import Foundation
 import Logging
 import SegguardPolicy
-import SegguardEventLoop
+import SegguardSystem
 import Synchronization
 
 #if canImport(Glibc)
@@ -36,12 +36,10 @@ public final class WPADBusSource: DeviceAuthSource {
 
     public func start(onChange: @escaping @Sendable ([String: DeviceAuthState]) -> Void) {
         stopSignal.arm()
-        let t = Thread { [self] in
+        startThread(name: "sg-wpa-dbus") { [self] in
             let loop = Loop(source: self, onChange: onChange)
             loop.run()
         }
-        t.name = "segguard-wpa-dbus"
-        t.start()
     }
 
     public func stop() { stopSignal.stop() }

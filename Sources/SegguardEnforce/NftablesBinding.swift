@@ -5,6 +5,7 @@
 import CNftables
 import Foundation
 import SegguardPolicy
+import SegguardSystem
 import Synchronization
 
 #if canImport(Glibc)
@@ -96,46 +97,13 @@ public final class NftablesBinding: Sendable {
         _ = try run(NftablesRuleset.deleteCommand(table: table), "delete table inet \(table)")
     }
 
-    /// Writes `NftablesRuleset.baseline` for this table to `path` atomically (temporary file in
-    /// the same directory, fsync, rename, fsync of the directory), for `nft -j -f PATH`.
+    /// Writes `NftablesRuleset.baseline` for this table to `path` atomically (`AtomicFile`),
+    /// mode 0644, for `nft -j -f PATH` at boot.
     public func writeBaseline(gateways: [Gateway], to path: String) throws(NftablesError) {
-        try NftablesBinding.writeAtomically(NftablesRuleset.baseline(table: table, gateways: gateways), to: path)
-    }
-
-    /// Atomic file replacement used by `writeBaseline` (mode 0644).
-    static func writeAtomically(_ data: Data, to path: String) throws(NftablesError) {
-        let what = "write the baseline ruleset to \(path)"
-        func fail(_ step: String, _ e: Int32) -> NftablesError {
-            NftablesError(operation: what, detail: "\(step): \(String(cString: strerror(e)))")
-        }
-        let dir = (path as NSString).deletingLastPathComponent
-        let tmp = (dir.isEmpty ? "." : dir) + "/." + (path as NSString).lastPathComponent + ".tmp.\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o644)
-        guard fd >= 0 else { throw fail("open \(tmp)", errno) }
-        var ok = false
-        defer { if !ok { unlink(tmp) } }
-        let written: Int32 = data.withUnsafeBytes { raw in
-            var off = 0
-            while off < raw.count {
-                let n = write(fd, raw.baseAddress! + off, raw.count - off)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    return errno
-                }
-                off += n
-            }
-            return 0
-        }
-        if written != 0 { close(fd); throw fail("write \(tmp)", written) }
-        if fchmod(fd, 0o644) != 0 { let e = errno; close(fd); throw fail("fchmod \(tmp)", e) }
-        if fsync(fd) != 0 { let e = errno; close(fd); throw fail("fsync \(tmp)", e) }
-        if close(fd) != 0 { throw fail("close \(tmp)", errno) }
-        if rename(tmp, path) != 0 { throw fail("rename \(tmp)", errno) }
-        ok = true
-        let dfd = open(dir.isEmpty ? "." : dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 {
-            _ = fsync(dfd)
-            close(dfd)
+        do {
+            try AtomicFile.write(NftablesRuleset.baseline(table: table, gateways: gateways), to: path, mode: 0o644)
+        } catch {
+            throw NftablesError(operation: "write the baseline ruleset to \(path)", detail: error.description)
         }
     }
 

@@ -6,7 +6,7 @@
 
 import CSegguardShims
 import Foundation
-import SegguardWire
+import SegguardSystem
 import Synchronization
 
 #if canImport(Glibc)
@@ -153,7 +153,7 @@ public final class SessionTracker: Sendable {
     /// Ends every live session whose profile satisfies `matching`: SIGTERM to every process of
     /// every such session at once, then SIGKILL (cgroup.kill) for what is left after
     /// `killTimeout` seconds. Blocks until done (at most `killTimeout` + 2 s).
-    public func terminate(matching: (String) -> Bool, killTimeout: Double) -> [TerminationResult] {
+    public func terminate(matching: @escaping @Sendable (String) -> Bool, killTimeout: Double) -> [TerminationResult] {
         let targets = state.withLock { s -> [Entry] in
             let t = s.entries.values.filter { !$0.terminating && matching($0.info.profile) }
             for e in t { s.entries[e.info.id]?.terminating = true }
@@ -205,7 +205,7 @@ public final class SessionTracker: Sendable {
     // MARK: cgroup files
 
     static func pids(in cgroup: String) -> [Int32] {
-        guard let text = readSmallFile("\(cgroup)/cgroup.procs") else { return [] }
+        guard let text = readSmallTextFile("\(cgroup)/cgroup.procs") else { return [] }
         return text.split(separator: "\n").compactMap { Int32($0) }
     }
 
@@ -254,13 +254,13 @@ public final class SessionTracker: Sendable {
 
     /// `populated` of cgroup.events; nil when it cannot be read (out of fds, …).
     static func populatedState(_ cgroup: String) -> Bool? {
-        guard let text = readSmallFile("\(cgroup)/cgroup.events") else { return nil }
+        guard let text = readSmallTextFile("\(cgroup)/cgroup.events") else { return nil }
         return text.contains("populated 1")
     }
 
     /// The real uid owning a process, from /proc/PID/status.
     static func uid(of pid: Int32) -> UInt32? {
-        guard let text = readSmallFile("/proc/\(pid)/status") else { return nil }
+        guard let text = readSmallTextFile("/proc/\(pid)/status") else { return nil }
         for line in text.split(separator: "\n") where line.hasPrefix("Uid:") {
             return line.split(whereSeparator: { $0 == "\t" || $0 == " " }).dropFirst().first.flatMap { UInt32($0) }
         }
@@ -268,39 +268,18 @@ public final class SessionTracker: Sendable {
     }
 
     static func isPopulated(_ cgroup: String) -> Bool {
-        guard let text = readSmallFile("\(cgroup)/cgroup.events") else { return false }
+        guard let text = readSmallTextFile("\(cgroup)/cgroup.events") else { return false }
         return text.contains("populated 1")
     }
 }
 
-/// The contents of a small kernel file (cgroup, proc), read with one open and plain reads.
-func readSmallFile(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return nil }
-    defer { close(fd) }
-    var out = [UInt8]()
-    var buf = [UInt8](repeating: 0, count: 4096)
-    while true {
-        let n = read(fd, &buf, buf.count)
-        if n < 0 && errno == EINTR { continue }
-        if n <= 0 { break }
-        out += buf[0..<n]
-    }
-    return String(decoding: out, as: UTF8.self)
-}
-
-/// CLOCK_MONOTONIC in nanoseconds.
-public func monotonicNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
-
 /// Writes `text` to an existing file (cgroup and proc files: no temp file, no truncation games).
 func write(_ text: String, to path: String) throws(SessionError) {
-    let fd = open(path, O_WRONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw SessionError("open \(path): \(String(cString: strerror(errno))) (errno \(errno))") }
-    defer { close(fd) }
-    let n = text.withCString { Glibc.write(fd, $0, strlen($0)) }
-    guard n >= 0 else { throw SessionError("write \(path): \(String(cString: strerror(errno))) (errno \(errno))") }
+    do throws(SystemError) {
+        let fd = try systemCall("open \(path)") { open(path, O_WRONLY | O_CLOEXEC) }
+        defer { close(fd) }
+        try writeAll(fd, Array(text.utf8), call: "write \(path)")
+    } catch {
+        throw SessionError(error.description)
+    }
 }

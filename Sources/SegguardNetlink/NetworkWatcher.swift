@@ -1,74 +1,81 @@
 // The live network watcher. Owns: one rtnetlink socket and one generic-netlink (nl80211)
-// socket, an eventfd to wake its thread, and the thread itself; the RouteTable and
-// WirelessTracker it feeds are confined to that thread. Must not own: decisions, policy,
-// logging configuration. It blocks in poll(2) with no timeout: every snapshot it publishes is
-// the consequence of a kernel message, never of a timer.
+// socket, and the RouteTable and WirelessTracker they feed, all confined to the thread of the
+// PollLoop it runs on (the agent's executor in segguardd, or a loop of its own). Must not own:
+// decisions, policy, logging configuration. Its sockets wake the loop; every snapshot it
+// publishes is the consequence of a kernel message, never of a timer.
 //
 // Failure table:
 //   recv ENOBUFS (socket overrun)      -> drop the socket, open a fresh one, full re-dump (resync)
 //   NLM_F_DUMP_INTR (dump inconsistent) -> same
 //   unparseable message                 -> counted, logged (rate-limited), skipped
 //   nl80211 family absent (no cfg80211) -> wireless monitoring off, reported in the snapshot
-//   poll/socket failure                 -> thread exits, `onFailure` is called (the daemon exits)
+//   socket failure                      -> `onFailure` is called (segguardd exits, systemd restarts it)
 
 import CLibNL
 import CSegguardShims
 import Foundation
 import Logging
 import SegguardPolicy
-import SegguardEventLoop
+import SegguardSystem
 import Synchronization
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
+/// Counters of a network source, for status output and tests.
+public struct NetlinkStatistics: Sendable, Equatable {
+    public var messages: UInt64 = 0
+    /// Times the loop woke for one of the source's sockets. Nothing but the kernel wakes
+    /// them, so an idle network leaves this unchanged.
+    public var wakeups: UInt64 = 0
+    /// Wakeups on which no message could be read (should stay 0).
+    public var emptyWakeups: UInt64 = 0
+    public var snapshots: UInt64 = 0
+    /// Full re-dumps after an overrun or an interrupted dump.
+    public var resyncs: UInt64 = 0
+    public var parseErrors: UInt64 = 0
+    public var lastParseError: String?
+    public init() {}
+}
+
+/// A source of network snapshots, behind which the agent reads the kernel. `NetworkWatcher`
+/// is the real one (rtnetlink and nl80211); SegguardTestFakes has a fake.
+public protocol NetworkSource: AnyObject, Sendable {
+    /// Starts on `loop`; call it on the loop's thread. `onSnapshot` then runs on that thread
+    /// with the first full picture and after every change, with the monotonic time the loop
+    /// woke for the first message behind it; `onFailure` once the source cannot go on.
+    func start(on loop: PollLoop, onSnapshot: @escaping (NetworkSnapshot, UInt64) -> Void, onFailure: @escaping (String) -> Void) throws
+    /// Closes the sockets (from any thread).
+    func stop()
+    var statistics: NetlinkStatistics { get }
+}
+
 /// Watches links, addresses, default routes and Wi-Fi associations through netlink and
 /// publishes an immutable `NetworkSnapshot` after each batch of changes.
-public final class NetworkWatcher: Sendable {
+public final class NetworkWatcher: NetworkSource, Sendable {
     /// How to watch.
     public struct Options: Sendable {
-        /// Path of a network namespace to watch (e.g. `/run/netns/NAME`); nil = this process's.
+        /// Path of a network namespace to watch (e.g. `/run/netns/NAME`); nil = the thread's.
+        /// The thread that starts the watcher enters it (the loop's thread).
         public var networkNamespace: String?
         /// SO_RCVBUF of the netlink sockets, bytes. Small values make overruns (and resyncs) likely.
         public var receiveBufferSize: Int32
         /// Watch nl80211 (skipped when the kernel has no cfg80211).
         public var watchWireless: Bool
-        /// Test hook: called on the watcher thread before each read of the sockets.
+        /// Test hook: called on the loop's thread before each read of the sockets.
         public var beforeRead: (@Sendable () -> Void)?
-        /// With a service watchdog: ping at least every `interval / 2` seconds, from the loop
-        /// itself, so a loop that hangs stops the pings and the service manager restarts it.
-        /// (The only timed wakeup of the loop; it never produces a snapshot.)
-        public var watchdog: (interval: Double, ping: @Sendable () -> Void)?
 
         public init(networkNamespace: String? = nil, receiveBufferSize: Int32 = 1 << 20, watchWireless: Bool = true,
-                    beforeRead: (@Sendable () -> Void)? = nil, watchdog: (interval: Double, ping: @Sendable () -> Void)? = nil) {
+                    beforeRead: (@Sendable () -> Void)? = nil) {
             self.networkNamespace = networkNamespace
             self.receiveBufferSize = receiveBufferSize
             self.watchWireless = watchWireless
             self.beforeRead = beforeRead
-            self.watchdog = watchdog
         }
     }
 
-    /// Counters, for status output and tests.
-    public struct Statistics: Sendable, Equatable {
-        public var messages: UInt64 = 0
-        /// Returns from poll(2). The loop has no timeout, so this grows only when the kernel
-        /// sends something (or on stop): an idle network leaves it unchanged.
-        public var wakeups: UInt64 = 0
-        /// Wakeups on which no message could be read (should stay 0: nothing wakes the loop
-        /// but the kernel or `stop()`).
-        public var emptyWakeups: UInt64 = 0
-        /// Watchdog pings sent from the loop.
-        public var watchdogPings: UInt64 = 0
-        public var snapshots: UInt64 = 0
-        /// Full re-dumps after an overrun or an interrupted dump.
-        public var resyncs: UInt64 = 0
-        public var parseErrors: UInt64 = 0
-        public var lastParseError: String?
-        public init() {}
-    }
+    public typealias Statistics = NetlinkStatistics
 
     /// A setup failure, naming the call and errno.
     public struct SetupError: Error, CustomStringConvertible {
@@ -77,52 +84,58 @@ public final class NetworkWatcher: Sendable {
 
     let options: Options
     let logger: Logger
-    let stats = Mutex(Statistics())
-    let stopSignal = StopSignal()
+    let stats = Mutex(NetlinkStatistics())
+    /// The loop it runs on, and its loop-confined state; `ownsLoop` when it started the loop.
+    let running = Mutex<(loop: PollLoop, state: LoopBound<WatcherLoop?>, ownsLoop: Bool)?>(nil)
 
     public init(options: Options = Options(), logger: Logger = Logger(label: "segguard.netlink")) {
         self.options = options
         self.logger = logger
     }
 
-    public var statistics: Statistics { stats.withLock { $0 } }
+    public var statistics: NetlinkStatistics { stats.withLock { $0 } }
 
-    /// Opens the sockets on a new thread (inside the namespace, if one is given), requests the
-    /// first dump and returns; `onSnapshot` is then called on that thread for the first full
-    /// picture and after every change. `onFailure` is called if the thread dies.
-    public func start(
-        onSnapshot: @escaping @Sendable (NetworkSnapshot) -> Void,
-        onFailure: @escaping @Sendable (String) -> Void = { _ in }
-    ) throws {
-        let setup = Mutex<Result<Void, SetupError>?>(nil)
-        let ready = DispatchSemaphore(value: 0)
-        stopSignal.arm()
-        let thread = Thread { [self] in
-            let loop: WatcherLoop
-            do {
-                loop = try WatcherLoop(watcher: self, onSnapshot: onSnapshot)
-                setup.withLock { $0 = .success(()) }
-                ready.signal()
-            } catch let error as SetupError {
-                setup.withLock { $0 = .failure(error) }
-                ready.signal()
-                return
-            } catch {
-                setup.withLock { $0 = .failure(SetupError(description: "\(error)")) }
-                ready.signal()
-                return
-            }
-            if let failure = loop.run() { onFailure(failure) }
-            loop.close()
-        }
-        thread.name = "segguard-netlink"
-        thread.start()
-        ready.wait()
-        if case let .failure(e) = setup.withLock({ $0 })! { throw e }
+    public func start(on loop: PollLoop, onSnapshot: @escaping (NetworkSnapshot, UInt64) -> Void, onFailure: @escaping (String) -> Void) throws {
+        try start(on: loop, ownsLoop: false, onSnapshot: onSnapshot, onFailure: onFailure)
     }
 
-    /// Asks the watcher thread to close its sockets and exit.
-    public func stop() { stopSignal.stop() }
+    func start(on loop: PollLoop, ownsLoop: Bool, onSnapshot: @escaping (NetworkSnapshot, UInt64) -> Void, onFailure: @escaping (String) -> Void) throws {
+        loop.preconditionInLoop()
+        let state = try WatcherLoop(watcher: self, loop: loop, onSnapshot: onSnapshot, onFailure: onFailure)
+        running.withLock { $0 = (loop, LoopBound(state, loop: loop), ownsLoop) }
+        loop.onStop { state.close() }
+    }
+
+    /// Runs on a loop of its own (thread `sg-netlink`): opens the sockets inside the namespace,
+    /// requests the first dump and returns; `onSnapshot` is then called on that thread.
+    public func start(onSnapshot: @escaping @Sendable (NetworkSnapshot) -> Void, onFailure: @escaping @Sendable (String) -> Void = { _ in }) throws {
+        let loop = PollLoop(name: "sg-netlink")
+        let setup = Mutex<SetupError?>(nil)
+        loop.start { [self] in
+            do {
+                try start(on: loop, ownsLoop: true, onSnapshot: { snapshot, _ in onSnapshot(snapshot) }, onFailure: { why in
+                    onFailure(why)
+                    loop.stop()
+                })
+            } catch {
+                setup.withLock { $0 = error as? SetupError ?? SetupError(description: "\(error)") }
+                loop.stop()
+            }
+        }
+        if let e = setup.withLock({ $0 }) { throw e }
+    }
+
+    /// Closes the sockets (and stops the loop when it is the watcher's own).
+    public func stop() {
+        guard let (loop, state, owns) = running.withLock({ r in defer { r = nil }; return r }) else { return }
+        if owns {
+            loop.stop()
+        } else if loop.inLoop {
+            state.value?.close()
+        } else {
+            loop.post { state.value?.close() }
+        }
+    }
 
     /// Snapshots as an async sequence (the newest one wins if the consumer falls behind).
     public func snapshots(onFailure: @escaping @Sendable (String) -> Void = { _ in }) throws -> AsyncStream<NetworkSnapshot> {
@@ -136,11 +149,12 @@ public final class NetworkWatcher: Sendable {
 }
 
 /// One netlink socket and the dump requests waiting to go out on it (one dump at a time).
-private final class NetlinkChannel {
+final class NetlinkChannel {
     let protocolNumber: Int32
     let name: String
     var sock: OpaquePointer?
     var fd: Int32 = -1
+    var watch: PollLoop.WatchID?
 
     init(protocolNumber: Int32, name: String) {
         self.protocolNumber = protocolNumber
@@ -172,7 +186,9 @@ private final class NetlinkChannel {
         fd = nl_socket_get_fd(s)
     }
 
-    func close() {
+    func close(on loop: PollLoop) {
+        if let w = watch { loop.unwatch(w) }
+        watch = nil
         if let s = sock { nl_socket_free(s) }
         sock = nil
         fd = -1
@@ -187,11 +203,14 @@ private final class NetlinkChannel {
 }
 
 /// The watcher thread's state. Confined to that thread.
-private final class WatcherLoop {
+/// The watcher's sockets and state, confined to the loop's thread.
+final class WatcherLoop {
     enum RouteDump: CaseIterable { case links, addresses, routes }
 
     unowned let watcher: NetworkWatcher
-    let onSnapshot: @Sendable (NetworkSnapshot) -> Void
+    let loop: PollLoop
+    let onSnapshot: (NetworkSnapshot, UInt64) -> Void
+    let onFailure: (String) -> Void
     let route = NetlinkChannel(protocolNumber: Int32(NETLINK_ROUTE), name: "rtnetlink")
     let genl = NetlinkChannel(protocolNumber: Int32(NETLINK_GENERIC), name: "nl80211")
     var nl80211Family: Int32 = -1
@@ -210,10 +229,15 @@ private final class WatcherLoop {
     var deviceTypes: [String: String?] = [:]
     var failure: String?
     var parseErrorsLogged = 0
+    /// When the loop woke for the first message not yet published; a publish is posted.
+    var pendingSince: UInt64?
+    var closed = false
 
-    init(watcher: NetworkWatcher, onSnapshot: @escaping @Sendable (NetworkSnapshot) -> Void) throws {
+    init(watcher: NetworkWatcher, loop: PollLoop, onSnapshot: @escaping (NetworkSnapshot, UInt64) -> Void, onFailure: @escaping (String) -> Void) throws {
         self.watcher = watcher
+        self.loop = loop
         self.onSnapshot = onSnapshot
+        self.onFailure = onFailure
         if let path = watcher.options.networkNamespace {
             let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { throw NetworkWatcher.SetupError(description: "open \(path): \(String(cString: strerror(errno))) (errno \(errno))") }
@@ -232,6 +256,7 @@ private final class WatcherLoop {
     func openRoute() throws(NetworkWatcher.SetupError) {
         let groups = [RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE].map { Int32($0.rawValue) }
         try route.open(bufferSize: watcher.options.receiveBufferSize, groups: groups, context: context, valid: routeValidCallback, finish: routeFinishCallback)
+        route.watch = loop.watch(route.fd) { [unowned self] in readable(route, isRoute: true) }
         state.routes = RouteTable()
         routeSyncing = true
         routeInFlight = nil
@@ -258,6 +283,7 @@ private final class WatcherLoop {
             return g >= 0 ? g : nil
         }
         try genl.open(bufferSize: watcher.options.receiveBufferSize, groups: nl80211Groups, context: context, valid: genlValidCallback, finish: genlFinishCallback)
+        genl.watch = loop.watch(genl.fd) { [unowned self] in readable(genl, isRoute: false) }
         state.wireless = WirelessTracker()
         wirelessSyncing = true
         genlInFlight = nil
@@ -375,41 +401,30 @@ private final class WatcherLoop {
 
     // MARK: The loop
 
-    /// Runs until stopped (nil) or a fatal error (its description).
-    func run() -> String? {
-        let watchdog = watcher.options.watchdog
-        let half = watchdog.map { UInt64($0.interval * 1e9 / 2) } ?? 0
-        var lastPing: UInt64 = 0
-        while watcher.stopSignal.isRunning {
-            if let watchdog {
-                let now = loopNanos()
-                if now &- lastPing >= half {
-                    watchdog.ping()
-                    lastPing = now
-                    watcher.stats.withLock { $0.watchdogPings += 1 }
-                }
-            }
-            var fds = [pollfd(fd: watcher.stopSignal.fd, events: Int16(POLLIN), revents: 0),
-                       pollfd(fd: route.fd, events: Int16(POLLIN), revents: 0)]
-            if genl.fd >= 0 { fds.append(pollfd(fd: genl.fd, events: Int16(POLLIN), revents: 0)) }
-            let timeout: Int32 = watchdog == nil ? -1 : Int32(max(1, half / 1_000_000))
-            let n = poll(&fds, nfds_t(fds.count), timeout)
-            if n < 0 {
-                if errno == EINTR { continue }
-                return "poll: \(String(cString: strerror(errno))) (errno \(errno))"
-            }
-            if n == 0 { continue }  // watchdog timeout only
-            watcher.stats.withLock { $0.wakeups += 1 }
-            if fds[0].revents != 0 { continue }
-            watcher.options.beforeRead?()
-            let before = watcher.stats.withLock { $0.messages }
-            if fds[1].revents != 0 { drain(route, isRoute: true) }
-            if fds.count > 2, fds[2].revents != 0 { drain(genl, isRoute: false) }
-            watcher.stats.withLock { if $0.messages == before { $0.emptyWakeups += 1 } }
-            if let failure { return failure }
-            publishIfChanged()
+    /// A socket woke the loop: read everything waiting on it; the snapshot is published once
+    /// per pass of the loop, after every readable socket was read.
+    func readable(_ channel: NetlinkChannel, isRoute: Bool) {
+        guard !closed else { return }
+        watcher.stats.withLock { $0.wakeups += 1 }
+        watcher.options.beforeRead?()
+        let before = watcher.stats.withLock { $0.messages }
+        drain(channel, isRoute: isRoute)
+        watcher.stats.withLock { if $0.messages == before { $0.emptyWakeups += 1 } }
+        if let failure {
+            close()
+            onFailure(failure)
+            return
         }
-        return nil
+        if pendingSince == nil {
+            pendingSince = loop.wokeAt
+            loop.post { [state = LoopBound(self, loop: loop)] in state.value.publishPending() }
+        }
+    }
+
+    func publishPending() {
+        guard let since = pendingSince, !closed else { return }
+        pendingSince = nil
+        publishIfChanged(eventNanos: since)
     }
 
     /// Reads every message waiting on a channel; resyncs on overrun.
@@ -435,10 +450,10 @@ private final class WatcherLoop {
     func resync(isRoute: Bool) {
         do {
             if isRoute {
-                route.close()
+                route.close(on: loop)
                 try openRoute()
             } else {
-                genl.close()
+                genl.close(on: loop)
                 try openWireless()
             }
         } catch {
@@ -446,14 +461,14 @@ private final class WatcherLoop {
         }
     }
 
-    func publishIfChanged() {
+    func publishIfChanged(eventNanos: UInt64) {
         guard !routeSyncing, !wirelessSyncing else { return }
         let interfaces = state.interfaces(deviceType: { self.deviceType($0) })
         guard interfaces != lastPublished else { return }
         lastPublished = interfaces
         generation += 1
         watcher.stats.withLock { $0.snapshots += 1 }
-        onSnapshot(NetworkSnapshot(interfaces: interfaces, generation: generation, wirelessMonitoring: wirelessMonitoring))
+        onSnapshot(NetworkSnapshot(interfaces: interfaces, generation: generation, wirelessMonitoring: wirelessMonitoring), eventNanos)
     }
 
     /// udev's DEVTYPE (wlan, wwan, …) from sysfs, a fallback classification when nl80211 is
@@ -472,16 +487,10 @@ private final class WatcherLoop {
     }
 
     func close() {
-        route.close()
-        genl.close()
+        closed = true
+        route.close(on: loop)
+        genl.close(on: loop)
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds.
-private func loopNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
 private func loop(_ arg: UnsafeMutableRawPointer?) -> WatcherLoop {

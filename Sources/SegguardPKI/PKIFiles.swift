@@ -5,12 +5,9 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import Foundation
+import SegguardSystem
 import X509
-
-/// `write(2)`; inside `PKI` the name means ``PKI/write(_:certificatePath:keyPath:overwrite:)``.
-private func posixWrite(_ fd: Int32, _ buffer: UnsafeRawPointer, _ count: Int) -> Int {
-    write(fd, buffer, count)
-}
 
 extension PKI {
     /// Mode of a written private key file.
@@ -89,10 +86,11 @@ extension PKI {
         var bytes: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 16 * 1024)
         while true {
-            let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw PKIError("\(what) \(path): cannot read: \(errnoText(errno))")
+            let n: Int
+            do {
+                n = try systemCall("read") { buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) } }
+            } catch {
+                throw PKIError("\(what) \(path): cannot read: \(errnoText(error.errno))")
             }
             if n == 0 { break }
             bytes.append(contentsOf: buffer[..<n])
@@ -113,18 +111,11 @@ extension PKI {
     }
 
     private static func writeAll(fd: Int32, _ contents: String, path: String, what: String) throws {
-        let bytes = Array(contents.utf8)
-        var offset = 0
-        while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { posixWrite(fd, $0.baseAddress! + offset, $0.count - offset) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw PKIError("\(what) \(path): cannot write: \(errnoText(errno))")
-            }
-            offset += n
-        }
-        guard fsync(fd) == 0 else {
-            throw PKIError("\(what) \(path): cannot sync: \(errnoText(errno))")
+        do {
+            try SegguardSystem.writeAll(fd, Array(contents.utf8), call: "write")
+            try systemCall("fsync") { fsync(fd) }
+        } catch {
+            throw PKIError("\(what) \(path): cannot \(error.call): \(errnoText(error.errno))")
         }
     }
 
@@ -151,29 +142,12 @@ extension PKI {
         close(fd)
     }
 
-    /// Writes a new file beside `path` and renames it over `path`.
+    /// Replaces `path` atomically (`AtomicFile`).
     private static func writeReplacing(path: String, contents: String, mode: mode_t, what: String) throws {
-        var rng = SystemRandomNumberGenerator()
-        let temporary = "\(path).tmp-\(getpid())-\(String(rng.next() as UInt32, radix: 16))"
-        let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode)
-        guard fd >= 0 else {
-            throw PKIError("\(what) \(path): cannot create \(temporary): \(errnoText(errno))")
-        }
         do {
-            guard fchmod(fd, mode) == 0 else {
-                throw PKIError("\(what) \(path): cannot set mode \(String(mode, radix: 8)): \(errnoText(errno))")
-            }
-            try writeAll(fd: fd, contents, path: path, what: what)
+            try AtomicFile.write(Data(contents.utf8), to: path, mode: mode)
         } catch {
-            close(fd)
-            unlink(temporary)
-            throw error
-        }
-        close(fd)
-        guard rename(temporary, path) == 0 else {
-            let code = errno
-            unlink(temporary)
-            throw PKIError("\(what) \(path): cannot replace: \(errnoText(code))")
+            throw PKIError("\(what) \(path): cannot write: \(error)")
         }
     }
 }

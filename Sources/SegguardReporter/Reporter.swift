@@ -12,6 +12,7 @@ import NIOSSL
 import SegguardPKI
 import SegguardPolicy
 import SegguardReport
+import SegguardSystem
 import Synchronization
 
 /// Where the collector is and what to authenticate with (the host's, not policy).
@@ -70,35 +71,6 @@ public struct AppliedBundle: Codable, Sendable, Equatable {
     }
 }
 
-/// Writes a file with rename-over-temp (never a half-written file) and fsync.
-public enum AtomicFile {
-    public static func write(_ data: Data, to path: String, mode: mode_t = 0o644) throws {
-        let tmp = path + ".tmp-\(getpid())"
-        let fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode)
-        guard fd >= 0 else { throw SpoolError("cannot write \(tmp): \(String(cString: strerror(errno)))") }
-        var ok = data.withUnsafeBytes { raw -> Bool in
-            var off = 0
-            while off < raw.count {
-                let n = Glibc.write(fd, raw.baseAddress! + off, raw.count - off)
-                if n <= 0 { return false }
-                off += n
-            }
-            return true
-        }
-        ok = ok && fsync(fd) == 0
-        close(fd)
-        guard ok, rename(tmp, path) == 0 else {
-            unlink(tmp)
-            throw SpoolError("cannot write \(path): \(String(cString: strerror(errno)))")
-        }
-        let dir = open((path as NSString).deletingLastPathComponent, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dir >= 0 {
-            fsync(dir)
-            close(dir)
-        }
-    }
-}
-
 /// A status code the collector answered with, and its message.
 struct CollectorHTTPError: Error, CustomStringConvertible {
     let status: Int
@@ -147,9 +119,10 @@ final class WakeSignal: Sendable {
 
 /// Reports this agent to the collector.
 public final class Reporter: Sendable {
-    public typealias HeartbeatSource = @Sendable () -> Heartbeat
+    /// The heartbeat as the agent sees things now.
+    public typealias HeartbeatSource = @Sendable () async -> Heartbeat
     /// Validates and applies a verified bundle's policy; throws (with the reason) to refuse it.
-    public typealias BundleApplier = @Sendable (PolicyBundlePayload) throws -> Void
+    public typealias BundleApplier = @Sendable (PolicyBundlePayload) async throws -> Void
 
     public let configuration: ReporterConfiguration
     public let spool: Spool
@@ -348,7 +321,7 @@ public final class Reporter: Sendable {
     }
 
     func sendHeartbeat(intervalSeconds: Int) async {
-        var hb = heartbeatSource()
+        var hb = await heartbeatSource()
         hb.intervalSeconds = intervalSeconds
         if let s = try? await spool.summary() { hb.spool = SpoolSummary(pending: s.pending, dropped: s.dropped) }
         if let a = applied.withLock({ $0 }) { hb.policy.bundleVersion = a.version }
@@ -386,7 +359,7 @@ public final class Reporter: Sendable {
             let bundle = try ReportCoding.decodeStrict(SignedPolicyBundle.self, from: body)
             let payload = try PolicySigning.verify(bundle, key: key, group: identity.group, currentVersion: current?.version ?? 0)
             do {
-                try applyBundle(payload)
+                try await applyBundle(payload)
             } catch {
                 throw BundleRefusal.invalidPolicy("\(error)", version: payload.version)
             }

@@ -4,6 +4,7 @@
 
 import CSystemd
 import Foundation
+import SegguardSystem
 
 /// Tells the service manager what the daemon is doing (Type=notify).
 public struct ServiceNotifier: Sendable {
@@ -31,9 +32,7 @@ public struct ServiceNotifier: Sendable {
 
     /// Around a policy reload (SIGHUP): RELOADING=1 with the monotonic timestamp systemd 253+ wants.
     public func reloading() {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        let usec = UInt64(ts.tv_sec) * 1_000_000 + UInt64(ts.tv_nsec) / 1000
+        let usec = monotonicNanos() / 1000
         send(["RELOADING=1", "MONOTONIC_USEC=\(usec)", "STATUS=reloading the policy"])
     }
 

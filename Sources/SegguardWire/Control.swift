@@ -66,6 +66,32 @@ public struct StatusReply: Codable, Sendable, Equatable {
     public var capture: CaptureStatus?
     /// Reporting to the collector; nil when segguardd runs without --collector.
     public var reporting: ReportingStatus?
+    /// How fast the last binding changes went; nil before the first one.
+    public var pipeline: PipelineStatus?
+
+    /// Latency of the path from a netlink message to the nftables transaction, over the last
+    /// binding changes caused by a network event. Every stage is counted from the moment the
+    /// agent's loop woke up with the message.
+    public struct PipelineStatus: Codable, Sendable, Equatable {
+        /// One stage: when it was reached after the wakeup, in microseconds.
+        public struct Stage: Codable, Sendable, Equatable {
+            /// `snapshot` (parsed, snapshot published), `decided`, `handed-to-kernel` (the
+            /// transaction handed to libnftables), `committed` (libnftables returned).
+            public var name: String
+            public var p50Micros: Double
+            public var p99Micros: Double
+            public var maxMicros: Double
+            public init(name: String, p50Micros: Double, p99Micros: Double, maxMicros: Double) {
+                (self.name, self.p50Micros, self.p99Micros, self.maxMicros) = (name, p50Micros, p99Micros, maxMicros)
+            }
+        }
+        public var samples: Int
+        public var stages: [Stage]
+        public init(samples: Int, stages: [Stage]) {
+            self.samples = samples
+            self.stages = stages
+        }
+    }
 
     /// What the reporter is doing.
     public struct ReportingStatus: Codable, Sendable, Equatable {
@@ -120,8 +146,9 @@ public struct StatusReply: Codable, Sendable, Equatable {
         daemonVersion: String, pid: Int32, policyName: String, policyFile: String, policyLoadedAt: Date,
         lastPolicyError: String?, snapshot: NetworkSnapshot, decision: Decision, decidedAt: Date,
         decisionChanges: UInt64, netlinkMessages: UInt64, netlinkResyncs: UInt64, netlinkParseErrors: UInt64,
-        capture: CaptureStatus? = nil, reporting: ReportingStatus? = nil
+        capture: CaptureStatus? = nil, reporting: ReportingStatus? = nil, pipeline: PipelineStatus? = nil
     ) {
+        self.pipeline = pipeline
         self.capture = capture
         self.reporting = reporting
         self.daemonVersion = daemonVersion
@@ -151,11 +178,11 @@ public struct ControlReply: Codable, Sendable, Equatable {
     public var version: Int
     public var status: StatusReply?
     public var launch: LaunchReply?
-    public var sessions: [SessionInfo]?
-    public var events: [EnforcementEvent]?
+    public var sessions: [SessionEntry]?
+    public var events: [EventEntry]?
     public var error: Failure?
 
-    public init(status: StatusReply? = nil, launch: LaunchReply? = nil, sessions: [SessionInfo]? = nil, events: [EnforcementEvent]? = nil) {
+    public init(status: StatusReply? = nil, launch: LaunchReply? = nil, sessions: [SessionEntry]? = nil, events: [EventEntry]? = nil) {
         self.version = controlProtocolVersion
         self.status = status
         self.launch = launch

@@ -23,7 +23,7 @@
 //    read back: the sum of the agents' heartbeat counters must equal the 2xx answers of the
 //    whole run (warm-up included), i.e. every accepted heartbeat was stored.
 //
-// Why the load generator is a child process (`segguard-bench collector-load`, hidden) written
+// Why the load generator is a child process (`segguard-loadgen`, its own target) written
 // directly on SwiftNIO rather than AsyncHTTPClient in this process:
 //  * In this process the client would share the server's NIO event loops and Swift's
 //    cooperative thread pool (2 threads on a 2-core machine): client work would sit in the
@@ -58,22 +58,15 @@
 //
 // Ctrl-C / SIGTERM: the load generator is killed, the collector stopped, PostgreSQL stopped
 // and the temporary directory removed, then exit 130.
-//
-// Imports: NIOPosix and NIOTLS are products of swift-nio, a dependency of the package, but not
-// listed for segguard-bench in Package.swift; SwiftPM resolves them all the same.
 
 import ArgumentParser
 import Foundation
 import Logging
-import NIOCore
-import NIOHTTP1
-import NIOPosix
-import NIOSSL
-import NIOTLS
 import SegguardCollector
-import SegguardEnforce
+import SegguardLoadReport
 import SegguardPKI
 import SegguardReport
+import SegguardSystem
 import SegguardTestSupport
 import Synchronization
 
@@ -192,7 +185,7 @@ struct CollectorBench: ParsableCommand {
                                  postgresURL: postgresURL.map { $0 + "_\(c)" }, breakdownURL: postgresURL.map { $0.replacingOccurrences(of: "/segguard_bench", with: "/segguard_breakdown") },
                                  postgresDirectory: postgres?.directory, breakdown: breakdown && c == connections.last,
                                  onSignal: onSignal)
-            let measured = try blockingAwait {
+            let measured = try runBlocking {
                 var out: [StoreResult] = []
                 for s in stores { out.append(try await plan.measure(s)) }
                 return out
@@ -357,16 +350,6 @@ final class SignalCleanup: Sendable {
 
     func fallback(_ action: @escaping @Sendable () -> Void) { fallbacks.withLock { $0.append(action) } }
 
-    /// Undoes the block in a child process (the mask survives exec).
-    static func unblockInherited() {
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGINT)
-        sigaddset(&set, SIGTERM)
-        pthread_sigmask(SIG_UNBLOCK, &set, nil)
-        signal(SIGINT, SIG_DFL)
-        signal(SIGTERM, SIG_DFL)
-    }
 
 }
 
@@ -374,14 +357,6 @@ final class SignalCleanup: Sendable {
 func say(_ line: String) {
     print(line)
     fflush(nil)
-}
-
-/// File names shared by the parent and the load generator.
-enum LoadFiles {
-    static func agentID(_ i: Int) -> String { String(format: "bench-agent-%05d", i) }
-    static func device(_ dir: String, _ i: Int) -> (cert: String, key: String) {
-        ("\(dir)/devices/\(agentID(i)).pem", "\(dir)/devices/\(agentID(i)).key")
-    }
 }
 
 /// One store's figures.
@@ -507,10 +482,11 @@ struct BenchPlan: Sendable {
     /// (the collector's) CPU time, and PostgreSQL's, over the measured window.
     private func runLoad(port: Int, path: String, postgresDirectory: String?) async throws -> LoadReport {
         try onSignal?.check()
-        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        // The load generator: segguard-loadgen, beside this binary.
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath().deletingLastPathComponent().appendingPathComponent("segguard-loadgen")
         let process = Process()
         process.executableURL = exe
-        process.arguments = ["collector-load", "--port", "\(port)", "--path", path, "--pki", directory, "--agents", "\(agents)",
+        process.arguments = ["--port", "\(port)", "--path", path, "--pki", directory, "--agents", "\(agents)",
                              "--connections", "\(connections)", "--seconds", "\(seconds)", "--warmup", "\(warmup)",
                              "--body", directory + "/heartbeat.json"]
         let out = Pipe()
@@ -545,7 +521,7 @@ struct BenchPlan: Sendable {
         }
         await observer.waitForEOF()
         onSignal?.clearChild()
-        guard exited == 0 else { throw CommandError(description: "collector-load \(path) exited with status \(exited)") }
+        guard exited == 0 else { throw CommandError(description: "segguard-loadgen \(path) exited with status \(exited)") }
         return try observer.report()
     }
 }
@@ -603,20 +579,13 @@ final class LoadObserver: Sendable {
 
     func report() throws -> LoadReport {
         let s = state.withLock { $0 }
-        guard let json = s.json else { throw CommandError(description: "collector-load printed no report") }
+        guard let json = s.json else { throw CommandError(description: "segguard-loadgen printed no report") }
         var r = try JSONDecoder().decode(LoadReport.self, from: Data(json.utf8))
         if let a = s.startCPU, let b = s.endCPU { r.serverCPU = b - a }
         if let a = s.startPG, let b = s.endPG { r.postgresCPU = b - a }
         if let a = s.startMachine, let b = s.endMachine { r.machineCPU = b - a }
         return r
     }
-}
-
-/// User + system CPU seconds of this process (all threads).
-func processCPUSeconds() -> Double {
-    var ru = rusage()
-    getrusage(__rusage_who_t(RUSAGE_SELF.rawValue), &ru)
-    return Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6 + Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6
 }
 
 /// Busy CPU seconds of the whole machine, all CPUs (/proc/stat: everything but idle and iowait).
@@ -690,351 +659,4 @@ struct RunningCollector: Sendable {
     }
 }
 
-/// Runs async work from a synchronous command (the root command is synchronous) and blocks
-/// the calling thread, which is not one of the cooperative pool's, until it is done.
-final class BlockingBox<T: Sendable>: Sendable { let result = Mutex<Result<T, any Error>?>(nil) }
 
-func blockingAwait<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
-    let box = BlockingBox<T>()
-    let done = DispatchSemaphore(value: 0)
-    Task {
-        let r: Result<T, any Error>
-        do { r = .success(try await body()) } catch { r = .failure(error) }
-        box.result.withLock { $0 = r }
-        done.signal()
-    }
-    done.wait()
-    return try box.result.withLock { $0! }.get()
-}
-
-// MARK: - The load generator (child process)
-
-/// What one run of the load generator measured (JSON between the processes).
-struct LoadReport: Codable, Sendable {
-    var path: String
-    var connections: Int
-    var agents: Int
-    /// The measured window, seconds.
-    var seconds: Double
-    /// The whole run (warm-up + measured + the last answers), seconds.
-    var elapsedTotal: Double
-    /// 2xx answers completed inside the measured window.
-    var ok: Int
-    /// 2xx answers of the whole run (warm-up and the in-flight tail included).
-    var okTotal: Int
-    /// Non-2xx answers by status (whole run).
-    var statuses: [String: Int]
-    /// Transport errors on a request in flight, and connections lost (whole run).
-    var errors: Int
-    var connectionsLost: Int
-    var p50ms: Double
-    var p99ms: Double
-    var maxms: Double
-    /// CPU seconds during the measured window: load generator, collector, PostgreSQL.
-    var loadCPU: Double
-    var serverCPU: Double?
-    var postgresCPU: Double?
-    /// Busy CPU seconds of the whole machine in the window (to see other processes' share).
-    var machineCPU: Double?
-
-    var rate: Double { seconds > 0 ? Double(ok) / seconds : 0 }
-
-    func line(label: String) -> String {
-        let non2xx = statuses.values.reduce(0, +)
-        var s = "  \(label) POST \(path.padding(toLength: 18, withPad: " ", startingAt: 0)) "
-            + String(format: "%9.1f req/s  p50 %6.2f ms  p99 %6.2f ms  max %7.2f ms  errors %d  non-2xx %d", rate, p50ms, p99ms, maxms, errors, non2xx)
-        if non2xx > 0 { s += " " + statuses.sorted { $0.key < $1.key }.map { "\($0.key)x\($0.value)" }.joined(separator: ",") }
-        if connectionsLost > 0 { s += "  connections lost \(connectionsLost)" }
-        func perRequest(_ cpu: Double) -> String { ok > 0 ? String(format: "%.0f", cpu / Double(ok) * 1e6) : "-" }
-        s += "\n      CPU per 2xx answer: load generator \(perRequest(loadCPU)) us"
-        if let serverCPU { s += ", collector \(perRequest(serverCPU)) us" + String(format: " (%.0f %% of a core)", serverCPU / seconds * 100) }
-        if let postgresCPU { s += ", PostgreSQL \(perRequest(postgresCPU)) us" + String(format: " (%.0f %% of a core)", postgresCPU / seconds * 100) }
-        s += String(format: "; load generator %.0f %% of a core", loadCPU / seconds * 100)
-        if let machineCPU {
-            let others = machineCPU - loadCPU - (serverCPU ?? 0) - (postgresCPU ?? 0)
-            s += String(format: "\n      machine: %.0f %% of %d CPUs busy; other processes %.0f %% of a core", machineCPU / seconds / Double(ProcessInfo.processInfo.activeProcessorCount) * 100,
-                        ProcessInfo.processInfo.activeProcessorCount, max(0, others) / seconds * 100)
-        }
-        return s
-    }
-}
-
-/// Counters of one worker (merged at the end).
-struct LoadStats: Sendable {
-    var ok = 0
-    var okTotal = 0
-    var errors = 0
-    var connectionsLost = 0
-    var statuses: [UInt: Int] = [:]
-    var latencies: [UInt32] = []   // microseconds, 2xx answers in the measured window
-}
-
-struct CollectorLoad: ParsableCommand {
-    static let configuration = CommandConfiguration(
-        commandName: "collector-load", abstract: "The load generator of `segguard-bench collector` (internal).", shouldDisplay: false)
-
-    @Option var host = "127.0.0.1"
-    @Option var port: Int
-    @Option var path: String
-    @Option(help: "Directory with ca.pem and devices/<agent>.pem|.key.") var pki: String
-    @Option var agents: Int
-    @Option var connections: Int
-    @Option var seconds: Double
-    @Option var warmup: Double
-    @Option(help: "File with the request body (JSON).") var body: String
-
-    func run() throws {
-        // The parent blocks SIGINT/SIGTERM (it waits for them) and the mask survives exec.
-        SignalCleanup.unblockInherited()
-        let group = MultiThreadedEventLoopGroup.singleton
-        let bodyBytes = try Data(contentsOf: URL(fileURLWithPath: body))
-        let roots = try NIOSSLCertificate.fromPEMFile(pki + "/ca.pem")
-        var contexts: [NIOSSLContext] = []
-        for i in 0..<agents {
-            let paths = LoadFiles.device(pki, i)
-            var tls = TLSConfiguration.makeClientConfiguration()
-            tls.trustRoots = .certificates(roots)
-            tls.certificateChain = try NIOSSLCertificate.fromPEMFile(paths.cert).map { .certificate($0) }
-            tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: paths.key, format: .pem))
-            contexts.append(try NIOSSLContext(configuration: tls))
-        }
-        var headers = HTTPHeaders()
-        headers.add(name: "Host", value: "\(host):\(port)")
-        headers.add(name: "Content-Type", value: "application/json")
-        headers.add(name: "Content-Length", value: "\(bodyBytes.count)")
-        let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: path, headers: headers)
-        let buffer = ByteBuffer(bytes: bodyBytes)
-
-        // Connect (TCP + TLS handshake) every connection before the clock starts, a wave of
-        // `connections` at a time.
-        var workers: [LoadWorker] = []
-        for _ in 0..<connections { workers.append(LoadWorker(loop: group.next(), head: head, body: buffer)) }
-        let assignments: [(worker: Int, agent: Int)] = agents >= connections
-            ? (0..<agents).map { ($0 % connections, $0) }
-            : (0..<connections).map { ($0, $0 % agents) }
-        for wave in stride(from: 0, to: assignments.count, by: connections) {
-            let futures = assignments[wave..<min(wave + connections, assignments.count)].map { a in
-                workers[a.worker].connect(context: contexts[a.agent], host: host, port: port)
-            }
-            try EventLoopFuture.andAllSucceed(futures, on: group.next()).wait()
-        }
-
-        let out = FileHandle.standardOutput
-        let start = monotonicNanos()
-        let warmupEnd = start + UInt64(warmup * 1e9)
-        let deadline = warmupEnd + UInt64(seconds * 1e9)
-        for w in workers { w.loop.execute { w.start(warmupEnd: warmupEnd, deadline: deadline) } }
-        Self.sleep(until: warmupEnd)
-        let cpu0 = processCPUSeconds()
-        try? out.write(contentsOf: Data("measure-start\n".utf8))
-        Self.sleep(until: deadline)
-        let cpu1 = processCPUSeconds()
-        try? out.write(contentsOf: Data("measure-end\n".utf8))
-        var total = LoadStats()
-        for w in workers {
-            let s = try w.done.futureResult.wait()
-            total.ok += s.ok
-            total.okTotal += s.okTotal
-            total.errors += s.errors
-            total.connectionsLost += s.connectionsLost
-            for (k, v) in s.statuses { total.statuses[k, default: 0] += v }
-            total.latencies += s.latencies
-        }
-        let elapsed = Double(monotonicNanos() - start) / 1e9
-        let sorted = total.latencies.sorted()
-        func pct(_ p: Double) -> Double {
-            sorted.isEmpty ? 0 : Double(sorted[min(sorted.count - 1, Int(p / 100 * Double(sorted.count - 1)))]) / 1000
-        }
-        let report = LoadReport(
-            path: path, connections: connections, agents: agents, seconds: seconds, elapsedTotal: elapsed, ok: total.ok, okTotal: total.okTotal,
-            statuses: Dictionary(uniqueKeysWithValues: total.statuses.map { ("\($0.key)", $0.value) }), errors: total.errors,
-            connectionsLost: total.connectionsLost, p50ms: pct(50), p99ms: pct(99), maxms: Double(sorted.last ?? 0) / 1000,
-            loadCPU: cpu1 - cpu0, serverCPU: nil, postgresCPU: nil, machineCPU: nil)
-        try out.write(contentsOf: try JSONEncoder().encode(report) + Data("\n".utf8))
-    }
-
-    static func sleep(until nanos: UInt64) {
-        let now = monotonicNanos()
-        if nanos > now { Thread.sleep(forTimeInterval: Double(nanos - now) / 1e9) }
-    }
-}
-
-/// One closed-loop worker: one request in flight, sent on its connections in turn. Confined
-/// to its event loop (every method runs there), hence @unchecked Sendable.
-final class LoadWorker: @unchecked Sendable {
-    let loop: any EventLoop
-    let head: HTTPRequestHead
-    let body: ByteBuffer
-    let done: EventLoopPromise<LoadStats>
-    private var connections: [LoadConnection] = []
-    private var next = 0
-    private var sentAt: UInt64 = 0
-    private var warmupEnd: UInt64 = 0
-    private var deadline: UInt64 = 0
-    private var stats = LoadStats()
-    private var started = false
-    private var finished = false
-
-    init(loop: any EventLoop, head: HTTPRequestHead, body: ByteBuffer) {
-        self.loop = loop
-        self.head = head
-        self.body = body
-        done = loop.makePromise(of: LoadStats.self)
-    }
-
-    /// A keep-alive connection presenting `context`'s certificate; succeeds after the TLS handshake.
-    func connect(context: NIOSSLContext, host: String, port: Int) -> EventLoopFuture<Void> {
-        let ready = loop.makePromise(of: Void.self)
-        let connected = ClientBootstrap(group: loop)
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-            .channelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
-                    let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(try NIOSSLClientHandler(context: context, serverHostname: nil))
-                    try sync.addHTTPClientHandlers()
-                    try sync.addHandler(LoadConnection(worker: self, ready: ready))
-                }
-            }
-            .connect(host: host, port: port)
-        connected.whenFailure { ready.fail($0) }
-        return connected.flatMap { _ in ready.futureResult }
-    }
-
-    func add(_ c: LoadConnection) { connections.append(c) }
-
-    func start(warmupEnd: UInt64, deadline: UInt64) {
-        self.warmupEnd = warmupEnd
-        self.deadline = deadline
-        started = true
-        sendNext()
-    }
-
-    private func sendNext() {
-        guard !finished else { return }
-        let now = monotonicNanos()
-        if now >= deadline || connections.isEmpty {
-            finish()
-            return
-        }
-        let c = connections[next % connections.count]
-        next &+= 1
-        sentAt = now
-        c.send(head, body)
-    }
-
-    func completed(status: UInt) {
-        let now = monotonicNanos()
-        if (200..<300).contains(status) {
-            stats.okTotal += 1
-            if now >= warmupEnd && now <= deadline {
-                stats.ok += 1
-                stats.latencies.append(UInt32(min((now - sentAt) / 1000, UInt64(UInt32.max))))
-            }
-        } else {
-            stats.statuses[status, default: 0] += 1
-        }
-        sendNext()
-    }
-
-    func lost(_ c: LoadConnection, inFlight: Bool) {
-        guard !finished else { return }
-        connections.removeAll { $0 === c }
-        stats.connectionsLost += 1
-        if inFlight {
-            stats.errors += 1
-            sendNext()
-        } else if started && connections.isEmpty {
-            finish()
-        }
-    }
-
-    private func finish() {
-        finished = true
-        for c in connections { c.close() }
-        connections = []
-        done.succeed(stats)
-    }
-}
-
-/// The handler at the end of one connection's pipeline.
-final class LoadConnection: ChannelInboundHandler {
-    typealias InboundIn = HTTPClientResponsePart
-    typealias OutboundOut = HTTPClientRequestPart
-
-    let worker: LoadWorker
-    private var ready: EventLoopPromise<Void>?
-    private var context: ChannelHandlerContext?
-    private var status: UInt = 0
-    private var inFlight = false
-    private var gone = false
-
-    init(worker: LoadWorker, ready: EventLoopPromise<Void>) {
-        self.worker = worker
-        self.ready = ready
-    }
-
-    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
-    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let e = event as? TLSUserEvent, case .handshakeCompleted = e, let ready {
-            self.ready = nil
-            worker.add(self)
-            ready.succeed()
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-
-    func send(_ head: HTTPRequestHead, _ body: ByteBuffer) {
-        guard let context else {
-            inFlight = true
-            lose()
-            return
-        }
-        inFlight = true
-        context.write(wrapOutboundOut(.head(head)), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(body))), promise: nil)
-        context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let h): status = h.status.code
-        case .body: break
-        case .end:
-            inFlight = false
-            worker.completed(status: status)
-        }
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        if let ready {
-            self.ready = nil
-            ready.fail(error)
-        }
-        lose()
-        context.close(promise: nil)
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        if let ready {
-            self.ready = nil
-            ready.fail(ChannelError.inputClosed)
-        }
-        lose()
-        context.fireChannelInactive()
-    }
-
-    func close() {
-        gone = true
-        context?.close(promise: nil)
-    }
-
-    private func lose() {
-        guard !gone else { return }
-        gone = true
-        let wasInFlight = inFlight
-        inFlight = false
-        worker.lost(self, inFlight: wasInFlight)
-    }
-}

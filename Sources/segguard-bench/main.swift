@@ -1,56 +1,106 @@
-// segguard-bench: measures the agent core on the real kernel (needs root).
-//  1. latency from a link change in a network namespace to the new segment decision,
-//     over N changes (carrier lost / back on a veth), p50/p90/p99/max;
-//  2. the idle resident memory (VmRSS) of a running segguardd.
+// segguard-bench: measures the shipped pipeline on the real kernel (needs root). Every figure
+// comes from SegguardAgent driven by its real kernel sources (NetworkWatcher, NftablesBinding,
+// SessionTracker, WPAControlSource), in private network namespaces:
+//  1. decision: a link change in a namespace to the new segment decision, over N changes
+//     (carrier lost / back on a veth), p50/p90/p99/max; and the idle RSS of a running segguardd;
+//  2. enforce: a carrier loss to the nftables table replaced and to the VDI session reaped;
+//  3. eap: an EAP failure to the new decision; exec-loop and collector: see their help.
 
 import ArgumentParser
 import Foundation
 import Logging
+import SegguardAgent
 import SegguardDecision
 import SegguardDeviceAuth
 import SegguardEnforce
-import SegguardWire
 import SegguardNetlink
 import SegguardPolicy
+import SegguardSystem
 import SegguardTestSupport
+import SegguardWire
 import Synchronization
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-
-/// Decisions as they are made on the watcher thread, with the instant each was made.
-final class DecisionLog: Sendable {
-    struct Entry { var segment: Segment; var at: UInt64 }
-    private let state: Mutex<(SegmentMonitor, [Entry])>
+/// What the agent decided and did, with the instant it was told (on the agent's loop, right
+/// after the decision was enforced).
+final class BenchObserver: AgentObserver, Sendable {
+    enum Entry { case decision(Segment), event(EnforcementEvent.Kind, String) }
+    private let state = Mutex<[(Entry, UInt64)]>([])
     private let condition = NSCondition()
 
-    init(policy: Policy) { state = Mutex((SegmentMonitor(policy: policy), [])) }
+    func decisionChanged(_ change: DecisionChange, eventNanos: UInt64) { append(.decision(change.current.segment)) }
+    func recorded(_ event: EnforcementEvent) { append(.event(event.kind, event.reason)) }
 
-    func observe(_ s: NetworkSnapshot) {
+    private func append(_ e: Entry) {
         let now = monotonicNanos()
         condition.lock()
-        state.withLock { st in
-            if let c = st.0.update(s) { st.1.append(Entry(segment: c.current.segment, at: now)) }
-        }
+        state.withLock { $0.append((e, now)) }
         condition.broadcast()
         condition.unlock()
     }
 
-    /// Waits for the first decision change at or after index `from` to `segment`; returns its time.
-    func wait(for segment: Segment, from: Int, timeout: TimeInterval = 5) -> (Int, UInt64)? {
+    var count: Int { state.withLock { $0.count } }
+
+    /// Waits for the first entry at index >= `from`, no earlier than `notBefore`, that `matches`;
+    /// returns the index after it and its time.
+    func wait(from: Int, notBefore: UInt64 = 0, timeout: TimeInterval = 5, _ matches: (Entry) -> Bool) -> (Int, UInt64)? {
         let deadline = Date().addingTimeInterval(timeout)
         condition.lock()
         defer { condition.unlock() }
         while true {
-            let hit: (Int, UInt64)? = state.withLock { st in
-                for i in from..<st.1.count where st.1[i].segment == segment { return (i + 1, st.1[i].at) }
+            let hit: (Int, UInt64)? = state.withLock { s in
+                for i in from..<s.count where s[i].1 >= notBefore && matches(s[i].0) { return (i + 1, s[i].1) }
                 return nil
             }
             if let hit { return hit }
             if !condition.wait(until: deadline) { return nil }
         }
+    }
+
+    func wait(for segment: Segment, from: Int, timeout: TimeInterval = 5) -> (Int, UInt64)? {
+        wait(from: from, timeout: timeout) { if case .decision(let s) = $0 { return s == segment } else { return false } }
+    }
+
+    func wait(_ kind: EnforcementEvent.Kind, from: Int, notBefore: UInt64 = 0, reasonContains: String = "") -> (Int, UInt64)? {
+        wait(from: from, notBefore: notBefore) {
+            if case let .event(k, reason) = $0 { return k == kind && (reasonContains.isEmpty || reason.contains(reasonContains)) } else { return false }
+        }
+    }
+}
+
+/// An agent on the real kernel sources in a bench namespace, with its policy file in `dir`.
+struct BenchAgent {
+    let agent: Agent
+    let observer = BenchObserver()
+    let dir: String
+
+    init(policy yaml: String, sources: AgentSources) throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("sgbench-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try yaml.write(toFile: dir + "/policy.yaml", atomically: true, encoding: .utf8)
+        var logger = Logger(label: "segguard-bench")
+        logger.logLevel = .critical
+        agent = Agent(policy: try Agent.loadPolicy(file: dir + "/policy.yaml"), configuration: AgentConfiguration(policyFile: dir + "/policy.yaml"),
+                      sources: sources, observer: observer, logger: logger)
+        try agent.start()
+    }
+
+    func stop() {
+        agent.stop()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    /// The agent's own breakdown (segguardctl status' pipeline line).
+    func pipeline() -> String {
+        guard let p = agent.reply(to: ControlRequest(command: .status), peer: PeerCredentials(pid: getpid(), uid: 0, gid: 0, groups: [])).status?.pipeline else {
+            return "  (no pipeline timings)"
+        }
+        return "  inside the agent, from the loop's wakeup (\(p.samples) table changes):\n" + p.stages.map {
+            String(format: "    %-17@ p50 %7.1f us   p99 %7.1f us   max %7.1f us", $0.name, $0.p50Micros, $0.p99Micros, $0.maxMicros)
+        }.joined(separator: "\n")
     }
 }
 
@@ -58,14 +108,14 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "segguard-bench",
         abstract: "Measurements on the real kernel, in private network namespaces (root).",
-        subcommands: [DecisionBench.self, EnforceBench.self, EAPBench.self, ExecLoop.self, CollectorBench.self, CollectorLoad.self],
+        subcommands: [DecisionBench.self, EnforceBench.self, EAPBench.self, ExecLoop.self, CollectorBench.self],
         defaultSubcommand: DecisionBench.self)
 }
 
 struct DecisionBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "decision",
-        abstract: "Link-change-to-decision latency and segguardd idle RSS.")
+        abstract: "Link-change-to-decision latency through SegguardAgent, and segguardd idle RSS.")
 
     @Option(help: "Number of link changes (half carrier-lost, half carrier-back).")
     var changes = 400
@@ -76,6 +126,8 @@ struct DecisionBench: ParsableCommand {
     @Option(help: "Path of segguardd (default: next to this binary).")
     var segguardd: String?
 
+    static let policy = "schema_version: 1\nname: bench\nsites:\n  - name: bench\n    wired:\n      - interfaces: [\"sgb*\"]\n        link_kinds: [veth]\n"
+
     func run() throws {
         guard isRoot else { throw ValidationError("segguard-bench needs root (network namespaces)") }
         let ns = try TestNamespace(prefix: "sgbench")
@@ -83,12 +135,9 @@ struct DecisionBench: ParsableCommand {
         try runCommand(["ip", "netns", "exec", ns.name, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
         try ns.addVeth("sgb0", index: 4001, peer: "sgbpeer0", index: 4002)
 
-        let policy = Policy(name: "bench", sites: [Site(name: "bench", wired: [WiredRule(interfaces: ["sgb*"], linkKinds: ["veth"])])])
-        let log = DecisionLog(policy: policy)
-        let watcher = NetworkWatcher(options: .init(networkNamespace: ns.path))
-        try watcher.start(onSnapshot: { log.observe($0) })
-        defer { watcher.stop() }
-        guard var (cursor, _) = log.wait(for: .authorizedWired, from: 0) else { throw CommandError(description: "no initial authorized-wired decision") }
+        let bench = try BenchAgent(policy: Self.policy, sources: AgentSources(network: NetworkWatcher(options: .init(networkNamespace: ns.path))))
+        defer { bench.stop() }
+        guard var (cursor, _) = bench.observer.wait(for: .authorizedWired, from: 0) else { throw CommandError(description: "no initial authorized-wired decision") }
 
         let toggler = try LinkToggler(namespacePath: ns.path)
         var samples: [Double] = []
@@ -97,16 +146,16 @@ struct DecisionBench: ParsableCommand {
             let expect: Segment = up ? .authorizedWired : .unauthorized
             let t0 = monotonicNanos()
             try toggler.setUp(4002, up)
-            guard let (next, at) = log.wait(for: expect, from: cursor) else {
+            guard let (next, at) = bench.observer.wait(for: expect, from: cursor) else {
                 throw CommandError(description: "change \(i): no \(expect.rawValue) decision within 5 s")
             }
             cursor = next
             samples.append(Double(at - t0) / 1e6)
         }
-        let stats = watcher.statistics
-        print("link change -> decision latency over \(samples.count) changes (veth carrier lost/back, ifindex 4001/4002):")
+        let status = bench.agent.reply(to: ControlRequest(command: .status), peer: PeerCredentials(pid: getpid(), uid: 0, gid: 0, groups: [])).status
+        print("link change -> decision latency through SegguardAgent over \(samples.count) changes (veth carrier lost/back, ifindex 4001/4002):")
         print("  " + percentiles(samples))
-        print("  watcher: \(stats.messages) netlink messages, \(stats.snapshots) snapshots, \(stats.wakeups) wakeups, \(stats.resyncs) resyncs")
+        print("  netlink: \(status?.netlinkMessages ?? 0) messages, \(status?.netlinkResyncs ?? 0) resyncs; agent loop: \(bench.agent.loop.statistics.wakeups) wakeups")
 
         // Idle RSS of the real daemon watching the same namespace.
         let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
@@ -115,17 +164,17 @@ struct DecisionBench: ParsableCommand {
         try FileManager.default.createDirectory(at: tmp, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: tmp) }
         let policyFile = tmp.appendingPathComponent("policy.yaml")
-        try "schema_version: 1\nname: bench\nsites:\n  - name: bench\n    wired:\n      - interfaces: [\"sgb*\"]\n        link_kinds: [veth]\n"
-            .write(to: policyFile, atomically: true, encoding: .utf8)
+        try Self.policy.write(to: policyFile, atomically: true, encoding: .utf8)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: daemonPath)
-        p.arguments = ["--policy", policyFile.path, "--netns", ns.path, "--socket", tmp.appendingPathComponent("control.sock").path, "--log-level", "warning"]
+        p.arguments = ["--policy", policyFile.path, "--netns", ns.path, "--socket", tmp.appendingPathComponent("control.sock").path, "--log-level", "warning",
+                       "--baseline-file", tmp.appendingPathComponent("baseline.json").path, "--nft-table", "sgbench_rss"]
         p.standardError = FileHandle.nullDevice
         try p.run()
         Thread.sleep(forTimeInterval: idleSeconds)
-        let status = (try? String(contentsOfFile: "/proc/\(p.processIdentifier)/status", encoding: .utf8)) ?? ""
-        let rss = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }.map { $0.dropFirst(6).trimmingCharacters(in: .whitespaces) } ?? "unknown"
-        let threads = status.split(separator: "\n").first { $0.hasPrefix("Threads:") }.map { $0.dropFirst(8).trimmingCharacters(in: .whitespaces) } ?? "?"
+        let procStatus = (try? String(contentsOfFile: "/proc/\(p.processIdentifier)/status", encoding: .utf8)) ?? ""
+        let rss = procStatus.split(separator: "\n").first { $0.hasPrefix("VmRSS:") }.map { $0.dropFirst(6).trimmingCharacters(in: .whitespaces) } ?? "unknown"
+        let threads = procStatus.split(separator: "\n").first { $0.hasPrefix("Threads:") }.map { $0.dropFirst(8).trimmingCharacters(in: .whitespaces) } ?? "?"
         p.terminate()
         p.waitUntilExit()
         print("segguardd idle after \(idleSeconds) s: VmRSS \(rss), \(threads) threads (\(daemonPath))")
@@ -139,42 +188,10 @@ func percentiles(_ values: [Double]) -> String {
     return String(format: "p50 %.3f ms   p90 %.3f ms   p99 %.3f ms   max %.3f ms   min %.3f ms", pct(50), pct(90), pct(99), v.last!, v.first!)
 }
 
-/// Times of enforcement events as the Enforcer reports them.
-final class EventTimes: Sendable {
-    private let state = Mutex<[(EnforcementEvent.Kind, UInt64, String)]>([])
-    private let condition = NSCondition()
-
-    func record(_ e: EnforcementEvent) {
-        condition.lock()
-        state.withLock { $0.append((e.kind, monotonicNanos(), e.reason)) }
-        condition.broadcast()
-        condition.unlock()
-    }
-
-    var count: Int { state.withLock { $0.count } }
-
-    /// The time of the first `kind` event at index >= from and not before `notBefore`; waits up to 5 s.
-    func wait(_ kind: EnforcementEvent.Kind, from: Int, notBefore: UInt64 = 0, reasonContains: String = "") -> (Int, UInt64)? {
-        let deadline = Date().addingTimeInterval(5)
-        condition.lock()
-        defer { condition.unlock() }
-        while true {
-            let hit: (Int, UInt64)? = state.withLock { s in
-                for i in from..<s.count where s[i].0 == kind && s[i].1 >= notBefore && (reasonContains.isEmpty || s[i].2.contains(reasonContains)) {
-                    return (i + 1, s[i].1)
-                }
-                return nil
-            }
-            if let hit { return hit }
-            if !condition.wait(until: deadline) { return nil }
-        }
-    }
-}
-
 struct EnforceBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "enforce",
-        abstract: "Link change -> nftables table replaced, and -> VDI session process reaped.")
+        abstract: "Link change -> nftables table replaced, and -> VDI session process reaped, through SegguardAgent.")
 
     @Option(help: "Number of carrier losses (each ends one session).")
     var changes = 100
@@ -187,40 +204,48 @@ struct EnforceBench: ParsableCommand {
         try runCommand(["ip", "netns", "exec", ns.name, "sysctl", "-q", "-w", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
         try ns.addVeth("sgb0", index: 4101, peer: "sgbpeer0", index: 4102)
 
-        let policy = Policy(
-            name: "bench", sites: [Site(name: "bench", wired: [WiredRule(interfaces: ["sgb*"], linkKinds: ["veth"])])],
-            vdi: VDIRule(gateways: [Gateway(prefix: IPPrefix("192.0.2.10")!, ports: [443])]),
-            enforcement: EnforcementRule(graceSeconds: 0, killTimeoutSeconds: 1),
-            profiles: [LaunchProfile(name: "mynumber", segment: .mynumber)])
+        let policy = """
+            schema_version: 1
+            name: bench
+            sites:
+              - name: bench
+                wired:
+                  - interfaces: ["sgb*"]
+                    link_kinds: [veth]
+            vdi:
+              gateways:
+                - address: 192.0.2.10
+                  ports: [443]
+            enforcement:
+              grace_seconds: 0
+              kill_timeout_seconds: 1
+            profiles:
+              - name: mynumber
+                segment: mynumber
+                command: ["/bin/sleep", "3600"]
+            """
         // libnftables binds to the namespace its context is created in.
         let binding = try withNetworkNamespace(ns.path) { try NftablesBinding(table: "sgbench") }
         let cgroup = cgroupRoot + "-bench-\(getpid())"
         let tracker = try SessionTracker(base: cgroup)
         defer { rmdir(cgroup) }
-        let times = EventTimes()
-        let enforcer = Enforcer(binding: binding, tracker: tracker, baselinePath: nil, logger: Logger(label: "bench"), onEvent: { times.record($0) })
-        let monitor = Mutex(SegmentMonitor(policy: policy))
-        let watcher = NetworkWatcher(options: .init(networkNamespace: ns.path))
-        try watcher.start(onSnapshot: { snapshot in
-            let now = monotonicNanos()
-            let decision = monitor.withLock { m -> Decision in
-                _ = m.update(snapshot)
-                return m.decision
-            }
-            enforcer.update(decision: decision, policy: policy, eventNanos: now)
-        })
-        defer { watcher.stop() }
+        let bench = try BenchAgent(policy: policy, sources: AgentSources(network: NetworkWatcher(options: .init(networkNamespace: ns.path)), binding: binding, sessions: tracker))
+        defer { bench.stop() }
+        let times = bench.observer
         guard var (cursor, _) = times.wait(.bindingApplied, from: 0) else { throw CommandError(description: "no initial binding") }
 
         let toggler = try LinkToggler(namespacePath: ns.path)
+        let root = PeerCredentials(pid: 0, uid: 0, gid: 0, groups: [])
         var tableMs: [Double] = [], reapMs: [Double] = []
         for i in 0..<changes {
             let session = Process()
             session.executableURL = URL(fileURLWithPath: "/bin/sleep")
             session.arguments = ["3600"]
             try session.run()
-            let reply = enforcer.launch(profileName: "mynumber", command: ["/bin/sleep"], requester: LaunchRequester(pid: session.processIdentifier, uid: 0, gid: 0, groups: []))
-            guard reply.allowed else { throw CommandError(description: "change \(i): launch refused: \(reply.reason)") }
+            var requester = root
+            requester.pid = session.processIdentifier
+            let reply = bench.agent.reply(to: ControlRequest(command: .launch, profile: "mynumber"), peer: requester)
+            guard reply.launch?.allowed == true else { throw CommandError(description: "change \(i): launch refused: \(reply.launch?.reason ?? reply.error?.message ?? "?")") }
 
             let t0 = monotonicNanos()
             try toggler.setUp(4102, false)
@@ -235,35 +260,17 @@ struct EnforceBench: ParsableCommand {
             guard let (back, _) = times.wait(.bindingApplied, from: cursor, notBefore: t1) else { throw CommandError(description: "change \(i): not re-authorized") }
             cursor = back
         }
-        print("link change (carrier lost) -> enforcement, over \(changes) changes:")
+        print("link change (carrier lost) -> enforcement through SegguardAgent, over \(changes) changes:")
         print("  nftables table replaced:  " + percentiles(tableMs))
         print("  session process reaped:   " + percentiles(reapMs))
-    }
-}
-
-Bench.main()
-
-
-/// The network snapshot merged with the 802.1X map, as segguardd decides on it.
-final class MergedSnapshots: Sendable {
-    private let state = Mutex<(NetworkSnapshot?, [String: DeviceAuthState])>((nil, [:]))
-    let log: DecisionLog
-    init(log: DecisionLog) { self.log = log }
-
-    func network(_ s: NetworkSnapshot) { emit(state.withLock { $0.0 = s; return $0 }) }
-    func deviceAuth(_ m: [String: DeviceAuthState]) { emit(state.withLock { $0.1 = m; return $0 }) }
-
-    private func emit(_ st: (NetworkSnapshot?, [String: DeviceAuthState])) {
-        guard var s = st.0 else { return }
-        for i in s.interfaces.indices { s.interfaces[i].deviceAuth = st.1[s.interfaces[i].name] }
-        log.observe(s)
+        print(bench.pipeline())
     }
 }
 
 struct EAPBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "eap",
-        abstract: "EAP failure (hostapd refuses a re-authentication) to new decision, through wpa_supplicant's control socket.")
+        abstract: "EAP failure (hostapd refuses a re-authentication) to new decision, through wpa_supplicant's control socket and SegguardAgent.")
 
     @Option(help: "Number of refused re-authentications.")
     var rounds = 20
@@ -277,18 +284,14 @@ struct EAPBench: ParsableCommand {
         defer { ns.destroy() }
         try ns.addVeth("tcb0", index: 4011, peer: "gwb0", index: 4012)
 
-        let policy = Policy(name: "bench", sites: [Site(name: "bench", wired: [WiredRule(interfaces: ["tcb*"], linkKinds: ["veth"], deviceAuth: .eapTLS)])])
-        let log = DecisionLog(policy: policy)
-        let merged = MergedSnapshots(log: log)
-        let watcher = NetworkWatcher(options: .init(networkNamespace: ns.path))
-        try watcher.start(onSnapshot: { merged.network($0) })
-        defer { watcher.stop() }
+        let policy = "schema_version: 1\nname: bench\nsites:\n  - name: bench\n    wired:\n      - interfaces: [\"tcb*\"]\n        link_kinds: [veth]\n        device_auth: eap-tls\n"
         let local = FileManager.default.temporaryDirectory.appendingPathComponent("sgbench-eap-\(getpid())").path
         try FileManager.default.createDirectory(atPath: local, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: local) }
         let source = WPAControlSource(directory: lab.controlDirectory, localDirectory: local, logger: Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() })
-        source.start { merged.deviceAuth($0) }
-        defer { source.stop() }
+        let bench = try BenchAgent(policy: policy, sources: AgentSources(network: NetworkWatcher(options: .init(networkNamespace: ns.path)), deviceAuth: source))
+        defer { bench.stop() }
+        let log = bench.observer
 
         var cursor = 0
         var fromRequest: [Double] = [], fromEvent: [Double] = []
@@ -417,3 +420,5 @@ struct ExecLoop: ParsableCommand {
         print(line)
     }
 }
+
+Bench.main()

@@ -10,7 +10,7 @@ import NIOCore
 import NIOSSL
 import SegguardPolicy
 import SegguardReport
-import SegguardReporter
+import SegguardSystem
 
 struct PolicyCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -104,7 +104,7 @@ struct WhyDenied: ParsableCommand {
         let events = (reply.events ?? []).suffix(last)
         if events.isEmpty { print("no refusals or terminations since segguardd started"); return }
         for e in events {
-            var head = "\(Render.iso(e.time))  \(e.kind.rawValue)"
+            var head = "\(Render.iso(e.time))  \(e.kind)"
             if let p = e.profile { head += "  profile \(p)" }
             if let u = e.uid { head += "  uid \(u)" }
             if let ms = e.latencyMs { head += String(format: "  %.1f ms after the network event", ms) }
@@ -155,6 +155,10 @@ enum Render {
             out += "last reload REFUSED, previous policy kept:\n" + e.split(separator: "\n").map { "  \($0)" }.joined(separator: "\n") + "\n"
         }
         out += "daemon:    segguardd \(s.daemonVersion), pid \(s.pid); netlink: \(s.netlinkMessages) messages, \(s.netlinkResyncs) resyncs, \(s.netlinkParseErrors) parse errors\n"
+        if let p = s.pipeline {
+            let stages = p.stages.filter { $0.name != "snapshot" }.map { String(format: "%@ p50 %.0f / p99 %.0f µs", $0.name, $0.p50Micros, $0.p99Micros) }
+            out += "pipeline:  netlink message -> table, last \(p.samples) change\(p.samples == 1 ? "" : "s"): \(stages.joined(separator: "; "))\n"
+        }
         out += "wireless:  \(s.snapshot.wirelessMonitoring ? "monitored (nl80211)" : "not monitored (no nl80211 in this kernel)")\n"
         if let c = s.capture {
             if let e = c.error {

@@ -5,6 +5,7 @@
 
 import Foundation
 import SegguardTestSupport
+import SegguardSystem
 import SegguardWire
 import Testing
 
@@ -71,7 +72,7 @@ final class CaptureDaemon {
         guard rc == 0 else { throw CommandError(description: "cp \(source) \(name): \(err)") }
     }
 
-    func events() throws -> [EnforcementEvent] {
+    func events() throws -> [EventEntry] {
         let (rc, out, err) = try runCapturing(binDir.appendingPathComponent("segguardctl"), ["why-denied", "--json", "--socket", socket])
         guard rc == 0 else { throw CommandError(description: "why-denied: \(err)") }
         return try ControlCoding.decoder().decode(ControlReply.self, from: Data(out.utf8)).events ?? []
@@ -149,7 +150,7 @@ struct CaptureTests {
         // Execs outside the watched mount are not touched.
         #expect(try d.run(["/usr/bin/echo", "outside"]).0 == 0)
 
-        let events = try d.events().filter { $0.kind == .execDenied }
+        let events = try d.events().filter { $0.kind == "exec-denied" }
         #expect(events.count == 2, "\(events)")
         let byName = try #require(events.first { $0.exec?.path == "\(d.tools)/scrot" })
         #expect(byName.reason == "executable name \"scrot\" is listed in capture.block.names")
@@ -213,7 +214,7 @@ struct CaptureTests {
         try d.install("/usr/bin/bash", as: "ffmpeg")
         let (rc, _) = try d.run(["\(d.tools)/ffmpeg", "-c", "sleep 20; true", "-f", "x11grab"])
         #expect(rc != 0) // killed (SIGKILL), not 20 s of sleep
-        let killed = try #require(try d.events().first { $0.kind == .processKilled })
+        let killed = try #require(try d.events().first { $0.kind == "process-killed" })
         #expect(killed.exec?.path == "\(d.tools)/ffmpeg")
         #expect(killed.reason.hasPrefix("running ffmpeg with \"x11grab\" in its arguments (capture.block.arguments)"))
         // The same tool without the capturing argument runs.
@@ -226,7 +227,7 @@ struct CaptureTests {
         defer { d.cleanup() }
         try d.install("/usr/bin/true", as: "gnome-screenshot")
         #expect(try d.run(["\(d.tools)/gnome-screenshot"]).0 == 0)
-        let would = try d.events().filter { $0.kind == .execWouldBeDenied }
+        let would = try d.events().filter { $0.kind == "exec-would-be-denied" }
         #expect(would.map(\.exec?.path) == ["\(d.tools)/gnome-screenshot"])
 
         try d.reload(try capturePolicy(mode: "enforce")(d.tools))
@@ -253,7 +254,7 @@ struct CaptureTests {
         defer { deny.cleanup() }
         try deny.install("/usr/bin/true", as: "slow")
         #expect(try deny.run(["\(deny.tools)/slow"]).0 != 0)
-        #expect(try deny.events().contains { $0.kind == .execDenied && $0.reason.contains("capture.fail_mode: deny") })
+        #expect(try deny.events().contains { $0.kind == "exec-denied" && $0.reason.contains("capture.fail_mode: deny") })
     }
 
     @Test("trusted-only during a protecting profile's session: /bin/true (checked against dpkg's md5sums) runs; a copied or modified binary is denied")
@@ -333,10 +334,10 @@ struct CaptureTests {
         // ...and is ended when the protecting session starts.
         early.waitUntilExit()
         #expect(early.terminationStatus != 0)
-        #expect(try d.events().contains { $0.kind == .processKilled && $0.exec?.path == "\(d.tools)/scrot" && $0.profile == "mynumber" })
+        #expect(try d.events().contains { $0.kind == "process-killed" && $0.exec?.path == "\(d.tools)/scrot" && $0.profile == "mynumber" })
         renamed.waitUntilExit()
         #expect(renamed.terminationStatus != 0)
-        #expect(try d.events().contains { $0.kind == .processKilled && $0.exec?.path == "\(d.tools)/notes-app" && $0.exec?.sha256 == uniqueHash })
+        #expect(try d.events().contains { $0.kind == "process-killed" && $0.exec?.path == "\(d.tools)/notes-app" && $0.exec?.sha256 == uniqueHash })
 
         // dpkg's index loads in the background; until then execs get the fail mode (allow).
         let loaded = Date().addingTimeInterval(20)
@@ -345,7 +346,7 @@ struct CaptureTests {
         #expect(rc != 0 && err.contains("Operation not permitted"), "\(err)")
         #expect(try d.run(["/bin/true"]).0 == 0)
         #expect(try d.run(["/usr/bin/false"]).0 != 0) // true's content under false's name: not what dpkg installed
-        let denials = try d.events().filter { $0.kind == .execDenied }
+        let denials = try d.events().filter { $0.kind == "exec-denied" }
         let copied = try #require(denials.last { $0.exec?.path == "\(d.tools)/copied-true" })
         #expect(copied.profile == "mynumber")
         #expect(copied.reason == "\(d.tools)/copied-true is not part of an installed package (or differs from it) and not in capture.allow: profile 'mynumber' allows trusted executables only")

@@ -5,6 +5,7 @@ import Foundation
 import SegguardControl
 import SegguardDecision
 import SegguardPolicy
+import SegguardSystem
 import SegguardWire
 import Testing
 

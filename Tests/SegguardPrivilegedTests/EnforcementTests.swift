@@ -8,6 +8,7 @@ import SegguardControl
 import SegguardEnforce
 import SegguardPolicy
 import SegguardTestSupport
+import SegguardSystem
 import SegguardWire
 import Testing
 
@@ -161,8 +162,8 @@ final class EnforcementLab {
         let listing = (try? runCommand(["nsenter", "--net=\(client.path)", "nft", "list", "table", "inet", "segguard"])) ?? ""
         return listing.contains("oifname \"sga0\"") && listing.contains("accept")
     }
-    var sessions: [SessionInfo] { reply(.sessions)?.sessions ?? [] }
-    var denials: [EnforcementEvent] { reply(.whyDenied)?.events ?? [] }
+    var sessions: [SessionEntry] { reply(.sessions)?.sessions ?? [] }
+    var denials: [EventEntry] { reply(.whyDenied)?.events ?? [] }
     func canReachGateway() -> Bool {
         if case .success = tcpConnect(namespacePath: client.path, address: Self.gatewayIP, port: Self.port, timeout: 1) { return true }
         return false
@@ -218,7 +219,7 @@ struct EnforcementTests {
         try lab.gateway.ip("link", "set", "gwa0", "down")
         #expect(lab.eventually { session.pids.allSatisfy { !isAlive($0) } }, "every process of the session is gone, the setsid child included")
         #expect(!lab.canReachGateway())
-        let ended = try #require(lab.denials.last { $0.kind == .sessionsEnded })
+        let ended = try #require(lab.denials.last { $0.kind == "sessions-ended" })
         #expect(ended.sessions.map(\.id) == [session.id])
         #expect(ended.reason.contains("sga0 matches site 'lab' wired rule"))
         #expect(ended.reason.contains("has no carrier"))
@@ -246,7 +247,7 @@ struct EnforcementTests {
         try lab.client.ip("addr", "add", "10.63.0.2/24", "dev", "usbtest0")
         try lab.client.ip("route", "add", "default", "via", "10.63.0.1", "dev", "usbtest0")
         #expect(lab.eventually { session.pids.allSatisfy { !isAlive($0) } })
-        let ended = try #require(lab.denials.last { $0.kind == .sessionsEnded })
+        let ended = try #require(lab.denials.last { $0.kind == "sessions-ended" })
         #expect(ended.reason.hasPrefix("usbtest0 (virtual veth) is a second uplink"))
         #expect(!lab.canReachGateway(), "sga0 still has carrier, but the decision is unauthorized: the table drops")
     }
@@ -264,7 +265,7 @@ struct EnforcementTests {
         #expect(p.terminationStatus == 1)
         let stderr = String(decoding: (p.standardError as! Pipe).fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(stderr.hasPrefix("segguard-launch: refused: profile 'mynumber' needs the My Number segment: no authorized path: sga0"))
-        #expect(lab.denials.last?.kind == .launchRefused)
+        #expect(lab.denials.last?.kind == "launch-refused")
 
         let unknown = try lab.launch(profile: "mynumbre", ["/bin/true"])
         unknown.waitUntilExit()
@@ -394,12 +395,12 @@ struct EnforcementTests {
         try lab.client.addVeth("usbtest0", index: 3948, peer: "phone0", index: 3949)
         try lab.client.ip("addr", "add", "10.63.0.2/24", "dev", "usbtest0")
         try lab.client.ip("route", "add", "default", "via", "10.63.0.1", "dev", "usbtest0")
-        #expect(lab.eventually { lab.denials.contains { $0.kind == .sessionsWouldBeEnded } })
+        #expect(lab.eventually { lab.denials.contains { $0.kind == "sessions-would-be-ended" } })
         #expect(session.pids.allSatisfy(isAlive), "audit: the session keeps running")
         #expect(lab.canReachGateway(), "audit: the gateway stays reachable")
         let refused = try lab.launch(["/bin/true"])
         refused.waitUntilExit()
         #expect(refused.terminationStatus == 0, "audit: the launch goes ahead")
-        #expect(lab.denials.contains { $0.kind == .launchWouldBeRefused })
+        #expect(lab.denials.contains { $0.kind == "launch-would-be-refused" })
     }
 }

@@ -300,7 +300,9 @@ struct NftablesBindingTests {
         let path = "/nonexistent-segguard-dir/baseline.json"
         let e = try #require(throws: NftablesError.self) { try b.writeBaseline(gateways: [GatewayLab.gateway], to: path) }
         #expect(e.operation == "write the baseline ruleset to \(path)")
-        #expect(e.detail == "open /nonexistent-segguard-dir/.baseline.json.tmp.\(getpid()): No such file or directory")
+        // AtomicFile's temporary name: .<name>.tmp-<pid>-<random hex>.
+        #expect(e.detail.hasPrefix("open /nonexistent-segguard-dir/.baseline.json.tmp-\(getpid())-"))
+        #expect(e.detail.hasSuffix(": No such file or directory (errno 2)"))
     }
 
     /// The batch with one more command appended.

@@ -76,3 +76,9 @@ typedef struct {
 /// Extracts the exec events of `len` bytes read from the socket into at most `max` entries;
 /// returns how many (other events are skipped), or -1 for a malformed message.
 int sg_proc_connector_parse(const void *buf, size_t len, sg_proc_exec *out, int max);
+
+/// Names the calling thread (prctl PR_SET_NAME: at most 15 bytes kept). prctl is variadic, so
+/// Swift cannot call it. Returns 0 or -errno.
+int sg_set_thread_name(const char *name);
+/// The calling thread's name into `buf` (at least 16 bytes). Returns 0 or -errno.
+int sg_thread_name(char *buf, size_t len);

@@ -1,7 +1,7 @@
 // StopSignal: a stop wakes a waiting loop; a readable descriptor wakes it with .readable.
 
 import Foundation
-import SegguardEventLoop
+import SegguardSystem
 import Synchronization
 import Testing
 

@@ -1,0 +1,657 @@
+// The agent: the one owner of segment-guard's state. Owns: the policy in force and the file it
+// came from, the latest network snapshot and 802.1X states, the decision (SegmentMonitor) and
+// its generation, the binding controller, the grace period, the event log, the exec gate, the
+// pipeline timings. Must not own: the kernel sources' sockets and threads (they are behind
+// protocols), the control socket, the reporter's spool.
+//
+// Everything here runs on the agent's loop, one thread: a netlink message (read on that very
+// thread), an 802.1X change, a SIGHUP reload, a policy bundle, the repair tick, the grace
+// timer, a control request, a capture record: each is one job, run to the end before the
+// next. So there are no locks, and a decision is enforced before the next one is made.
+//
+// Failure table:
+//   nftables transaction refused   -> drop-all baseline, event binding-failed, retried by the repair tick
+//   table gone (flushed by hand)   -> put back at the next repair tick (every repairInterval s)
+//   session cannot be tracked      -> launch refused (fail closed), event launch-refused
+//   policy invalid on reload       -> refused with every error, the previous policy stays (status, event)
+//   exec gate cannot start         -> said in status and the log; the segment controls go on
+//   network source fails           -> the agent stops with the reason (segguardd exits 1, systemd restarts it)
+
+import Foundation
+import Logging
+import SegguardCapture
+import SegguardDecision
+import SegguardDeviceAuth
+import SegguardEnforce
+import SegguardNetlink
+import SegguardPolicy
+import SegguardReport
+import SegguardSystem
+import SegguardWire
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A policy as loaded: the model and the SHA-256 of the file's bytes.
+public struct LoadedPolicy: Sendable {
+    public var policy: Policy
+    public var file: String
+    public var sha256: String
+}
+
+/// Posts jobs to the core from any thread.
+struct Mailbox: Sendable {
+    let loop: PollLoop
+    let core: LoopBound<AgentCore?>
+    let captureBacklog: CaptureBacklog
+
+    func post(_ job: @escaping @Sendable (AgentCore) -> Void) {
+        loop.post { [core] in
+            if let c = core.value { job(c) }
+        }
+    }
+
+    /// A capture record from the gate's threads: queued unless that many are waiting already.
+    func postCapture(_ record: CaptureDecisionRecord) {
+        guard captureBacklog.enter() else { return }
+        post { [captureBacklog] core in
+            let dropped = captureBacklog.leave()
+            if dropped > 0 { core.captureRecordsDropped(dropped) }
+            core.captured(record)
+        }
+    }
+}
+
+/// Capture records waiting for the loop, and those dropped because too many were waiting.
+final class CaptureBacklog: Sendable {
+    let limit: Int
+    private let state = Mutex<(pending: Int, dropped: UInt64)>((0, 0))
+
+    init(limit: Int) { self.limit = limit }
+
+    /// True when the record may be queued.
+    func enter() -> Bool {
+        state.withLock { b in
+            guard b.pending < limit else {
+                b.dropped += 1
+                return false
+            }
+            b.pending += 1
+            return true
+        }
+    }
+
+    /// One record taken off the queue; returns (and clears) the count dropped meanwhile.
+    func leave() -> UInt64 {
+        state.withLock { b in
+            b.pending -= 1
+            defer { b.dropped = 0 }
+            return b.dropped
+        }
+    }
+}
+
+/// The agent's state and what it does with each input. Confined to the agent's loop.
+final class AgentCore {
+    let loop: PollLoop
+    let mailbox: Mailbox
+    let configuration: AgentConfiguration
+    let sources: AgentSources
+    let observer: any AgentObserver
+    let reporting: (any AgentReporting)?
+    let logger: Logger
+    /// Ending sessions waits for their processes (up to the kill timeout): off the loop.
+    let terminator = DispatchQueue(label: "segguard.sessions")
+    /// Called once when a source fails for good.
+    let onFailure: @Sendable (String) -> Void
+
+    // The policy in force.
+    private(set) var policy: Policy
+    private(set) var policyFile: String
+    private(set) var policyDigest: String
+    private(set) var policyLoadedAt = Date()
+    private(set) var lastPolicyError: String?
+
+    // Inputs.
+    private(set) var snapshot: NetworkSnapshot?
+    private(set) var deviceAuth: [String: DeviceAuthState] = [:]
+
+    // The decision, and its generation: +1 at every change, whatever caused it.
+    private(set) var monitor: SegmentMonitor
+    private(set) var generation: UInt64 = 0
+    private(set) var decidedAt = Date()
+
+    // Enforcement.
+    let binding: BindingController?
+    private(set) var grace = GracePeriod()
+    private var graceTimer: PollLoop.TimerID?
+    private var repairTimer: PollLoop.TimerID?
+    private var watchdogTimer: PollLoop.TimerID?
+    /// Session terminations running on `terminator`.
+    private(set) var terminationsInFlight = 0
+    private(set) var events: EventLog
+    private(set) var timings: PipelineTimings
+
+    // Capture blocking.
+    private(set) var gate: (any ExecGate)?
+    private(set) var gateError: String?
+
+    private var stopped = false
+
+    init(loop: PollLoop, mailbox: Mailbox, policy: LoadedPolicy, configuration: AgentConfiguration, sources: AgentSources,
+         observer: any AgentObserver, reporting: (any AgentReporting)?, logger: Logger, onFailure: @escaping @Sendable (String) -> Void) {
+        self.loop = loop
+        self.mailbox = mailbox
+        self.configuration = configuration
+        self.sources = sources
+        self.observer = observer
+        self.reporting = reporting
+        self.logger = logger
+        self.onFailure = onFailure
+        self.policy = policy.policy
+        self.policyFile = policy.file
+        self.policyDigest = policy.sha256
+        self.monitor = SegmentMonitor(policy: policy.policy)
+        self.binding = sources.binding.map { BindingController(binding: $0, baselinePath: configuration.baselineFile, logger: logger) }
+        self.events = EventLog(capacity: configuration.eventCapacity)
+        self.timings = PipelineTimings(capacity: configuration.timingsCapacity)
+    }
+
+    // MARK: - Start and stop
+
+    /// Until the first decision nothing may reach the VDI gateways, whatever table an earlier
+    /// run left: the baseline first, then the sources.
+    func start() throws {
+        binding?.applyBaseline(policy: policy)
+        scheduleRepair()
+        if configuration.watchdogInterval != nil {
+            observer.watchdog()
+            scheduleWatchdog()
+        }
+        try sources.network.start(
+            on: loop,
+            onSnapshot: { [unowned self] snapshot, woke in network(snapshot, woke: woke) },
+            onFailure: { [unowned self] why in fail("network source: \(why)") })
+        startCapture()
+        if let source = sources.deviceAuth {
+            let mailbox = self.mailbox
+            let clock = loop.clock
+            source.start { states in
+                let at = clock()
+                mailbox.post { core in core.deviceAuthChanged(states, at: at) }
+            }
+        }
+    }
+
+    /// Stops the sources in order (802.1X, netlink, capture) and writes the timings file.
+    func stop() {
+        guard !stopped else { return }
+        stopped = true
+        observer.stopping()
+        sources.deviceAuth?.stop()
+        sources.network.stop()
+        gate?.stop()
+        for t in [graceTimer, repairTimer, watchdogTimer].compactMap({ $0 }) { loop.cancel(t) }
+        if let path = configuration.timingsFile {
+            do {
+                try AtomicFile.write(Data(timings.jsonLines().utf8), to: path, mode: 0o644)
+            } catch {
+                logger.error("cannot write the pipeline timings", metadata: ["file": "\(path)", "error": "\(error)"])
+            }
+        }
+    }
+
+    func fail(_ why: String) {
+        logger.critical("a kernel source failed; the agent stops", metadata: ["error": "\(why)"])
+        onFailure(why)
+    }
+
+    // MARK: - Network and 802.1X: decide, then enforce
+
+    /// A snapshot from the network source, on this loop: `woke` is when the loop woke for the
+    /// first message behind it.
+    func network(_ s: NetworkSnapshot, woke: UInt64) {
+        let received = monotonicNanos()
+        snapshot = s
+        decide(merged(s), eventNanos: woke, stages: (woke, received))
+    }
+
+    func deviceAuthChanged(_ states: [String: DeviceAuthState], at: UInt64) {
+        deviceAuth = states
+        guard let s = snapshot else { return }
+        decide(merged(s), eventNanos: at, stages: nil)
+    }
+
+    func merged(_ s: NetworkSnapshot) -> NetworkSnapshot {
+        guard !deviceAuth.isEmpty || s.interfaces.contains(where: { $0.deviceAuth != nil }) else { return s }
+        var out = s
+        for i in out.interfaces.indices { out.interfaces[i].deviceAuth = deviceAuth[out.interfaces[i].name] }
+        return out
+    }
+
+    /// The hot path: the decision, then at once the table; everything else after.
+    func decide(_ merged: NetworkSnapshot, eventNanos: UInt64, stages: (woke: UInt64, received: UInt64)?) {
+        guard let change = monitor.update(merged) else { return }
+        let decided = monotonicNanos()
+        generation += 1
+        decidedAt = Date()
+        let outcome = binding?.enforce(change.current, policy: policy, generation: generation)
+        if let stages, case .applied? = outcome, let t = binding?.lastTiming {
+            timings.add(PipelineSample(woke: stages.woke, snapshot: stages.received, decided: decided, handedToKernel: t.handedToKernel, committed: t.returned))
+        }
+        logDecision(change)
+        if let outcome { recordBinding(outcome, eventNanos: eventNanos, decisionChanged: true) }
+        updateGrace(eventNanos: eventNanos)
+        if change.isInitial { observer.ready(status: statusLine) } else { observer.status(statusLine) }
+        observer.decisionChanged(change, eventNanos: eventNanos)
+    }
+
+    /// The STATUS= line: the decision and its interfaces or reason.
+    var statusLine: String {
+        let d = monitor.decision
+        return d.isAuthorized ? "\(d.segment.rawValue) via \(d.authorizedInterfaces.joined(separator: ", "))" : "unauthorized: \(d.reason)"
+    }
+
+    func logDecision(_ change: DecisionChange) {
+        let d = change.current
+        if let reporting {
+            reporting.record(kind: "decision-changed", severity: d.isAuthorized ? "info" : "warning",
+                             reason: d.isAuthorized ? "\(d.segment.rawValue) via \(d.authorizedInterfaces.joined(separator: ", "))" : d.reason,
+                             details: ["segment": d.segment.rawValue, "previous": change.previous.segment.rawValue,
+                                       "interfaces": d.authorizedInterfaces.joined(separator: ","), "initial": change.isInitial ? "true" : "false"],
+                             time: Date())
+            reporting.heartbeatNow()
+        }
+        // The first decision after start replaces the fail-closed placeholder: not a change.
+        logger.log(level: d.isAuthorized ? .notice : .warning, change.isInitial ? "initial segment decision" : "segment decision changed", metadata: [
+            "decision": "\(d.segment.rawValue)",
+            "previous": "\(change.previous.segment.rawValue)",
+            "interfaces": "\(d.authorizedInterfaces.joined(separator: ","))",
+            "reason": "\(d.reason)",
+        ])
+    }
+
+    func recordBinding(_ outcome: BindingController.Outcome, eventNanos: UInt64, decisionChanged: Bool) {
+        switch outcome {
+        case .unchanged:
+            return
+        case let .applied(mode, allowed):
+            let ms = Double(monotonicNanos() &- eventNanos) / 1e6
+            logger.info("network binding applied", metadata: [
+                "mode": "\(mode.rawValue)", "allowed": "\(allowed.joined(separator: ","))", "latency_ms": "\(String(format: "%.3f", ms))",
+            ])
+            if decisionChanged {
+                record(.bindingApplied, reason: "VDI gateway traffic allowed via [\(allowed.joined(separator: ", "))] (\(mode.rawValue))", latencyMs: ms)
+            }
+        case let .failed(error, inForce):
+            record(.bindingFailed, reason: "\(error); \(inForce); retrying every \(Int(configuration.repairInterval)) s")
+        }
+    }
+
+    // MARK: - Repair and watchdog ticks
+
+    func scheduleRepair() {
+        guard binding != nil else { return }
+        repairTimer = loop.schedule(after: configuration.repairInterval) { [unowned self] in
+            repairTimer = nil
+            repair()
+            if !stopped { scheduleRepair() }
+        }
+    }
+
+    /// Puts the table back when it is gone or the last transaction was refused: always the
+    /// decision in force now, never one remembered from earlier.
+    func repair() {
+        guard let binding, let outcome = binding.repair(monitor.decision, policy: policy, generation: generation) else { return }
+        recordBinding(outcome, eventNanos: monotonicNanos(), decisionChanged: true)
+    }
+
+    func scheduleWatchdog() {
+        guard let interval = configuration.watchdogInterval else { return }
+        watchdogTimer = loop.schedule(after: interval / 2) { [unowned self] in
+            watchdogTimer = nil
+            observer.watchdog()
+            if !stopped { scheduleWatchdog() }
+        }
+    }
+
+    // MARK: - Grace and session termination
+
+    func updateGrace(eventNanos: UInt64) {
+        let d = monitor.decision
+        let mode = policy.enforcement.sessionTermination
+        // Reading the sessions costs cgroup reads: only when they could be ended.
+        let hasSessions = !d.isAuthorized && mode != .off && !(sources.sessions?.sessions().isEmpty ?? true)
+        let step = grace.decision(authorized: d.isAuthorized, mode: mode, hasSessions: hasSessions, eventNanos: eventNanos,
+                                  graceSeconds: policy.enforcement.graceSeconds)
+        follow(step)
+    }
+
+    func follow(_ step: GracePeriod.Step) {
+        switch step {
+        case .nothing:
+            return
+        case .cancelled:
+            if let t = graceTimer { loop.cancel(t) }
+            graceTimer = nil
+            if monitor.decision.isAuthorized {
+                logger.notice("authorized path back within the grace period: sessions kept", metadata: ["interfaces": "\(monitor.decision.authorizedInterfaces.joined(separator: ","))"])
+            }
+        case let .arm(deadline, token):
+            if let t = graceTimer { loop.cancel(t) }
+            if policy.enforcement.graceSeconds > 0 {
+                logger.warning("segment lost: VDI traffic blocked, sessions end unless an authorized path returns",
+                               metadata: ["grace_s": "\(policy.enforcement.graceSeconds)"])
+            }
+            graceTimer = loop.schedule(at: deadline) { [unowned self] in
+                graceTimer = nil
+                graceExpired(token)
+            }
+        }
+    }
+
+    func graceExpired(_ token: UInt64) {
+        guard !monitor.decision.isAuthorized, let started = grace.expire(token) else { return }
+        endSessions(reason: monitor.decision.reason, eventNanos: started)
+    }
+
+    /// Ends the sessions of profiles that need the segment (and adopted ones, whose profile is
+    /// unknown): in audit mode only an event; in enforce mode on `terminator`, the result
+    /// coming back here as a job.
+    func endSessions(reason: String, eventNanos: UInt64) {
+        guard let sessions = sources.sessions else { return }
+        let protected = Set(policy.profiles.filter(\.needsAuthorizedSegment).map(\.name))
+        // A session whose profile left the policy still needed the segment when it started.
+        let known = Set(policy.profiles.map(\.name))
+        let matching: @Sendable (String) -> Bool = { protected.contains($0) || !known.contains($0) }
+        let targets = sessions.sessions().filter { matching($0.profile) }
+        guard !targets.isEmpty else { return }
+        switch policy.enforcement.sessionTermination {
+        case .off:
+            return
+        case .audit:
+            record(.sessionsWouldBeEnded, sessions: targets, reason: reason)
+        case .enforce:
+            let killTimeout = policy.enforcement.killTimeoutSeconds
+            terminationsInFlight += 1
+            let mailbox = self.mailbox
+            terminator.async {
+                let results = sessions.terminate(matching: matching, killTimeout: killTimeout)
+                mailbox.post { core in core.sessionsTerminated(results, reason: reason, killTimeout: killTimeout, eventNanos: eventNanos) }
+            }
+        }
+    }
+
+    func sessionsTerminated(_ results: [TerminationResult], reason: String, killTimeout: Double, eventNanos: UInt64) {
+        terminationsInFlight -= 1
+        refreshCapture()
+        guard !results.isEmpty else { return }
+        let last = results.map(\.reapedAtNanos).max() ?? 0
+        let ms = last > 0 ? Double(last &- eventNanos) / 1e6 : nil
+        let notReaped = results.filter { !$0.reaped }
+        var why = reason
+        if results.contains(where: \.killed) { why += " (SIGKILL after \(killTimeout) s)" }
+        if !notReaped.isEmpty { why += "; NOT reaped: sessions \(notReaped.map { String($0.session.id) }.joined(separator: ","))" }
+        record(.sessionsEnded, sessions: results.map(\.session), reason: why, latencyMs: ms)
+    }
+
+    // MARK: - Launch gate
+
+    func launch(profileName: String, command: [String], requester: PeerCredentials) -> LaunchReply {
+        let verdict = LaunchGate.evaluate(profileName: profileName, command: command, requester: requester, decision: monitor.decision, policy: policy,
+                                          canTrack: sources.sessions != nil, gid: groupID)
+        let shownProfile = LaunchGate.isProfileName(profileName) ? profileName : nil
+        func refuse(_ why: String) -> LaunchReply {
+            record(.launchRefused, profile: shownProfile, reason: why, uid: requester.uid)
+            return LaunchReply(allowed: false, reason: why, profile: profileName, sessionID: nil, command: [], configFiles: [])
+        }
+        switch verdict {
+        case .refuse(let why):
+            return refuse(why)
+        case let .allow(profile, command, reason, track, wouldRefuse):
+            if let wouldRefuse { record(.launchWouldBeRefused, profile: profile.name, reason: wouldRefuse, uid: requester.uid) }
+            var sessionID: UInt64?
+            if track, let sessions = sources.sessions {
+                do {
+                    sessionID = try sessions.register(pid: requester.pid, uid: requester.uid, profile: profile.name, peerPidfd: requester.pidfd).id
+                } catch {
+                    return refuse("cannot track the session: \(error)")
+                }
+                // Started while unauthorized (gate in audit or off): its own grace, if none runs.
+                follow(grace.sessionStarted(authorized: monitor.decision.isAuthorized, mode: policy.enforcement.sessionTermination, now: loop.clock(),
+                                            graceSeconds: policy.enforcement.graceSeconds))
+            }
+            record(.launchAllowed, profile: profile.name, reason: reason, uid: requester.uid)
+            // A session of a protecting profile raises capture protection before the client runs.
+            refreshCapture()
+            return LaunchReply(allowed: true, reason: reason, profile: profile.name, sessionID: sessionID, command: command, configFiles: profile.configFiles)
+        }
+    }
+
+    /// getgrnam_r (the group database may be read on other threads too); unknown groups are logged.
+    func groupID(_ name: String) -> UInt32? {
+        var grp = Glibc.group()
+        var buf = [CChar](repeating: 0, count: 16384)
+        var result: UnsafeMutablePointer<Glibc.group>?
+        guard getgrnam_r(name, &grp, &buf, buf.count, &result) == 0, result != nil else {
+            logger.error("allowed_groups names a group unknown on this host", metadata: ["group": "\(name)"])
+            return nil
+        }
+        return grp.gr_gid
+    }
+
+    // MARK: - Events
+
+    func record(_ kind: EnforcementEvent.Kind, profile: String? = nil, sessions: [SessionInfo] = [], reason: String, latencyMs: Double? = nil,
+                uid: UInt32? = nil, exec: EnforcementEvent.ExecDetails? = nil) {
+        let event = events.append(kind, profile: profile, sessions: sessions, reason: reason, latencyMs: latencyMs, uid: uid, exec: exec)
+        var meta: Logger.Metadata = ["event": "\(kind.rawValue)", "event_id": "\(event.id)", "reason": "\(reason)"]
+        if let profile { meta["profile"] = "\(profile)" }
+        if !sessions.isEmpty { meta["sessions"] = "\(sessions.map { "\($0.id)(pid \($0.pid))" }.joined(separator: ","))" }
+        if let latencyMs { meta["latency_ms"] = "\(String(format: "%.3f", latencyMs))" }
+        if let uid { meta["uid"] = "\(uid)" }
+        if let exec {
+            meta["path"] = "\(exec.path)"
+            meta["pid"] = "\(exec.pid)"
+            if let h = exec.sha256 { meta["sha256"] = "\(h)" }
+            if let p = exec.parentPid { meta["ppid"] = "\(p)" }
+            if let p = exec.parentExecutable { meta["parent"] = "\(p)" }
+        }
+        logger.log(level: event.isDenial ? .warning : .notice, "enforcement event", metadata: meta)
+        if let reporting {
+            let (severity, details) = event.report
+            reporting.record(kind: kind.rawValue, severity: severity, reason: reason, details: details, time: event.time)
+        }
+        observer.recorded(event)
+    }
+
+    // MARK: - Policy: reload and bundles
+
+    /// SIGHUP: re-reads the policy file in force; an invalid one is refused and the old one stays.
+    func reload() {
+        logger.notice("reloading policy", metadata: ["file": "\(policyFile)"])
+        observer.reloading()
+        defer { observer.reloaded(status: statusLine) }
+        do {
+            adopt(try Agent.loadPolicy(file: policyFile))
+        } catch {
+            lastPolicyError = "\(error)"
+            logger.error("policy refused; keeping the previous policy", metadata: ["file": "\(policyFile)", "errors": "\(error)"])
+            reporting?.record(kind: "policy-refused", severity: "warning", reason: "policy \(policyFile) refused, the previous one is kept: \(error)",
+                              details: ["policy_file": policyFile], time: Date())
+        }
+    }
+
+    /// A verified bundle: its policy is validated (refused with the reason, nothing changed),
+    /// written atomically and taken through the reload path. In order with every reload.
+    func applyBundle(_ payload: PolicyBundlePayload) throws {
+        guard let path = configuration.bundlePolicyFile else {
+            throw AgentError("this agent takes no policy bundles (no bundle directory)")
+        }
+        _ = try PolicyLoader.load(text: payload.policyYAML, file: "bundle v\(payload.version)")
+        try AtomicFile.write(Data(payload.policyYAML.utf8), to: path, mode: 0o644)
+        policyFile = path
+        logger.notice("policy bundle applied", metadata: ["version": "\(payload.version)", "group": "\(payload.group)", "file": "\(path)"])
+        reload()
+    }
+
+    /// Puts a validated policy in force: decision, table, grace, capture.
+    func adopt(_ loaded: LoadedPolicy) {
+        let p = loaded.policy
+        lastPolicyError = nil
+        policyLoadedAt = Date()
+        policy = p
+        policyDigest = loaded.sha256
+        let change = monitor.replacePolicy(p)
+        logger.notice("policy loaded", metadata: ["policy": "\(p.name)", "file": "\(loaded.file)"])
+        if let reporting {
+            reporting.update(rule: p.report)
+            reporting.record(kind: "policy-loaded", severity: "info", reason: "policy '\(p.name)' loaded from \(loaded.file)",
+                             details: ["policy_file": loaded.file, "policy_sha256": loaded.sha256], time: Date())
+            reporting.heartbeatNow()
+        }
+        let now = monotonicNanos()
+        if let change {
+            generation += 1
+            decidedAt = Date()
+            logDecision(change)
+        }
+        if let binding {
+            binding.prepare(p)
+            if monitor.hasDecided {
+                recordBinding(binding.enforce(monitor.decision, policy: p, generation: generation), eventNanos: now, decisionChanged: change != nil)
+            } else {
+                binding.applyBaseline(policy: p)
+            }
+        }
+        if monitor.hasDecided { updateGrace(eventNanos: now) }
+        startCapture()
+    }
+
+    // MARK: - Capture blocking
+
+    /// Starts or reconfigures the exec gate for the policy in force.
+    func startCapture() {
+        let rule = policy.capture
+        if let gate {
+            do {
+                if gate.watched != rule.watch { try gate.rewatch(rule.watch) }
+                gateError = nil
+            } catch {
+                gateError = "\(error)"
+                logger.error("capture blocking: cannot watch the policy's mounts", metadata: ["error": "\(error)"])
+            }
+            refreshCapture()
+            return
+        }
+        guard rule.mode != .off else { return }
+        guard let factory = sources.execGate else {
+            gateError = "capture blocking is not available to this agent"
+            logger.critical("capture blocking is NOT running", metadata: ["error": "\(gateError!)"])
+            return
+        }
+        do {
+            let mailbox = self.mailbox
+            let gate = try factory(rule) { record in mailbox.postCapture(record) }
+            try gate.watch(rule.watch)
+            gate.onStaleProtection { mailbox.post { core in core.refreshCapture() } }
+            self.gate = gate
+            gateError = nil
+            refreshCapture()
+            gate.start(procConnector: configuration.procConnector)
+            logger.notice("capture blocking started", metadata: ["mode": "\(rule.mode.rawValue)", "scope": "\(rule.scope.rawValue)", "watch": "\(rule.watch.joined(separator: ","))"])
+        } catch {
+            gateError = "\(error)"
+            logger.critical("capture blocking is NOT running", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// The protection follows the policy and the profiles of the sessions running now.
+    func refreshCapture() {
+        guard let gate else { return }
+        let running = Set(sources.sessions?.sessions().map(\.profile) ?? [])
+        gate.update(rule: policy.capture, sessionProfiles: policy.profiles.filter { running.contains($0.name) })
+    }
+
+    /// The loop fell behind a flood of capture records: the execs were still answered (and
+    /// counted by the gate); only their events are missing.
+    func captureRecordsDropped(_ count: UInt64) {
+        logger.warning("capture events dropped: the agent fell behind", metadata: ["dropped": "\(count)"])
+        reporting?.record(kind: "capture-events-dropped", severity: "warning",
+                          reason: "\(count) capture event(s) not recorded: more than \(mailbox.captureBacklog.limit) were waiting (a flood of execs)",
+                          details: ["dropped": "\(count)"], time: Date())
+    }
+
+    func captured(_ r: CaptureDecisionRecord) {
+        let kind: EnforcementEvent.Kind = switch r.outcome {
+        case .denied: .execDenied
+        case .wouldBeDenied: .execWouldBeDenied
+        case .failMode: .execFailMode
+        case .killed: .processKilled
+        case .wouldBeKilled: .processWouldBeKilled
+        }
+        record(kind, profile: r.profile, reason: r.reason, uid: r.uid,
+               exec: .init(path: r.path, sha256: r.sha256, pid: r.pid, parentPid: r.parentPid, parentExecutable: r.parentExecutable))
+    }
+
+    // MARK: - Control requests, status, heartbeat
+
+    func reply(to request: ControlRequest, peer: PeerCredentials) -> ControlReply {
+        guard request.version == controlProtocolVersion else {
+            return ControlReply(error: "control protocol \(request.version) is not supported; segguardd \(segguardVersion) speaks \(controlProtocolVersion)")
+        }
+        switch request.command {
+        case .launch:
+            guard let profile = request.profile, !profile.isEmpty else { return ControlReply(error: "launch: no profile named") }
+            return ControlReply(launch: launch(profileName: profile, command: request.clientCommand ?? [], requester: peer))
+        case .sessions:
+            return ControlReply(sessions: (sources.sessions?.sessions() ?? []).map(SessionEntry.init))
+        case .whyDenied:
+            return ControlReply(events: events.events.filter(\.isDenial).map(EventEntry.init))
+        case .status, .why:
+            return ControlReply(status: status())
+        }
+    }
+
+    func status() -> StatusReply {
+        let stats = sources.network.statistics
+        return StatusReply(
+            daemonVersion: segguardVersion, pid: getpid(), policyName: policy.name, policyFile: policyFile,
+            policyLoadedAt: policyLoadedAt, lastPolicyError: lastPolicyError,
+            snapshot: monitor.snapshot ?? .empty, decision: monitor.decision, decidedAt: decidedAt,
+            decisionChanges: monitor.changes, netlinkMessages: stats.messages, netlinkResyncs: stats.resyncs,
+            netlinkParseErrors: stats.parseErrors, capture: captureStatus(), reporting: reporting?.reportingStatus, pipeline: timings.status)
+    }
+
+    func captureStatus() -> StatusReply.CaptureStatus? {
+        guard policy.capture.mode != .off || gate != nil else { return nil }
+        let p = gate?.protection
+        let st = gate?.statistics ?? CaptureStatistics()
+        return .init(mode: policy.capture.mode.rawValue, level: p?.level.rawValue ?? "none", profile: p?.profile, watched: gate?.watched ?? [],
+                     events: st.events, denied: st.denied, failModeAnswers: st.failModeAnswers, error: gateError)
+    }
+
+    /// The heartbeat: who we are, the policy and decision in force, the interfaces.
+    func heartbeat() -> Heartbeat {
+        let d = monitor.decision
+        let interfaces = (monitor.snapshot ?? .empty).interfaces.filter { $0.kind != .loopback }.prefix(64).map { i in
+            InterfaceSummary(name: i.name, wireless: i.kind == .wireless, up: i.isRunning, ssid: i.wireless?.ssid.map { "\($0)" },
+                             bssid: i.wireless?.bssid.map { "\($0)" },
+                             deviceAuth: i.deviceAuth.map { "\($0.portStatus.rawValue)\($0.eapMethod.map { " (\($0))" } ?? "")" })
+        }
+        return Heartbeat(hostname: configuration.hostname, agentVersion: segguardVersion,
+                         policy: PolicySummary(name: policy.name, sha256: policyDigest),
+                         decision: DecisionSummary(segment: d.segment.rawValue, authorized: d.isAuthorized, reason: d.reason,
+                                                   interfaces: d.authorizedInterfaces, since: decidedAt),
+                         interfaces: Array(interfaces), intervalSeconds: policy.report.heartbeatSeconds,
+                         spool: SpoolSummary(pending: 0, dropped: 0), sentAt: Date())
+    }
+}
+
+/// A request the agent refuses, with the reason.
+public struct AgentError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ description: String) { self.description = description }
+}

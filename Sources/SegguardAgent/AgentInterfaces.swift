@@ -1,0 +1,116 @@
+// What the agent is given: its configuration, the kernel sources it reads and drives (each
+// behind a protocol, with a fake in SegguardTestFakes), and the two parties it tells what it
+// does: the service manager (AgentObserver) and the reporter (AgentReporting).
+
+import Foundation
+import SegguardCapture
+import SegguardDecision
+import SegguardDeviceAuth
+import SegguardEnforce
+import SegguardNetlink
+import SegguardPolicy
+import SegguardWire
+
+/// Files and timings of one agent.
+public struct AgentConfiguration: Sendable {
+    /// The local policy file (re-read on every reload unless a bundle is in force).
+    public var policyFile: String
+    /// Where a verified policy bundle's policy is written (nil: bundles are refused).
+    public var bundlePolicyFile: String?
+    /// The boot-time baseline table file (`nft -j -f`), kept in line with the gateways.
+    public var baselineFile: String?
+    /// Enforcement events kept for `segguardctl why-denied`.
+    public var eventCapacity = 500
+    /// Seconds between checks that the nftables table is still there.
+    public var repairInterval = 5.0
+    /// The service watchdog interval (WatchdogSec=): pinged from the agent's loop every half.
+    public var watchdogInterval: Double?
+    /// A process-connector socket opened earlier (in the initial network namespace), or -1.
+    public var procConnector: Int32 = -1
+    /// This host's name, for heartbeats.
+    public var hostname: String
+    /// Binding changes whose pipeline timings are kept (status, benchmarks).
+    public var timingsCapacity = 1024
+    /// Where the pipeline timings are written at stop, one JSON object per line (benchmarks).
+    public var timingsFile: String?
+
+    public init(policyFile: String, bundlePolicyFile: String? = nil, baselineFile: String? = nil, hostname: String = "localhost") {
+        self.policyFile = policyFile
+        self.bundlePolicyFile = bundlePolicyFile
+        self.baselineFile = baselineFile
+        self.hostname = hostname
+    }
+}
+
+/// Makes the exec gate once the policy turns capture blocking on; it reports what it does
+/// through the closure it is given (called on the gate's threads).
+public typealias ExecGateFactory = @Sendable (CaptureRule, @escaping @Sendable (CaptureDecisionRecord) -> Void) throws -> any ExecGate
+
+/// The kernel sources the agent reads and drives.
+public struct AgentSources: Sendable {
+    /// Network snapshots (rtnetlink, nl80211); read on the agent's own loop.
+    public var network: any NetworkSource
+    /// 802.1X state for `device_auth` rules (wpa_supplicant); nil: none.
+    public var deviceAuth: (any DeviceAuthSource)?
+    /// The nftables table; nil: no network binding on this host.
+    public var binding: (any NetworkBinding)?
+    /// VDI session cgroups; nil: My Number launches that need tracking are refused.
+    public var sessions: (any SessionControl)?
+    /// Capture blocking; nil: a policy that turns it on says in status that it cannot run.
+    public var execGate: ExecGateFactory?
+
+    public init(network: any NetworkSource, deviceAuth: (any DeviceAuthSource)? = nil, binding: (any NetworkBinding)? = nil,
+                sessions: (any SessionControl)? = nil, execGate: ExecGateFactory? = nil) {
+        self.network = network
+        self.deviceAuth = deviceAuth
+        self.binding = binding
+        self.sessions = sessions
+        self.execGate = execGate
+    }
+}
+
+/// Told what the agent does, on the agent's loop (keep it quick). The service manager's
+/// notifications (READY=1, STATUS=, RELOADING=1, WATCHDOG=1, STOPPING=1) and instruments.
+public protocol AgentObserver: Sendable {
+    /// The first decision is made and enforced.
+    func ready(status: String)
+    /// The decision changed.
+    func status(_ text: String)
+    func reloading()
+    func reloaded(status: String)
+    /// The agent's loop is alive (every half watchdog interval).
+    func watchdog()
+    func stopping()
+    /// A decision change, after it was enforced; `eventNanos` is when the loop woke for the
+    /// network message behind it (benchmarks).
+    func decisionChanged(_ change: DecisionChange, eventNanos: UInt64)
+    /// An enforcement event was recorded.
+    func recorded(_ event: EnforcementEvent)
+}
+
+extension AgentObserver {
+    public func ready(status: String) {}
+    public func status(_ text: String) {}
+    public func reloading() {}
+    public func reloaded(status: String) {}
+    public func watchdog() {}
+    public func stopping() {}
+    public func decisionChanged(_ change: DecisionChange, eventNanos: UInt64) {}
+    public func recorded(_ event: EnforcementEvent) {}
+}
+
+/// An observer that is told nothing.
+public struct SilentObserver: AgentObserver {
+    public init() {}
+}
+
+/// Where the agent's events go to reach the collector (`Reporter`). Every call returns at once.
+public protocol AgentReporting: Sendable {
+    func record(kind: String, severity: String, reason: String, details: [String: String], time: Date)
+    /// Send a heartbeat soon (the decision changed).
+    func heartbeatNow()
+    /// The policy's `report:` section changed.
+    func update(rule: ReportRule)
+    /// For `segguardctl status`.
+    var reportingStatus: StatusReply.ReportingStatus { get }
+}

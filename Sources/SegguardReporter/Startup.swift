@@ -1,0 +1,53 @@
+// What segguardd does with reporting at start: the saved policy bundle, verified again, and
+// the reporter with its spool opened (and whether the previous run ended cleanly).
+
+import Foundation
+import Logging
+import SegguardPKI
+import SegguardPolicy
+import SegguardReport
+import SegguardSystem
+import SegguardWire
+
+extension AppliedBundle {
+    /// The bundle saved in `directory` (bundle.json), verified against the pinned key and this
+    /// device's group, and the path of its policy (bundle-policy.yaml, rewritten from the
+    /// verified payload when missing or different). Nil when no bundle was saved.
+    public static func restore(keyPath: String, certificatePath: String, directory: String) throws -> (AppliedBundle, policyFile: String)? {
+        let key = try PolicySigningKey(base64: try String(contentsOfFile: keyPath, encoding: .utf8))
+        let identity = try DeviceIdentity(certificatePEM: try String(contentsOfFile: certificatePath, encoding: .utf8))
+        guard let (saved, payload) = try AppliedBundle.load(path: directory + "/bundle.json", key: key, group: identity.group) else { return nil }
+        let path = directory + "/bundle-policy.yaml"
+        let current = FileManager.default.contents(atPath: path).map(PolicySigning.sha256Hex)
+        if current != payload.policySHA256 {
+            try AtomicFile.write(Data(payload.policyYAML.utf8), to: path, mode: 0o644)
+        }
+        return (saved, path)
+    }
+}
+
+extension Reporter {
+    /// Opens the spool (marking this run as running) and makes the reporter; `uncleanStop`
+    /// says the previous run did not stop cleanly (killed, crashed, power lost).
+    public static func open(configuration: ReporterConfiguration, spoolPath: String, rule: ReportRule, logger: Logger, applied: AppliedBundle?,
+                            heartbeat: @escaping HeartbeatSource, applyBundle: @escaping BundleApplier) async throws -> (reporter: Reporter, uncleanStop: Bool) {
+        let spool = try await Spool(path: spoolPath, maxEvents: rule.spoolMaxEvents, overflow: rule.overflow)
+        do {
+            let unclean = try await spool.markRunning()
+            let reporter = try Reporter(configuration: configuration, spool: spool, rule: rule, logger: logger, applied: applied,
+                                        heartbeat: heartbeat, applyBundle: applyBundle)
+            return (reporter, unclean)
+        } catch {
+            try? await spool.close()
+            throw error
+        }
+    }
+
+    /// What `segguardctl status` shows of reporting.
+    public var reportingStatus: StatusReply.ReportingStatus {
+        let st = statistics
+        return .init(collector: configuration.collectorURL, agentID: identity.agentID, group: identity.group, heartbeatsSent: st.heartbeatsSent,
+                     heartbeatFailures: st.heartbeatFailures, lastHeartbeatAt: st.lastHeartbeatAt, eventsDelivered: st.eventsDelivered,
+                     lastError: st.lastError, bundleVersion: appliedBundle?.version)
+    }
+}

@@ -1,0 +1,55 @@
+// The one way segment-guard starts a thread of its own: with a kernel-visible name, so that
+// `ps -L`, `top -H`, /proc/PID/task/*/comm and a debugger show which loop is which.
+
+import CSegguardShims
+import Foundation
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Starts `body` on a new thread named `name` (at most 15 bytes: the kernel's TASK_COMM_LEN).
+public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
+    precondition(!name.isEmpty && name.utf8.count <= 15, "thread name '\(name)' must have 1 to 15 bytes")
+    let thread = Thread {
+        _ = sg_set_thread_name(name)
+        body()
+    }
+    thread.name = name
+    thread.start()
+}
+
+/// The calling thread's kernel name (tests, logs).
+public func currentThreadName() -> String {
+    var buf = [CChar](repeating: 0, count: 16)
+    guard sg_thread_name(&buf, buf.count) == 0 else { return "" }
+    return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+/// Runs `body` on Swift's concurrency pool and blocks the calling thread until it is done: for
+/// a synchronous command (one that set up its threads' namespace first) with async work.
+public func runBlocking<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let result = Mutex<Result<T, any Error>?>(nil)
+    let done = Gate()
+    Task {
+        do {
+            let value = try await body()
+            result.withLock { $0 = .success(value) }
+        } catch {
+            result.withLock { $0 = .failure(error) }
+        }
+        done.open()
+    }
+    done.wait()
+    return try result.withLock { $0! }.get()
+}
+
+/// gethostname(2) (Foundation's hostName may resolve names, which can block); "unknown" when
+/// there is none.
+public func hostName() -> String {
+    var buf = [CChar](repeating: 0, count: 256)
+    guard gethostname(&buf, buf.count - 1) == 0 else { return "unknown" }
+    let name = String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return name.isEmpty ? "unknown" : name
+}

@@ -1,0 +1,297 @@
+// A fake of every kernel source the agent reads or drives, so that its behaviour — fail
+// closed when nftables refuses, grace and termination, reload and bundle order, repair, every
+// control reply — is tested without root, on the agent's real loop with a manual clock.
+
+import Foundation
+import SegguardAgent
+import SegguardCapture
+import SegguardDecision
+import SegguardDeviceAuth
+import SegguardEnforce
+import SegguardNetlink
+import SegguardPolicy
+import SegguardSystem
+import SegguardWire
+import Synchronization
+
+/// A monotonic clock the test moves by hand (the agent's timers follow it).
+public final class ManualClock: Sendable {
+    private let now = Mutex<UInt64>(1_000_000_000)
+    public init() {}
+    public var nanos: UInt64 { now.withLock { $0 } }
+    public func advance(seconds: Double) { now.withLock { $0 &+= nanoseconds(seconds) } }
+    /// The clock as the agent's loop reads it.
+    public var clock: PollLoop.Clock { { [self] in nanos } }
+}
+
+/// Network snapshots sent by the test, delivered on the agent's loop as the watcher would.
+public final class FakeNetworkSource: NetworkSource, Sendable {
+    private let state = Mutex<(loop: PollLoop?, generation: UInt64, stopped: Bool, statistics: NetlinkStatistics)>((nil, 0, false, NetlinkStatistics()))
+    private let callbacks = Mutex<LoopBound<(snapshot: (NetworkSnapshot, UInt64) -> Void, failure: (String) -> Void)?>?>(nil)
+    /// Thrown by `start` when set.
+    public let startError = Mutex<String?>(nil)
+
+    public init() {}
+
+    public func start(on loop: PollLoop, onSnapshot: @escaping (NetworkSnapshot, UInt64) -> Void, onFailure: @escaping (String) -> Void) throws {
+        if let why = startError.withLock({ $0 }) { throw FakeError(why) }
+        state.withLock { $0.loop = loop }
+        callbacks.withLock { $0 = LoopBound((onSnapshot, onFailure), loop: loop) }
+    }
+
+    public func stop() { state.withLock { $0.stopped = true } }
+    public var isStopped: Bool { state.withLock { $0.stopped } }
+    public var statistics: NetlinkStatistics { state.withLock { $0.statistics } }
+
+    /// Delivers `interfaces` as the next snapshot (generation +1), as if the loop had just
+    /// woken for a netlink message.
+    public func send(_ interfaces: [InterfaceState], wirelessMonitoring: Bool = true) {
+        let (loop, generation) = state.withLock { s -> (PollLoop?, UInt64) in
+            s.generation += 1
+            s.statistics.messages += 1
+            s.statistics.snapshots += 1
+            return (s.loop, s.generation)
+        }
+        guard let loop, let bound = callbacks.withLock({ $0 }) else { preconditionFailure("FakeNetworkSource.send before start") }
+        let snapshot = NetworkSnapshot(interfaces: interfaces, generation: generation, wirelessMonitoring: wirelessMonitoring)
+        loop.post { bound.value?.snapshot(snapshot, loop.clock()) }
+    }
+
+    /// The source fails for good (the watcher's socket broke).
+    public func fail(_ why: String) {
+        guard let loop = state.withLock({ $0.loop }), let bound = callbacks.withLock({ $0 }) else { return }
+        loop.post { bound.value?.failure(why) }
+    }
+}
+
+/// Interfaces to build snapshots from.
+public enum FakeInterfaces {
+    /// A wired port (a plain NIC) with or without carrier.
+    public static func wired(_ name: String, index: Int32 = 2, carrier: Bool = true, defaultRoute: Bool = true) -> InterfaceState {
+        InterfaceState(index: index, name: name, kind: .wired, mac: MACAddress("02:00:00:00:00:\(String(format: "%02x", index & 0xff))"),
+                       operState: carrier ? .up : .lowerLayerDown, hasCarrier: carrier,
+                       defaultRoutes: defaultRoute ? [DefaultRoute(family: .ipv4, gateway: IPAddress("192.0.2.1"), metric: 100)] : [])
+    }
+
+    /// A Wi-Fi station associated to `ssid` through `bssid` (nil: not associated).
+    public static func wifi(_ name: String, index: Int32 = 3, ssid: String?, bssid: String?, security: WirelessSecurity = .enterprise) -> InterfaceState {
+        let link = ssid.map { WirelessLink(ssid: SSID($0), bssid: bssid.flatMap(MACAddress.init), frequencyMHz: 5180, security: security) } ?? .disconnected
+        return InterfaceState(index: index, name: name, kind: .wireless, operState: link.isAssociated ? .up : .dormant, hasCarrier: link.isAssociated,
+                              defaultRoutes: link.isAssociated ? [DefaultRoute(family: .ipv4, gateway: IPAddress("192.0.2.1"), metric: 600)] : [],
+                              wireless: link)
+    }
+
+    public static let loopback = InterfaceState(index: 1, name: "lo", kind: .loopback)
+}
+
+/// 802.1X states sent by the test.
+public final class FakeDeviceAuthSource: DeviceAuthSource, Sendable {
+    private let onChange = Mutex<(@Sendable ([String: DeviceAuthState]) -> Void)?>(nil)
+    private let stopped = Mutex(false)
+    public init() {}
+    public func start(onChange: @escaping @Sendable ([String: DeviceAuthState]) -> Void) { self.onChange.withLock { $0 = onChange } }
+    public func stop() { stopped.withLock { $0 = true } }
+    public var isStopped: Bool { stopped.withLock { $0 } }
+    /// As wpa_supplicant's source calls it: the full map after a change.
+    public func send(_ states: [String: DeviceAuthState]) { onChange.withLock { $0 }?(states) }
+}
+
+/// A network binding that records every transaction and can be told to refuse them or to
+/// lose its table.
+public final class FakeNetworkBinding: NetworkBinding, Sendable {
+    public struct Applied: Sendable, Equatable {
+        /// "enforce", "audit" or "off" (from the batch).
+        public var mode: String
+        /// The interfaces the batch lets reach the gateways (empty: none).
+        public var allowed: [String]
+        public var accepted: Bool
+        public var data: Data
+    }
+
+    public let table: String
+    private let state = Mutex<(applied: [Applied], refuse: ((Applied) -> Bool)?, present: Bool, listings: Int)>(([], nil, false, 0))
+
+    public init(table: String = "segguard") { self.table = table }
+
+    public func apply(_ transaction: Data) throws(NftablesError) {
+        let parsed = Self.parse(transaction)
+        let refused = state.withLock { s -> Bool in
+            var a = parsed
+            a.accepted = !(s.refuse?(parsed) ?? false)
+            s.applied.append(a)
+            if a.accepted { s.present = a.mode != "off" }
+            return !a.accepted
+        }
+        if refused { throw NftablesError(operation: "apply the transaction to table inet \(table)", detail: "Error: Could not process rule: No buffer space available (fake)") }
+    }
+
+    public func listTable() throws(NftablesError) -> String? {
+        state.withLock { s in
+            s.listings += 1
+            return s.present ? "{\"nftables\":[]}" : nil
+        }
+    }
+
+    /// Refuse the transactions `predicate` picks (nil: accept all).
+    public func refuse(_ predicate: (@Sendable (Applied) -> Bool)?) { state.withLock { $0.refuse = predicate } }
+    /// `nft flush ruleset` by someone else.
+    public func loseTable() { state.withLock { $0.present = false } }
+    public var applied: [Applied] { state.withLock { $0.applied } }
+    public var accepted: [Applied] { applied.filter(\.accepted) }
+    public var isTablePresent: Bool { state.withLock { $0.present } }
+    public var listings: Int { state.withLock { $0.listings } }
+
+    /// Reads mode and allowed interfaces back from a batch of `NftablesRuleset`.
+    static func parse(_ data: Data) -> Applied {
+        guard let root = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let commands = root["nftables"] as? [[String: Any]] else {
+            return Applied(mode: "?", allowed: [], accepted: true, data: data)
+        }
+        var mode = "off", allowed: [String] = []
+        for c in commands {
+            guard let rule = (c["add"] as? [String: Any])?["rule"] as? [String: Any] else { continue }
+            let comment = rule["comment"] as? String ?? ""
+            mode = comment.hasSuffix("(audit)") ? "audit" : "enforce"
+            for case let e as [String: Any] in rule["expr"] as? [Any] ?? [] {
+                guard let m = e["match"] as? [String: Any], (m["left"] as? [String: Any])?["meta"] != nil,
+                      let set = (m["right"] as? [String: Any])?["set"] as? [String] else { continue }
+                allowed = set
+            }
+        }
+        if mode == "off", commands.contains(where: { ($0["add"] as? [String: Any])?["chain"] != nil }) { mode = "enforce" }
+        return Applied(mode: mode, allowed: allowed, accepted: true, data: data)
+    }
+}
+
+/// Sessions kept in memory; `terminate` ends them at once (or leaves them, when told to).
+public final class FakeSessionControl: SessionControl, Sendable {
+    private let state = Mutex<(next: UInt64, sessions: [SessionInfo], terminations: [[UInt64]], refuse: String?, stubborn: Bool)>((1, [], [], nil, false))
+    public init() {}
+
+    public func register(pid: Int32, uid: UInt32, profile: String, peerPidfd: Int32) throws(SessionError) -> SessionInfo {
+        let result = state.withLock { s -> Result<SessionInfo, SessionError> in
+            if let why = s.refuse { return .failure(SessionError(why)) }
+            let info = SessionInfo(id: s.next, profile: profile, pid: pid, uid: uid, startedAt: Date(), cgroup: "/fake/session-\(s.next)", pids: [pid])
+            s.next += 1
+            s.sessions.append(info)
+            return .success(info)
+        }
+        return try result.get()
+    }
+
+    public func sessions() -> [SessionInfo] { state.withLock { $0.sessions } }
+
+    public func terminate(matching: @escaping @Sendable (String) -> Bool, killTimeout: Double) -> [TerminationResult] {
+        state.withLock { s in
+            let targets = s.sessions.filter { matching($0.profile) }
+            s.terminations.append(targets.map(\.id))
+            if !s.stubborn { s.sessions.removeAll { matching($0.profile) } }
+            return targets.map { TerminationResult(session: $0, killed: s.stubborn, reaped: !s.stubborn, reapedAtNanos: s.stubborn ? 0 : monotonicNanos()) }
+        }
+    }
+
+    /// Registration fails with `why` (nil: succeeds).
+    public func refuseRegistration(_ why: String?) { state.withLock { $0.refuse = why } }
+    /// Sessions survive termination (processes that ignore SIGKILL: not reaped).
+    public func makeStubborn() { state.withLock { $0.stubborn = true } }
+    /// A session left by an earlier run, adopted at start.
+    public func adopt(profile: String = SessionTracker.adoptedProfile, pid: Int32 = 4242) {
+        state.withLock { s in
+            s.sessions.append(SessionInfo(id: s.next, profile: profile, pid: pid, uid: 1000, startedAt: Date(), cgroup: "/fake/session-\(s.next)", pids: [pid]))
+            s.next += 1
+        }
+    }
+    /// Each call of `terminate`: the ids it ended.
+    public var terminations: [[UInt64]] { state.withLock { $0.terminations } }
+}
+
+/// An exec gate that records what the agent tells it and plays capture records.
+public final class FakeExecGate: ExecGate, Sendable {
+    private let state = Mutex<(watched: [String], updates: [CaptureProtectionState], started: Bool, stopped: Bool, stale: (@Sendable () -> Void)?)>(([], [], false, false, nil))
+    let onRecord: @Sendable (CaptureDecisionRecord) -> Void
+
+    public init(onRecord: @escaping @Sendable (CaptureDecisionRecord) -> Void) { self.onRecord = onRecord }
+
+    public func watch(_ paths: [String]) throws(CaptureSetupError) { state.withLock { $0.watched += paths } }
+    public func rewatch(_ paths: [String]) throws(CaptureSetupError) { state.withLock { $0.watched = paths } }
+    public var watched: [String] { state.withLock { $0.watched } }
+    public func update(rule: CaptureRule, sessionProfiles: [LaunchProfile]) {
+        state.withLock { $0.updates.append(CaptureProtectionState.current(rule, sessionProfiles: sessionProfiles)) }
+    }
+    public var protection: CaptureProtectionState { state.withLock { $0.updates.last ?? .init(level: .none) } }
+    public var statistics: CaptureStatistics { CaptureStatistics() }
+    public func onStaleProtection(_ hint: @escaping @Sendable () -> Void) { state.withLock { $0.stale = hint } }
+    public func start(procConnector: Int32) { state.withLock { $0.started = true } }
+    public func stop() { state.withLock { $0.stopped = true } }
+
+    public var updates: [CaptureProtectionState] { state.withLock { $0.updates } }
+    public var isStarted: Bool { state.withLock { $0.started } }
+    public var isStopped: Bool { state.withLock { $0.stopped } }
+    /// As the fanotify or process thread would report an exec.
+    public func emit(_ record: CaptureDecisionRecord) { onRecord(record) }
+    /// Sessions may have ended (an exec after a session's end).
+    public func hintStale() { state.withLock { $0.stale }?() }
+}
+
+/// Keeps the exec gate the agent made, for the test to drive.
+public final class FakeExecGateFactory: Sendable {
+    private let made = Mutex<FakeExecGate?>(nil)
+    private let failure = Mutex<String?>(nil)
+    public init() {}
+    public var gate: FakeExecGate? { made.withLock { $0 } }
+    /// The next gate cannot be made (no fanotify): `why`.
+    public func fail(_ why: String?) { failure.withLock { $0 = why } }
+    public var factory: ExecGateFactory {
+        { [self] _, onRecord in
+            if let why = failure.withLock({ $0 }) { throw CaptureSetupError(description: why) }
+            let g = FakeExecGate(onRecord: onRecord)
+            made.withLock { $0 = g }
+            return g
+        }
+    }
+}
+
+/// What the agent told the service manager and its instruments, in order.
+public final class RecordingObserver: AgentObserver, Sendable {
+    public enum Note: Sendable, Equatable {
+        case ready(String), status(String), reloading, reloaded(String), watchdog, stopping
+    }
+    private let state = Mutex<(notes: [Note], changes: [DecisionChange], events: [EnforcementEvent])>(([], [], []))
+    public init() {}
+    public func ready(status: String) { state.withLock { $0.notes.append(.ready(status)) } }
+    public func status(_ text: String) { state.withLock { $0.notes.append(.status(text)) } }
+    public func reloading() { state.withLock { $0.notes.append(.reloading) } }
+    public func reloaded(status: String) { state.withLock { $0.notes.append(.reloaded(status)) } }
+    public func watchdog() { state.withLock { $0.notes.append(.watchdog) } }
+    public func stopping() { state.withLock { $0.notes.append(.stopping) } }
+    public func decisionChanged(_ change: DecisionChange, eventNanos: UInt64) { state.withLock { $0.changes.append(change) } }
+    public func recorded(_ event: EnforcementEvent) { state.withLock { $0.events.append(event) } }
+    public var notes: [Note] { state.withLock { $0.notes } }
+    public var changes: [DecisionChange] { state.withLock { $0.changes } }
+    public var events: [EnforcementEvent] { state.withLock { $0.events } }
+}
+
+/// A stand-in for the reporter: keeps what the agent reports.
+public final class RecordingReporter: AgentReporting, Sendable {
+    public struct Event: Sendable, Equatable {
+        public var kind: String, severity: String, reason: String, details: [String: String]
+    }
+    private let state = Mutex<(events: [Event], heartbeatsAsked: Int, rules: [ReportRule])>(([], 0, []))
+    public init() {}
+    public func record(kind: String, severity: String, reason: String, details: [String: String], time: Date) {
+        state.withLock { $0.events.append(Event(kind: kind, severity: severity, reason: reason, details: details)) }
+    }
+    public func heartbeatNow() { state.withLock { $0.heartbeatsAsked += 1 } }
+    public func update(rule: ReportRule) { state.withLock { $0.rules.append(rule) } }
+    public var reportingStatus: StatusReply.ReportingStatus {
+        .init(collector: "https://collector.test:8443", agentID: "tc-test", group: "mynumber", heartbeatsSent: 0, heartbeatFailures: 0, lastHeartbeatAt: nil,
+              eventsDelivered: state.withLock { $0.events.count }, lastError: nil, bundleVersion: nil)
+    }
+    public var events: [Event] { state.withLock { $0.events } }
+    public var heartbeatsAsked: Int { state.withLock { $0.heartbeatsAsked } }
+}
+
+/// A failure of a fake, with its reason.
+public struct FakeError: Error, CustomStringConvertible, Sendable {
+    public var description: String
+    public init(_ d: String) { description = d }
+}

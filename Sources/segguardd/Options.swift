@@ -1,0 +1,89 @@
+// segguardd's command line: every option, its default and its help text. What they set up is
+// in main.swift.
+
+import ArgumentParser
+import Logging
+import SegguardControl
+import SegguardWire
+
+/// The segment-guard daemon.
+struct Segguardd: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "segguardd",
+        abstract: "Decides whether this thin client is on the authorized My Number segment, from netlink events.",
+        version: segguardVersion)
+
+    @Option(name: .long, help: "Policy file (YAML).")
+    var policy: String = "/etc/segguard/policy.yaml"
+
+    @Option(name: .long, help: "Control socket path.")
+    var socket: String = ControlClient.defaultPath
+
+    @Option(name: .long, help: "Group (besides root) allowed to query the control socket.")
+    var adminGroup: String = "segguard"
+
+    @Option(name: .long, help: "Run in this network namespace (path such as /run/netns/NAME): watch it, bind its nftables, keep the host's mounts (cgroups).")
+    var netns: String?
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    @Option(name: .long, help: "nftables table (family inet) the network binding owns.")
+    var nftTable: String = "segguard"
+
+    @Option(name: .long, help: "Where to keep the boot-time baseline table (nft -j -f loads it before the network is up).")
+    var baselineFile: String = "/var/lib/segguard/baseline.nft.json"
+
+    @Option(name: .long, help: "cgroup v2 directory for VDI sessions (default: <cgroup2 mount>/segguard).")
+    var sessionCgroup: String?
+
+    @Option(name: .long, help: "Where 802.1X state for device_auth rules comes from: control (wpa_supplicant's control sockets) or dbus (its D-Bus API, where NetworkManager runs it).")
+    var deviceAuthSource: DeviceAuthSourceKind = .control
+
+    @Option(name: .long, help: "wpa_supplicant control interface directory (--device-auth-source control).")
+    var wpaControlDir: String = "/run/wpa_supplicant"
+
+    @Option(name: .long, help: "D-Bus address of the bus wpa_supplicant is on (--device-auth-source dbus; default: the system bus).")
+    var wpaDbusAddress: String?
+
+    @Option(name: .long, help: "Collector to report to (https://HOST:PORT); without it nothing is reported.")
+    var collector: String?
+
+    @Option(name: .long, help: "CA certificate (PEM) that issued the collector's server certificate.")
+    var collectorCa: String = "/etc/segguard/collector-ca.pem"
+
+    @Option(name: .long, help: "This thin client's device certificate (PEM): its CN is the agent id, its OU the policy group.")
+    var clientCert: String = "/etc/segguard/device.pem"
+
+    @Option(name: .long, help: "The device certificate's key (PEM).")
+    var clientKey: String = "/etc/segguard/device.key"
+
+    @Option(name: .long, help: "Durable event spool (SQLite); events wait here until the collector acknowledged them.")
+    var spool: String = "/var/lib/segguard/spool.sqlite"
+
+    @Option(name: .long, help: "Admin policy-signing public key (base64 Ed25519): fetch, verify and apply the group's signed policy bundles.")
+    var policyPublicKey: String?
+
+    @Option(name: .long, help: "Where the applied bundle and its policy are kept (bundle.json, bundle-policy.yaml).")
+    var bundleDir: String = "/var/lib/segguard"
+
+    @Option(name: .long, help: ArgumentHelp("Test only: delay every hash of capture blocking by this many ms (proves the fail-mode bound).", visibility: .hidden))
+    var captureTestHashDelayMs: Int = 0
+
+    @Option(name: .long, help: ArgumentHelp("Benchmarks: write the pipeline timings of every binding change to this file at stop (JSON lines).", visibility: .hidden))
+    var timingsFile: String?
+
+    @Option(name: .long, help: ArgumentHelp("dpkg's info directory, whose *.md5sums define trusted executables (trusted-only capture mode).", visibility: .hidden))
+    var dpkgInfoDir: String = "/var/lib/dpkg/info"
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else {
+            throw ValidationError("--log-level: \"\(logLevel)\" is not one of trace, debug, info, notice, warning, error, critical")
+        }
+    }
+}
+
+/// Where segguardd reads 802.1X state from.
+enum DeviceAuthSourceKind: String, ExpressibleByArgument, CaseIterable {
+    case control, dbus
+}

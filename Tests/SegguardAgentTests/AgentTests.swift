@@ -1,0 +1,521 @@
+// The agent's behaviour without a kernel: every input is a job on its loop, decisions are
+// enforced in order, and the fail-closed, grace, repair and policy paths do what the docs say.
+
+import Foundation
+import SegguardAgent
+import SegguardCapture
+import SegguardDecision
+import SegguardEnforce
+import SegguardPolicy
+import SegguardReport
+import SegguardSystem
+import SegguardTestFakes
+import SegguardWire
+import Testing
+
+@Suite("Agent: decide, then enforce")
+struct AgentDecisionTests {
+    @Test("the drop-all baseline is in force before the first decision; READY=1 comes with the first decision, after its table")
+    func startsClosed() throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        #expect(h.binding.accepted.map(\.allowed) == [[]], "only the baseline before any snapshot")
+        #expect(h.observer.notes.isEmpty)
+        #expect(h.status.decision.reason == "no network snapshot yet (netlink dump in progress)")
+
+        h.send([AgentHarness.desk])
+        #expect(h.binding.accepted.last?.allowed == ["eth0"])
+        #expect(h.observer.notes == [.ready("authorized-wired via eth0")])
+        #expect(h.status.decision.segment == .authorizedWired)
+        #expect(h.events == ["binding-applied"])
+        let gateways = [Gateway(prefix: IPPrefix("192.0.2.10")!, ports: [443])]
+        #expect(FileManager.default.contents(atPath: h.baselineFile) == NftablesRuleset.baseline(table: "segguard", gateways: gateways))
+    }
+
+    @Test("each decision change is enforced before the next is made; the same decision twice costs no transaction")
+    func ordered() throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        h.send([AgentHarness.deskUnplugged])
+        h.send([AgentHarness.deskUnplugged])  // no change: nothing applied
+        h.send([AgentHarness.desk, AgentHarness.tether])
+        h.send([AgentHarness.desk])
+        #expect(h.binding.accepted.map(\.allowed) == [[], ["eth0"], [], ["eth0"]])
+        // The tether changes the reason (a change) but not the table (already drop-all).
+        #expect(h.observer.changes.map(\.current.segment) == [.authorizedWired, .unauthorized, .unauthorized, .authorizedWired])
+        #expect(h.reporter.events.contains { $0.kind == "decision-changed" && $0.reason.hasPrefix("usb0 (virtual rndis) is a second uplink") })
+        #expect(h.reporter.events.filter { $0.kind == "decision-changed" }.count == 4)
+    }
+
+    @Test("a Wi-Fi roam and a cable/Wi-Fi switch keep the table's interfaces in step")
+    func roam() throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.send([AgentHarness.wifi(AgentHarness.ap1)])
+        h.send([AgentHarness.wifi(AgentHarness.ap2)])
+        h.send([AgentHarness.desk, AgentHarness.wifi(AgentHarness.ap2)])
+        #expect(h.binding.accepted.map(\.allowed) == [[], ["wlan0"], ["eth0", "wlan0"]], "a roam between two office APs changes nothing")
+        #expect(h.status.decision.segment == .authorizedWired)
+    }
+
+    @Test("802.1X state from the device-auth source is merged into the snapshot it decides on")
+    func deviceAuth() throws {
+        let yaml = AgentHarness.policy().replacingOccurrences(of: "      - interfaces: [\"eth*\"]", with: "      - interfaces: [\"eth*\"]\n        device_auth: eap-tls")
+        let h = try AgentHarness(policy: yaml)
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        #expect(h.status.decision.segment == .unauthorized)
+        h.auth.send(["eth0": DeviceAuthState(eapState: "SUCCESS", eapMethod: "TLS", portStatus: .authorized, identity: "tc-0001")])
+        h.agent.settle()
+        #expect(h.status.decision.segment == .authorizedWired)
+        #expect(h.status.snapshot["eth0"]?.deviceAuth?.identity == "tc-0001")
+        h.auth.send([:])
+        h.agent.settle()
+        #expect(h.status.decision.segment == .unauthorized)
+        #expect(h.binding.accepted.map(\.allowed) == [[], [], ["eth0"], []], "baseline, first decision (no 802.1X yet), EAP-TLS done, supplicant gone")
+    }
+}
+
+@Suite("Agent: fail closed")
+struct AgentFailClosedTests {
+    @Test("nftables refuses the transaction: the drop-all baseline is loaded, binding-failed names both, the repair tick retries")
+    func refusedTransaction() throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.binding.refuse { !$0.allowed.isEmpty }
+        h.send([AgentHarness.desk])
+        #expect(h.binding.applied.map(\.allowed) == [[], ["eth0"], []])
+        #expect(h.binding.applied.map(\.accepted) == [true, false, true])
+        let failed = try #require(h.denials.last)
+        #expect(failed.kind == "binding-failed")
+        #expect(failed.reason == "nftables: cannot apply the transaction to table inet segguard: Error: Could not process rule: No buffer space available (fake); "
+            + "the drop-all baseline is in force (no interface may reach the VDI gateways); retrying every 5 s")
+        #expect(h.reporter.events.last { $0.kind == "binding-failed" }?.severity == "critical")
+
+        // Still refused at the next tick: retried, baseline again.
+        h.advance(5)
+        #expect(h.binding.applied.count == 5)
+        h.binding.refuse(nil)
+        h.advance(5)
+        #expect(h.binding.accepted.last?.allowed == ["eth0"])
+        #expect(h.events.last == "binding-applied")
+        let before = h.binding.applied.count
+        h.advance(5)
+        #expect(h.binding.applied.count == before, "nothing to repair: no transaction")
+    }
+
+    @Test("the baseline refused as well: the event says the previous table stays in force")
+    func baselineRefusedToo() throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.binding.refuse { _ in true }
+        h.send([AgentHarness.desk])
+        #expect(h.denials.last?.reason.contains("the drop-all baseline was refused too (nftables: cannot apply the transaction to table inet segguard") == true)
+        #expect(h.denials.last?.reason.hasSuffix("the previous table stays in force; retrying every 5 s") == true)
+    }
+
+    @Test("a source that fails for good stops the agent with the reason")
+    func sourceFails() async throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.network.fail("rtnetlink: recv: Bad file descriptor")
+        await #expect(throws: AgentError.self) { try await h.agent.waitUntilStopped() }
+    }
+
+    @Test("a network source that cannot start: start throws, nothing keeps running")
+    func cannotStart() throws {
+        let network = FakeNetworkSource()
+        network.startError.withLock { $0 = "nl_connect: Permission denied" }
+        let dir = NSTemporaryDirectory() + "sg-agent-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try AgentHarness.policy().write(toFile: dir + "/p.yaml", atomically: true, encoding: .utf8)
+        let agent = Agent(policy: try Agent.loadPolicy(file: dir + "/p.yaml"), configuration: AgentConfiguration(policyFile: dir + "/p.yaml"),
+                          sources: AgentSources(network: network), logger: .init(label: "t"))
+        #expect(throws: FakeError.self) { try agent.start() }
+        #expect(!agent.loop.isRunning)
+    }
+}
+
+@Suite("Agent: grace and session termination")
+struct AgentGraceTests {
+    func launch(_ h: AgentHarness, _ profile: String = "mynumber") -> LaunchReply {
+        h.ask(.launch, profile: profile, peer: AgentHarness.user).launch!
+    }
+
+    @Test("segment lost: the table closes at once, sessions end when the grace expires, counted from the network event")
+    func graceExpiry() throws {
+        let h = try AgentHarness(policy: AgentHarness.policy(grace: 30))
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        #expect(launch(h).allowed)
+        _ = launch(h, "lgwan")
+        #expect(h.sessions.sessions().count == 1, "an LGWAN launch is not tracked")
+
+        h.send([AgentHarness.deskUnplugged])
+        #expect(h.binding.accepted.last?.allowed == [], "blocked at once")
+        h.advance(29.9)
+        #expect(h.sessions.terminations.isEmpty)
+        h.advance(0.1)
+        #expect(h.sessions.terminations == [[1]])
+        let ended = try #require(h.denials.last)
+        #expect(ended.kind == "sessions-ended")
+        #expect(ended.sessions.map(\.id) == [1])
+        #expect(ended.reason == "no authorized path: eth0 matches site 'hq' wired rule (\(h.policyFile):10) but has no carrier")
+        // Once per unauthorized spell.
+        h.advance(60)
+        #expect(h.sessions.terminations.count == 1)
+    }
+
+    @Test("a roam between office access points inside the grace keeps the session")
+    func roamKeeps() throws {
+        let h = try AgentHarness(policy: AgentHarness.policy(grace: 10))
+        defer { h.close() }
+        h.send([AgentHarness.wifi(AgentHarness.ap1)])
+        #expect(launch(h).allowed)
+        h.send([AgentHarness.wifi(nil)])  // disconnected from AP1
+        #expect(h.binding.accepted.last?.allowed == [])
+        h.advance(3)
+        h.send([AgentHarness.wifi(AgentHarness.ap2)])  // associated to AP2
+        #expect(h.binding.accepted.last?.allowed == ["wlan0"])
+        h.advance(30)
+        #expect(h.sessions.terminations.isEmpty)
+        #expect(h.sessions.sessions().count == 1)
+        #expect(!h.events.contains("sessions-ended"))
+    }
+
+    @Test("a cable-to-Wi-Fi switch inside the grace keeps the session; a later loss starts a new grace")
+    func switchKeeps() throws {
+        let h = try AgentHarness(policy: AgentHarness.policy(grace: 5))
+        defer { h.close() }
+        h.send([AgentHarness.desk, AgentHarness.wifi(nil)])
+        #expect(launch(h).allowed)
+        h.send([AgentHarness.deskUnplugged, AgentHarness.wifi(nil)])
+        h.advance(2)
+        h.send([AgentHarness.deskUnplugged, AgentHarness.wifi(AgentHarness.ap1)])
+        h.advance(10)
+        #expect(h.sessions.terminations.isEmpty)
+        h.send([AgentHarness.deskUnplugged, AgentHarness.wifi(nil)])
+        h.advance(4.9)
+        #expect(h.sessions.terminations.isEmpty)
+        h.advance(0.1)
+        #expect(h.sessions.terminations == [[1]])
+    }
+
+    @Test("a second uplink is the segment lost too; audit mode only says what it would have ended")
+    func auditTermination() throws {
+        let h = try AgentHarness(policy: AgentHarness.policy(termination: "audit", grace: 0))
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        #expect(launch(h).allowed)
+        h.send([AgentHarness.desk, AgentHarness.tether])
+        #expect(h.sessions.terminations.isEmpty)
+        #expect(h.denials.last?.kind == "sessions-would-be-ended")
+        #expect(h.denials.last?.reason.hasPrefix("usb0 (virtual rndis) is a second uplink") == true)
+    }
+
+    @Test("a session started while unauthorized (gate in audit mode) gets a grace of its own, also after the spell's grace ran out")
+    func lateSessionEnded() throws {
+        let h = try AgentHarness(policy: AgentHarness.policy(gate: "audit", grace: 5))
+        defer { h.close() }
+        h.send([AgentHarness.deskUnplugged])
+        #expect(launch(h).allowed)
+        #expect(h.events.suffix(2) == ["launch-would-be-refused", "launch-allowed"])
+        h.advance(5)
+        #expect(h.sessions.terminations == [[1]])
+        #expect(launch(h).allowed)
+        h.advance(4)
+        #expect(h.sessions.terminations.count == 1)
+        h.advance(1)
+        #expect(h.sessions.terminations == [[1], [2]])
+    }
+
+    @Test("sessions adopted from an earlier run are ended too; processes that do not die are said to be NOT reaped")
+    func adoptedAndStubborn() throws {
+        let h = try AgentHarness(policy: AgentHarness.policy(grace: 0))
+        defer { h.close() }
+        h.sessions.adopt()
+        h.sessions.makeStubborn()
+        h.send([AgentHarness.deskUnplugged])
+        let ended = try #require(h.denials.last)
+        #expect(ended.kind == "sessions-ended")
+        #expect(ended.reason.hasSuffix("(SIGKILL after 1.0 s); NOT reaped: sessions 1"))
+    }
+}
+
+@Suite("Agent: repair and policy order")
+struct AgentOrderTests {
+    @Test("the repair tick puts back the table for the decision in force, never an older one")
+    func repairUsesNewestDecision() throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        // The table vanishes, then the segment is lost; the repair runs after that decision.
+        h.binding.loseTable()
+        h.network.send([FakeInterfaces.loopback, AgentHarness.desk, AgentHarness.tether])
+        h.agent.settle()
+        h.binding.loseTable()
+        h.advance(5)
+        #expect(h.binding.accepted.map(\.allowed) == [[], ["eth0"], [], []], "the repair re-applied the drop table, not the allow table it had lost")
+        #expect(h.binding.isTablePresent)
+
+        // The repair tick and a newer decision due at the same moment, in one pass of the loop:
+        // whichever runs first, no allow table follows the drop-all decision.
+        h.send([AgentHarness.desk])
+        h.binding.loseTable()
+        let before = h.binding.accepted.count
+        h.clock.advance(seconds: 5)
+        h.network.send([FakeInterfaces.loopback, AgentHarness.deskUnplugged])
+        h.agent.settle()
+        let after = Array(h.binding.accepted.map(\.allowed)[before...])
+        #expect(after.last == [])
+        #expect(!(after.drop { $0 != [] }).contains(["eth0"]))
+    }
+
+    @Test("the repair tick finds the table gone while authorized and puts the allow table back")
+    func repairMissing() throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        h.binding.loseTable()
+        h.advance(5)
+        #expect(h.binding.accepted.map(\.allowed) == [[], ["eth0"], ["eth0"]])
+        #expect(h.binding.listings >= 1)
+    }
+
+    @Test("a SIGHUP reload and a bundle, in either order and racing from two threads: the bundle's policy is the one in force")
+    func reloadAndBundle() async throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        for version in 1...20 {
+            let payload = PolicyBundlePayload(group: "mynumber", version: Int64(version), policyYAML: AgentHarness.policy(name: "bundle-\(version)"), createdAt: Date())
+            async let reload: Void = Task.detached { h.agent.reload() }.value
+            async let apply: Void = h.agent.apply(bundle: payload)
+            _ = try await (reload, apply)
+            h.agent.settle()
+            #expect(h.status.policyName == "bundle-\(version)")
+            #expect(h.status.policyFile == h.bundleFile)
+        }
+        // The local file is no longer read once a bundle is in force.
+        try AgentHarness.policy(name: "local-edit").write(toFile: h.policyFile, atomically: true, encoding: .utf8)
+        h.agent.reload()
+        h.agent.settle()
+        #expect(h.status.policyName == "bundle-20")
+    }
+
+    @Test("a bundle whose policy does not validate is refused with the reason; nothing is written, nothing changes")
+    func badBundle() async throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        let bad = PolicyBundlePayload(group: "mynumber", version: 1, policyYAML: "schema_version: 1\nname: x\nsites: 3\n", createdAt: Date())
+        do {
+            try await h.agent.apply(bundle: bad)
+            Issue.record("an invalid bundle was applied")
+        } catch {
+            #expect("\(error)".hasPrefix("bundle v1:3:8: sites: expected a list, found a single value\n  hint: write a list as [a, b] or as '- a' lines"))
+        }
+        #expect(!FileManager.default.fileExists(atPath: h.bundleFile))
+        #expect(h.status.policyName == "agent-test")
+    }
+
+    @Test("an invalid policy on reload is refused, the old one stays, status and the reporter say why; READY follows RELOADING either way")
+    func badReload() throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        try "schema_version: 1\nname: broken\nsites: 3\n".write(toFile: h.policyFile, atomically: true, encoding: .utf8)
+        h.agent.reload()
+        h.agent.settle()
+        #expect(h.status.policyName == "agent-test")
+        #expect(h.status.lastPolicyError?.hasPrefix("\(h.policyFile):3:8: sites: expected a list, found a single value") == true)
+        #expect(h.reporter.events.last?.kind == "policy-refused")
+        #expect(h.observer.notes.suffix(2) == [.reloading, .reloaded("authorized-wired via eth0")])
+
+        try AgentHarness.policy(name: "fixed", binding: "audit").write(toFile: h.policyFile, atomically: true, encoding: .utf8)
+        h.agent.reload()
+        h.agent.settle()
+        #expect(h.status.policyName == "fixed")
+        #expect(h.status.lastPolicyError == nil)
+        #expect(h.binding.accepted.last?.mode == "audit", "the new mode is applied at once")
+        #expect(h.reporter.events.last { $0.kind == "policy-loaded" }?.details["policy_sha256"]?.count == 64)
+    }
+}
+
+@Suite("Agent: control requests")
+struct AgentControlTests {
+    @Test("status and why: the decision, the policy, the snapshot and the pipeline timings")
+    func status() throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        let s = h.status
+        #expect(s.daemonVersion == segguardVersion && s.pid == getpid())
+        #expect(s.policyName == "agent-test" && s.policyFile == h.policyFile)
+        #expect(s.decision.authorizedInterfaces == ["eth0"])
+        #expect(s.snapshot.interfaces.map(\.name) == ["lo", "eth0"])
+        #expect(s.netlinkMessages == 1)
+        #expect(s.reporting?.agentID == "tc-test")
+        let pipeline = try #require(s.pipeline)
+        #expect(pipeline.samples == 1)
+        #expect(pipeline.stages.map(\.name) == ["snapshot", "decided", "handed-to-kernel", "committed"])
+        #expect(h.ask(.why).status == h.status)
+        #expect(s.capture == nil, "capture off in this policy")
+    }
+
+    @Test("launch: the profile's command with its enforced arguments; a My Number session is tracked before the answer")
+    func launchAllowed() throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        let r = try #require(h.ask(.launch, profile: "mynumber", clientCommand: ["/bin/evil"], peer: AgentHarness.user).launch)
+        #expect(r.allowed && r.sessionID == 1)
+        #expect(r.command == ["/usr/bin/xfreerdp", "/v:192.0.2.10", "-clipboard"], "the profile's command wins over the launcher's")
+        #expect(r.reason == "profile 'mynumber' (mynumber) may start: eth0 has carrier and matches site 'hq' wired rule (\(h.policyFile):10)")
+        #expect(h.ask(.sessions).sessions?.map(\.pid) == [4242])
+        let lgwan = try #require(h.ask(.launch, profile: "lgwan", clientCommand: ["/opt/Citrix/ICAClient/selfservice"], peer: AgentHarness.user).launch)
+        #expect(lgwan.allowed && lgwan.sessionID == nil)
+        #expect(lgwan.configFiles == [ConfigFileEdit(path: "~/.ICAClient/wfclient.ini", section: "WFClient", set: ["ClipboardAllowed": "Off"])])
+        #expect(h.denials.isEmpty)
+    }
+
+    @Test("launch refusals: off-segment, unknown profile, a forged name, no command, untrackable; each an event of why-denied")
+    func launchRefused() throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.send([AgentHarness.deskUnplugged])
+        func refusal(_ profile: String, _ command: [String]? = nil) -> String? {
+            let r = h.ask(.launch, profile: profile, clientCommand: command, peer: AgentHarness.user).launch
+            return r?.allowed == false ? r?.reason : nil
+        }
+        #expect(refusal("mynumber") == "profile 'mynumber' needs the My Number segment: no authorized path: eth0 matches site 'hq' wired rule (\(h.policyFile):10) but has no carrier")
+        #expect(refusal("mynumbr") == "unknown profile 'mynumbr' (profiles in the policy: mynumber, lgwan)")
+        #expect(refusal("x\nsegguardd: decision=authorized") == "'x?segguardd: decision=authorized' is not a profile name (letters, digits, - and _, at most 64)")
+        #expect(refusal("lgwan") == "profile 'lgwan' has no command and none was given after --")
+        #expect(h.ask(.launch, profile: "").error?.message == "launch: no profile named")
+        let denials = h.denials
+        #expect(denials.map(\.kind) == Array(repeating: "launch-refused", count: 4))
+        #expect(denials.map(\.uid) == Array(repeating: 1000, count: 4))
+        #expect(denials[2].profile == nil, "a name that is not a profile name is not recorded as one")
+
+        let untracked = try AgentHarness(sessionControl: false)
+        defer { untracked.close() }
+        untracked.send([AgentHarness.desk])
+        #expect(untracked.ask(.launch, profile: "mynumber", peer: AgentHarness.user).launch?.reason == "cannot track a My Number session: no cgroup v2 on this system")
+        h.send([AgentHarness.desk])
+        h.sessions.refuseRegistration("the launcher (pid 4242) exited while it was being tracked; nothing started")
+        #expect(refusal("mynumber") == "cannot track the session: the launcher (pid 4242) exited while it was being tracked; nothing started")
+    }
+
+    @Test("allowed groups: a user outside them is refused, root is not")
+    func groups() throws {
+        let h = try AgentHarness(policy: AgentHarness.policy(extraProfiles: """
+              - name: restricted
+                segment: lgwan
+                command: ["/bin/true"]
+                allowed_groups: [segguard-no-such-group]
+            """))
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        #expect(h.ask(.launch, profile: "restricted", peer: AgentHarness.user).launch?.reason == "uid 1000 is not in a group allowed to launch profile 'restricted' (segguard-no-such-group)")
+        #expect(h.ask(.launch, profile: "restricted", peer: AgentHarness.root).launch?.allowed == true)
+    }
+
+    @Test("why-denied lists refusals and kills only; another protocol version is refused with both versions")
+    func whyDeniedAndVersion() throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        _ = h.ask(.launch, profile: "lgwan", clientCommand: ["/bin/x"])
+        _ = h.ask(.launch, profile: "nope")
+        #expect(h.events == ["binding-applied", "launch-allowed", "launch-refused"])
+        #expect(h.denials.map(\.kind) == ["launch-refused"])
+        let future = h.agent.reply(to: ControlRequest(command: .status, version: 7), peer: AgentHarness.root)
+        #expect(future.error?.message == "control protocol 7 is not supported; segguardd \(segguardVersion) speaks \(controlProtocolVersion)")
+    }
+
+    @Test("the heartbeat carries the policy digest, the decision and the interfaces without loopback")
+    func heartbeat() async throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.send([AgentHarness.desk, AgentHarness.wifi(AgentHarness.ap1)])
+        let hb = await h.agent.heartbeat()
+        #expect(hb.hostname == "tc-test")
+        #expect(hb.policy.name == "agent-test" && hb.policy.sha256.count == 64)
+        #expect(hb.decision.segment == "authorized-wired" && hb.decision.interfaces == ["eth0", "wlan0"])
+        #expect(hb.interfaces.map(\.name) == ["eth0", "wlan0"])
+        #expect(hb.interfaces[1].bssid == AgentHarness.ap1)
+    }
+}
+
+@Suite("Agent: capture blocking and life cycle")
+struct AgentCaptureTests {
+    @Test("capture on: the gate is made, marks the policy's mounts, follows the sessions; its records become events")
+    func capture() throws {
+        let h = try AgentHarness(policy: AgentHarness.policy(capture: AgentHarness.captureSection))
+        defer { h.close() }
+        let gate = try #require(h.gates.gate)
+        #expect(gate.isStarted && gate.watched == ["/usr"])
+        #expect(gate.protection.level == .none, "scope: sessions, none running")
+        h.send([AgentHarness.desk])
+        #expect(h.ask(.launch, profile: "mynumber", peer: AgentHarness.user).launch?.allowed == true)
+        #expect(gate.protection == CaptureProtectionState(level: .trustedOnly, profile: "mynumber"))
+        gate.emit(CaptureDecisionRecord(outcome: .denied, path: "/usr/bin/scrot", sha256: nil, pid: 77, uid: 1000, parentPid: 1, parentExecutable: "/bin/bash",
+                                        profile: "mynumber", reason: "scrot is listed in capture.block.names"))
+        h.agent.settle()
+        let denied = try #require(h.denials.last)
+        #expect(denied.kind == "exec-denied" && denied.exec?.path == "/usr/bin/scrot" && denied.exec?.parentExecutable == "/bin/bash" && denied.uid == 1000)
+        #expect(h.reporter.events.last?.details["path"] == "/usr/bin/scrot")
+        #expect(h.status.capture?.level == "trusted-only")
+
+        // The session ends: the protection drops at the next refresh.
+        h.send([AgentHarness.deskUnplugged])
+        h.advance(30)
+        #expect(gate.protection.level == .none)
+    }
+
+    @Test("a gate that cannot start is said in status; the segment controls go on")
+    func captureUnavailable() throws {
+        let h = try AgentHarness(policy: AgentHarness.policy(capture: AgentHarness.captureSection), start: false)
+        defer { h.close() }
+        h.gates.fail("fanotify_init: Operation not permitted (errno 1)")
+        try h.agent.start()
+        h.send([AgentHarness.desk])
+        #expect(h.status.capture?.error == "fanotify_init: Operation not permitted (errno 1)")
+        #expect(h.status.decision.segment == .authorizedWired)
+    }
+
+    @Test("a flood of capture records is bounded: beyond the backlog they are counted, not queued")
+    func captureFlood() throws {
+        let h = try AgentHarness(policy: AgentHarness.policy(capture: AgentHarness.captureSection))
+        defer { h.close() }
+        let gate = try #require(h.gates.gate)
+        // Hold the loop so nothing is taken off the queue meanwhile.
+        let release = DispatchSemaphore(value: 0)
+        h.agent.loop.post { release.wait() }
+        let record = CaptureDecisionRecord(outcome: .denied, path: "/tmp/x", sha256: nil, pid: 1, uid: 1000, parentPid: nil, parentExecutable: nil, profile: nil, reason: "r")
+        for _ in 0..<(Agent.captureBacklogLimit + 500) { gate.emit(record) }
+        release.signal()
+        h.agent.settle()
+        #expect(h.observer.events.filter { $0.kind == .execDenied }.count == Agent.captureBacklogLimit)
+        let dropped = try #require(h.reporter.events.first { $0.kind == "capture-events-dropped" })
+        #expect(dropped.details["dropped"] == "500")
+    }
+
+    @Test("stop: STOPPING, then every source stopped; the timings file is written; jobs after stop are refused")
+    func stop() async throws {
+        let h = try AgentHarness(policy: AgentHarness.policy(capture: AgentHarness.captureSection), watchdog: 1)
+        h.send([AgentHarness.desk])
+        h.advance(0.5)
+        #expect(h.observer.notes.filter { $0 == .watchdog }.count == 2, "one at start, one after half the interval")
+        h.agent.stop()
+        #expect(h.observer.notes.last == .stopping)
+        #expect(h.network.isStopped && h.auth.isStopped && h.gates.gate?.isStopped == true)
+        let timings = try String(contentsOfFile: h.dir + "/timings.jsonl", encoding: .utf8)
+        #expect(timings.hasPrefix("{\"snapshot_us\":"))
+        await #expect(throws: AgentError.self) { try await h.agent.apply(bundle: PolicyBundlePayload(group: "g", version: 1, policyYAML: "", createdAt: Date())) }
+        try await h.agent.waitUntilStopped()
+        h.close()
+    }
+}

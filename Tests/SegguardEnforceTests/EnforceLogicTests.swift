@@ -1,0 +1,194 @@
+// The enforcement rules without a kernel: the launch gate's verdicts, the grace period's
+// state, the binding controller against a fake binding, and the launcher's config rewrite.
+
+import Foundation
+import Logging
+import SegguardDecision
+import SegguardEnforce
+import SegguardPolicy
+import SegguardSystem
+import SegguardTestFakes
+import SegguardWire
+import Testing
+
+@Suite("Launch gate")
+struct LaunchGateTests {
+    static let authorized = Decision(segment: .authorizedWired, reason: "eth0 has carrier and matches site 'hq' wired rule (p:3)", authorizedInterfaces: ["eth0"], findings: [])
+    static let unauthorized = Decision.failClosed("no authorized path: eth0 matches site 'hq' wired rule (p:3) but has no carrier")
+
+    static func policy(gate: ControlMode = .enforce, termination: ControlMode = .enforce) -> Policy {
+        Policy(
+            name: "t", sites: [Site(name: "hq", wired: [WiredRule(interfaces: ["eth*"], location: "p:3")])],
+            enforcement: EnforcementRule(launchGate: gate, sessionTermination: termination),
+            profiles: [
+                LaunchProfile(name: "mynumber", segment: .mynumber, command: ["/usr/bin/xfreerdp", "/v:192.0.2.10"], enforceArguments: ["-clipboard"]),
+                LaunchProfile(name: "lgwan", segment: .lgwan,
+                              configFiles: [.init(path: "~/.ICAClient/wfclient.ini", section: "WFClient", set: ["ClipboardAllowed": "Off"])]),
+                LaunchProfile(name: "restricted", segment: .lgwan, command: ["/bin/true"], allowedGroups: ["staff"]),
+            ])
+    }
+
+    static let user = PeerCredentials(pid: 4242, uid: 1000, gid: 1000, groups: [1000])
+
+    func verdict(_ profile: String, _ decision: Decision, _ policy: Policy = Self.policy(), command: [String] = [], requester: PeerCredentials = Self.user,
+                 canTrack: Bool = true) -> LaunchVerdict {
+        LaunchGate.evaluate(profileName: profile, command: command, requester: requester, decision: decision, policy: policy, canTrack: canTrack,
+                            gid: { $0 == "staff" ? 50 : nil })
+    }
+
+    @Test("a My Number profile off-segment is refused with the decision's reason")
+    func refusedOffSegment() {
+        #expect(verdict("mynumber", Self.unauthorized)
+            == .refuse("profile 'mynumber' needs the My Number segment: no authorized path: eth0 matches site 'hq' wired rule (p:3) but has no carrier"))
+    }
+
+    @Test("a profile name that could forge log lines is refused, shown with its controls replaced")
+    func badProfileName() {
+        #expect(verdict("x\nsegguardd: decision=authorized", Self.authorized)
+            == .refuse("'x?segguardd: decision=authorized' is not a profile name (letters, digits, - and _, at most 64)"))
+        #expect(!LaunchGate.isProfileName(String(repeating: "a", count: 65)) && LaunchGate.isProfileName("mynumber-citrix_2"))
+    }
+
+    @Test("an unknown profile is refused naming the profiles that exist")
+    func unknownProfile() {
+        #expect(verdict("mynumbr", Self.authorized, command: ["/bin/sh"]) == .refuse("unknown profile 'mynumbr' (profiles in the policy: mynumber, lgwan, restricted)"))
+    }
+
+    @Test("LGWAN profiles start anywhere with the launcher's command, untracked")
+    func lgwanAnywhere() throws {
+        guard case let .allow(profile, command, _, track, wouldRefuse) = verdict("lgwan", Self.unauthorized, command: ["/opt/Citrix/ICAClient/selfservice"]) else {
+            Issue.record("refused")
+            return
+        }
+        #expect(profile.name == "lgwan" && command == ["/opt/Citrix/ICAClient/selfservice"] && !track && wouldRefuse == nil)
+    }
+
+    @Test("allowed groups: a member (primary or supplementary) and root pass, others are refused")
+    func groups() {
+        #expect(verdict("restricted", Self.authorized) == .refuse("uid 1000 is not in a group allowed to launch profile 'restricted' (staff)"))
+        if case .refuse = verdict("restricted", Self.authorized, requester: PeerCredentials(pid: 1, uid: 1000, gid: 1000, groups: [50])) { Issue.record("member refused") }
+        if case .refuse = verdict("restricted", Self.authorized, requester: PeerCredentials(pid: 1, uid: 0, gid: 0, groups: [])) { Issue.record("root refused") }
+    }
+
+    @Test("on the segment a My Number launch needs session tracking: without cgroup v2 it fails closed; with termination off it is not tracked")
+    func tracking() {
+        #expect(verdict("mynumber", Self.authorized, canTrack: false) == .refuse("cannot track a My Number session: no cgroup v2 on this system"))
+        guard case let .allow(_, command, _, track, _) = verdict("mynumber", Self.authorized, Self.policy(termination: .off), command: ["/bin/evil"], canTrack: false) else {
+            Issue.record("refused")
+            return
+        }
+        #expect(command == ["/usr/bin/xfreerdp", "/v:192.0.2.10", "-clipboard"], "the profile's command wins over the launcher's")
+        #expect(!track)
+    }
+
+    @Test("audit mode: allowed, with the would-be refusal; off: allowed, said in the reason")
+    func auditAndOff() {
+        guard case let .allow(_, _, reason, _, wouldRefuse) = verdict("mynumber", Self.unauthorized, Self.policy(gate: .audit)) else {
+            Issue.record("refused")
+            return
+        }
+        #expect(reason.hasPrefix("audit mode: profile 'mynumber' needs the My Number segment"))
+        #expect(wouldRefuse?.hasPrefix("profile 'mynumber' needs the My Number segment") == true)
+        guard case let .allow(_, _, offReason, _, none) = verdict("mynumber", Self.unauthorized, Self.policy(gate: .off)) else {
+            Issue.record("refused")
+            return
+        }
+        #expect(offReason.hasPrefix("launch gate off: ") && none == nil)
+    }
+
+    @Test("client config files: keys replaced in their section, missing ones and sections added, other lines kept")
+    func configRewrite() {
+        let edit = ConfigFileEdit(path: "x", section: "WFClient", set: ["ClipboardAllowed": "Off", "CDMAllowed": "Off"])
+        let before = "[Other]\nClipboardAllowed=On\n[WFClient]\nVersion=2\nClipboardAllowed=On\n"
+        #expect(edit.rewrite(before) == "[Other]\nClipboardAllowed=On\n[WFClient]\nVersion=2\nClipboardAllowed=Off\nCDMAllowed=Off\n")
+        #expect(edit.rewrite("") == "[WFClient]\nCDMAllowed=Off\nClipboardAllowed=Off\n")
+        // A later duplicate would win in last-wins parsers: it is dropped. CRLF lines are recognised.
+        let dup = "[WFClient]\r\nClipboardAllowed=On\r\nOther=1\r\nClipboardAllowed=On\r\n"
+        #expect(ConfigFileEdit(path: "x", section: "WFClient", set: ["ClipboardAllowed": "Off"]).rewrite(dup)
+            == "[WFClient]\nClipboardAllowed=Off\nOther=1\n")
+        let flat = ConfigFileEdit(path: "x", section: nil, set: ["disableclipboard": "1"])
+        #expect(flat.rewrite("[remmina]\nname=vdi\n") == "disableclipboard=1\n[remmina]\nname=vdi\n")
+    }
+}
+
+@Suite("Grace period")
+struct GracePeriodTests {
+    @Test("armed once per unauthorized spell, from the network event; an authorized decision cancels it; a stale timer does nothing")
+    func spell() {
+        var g = GracePeriod()
+        #expect(g.decision(authorized: false, mode: .enforce, hasSessions: false, eventNanos: 100, graceSeconds: 5) == .nothing, "no sessions: nothing to end")
+        let arm = g.decision(authorized: false, mode: .enforce, hasSessions: true, eventNanos: 1_000, graceSeconds: 5)
+        #expect(arm == .arm(deadline: 5_000_001_000, token: 1))
+        #expect(g.decision(authorized: false, mode: .enforce, hasSessions: true, eventNanos: 2_000, graceSeconds: 5) == .nothing, "already running")
+        #expect(g.decision(authorized: true, mode: .enforce, hasSessions: true, eventNanos: 3_000, graceSeconds: 5) == .cancelled)
+        #expect(g.expire(1) == nil, "the cancelled timer is stale")
+        guard case let .arm(_, token) = g.decision(authorized: false, mode: .enforce, hasSessions: true, eventNanos: 4_000, graceSeconds: 5) else {
+            Issue.record("not armed")
+            return
+        }
+        #expect(g.expire(token) == 4_000)
+        #expect(g.hasExpired)
+        #expect(g.decision(authorized: false, mode: .enforce, hasSessions: true, eventNanos: 5_000, graceSeconds: 5) == .nothing, "once per spell")
+        #expect(g.sessionStarted(authorized: false, mode: .enforce, now: 6_000, graceSeconds: 5) == .arm(deadline: 5_000_006_000, token: token + 1))
+    }
+
+    @Test("termination off cancels and never arms")
+    func off() {
+        var g = GracePeriod()
+        _ = g.decision(authorized: false, mode: .enforce, hasSessions: true, eventNanos: 1, graceSeconds: 1)
+        #expect(g.decision(authorized: false, mode: .off, hasSessions: true, eventNanos: 2, graceSeconds: 1) == .cancelled)
+        #expect(g.sessionStarted(authorized: false, mode: .off, now: 3, graceSeconds: 1) == .nothing)
+    }
+}
+
+@Suite("Binding controller")
+struct BindingControllerTests {
+    static let gateway = Gateway(prefix: IPPrefix("192.0.2.10")!, ports: [443])
+    static func policy(_ mode: ControlMode = .enforce, gateways: [Gateway] = [gateway]) -> Policy {
+        Policy(name: "t", sites: [], vdi: VDIRule(gateways: gateways), enforcement: EnforcementRule(networkBinding: mode))
+    }
+    static let eth0 = Decision(segment: .authorizedWired, reason: "r", authorizedInterfaces: ["eth0"], findings: [])
+    static let closed = Decision.failClosed("lost")
+
+    @Test("one transaction per change; the same decision again is unchanged; a new generation never goes back")
+    func transactions() {
+        let fake = FakeNetworkBinding()
+        let c = BindingController(binding: fake, baselinePath: nil, logger: Logger(label: "t"))
+        #expect(c.enforce(Self.eth0, policy: Self.policy(), generation: 1) == .applied(mode: .enforce, allowed: ["eth0"]))
+        #expect(c.enforce(Self.eth0, policy: Self.policy(), generation: 2) == .unchanged)
+        #expect(c.enforce(Self.closed, policy: Self.policy(), generation: 3) == .applied(mode: .enforce, allowed: []))
+        #expect(c.enforce(Self.closed, policy: Self.policy(.audit), generation: 4) == .applied(mode: .audit, allowed: []))
+        #expect(fake.accepted.map(\.allowed) == [["eth0"], [], []])
+        #expect(fake.accepted.map(\.data) == [
+            NftablesRuleset.transaction(table: "segguard", gateways: [Self.gateway], allowedInterfaces: ["eth0"], mode: .enforce),
+            NftablesRuleset.baseline(table: "segguard", gateways: [Self.gateway]),
+            NftablesRuleset.transaction(table: "segguard", gateways: [Self.gateway], allowedInterfaces: [], mode: .audit),
+        ])
+        #expect(c.generation == 4)
+        #expect(c.lastTiming.map { $0.returned >= $0.handedToKernel } == true)
+    }
+
+    @Test("refused: the baseline is loaded and the failure says so; repair retries; a missing table is put back")
+    func failAndRepair() throws {
+        let fake = FakeNetworkBinding()
+        let dir = NSTemporaryDirectory() + "sg-bc-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let c = BindingController(binding: fake, baselinePath: dir + "/baseline.json", logger: Logger(label: "t"))
+        fake.refuse { !$0.allowed.isEmpty }
+        guard case let .failed(error, inForce) = c.enforce(Self.eth0, policy: Self.policy(), generation: 1) else {
+            Issue.record("not failed")
+            return
+        }
+        #expect(error.hasPrefix("nftables: cannot apply the transaction"))
+        #expect(inForce == "the drop-all baseline is in force (no interface may reach the VDI gateways)")
+        #expect(c.isFailing)
+        #expect(FileManager.default.contents(atPath: dir + "/baseline.json") == NftablesRuleset.baseline(table: "segguard", gateways: [Self.gateway]))
+        fake.refuse(nil)
+        #expect(c.repair(Self.eth0, policy: Self.policy(), generation: 1) == .applied(mode: .enforce, allowed: ["eth0"]))
+        #expect(c.repair(Self.eth0, policy: Self.policy(), generation: 1) == nil, "present and applied: nothing to do")
+        fake.loseTable()
+        #expect(c.repair(Self.eth0, policy: Self.policy(), generation: 1) == .applied(mode: .enforce, allowed: ["eth0"]))
+        #expect(c.repair(Self.eth0, policy: Self.policy(.off), generation: 1) == nil, "binding off: no repair")
+    }
+}
