@@ -239,7 +239,8 @@ final class AgentCore {
         decidedAt = Date()
         let outcome = binding?.enforce(change.current, policy: policy, generation: generation)
         if let stages, case .applied? = outcome, let t = binding?.lastTiming {
-            timings.add(PipelineSample(woke: stages.woke, snapshot: stages.received, decided: decided, handedToKernel: t.handedToKernel, committed: t.returned))
+            timings.add(PipelineSample(woke: stages.woke, snapshot: stages.received, decided: decided, handedToKernel: t.handedToKernel, committed: t.returned,
+                                       authorized: change.current.isAuthorized))
         }
         logDecision(change)
         if let outcome { recordBinding(outcome, eventNanos: eventNanos, decisionChanged: true) }
@@ -447,24 +448,30 @@ final class AgentCore {
     func record(_ kind: EnforcementEvent.Kind, profile: String? = nil, sessions: [SessionInfo] = [], reason: String, latencyMs: Double? = nil,
                 uid: UInt32? = nil, exec: EnforcementEvent.ExecDetails? = nil) {
         let event = events.append(kind, profile: profile, sessions: sessions, reason: reason, latencyMs: latencyMs, uid: uid, exec: exec)
-        var meta: Logger.Metadata = ["event": "\(kind.rawValue)", "event_id": "\(event.id)", "reason": "\(reason)"]
-        if let profile { meta["profile"] = "\(profile)" }
-        if !sessions.isEmpty { meta["sessions"] = "\(sessions.map { "\($0.id)(pid \($0.pid))" }.joined(separator: ","))" }
-        if let latencyMs { meta["latency_ms"] = "\(String(format: "%.3f", latencyMs))" }
-        if let uid { meta["uid"] = "\(uid)" }
-        if let exec {
+        // Built only when the level is logged (the metadata is an autoclosure).
+        logger.log(level: event.isDenial ? .warning : .notice, "enforcement event", metadata: Self.metadata(event))
+        if let reporting {
+            let (severity, details) = event.report
+            reporting.record(kind: kind.rawValue, severity: severity, reason: reason, details: details, time: event.time)
+        }
+        observer.recorded(event)
+    }
+
+    /// An event's log fields (`event=`, `reason=`, … : journal fields EVENT=, REASON=, …).
+    static func metadata(_ e: EnforcementEvent) -> Logger.Metadata {
+        var meta: Logger.Metadata = ["event": "\(e.kind.rawValue)", "event_id": "\(e.id)", "reason": "\(e.reason)"]
+        if let profile = e.profile { meta["profile"] = "\(profile)" }
+        if !e.sessions.isEmpty { meta["sessions"] = "\(e.sessions.map { "\($0.id)(pid \($0.pid))" }.joined(separator: ","))" }
+        if let latencyMs = e.latencyMs { meta["latency_ms"] = "\(String(format: "%.3f", latencyMs))" }
+        if let uid = e.uid { meta["uid"] = "\(uid)" }
+        if let exec = e.exec {
             meta["path"] = "\(exec.path)"
             meta["pid"] = "\(exec.pid)"
             if let h = exec.sha256 { meta["sha256"] = "\(h)" }
             if let p = exec.parentPid { meta["ppid"] = "\(p)" }
             if let p = exec.parentExecutable { meta["parent"] = "\(p)" }
         }
-        logger.log(level: event.isDenial ? .warning : .notice, "enforcement event", metadata: meta)
-        if let reporting {
-            let (severity, details) = event.report
-            reporting.record(kind: kind.rawValue, severity: severity, reason: reason, details: details, time: event.time)
-        }
-        observer.recorded(event)
+        return meta
     }
 
     // MARK: - Policy: reload and bundles

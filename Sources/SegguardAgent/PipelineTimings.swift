@@ -17,6 +17,8 @@ struct PipelineSample: Codable, Sendable, Equatable {
     var handedToKernel: UInt64
     /// libnftables returned: the kernel committed the new table.
     var committed: UInt64
+    /// The new table lets gateway traffic out (false: the segment was lost).
+    var authorized: Bool
 }
 
 /// The last `capacity` samples.
@@ -47,9 +49,9 @@ struct PipelineTimings {
     /// One JSON object per line, microseconds from the wakeup (benchmarks).
     func jsonLines() -> String {
         samples.map { s in
-            String(format: "{\"snapshot_us\":%.1f,\"decided_us\":%.1f,\"handed_to_kernel_us\":%.1f,\"committed_us\":%.1f}",
-                   Double(s.snapshot &- s.woke) / 1000, Double(s.decided &- s.woke) / 1000, Double(s.handedToKernel &- s.woke) / 1000,
-                   Double(s.committed &- s.woke) / 1000)
+            String(format: "{\"authorized\":%@,\"snapshot_us\":%.1f,\"decided_us\":%.1f,\"handed_to_kernel_us\":%.1f,\"committed_us\":%.1f}",
+                   s.authorized ? "true" : "false", Double(s.snapshot &- s.woke) / 1000, Double(s.decided &- s.woke) / 1000,
+                   Double(s.handedToKernel &- s.woke) / 1000, Double(s.committed &- s.woke) / 1000)
         }.joined(separator: "\n") + (samples.isEmpty ? "" : "\n")
     }
 }

@@ -49,8 +49,12 @@ public final class BindingController {
     public private(set) var generation: UInt64 = 0
     private var lastFailed = false
     private var baselineGateways: [Gateway]?
-    /// Built transactions for one (table, gateways) pair, by mode and allowed interfaces.
-    private var built: (gateways: [Gateway], byKey: [String: Data]) = ([], [:])
+    /// Built batches for one gateways list (and its key), by kind, mode and allowed interfaces.
+    private var built: (gateways: [Gateway], key: String, byKey: [String: Data]) = ([], "", [:])
+    /// The table in the kernel is one this controller made (a whole-table transaction went
+    /// through, and nothing failed or went missing since): a change then only replaces the
+    /// chain's rules (`NftablesRuleset.update`).
+    private var owned = false
     public private(set) var lastTiming: Timing?
 
     public init(binding: any NetworkBinding, baselinePath: String?, logger: Logger) {
@@ -68,8 +72,10 @@ public final class BindingController {
         prepare(policy)
         guard policy.enforcement.networkBinding == .enforce else { return }
         do {
-            try binding.apply(transaction(mode: .enforce, allowed: [], policy: policy))
+            try binding.apply(batch(.whole, mode: .enforce, allowed: [], policy: policy))
+            owned = true
         } catch {
+            owned = false
             logger.critical("cannot load the drop-all baseline at start", metadata: ["error": "\(error)"])
         }
     }
@@ -77,7 +83,9 @@ public final class BindingController {
     /// Builds, ahead of need, the drop-all transaction of `policy` (what a lost segment
     /// applies), so the hot path only hands it over.
     public func prepare(_ policy: Policy) {
-        _ = transaction(mode: policy.enforcement.networkBinding, allowed: [], policy: policy)
+        let mode = policy.enforcement.networkBinding
+        _ = batch(.whole, mode: mode, allowed: [], policy: policy)
+        _ = batch(.rules, mode: mode, allowed: [], policy: policy)
     }
 
     /// Applies `decision` under `policy` unless the table already says the same.
@@ -86,34 +94,53 @@ public final class BindingController {
         self.generation = generation
         let mode = policy.enforcement.networkBinding
         let allowed = decision.isAuthorized ? decision.authorizedInterfaces : []
-        let key = Self.key(mode: mode, allowed: allowed, gateways: policy.vdi.gateways)
+        if built.gateways != policy.vdi.gateways { rebuild(for: policy.vdi.gateways) }
+        let key = "\(mode.rawValue)|\(allowed.joined(separator: ","))|\(built.key)"
         guard applied?.key != key || lastFailed else {
             applied?.generation = generation
             return .unchanged
         }
-        let data = transaction(mode: mode, allowed: allowed, policy: policy)
+        // The chain's rules only, when the table is ours and stays; else the whole table.
+        let tableDeleted = applied?.key.hasPrefix("off|") ?? false
+        let kind: BatchKind = owned && mode != .off && !tableDeleted ? .rules : .whole
         let handed = monotonicNanos()
+        var failure: (any Error)?
         do {
-            try binding.apply(data)
-            lastTiming = Timing(handedToKernel: handed, returned: monotonicNanos())
+            try binding.apply(batch(kind, mode: mode, allowed: allowed, policy: policy))
+        } catch {
+            failure = error
+            if kind == .rules {
+                // The table changed under us (deleted, the chain gone): the whole table.
+                logger.warning("nftables refused the rules update; replacing the whole table", metadata: ["error": "\(error)"])
+                do {
+                    try binding.apply(batch(.whole, mode: mode, allowed: allowed, policy: policy))
+                    failure = nil
+                } catch {
+                    failure = error
+                }
+            }
+        }
+        lastTiming = Timing(handedToKernel: handed, returned: monotonicNanos())
+        guard let failure else {
             applied = (key, generation)
             lastFailed = false
+            owned = mode != .off
             writeBaselineIfNeeded(policy)
             return .applied(mode: mode, allowed: allowed)
-        } catch {
-            lastTiming = Timing(handedToKernel: handed, returned: monotonicNanos())
-            applied = nil
-            lastFailed = true
-            logger.critical("nftables transaction refused; loading the drop-all baseline", metadata: ["error": "\(error)"])
-            var inForce = "the drop-all baseline is in force (no interface may reach the VDI gateways)"
-            do {
-                try binding.apply(transaction(mode: .enforce, allowed: [], policy: policy))
-            } catch {
-                inForce = "the drop-all baseline was refused too (\(error)); the previous table stays in force"
-            }
-            writeBaselineIfNeeded(policy)
-            return .failed(error: "\(error)", inForce: inForce)
         }
+        applied = nil
+        lastFailed = true
+        owned = false
+        logger.critical("nftables transaction refused; loading the drop-all baseline", metadata: ["error": "\(failure)"])
+        var inForce = "the drop-all baseline is in force (no interface may reach the VDI gateways)"
+        do {
+            try binding.apply(batch(.whole, mode: .enforce, allowed: [], policy: policy))
+            owned = true
+        } catch {
+            inForce = "the drop-all baseline was refused too (\(error)); the previous table stays in force"
+        }
+        writeBaselineIfNeeded(policy)
+        return .failed(error: "\(failure)", inForce: inForce)
     }
 
     /// The periodic check: when the table is gone (`nft flush ruleset`, deleted by hand) or the
@@ -125,21 +152,29 @@ public final class BindingController {
         guard !present || lastFailed else { return nil }
         if !present { logger.warning("the nftables table is gone: putting it back", metadata: ["table": "\(binding.table)"]) }
         applied = nil
+        owned = false
         return enforce(decision, policy: policy, generation: generation)
     }
 
     // MARK: - Building
 
-    static func key(mode: ControlMode, allowed: [String], gateways: [Gateway]) -> String {
-        "\(mode.rawValue)|\(allowed.joined(separator: ","))|\(gateways.map { "\($0.prefix) \($0.transport) \($0.ports)" })"
+    /// A whole-table transaction or a rules-only update.
+    enum BatchKind: String { case whole, rules }
+
+    /// New gateways: the batches built so far no longer apply.
+    private func rebuild(for gateways: [Gateway]) {
+        built = (gateways, gateways.map { "\($0.prefix) \($0.transport) \($0.ports)" }.joined(separator: ";"), [:])
     }
 
-    /// The batch for (mode, allowed) under `policy`, built once per policy's gateways.
-    private func transaction(mode: ControlMode, allowed: [String], policy: Policy) -> Data {
-        if built.gateways != policy.vdi.gateways { built = (policy.vdi.gateways, [:]) }
-        let key = "\(mode.rawValue)|\(allowed.joined(separator: ","))"
+    /// The batch for (kind, mode, allowed) under `policy`, built once per gateways list.
+    private func batch(_ kind: BatchKind, mode: ControlMode, allowed: [String], policy: Policy) -> Data {
+        if built.gateways != policy.vdi.gateways { rebuild(for: policy.vdi.gateways) }
+        let key = "\(kind.rawValue)|\(mode.rawValue)|\(allowed.joined(separator: ","))"
         if let data = built.byKey[key] { return data }
-        let data = NftablesRuleset.transaction(table: binding.table, gateways: policy.vdi.gateways, allowedInterfaces: allowed, mode: mode)
+        let gateways = policy.vdi.gateways
+        let data = kind == .whole
+            ? NftablesRuleset.transaction(table: binding.table, gateways: gateways, allowedInterfaces: allowed, mode: mode)
+            : NftablesRuleset.update(table: binding.table, gateways: gateways, allowedInterfaces: allowed, mode: mode)
         // Interface sets come and go with the network; keep the table of them small.
         if built.byKey.count > 64 { built.byKey = [:] }
         built.byKey[key] = data

@@ -111,9 +111,16 @@ public final class NftablesBinding: Sendable {
 
     /// Runs one JSON batch; returns the output buffer or throws with the error buffer.
     private func run(_ json: Data, _ what: String) throws(NftablesError) -> String {
-        // JSONSerialization escapes NUL, so the text has none; keep it that way for C.
-        let text = String(decoding: json, as: UTF8.self)
-        guard !text.utf8.contains(0) else { throw NftablesError(operation: what, detail: "the batch contains a NUL byte") }
+        // One copy, NUL-terminated for C; JSONSerialization escapes NUL, so the text has none.
+        var text = [CChar](repeating: 0, count: json.count + 1)
+        var hasNUL = false
+        json.withUnsafeBytes { raw in
+            for (i, b) in raw.enumerated() {
+                if b == 0 { hasNUL = true }
+                text[i] = CChar(bitPattern: b)
+            }
+        }
+        guard !hasNUL else { throw NftablesError(operation: what, detail: "the batch contains a NUL byte") }
         return try ctx.withLock { (c: inout OpaquePointer) throws(NftablesError) -> String in
             let (rc, out, err) = Self.library.withLock { _ in
                 let rc = nft_run_cmd_from_buffer(c, text)

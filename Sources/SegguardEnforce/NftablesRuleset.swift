@@ -47,6 +47,18 @@ public enum NftablesRuleset {
         serialize(commands(table: table, gateways: gateways, allowedInterfaces: allowedInterfaces, mode: mode))
     }
 
+    /// The batch that changes only the rules of the table's `output` chain (flush, then the
+    /// rules for the decision), for a table this binding made and still owns: no table or
+    /// chain is deleted and re-created, so libnftables needs far less of the kernel's ruleset
+    /// and the kernel re-registers no hook. Anything inserted into the chain by hand is gone
+    /// with the flush, as with `transaction`; an accept in another base chain never lets a
+    /// packet past this chain's drop. `off` deletes the table, as `transaction` does.
+    public static func update(table: String, gateways: [Gateway], allowedInterfaces: [String], mode: ControlMode) -> Data {
+        guard mode != .off else { return deleteCommand(table: table) }
+        let flush: [String: Any] = ["flush": ["chain": ["family": family, "table": table, "name": chainName] as [String: Any]]]
+        return serialize([flush] + rules(table: table, gateways: gateways, allowedInterfaces: allowedInterfaces, mode: mode))
+    }
+
     /// What the boot-time unit loads (`nft -j -f FILE`) before the network comes up: the
     /// enforce table with no authorized interface, so gateway traffic is dropped until the
     /// daemon has decided.
@@ -138,6 +150,12 @@ public enum NftablesRuleset {
                 ] as [String: Any]
             ]
         ])
+        return out + rules(table: table, gateways: gateways, allowedInterfaces: allowedInterfaces, mode: mode)
+    }
+
+    /// The gateway rules of the `output` chain.
+    static func rules(table: String, gateways: [Gateway], allowedInterfaces: [String], mode: ControlMode) -> [Any] {
+        var out: [Any] = []
         var seen = Set<String>()
         let allowed = allowedInterfaces.compactMap(interfaceNameValue).filter { seen.insert($0).inserted }.sorted()
         for g in gateways {
@@ -173,8 +191,9 @@ public enum NftablesRuleset {
     /// One value as itself, several as an anonymous set.
     private static func oneOrSet(_ items: [Any]) -> Any { items.count == 1 ? items[0] : ["set": items] }
 
+    /// One name as itself (no anonymous set for the kernel to create), several as a set.
     private static func oifname(_ op: String, _ names: [String]) -> [String: Any] {
-        match(op, ["meta": ["key": "oifname"]], ["set": names])
+        match(op, ["meta": ["key": "oifname"]], names.count == 1 ? names[0] : ["set": names])
     }
 
     /// Destination address/prefix, transport, and destination ports when given.

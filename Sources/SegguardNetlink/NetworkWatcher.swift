@@ -174,6 +174,10 @@ final class NetlinkChannel {
             throw NetworkWatcher.SetupError(description: "\(name): nl_connect: \(String(cString: nl_geterror(rc)))")
         }
         nl_socket_set_buffer_size(s, bufferSize, 0)
+        // One recvmsg per datagram into a buffer large enough for any (the kernel's dump
+        // skbs are at most 32 KiB), instead of a MSG_PEEK for its size first: half the calls.
+        nl_socket_disable_msg_peek(s)
+        _ = nl_socket_set_msg_buf_size(s, 64 * 1024)
         for g in groups {
             rc = nl_socket_add_membership(s, g)
             if rc < 0 {
@@ -401,28 +405,27 @@ final class WatcherLoop {
 
     // MARK: The loop
 
-    /// A socket woke the loop: read everything waiting on it; the snapshot is published once
-    /// per pass of the loop, after every readable socket was read.
+    /// A socket woke the loop: read everything waiting on it and on the other socket (so a
+    /// link change and an association change that came together make one snapshot), then
+    /// publish at once, on this thread: the agent decides and enforces before the loop reads on.
     func readable(_ channel: NetlinkChannel, isRoute: Bool) {
         guard !closed else { return }
         watcher.stats.withLock { $0.wakeups += 1 }
         watcher.options.beforeRead?()
         let before = watcher.stats.withLock { $0.messages }
         drain(channel, isRoute: isRoute)
+        let other = isRoute ? genl : route
+        if failure == nil, other.sock != nil { drain(other, isRoute: !isRoute) }
         watcher.stats.withLock { if $0.messages == before { $0.emptyWakeups += 1 } }
         if let failure {
             close()
             onFailure(failure)
             return
         }
-        if pendingSince == nil {
-            pendingSince = loop.wokeAt
-            loop.post { [state = LoopBound(self, loop: loop)] in state.value.publishPending() }
-        }
-    }
-
-    func publishPending() {
-        guard let since = pendingSince, !closed else { return }
+        // A snapshot held back by a dump in progress carries the time of its first message.
+        let since = pendingSince ?? loop.wokeAt
+        pendingSince = since
+        guard !routeSyncing, !wirelessSyncing else { return }
         pendingSince = nil
         publishIfChanged(eventNanos: since)
     }

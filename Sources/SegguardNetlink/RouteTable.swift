@@ -11,24 +11,26 @@ public struct RouteTable: Sendable, Equatable {
 
     public init() {}
 
-    /// Applies one message; returns whether anything changed.
+    /// Applies one message; returns whether anything changed. Only the entries the message
+    /// touches are compared (no copy of the whole table: this runs for every netlink message).
     @discardableResult
     public mutating func apply(_ message: RouteMessage) -> Bool {
-        let before = self
         switch message {
         case let .link(info):
-            let wasUp = links[info.index]?.isAdminUp ?? true
-            links[info.index] = info
+            let old = links.updateValue(info, forKey: info.index)
             // The kernel flushes IPv4 routes of a link taken down without sending RTM_DELROUTE;
             // forget them here so a stale default route never counts as an uplink.
-            if wasUp && !info.isAdminUp { routes[info.index] = nil }
+            var flushed = false
+            if (old?.isAdminUp ?? true) && !info.isAdminUp { flushed = routes.removeValue(forKey: info.index) != nil }
+            return old != info || flushed
         case let .linkRemoved(index):
-            links[index] = nil
-            addresses[index] = nil
-            routes[index] = nil
+            let a = links.removeValue(forKey: index) != nil
+            let b = addresses.removeValue(forKey: index) != nil
+            let c = routes.removeValue(forKey: index) != nil
+            return a || b || c
         case let .address(index, addr, removed):
             if removed {
-                addresses[index]?.remove(addr)
+                guard addresses[index]?.remove(addr) != nil else { return false }
                 if addresses[index]?.isEmpty == true { addresses[index] = nil }
                 // The kernel also drops a link's IPv4 routes, without RTM_DELROUTE, when its
                 // last IPv4 address goes.
@@ -36,20 +38,19 @@ public struct RouteTable: Sendable, Equatable {
                     routes[index] = routes[index]?.filter { $0.family != .ipv4 }
                     if routes[index]?.isEmpty == true { routes[index] = nil }
                 }
-            } else {
-                addresses[index, default: []].insert(addr)
+                return true
             }
+            return addresses[index, default: []].insert(addr).inserted
         case let .defaultRoute(index, route, removed):
             if removed {
-                routes[index]?.remove(route)
+                guard routes[index]?.remove(route) != nil else { return false }
                 if routes[index]?.isEmpty == true { routes[index] = nil }
-            } else {
-                routes[index, default: []].insert(route)
+                return true
             }
+            return routes[index, default: []].insert(route).inserted
         case .ignored:
-            break
+            return false
         }
-        return self != before
     }
 
     /// Builds interface states. `wireless` gives nl80211's view of an ifindex (nil: not a
@@ -79,7 +80,8 @@ public struct RouteTable: Sendable, Equatable {
             return InterfaceState(
                 index: link.index, name: link.name, kind: kind, linkKind: linkKind, mac: link.mac,
                 isAdminUp: link.isAdminUp, operState: link.operState, hasCarrier: link.hasCarrier,
-                addresses: (addresses[link.index] ?? []).sorted { $0.description < $1.description },
+                // By their text, each text made once (not twice per comparison).
+                addresses: (addresses[link.index] ?? []).map { ($0.description, $0) }.sorted { $0.0 < $1.0 }.map(\.1),
                 defaultRoutes: (routes[link.index] ?? []).sorted { ($0.family.rawValue, $0.metric) < ($1.family.rawValue, $1.metric) },
                 wireless: kind == .wireless ? (wifi ?? .disconnected) : nil)
         }

@@ -8,10 +8,10 @@ import SegguardSystem
 
 /// Tells the service manager what the daemon is doing (Type=notify).
 public struct ServiceNotifier: Sendable {
-    public init() {}
-
     /// True when started by a service manager that listens (NOTIFY_SOCKET is set).
-    public var isSupervised: Bool { ProcessInfo.processInfo.environment["NOTIFY_SOCKET"] != nil }
+    public let isSupervised: Bool
+
+    public init() { isSupervised = getenv("NOTIFY_SOCKET") != nil }
 
     /// The watchdog interval systemd expects pings within (WatchdogSec=), nil when none.
     public var watchdogInterval: Double? {
@@ -22,10 +22,16 @@ public struct ServiceNotifier: Sendable {
 
     /// READY=1 with the first status line: send only once the first decision and the
     /// enforcement tables are in place.
-    public func ready(status: String) { send(["READY=1", ServiceNotifier.statusAssignment(status), "MAINPID=\(getpid())"]) }
+    public func ready(status: String) {
+        guard isSupervised else { return }
+        send(["READY=1", ServiceNotifier.statusAssignment(status), "MAINPID=\(getpid())"])
+    }
 
     /// STATUS= line shown by `systemctl status`.
-    public func status(_ text: String) { send([ServiceNotifier.statusAssignment(text)]) }
+    public func status(_ text: String) {
+        guard isSupervised else { return }
+        send([ServiceNotifier.statusAssignment(text)])
+    }
 
     /// `STATUS=text` on one line (a newline would start a new assignment), at most 400 characters.
     public static func statusAssignment(_ text: String) -> String { "STATUS=\(clean(text))" }
@@ -37,7 +43,10 @@ public struct ServiceNotifier: Sendable {
     }
 
     /// After a reload, successful or refused: READY=1 again.
-    public func reloaded(status: String) { send(["READY=1", ServiceNotifier.statusAssignment(status)]) }
+    public func reloaded(status: String) {
+        guard isSupervised else { return }
+        send(["READY=1", ServiceNotifier.statusAssignment(status)])
+    }
 
     public func watchdog() { send(["WATCHDOG=1"]) }
 
@@ -52,6 +61,7 @@ public struct ServiceNotifier: Sendable {
     }
 
     func send(_ assignments: [String]) {
+        guard isSupervised else { return }
         _ = sd_notify(0, ServiceNotifier.message(assignments))
     }
 }

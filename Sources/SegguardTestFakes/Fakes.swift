@@ -106,6 +106,8 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
         public var allowed: [String]
         public var accepted: Bool
         public var data: Data
+        /// Only the chain's rules (`NftablesRuleset.update`), not the whole table.
+        public var isRulesUpdate = false
     }
 
     public let table: String
@@ -115,14 +117,18 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
 
     public func apply(_ transaction: Data) throws(NftablesError) {
         let parsed = Self.parse(transaction)
-        let refused = state.withLock { s -> Bool in
+        let refusal = state.withLock { s -> String? in
             var a = parsed
-            a.accepted = !(s.refuse?(parsed) ?? false)
+            var why: String?
+            if s.refuse?(parsed) ?? false { why = "Error: Could not process rule: No buffer space available (fake)" }
+            // As the kernel: the rules of a chain that is not there cannot be replaced.
+            if a.isRulesUpdate && !s.present { why = "Error: No such file or directory; did you mean table 'segguard' in family inet? (fake)" }
+            a.accepted = why == nil
             s.applied.append(a)
             if a.accepted { s.present = a.mode != "off" }
-            return !a.accepted
+            return why
         }
-        if refused { throw NftablesError(operation: "apply the transaction to table inet \(table)", detail: "Error: Could not process rule: No buffer space available (fake)") }
+        if let refusal { throw NftablesError(operation: "apply the transaction to table inet \(table)", detail: refusal) }
     }
 
     public func listTable() throws(NftablesError) -> String? {
@@ -152,13 +158,15 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
             let comment = rule["comment"] as? String ?? ""
             mode = comment.hasSuffix("(audit)") ? "audit" : "enforce"
             for case let e as [String: Any] in rule["expr"] as? [Any] ?? [] {
-                guard let m = e["match"] as? [String: Any], (m["left"] as? [String: Any])?["meta"] != nil,
-                      let set = (m["right"] as? [String: Any])?["set"] as? [String] else { continue }
-                allowed = set
+                guard let m = e["match"] as? [String: Any], ((m["left"] as? [String: Any])?["meta"] as? [String: Any])?["key"] as? String == "oifname"
+                else { continue }
+                if let one = m["right"] as? String { allowed = [one] }
+                if let set = (m["right"] as? [String: Any])?["set"] as? [String] { allowed = set }
             }
         }
-        if mode == "off", commands.contains(where: { ($0["add"] as? [String: Any])?["chain"] != nil }) { mode = "enforce" }
-        return Applied(mode: mode, allowed: allowed, accepted: true, data: data)
+        let update = commands.contains { ($0["flush"] as? [String: Any])?["chain"] != nil }
+        if mode == "off", update || commands.contains(where: { ($0["add"] as? [String: Any])?["chain"] != nil }) { mode = "enforce" }
+        return Applied(mode: mode, allowed: allowed, accepted: true, data: data, isRulesUpdate: update)
     }
 }
 

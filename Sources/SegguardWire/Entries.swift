@@ -8,12 +8,9 @@ import SegguardPolicy
 
 /// A tracked VDI session, as `segguardctl sessions` shows it.
 public struct SessionEntry: Codable, Sendable, Equatable {
-    public var id: UInt64
-    public var profile: String
-    public var pid: Int32
-    public var uid: UInt32
-    public var startedAt: Date
-    public var cgroup: String
+    public var id: UInt64, profile: String, pid: Int32, uid: UInt32
+    public var startedAt: Date, cgroup: String
+    /// Processes in the session's cgroup when the reply was made.
     public var pids: [Int32]
 
     public init(id: UInt64, profile: String, pid: Int32, uid: UInt32, startedAt: Date, cgroup: String, pids: [Int32]) {
@@ -26,27 +23,20 @@ public struct SessionEntry: Codable, Sendable, Equatable {
 public struct EventEntry: Codable, Sendable, Equatable {
     /// The exec of a capture event.
     public struct Exec: Codable, Sendable, Equatable {
-        public var path: String
-        public var sha256: String?
-        public var pid: Int32
-        public var parentPid: Int32?
-        public var parentExecutable: String?
+        public var path: String, sha256: String?, pid: Int32
+        public var parentPid: Int32?, parentExecutable: String?
         public init(path: String, sha256: String?, pid: Int32, parentPid: Int32?, parentExecutable: String?) {
             (self.path, self.sha256, self.pid, self.parentPid, self.parentExecutable) = (path, sha256, pid, parentPid, parentExecutable)
         }
     }
 
-    public var id: UInt64
-    public var time: Date
+    public var id: UInt64, time: Date
     /// `launch-refused`, `sessions-ended`, `exec-denied`, … (see the admin guide).
     public var kind: String
-    public var profile: String?
-    public var sessions: [SessionEntry]
-    public var reason: String
+    public var profile: String?, sessions: [SessionEntry], reason: String
     /// From the network event to the action, ms.
     public var latencyMs: Double?
-    public var uid: UInt32?
-    public var exec: Exec?
+    public var uid: UInt32?, exec: Exec?
 
     public init(id: UInt64, time: Date, kind: String, profile: String?, sessions: [SessionEntry], reason: String, latencyMs: Double?, uid: UInt32?, exec: Exec?) {
         (self.id, self.time, self.kind, self.profile, self.sessions) = (id, time, kind, profile, sessions)

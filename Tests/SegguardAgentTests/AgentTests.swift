@@ -85,8 +85,9 @@ struct AgentFailClosedTests {
         defer { h.close() }
         h.binding.refuse { !$0.allowed.isEmpty }
         h.send([AgentHarness.desk])
-        #expect(h.binding.applied.map(\.allowed) == [[], ["eth0"], []])
-        #expect(h.binding.applied.map(\.accepted) == [true, false, true])
+        // Baseline; the rules update refused; the whole table refused; the baseline again.
+        #expect(h.binding.applied.map(\.allowed) == [[], ["eth0"], ["eth0"], []])
+        #expect(h.binding.applied.map(\.accepted) == [true, false, false, true])
         let failed = try #require(h.denials.last)
         #expect(failed.kind == "binding-failed")
         #expect(failed.reason == "nftables: cannot apply the transaction to table inet segguard: Error: Could not process rule: No buffer space available (fake); "
@@ -95,7 +96,7 @@ struct AgentFailClosedTests {
 
         // Still refused at the next tick: retried, baseline again.
         h.advance(5)
-        #expect(h.binding.applied.count == 5)
+        #expect(h.binding.applied.count == 6)
         h.binding.refuse(nil)
         h.advance(5)
         #expect(h.binding.accepted.last?.allowed == ["eth0"])
@@ -513,7 +514,7 @@ struct AgentCaptureTests {
         #expect(h.observer.notes.last == .stopping)
         #expect(h.network.isStopped && h.auth.isStopped && h.gates.gate?.isStopped == true)
         let timings = try String(contentsOfFile: h.dir + "/timings.jsonl", encoding: .utf8)
-        #expect(timings.hasPrefix("{\"snapshot_us\":"))
+        #expect(timings.hasPrefix("{\"authorized\":true,\"snapshot_us\":"))
         await #expect(throws: AgentError.self) { try await h.agent.apply(bundle: PolicyBundlePayload(group: "g", version: 1, policyYAML: "", createdAt: Date())) }
         try await h.agent.waitUntilStopped()
         h.close()

@@ -159,13 +159,26 @@ struct BindingControllerTests {
         #expect(c.enforce(Self.closed, policy: Self.policy(), generation: 3) == .applied(mode: .enforce, allowed: []))
         #expect(c.enforce(Self.closed, policy: Self.policy(.audit), generation: 4) == .applied(mode: .audit, allowed: []))
         #expect(fake.accepted.map(\.allowed) == [["eth0"], [], []])
+        // The first is the whole table (none of ours yet); then only the chain's rules.
         #expect(fake.accepted.map(\.data) == [
             NftablesRuleset.transaction(table: "segguard", gateways: [Self.gateway], allowedInterfaces: ["eth0"], mode: .enforce),
-            NftablesRuleset.baseline(table: "segguard", gateways: [Self.gateway]),
-            NftablesRuleset.transaction(table: "segguard", gateways: [Self.gateway], allowedInterfaces: [], mode: .audit),
+            NftablesRuleset.update(table: "segguard", gateways: [Self.gateway], allowedInterfaces: [], mode: .enforce),
+            NftablesRuleset.update(table: "segguard", gateways: [Self.gateway], allowedInterfaces: [], mode: .audit),
         ])
         #expect(c.generation == 4)
         #expect(c.lastTiming.map { $0.returned >= $0.handedToKernel } == true)
+    }
+
+    @Test("the table deleted by hand: the rules update is refused, the whole table is applied at once")
+    func rulesUpdateFallsBack() {
+        let fake = FakeNetworkBinding()
+        let c = BindingController(binding: fake, baselinePath: nil, logger: Logger(label: "t"))
+        c.applyBaseline(policy: Self.policy())
+        fake.loseTable()
+        #expect(c.enforce(Self.eth0, policy: Self.policy(), generation: 1) == .applied(mode: .enforce, allowed: ["eth0"]))
+        #expect(fake.applied.map(\.isRulesUpdate) == [false, true, false])
+        #expect(fake.applied.map(\.accepted) == [true, false, true])
+        #expect(fake.isTablePresent)
     }
 
     @Test("refused: the baseline is loaded and the failure says so; repair retries; a missing table is put back")

@@ -73,7 +73,7 @@ struct NftablesRulesetTests {
         let got = try commands(NftablesRuleset.transaction(table: "segguard", gateways: [v6UDP], allowedInterfaces: ["eth0"], mode: .enforce))
         let matches: [Any] = [match(daddr6, ["prefix": ["addr": "2001:db8:5::", "len": 48]]), match(l4proto, "udp")]
         let want: [Any] = replaceHead + [
-            rule("segguard: 2001:db8:5::/48 udp all ports: allow via authorized interface", matches + [match(oifname, ["set": ["eth0"]]), counter, accept]),
+            rule("segguard: 2001:db8:5::/48 udp all ports: allow via authorized interface", matches + [match(oifname, "eth0"), counter, accept]),
             rule("segguard: 2001:db8:5::/48 udp all ports: drop elsewhere", matches + [counter, drop]),
         ]
         #expect(same(got, want), "\(json(got))")
@@ -88,7 +88,7 @@ struct NftablesRulesetTests {
             match(dport, ["set": [443, 8443]]),
         ]
         let want: [Any] = replaceHead + [
-            rule("segguard: 10.61.0.0/16 both 443,8443: allow via authorized interface", matches + [match(oifname, ["set": ["eth0"]]), counter, accept]),
+            rule("segguard: 10.61.0.0/16 both 443,8443: allow via authorized interface", matches + [match(oifname, "eth0"), counter, accept]),
             rule("segguard: 10.61.0.0/16 both 443,8443: drop elsewhere", matches + [counter, drop]),
         ]
         #expect(same(got, want), "\(json(got))")
@@ -112,7 +112,7 @@ struct NftablesRulesetTests {
         let got = try commands(NftablesRuleset.transaction(table: "segguard", gateways: [hostTCP], allowedInterfaces: ["eth0"], mode: .audit))
         let want: [Any] = replaceHead + [
             rule("segguard: 10.20.30.40/32 tcp 443: would drop (audit)",
-                 [match(daddr4, "10.20.30.40"), match(l4proto, "tcp"), match(dport, 443), match(oifname, ["set": ["eth0"]], op: "!="), counter]),
+                 [match(daddr4, "10.20.30.40"), match(l4proto, "tcp"), match(dport, 443), match(oifname, "eth0", op: "!="), counter]),
         ]
         #expect(same(got, want), "\(json(got))")
         let text = json(got)
@@ -172,6 +172,15 @@ struct NftablesRulesetTests {
         let closed = try commands(NftablesRuleset.transaction(table: "segguard", gateways: [hostTCP], allowedInterfaces: ["", "x\\*"], mode: .enforce))
         #expect(closed.count == replaceHead.count + 1)
         #expect(json(closed).contains("drop elsewhere") && !json(closed).contains(#""accept":null"#))
+    }
+
+    @Test("a rules update flushes the output chain and adds the same rules a whole transaction would; off deletes the table")
+    func rulesUpdate() throws {
+        let whole = try commands(NftablesRuleset.transaction(table: "segguard", gateways: [hostTCP], allowedInterfaces: ["eth0", "wlan0"], mode: .enforce))
+        let update = try commands(NftablesRuleset.update(table: "segguard", gateways: [hostTCP], allowedInterfaces: ["eth0", "wlan0"], mode: .enforce))
+        #expect(same(update[0], ["flush": ["chain": ["family": "inet", "table": "segguard", "name": "output"]]]))
+        #expect(same(Array(update.dropFirst()), Array(whole.dropFirst(replaceHead.count))), "\(json(update))")
+        #expect(NftablesRuleset.update(table: "segguard", gateways: [hostTCP], allowedInterfaces: [], mode: .off) == NftablesRuleset.deleteCommand(table: "segguard"))
     }
 
     @Test("no gateways: the table and an empty output chain")
