@@ -32,4 +32,10 @@ public struct NetworkState: Sendable {
     public func interfaces(deviceType: (LinkInfo) -> String? = { _ in nil }) -> [InterfaceState] {
         routes.interfaces(wireless: { wireless.link(for: $0) }, deviceType: deviceType)
     }
+
+    /// The same, rebuilding only the interfaces that changed since the last call with `cache`.
+    public mutating func interfaces(deviceType: (LinkInfo) -> String? = { _ in nil }, reusing cache: inout InterfaceCache) -> [InterfaceState] {
+        let wireless = self.wireless
+        return routes.interfaces(wireless: { wireless.link(for: $0) }, deviceType: deviceType, reusing: &cache)
+    }
 }

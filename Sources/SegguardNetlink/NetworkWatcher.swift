@@ -230,6 +230,7 @@ final class WatcherLoop {
     var wirelessSyncing = false
     var generation: UInt64 = 0
     var lastPublished: [InterfaceState]?
+    var interfaceCache = InterfaceCache()
     var deviceTypes: [String: String?] = [:]
     var failure: String?
     var parseErrorsLogged = 0
@@ -466,7 +467,7 @@ final class WatcherLoop {
 
     func publishIfChanged(eventNanos: UInt64) {
         guard !routeSyncing, !wirelessSyncing else { return }
-        let interfaces = state.interfaces(deviceType: { self.deviceType($0) })
+        let interfaces = state.interfaces(deviceType: { self.deviceType($0) }, reusing: &interfaceCache)
         guard interfaces != lastPublished else { return }
         lastPublished = interfaces
         generation += 1

@@ -837,6 +837,33 @@ private let v6Addr = InterfaceAddress(address: IPAddress("2001:db8::23")!, prefi
         #expect(t.interfaces(wireless: { _ in nil }).first?.isUplink == true)
     }
 
+    @Test("the cached build equals the full build after every message, and rebuilds only what changed")
+    func cachedInterfacesMatchFullBuild() {
+        var t = RouteTable()
+        var cache = InterfaceCache()
+        var wifi: [Int32: WirelessLink] = [:]
+        let steps: [() -> Void] = [
+            { t.apply(.link(link(2, "eth0"))) },
+            { t.apply(.link(link(3, "wlan0"))) },
+            { wifi[3] = .disconnected },
+            { t.apply(.address(index: 2, v4Addr, removed: false)) },
+            { t.apply(.defaultRoute(index: 2, v4Default, removed: false)) },
+            { wifi[3] = WirelessLink(ssid: SSID("mn-office"), bssid: MACAddress("02:00:5e:00:53:01"), frequencyMHz: 5180, security: .enterprise) },
+            { t.apply(.link(link(2, "eth0", carrier: false))) },
+            { t.apply(.address(index: 2, v6Addr, removed: false)) },
+            { t.apply(.address(index: 2, v4Addr, removed: true)) },
+            { t.apply(.linkRemoved(index: 3)) },
+            { t.apply(.link(link(2, "eth0", up: false, carrier: false))) },
+            { t.apply(.ignored) },
+        ]
+        for (i, step) in steps.enumerated() {
+            step()
+            let full = t.interfaces(wireless: { wifi[$0] })
+            #expect(t.interfaces(wireless: { wifi[$0] }, reusing: &cache) == full, "after step \(i)")
+            #expect(t.changedIndexes.isEmpty)
+        }
+    }
+
     @Test func applyReportsChanges() {
         var t = Self.eth0Table()
         #expect(t.apply(.link(link(2, "eth0"))) == false)
