@@ -32,6 +32,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-http-types.git", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-nio-extras.git", from: "1.35.2"),
     ],
     targets: [
         // C libraries, through pkg-config.
@@ -118,6 +119,7 @@ let package = Package(
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
+                .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -177,7 +179,7 @@ let package = Package(
             name: "segguard-bench",
             dependencies: [
                 "SegguardAgent", "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardTestSupport", "SegguardEnforce", "SegguardDeviceAuth",
-                "SegguardSystem", "SegguardReport", "SegguardPKI", "SegguardCollector", "SegguardLoadReport",
+                "SegguardSystem", "SegguardReport", "SegguardPKI", "SegguardCollector", "SegguardLoadReport", "SegguardWire",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -203,11 +205,14 @@ let package = Package(
         .testTarget(name: "SegguardDeviceAuthTests", dependencies: ["SegguardDeviceAuth", "SegguardPolicy", "SegguardDecision", "CSystemd"]),
         .testTarget(name: "SegguardSystemTests", dependencies: ["SegguardSystem"]),
         .testTarget(name: "SegguardReportTests", dependencies: ["SegguardReport", "SegguardTestSupport"]),
-        .testTarget(name: "SegguardPKITests", dependencies: ["SegguardPKI", .product(name: "X509", package: "swift-certificates")]),
+        .testTarget(
+            name: "SegguardPKITests",
+            dependencies: ["SegguardPKI", .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1")]),
         .testTarget(
             name: "SegguardCollectorTests",
             dependencies: [
                 "SegguardCollector", "SegguardReport", "SegguardReporter", "SegguardPKI", "SegguardPolicy", "SegguardTestSupport", "SegguardSystem",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -217,14 +222,17 @@ let package = Package(
             ]),
         .testTarget(name: "SegguardCaptureTests", dependencies: ["SegguardCapture", "SegguardPolicy"]),
         .testTarget(name: "SegguardServiceTests", dependencies: ["SegguardService", .product(name: "Logging", package: "swift-log")]),
-        .testTarget(name: "SegguardEnforceTests", dependencies: ["SegguardEnforce", "SegguardPolicy", "SegguardDecision", "SegguardSystem", "SegguardWire", "SegguardTestFakes"]),
+        .testTarget(
+            name: "SegguardEnforceTests",
+            dependencies: ["SegguardEnforce", "SegguardPolicy", "SegguardDecision", "SegguardSystem", "SegguardWire", "SegguardTestFakes",
+                           .product(name: "Logging", package: "swift-log")]),
         .testTarget(
             name: "SegguardAgentTests",
             dependencies: [
                 "SegguardAgent", "SegguardTestFakes", "SegguardPolicy", "SegguardDecision", "SegguardEnforce", "SegguardCapture", "SegguardDeviceAuth",
                 "SegguardNetlink", "SegguardWire", "SegguardReport", "SegguardSystem", .product(name: "Logging", package: "swift-log"),
             ]),
-        .testTarget(name: "SegguardNetlinkTests", dependencies: ["SegguardNetlink", "CLibNL", "CSegguardShims"]),
+        .testTarget(name: "SegguardNetlinkTests", dependencies: ["SegguardNetlink", "SegguardPolicy", "CLibNL", "CSegguardShims"]),
         .testTarget(
             name: "SegguardPrivilegedTests",
             dependencies: ["SegguardNetlink", "SegguardDecision", "SegguardPolicy", "SegguardTestSupport", "SegguardControl", "SegguardWire", "SegguardEnforce",

@@ -244,13 +244,7 @@ final class WatcherLoop {
         self.onSnapshot = onSnapshot
         self.onFailure = onFailure
         if let path = watcher.options.networkNamespace {
-            let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { throw NetworkWatcher.SetupError(description: "open \(path): \(String(cString: strerror(errno))) (errno \(errno))") }
-            defer { Glibc.close(fd) }
-            let rc = sg_enter_netns(fd)
-            guard rc == 0 else {
-                throw NetworkWatcher.SetupError(description: "setns \(path): \(String(cString: strerror(-rc))) (errno \(-rc))")
-            }
+            do { try enterNetworkNamespace(path) } catch { throw NetworkWatcher.SetupError(description: error.description) }
         }
         try openRoute()
         if watcher.options.watchWireless { try openWireless() }

@@ -27,16 +27,31 @@ extension AppliedBundle {
 }
 
 extension Reporter {
-    /// Opens the spool (marking this run as running) and makes the reporter; `uncleanStop`
-    /// says the previous run did not stop cleanly (killed, crashed, power lost).
+    /// What the agent starts with, for the `agent-started` event.
+    public struct Start: Sendable {
+        public var version: String, policyName: String, policyFile: String, policySHA256: String
+        public init(version: String, policyName: String, policyFile: String, policySHA256: String) {
+            (self.version, self.policyName, self.policyFile, self.policySHA256) = (version, policyName, policyFile, policySHA256)
+        }
+    }
+
+    /// Opens the spool (marking this run as running), makes the reporter and records
+    /// `agent-started`, and `agent-restarted-uncleanly` when the previous run did not stop
+    /// cleanly (killed, crashed, power lost: a possible tamper sign).
     public static func open(configuration: ReporterConfiguration, spoolPath: String, rule: ReportRule, logger: Logger, applied: AppliedBundle?,
-                            heartbeat: @escaping HeartbeatSource, applyBundle: @escaping BundleApplier) async throws -> (reporter: Reporter, uncleanStop: Bool) {
+                            start: Start, heartbeat: @escaping HeartbeatSource, applyBundle: @escaping BundleApplier) async throws -> Reporter {
         let spool = try await Spool(path: spoolPath, maxEvents: rule.spoolMaxEvents, overflow: rule.overflow)
         do {
             let unclean = try await spool.markRunning()
             let reporter = try Reporter(configuration: configuration, spool: spool, rule: rule, logger: logger, applied: applied,
                                         heartbeat: heartbeat, applyBundle: applyBundle)
-            return (reporter, unclean)
+            reporter.record(kind: "agent-started", severity: "info", reason: "segguardd \(start.version) started with policy '\(start.policyName)'",
+                            details: ["policy_file": start.policyFile, "policy_sha256": start.policySHA256])
+            if unclean {
+                reporter.record(kind: "agent-restarted-uncleanly", severity: "warning",
+                                reason: "the previous segguardd run ended without a clean stop (killed, crashed or power lost): a possible tamper sign")
+            }
+            return reporter
         } catch {
             try? await spool.close()
             throw error

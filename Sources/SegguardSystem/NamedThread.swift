@@ -9,14 +9,16 @@ import Synchronization
 import Glibc
 #endif
 
-/// Starts `body` on a new thread named `name` (at most 15 bytes: the kernel's TASK_COMM_LEN).
-public func startThread(name: String, _ body: @escaping @Sendable () -> Void) {
+/// Starts `body` on a new thread named `name` (at most 15 bytes: the kernel's TASK_COMM_LEN),
+/// with `stackSize` bytes of stack (nil: the system's default).
+public func startThread(name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) {
     precondition(!name.isEmpty && name.utf8.count <= 15, "thread name '\(name)' must have 1 to 15 bytes")
     let thread = Thread {
         _ = sg_set_thread_name(name)
         body()
     }
     thread.name = name
+    if let stackSize { thread.stackSize = stackSize }
     thread.start()
 }
 

@@ -3,6 +3,7 @@
 // EBADF/EFAULT — a descriptor or pointer this process got wrong — stop the process, because
 // carrying on with a confused descriptor table could act on the wrong file or socket.
 
+import CSegguardShims
 import Foundation
 
 #if canImport(Glibc)
@@ -94,4 +95,12 @@ public func readSmallFile(_ path: String, limit: Int = 1 << 20) -> [UInt8]? {
 /// `readSmallFile` as UTF-8 text (invalid sequences replaced).
 public func readSmallTextFile(_ path: String, limit: Int = 1 << 20) -> String? {
     readSmallFile(path, limit: limit).map { String(decoding: $0, as: UTF8.self) }
+}
+
+/// Moves the calling thread into the network namespace at `path` (e.g. `/run/netns/NAME`):
+/// sockets it (and threads it starts later) opens belong to that namespace.
+public func enterNetworkNamespace(_ path: String) throws(SystemError) {
+    let fd = try systemCall("open \(path)") { open(path, O_RDONLY | O_CLOEXEC) }
+    defer { close(fd) }
+    try systemCallNegativeErrno("setns \(path)") { sg_enter_netns(fd) }
 }

@@ -6,6 +6,7 @@
 import CSegguardShims
 import Foundation
 import SegguardPolicy
+import SegguardSystem
 import Synchronization
 
 #if canImport(Glibc)
@@ -49,12 +50,10 @@ public func withNetworkNamespace<T>(_ path: String, _ body: () throws -> T) thro
         work.value = escapable
         let out = Box<Result<T, any Error>>()
         let done = DispatchSemaphore(value: 0)
-        let t = Thread {
+        startThread(name: "sg-test-netns", stackSize: 8 << 20) {
             out.value = run(work, in: path)
             done.signal()
         }
-        t.stackSize = 8 << 20
-        t.start()
         done.wait()
         return try out.value!.get()
     }
@@ -71,11 +70,8 @@ private func run<T>(_ work: Box<() throws -> T>, in path: String) -> Result<T, a
 
 /// Enters the namespace for the calling thread; nil or what failed.
 private func enterNamespace(_ path: String) -> String? {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { return "open \(path): \(String(cString: strerror(errno)))" }
-    defer { close(fd) }
-    let rc = sg_enter_netns(fd)
-    return rc == 0 ? nil : "setns \(path): \(String(cString: strerror(-rc)))"
+    do { try enterNetworkNamespace(path) } catch { return error.description }
+    return nil
 }
 
 /// A socket address for `address` and `port`, passed to `body` with its length.
@@ -127,7 +123,7 @@ public final class NamespaceTCPServer: Sendable {
         let started = Box<String>()
         let ready = DispatchSemaphore(value: 0)
         let sh = shared
-        let t = Thread {
+        startThread(name: "sg-test-tcp") {
             defer { sh.finished.signal() }
             if let failure = enterNamespace(namespacePath) {
                 started.value = failure
@@ -151,7 +147,6 @@ public final class NamespaceTCPServer: Sendable {
             ready.signal()
             NamespaceTCPServer.acceptLoop(fd, wake, sh)
         }
-        t.start()
         ready.wait()
         if let failure = started.value {
             shared.finished.wait()

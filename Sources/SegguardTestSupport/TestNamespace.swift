@@ -6,7 +6,9 @@ import CLibNL
 import CSegguardShims
 import Foundation
 import SegguardNetlink
+import SegguardSystem
 import SegguardPolicy
+import SegguardSystem
 import Synchronization
 
 #if canImport(Glibc)
@@ -147,19 +149,14 @@ public final class LinkToggler: @unchecked Sendable {
         let box = Opened()
         let done = DispatchSemaphore(value: 0)
         // setns affects only the calling thread, so enter the namespace on a throwaway thread.
-        let t = Thread {
+        startThread(name: "sg-test-toggler") {
             defer { done.signal() }
-            let fd = open(namespacePath, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else { box.failure = "open \(namespacePath): errno \(errno)"; return }
-            defer { close(fd) }
-            let rc = sg_enter_netns(fd)
-            guard rc == 0 else { box.failure = "setns: errno \(-rc)"; return }
+            do { try enterNetworkNamespace(namespacePath) } catch { box.failure = "\(error)"; return }
             guard let s = nl_socket_alloc() else { box.failure = "nl_socket_alloc"; return }
             let c = nl_connect(s, Int32(NETLINK_ROUTE))
             guard c == 0 else { box.failure = "nl_connect: \(String(cString: nl_geterror(c)))"; nl_socket_free(s); return }
             box.sock = s
         }
-        t.start()
         done.wait()
         guard let made = box.sock else { throw CommandError(description: "LinkToggler: \(box.failure ?? "unknown failure")") }
         sock = made

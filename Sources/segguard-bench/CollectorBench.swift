@@ -312,7 +312,7 @@ final class SignalCleanup: Sendable {
         sigaddset(&set, SIGTERM)
         pthread_sigmask(SIG_BLOCK, &set, nil)
         let waited = set
-        let thread = Thread {
+        startThread(name: "sg-bench-signal") {
             var s = waited
             var sig: Int32 = 0
             guard sigwait(&s, &sig) == 0 else { return }
@@ -326,7 +326,6 @@ final class SignalCleanup: Sendable {
             for action in c.fallbacks.withLock({ $0 }).reversed() { action() }
             _exit(128 + sig)
         }
-        thread.start()
         return c
     }
 
@@ -503,7 +502,7 @@ struct BenchPlan: Sendable {
             }
             if let onSignal, !onSignal.setChild(process.processIdentifier) { kill(process.processIdentifier, SIGKILL) }
             // Lines from the child: "measure-start", "measure-end", then the JSON report.
-            let thread = Thread {
+            startThread(name: "sg-bench-load") {
                 var pending = Data()
                 while true {
                     let chunk = reader.availableData
@@ -517,7 +516,6 @@ struct BenchPlan: Sendable {
                 if !pending.isEmpty { observer.line(String(decoding: pending, as: UTF8.self)) }
                 observer.eof()
             }
-            thread.start()
         }
         await observer.waitForEOF()
         onSignal?.clearChild()

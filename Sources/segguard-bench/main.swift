@@ -99,7 +99,8 @@ struct BenchAgent {
             return "  (no pipeline timings)"
         }
         return "  inside the agent, from the loop's wakeup (\(p.samples) table changes):\n" + p.stages.map {
-            String(format: "    %-17@ p50 %7.1f us   p99 %7.1f us   max %7.1f us", $0.name, $0.p50Micros, $0.p99Micros, $0.maxMicros)
+            "    " + $0.name.padding(toLength: 17, withPad: " ", startingAt: 0)
+                + String(format: " p50 %7.1f us   p99 %7.1f us   max %7.1f us", $0.p50Micros, $0.p99Micros, $0.maxMicros)
         }.joined(separator: "\n")
     }
 }

@@ -53,22 +53,18 @@ extension Segguardd {
         let agent = Agent(policy: loaded, configuration: configuration, sources: try sources(logger),
                           observer: Notifier(hangSwitch: hangSwitch, logger: logger), logger: logger)
         logger.notice("policy loaded", metadata: ["policy": "\(loaded.policy.name)", "file": "\(policyFile)", "sites": "\(loaded.policy.sites.count)"])
-        let group = getgrnam(adminGroup).map { $0.pointee.gr_gid }
-        if group == nil { logger.info("admin group not found: only root may query the control socket", metadata: ["group": "\(adminGroup)"]) }
-        let server: ControlServer
-        do {
-            server = try ControlServer(path: socket, adminGroup: group, adminGroupName: adminGroup, logger: logger)
-        } catch {
-            logger.critical("cannot open the control socket", metadata: ["error": "\(error)"])
-            throw ExitCode(1)
-        }
         let restored = bundle
         try runBlocking {
             let reporter = await reporter(agent: agent, loaded: loaded, bundle: restored, logger: logger)
+            let server: ControlServer
             do {
                 try agent.start()
+                // The socket appears once the agent runs (baseline table in force, capture marks made).
+                server = try ControlServer(path: socket, adminGroup: adminGroupID(logger), adminGroupName: adminGroup, logger: logger)
             } catch {
-                logger.critical("cannot start the agent", metadata: ["error": "\(error)"])
+                logger.critical("segguardd cannot start", metadata: ["error": "\(error)"])
+                agent.stop()
+                await reporter?.stop()
                 throw ExitCode(1)
             }
             reporter?.start()
@@ -110,14 +106,9 @@ extension Segguardd {
         do {
             let config = ReporterConfiguration(collectorURL: collector, caPath: collectorCa, certificatePath: clientCert, keyPath: clientKey,
                                                policyPublicKeyPath: policyPublicKey, bundleStatePath: bundleDir + "/bundle.json")
-            let (reporter, unclean) = try await Reporter.open(configuration: config, spoolPath: spool, rule: loaded.policy.report, logger: logger, applied: bundle,
-                                                              heartbeat: { await agent.heartbeat() }, applyBundle: { try await agent.apply(bundle: $0) })
-            reporter.record(kind: "agent-started", severity: "info", reason: "segguardd \(segguardVersion) started with policy '\(loaded.policy.name)'",
-                            details: ["policy_file": loaded.file, "policy_sha256": loaded.sha256])
-            if unclean {
-                reporter.record(kind: "agent-restarted-uncleanly", severity: "warning",
-                                reason: "the previous segguardd run ended without a clean stop (killed, crashed or power lost): a possible tamper sign")
-            }
+            let start = Reporter.Start(version: segguardVersion, policyName: loaded.policy.name, policyFile: loaded.file, policySHA256: loaded.sha256)
+            let reporter = try await Reporter.open(configuration: config, spoolPath: spool, rule: loaded.policy.report, logger: logger, applied: bundle,
+                                                   start: start, heartbeat: { await agent.heartbeat() }, applyBundle: { try await agent.apply(bundle: $0) })
             agent.attach(reporting: reporter)
             logger.notice("reporting to the collector", metadata: ["collector": "\(collector)", "agent": "\(reporter.identity.agentID)", "group": "\(reporter.identity.group)"])
             return reporter
@@ -127,17 +118,22 @@ extension Segguardd {
         }
     }
 
+    /// The admin group's id; without it only root may query the control socket.
+    func adminGroupID(_ logger: Logger) -> UInt32? {
+        guard let g = getgrnam(adminGroup) else {
+            logger.info("admin group not found: only root may query the control socket", metadata: ["group": "\(adminGroup)"])
+            return nil
+        }
+        return g.pointee.gr_gid
+    }
+
     /// --netns: enter the namespace now (setns acts on the calling thread; threads made later
     /// inherit it). The process connector speaks only in the initial network namespace, so
     /// its socket is opened before.
     func enterNamespace() throws -> Int32 {
         guard let netns else { return -1 }
         let connector = sg_proc_connector_open()
-        do {
-            let fd = try systemCall("open \(netns)") { open(netns, O_RDONLY | O_CLOEXEC) }
-            defer { close(fd) }
-            try systemCallNegativeErrno("setns \(netns)") { sg_enter_netns(fd) }
-        } catch {
+        do { try enterNetworkNamespace(netns) } catch {
             FileHandle.standardError.write(Data("segguardd: --netns \(netns): \(error)\n".utf8))
             throw ExitCode(2)
         }

@@ -130,6 +130,37 @@ struct NftablesBindingTests {
         #expect(lab.udp().error == .notPermitted)
     }
 
+    @Test("a rules update moves the binding and removes what was inserted into the chain by hand; an accept in another table does not get past the drop")
+    func rulesUpdateOnRealKernel() throws {
+        let lab = try GatewayLab()
+        defer { lab.close() }
+        try lab.apply(["sga0"])
+        // A local admin's mistake (or a root user's trick): accept everything at the head of the chain.
+        try runCommand(["nsenter", "--net=\(lab.client.path)", "nft", "insert", "rule", "inet", GatewayLab.table, "output", "accept"])
+        try runCommand(["nsenter", "--net=\(lab.client.path)", "nft", "add", "table", "inet", "sgnft_other"])
+        try runCommand(["nsenter", "--net=\(lab.client.path)", "nft", "add", "chain", "inet", "sgnft_other", "out",
+                        "{ type filter hook output priority -10 ; policy accept ; }"])
+        try runCommand(["nsenter", "--net=\(lab.client.path)", "nft", "add", "rule", "inet", "sgnft_other", "out", "accept"])
+        defer { _ = try? runCommand(["nsenter", "--net=\(lab.client.path)", "nft", "delete", "table", "inet", "sgnft_other"]) }
+
+        try lab.binding.apply(NftablesRuleset.update(table: GatewayLab.table, gateways: [GatewayLab.gateway], allowedInterfaces: ["sgb0"], mode: .enforce))
+        let listing = try #require(try lab.binding.listTable())
+        let comments = NftablesRuleset.counters(inListing: listing).map(\.comment)
+        #expect(comments == [NftablesRuleset.comment(.allow, gateway: GatewayLab.gateway), NftablesRuleset.comment(.drop, gateway: GatewayLab.gateway)])
+        #expect(!listing.contains(#""expr": [{"accept": null}]"#), "the inserted bare accept is gone")
+        // sga0 is no longer allowed: dropped, whatever the other table accepts.
+        #expect(lab.connect(timeout: 1).error == .timedOut)
+        #expect(lab.udp().error == .notPermitted)
+        try lab.route(via: "b")
+        #expect(lab.connect().succeeded)
+
+        // The table deleted by hand: an update cannot apply (the agent then replaces the whole table).
+        try lab.binding.deleteTable()
+        #expect(throws: NftablesError.self) {
+            try lab.binding.apply(NftablesRuleset.update(table: GatewayLab.table, gateways: [GatewayLab.gateway], allowedInterfaces: [], mode: .enforce))
+        }
+    }
+
     @Test("enforce with no authorized interface: gateway traffic is dropped on both paths")
     func noAllowedInterfaceDropsAll() throws {
         let lab = try GatewayLab()

@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""Every `import` of every target is declared in Package.swift: a target's own modules, its
+target dependencies and the products it names (SwiftPM's explicit import check sees only
+target dependencies, not the products of packages). System modules (Foundation, Glibc, …)
+and a product's own submodules that the package documents as part of it are allowed.
+
+usage: scripts/check-imports.py   (from the repository; runs `swift package dump-package`)"""
+import json, os, re, subprocess, sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SYSTEM = {"Foundation", "FoundationEssentials", "Glibc", "Musl", "Darwin", "Dispatch", "Synchronization", "Testing", "XCTest",
+          "_Concurrency", "Observation", "os"}
+# Modules that come with a product the target names (re-exported or part of the same library).
+PRODUCT_MODULES = {
+    "Crypto": {"Crypto"}, "X509": {"X509"}, "SwiftASN1": {"SwiftASN1"},
+    "NIOCore": {"NIOCore"}, "NIOPosix": {"NIOPosix"}, "NIOHTTP1": {"NIOHTTP1"}, "NIOTLS": {"NIOTLS"}, "NIOSSL": {"NIOSSL"},
+}
+
+pkg = json.loads(subprocess.run(["swift", "package", "dump-package"], cwd=ROOT, check=True, capture_output=True, text=True).stdout)
+problems = []
+for t in pkg["targets"]:
+    if t["type"] == "system":
+        continue
+    declared = {t["name"].replace("-", "_")}
+    for d in t.get("dependencies", []):
+        if "byName" in d:
+            declared.add(d["byName"][0])
+        elif "target" in d:
+            declared.add(d["target"][0])
+        elif "product" in d:
+            declared.add(d["product"][0])
+    folder = os.path.join(ROOT, "Tests" if t["type"] == "test" else "Sources", t.get("path") or t["name"])
+    for dirpath, _, files in os.walk(folder):
+        for f in files:
+            if not f.endswith(".swift"):
+                continue
+            path = os.path.join(dirpath, f)
+            for n, line in enumerate(open(path, encoding="utf-8"), 1):
+                m = re.match(r"^\s*(?:@\w+(?:\([^)]*\))?\s+)*import\s+(?:(?:struct|class|enum|func|protocol|typealias|var|let)\s+)?([A-Za-z_][A-Za-z0-9_]*)", line)
+                if not m:
+                    continue
+                module = m.group(1)
+                if module in SYSTEM or module in declared:
+                    continue
+                problems.append(f"{os.path.relpath(path, ROOT)}:{n}: target {t['name']} imports {module}, which Package.swift does not list for it")
+for p in problems:
+    print(p)
+if problems:
+    print(f"{len(problems)} undeclared import(s)", file=sys.stderr)
+    sys.exit(1)
+print(f"imports: every import of {len([t for t in pkg['targets'] if t['type'] != 'system'])} targets is declared")
