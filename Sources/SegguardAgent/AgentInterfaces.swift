@@ -35,10 +35,7 @@ public struct AgentConfiguration: Sendable {
     public var timingsFile: String?
 
     public init(policyFile: String, bundlePolicyFile: String? = nil, baselineFile: String? = nil, hostname: String = "localhost") {
-        self.policyFile = policyFile
-        self.bundlePolicyFile = bundlePolicyFile
-        self.baselineFile = baselineFile
-        self.hostname = hostname
+        (self.policyFile, self.bundlePolicyFile, self.baselineFile, self.hostname) = (policyFile, bundlePolicyFile, baselineFile, hostname)
     }
 }
 
@@ -61,11 +58,7 @@ public struct AgentSources: Sendable {
 
     public init(network: any NetworkSource, deviceAuth: (any DeviceAuthSource)? = nil, binding: (any NetworkBinding)? = nil,
                 sessions: (any SessionControl)? = nil, execGate: ExecGateFactory? = nil) {
-        self.network = network
-        self.deviceAuth = deviceAuth
-        self.binding = binding
-        self.sessions = sessions
-        self.execGate = execGate
+        (self.network, self.deviceAuth, self.binding, self.sessions, self.execGate) = (network, deviceAuth, binding, sessions, execGate)
     }
 }
 

@@ -16,10 +16,7 @@ public struct SystemError: Error, CustomStringConvertible, Sendable, Equatable {
     public var call: String
     public var errno: Int32
 
-    public init(call: String, errno: Int32) {
-        self.call = call
-        self.errno = errno
-    }
+    public init(call: String, errno: Int32) { (self.call, self.errno) = (call, errno) }
 
     public var description: String { "\(call): \(String(cString: strerror(errno))) (errno \(errno))" }
 }
