@@ -143,14 +143,24 @@ public final class BindingController {
         return .failed(error: "\(failure)", inForce: inForce)
     }
 
-    /// The periodic check: when the table is gone (`nft flush ruleset`, deleted by hand) or the
-    /// last transaction was refused, applies the current decision again. Nil when nothing was
-    /// wrong.
+    /// The periodic check: when the table is gone (`nft flush ruleset`, deleted by hand), is not
+    /// exactly what was applied (a rule inserted into the chain, the chain flushed or replaced,
+    /// another chain added), or the last transaction was refused, replaces the whole table for
+    /// the current decision. Nil when nothing was wrong.
     public func repair(_ decision: Decision, policy: Policy, generation: UInt64) -> Outcome? {
-        guard policy.enforcement.networkBinding != .off else { return nil }
-        let present = (try? binding.listTable()) != nil
-        guard !present || lastFailed else { return nil }
-        if !present { logger.warning("the nftables table is gone: putting it back", metadata: ["table": "\(binding.table)"]) }
+        let mode = policy.enforcement.networkBinding
+        guard mode != .off else { return nil }
+        let listing = try? binding.listTable()
+        let allowed = decision.isAuthorized ? decision.authorizedInterfaces : []
+        let intact = listing.map {
+            NftablesRuleset.isIntact(listing: $0, table: binding.table, gateways: policy.vdi.gateways, allowedInterfaces: allowed, mode: mode)
+        } ?? false
+        guard !intact || lastFailed else { return nil }
+        if listing == nil {
+            logger.warning("the nftables table is gone: putting it back", metadata: ["table": "\(binding.table)"])
+        } else if !intact {
+            logger.warning("the nftables table was changed by someone else: replacing it", metadata: ["table": "\(binding.table)"])
+        }
         applied = nil
         owned = false
         return enforce(decision, policy: policy, generation: generation)

@@ -108,10 +108,12 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
         public var data: Data
         /// Only the chain's rules (`NftablesRuleset.update`), not the whole table.
         public var isRulesUpdate = false
+        /// The rules' comments, in order.
+        public var comments: [String] = []
     }
 
     public let table: String
-    private let state = Mutex<(applied: [Applied], refuse: ((Applied) -> Bool)?, present: Bool, listings: Int)>(([], nil, false, 0))
+    private let state = Mutex<(applied: [Applied], refuse: ((Applied) -> Bool)?, present: Bool, listings: Int, rules: [String?])>(([], nil, false, 0, []))
 
     public init(table: String = "segguard") { self.table = table }
 
@@ -125,18 +127,36 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
             if a.isRulesUpdate && !s.present { why = "Error: No such file or directory; did you mean table 'segguard' in family inet? (fake)" }
             a.accepted = why == nil
             s.applied.append(a)
-            if a.accepted { s.present = a.mode != "off" }
+            if a.accepted {
+                s.present = a.mode != "off"
+                s.rules = a.comments
+            }
             return why
         }
         if let refusal { throw NftablesError(operation: "apply the transaction to table inet \(table)", detail: refusal) }
     }
 
+    /// A listing as libnftables prints it: the table, the output base chain, the rules in force.
     public func listTable() throws(NftablesError) -> String? {
         state.withLock { s in
             s.listings += 1
-            return s.present ? "{\"nftables\":[]}" : nil
+            guard s.present else { return nil }
+            var items: [[String: Any]] = [
+                ["table": ["family": "inet", "name": table, "handle": 1]],
+                ["chain": ["family": "inet", "table": table, "name": "output", "handle": 1, "type": "filter", "hook": "output", "prio": 0, "policy": "accept"]],
+            ]
+            for (i, comment) in s.rules.enumerated() {
+                var rule: [String: Any] = ["family": "inet", "table": table, "chain": "output", "handle": i + 2, "expr": [["accept": NSNull()]]]
+                if let comment { rule["comment"] = comment }
+                items.append(["rule": rule])
+            }
+            let data = try! JSONSerialization.data(withJSONObject: ["nftables": items])
+            return String(decoding: data, as: UTF8.self)
         }
     }
+
+    /// `nft insert rule inet segguard output accept` by someone else.
+    public func insertRuleByHand() { state.withLock { $0.rules.insert(nil, at: 0) } }
 
     /// Refuse the transactions `predicate` picks (nil: accept all).
     public func refuse(_ predicate: (@Sendable (Applied) -> Bool)?) { state.withLock { $0.refuse = predicate } }
@@ -152,10 +172,11 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
         guard let root = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let commands = root["nftables"] as? [[String: Any]] else {
             return Applied(mode: "?", allowed: [], accepted: true, data: data)
         }
-        var mode = "off", allowed: [String] = []
+        var mode = "off", allowed: [String] = [], comments: [String] = []
         for c in commands {
             guard let rule = (c["add"] as? [String: Any])?["rule"] as? [String: Any] else { continue }
             let comment = rule["comment"] as? String ?? ""
+            comments.append(comment)
             mode = comment.hasSuffix("(audit)") ? "audit" : "enforce"
             for case let e as [String: Any] in rule["expr"] as? [Any] ?? [] {
                 guard let m = e["match"] as? [String: Any], ((m["left"] as? [String: Any])?["meta"] as? [String: Any])?["key"] as? String == "oifname"
@@ -166,7 +187,7 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
         }
         let update = commands.contains { ($0["flush"] as? [String: Any])?["chain"] != nil }
         if mode == "off", update || commands.contains(where: { ($0["add"] as? [String: Any])?["chain"] != nil }) { mode = "enforce" }
-        return Applied(mode: mode, allowed: allowed, accepted: true, data: data, isRulesUpdate: update)
+        return Applied(mode: mode, allowed: allowed, accepted: true, data: data, isRulesUpdate: update, comments: comments)
     }
 }
 

@@ -274,6 +274,20 @@ struct AgentOrderTests {
         #expect(!(after.drop { $0 != [] }).contains(["eth0"]))
     }
 
+    @Test("the repair tick replaces a table changed by hand (an accept inserted into the chain) with the decision in force")
+    func repairTampered() throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.send([AgentHarness.deskUnplugged])
+        h.binding.insertRuleByHand()
+        h.advance(5)
+        let last = try #require(h.binding.accepted.last)
+        #expect(!last.isRulesUpdate && last.allowed == [], "the whole table, drop-all")
+        let before = h.binding.accepted.count
+        h.advance(5)
+        #expect(h.binding.accepted.count == before, "intact now: nothing to repair")
+    }
+
     @Test("the repair tick finds the table gone while authorized and puts the allow table back")
     func repairMissing() throws {
         let h = try AgentHarness()
