@@ -55,6 +55,10 @@ public final class BindingController {
     /// through, and nothing failed or went missing since): a change then only replaces the
     /// chain's rules (`NftablesRuleset.update`).
     private var owned = false
+    /// The kernel's listing of the table right after the last transaction went through
+    /// (`NftablesRuleset.canonicalListing`): the periodic check compares against it, rule
+    /// expressions included, so a rule replaced in place is seen too.
+    private var reference: String?
     public private(set) var lastTiming: Timing?
 
     public init(binding: any NetworkBinding, baselinePath: String?, logger: Logger) {
@@ -74,6 +78,7 @@ public final class BindingController {
         do {
             try binding.apply(batch(.whole, mode: .enforce, allowed: [], policy: policy))
             owned = true
+            takeReference()
         } catch {
             owned = false
             logger.critical("cannot load the drop-all baseline at start", metadata: ["error": "\(error)"])
@@ -125,6 +130,7 @@ public final class BindingController {
             applied = (key, generation)
             lastFailed = false
             owned = mode != .off
+            takeReference()
             writeBaselineIfNeeded(policy)
             return .applied(mode: mode, allowed: allowed)
         }
@@ -133,6 +139,7 @@ public final class BindingController {
         owned = false
         logger.critical("nftables transaction refused; loading the drop-all baseline", metadata: ["error": "\(failure)"])
         var inForce = "the drop-all baseline is in force (no interface may reach the VDI gateways)"
+        reference = nil
         do {
             try binding.apply(batch(.whole, mode: .enforce, allowed: [], policy: policy))
             owned = true
@@ -154,6 +161,7 @@ public final class BindingController {
         let allowed = decision.isAuthorized ? decision.authorizedInterfaces : []
         let intact = listing.map {
             NftablesRuleset.isIntact(listing: $0, table: binding.table, gateways: policy.vdi.gateways, allowedInterfaces: allowed, mode: mode)
+                && reference != nil && NftablesRuleset.canonicalListing($0) == reference
         } ?? false
         guard !intact || lastFailed else { return nil }
         if listing == nil {
@@ -164,6 +172,12 @@ public final class BindingController {
         applied = nil
         owned = false
         return enforce(decision, policy: policy, generation: generation)
+    }
+
+    /// Keeps the kernel's listing of what was just applied (after the transaction: never on
+    /// the path from the network event to the table).
+    private func takeReference() {
+        reference = (try? binding.listTable()).flatMap { $0 }.flatMap(NftablesRuleset.canonicalListing)
     }
 
     // MARK: - Building

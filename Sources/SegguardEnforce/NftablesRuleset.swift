@@ -119,6 +119,8 @@ public enum NftablesRuleset {
         var chains = 0
         var comments: [String] = []
         for item in items {
+            // Any table flag (dormant unhooks every chain) is foreign.
+            if let t = item["table"] as? [String: Any], t["flags"] != nil { return false }
             if let c = item["chain"] as? [String: Any] {
                 chains += 1
                 guard c["name"] as? String == chainName, c["type"] as? String == "filter", c["hook"] as? String == "output",
@@ -129,6 +131,26 @@ public enum NftablesRuleset {
             }
         }
         return chains == 1 && comments == expected
+    }
+
+    /// A listing with what changes by itself taken out (handles, counter values, libnftables'
+    /// metainfo), as sorted-key JSON: two listings of the same table compare equal. Nil when
+    /// the text is not a listing.
+    public static func canonicalListing(_ json: String) -> String? {
+        guard let root = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
+              let items = root["nftables"] as? [Any] else { return nil }
+        func strip(_ value: Any) -> Any {
+            if let d = value as? [String: Any] {
+                var out: [String: Any] = [:]
+                for (k, v) in d where k != "handle" { out[k] = k == "counter" ? [String: Any]() : strip(v) }
+                return out
+            }
+            if let a = value as? [Any] { return a.map(strip) }
+            return value
+        }
+        let kept = items.filter { ($0 as? [String: Any])?["metainfo"] == nil }.map(strip)
+        guard let data = try? JSONSerialization.data(withJSONObject: ["nftables": kept], options: [.sortedKeys]) else { return nil }
+        return String(decoding: data, as: UTF8.self)
     }
 
     /// One rule's counter in a table listing.

@@ -113,7 +113,7 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
     }
 
     public let table: String
-    private let state = Mutex<(applied: [Applied], refuse: ((Applied) -> Bool)?, present: Bool, listings: Int, rules: [String?])>(([], nil, false, 0, []))
+    private let state = Mutex<(applied: [Applied], refuse: ((Applied) -> Bool)?, present: Bool, listings: Int, rules: [(comment: String?, expr: String)], flags: [String])>(([], nil, false, 0, [], []))
 
     public init(table: String = "segguard") { self.table = table }
 
@@ -129,7 +129,8 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
             s.applied.append(a)
             if a.accepted {
                 s.present = a.mode != "off"
-                s.rules = a.comments
+                s.rules = a.comments.map { ($0, "as applied") }
+                if !a.isRulesUpdate { s.flags = [] }
             }
             return why
         }
@@ -141,13 +142,16 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
         state.withLock { s in
             s.listings += 1
             guard s.present else { return nil }
+            var t: [String: Any] = ["family": "inet", "name": table, "handle": 1]
+            if !s.flags.isEmpty { t["flags"] = s.flags }
             var items: [[String: Any]] = [
-                ["table": ["family": "inet", "name": table, "handle": 1]],
+                ["table": t],
                 ["chain": ["family": "inet", "table": table, "name": "output", "handle": 1, "type": "filter", "hook": "output", "prio": 0, "policy": "accept"]],
             ]
-            for (i, comment) in s.rules.enumerated() {
-                var rule: [String: Any] = ["family": "inet", "table": table, "chain": "output", "handle": i + 2, "expr": [["accept": NSNull()]]]
-                if let comment { rule["comment"] = comment }
+            for (i, r) in s.rules.enumerated() {
+                var rule: [String: Any] = ["family": "inet", "table": table, "chain": "output", "handle": i + 2,
+                                           "expr": [["counter": ["packets": s.listings, "bytes": 0]], ["comment-stand-in": r.expr]]]
+                if let comment = r.comment { rule["comment"] = comment }
                 items.append(["rule": rule])
             }
             let data = try! JSONSerialization.data(withJSONObject: ["nftables": items])
@@ -156,7 +160,11 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
     }
 
     /// `nft insert rule inet segguard output accept` by someone else.
-    public func insertRuleByHand() { state.withLock { $0.rules.insert(nil, at: 0) } }
+    public func insertRuleByHand() { state.withLock { $0.rules.insert((nil, "accept"), at: 0) } }
+    /// `nft replace rule … handle N …` keeping the rule's comment.
+    public func replaceRuleByHand(_ index: Int = 0) { state.withLock { $0.rules[index].expr = "replaced" } }
+    /// `nft add table inet segguard '{ flags dormant; }'`: every chain unhooked.
+    public func makeDormantByHand() { state.withLock { $0.flags = ["dormant"] } }
 
     /// Refuse the transactions `predicate` picks (nil: accept all).
     public func refuse(_ predicate: (@Sendable (Applied) -> Bool)?) { state.withLock { $0.refuse = predicate } }

@@ -286,6 +286,16 @@ struct AgentOrderTests {
         let before = h.binding.accepted.count
         h.advance(5)
         #expect(h.binding.accepted.count == before, "intact now: nothing to repair")
+
+        // A rule rewritten in place (its comment kept) and a dormant table are changes too.
+        h.binding.replaceRuleByHand()
+        h.advance(5)
+        #expect(h.binding.accepted.count == before + 1)
+        h.binding.makeDormantByHand()
+        h.advance(5)
+        #expect(h.binding.accepted.count == before + 2)
+        h.advance(5)
+        #expect(h.binding.accepted.count == before + 2)
     }
 
     @Test("the repair tick finds the table gone while authorized and puts the allow table back")

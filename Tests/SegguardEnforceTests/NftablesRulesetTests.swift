@@ -205,6 +205,17 @@ struct NftablesRulesetTests {
                 "output turned into a regular chain")
         #expect(!intact(listing(rules: [allow, drop], extra: #"{"chain": {"family": "inet", "table": "segguard", "name": "x", "handle": 9}}"#)), "another chain")
         #expect(!intact("not json"))
+        #expect(!intact(listing(rules: [allow, drop]).replacingOccurrences(of: #""handle": 7}"#, with: #""handle": 7, "flags": "dormant"}"#)), "a dormant table")
+    }
+
+    @Test("the canonical listing drops handles, counter values and metainfo, and keeps expressions")
+    func canonicalListing() throws {
+        let a = #"{"nftables": [{"metainfo": {"version": "1.0.6"}}, {"rule": {"handle": 4, "expr": [{"counter": {"packets": 9, "bytes": 700}}, {"accept": null}]}}]}"#
+        let b = #"{"nftables": [{"metainfo": {"version": "1.0.7"}}, {"rule": {"handle": 12, "expr": [{"counter": {"packets": 0, "bytes": 0}}, {"accept": null}]}}]}"#
+        let c = #"{"nftables": [{"rule": {"handle": 4, "expr": [{"counter": {"packets": 9, "bytes": 700}}, {"drop": null}]}}]}"#
+        #expect(NftablesRuleset.canonicalListing(a) == NftablesRuleset.canonicalListing(b))
+        #expect(NftablesRuleset.canonicalListing(a) != NftablesRuleset.canonicalListing(c))
+        #expect(NftablesRuleset.canonicalListing("[]") == nil)
     }
 
     @Test("no gateways: the table and an empty output chain")

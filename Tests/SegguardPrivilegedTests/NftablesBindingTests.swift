@@ -4,6 +4,8 @@
 // are skipped with the reason shown.
 
 import Foundation
+import Logging
+import SegguardDecision
 import SegguardEnforce
 import SegguardPolicy
 import SegguardTestSupport
@@ -166,6 +168,37 @@ struct NftablesBindingTests {
         #expect(throws: NftablesError.self) {
             try lab.binding.apply(NftablesRuleset.update(table: GatewayLab.table, gateways: [GatewayLab.gateway], allowedInterfaces: [], mode: .enforce))
         }
+    }
+
+    @Test("the binding controller's check sees a rule rewritten in place (comment kept) and a dormant table, and replaces the table")
+    func controllerRepairsTamper() throws {
+        let lab = try GatewayLab()
+        defer { lab.close() }
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        let c = BindingController(binding: lab.binding, baselinePath: nil, logger: logger)
+        let policy = Policy(name: "t", sites: [], vdi: VDIRule(gateways: [GatewayLab.gateway]))
+        let lost = Decision.failClosed("lost")
+        #expect(c.enforce(lost, policy: policy, generation: 1) == .applied(mode: .enforce, allowed: []))
+        #expect(c.repair(lost, policy: policy, generation: 1) == nil, "untouched: nothing to do")
+        let nft = ["nsenter", "--net=\(lab.client.path)", "nft"]
+
+        // The drop rule turned into an accept, its comment kept: the gateway is reachable now.
+        let listing = try #require(try lab.binding.listTable())
+        let handle = try #require(listing.range(of: #""handle": (\d+), "comment": "segguard: [^"]*drop elsewhere""#, options: .regularExpression).flatMap {
+            Int(listing[$0].split(separator: ",")[0].split(separator: " ").last ?? "")
+        })
+        let comment = NftablesRuleset.comment(.drop, gateway: GatewayLab.gateway)
+        try runCommand(nft + ["replace", "rule", "inet", GatewayLab.table, "output", "handle", "\(handle)", "ip", "daddr", "10.61.9.1", "accept", "comment", "\"\(comment)\""])
+        #expect(lab.connect().succeeded, "the rewritten rule lets the gateway through")
+        #expect(c.repair(lost, policy: policy, generation: 1) == .applied(mode: .enforce, allowed: []))
+        #expect(lab.connect(timeout: 1).error == .timedOut)
+
+        // A dormant table unhooks its chains.
+        try runCommand(nft + ["add", "table", "inet", GatewayLab.table, "{ flags dormant ; }"])
+        #expect(lab.connect().succeeded, "dormant: nothing filtered")
+        #expect(c.repair(lost, policy: policy, generation: 1) == .applied(mode: .enforce, allowed: []))
+        #expect(lab.connect(timeout: 1).error == .timedOut)
     }
 
     @Test("enforce with no authorized interface: gateway traffic is dropped on both paths")
