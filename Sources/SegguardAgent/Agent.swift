@@ -11,6 +11,10 @@ import SegguardSystem
 import SegguardWire
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The segment-guard agent: decides the segment from the network, binds the VDI to it, blocks
 /// capture tools, and says so (events, status, heartbeats).
 ///
@@ -25,6 +29,8 @@ public final class Agent: Sendable {
     let setup: Setup
     /// Where events go to reach the collector: attached before `start`.
     let reporting = Mutex<(any AgentReporting)?>(nil)
+    let groupNames = GroupNames()
+    let stopped = Mutex(false)
     let ending = Mutex<(ended: Bool, failure: String?, waiters: [CheckedContinuation<Void, any Error>])>((false, nil, []))
     /// Capture records waiting for the loop beyond this many are counted, not queued: a flood
     /// of denied execs cannot grow the agent's memory without bound.
@@ -74,11 +80,11 @@ public final class Agent: Sendable {
     /// cannot start (nothing keeps running then).
     public func start() throws {
         let failure = Mutex<(any Error)?>(nil)
-        let (core, mailbox, setup, reporting) = (self.core, self.mailbox, self.setup, self.reporting.withLock { $0 })
+        let (core, mailbox, setup, reporting, groupNames) = (self.core, self.mailbox, self.setup, self.reporting.withLock { $0 }, self.groupNames)
         let end: @Sendable (String) -> Void = { [weak self] why in self?.end(failure: why) }
         loop.start {
             let c = AgentCore(loop: mailbox.loop, mailbox: mailbox, policy: setup.policy, configuration: setup.configuration, sources: setup.sources,
-                              observer: setup.observer, reporting: reporting, logger: setup.logger,
+                              observer: setup.observer, reporting: reporting, logger: setup.logger, groupNames: groupNames,
                               onFailure: end)
             core.value = c
             do {
@@ -93,8 +99,10 @@ public final class Agent: Sendable {
         }
     }
 
-    /// Stops the sources in order, then the loop. Jobs already posted still run.
+    /// Stops the sources in order, then the loop. Jobs already posted still run. A second call
+    /// does nothing.
     public func stop() {
+        guard stopped.withLock({ s in defer { s = true }; return !s }) else { return }
         let job: @Sendable () -> Void = { [core] in core.value?.stop() }
         if loop.inLoop {
             job()
@@ -160,15 +168,27 @@ public final class Agent: Sendable {
     }
 
     /// Answers a control-socket request (on the caller's thread, waiting for the loop).
+    ///
+    /// What may block is done here, not on the loop: the groups a launch is checked against are
+    /// resolved first. The job gets its own copy of the peer's pidfd (the caller's is closed when
+    /// it returns). A request not started within `timeout` is abandoned: the client is told the
+    /// agent is busy and the job does nothing when it comes to run.
     public func reply(to request: ControlRequest, peer: PeerCredentials, timeout: Double = 2) -> ControlReply {
-        let answer = Mutex<ControlReply?>(nil)
-        let ran = loop.sync(timeout: timeout) { [core] in
-            guard let c = core.value else { return }
-            let r = c.reply(to: request, peer: peer)
-            answer.withLock { $0 = r }
+        let groups = request.command == .launch ? groupNames.resolve() : [:]
+        var own = peer
+        own.pidfd = peer.pidfd >= 0 ? fcntl(peer.pidfd, F_DUPFD_CLOEXEC, 0) : -1
+        let pidfd = own.pidfd
+        let exchange = ReplyExchange()
+        let accepted = loop.post { [core, own] in
+            defer { if pidfd >= 0 { close(pidfd) } }
+            guard exchange.claim() else { return }
+            exchange.finish(core.value?.reply(to: request, peer: own, groups: groups) ?? ControlReply(error: "segguardd is stopping"))
         }
-        if let r = answer.withLock({ $0 }) { return r }
-        return ControlReply(error: ran ? "segguardd is stopping" : "segguardd is busy: no answer within \(timeout) s; try again")
+        guard accepted else {
+            if pidfd >= 0 { close(pidfd) }
+            return ControlReply(error: "segguardd is stopping")
+        }
+        return exchange.wait(timeout: timeout) ?? ControlReply(error: "segguardd is busy: no answer within \(timeout) s; try again")
     }
 
     /// Runs `body` on the loop and waits for it (tests, benchmarks): false if it did not run.
@@ -191,13 +211,101 @@ public final class Agent: Sendable {
         return false
     }
 
-    /// Runs `body` with the core on the loop and returns its result; nil if the loop ended.
+    /// Runs `body` with the core on the loop and returns its result; nil if the loop ended or
+    /// the calling task was cancelled meanwhile (a stuck loop never holds up a stopping reporter).
     func ask<T: Sendable>(_ body: @escaping @Sendable (AgentCore) -> T) async -> T? {
-        await withCheckedContinuation { (c: CheckedContinuation<T?, Never>) in
-            let accepted = loop.post { [core] in
-                c.resume(returning: core.value.map(body))
+        let once = ResumeOnce<T?>()
+        return await withTaskCancellationHandler {
+            await withCheckedContinuation { (c: CheckedContinuation<T?, Never>) in
+                once.set(c)
+                let accepted = loop.post { [core] in once.resume(core.value.map(body)) }
+                if !accepted { once.resume(nil) }
             }
-            if !accepted { c.resume(returning: nil) }
+        } onCancel: {
+            once.cancel(with: nil)
+        }
+    }
+}
+
+/// A continuation resumed exactly once: by the job, or by cancellation, whichever comes first.
+final class ResumeOnce<T: Sendable>: Sendable {
+    private enum State { case empty, waiting(CheckedContinuation<T, Never>), cancelled(T), done }
+    private let state = Mutex<State>(.empty)
+
+    /// Parks the continuation; resumes it at once when cancellation came first.
+    func set(_ c: CheckedContinuation<T, Never>) {
+        let early: T? = state.withLock { s in
+            if case .cancelled(let v) = s {
+                s = .done
+                return v
+            }
+            s = .waiting(c)
+            return nil
+        }
+        if let early { c.resume(returning: early) }
+    }
+
+    func resume(_ value: T) {
+        let c: CheckedContinuation<T, Never>? = state.withLock { s in
+            guard case .waiting(let c) = s else { return nil }
+            s = .done
+            return c
+        }
+        c?.resume(returning: value)
+    }
+
+    func cancel(with value: T) {
+        let c: CheckedContinuation<T, Never>? = state.withLock { s in
+            switch s {
+            case .empty:
+                s = .cancelled(value)
+                return nil
+            case .waiting(let c):
+                s = .done
+                return c
+            default:
+                return nil
+            }
+        }
+        c?.resume(returning: value)
+    }
+}
+
+/// One control reply between a waiting connection thread and the job on the loop: the job
+/// runs only if it starts before the waiter gave up; once it started, the waiter waits for it.
+final class ReplyExchange: Sendable {
+    private enum State { case pending, running, done(ControlReply), abandoned }
+    private let state = Mutex<State>(.pending)
+    private let gate = Gate()
+
+    /// The job may run (false: the waiter gave up and told the client).
+    func claim() -> Bool {
+        state.withLock { s in
+            guard case .pending = s else { return false }
+            s = .running
+            return true
+        }
+    }
+
+    func finish(_ reply: ControlReply) {
+        state.withLock { $0 = .done(reply) }
+        gate.open()
+    }
+
+    /// The reply, or nil when the job had not started within `timeout` (it never will).
+    func wait(timeout: Double) -> ControlReply? {
+        if !gate.wait(timeout: timeout) {
+            let abandoned = state.withLock { s -> Bool in
+                guard case .pending = s else { return false }
+                s = .abandoned
+                return true
+            }
+            if abandoned { return nil }
+            gate.wait()
+        }
+        return state.withLock { s in
+            if case .done(let r) = s { return r }
+            return nil
         }
     }
 }

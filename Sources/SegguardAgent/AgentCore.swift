@@ -106,6 +106,8 @@ final class AgentCore {
     let terminator = DispatchQueue(label: "segguard.sessions")
     /// Called once when a source fails for good.
     let onFailure: @Sendable (String) -> Void
+    /// The group names the policy's profiles allow, for `Agent.reply` to resolve off the loop.
+    let groupNames: GroupNames
 
     // The policy in force.
     private(set) var policy: Policy
@@ -141,7 +143,9 @@ final class AgentCore {
     private var stopped = false
 
     init(loop: PollLoop, mailbox: Mailbox, policy: LoadedPolicy, configuration: AgentConfiguration, sources: AgentSources,
-         observer: any AgentObserver, reporting: (any AgentReporting)?, logger: Logger, onFailure: @escaping @Sendable (String) -> Void) {
+         observer: any AgentObserver, reporting: (any AgentReporting)?, logger: Logger, groupNames: GroupNames, onFailure: @escaping @Sendable (String) -> Void) {
+        self.groupNames = groupNames
+        groupNames.set(from: policy.policy)
         self.loop = loop
         self.mailbox = mailbox
         self.configuration = configuration
@@ -400,9 +404,14 @@ final class AgentCore {
 
     // MARK: - Launch gate
 
-    func launch(profileName: String, command: [String], requester: PeerCredentials) -> LaunchReply {
+    /// `groups`: the ids of the groups the policy's profiles name, resolved by the caller off
+    /// this loop (a group lookup may ask LDAP or sssd and must not stall decisions).
+    func launch(profileName: String, command: [String], requester: PeerCredentials, groups: [String: UInt32]) -> LaunchReply {
         let verdict = LaunchGate.evaluate(profileName: profileName, command: command, requester: requester, decision: monitor.decision, policy: policy,
-                                          canTrack: sources.sessions != nil, gid: groupID)
+                                          gid: { name in
+                                              if groups[name] == nil { logger.error("allowed_groups names a group unknown on this host", metadata: ["group": "\(name)"]) }
+                                              return groups[name]
+                                          })
         let shownProfile = LaunchGate.isProfileName(profileName) ? profileName : nil
         func refuse(_ why: String) -> LaunchReply {
             record(.launchRefused, profile: shownProfile, reason: why, uid: requester.uid)
@@ -414,7 +423,9 @@ final class AgentCore {
         case let .allow(profile, command, reason, track, wouldRefuse):
             if let wouldRefuse { record(.launchWouldBeRefused, profile: profile.name, reason: wouldRefuse, uid: requester.uid) }
             var sessionID: UInt64?
-            if track, let sessions = sources.sessions {
+            if track {
+                // No cgroup v2: a My Number session could not be ended, so it does not start.
+                guard let sessions = sources.sessions else { return refuse("cannot track a My Number session: no cgroup v2 on this system") }
                 do {
                     sessionID = try sessions.register(pid: requester.pid, uid: requester.uid, profile: profile.name, peerPidfd: requester.pidfd).id
                 } catch {
@@ -429,18 +440,6 @@ final class AgentCore {
             refreshCapture()
             return LaunchReply(allowed: true, reason: reason, profile: profile.name, sessionID: sessionID, command: command, configFiles: profile.configFiles)
         }
-    }
-
-    /// getgrnam_r (the group database may be read on other threads too); unknown groups are logged.
-    func groupID(_ name: String) -> UInt32? {
-        var grp = Glibc.group()
-        var buf = [CChar](repeating: 0, count: 16384)
-        var result: UnsafeMutablePointer<Glibc.group>?
-        guard getgrnam_r(name, &grp, &buf, buf.count, &result) == 0, result != nil else {
-            logger.error("allowed_groups names a group unknown on this host", metadata: ["group": "\(name)"])
-            return nil
-        }
-        return grp.gr_gid
     }
 
     // MARK: - Events
@@ -510,6 +509,7 @@ final class AgentCore {
         lastPolicyError = nil
         policyLoadedAt = Date()
         policy = p
+        groupNames.set(from: p)
         policyDigest = loaded.sha256
         let change = monitor.replacePolicy(p)
         logger.notice("policy loaded", metadata: ["policy": "\(p.name)", "file": "\(loaded.file)"])
@@ -605,14 +605,14 @@ final class AgentCore {
 
     // MARK: - Control requests, status, heartbeat
 
-    func reply(to request: ControlRequest, peer: PeerCredentials) -> ControlReply {
+    func reply(to request: ControlRequest, peer: PeerCredentials, groups: [String: UInt32] = [:]) -> ControlReply {
         guard request.version == controlProtocolVersion else {
             return ControlReply(error: "control protocol \(request.version) is not supported; segguardd \(segguardVersion) speaks \(controlProtocolVersion)")
         }
         switch request.command {
         case .launch:
             guard let profile = request.profile, !profile.isEmpty else { return ControlReply(error: "launch: no profile named") }
-            return ControlReply(launch: launch(profileName: profile, command: request.clientCommand ?? [], requester: peer))
+            return ControlReply(launch: launch(profileName: profile, command: request.clientCommand ?? [], requester: peer, groups: groups))
         case .sessions:
             return ControlReply(sessions: (sources.sessions?.sessions() ?? []).map(SessionEntry.init))
         case .whyDenied:
@@ -654,6 +654,18 @@ final class AgentCore {
                                                    interfaces: d.authorizedInterfaces, since: decidedAt),
                          interfaces: Array(interfaces), intervalSeconds: policy.report.heartbeatSeconds,
                          spool: SpoolSummary(pending: 0, dropped: 0), sentAt: Date())
+    }
+}
+
+/// The group names of the policy in force's `allowed_groups`, readable from any thread.
+final class GroupNames: Sendable {
+    private let names = Mutex<[String]>([])
+    func set(from policy: Policy) { names.withLock { $0 = Array(Set(policy.profiles.flatMap(\.allowedGroups))).sorted() } }
+    /// Each name's id (getgrnam_r); unknown names are left out.
+    func resolve() -> [String: UInt32] {
+        var out: [String: UInt32] = [:]
+        for name in names.withLock({ $0 }) { if let gid = groupID(named: name) { out[name] = gid } }
+        return out
     }
 }
 

@@ -104,9 +104,10 @@ public final class ControlServer: Sendable {
         }
     }
 
-    /// Stops accepting and removes the socket file.
+    /// Stops accepting and removes the socket file; a second call does nothing (the listening
+    /// descriptor is closed once, never a number reused since).
     public func stop() {
-        stopped.withLock { $0 = true }
+        guard stopped.withLock({ s in defer { s = true }; return !s }) else { return }
         shutdown(listenFd, Int32(SHUT_RDWR))
         close(listenFd)
         unlink(path)

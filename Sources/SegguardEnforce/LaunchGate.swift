@@ -11,7 +11,8 @@ public enum LaunchVerdict: Sendable, Equatable {
     /// Refused; the reason names the rule, the profile or the decision.
     case refuse(String)
     /// Allowed: exec `command`.
-    /// - `track`: the launcher must be held in a session cgroup before it is answered.
+    /// - `track`: the launcher must be held in a session cgroup before it is answered (where
+    ///   sessions cannot be tracked, the caller refuses: fail closed).
     /// - `wouldRefuse`: audit mode's would-be refusal, recorded as an event.
     case allow(profile: LaunchProfile, command: [String], reason: String, track: Bool, wouldRefuse: String?)
 }
@@ -30,10 +31,9 @@ public enum LaunchGate {
 
     /// - Parameters:
     ///   - decision: the decision in force (fail-closed until the first snapshot is decided).
-    ///   - canTrack: whether sessions can be tracked (a cgroup v2 mount).
-    ///   - gid: resolves a group name (getgrnam_r); nil for an unknown group.
+    ///   - gid: resolves a group name; nil for an unknown group.
     public static func evaluate(profileName: String, command: [String], requester: PeerCredentials, decision: Decision, policy: Policy,
-                                canTrack: Bool, gid: (String) -> UInt32?) -> LaunchVerdict {
+                                gid: (String) -> UInt32?) -> LaunchVerdict {
         guard isProfileName(profileName) else {
             let shown = String(profileName.prefix(maxProfileNameLength).map { $0.isASCII && !$0.isNewline ? $0 : "?" })
             return .refuse("'\(shown)' is not a profile name (letters, digits, - and _, at most \(maxProfileNameLength))")
@@ -64,7 +64,6 @@ public enum LaunchGate {
             }
         }
         let track = profile.needsAuthorizedSegment && policy.enforcement.sessionTermination != .off
-        if track && !canTrack { return .refuse("cannot track a My Number session: no cgroup v2 on this system") }
         return .allow(profile: profile, command: base + profile.enforceArguments, reason: reason, track: track, wouldRefuse: wouldRefuse)
     }
 }

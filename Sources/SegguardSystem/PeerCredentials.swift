@@ -19,3 +19,16 @@ public struct PeerCredentials: Sendable, Equatable {
         self.pidfd = pidfd
     }
 }
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The id of group `name` (getgrnam_r, reentrant; may ask NSS: LDAP, sssd), nil when unknown.
+public func groupID(named name: String) -> UInt32? {
+    var grp = Glibc.group()
+    var buf = [CChar](repeating: 0, count: 16384)
+    var result: UnsafeMutablePointer<Glibc.group>?
+    guard getgrnam_r(name, &grp, &buf, buf.count, &result) == 0, result != nil else { return nil }
+    return grp.gr_gid
+}

@@ -63,6 +63,12 @@ public final class PollLoop: @unchecked Sendable {
     private var nextID: UInt64 = 1
     private var stopHandlers: [() -> Void] = []
     private var lastWake: UInt64 = 0
+    /// Jobs taken from the queue and not yet run (at most `jobsPerPass` run between polls).
+    private var taken: [@Sendable () -> Void] = []
+    private var takenIndex = 0
+    /// Jobs run in one pass before the loop looks at its descriptors and timers again: a flood
+    /// of posted jobs delays a netlink message by one slice, not by the whole flood.
+    public static let jobsPerPass = 256
 
     public init(name: String, clock: @escaping Clock = { monotonicNanos() }) {
         self.name = name
@@ -217,8 +223,9 @@ public final class PollLoop: @unchecked Sendable {
                 fds.append(pollfd(fd: w.fd, events: Int16(POLLIN), revents: 0))
                 ids.append(id)
             }
+            let hasTaken = takenIndex < taken.count
             let sleep = shared.withLock { s -> Bool in
-                guard s.jobs.isEmpty else { return false }
+                guard s.jobs.isEmpty, !hasTaken else { return false }
                 s.sleeping = true
                 return true
             }
@@ -258,11 +265,13 @@ public final class PollLoop: @unchecked Sendable {
         watchOrder = []
         timers = []
         // The last jobs: everything accepted runs, nothing is accepted after.
-        let last = shared.withLock { s -> [@Sendable () -> Void] in
+        let last = Array(taken[min(takenIndex, taken.count)...]) + shared.withLock { s -> [@Sendable () -> Void] in
             s.closed = true
             defer { s.jobs = [] }
             return s.jobs
         }
+        taken = []
+        takenIndex = 0
         for job in last { job() }
     }
 
@@ -275,16 +284,28 @@ public final class PollLoop: @unchecked Sendable {
         }
     }
 
-    /// Runs the jobs posted so far (those posted meanwhile wait for the next pass, so a flood
-    /// of jobs cannot keep descriptors and timers from being served).
+    /// Runs up to `jobsPerPass` of the jobs posted so far, in order (those posted meanwhile
+    /// and the rest of a flood wait for the next pass, after descriptors and timers).
     private func runJobs() {
-        let jobs = shared.withLock { s -> [@Sendable () -> Void] in
-            defer { s.jobs = [] }
-            return s.jobs
+        if takenIndex >= taken.count {
+            taken = shared.withLock { s -> [@Sendable () -> Void] in
+                defer { s.jobs = [] }
+                return s.jobs
+            }
+            takenIndex = 0
         }
-        guard !jobs.isEmpty else { return }
-        shared.withLock { $0.statistics.jobs += UInt64(jobs.count) }
-        for job in jobs { job() }
+        let end = min(taken.count, takenIndex + PollLoop.jobsPerPass)
+        guard takenIndex < end else { return }
+        shared.withLock { $0.statistics.jobs += UInt64(end - takenIndex) }
+        while takenIndex < end {
+            let job = taken[takenIndex]
+            takenIndex += 1
+            job()
+        }
+        if takenIndex >= taken.count {
+            taken = []
+            takenIndex = 0
+        }
     }
 
     private func signalWake() {
@@ -317,13 +338,19 @@ public final class LoopBound<Value>: @unchecked Sendable {
 }
 
 /// A one-shot gate between threads (open once; waiters pass).
-final class Gate: Sendable {
+public final class Gate: Sendable {
     private let state = Mutex(false)
-    private let fd: Int32 = sg_eventfd()
+    private let fd: Int32
+
+    public init() {
+        fd = sg_eventfd()
+        // Without it a waiter could never be woken: out of descriptors is not a state to run in.
+        precondition(fd >= 0, "eventfd: errno \(errno)")
+    }
 
     deinit { close(fd) }
 
-    func open() {
+    public func open() {
         state.withLock { $0 = true }
         var one: UInt64 = 1
         _ = write(fd, &one, 8)
@@ -331,7 +358,7 @@ final class Gate: Sendable {
 
     /// Waits until opened; false after `timeout` seconds (nil: forever).
     @discardableResult
-    func wait(timeout: Double? = nil) -> Bool {
+    public func wait(timeout: Double? = nil) -> Bool {
         let deadline = timeout.map { monotonicNanos() &+ nanoseconds($0) }
         while !state.withLock({ $0 }) {
             var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)

@@ -58,9 +58,9 @@ extension Segguardd {
             let reporter = await reporter(agent: agent, loaded: loaded, bundle: restored, logger: logger)
             let server: ControlServer
             do {
-                try agent.start()
-                // The socket appears once the agent runs (baseline table in force, capture marks made).
+                // Bound (and listening) before the agent can decide: READY=1 never precedes the socket.
                 server = try ControlServer(path: socket, adminGroup: adminGroupID(logger), adminGroupName: adminGroup, logger: logger)
+                try agent.start()
             } catch {
                 logger.critical("segguardd cannot start", metadata: ["error": "\(error)"])
                 agent.stop()
@@ -120,11 +120,11 @@ extension Segguardd {
 
     /// The admin group's id; without it only root may query the control socket.
     func adminGroupID(_ logger: Logger) -> UInt32? {
-        guard let g = getgrnam(adminGroup) else {
+        guard let gid = groupID(named: adminGroup) else {
             logger.info("admin group not found: only root may query the control socket", metadata: ["group": "\(adminGroup)"])
             return nil
         }
-        return g.pointee.gr_gid
+        return gid
     }
 
     /// --netns: enter the namespace now (setns acts on the calling thread; threads made later

@@ -433,6 +433,31 @@ struct AgentControlTests {
         #expect(refusal("mynumber") == "cannot track the session: the launcher (pid 4242) exited while it was being tracked; nothing started")
     }
 
+    @Test("in audit mode without cgroup v2 the would-be refusal is recorded before the launch is refused for want of tracking")
+    func auditWithoutTracking() throws {
+        let h = try AgentHarness(policy: AgentHarness.policy(gate: "audit"), sessionControl: false)
+        defer { h.close() }
+        h.send([AgentHarness.deskUnplugged])
+        #expect(h.ask(.launch, profile: "mynumber", peer: AgentHarness.user).launch?.reason == "cannot track a My Number session: no cgroup v2 on this system")
+        #expect(h.events.suffix(2) == ["launch-would-be-refused", "launch-refused"])
+    }
+
+    @Test("a request the loop cannot start in time is answered 'busy' and never runs; after stop the answer is 'stopping'")
+    func busyAndStopping() throws {
+        let h = try AgentHarness()
+        h.send([AgentHarness.desk])
+        let release = Gate()
+        h.agent.loop.post { release.wait() }  // the loop is held by a long job
+        let busy = h.agent.reply(to: ControlRequest(command: .launch, profile: "mynumber"), peer: AgentHarness.user, timeout: 0.2)
+        #expect(busy.error?.message == "segguardd is busy: no answer within 0.2 s; try again")
+        release.open()
+        h.agent.settle()
+        #expect(h.sessions.sessions().isEmpty, "the abandoned launch did not register a session")
+        #expect(!h.events.contains("launch-allowed"))
+        h.close()
+        #expect(h.agent.reply(to: ControlRequest(command: .status), peer: AgentHarness.root).error?.message == "segguardd is stopping")
+    }
+
     @Test("allowed groups: a user outside them is refused, root is not")
     func groups() throws {
         let h = try AgentHarness(policy: AgentHarness.policy(extraProfiles: """

@@ -30,9 +30,8 @@ struct LaunchGateTests {
 
     static let user = PeerCredentials(pid: 4242, uid: 1000, gid: 1000, groups: [1000])
 
-    func verdict(_ profile: String, _ decision: Decision, _ policy: Policy = Self.policy(), command: [String] = [], requester: PeerCredentials = Self.user,
-                 canTrack: Bool = true) -> LaunchVerdict {
-        LaunchGate.evaluate(profileName: profile, command: command, requester: requester, decision: decision, policy: policy, canTrack: canTrack,
+    func verdict(_ profile: String, _ decision: Decision, _ policy: Policy = Self.policy(), command: [String] = [], requester: PeerCredentials = Self.user) -> LaunchVerdict {
+        LaunchGate.evaluate(profileName: profile, command: command, requester: requester, decision: decision, policy: policy,
                             gid: { $0 == "staff" ? 50 : nil })
     }
 
@@ -70,10 +69,13 @@ struct LaunchGateTests {
         if case .refuse = verdict("restricted", Self.authorized, requester: PeerCredentials(pid: 1, uid: 0, gid: 0, groups: [])) { Issue.record("root refused") }
     }
 
-    @Test("on the segment a My Number launch needs session tracking: without cgroup v2 it fails closed; with termination off it is not tracked")
+    @Test("on the segment a My Number launch is to be tracked; with termination off it is not")
     func tracking() {
-        #expect(verdict("mynumber", Self.authorized, canTrack: false) == .refuse("cannot track a My Number session: no cgroup v2 on this system"))
-        guard case let .allow(_, command, _, track, _) = verdict("mynumber", Self.authorized, Self.policy(termination: .off), command: ["/bin/evil"], canTrack: false) else {
+        guard case .allow(_, _, _, true, _) = verdict("mynumber", Self.authorized) else {
+            Issue.record("not to be tracked")
+            return
+        }
+        guard case let .allow(_, command, _, track, _) = verdict("mynumber", Self.authorized, Self.policy(termination: .off), command: ["/bin/evil"]) else {
             Issue.record("refused")
             return
         }

@@ -44,9 +44,10 @@ final class CaptureDaemon {
             process.standardError = try FileHandle(forWritingTo: log)
             process.standardOutput = FileHandle.nullDevice
             try process.run()
-            // The socket appears after the marks are made.
+            // segguardd answers once its agent runs, and the agent starts capture blocking (marks
+            // made) before its loop serves a request.
             let deadline = Date().addingTimeInterval(10)
-            while !FileManager.default.fileExists(atPath: socket) {
+            while (try? status()) == nil {
                 guard Date() < deadline, process.isRunning else { throw CommandError(description: "segguardd did not start:\n\(logText)") }
                 usleep(20_000)
             }
