@@ -58,7 +58,7 @@ let package = Package(
         // gate's rules, the grace period; kernel parts behind NetworkBinding and SessionControl.
         .target(
             name: "SegguardEnforce",
-            dependencies: ["SegguardPolicy", "SegguardDecision", "SegguardSystem", "CNftables", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SegguardPolicy", "SegguardDecision", "SegguardSystem", "CNftables", "CLibNL", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // systemd integration: sd_notify (ready, status, reload, watchdog) and a journald log handler.
         .target(name: "SegguardService", dependencies: ["CSystemd", "SegguardSystem", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),

@@ -55,10 +55,10 @@ public final class BindingController {
     /// through, and nothing failed or went missing since): a change then only replaces the
     /// chain's rules (`NftablesRuleset.update`).
     private var owned = false
-    /// The kernel's listing of the table right after the last transaction went through
-    /// (`NftablesRuleset.canonicalListing`): the periodic check compares against it, rule
-    /// expressions included, so a rule replaced in place is seen too.
-    private var reference: String?
+    /// The kernel's fingerprint of the table right after the last transaction went through:
+    /// the periodic check compares against it, rule expressions included, so a rule rewritten
+    /// in place (its comment kept) or a dormant table is seen too.
+    private var reference: [UInt8]?
     public private(set) var lastTiming: Timing?
 
     public init(binding: any NetworkBinding, baselinePath: String?, logger: Logger) {
@@ -151,22 +151,25 @@ public final class BindingController {
     }
 
     /// The periodic check: when the table is gone (`nft flush ruleset`, deleted by hand), is not
-    /// exactly what was applied (a rule inserted into the chain, the chain flushed or replaced,
-    /// another chain added), or the last transaction was refused, replaces the whole table for
-    /// the current decision. Nil when nothing was wrong.
+    /// exactly what the last transaction left (a rule inserted, rewritten in place or removed,
+    /// the chain flushed or re-hooked, another chain added, the table made dormant), or the last
+    /// transaction was refused, replaces the whole table for the current decision. Nil when
+    /// nothing was wrong.
     public func repair(_ decision: Decision, policy: Policy, generation: UInt64) -> Outcome? {
-        let mode = policy.enforcement.networkBinding
-        guard mode != .off else { return nil }
-        let listing = try? binding.listTable()
-        let allowed = decision.isAuthorized ? decision.authorizedInterfaces : []
-        let intact = listing.map {
-            NftablesRuleset.isIntact(listing: $0, table: binding.table, gateways: policy.vdi.gateways, allowedInterfaces: allowed, mode: mode)
-                && reference != nil && NftablesRuleset.canonicalListing($0) == reference
-        } ?? false
+        guard policy.enforcement.networkBinding != .off else { return nil }
+        var now: [UInt8]?
+        var unreadable = false
+        do {
+            now = try binding.fingerprint()
+        } catch {
+            unreadable = true
+            logger.error("cannot read the nftables table back; replacing it", metadata: ["error": "\(error)"])
+        }
+        let intact = !unreadable && now != nil && now == reference
         guard !intact || lastFailed else { return nil }
-        if listing == nil {
+        if now == nil && !unreadable {
             logger.warning("the nftables table is gone: putting it back", metadata: ["table": "\(binding.table)"])
-        } else if !intact {
+        } else if !intact && !unreadable {
             logger.warning("the nftables table was changed by someone else: replacing it", metadata: ["table": "\(binding.table)"])
         }
         applied = nil
@@ -174,10 +177,10 @@ public final class BindingController {
         return enforce(decision, policy: policy, generation: generation)
     }
 
-    /// Keeps the kernel's listing of what was just applied (after the transaction: never on
-    /// the path from the network event to the table).
+    /// Keeps the kernel's fingerprint of what was just applied (after the transaction: never
+    /// on the path from the network event to the table; three small dumps, no libnftables).
     private func takeReference() {
-        reference = (try? binding.listTable()).flatMap { $0 }.flatMap(NftablesRuleset.canonicalListing)
+        reference = (try? binding.fingerprint()).flatMap { $0 }
     }
 
     // MARK: - Building

@@ -36,7 +36,12 @@ public struct NftablesError: Error, CustomStringConvertible, Sendable, Equatable
 public final class NftablesBinding: Sendable {
     /// The table name (family `inet`).
     public let table: String
+    /// Transactions go through `ctx`; listings through `listCtx`, so that a listing (which
+    /// fills libnftables' cache with every rule) never leaves work for the next transaction.
     private let ctx: Mutex<OpaquePointer>
+    private let listCtx: Mutex<OpaquePointer>
+    /// Reads the table straight from the kernel for the periodic check (no libnftables).
+    private let reader: NftablesFingerprintReader
 
     /// Every libnftables call of the process, across contexts, holds this lock: libnftables
     /// is not documented as thread-safe and keeps process-global state (one-time library
@@ -49,6 +54,35 @@ public final class NftablesBinding: Sendable {
         guard !table.isEmpty, table.utf8.count < 256, !table.utf8.contains(0) else {
             throw NftablesError(operation: "use table name \"\(table)\"", detail: "a table name has 1 to 255 bytes and no NUL")
         }
+        let c = try Self.makeContext()
+        let l: OpaquePointer
+        do {
+            l = try Self.makeContext()
+        } catch {
+            Self.library.withLock { _ in nft_ctx_free(c) }
+            throw error
+        }
+        do {
+            reader = try NftablesFingerprintReader()
+        } catch {
+            Self.library.withLock { _ in
+                nft_ctx_free(c)
+                nft_ctx_free(l)
+            }
+            throw error
+        }
+        self.table = table
+        self.ctx = Mutex(c)
+        self.listCtx = Mutex(l)
+    }
+
+    /// The table as the kernel holds it, as bytes without handles or counter values; nil when
+    /// it is absent. Equal fingerprints: nobody changed the table in between.
+    public func fingerprint() throws(NftablesError) -> [UInt8]? {
+        try reader.read(table: table)
+    }
+
+    private static func makeContext() throws(NftablesError) -> OpaquePointer {
         let made: OpaquePointer? = Self.library.withLock { _ in
             guard let c = nft_ctx_new(UInt32(NFT_CTX_DEFAULT)) else { return nil }
             // In libnftables 1.0.6 the JSON output flag also makes it parse JSON input.
@@ -65,28 +99,28 @@ public final class NftablesBinding: Sendable {
         guard c != OpaquePointer(bitPattern: 1) else {
             throw NftablesError(operation: "create a libnftables context", detail: "cannot buffer output")
         }
-        self.table = table
-        self.ctx = Mutex(c)
+        return c
     }
 
     deinit {
-        // Only the context: the table is deliberately left in the kernel.
+        // Only the contexts: the table is deliberately left in the kernel.
         ctx.withLock { c in Self.library.withLock { _ in nft_ctx_free(c) } }
+        listCtx.withLock { c in Self.library.withLock { _ in nft_ctx_free(c) } }
     }
 
     /// Runs one batch (from `NftablesRuleset`) in a single `nft_run_cmd_from_buffer` call.
     /// On failure nothing of the batch is committed: the kernel keeps the previous table.
     public func apply(_ transaction: Data) throws(NftablesError) {
-        _ = try run(transaction, "apply the transaction to table inet \(table)")
+        _ = try run(transaction, "apply the transaction to table inet \(table)", in: ctx)
     }
 
     /// The JSON listing of `inet <table>` (with counters), or nil when the table is absent.
     public func listTable() throws(NftablesError) -> String? {
         do {
-            return try run(NftablesRuleset.listCommand(table: table), "list table inet \(table)")
+            return try run(NftablesRuleset.listCommand(table: table), "list table inet \(table)", in: listCtx)
         } catch {
             // Tell "absent" from a real failure by looking at the table list.
-            let tables = try run(NftablesRuleset.listTablesCommand(), "list tables")
+            let tables = try run(NftablesRuleset.listTablesCommand(), "list tables", in: listCtx)
             if hasTable(in: tables) { throw error }
             return nil
         }
@@ -94,7 +128,7 @@ public final class NftablesBinding: Sendable {
 
     /// Deletes the table; no error when it is absent (uninstall and tests).
     public func deleteTable() throws(NftablesError) {
-        _ = try run(NftablesRuleset.deleteCommand(table: table), "delete table inet \(table)")
+        _ = try run(NftablesRuleset.deleteCommand(table: table), "delete table inet \(table)", in: ctx)
     }
 
     /// Writes `NftablesRuleset.baseline` for this table to `path` atomically (`AtomicFile`),
@@ -110,7 +144,7 @@ public final class NftablesBinding: Sendable {
     // MARK: - libnftables
 
     /// Runs one JSON batch; returns the output buffer or throws with the error buffer.
-    private func run(_ json: Data, _ what: String) throws(NftablesError) -> String {
+    private func run(_ json: Data, _ what: String, in context: borrowing Mutex<OpaquePointer>) throws(NftablesError) -> String {
         // One copy, NUL-terminated for C; JSONSerialization escapes NUL, so the text has none.
         var text = [CChar](repeating: 0, count: json.count + 1)
         var hasNUL = false
@@ -121,7 +155,7 @@ public final class NftablesBinding: Sendable {
             }
         }
         guard !hasNUL else { throw NftablesError(operation: what, detail: "the batch contains a NUL byte") }
-        return try ctx.withLock { (c: inout OpaquePointer) throws(NftablesError) -> String in
+        return try context.withLock { (c: inout OpaquePointer) throws(NftablesError) -> String in
             let (rc, out, err) = Self.library.withLock { _ in
                 let rc = nft_run_cmd_from_buffer(c, text)
                 // Reading a buffer rewinds it, so read both every time.

@@ -104,55 +104,6 @@ public enum NftablesRuleset {
         return String(name.dropLast()) + "\\*"
     }
 
-    /// Whether a JSON listing of the table (`NftablesBinding.listTable()`) is exactly what a
-    /// batch for (gateways, allowed interfaces, mode) made: one chain, `output`, a filter base
-    /// chain on the output hook at priority 0 with policy accept, and the rules with the
-    /// expected comments in order, no other rule and no other chain. Counters and handles are
-    /// not compared. False for anything else (a rule inserted by hand, the chain flushed or
-    /// turned into a regular chain, a chain added, text that is not a listing).
-    public static func isIntact(listing json: String, table: String, gateways: [Gateway], allowedInterfaces: [String], mode: ControlMode) -> Bool {
-        guard let root = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
-              let items = root["nftables"] as? [[String: Any]] else { return false }
-        let expected = rules(table: table, gateways: gateways, allowedInterfaces: allowedInterfaces, mode: mode).compactMap {
-            (($0 as? [String: Any])?["add"] as? [String: Any])?["rule"] as? [String: Any]
-        }.map { $0["comment"] as? String ?? "" }
-        var chains = 0
-        var comments: [String] = []
-        for item in items {
-            // Any table flag (dormant unhooks every chain) is foreign.
-            if let t = item["table"] as? [String: Any], t["flags"] != nil { return false }
-            if let c = item["chain"] as? [String: Any] {
-                chains += 1
-                guard c["name"] as? String == chainName, c["type"] as? String == "filter", c["hook"] as? String == "output",
-                      (c["prio"] as? NSNumber)?.intValue == chainPriority, c["policy"] as? String == "accept" else { return false }
-            } else if let r = item["rule"] as? [String: Any] {
-                guard r["chain"] as? String == chainName, let comment = r["comment"] as? String else { return false }
-                comments.append(comment)
-            }
-        }
-        return chains == 1 && comments == expected
-    }
-
-    /// A listing with what changes by itself taken out (handles, counter values, libnftables'
-    /// metainfo), as sorted-key JSON: two listings of the same table compare equal. Nil when
-    /// the text is not a listing.
-    public static func canonicalListing(_ json: String) -> String? {
-        guard let root = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
-              let items = root["nftables"] as? [Any] else { return nil }
-        func strip(_ value: Any) -> Any {
-            if let d = value as? [String: Any] {
-                var out: [String: Any] = [:]
-                for (k, v) in d where k != "handle" { out[k] = k == "counter" ? [String: Any]() : strip(v) }
-                return out
-            }
-            if let a = value as? [Any] { return a.map(strip) }
-            return value
-        }
-        let kept = items.filter { ($0 as? [String: Any])?["metainfo"] == nil }.map(strip)
-        guard let data = try? JSONSerialization.data(withJSONObject: ["nftables": kept], options: [.sortedKeys]) else { return nil }
-        return String(decoding: data, as: UTF8.self)
-    }
-
     /// One rule's counter in a table listing.
     public struct RuleCounter: Sendable, Equatable {
         /// The rule's comment (`segguard: <gateway>: <role>`), "" when it has none.

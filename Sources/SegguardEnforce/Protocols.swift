@@ -13,6 +13,9 @@ public protocol NetworkBinding: AnyObject, Sendable {
     func apply(_ transaction: Data) throws(NftablesError)
     /// The JSON listing of the table, or nil when it is absent.
     func listTable() throws(NftablesError) -> String?
+    /// The table as the kernel holds it (flags, chains, rules; no handles or counter values),
+    /// or nil when it is absent: equal fingerprints mean nobody changed it in between.
+    func fingerprint() throws(NftablesError) -> [UInt8]?
 }
 
 /// Keeps VDI sessions (each a process tree held in a cgroup) and ends them. `SessionTracker` is

@@ -159,6 +159,15 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
         }
     }
 
+    /// Flags, then each rule's comment and expression (what the kernel's fingerprint covers).
+    public func fingerprint() throws(NftablesError) -> [UInt8]? {
+        state.withLock { s in
+            s.listings += 1
+            guard s.present else { return nil }
+            return Array((s.flags.joined(separator: ",") + "|" + s.rules.map { "\($0.comment ?? "-"):\($0.expr)" }.joined(separator: ";")).utf8)
+        }
+    }
+
     /// `nft insert rule inet segguard output accept` by someone else.
     public func insertRuleByHand() { state.withLock { $0.rules.insert((nil, "accept"), at: 0) } }
     /// `nft replace rule … handle N …` keeping the rule's comment.
