@@ -131,6 +131,7 @@ final class AgentCore {
     private var graceTimer: PollLoop.TimerID?
     private var repairTimer: PollLoop.TimerID?
     private var watchdogTimer: PollLoop.TimerID?
+    private var readBackTimer: PollLoop.TimerID?
     /// Session terminations running on `terminator`.
     private(set) var terminationsInFlight = 0
     private(set) var events: EventLog
@@ -197,7 +198,7 @@ final class AgentCore {
         sources.deviceAuth?.stop()
         sources.network.stop()
         gate?.stop()
-        for t in [graceTimer, repairTimer, watchdogTimer].compactMap({ $0 }) { loop.cancel(t) }
+        for t in [graceTimer, repairTimer, watchdogTimer, readBackTimer].compactMap({ $0 }) { loop.cancel(t) }
         if let path = configuration.timingsFile {
             do {
                 try AtomicFile.write(Data(timings.jsonLines().utf8), to: path, mode: 0o644)
@@ -279,6 +280,7 @@ final class AgentCore {
     }
 
     func recordBinding(_ outcome: BindingController.Outcome, eventNanos: UInt64, decisionChanged: Bool) {
+        scheduleReadBack()
         switch outcome {
         case .unchanged:
             return
@@ -296,6 +298,19 @@ final class AgentCore {
     }
 
     // MARK: - Repair and watchdog ticks
+
+    /// The table's fingerprint is read back a moment after a transaction (0.1 s; a newer
+    /// transaction moves it), off the moment the kernel delivers the change's notifications.
+    func scheduleReadBack() {
+        guard let binding, binding.readBackPending else { return }
+        if let t = readBackTimer { loop.cancel(t) }
+        readBackTimer = loop.schedule(after: AgentCore.readBackDelay) { [unowned self] in
+            readBackTimer = nil
+            binding.readBack()
+        }
+    }
+
+    static let readBackDelay = 0.1
 
     func scheduleRepair() {
         guard binding != nil else { return }

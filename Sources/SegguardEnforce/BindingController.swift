@@ -59,6 +59,8 @@ public final class BindingController {
     /// the periodic check compares against it, rule expressions included, so a rule rewritten
     /// in place (its comment kept) or a dormant table is seen too.
     private var reference: [UInt8]?
+    /// A transaction went through and its fingerprint is not read yet (`readBack`).
+    public private(set) var readBackPending = false
     public private(set) var lastTiming: Timing?
 
     public init(binding: any NetworkBinding, baselinePath: String?, logger: Logger) {
@@ -78,7 +80,7 @@ public final class BindingController {
         do {
             try binding.apply(batch(.whole, mode: .enforce, allowed: [], policy: policy))
             owned = true
-            takeReference()
+            readBack()
         } catch {
             owned = false
             logger.critical("cannot load the drop-all baseline at start", metadata: ["error": "\(error)"])
@@ -130,7 +132,8 @@ public final class BindingController {
             applied = (key, generation)
             lastFailed = false
             owned = mode != .off
-            takeReference()
+            reference = nil
+            readBackPending = true
             writeBaselineIfNeeded(policy)
             return .applied(mode: mode, allowed: allowed)
         }
@@ -140,9 +143,11 @@ public final class BindingController {
         logger.critical("nftables transaction refused; loading the drop-all baseline", metadata: ["error": "\(failure)"])
         var inForce = "the drop-all baseline is in force (no interface may reach the VDI gateways)"
         reference = nil
+        readBackPending = false
         do {
             try binding.apply(batch(.whole, mode: .enforce, allowed: [], policy: policy))
             owned = true
+            readBackPending = true
         } catch {
             inForce = "the drop-all baseline was refused too (\(error)); the previous table stays in force"
         }
@@ -157,6 +162,7 @@ public final class BindingController {
     /// nothing was wrong.
     public func repair(_ decision: Decision, policy: Policy, generation: UInt64) -> Outcome? {
         guard policy.enforcement.networkBinding != .off else { return nil }
+        if readBackPending && !lastFailed { readBack() }
         var now: [UInt8]?
         var unreadable = false
         do {
@@ -177,10 +183,14 @@ public final class BindingController {
         return enforce(decision, policy: policy, generation: generation)
     }
 
-    /// Keeps the kernel's fingerprint of what was just applied (after the transaction: never
-    /// on the path from the network event to the table; three small dumps, no libnftables).
-    private func takeReference() {
+    /// Reads back the kernel's fingerprint of what the last transaction left: the reference the
+    /// periodic check compares with. The agent calls it a moment after a transaction (never on
+    /// the path from the network event to the table, nor in the moment right after it, when the
+    /// kernel's notifications of the change are being delivered); three small dumps, no
+    /// libnftables.
+    public func readBack() {
         reference = (try? binding.fingerprint()).flatMap { $0 }
+        readBackPending = false
     }
 
     // MARK: - Building

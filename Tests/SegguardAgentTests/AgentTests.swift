@@ -279,10 +279,12 @@ struct AgentOrderTests {
         let h = try AgentHarness()
         defer { h.close() }
         h.send([AgentHarness.deskUnplugged])
+        h.advance(0.1)  // the table is read back a moment after each transaction
         h.binding.insertRuleByHand()
         h.advance(5)
         let last = try #require(h.binding.accepted.last)
         #expect(!last.isRulesUpdate && last.allowed == [], "the whole table, drop-all")
+        h.advance(0.1)
         let before = h.binding.accepted.count
         h.advance(5)
         #expect(h.binding.accepted.count == before, "intact now: nothing to repair")
@@ -291,9 +293,11 @@ struct AgentOrderTests {
         h.binding.replaceRuleByHand()
         h.advance(5)
         #expect(h.binding.accepted.count == before + 1)
+        h.advance(0.1)
         h.binding.makeDormantByHand()
         h.advance(5)
         #expect(h.binding.accepted.count == before + 2)
+        h.advance(0.1)
         h.advance(5)
         #expect(h.binding.accepted.count == before + 2)
     }

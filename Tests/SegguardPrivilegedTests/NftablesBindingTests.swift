@@ -179,6 +179,7 @@ struct NftablesBindingTests {
         let policy = Policy(name: "t", sites: [], vdi: VDIRule(gateways: [GatewayLab.gateway]))
         let lost = Decision.failClosed("lost")
         #expect(c.enforce(lost, policy: policy, generation: 1) == .applied(mode: .enforce, allowed: []))
+        c.readBack()  // what the agent does 0.1 s after each transaction
         #expect(c.repair(lost, policy: policy, generation: 1) == nil, "untouched: nothing to do")
         let nft = ["nsenter", "--net=\(lab.client.path)", "nft"]
 
@@ -191,6 +192,7 @@ struct NftablesBindingTests {
         try runCommand(nft + ["replace", "rule", "inet", GatewayLab.table, "output", "handle", "\(handle)", "ip", "daddr", "10.61.9.1", "accept", "comment", "\"\(comment)\""])
         #expect(lab.connect().succeeded, "the rewritten rule lets the gateway through")
         #expect(c.repair(lost, policy: policy, generation: 1) == .applied(mode: .enforce, allowed: []))
+        c.readBack()
         #expect(lab.connect(timeout: 1).error == .timedOut)
 
         // A dormant table unhooks its chains.
