@@ -142,6 +142,13 @@ for _ in $(seq 150); do
     sleep 0.2
 done
 echo "     (container system state: $state)"
+# Carrier on host0: bring up the host's end of the container's veth (nothing configures it).
+peer_index="$(in_ct cat /sys/class/net/host0/iflink 2>/dev/null)"
+host_end="$(ip -o link show | awk -F': ' -v i="$peer_index" '$1 == i { print $2 }' | cut -d@ -f1)"
+[ -n "$host_end" ] && ip link set dev "$host_end" up
+in_ct ip link set dev host0 up
+accepts() { nsenter -t "$pid1" -a -- nft list table inet segguard 2>/dev/null | grep -q 'oifname "host0".* accept'; }
+wait_for() { for _ in $(seq 50); do "$@" && return 0; sleep 0.2; done; return 1; }
 
 check "segguardd is active" in_ct systemctl is-active segguardd
 verify="$(in_ct systemd-analyze verify segguardd.service segguard-baseline.service segguard-collector.service 2>&1)"
@@ -162,10 +169,11 @@ for _ in $(seq 40); do
 done
 check "the agent reports to the collector (segguardctl status: heartbeats ok)" test -n "$reported"
 [ -n "$reported" ] || { in_ct segguardctl status | grep -A1 reporting; in_ct journalctl -u segguard-collector --no-pager | tail -5; } | sed 's/^/     | /'
-check "segguardd wrote the boot-time baseline file" test -s "$root/var/lib/segguard/baseline.nft.json"
+check "segguardd wrote the boot-time baseline file" test -s "$root/var/lib/segguard/baseline.nft"
 status="$(in_ct systemctl show -p StatusText --value segguardd)"
 echo "     (StatusText: $status)"
 check "STATUS= shows the decision" sh -c "echo '$status' | grep -Eq '^(authorized-wired via host0|unauthorized: )'"
+check "authorized via host0: the table lets the gateway out through host0 only" wait_for accepts
 check "journal has structured DECISION= fields" sh -c "nsenter -t $pid1 -a -- journalctl -u segguardd -o json --no-pager | grep -q '\"DECISION\"'"
 check "the nftables table is in place" in_ct nft list table inet segguard
 in_ct sh -c 'mkdir -p /run/captest && cp /usr/bin/true /run/captest/scrot && cp /usr/bin/true /run/captest/editor'
@@ -212,22 +220,38 @@ check "a hung event loop is restarted by the watchdog (NRestarts $before -> ${no
 # Starting with an invalid policy: a non-zero exit with the problem and its place in the
 # journal, and no active daemon; mended, it starts again.
 cp "$root/etc/segguard/policy.yaml" "$work/good-policy.yaml"
-printf 'schema_version: 1\nname: broken\nsites: 5\n' > "$root/etc/segguard/policy.yaml"
+printf 'schema_version: 1\nname: broken\nsites: 5\nvdi: {gateways: [{address: 192.0.2.10}]}\n' > "$root/etc/segguard/policy.yaml"
 check "a start with an invalid policy fails (systemctl restart exits non-zero)" sh -c "! nsenter -t $pid1 -a -- systemctl restart segguardd"
 check "... the daemon is not active (no half-started daemon)" sh -c "! nsenter -t $pid1 -a -- systemctl is-active segguardd"
 check "... its exit status is 2" sh -c "nsenter -t $pid1 -a -- systemctl show -p ExecMainStatus --value segguardd | grep -qx 2"
 check "... the journal names the problem and its place" sh -c "nsenter -t $pid1 -a -- journalctl -u segguardd -o cat --no-pager | grep -q 'policy.yaml:3:8: sites: expected a list'"
+check "... the gateway is closed: the table has no accept (baseline loaded before the policy, and by ExecStopPost)" sh -c "nsenter -t $pid1 -a -- nft list table inet segguard && ! nsenter -t $pid1 -a -- nft list table inet segguard | grep -q 'accept comment'"
 cp "$work/good-policy.yaml" "$root/etc/segguard/policy.yaml"
 in_ct systemctl reset-failed segguardd >/dev/null 2>&1
 check "with the policy mended it starts again" in_ct systemctl restart segguardd
+check "... and opens host0 again" wait_for accepts
+
+# SIGKILL (nothing the daemon can do): the unit's ExecStopPost loads the baseline. Restart=no
+# for the moment, so that the check is not racing the restart that reopens host0.
+mkdir -p "$root/run/systemd/system/segguardd.service.d"
+printf '[Service]\nRestart=no\n' > "$root/run/systemd/system/segguardd.service.d/no-restart.conf"
+in_ct systemctl daemon-reload
+in_ct systemctl kill -s KILL segguardd
+wait_for sh -c "! nsenter -t $pid1 -a -- systemctl is-active -q segguardd"
+check "after SIGKILL (systemctl kill -s KILL) the gateway is closed: ExecStopPost loaded the baseline" sh -c "nsenter -t $pid1 -a -- nft list table inet segguard && ! nsenter -t $pid1 -a -- nft list table inet segguard | grep -q 'accept comment'"
+rm -f "$root/run/systemd/system/segguardd.service.d/no-restart.conf"
+in_ct systemctl daemon-reload
+in_ct systemctl reset-failed segguardd >/dev/null 2>&1
+in_ct systemctl start segguardd
+check "started again after the SIGKILL, it reopens host0" wait_for accepts
 
 check "systemctl stop is clean" in_ct systemctl stop segguardd
 check "stopped with result success" sh -c "nsenter -t $pid1 -a -- systemctl show -p Result --value segguardd | grep -qx success"
-check "the table stays after stop (fail closed)" in_ct nft list table inet segguard
+check "after systemctl stop the gateway is closed on every interface (drop-all table, no accept)" sh -c "nsenter -t $pid1 -a -- nft list table inet segguard | grep -q drop && ! nsenter -t $pid1 -a -- nft list table inet segguard | grep -q 'accept comment'"
 # What the next boot does before the network: the baseline unit loads the drop-all table.
 in_ct nft delete table inet segguard
 check "the baseline unit loads the drop-all table" sh -c "nsenter -t $pid1 -a -- systemctl restart segguard-baseline && nsenter -t $pid1 -a -- nft list table inet segguard | grep -q 'drop'"
-[ "$failed" = 0 ] || { in_ct nft list ruleset 2>&1 | head; head -c 600 "$root/var/lib/segguard/baseline.nft.json"; echo; } | sed 's/^/     | /'
+[ "$failed" = 0 ] || { in_ct nft list ruleset 2>&1 | head; head -c 600 "$root/var/lib/segguard/baseline.nft"; echo; } | sed 's/^/     | /'
 check "dpkg --purge removes the collector" in_ct dpkg --purge segment-guard-collector
 in_ct rm -f /etc/segguard/device.pem /etc/segguard/device.key /etc/segguard/collector-ca.pem /etc/default/segguardd
 check "dpkg --purge removes the package" in_ct dpkg --purge segment-guard-agent

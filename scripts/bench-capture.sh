@@ -35,6 +35,7 @@ policy() { # mode, block section
 schema_version: 1
 name: bench-capture
 sites: [{name: hq, wired: [{interfaces: ["none*"]}]}]
+vdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}
 capture:
   mode: $1
   watch: ["$TOOLS"]

@@ -16,6 +16,7 @@
 //   policy invalid on reload       -> refused with every error, the previous policy stays (status, event)
 //   exec gate cannot start         -> said in status and the log; the segment controls go on
 //   network source fails           -> the agent stops with the reason (segguardd exits 1, systemd restarts it)
+//   the agent stops (any reason)   -> the baseline is loaded: under enforce nothing reaches the gateways
 
 import Foundation
 import Logging
@@ -190,7 +191,8 @@ final class AgentCore {
         }
     }
 
-    /// Stops the sources in order (802.1X, netlink, capture) and writes the timings file.
+    /// Stops the sources in order (802.1X, netlink, capture), loads the binding's baseline
+    /// (`BindingController.close`) and writes the timings file.
     func stop() {
         guard !stopped else { return }
         stopped = true
@@ -199,6 +201,11 @@ final class AgentCore {
         sources.network.stop()
         gate?.stop()
         for t in [graceTimer, repairTimer, watchdogTimer, readBackTimer].compactMap({ $0 }) { loop.cancel(t) }
+        // Nothing watches the network from here on: nothing may stay open (fail closed).
+        if let binding {
+            let inForce = binding.close(policy: policy)
+            logger.notice("agent stopped; the network binding now holds \(inForce)")
+        }
         if let path = configuration.timingsFile {
             do {
                 try AtomicFile.write(Data(timings.jsonLines().utf8), to: path, mode: 0o644)

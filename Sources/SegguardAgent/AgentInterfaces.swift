@@ -17,7 +17,8 @@ public struct AgentConfiguration: Sendable {
     public var policyFile: String
     /// Where a verified policy bundle's policy is written (nil: bundles are refused).
     public var bundlePolicyFile: String?
-    /// The boot-time baseline table file (`nft -j -f`), kept in line with the gateways.
+    /// The baseline table file (`nft -f`: boot, start, after a stop), kept in line with the
+    /// gateways and the binding mode.
     public var baselineFile: String?
     /// Enforcement events kept for `segguardctl why-denied`.
     public var eventCapacity = 500

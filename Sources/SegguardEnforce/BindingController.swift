@@ -9,6 +9,8 @@
 //   baseline refused as well -> the previous table stays in force; said in `.failed`
 //   table gone (flushed)     -> `repair` applies the current decision again
 //   baseline file not written -> logged; retried at the next change
+//   the agent stops            -> `close` loads the baseline (enforce: drop-all; audit/off:
+//                               no table), as the unit's ExecStopPost does after any exit
 
 import Foundation
 import Logging
@@ -42,13 +44,16 @@ public final class BindingController {
 
     public let binding: any NetworkBinding
     let baselinePath: String?
+    /// The session cgroups whose sockets alone may reach the gateways (nil: any socket).
+    public let sessions: NftablesRuleset.SessionMatch?
     let logger: Logger
     /// Key of the table in force and the decision generation it was applied for.
     private(set) var applied: (key: String, generation: UInt64)?
     /// The highest generation handed to `enforce`/`repair`.
     public private(set) var generation: UInt64 = 0
     private var lastFailed = false
-    private var baselineGateways: [Gateway]?
+    /// What the baseline file was last written for.
+    private var baselineWritten: (gateways: [Gateway], mode: ControlMode)?
     /// Built batches for one gateways list (and its key), by kind, mode and allowed interfaces.
     private var built: (gateways: [Gateway], key: String, byKey: [String: Data]) = ([], "", [:])
     /// The table in the kernel is one this controller made (a whole-table transaction went
@@ -63,9 +68,10 @@ public final class BindingController {
     public private(set) var readBackPending = false
     public private(set) var lastTiming: Timing?
 
-    public init(binding: any NetworkBinding, baselinePath: String?, logger: Logger) {
+    public init(binding: any NetworkBinding, baselinePath: String?, sessions: NftablesRuleset.SessionMatch? = nil, logger: Logger) {
         self.binding = binding
         self.baselinePath = baselinePath
+        self.sessions = sessions
         self.logger = logger
     }
 
@@ -84,6 +90,26 @@ public final class BindingController {
         } catch {
             owned = false
             logger.critical("cannot load the drop-all baseline at start", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// The agent stops: loads the baseline of `policy` (under enforce, the drop-all table; under
+    /// audit or off, no table), so that nothing stays open while no agent watches the network.
+    /// Returns what is in force now, for the log.
+    @discardableResult
+    public func close(policy: Policy) -> String {
+        let mode = policy.enforcement.networkBinding
+        do {
+            try binding.apply(NftablesRuleset.baseline(table: binding.table, gateways: policy.vdi.gateways, mode: mode))
+            applied = nil
+            owned = mode == .enforce
+            reference = nil
+            readBackPending = false
+            writeBaselineIfNeeded(policy)
+            return mode == .enforce ? "the drop-all baseline (no interface may reach the VDI gateways)" : "no table (network_binding is \(mode.rawValue))"
+        } catch {
+            logger.critical("cannot load the baseline while stopping", metadata: ["error": "\(error)"])
+            return "the last table (the baseline was refused: \(error))"
         }
     }
 
@@ -210,21 +236,23 @@ public final class BindingController {
         if let data = built.byKey[key] { return data }
         let gateways = policy.vdi.gateways
         let data = kind == .whole
-            ? NftablesRuleset.transaction(table: binding.table, gateways: gateways, allowedInterfaces: allowed, mode: mode)
-            : NftablesRuleset.update(table: binding.table, gateways: gateways, allowedInterfaces: allowed, mode: mode)
+            ? NftablesRuleset.transaction(table: binding.table, gateways: gateways, allowedInterfaces: allowed, mode: mode, sessions: sessions)
+            : NftablesRuleset.update(table: binding.table, gateways: gateways, allowedInterfaces: allowed, mode: mode, sessions: sessions)
         // Interface sets come and go with the network; keep the table of them small.
         if built.byKey.count > 64 { built.byKey = [:] }
         built.byKey[key] = data
         return data
     }
 
-    /// The boot-time baseline file follows the policy's gateways (written after the
+    /// The baseline file (loaded at boot and by the unit after a stop) follows the policy's
+    /// gateways and binding mode (written after the
     /// transaction: never on the path from the network event to the table).
     private func writeBaselineIfNeeded(_ policy: Policy) {
-        guard let path = baselinePath, baselineGateways != policy.vdi.gateways else { return }
+        let mode = policy.enforcement.networkBinding
+        guard let path = baselinePath, baselineWritten?.gateways != policy.vdi.gateways || baselineWritten?.mode != mode else { return }
         do {
-            try AtomicFile.write(NftablesRuleset.baseline(table: binding.table, gateways: policy.vdi.gateways), to: path, mode: 0o644)
-            baselineGateways = policy.vdi.gateways
+            try AtomicFile.write(NftablesRuleset.baseline(table: binding.table, gateways: policy.vdi.gateways, mode: mode), to: path, mode: 0o644)
+            baselineWritten = (policy.vdi.gateways, mode)
         } catch {
             logger.error("cannot write the boot-time baseline table; will retry", metadata: ["file": "\(path)", "error": "\(error)"])
         }

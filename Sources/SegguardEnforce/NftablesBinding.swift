@@ -51,8 +51,8 @@ public final class NftablesBinding: Sendable {
 
     /// A context with JSON input/output and buffered output and errors.
     public init(table: String = "segguard") throws(NftablesError) {
-        guard !table.isEmpty, table.utf8.count < 256, !table.utf8.contains(0) else {
-            throw NftablesError(operation: "use table name \"\(table)\"", detail: "a table name has 1 to 255 bytes and no NUL")
+        guard NftablesRuleset.isValidTableName(table) else {
+            throw NftablesError(operation: "use table name \"\(table)\"", detail: "a table name here has 1 to 64 ASCII letters, digits, '_' or '-', starting with a letter")
         }
         let c = try Self.makeContext()
         let l: OpaquePointer
@@ -108,7 +108,8 @@ public final class NftablesBinding: Sendable {
         listCtx.withLock { c in Self.library.withLock { _ in nft_ctx_free(c) } }
     }
 
-    /// Runs one batch (from `NftablesRuleset`) in a single `nft_run_cmd_from_buffer` call.
+    /// Runs one batch (from `NftablesRuleset`, or a baseline file) in a single
+    /// `nft_run_cmd_from_buffer` call (nft text; a context with JSON output also takes JSON).
     /// On failure nothing of the batch is committed: the kernel keeps the previous table.
     public func apply(_ transaction: Data) throws(NftablesError) {
         _ = try run(transaction, "apply the transaction to table inet \(table)", in: ctx)
@@ -132,10 +133,10 @@ public final class NftablesBinding: Sendable {
     }
 
     /// Writes `NftablesRuleset.baseline` for this table to `path` atomically (`AtomicFile`),
-    /// mode 0644, for `nft -j -f PATH` at boot.
-    public func writeBaseline(gateways: [Gateway], to path: String) throws(NftablesError) {
+    /// mode 0644, for `nft -f PATH` at boot and after a stop.
+    public func writeBaseline(gateways: [Gateway], mode: ControlMode = .enforce, to path: String) throws(NftablesError) {
         do {
-            try AtomicFile.write(NftablesRuleset.baseline(table: table, gateways: gateways), to: path, mode: 0o644)
+            try AtomicFile.write(NftablesRuleset.baseline(table: table, gateways: gateways, mode: mode), to: path, mode: 0o644)
         } catch {
             throw NftablesError(operation: "write the baseline ruleset to \(path)", detail: error.description)
         }
@@ -145,7 +146,8 @@ public final class NftablesBinding: Sendable {
 
     /// Runs one JSON batch; returns the output buffer or throws with the error buffer.
     private func run(_ json: Data, _ what: String, in context: borrowing Mutex<OpaquePointer>) throws(NftablesError) -> String {
-        // One copy, NUL-terminated for C; JSONSerialization escapes NUL, so the text has none.
+        // One copy, NUL-terminated for C; a batch with a NUL (none that NftablesRuleset
+        // builds) would be cut short by C, so it is refused.
         var text = [CChar](repeating: 0, count: json.count + 1)
         var hasNUL = false
         json.withUnsafeBytes { raw in

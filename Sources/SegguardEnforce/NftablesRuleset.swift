@@ -1,24 +1,44 @@
-// The nftables ruleset of the network binding, as libnftables JSON. Pure: owns no state; it
-// turns (gateways, authorized interfaces, mode) into ONE batch that replaces the whole
-// `inet <table>` atomically. Names and addresses always go in as JSON values (built with
-// JSONSerialization), never as spliced nft command text.
+// The nftables ruleset of the network binding, as nft command text for libnftables. Pure:
+// owns no state; it turns (gateways, authorized interfaces, mode, session cgroup) into ONE
+// batch that replaces the whole `inet <table>` atomically. Text, not JSON: libnftables 1.0.6
+// (Debian 12) cannot say `socket cgroupv2 level N` in JSON. Every value spliced into the text
+// is one this file formats itself (addresses, numbers) or one checked to be quotable exactly
+// (interface names, the cgroup path); a name that cannot be is left out of what is allowed:
+// fail closed.
 
 import Foundation
 import SegguardPolicy
 
-/// Builds the JSON batches (`{"nftables":[...]}`) that the binding hands to libnftables.
+/// Builds the batches (nft command text, one command per line) that the binding hands to
+/// libnftables.
 ///
-/// Every batch fully replaces the table: `add table` + `delete table` + `add table` (so a
+/// Every whole-table batch replaces the table: `add table` + `delete table` + `add table` (so a
 /// missing table is not an error and nothing from the previous version survives: rules,
-/// chains or sets someone added by hand), then the `output` chain and the gateway rules.
-/// The kernel commits the batch as one transaction, so there is never a moment where the
-/// gateway path is open through an interface that is no longer authorized.
+/// chains or sets someone added by hand), then the `output` and `forward` chains and the
+/// gateway rules in each. The kernel commits the batch as one transaction, so there is never a
+/// moment where the gateway path is open through an interface that is no longer authorized.
+///
+/// The rules, in each chain, for gateways G1..Gn:
+/// - enforce: for each gateway, `daddr G [proto] [ports] oifname {authorized} [socket in a
+///   session cgroup] counter accept`; then for each gateway `daddr G counter drop`: traffic to
+///   a gateway prefix of ANY protocol and port that no accept rule took is dropped (the listed
+///   ports and transports narrow what is allowed, never what is dropped). All accepts come
+///   before all drops, so overlapping gateways do not shadow each other.
+/// - audit: the same accept matches end in `return` (allowed), then `daddr G counter` counts
+///   what enforce would drop; nothing is blocked.
+/// - off: the table is deleted.
+/// Forwarded packets (local VMs, containers) carry no local socket, so with sessions bound
+/// they never match an accept: forwarded gateway traffic is dropped.
 public enum NftablesRuleset {
     /// The address family of the table: one table for IPv4 and IPv6.
     public static let family = "inet"
-    /// The base chain on the output hook.
+    /// The base chain on the output hook (locally generated traffic).
     public static let chainName = "output"
-    /// Priority of the base chain (filter). Output-hook NAT (-100) has already run, so the
+    /// The base chain on the forward hook (traffic routed through this host).
+    public static let forwardChainName = "forward"
+    /// Both base chains, in the order their rules are added.
+    public static let chainNames = [chainName, forwardChainName]
+    /// Priority of the base chains (filter). Output-hook NAT (-100) has already run, so the
     /// chain sees the final destination; routing has chosen the final output interface.
     public static let chainPriority = 0
     /// Linux interface names have at most 15 bytes (IFNAMSIZ - 1).
@@ -30,55 +50,102 @@ public enum NftablesRuleset {
     public enum RuleRole: String, Sendable, CaseIterable {
         /// Enforce: accept gateway traffic leaving through an authorized interface.
         case allow = "allow via authorized interface"
-        /// Enforce: drop gateway traffic leaving through any other interface.
+        /// Enforce: drop all other traffic to the gateway's prefix.
         case drop = "drop elsewhere"
-        /// Audit: count gateway traffic that enforce mode would drop; blocks nothing.
+        /// Audit: gateway traffic enforce mode would accept (returns: not counted as a drop).
+        case wouldAllow = "allowed (audit)"
+        /// Audit: count traffic to the gateway's prefix that enforce mode would drop.
         case wouldDrop = "would drop (audit)"
     }
 
+    /// Which sockets may reach the gateways: those of processes in the session cgroups under
+    /// one parent (`socket cgroupv2 level <level> "<path>"`). `path` is relative to
+    /// `/sys/fs/cgroup` (where nft looks it up, e.g. `unified/system.slice/segguardd.service/
+    /// sessions` on a hybrid host); `level` is the depth of that parent below the cgroup2
+    /// root (`/sessions` directly under the root: 1).
+    public struct SessionMatch: Sendable, Equatable, CustomStringConvertible {
+        public let path: String
+        public let level: Int
+
+        /// Nil when `path` cannot be quoted exactly for nft (empty, `..`, a quote, a backslash,
+        /// a control character) or `level` is not 1...255.
+        public init?(path: String, level: Int) {
+            let ok = path.unicodeScalars.allSatisfy { c in
+                c.properties.isAlphabetic || c.properties.numericType != nil || "-_.:@/+=,".unicodeScalars.contains(c)
+            }
+            guard ok, !path.isEmpty, !path.hasPrefix("/"), !path.split(separator: "/").contains(".."), (1...255).contains(level) else { return nil }
+            self.path = path
+            self.level = level
+        }
+
+        public var description: String { "socket cgroupv2 level \(level) \"\(path)\"" }
+    }
+
+    /// True when `name` can be a table name here: 1 to 64 ASCII letters, digits, `_` or `-`,
+    /// starting with a letter (spliced into nft text unquoted).
+    public static func isValidTableName(_ name: String) -> Bool {
+        let bytes = Array(name.utf8)
+        guard let first = bytes.first, (1...64).contains(bytes.count), isLetter(first) else { return false }
+        return bytes.allSatisfy { isLetter($0) || ($0 >= 48 && $0 <= 57) || $0 == 95 || $0 == 45 }
+    }
+
+    private static func isLetter(_ b: UInt8) -> Bool { (b >= 65 && b <= 90) || (b >= 97 && b <= 122) }
+
     /// The batch for the current decision: in `enforce` gateway traffic leaves only through
-    /// `allowedInterfaces` (none: all of it is dropped); in `audit` it is only counted; `off`
-    /// deletes the table (idempotently).
+    /// `allowedInterfaces` (none: all of it is dropped), and with `sessions` only from a
+    /// session's sockets; in `audit` it is only counted; `off` deletes the table
+    /// (idempotently).
     ///
     /// Interface names that nftables cannot match exactly (empty, longer than 15 bytes, with a
-    /// NUL, or ending in `*` while containing `\`) are left out of the allowed set: fail
-    /// closed. A trailing `*` (a wildcard for nftables) is escaped as `\*`.
-    public static func transaction(table: String, gateways: [Gateway], allowedInterfaces: [String], mode: ControlMode) -> Data {
-        serialize(commands(table: table, gateways: gateways, allowedInterfaces: allowedInterfaces, mode: mode))
+    /// NUL, a quote or a backslash) are left out of the allowed set: fail closed. A trailing
+    /// `*` (a wildcard for nftables) is escaped as `\*`.
+    public static func transaction(table: String, gateways: [Gateway], allowedInterfaces: [String], mode: ControlMode,
+                                   sessions: SessionMatch? = nil) -> Data {
+        precondition(isValidTableName(table), "table name \(table) is not a valid nftables table name here")
+        let t = "\(family) \(table)"
+        if mode == .off { return batch(["add table \(t)", "delete table \(t)"]) }
+        var lines = ["add table \(t)", "delete table \(t)", "add table \(t)"]
+        for (chain, hook) in [(chainName, "output"), (forwardChainName, "forward")] {
+            lines.append("add chain \(t) \(chain) { type filter hook \(hook) priority \(chainPriority); policy accept; }")
+        }
+        return batch(lines + rules(table: table, gateways: gateways, allowedInterfaces: allowedInterfaces, mode: mode, sessions: sessions))
     }
 
-    /// The batch that changes only the rules of the table's `output` chain (flush, then the
+    /// The batch that changes only the rules of the table's chains (flush each, then the
     /// rules for the decision), for a table this binding made and still owns: no table or
     /// chain is deleted and re-created, so libnftables needs far less of the kernel's ruleset
-    /// and the kernel re-registers no hook. Anything inserted into the chain by hand is gone
+    /// and the kernel re-registers no hook. Anything inserted into the chains by hand is gone
     /// with the flush, as with `transaction`; an accept in another base chain never lets a
     /// packet past this chain's drop. `off` deletes the table, as `transaction` does.
-    public static func update(table: String, gateways: [Gateway], allowedInterfaces: [String], mode: ControlMode) -> Data {
+    public static func update(table: String, gateways: [Gateway], allowedInterfaces: [String], mode: ControlMode,
+                              sessions: SessionMatch? = nil) -> Data {
+        precondition(isValidTableName(table), "table name \(table) is not a valid nftables table name here")
         guard mode != .off else { return deleteCommand(table: table) }
-        let flush: [String: Any] = ["flush": ["chain": ["family": family, "table": table, "name": chainName] as [String: Any]]]
-        return serialize([flush] + rules(table: table, gateways: gateways, allowedInterfaces: allowedInterfaces, mode: mode))
+        let flush = chainNames.map { "flush chain \(family) \(table) \($0)" }
+        return batch(flush + rules(table: table, gateways: gateways, allowedInterfaces: allowedInterfaces, mode: mode, sessions: sessions))
     }
 
-    /// What the boot-time unit loads (`nft -j -f FILE`) before the network comes up: the
-    /// enforce table with no authorized interface, so gateway traffic is dropped until the
-    /// daemon has decided.
-    public static func baseline(table: String, gateways: [Gateway]) -> Data {
-        transaction(table: table, gateways: gateways, allowedInterfaces: [], mode: .enforce)
+    /// What the boot-time unit loads before the network comes up and the service's stop hook
+    /// loads after segguardd has stopped (`nft -f FILE`): under `enforce` the table with no
+    /// authorized interface, so gateway traffic is dropped until the daemon has decided; under
+    /// `audit` or `off` (which must never block) the table is deleted.
+    public static func baseline(table: String, gateways: [Gateway], mode: ControlMode = .enforce) -> Data {
+        mode == .enforce ? transaction(table: table, gateways: gateways, allowedInterfaces: [], mode: .enforce) : deleteCommand(table: table)
     }
 
-    /// `list table inet <table>`.
+    /// `list table inet <table>` (JSON output).
     public static func listCommand(table: String) -> Data {
-        serialize([["list": ["table": tableObject(table)]]])
+        batch(["list table \(family) \(table)"])
     }
 
     /// `list tables` (every family).
     public static func listTablesCommand() -> Data {
-        serialize([["list": ["tables": NSNull()]]])
+        batch(["list tables"])
     }
 
     /// Deletes the table if it exists (add-then-delete in one batch).
     public static func deleteCommand(table: String) -> Data {
-        serialize([["add": ["table": tableObject(table)]], ["delete": ["table": tableObject(table)]]])
+        batch(["add table \(family) \(table)", "delete table \(family) \(table)"])
     }
 
     /// The comment put on a gateway's rule with `role`, at most 127 bytes.
@@ -92,25 +159,30 @@ public enum NftablesRuleset {
         return "\(gateway.prefix) \(gateway.transport.rawValue) \(ports)"
     }
 
-    /// The JSON string nftables needs to match interface `name` exactly, or nil when it
-    /// cannot be matched exactly (such names are never allowed).
+    /// The quoted nft string that matches interface `name` exactly, or nil when it cannot be
+    /// matched exactly (such names are never allowed). Linux names have no whitespace or `/`
+    /// but may have quotes, which nft's quoted strings cannot hold.
     public static func interfaceNameValue(_ name: String) -> String? {
         let bytes = Array(name.utf8)
-        guard !bytes.isEmpty, bytes.count <= maxInterfaceNameLength, !bytes.contains(0) else { return nil }
-        guard name.hasSuffix("*") else { return name }
-        // nftables reads a trailing `*` as a prefix wildcard and `\*` as a literal star; its
-        // unescaping also drops other backslashes, so such names cannot be said exactly.
-        guard !name.contains("\\") else { return nil }
-        return String(name.dropLast()) + "\\*"
+        guard !bytes.isEmpty, bytes.count <= maxInterfaceNameLength else { return nil }
+        // No NUL, quote, backslash or control byte: nft's scanner takes a quoted string up to
+        // the next `"`, and its unescaping drops backslashes.
+        guard !bytes.contains(where: { $0 < 0x20 || $0 == 0x7F || $0 == 0x22 || $0 == 0x5C }) else { return nil }
+        // nftables reads a trailing `*` as a prefix wildcard and `\*` as a literal star.
+        let body = name.hasSuffix("*") ? String(name.dropLast()) + "\\*" : name
+        return "\"" + body + "\""
     }
 
     /// One rule's counter in a table listing.
     public struct RuleCounter: Sendable, Equatable {
+        /// The chain the rule is in (`output`, `forward`).
+        public var chain: String
         /// The rule's comment (`segguard: <gateway>: <role>`), "" when it has none.
         public var comment: String
         public var packets: UInt64
         public var bytes: UInt64
-        public init(comment: String, packets: UInt64, bytes: UInt64) {
+        public init(chain: String = NftablesRuleset.chainName, comment: String, packets: UInt64, bytes: UInt64) {
+            self.chain = chain
             self.comment = comment
             self.packets = packets
             self.bytes = bytes
@@ -130,7 +202,7 @@ public enum NftablesRuleset {
                 guard let c = stmt["counter"] as? [String: Any] else { continue }
                 let packets = (c["packets"] as? NSNumber)?.uint64Value ?? 0
                 let bytes = (c["bytes"] as? NSNumber)?.uint64Value ?? 0
-                out.append(RuleCounter(comment: rule["comment"] as? String ?? "", packets: packets, bytes: bytes))
+                out.append(RuleCounter(chain: rule["chain"] as? String ?? "", comment: rule["comment"] as? String ?? "", packets: packets, bytes: bytes))
             }
         }
         return out
@@ -138,90 +210,53 @@ public enum NftablesRuleset {
 
     // MARK: - Building
 
-    static func commands(table: String, gateways: [Gateway], allowedInterfaces: [String], mode: ControlMode) -> [Any] {
-        let t: [String: Any] = ["table": tableObject(table)]
-        if mode == .off { return [["add": t], ["delete": t]] }
-        var out: [Any] = [["add": t], ["delete": t], ["add": t]]
-        out.append([
-            "add": [
-                "chain": [
-                    "family": family, "table": table, "name": chainName,
-                    "type": "filter", "hook": "output", "prio": chainPriority, "policy": "accept",
-                ] as [String: Any]
-            ]
-        ])
-        return out + rules(table: table, gateways: gateways, allowedInterfaces: allowedInterfaces, mode: mode)
-    }
-
-    /// The gateway rules of the `output` chain.
-    static func rules(table: String, gateways: [Gateway], allowedInterfaces: [String], mode: ControlMode) -> [Any] {
-        var out: [Any] = []
+    /// The gateway rules of both chains (`add rule` lines).
+    static func rules(table: String, gateways: [Gateway], allowedInterfaces: [String], mode: ControlMode, sessions: SessionMatch?) -> [String] {
+        guard mode != .off else { return [] }
         var seen = Set<String>()
         let allowed = allowedInterfaces.compactMap(interfaceNameValue).filter { seen.insert($0).inserted }.sorted()
-        for g in gateways {
-            let matches = gatewayMatches(g)
-            switch mode {
-            case .enforce:
-                if !allowed.isEmpty {
-                    out.append(rule(table, matches + [oifname("==", allowed), counter, ["accept": NSNull()]], comment(.allow, gateway: g)))
+        var out: [String] = []
+        for chain in chainNames {
+            let head = "add rule \(family) \(table) \(chain) "
+            if !allowed.isEmpty {
+                let oif = "oifname " + oneOrSet(allowed)
+                let socket = sessions.map { " " + $0.description } ?? ""
+                for g in gateways {
+                    let (verdict, role): (String, RuleRole) = mode == .enforce ? ("counter accept", .allow) : ("return", .wouldAllow)
+                    out.append(head + "\(destination(g)) \(transport(g)) \(oif)\(socket) \(verdict) comment \"\(comment(role, gateway: g))\"")
                 }
-                out.append(rule(table, matches + [counter, ["drop": NSNull()]], comment(.drop, gateway: g)))
-            case .audit:
-                let other = allowed.isEmpty ? [] : [oifname("!=", allowed)]
-                out.append(rule(table, matches + other + [counter], comment(.wouldDrop, gateway: g)))
-            case .off:
-                break
+            }
+            for g in gateways {
+                let (verdict, role): (String, RuleRole) = mode == .enforce ? ("counter drop", .drop) : ("counter", .wouldDrop)
+                out.append(head + "\(destination(g)) \(verdict) comment \"\(comment(role, gateway: g))\"")
             }
         }
         return out
     }
 
-    private static func tableObject(_ table: String) -> [String: Any] { ["family": family, "name": table] }
-
-    private static var counter: [String: Any] { ["counter": NSNull()] }
-
-    private static func rule(_ table: String, _ expr: [Any], _ comment: String) -> [String: Any] {
-        ["add": ["rule": ["family": family, "table": table, "chain": chainName, "comment": comment, "expr": expr] as [String: Any]]]
+    /// `ip daddr 10.0.0.1` / `ip6 daddr 2001:db8::/48` (addresses formatted by IPAddress).
+    private static func destination(_ g: Gateway) -> String {
+        let proto = g.prefix.address.family == .ipv4 ? "ip" : "ip6"
+        let hostLength = g.prefix.address.bytes.count * 8
+        let addr = Int(g.prefix.length) == hostLength ? g.prefix.address.description : "\(g.prefix.address.description)/\(g.prefix.length)"
+        return "\(proto) daddr \(addr)"
     }
 
-    private static func match(_ op: String, _ left: Any, _ right: Any) -> [String: Any] {
-        ["match": ["op": op, "left": left, "right": right] as [String: Any]]
+    /// `meta l4proto tcp [th dport 443]`: the transport and destination ports allowed.
+    private static func transport(_ g: Gateway) -> String {
+        let l4 = switch g.transport {
+        case .tcp: "tcp"
+        case .udp: "udp"
+        case .both: "{ tcp, udp }"
+        }
+        guard !g.ports.isEmpty else { return "meta l4proto \(l4)" }
+        return "meta l4proto \(l4) th dport " + oneOrSet(Array(Set(g.ports)).sorted().map(String.init))
     }
 
     /// One value as itself, several as an anonymous set.
-    private static func oneOrSet(_ items: [Any]) -> Any { items.count == 1 ? items[0] : ["set": items] }
+    private static func oneOrSet(_ items: [String]) -> String { items.count == 1 ? items[0] : "{ " + items.joined(separator: ", ") + " }" }
 
-    /// One name as itself (no anonymous set for the kernel to create), several as a set.
-    private static func oifname(_ op: String, _ names: [String]) -> [String: Any] {
-        match(op, ["meta": ["key": "oifname"]], names.count == 1 ? names[0] : ["set": names])
-    }
-
-    /// Destination address/prefix, transport, and destination ports when given.
-    private static func gatewayMatches(_ g: Gateway) -> [Any] {
-        let proto = g.prefix.address.family == .ipv4 ? "ip" : "ip6"
-        let hostLength = g.prefix.address.bytes.count * 8
-        let addr: Any = Int(g.prefix.length) == hostLength
-            ? g.prefix.address.description
-            : ["prefix": ["addr": g.prefix.address.description, "len": Int(g.prefix.length)] as [String: Any]]
-        var out: [Any] = [match("==", ["payload": ["protocol": proto, "field": "daddr"]], addr)]
-        let l4: [Any] = switch g.transport {
-        case .tcp: ["tcp"]
-        case .udp: ["udp"]
-        case .both: ["tcp", "udp"]
-        }
-        out.append(match("==", ["meta": ["key": "l4proto"]], oneOrSet(l4)))
-        if !g.ports.isEmpty {
-            let ports: [Any] = Array(Set(g.ports)).sorted().map { Int($0) }
-            out.append(match("==", ["payload": ["protocol": "th", "field": "dport"]], oneOrSet(ports)))
-        }
-        return out
-    }
-
-    private static func serialize(_ commands: [Any]) -> Data {
-        // Only strings, numbers, NSNull, arrays and dictionaries: serialization cannot fail.
-        // swiftlint:disable:next force_try
-        try! JSONSerialization.data(withJSONObject: ["nftables": commands], options: [.sortedKeys, .withoutEscapingSlashes])
-    }
+    private static func batch(_ lines: [String]) -> Data { Data((lines.joined(separator: "\n") + "\n").utf8) }
 
     private static func truncateUTF8(_ s: String, to limit: Int) -> String {
         guard s.utf8.count > limit else { return s }

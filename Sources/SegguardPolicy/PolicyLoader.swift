@@ -192,6 +192,12 @@ private struct Context {
         return true
     }
 
+    /// The value of `key` in a mapping node, without reporting anything.
+    func child(_ node: Node?, _ key: String) -> Node? {
+        guard case let .mapping(m)? = node else { return nil }
+        return m.first { $0.key.scalar?.string == key }?.value
+    }
+
     func location(_ node: Node) -> String { "\(file):\(node.mark?.line ?? 1)" }
 
     // MARK: Sections
@@ -241,6 +247,12 @@ private struct Context {
         }
         var enforcement = EnforcementRule()
         if let e = top["enforcement"] { enforcement = self.enforcement(e) }
+        if enforcement.networkBinding == .enforce && vdi.gateways.isEmpty && !issues.contains(where: { $0.path.hasPrefix("vdi") }) {
+            // An enforced binding with nothing to guard would install empty chains and guard nothing.
+            let at = child(top["vdi"], "gateways") ?? top["vdi"] ?? child(top["enforcement"], "network_binding") ?? root
+            report(at, "vdi.gateways", "network_binding is enforce but no VDI gateway is listed: nothing would be guarded",
+                   hint: "list the My Number VDI gateways under vdi.gateways, or set enforcement.network_binding: audit or off")
+        }
         var profiles: [LaunchProfile] = []
         if let p = top["profiles"], let items = sequence(p, "profiles") {
             var seen: [String: Int] = [:]

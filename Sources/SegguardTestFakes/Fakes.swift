@@ -184,26 +184,28 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
     public var isTablePresent: Bool { state.withLock { $0.present } }
     public var listings: Int { state.withLock { $0.listings } }
 
-    /// Reads mode and allowed interfaces back from a batch of `NftablesRuleset`.
+    /// Reads mode and allowed interfaces back from a batch of `NftablesRuleset` (nft text):
+    /// the comments of the `output` chain's rules, in order, and the interfaces of its
+    /// `oifname` match (unquoted; a wildcard star stays escaped, `eth\*`).
     static func parse(_ data: Data) -> Applied {
-        guard let root = try? JSONSerialization.jsonObject(with: data) as? [String: Any], let commands = root["nftables"] as? [[String: Any]] else {
+        let lines = String(decoding: data, as: UTF8.self).split(separator: "\n").map(String.init)
+        guard lines.allSatisfy({ $0.hasPrefix("add ") || $0.hasPrefix("delete ") || $0.hasPrefix("flush ") }), !lines.isEmpty else {
             return Applied(mode: "?", allowed: [], accepted: true, data: data)
         }
         var mode = "off", allowed: [String] = [], comments: [String] = []
-        for c in commands {
-            guard let rule = (c["add"] as? [String: Any])?["rule"] as? [String: Any] else { continue }
-            let comment = rule["comment"] as? String ?? ""
+        for line in lines {
+            let words = line.split(separator: " ", maxSplits: 5).map(String.init)
+            guard words.count > 5, words[0] == "add", words[1] == "rule", words[4] == NftablesRuleset.chainName else { continue }
+            let comment = line.range(of: " comment \"").map { String(line[$0.upperBound...].dropLast()) } ?? ""
             comments.append(comment)
             mode = comment.hasSuffix("(audit)") ? "audit" : "enforce"
-            for case let e as [String: Any] in rule["expr"] as? [Any] ?? [] {
-                guard let m = e["match"] as? [String: Any], ((m["left"] as? [String: Any])?["meta"] as? [String: Any])?["key"] as? String == "oifname"
-                else { continue }
-                if let one = m["right"] as? String { allowed = [one] }
-                if let set = (m["right"] as? [String: Any])?["set"] as? [String] { allowed = set }
-            }
+            guard let oif = line.range(of: "oifname ") else { continue }
+            let rest = line[oif.upperBound...]
+            let list = rest.hasPrefix("{") ? String(rest.dropFirst(2).prefix { $0 != "}" }) : String(rest.prefix { $0 != " " })
+            allowed = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).trimmingCharacters(in: CharacterSet(charactersIn: "\"")) }.filter { !$0.isEmpty }
         }
-        let update = commands.contains { ($0["flush"] as? [String: Any])?["chain"] != nil }
-        if mode == "off", update || commands.contains(where: { ($0["add"] as? [String: Any])?["chain"] != nil }) { mode = "enforce" }
+        let update = lines.contains { $0.hasPrefix("flush chain ") }
+        if mode == "off", update || lines.contains(where: { $0.hasPrefix("add chain ") }) { mode = "enforce" }
         return Applied(mode: mode, allowed: allowed, accepted: true, data: data, isRulesUpdate: update, comments: comments)
     }
 }

@@ -127,7 +127,7 @@ struct DecisionBench: ParsableCommand {
     @Option(help: "Path of segguardd (default: next to this binary).")
     var segguardd: String?
 
-    static let policy = "schema_version: 1\nname: bench\nsites:\n  - name: bench\n    wired:\n      - interfaces: [\"sgb*\"]\n        link_kinds: [veth]\n"
+    static let policy = "schema_version: 1\nname: bench\nsites:\n  - name: bench\n    wired:\n      - interfaces: [\"sgb*\"]\n        link_kinds: [veth]\nvdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}\n"
 
     func run() throws {
         guard isRoot else { throw ValidationError("segguard-bench needs root (network namespaces)") }
@@ -285,7 +285,7 @@ struct EAPBench: ParsableCommand {
         defer { ns.destroy() }
         try ns.addVeth("tcb0", index: 4011, peer: "gwb0", index: 4012)
 
-        let policy = "schema_version: 1\nname: bench\nsites:\n  - name: bench\n    wired:\n      - interfaces: [\"tcb*\"]\n        link_kinds: [veth]\n        device_auth: eap-tls\n"
+        let policy = "schema_version: 1\nname: bench\nsites:\n  - name: bench\n    wired:\n      - interfaces: [\"tcb*\"]\n        link_kinds: [veth]\n        device_auth: eap-tls\nvdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}\n"
         let local = FileManager.default.temporaryDirectory.appendingPathComponent("sgbench-eap-\(getpid())").path
         try FileManager.default.createDirectory(atPath: local, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: local) }

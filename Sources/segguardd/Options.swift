@@ -4,6 +4,7 @@
 import ArgumentParser
 import Logging
 import SegguardControl
+import SegguardEnforce
 import SegguardWire
 
 /// The segment-guard daemon.
@@ -31,8 +32,8 @@ struct Segguardd: ParsableCommand {
     @Option(name: .long, help: "nftables table (family inet) the network binding owns.")
     var nftTable: String = "segguard"
 
-    @Option(name: .long, help: "Where to keep the boot-time baseline table (nft -j -f loads it before the network is up).")
-    var baselineFile: String = "/var/lib/segguard/baseline.nft.json"
+    @Option(name: .long, help: "The baseline table (nft text): loaded before the policy at start, by the boot unit before the network is up and by the service unit after a stop.")
+    var baselineFile: String = "/var/lib/segguard/baseline.nft"
 
     @Option(name: .long, help: "cgroup v2 directory for VDI sessions (default: <cgroup2 mount>/segguard).")
     var sessionCgroup: String?
@@ -79,6 +80,9 @@ struct Segguardd: ParsableCommand {
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level: \"\(logLevel)\" is not one of trace, debug, info, notice, warning, error, critical")
+        }
+        guard NftablesRuleset.isValidTableName(nftTable) else {
+            throw ValidationError("--nft-table: \"\(nftTable)\" is not a table name segguardd uses: 1 to 64 ASCII letters, digits, '_' or '-', starting with a letter")
         }
     }
 }

@@ -27,6 +27,8 @@ extension Segguardd {
         let procConnector = try enterNamespace()  // before any thread exists: all of them inherit it
         JournalLogHandler.bootstrap(level: Logger.Level(rawValue: logLevel) ?? .info)
         let logger = Logger(label: "segguardd")
+        // Fail closed before anything that can fail: the last good policy's baseline.
+        let binding = try loadBaseline(logger)
         // A bundle applied earlier (verified again now) takes precedence over the local file.
         var policyFile = policy
         var bundle: AppliedBundle?
@@ -42,6 +44,7 @@ extension Segguardd {
             loaded = try Agent.loadPolicy(file: policyFile)
         } catch {
             FileHandle.standardError.write(Data("segguardd: \(error)\n".utf8))
+            logger.critical("the policy is refused; the baseline of the last good policy stays in force", metadata: ["file": "\(policyFile)"])
             throw ExitCode(2)
         }
         var configuration = AgentConfiguration(policyFile: policyFile, bundlePolicyFile: bundleDir + "/bundle-policy.yaml", baselineFile: baselineFile,
@@ -50,7 +53,7 @@ extension Segguardd {
         configuration.procConnector = procConnector
         configuration.timingsFile = timingsFile
         let hangSwitch = (socket as NSString).deletingLastPathComponent + "/fault-hang-netlink-loop"
-        let agent = Agent(policy: loaded, configuration: configuration, sources: try sources(logger),
+        let agent = Agent(policy: loaded, configuration: configuration, sources: try sources(binding: binding, logger),
                           observer: Notifier(hangSwitch: hangSwitch, logger: logger), logger: logger)
         logger.notice("policy loaded", metadata: ["policy": "\(loaded.policy.name)", "file": "\(policyFile)", "sites": "\(loaded.policy.sites.count)"])
         let restored = bundle
@@ -74,8 +77,10 @@ extension Segguardd {
         }
     }
 
-    /// The kernel sources the agent reads and drives.
-    func sources(_ logger: Logger) throws -> AgentSources {
+    /// The nftables binding, with the baseline file (written by the last run for its last good
+    /// policy: drop-all under enforce) loaded before the policy is even read, so that neither
+    /// a refused policy nor any other failure at start leaves an earlier run's allow in force.
+    func loadBaseline(_ logger: Logger) throws -> NftablesBinding {
         let binding: NftablesBinding
         do {
             binding = try NftablesBinding(table: nftTable)
@@ -83,6 +88,20 @@ extension Segguardd {
             logger.critical("cannot set up enforcement", metadata: ["error": "\(error)"])
             throw ExitCode(1)
         }
+        guard let text = FileManager.default.contents(atPath: baselineFile) else {
+            logger.notice("no baseline file yet (first start): the table is made from the policy", metadata: ["file": "\(baselineFile)"])
+            return binding
+        }
+        do {
+            try binding.apply(text)
+        } catch {
+            logger.critical("cannot load the baseline file", metadata: ["file": "\(baselineFile)", "error": "\(error)"])
+        }
+        return binding
+    }
+
+    /// The kernel sources the agent reads and drives.
+    func sources(binding: NftablesBinding, _ logger: Logger) throws -> AgentSources {
         var tracker: SessionTracker?
         if let base = sessionCgroup ?? SessionTracker.defaultBase() {
             do { tracker = try SessionTracker(base: base) } catch { logger.error("no session tracking: My Number launches will be refused", metadata: ["error": "\(error)"]) }

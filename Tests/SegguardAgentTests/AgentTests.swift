@@ -338,7 +338,7 @@ struct AgentOrderTests {
     func badBundle() async throws {
         let h = try AgentHarness()
         defer { h.close() }
-        let bad = PolicyBundlePayload(group: "mynumber", version: 1, policyYAML: "schema_version: 1\nname: x\nsites: 3\n", createdAt: Date())
+        let bad = PolicyBundlePayload(group: "mynumber", version: 1, policyYAML: "schema_version: 1\nname: x\nsites: 3\nvdi: {gateways: [{address: 192.0.2.10}]}\n", createdAt: Date())
         do {
             try await h.agent.apply(bundle: bad)
             Issue.record("an invalid bundle was applied")
@@ -354,7 +354,7 @@ struct AgentOrderTests {
         let h = try AgentHarness()
         defer { h.close() }
         h.send([AgentHarness.desk])
-        try "schema_version: 1\nname: broken\nsites: 3\n".write(toFile: h.policyFile, atomically: true, encoding: .utf8)
+        try "schema_version: 1\nname: broken\nsites: 3\nvdi: {gateways: [{address: 192.0.2.10}]}\n".write(toFile: h.policyFile, atomically: true, encoding: .utf8)
         h.agent.reload()
         h.agent.settle()
         #expect(h.status.policyName == "agent-test")

@@ -165,6 +165,7 @@ struct CapturePolicyTests {
         let p = try PolicyLoader.load(text: """
             schema_version: 1
             sites: [{name: hq, wired: [{interfaces: [eth0]}]}]
+            vdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}
             profiles:
               - {name: mynumber, segment: mynumber, command: [/usr/bin/xfreerdp], capture: trusted-only}
             capture:
@@ -179,7 +180,7 @@ struct CapturePolicyTests {
         #expect(p.capture.mode == .enforce && p.capture.scope == .sessions && p.capture.failMode == .allow && p.capture.decisionTimeoutMs == 250)
         #expect(p.capture.blockSHA256 == [String(repeating: "ab", count: 32)])
         #expect(p.profiles[0].capture == .trustedOnly)
-        let none = try PolicyLoader.load(text: "schema_version: 1\nsites: [{name: hq, wired: [{interfaces: [eth0]}]}]\n", file: "q.yaml")
+        let none = try PolicyLoader.load(text: "schema_version: 1\nsites: [{name: hq, wired: [{interfaces: [eth0]}]}]\nvdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}\n", file: "q.yaml")
         #expect(none.capture.mode == .off)
     }
 
@@ -193,7 +194,7 @@ struct CapturePolicyTests {
         ("capture: {block: {arguments: [{name: ffmpeg}]}}", "capture.block.arguments[0].any_of"),
     ])
     func mistakes(line: String, path: String) {
-        let text = "schema_version: 1\nsites: [{name: hq, wired: [{interfaces: [eth0]}]}]\n\(line)\n"
+        let text = "schema_version: 1\nsites: [{name: hq, wired: [{interfaces: [eth0]}]}]\n\(line)\nvdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}\n"
         do {
             _ = try PolicyLoader.load(text: text, file: "c.yaml")
             Issue.record("accepted: \(line)")

@@ -87,7 +87,7 @@ struct ReporterTests {
             let p = try b.unverifiedPayload()
             #expect(try await store.putBundle(StoredBundle(group: p.group, version: p.version, policySHA256: p.policySHA256, bundle: b, pushedAt: Date(), pushedBy: "test")) == .stored)
         }
-        let valid = "schema_version: 1\nname: pushed\nsites: [{name: hq, wired: [{interfaces: [eth0]}]}]\n"
+        let valid = "schema_version: 1\nname: pushed\nsites: [{name: hq, wired: [{interfaces: [eth0]}]}]\nvdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}\n"
         let appliedVersions = Mutex<[Int64]>([])
         let reporter = try await makeReporter(c, id: "tc-0001", group: "mynumber", dir: dir, key: admin.publicKey) { payload in
             _ = try PolicyLoader.load(text: payload.policyYAML, file: "bundle")

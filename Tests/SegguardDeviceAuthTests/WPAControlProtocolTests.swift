@@ -125,13 +125,14 @@ struct DeviceAuthDecisionTests {
               - name: hq
                 wireless: [{ssid: mn-office, device_auth: eap-tls}]
                 wired: [{interfaces: [eth0], device_auth: eap-tls}]
+            vdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}
             """, file: "p.yaml")
         #expect(p.sites[0].wireless[0].deviceAuth == .eapTLS && p.sites[0].wired[0].deviceAuth == .eapTLS)
         #expect(throws: PolicyLoadError.self) {
             try PolicyLoader.load(text: "schema_version: 1\nsites:\n  - name: hq\n    wireless: [{ssid: x, security: [psk], device_auth: eap-tls}]\n", file: "q.yaml")
         }
         do {
-            _ = try PolicyLoader.load(text: "schema_version: 1\nsites:\n  - name: hq\n    wireless: [{ssid: x, security: [psk, enterprise], device_auth: eap-tls}]\n", file: "q.yaml")
+            _ = try PolicyLoader.load(text: "schema_version: 1\nsites:\n  - name: hq\n    wireless: [{ssid: x, security: [psk, enterprise], device_auth: eap-tls}]\nvdi: {gateways: [{address: 192.0.2.10}]}\n", file: "q.yaml")
         } catch {
             #expect(error.issues.first?.description == "q.yaml:4:68: sites[0].wireless[0].device_auth: eap-tls needs security [enterprise] (802.1X); this rule also accepts psk")
         }
@@ -145,6 +146,7 @@ extension DeviceAuthDecisionTests {
           - name: hq
             wireless: [{ssid: mn-office, device_auth: eap-tls}]
             wired: [{interfaces: [eth0], device_auth: eap-tls}]
+        vdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}
         """, file: "p.yaml")
     static let wifi = WirelessLink(ssid: SSID("mn-office"), bssid: MACAddress("02:00:5e:00:53:01"), frequencyMHz: 5180, security: .enterprise)
 }

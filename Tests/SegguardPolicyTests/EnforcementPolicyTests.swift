@@ -27,7 +27,7 @@ struct EnforcementPolicyTests {
 
     @Test("without an enforcement section every control enforces, with a 5 s grace")
     func defaults() throws {
-        let p = try PolicyLoader.load(text: "schema_version: 1\nsites:\n  - name: hq\n    wired: [{interfaces: [eth0]}]\n", file: "d.yaml")
+        let p = try PolicyLoader.load(text: "schema_version: 1\nsites:\n  - name: hq\n    wired: [{interfaces: [eth0]}]\nvdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}\n", file: "d.yaml")
         #expect(p.enforcement == EnforcementRule())
         #expect(p.enforcement.launchGate == .enforce && p.enforcement.sessionTermination == .enforce && p.enforcement.networkBinding == .enforce)
         #expect(p.enforcement.graceSeconds == 5 && p.enforcement.killTimeoutSeconds == 3)

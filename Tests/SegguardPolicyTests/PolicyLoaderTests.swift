@@ -215,7 +215,7 @@ struct PolicyFixtureTests {
         #expect(p.sites.count == 1)
         #expect(p.sites[0].wired == [WiredRule(interfaces: ["sgdemo*"], linkKinds: ["veth"], location: "demo-veth.yaml:7")])
         #expect(p.uplinks == UplinkRule(otherUplinks: .deny, ignore: []))
-        #expect(p.vdi.gateways.isEmpty)
+        #expect(p.vdi.gateways == [Gateway(prefix: IPPrefix("192.0.2.10")!, ports: [443], transport: .tcp)])
     }
 
     @Test("japanese-ssid.yaml: a UTF-8 Japanese SSID and a 32-byte SSID")

@@ -116,6 +116,7 @@ func capturePolicy(mode: String = "enforce", failMode: String = "allow", timeout
         sites:
           - name: hq
             wired: [{interfaces: ["sgc*"], link_kinds: [veth]}]
+        vdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}
         capture:
           mode: \(mode)
           scope: always
@@ -279,6 +280,7 @@ struct CaptureTests {
             sites:
               - name: hq
                 wired: [{interfaces: ["sgc*"], link_kinds: [veth]}]
+            vdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}
             profiles:
               - {name: mynumber, segment: mynumber, capture: trusted-only}
             capture:

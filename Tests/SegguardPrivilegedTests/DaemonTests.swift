@@ -110,6 +110,7 @@ let daemonPolicy = """
         wired:
           - interfaces: ["sgw*"]
             link_kinds: [veth]
+    vdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}
     """
 
 @Suite("segguardd and segguardctl end to end", .serialized, .enabled(if: canCreateNamespaces, "needs root and iproute2 to create network namespaces"))
@@ -145,7 +146,7 @@ struct DaemonTests {
         try (daemonPolicy + "\nuplinkz: {}\n").write(to: d.policyFile, atomically: true, encoding: .utf8)
         kill(d.process.processIdentifier, SIGHUP)
         let refused = try #require(try d.status { $0.lastPolicyError != nil })
-        #expect(refused.lastPolicyError?.contains("policy.yaml:8:1: uplinkz: unknown key \"uplinkz\"") == true, "\(refused.lastPolicyError ?? "")")
+        #expect(refused.lastPolicyError?.contains("policy.yaml:9:1: uplinkz: unknown key \"uplinkz\"") == true, "\(refused.lastPolicyError ?? "")")
         #expect(refused.decision.segment == .authorizedWired)
         #expect(refused.policyName == "daemon-test")
 
@@ -204,7 +205,7 @@ struct DaemonTests {
         defer { try? FileManager.default.removeItem(at: dir) }
         let good = dir.appendingPathComponent("good.yaml"), bad = dir.appendingPathComponent("bad.yaml")
         try daemonPolicy.write(to: good, atomically: true, encoding: .utf8)
-        try "schema_version: 1\nsites:\n  - name: hq\n    wireless:\n      - ssid: mn-office\n        bssids: [\"aa:bb\"]\n        securty: [psk]\n"
+        try "schema_version: 1\nsites:\n  - name: hq\n    wireless:\n      - ssid: mn-office\n        bssids: [\"aa:bb\"]\n        securty: [psk]\nvdi: {gateways: [{address: 192.0.2.10}]}\n"
             .write(to: bad, atomically: true, encoding: .utf8)
         func run(_ file: URL) throws -> (Int32, String, String) {
             try runCapturing(binDir.appendingPathComponent("segguardctl"), ["check-policy", file.path])

@@ -22,6 +22,7 @@ let eapPolicy = """
           - interfaces: ["tcx*"]
             link_kinds: [veth]
             device_auth: eap-tls
+    vdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}
     """
 
 /// segguardd in a namespace with an 802.1X port: tcx0 (thin client) — gwx0 (hostapd).

@@ -31,6 +31,7 @@ final class EnforcementLab {
     var socket: String { dir.appendingPathComponent("control.sock").path }
     var policyFile: URL { dir.appendingPathComponent("policy.yaml") }
     var log: URL { dir.appendingPathComponent("daemon.log") }
+    var baselineFile: String { dir.appendingPathComponent("baseline.nft").path }
 
     static func policy(mode: String = "enforce", grace: Double = 0) -> String {
         """
@@ -95,7 +96,7 @@ final class EnforcementLab {
         let p = Process()
         p.executableURL = binDir.appendingPathComponent("segguardd")
         p.arguments = ["--netns", client.path, "--policy", policyFile.path, "--socket", socket, "--session-cgroup", cgroup,
-                       "--baseline-file", dir.appendingPathComponent("baseline.json").path]
+                       "--baseline-file", baselineFile]
         if !FileManager.default.fileExists(atPath: log.path) { _ = FileManager.default.createFile(atPath: log.path, contents: nil) }
         let h = try FileHandle(forWritingTo: log)
         h.seekToEndOfFile()
@@ -161,6 +162,11 @@ final class EnforcementLab {
         guard segment == "authorized-wired" else { return false }
         let listing = (try? runCommand(["nsenter", "--net=\(client.path)", "nft", "list", "table", "inet", "segguard"])) ?? ""
         return listing.contains("oifname \"sga0\"") && listing.contains("accept")
+    }
+    /// The table has an accept verdict (some interface may reach the gateway).
+    var tableAccepts: Bool {
+        let listing = (try? runCommand(["nsenter", "--net=\(client.path)", "nft", "list", "table", "inet", "segguard"])) ?? ""
+        return listing.contains(" accept comment")
     }
     var sessions: [SessionEntry] { reply(.sessions)?.sessions ?? [] }
     var denials: [EventEntry] { reply(.whyDenied)?.events ?? [] }
@@ -231,6 +237,51 @@ struct EnforcementTests {
         let again = try lab.launch(["/bin/true"])
         again.waitUntilExit()
         #expect(again.terminationStatus == 0)
+    }
+
+    @Test("fail closed on every exit: SIGTERM, SIGKILL with the unit's ExecStopPost, a start with an invalid policy; each leaves the gateway unreachable")
+    func failClosedOnExit() throws {
+        let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3970)
+        defer { lab.cleanup() }
+        func authorized() throws {
+            try lab.startDaemon()
+            #expect(lab.eventually { lab.isBoundToSga0 })
+            #expect(lab.eventually { lab.canReachGateway() })
+        }
+
+        // SIGTERM (systemctl stop): the daemon loads the drop-all baseline itself as it stops.
+        try authorized()
+        lab.killDaemon(SIGTERM)
+        #expect(lab.daemon?.terminationStatus == 0)
+        #expect(lab.hasTable && !lab.tableAccepts)
+        #expect(!lab.canReachGateway())
+        #expect(try String(contentsOf: lab.log, encoding: .utf8).contains("agent stopped; the network binding now holds the drop-all baseline"))
+
+        // SIGKILL: the process can do nothing; the allow table stays until the unit's stop
+        // hook runs. The hook's command, read from the shipped unit, with this lab's file.
+        try authorized()
+        lab.killDaemon(SIGKILL)
+        #expect(lab.tableAccepts, "after SIGKILL only the service manager can close the table")
+        let unit = try String(contentsOf: URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Packaging/segguardd.service"), encoding: .utf8)
+        let hook = try #require(unit.split(separator: "\n").first { $0.hasPrefix("ExecStopPost=") })
+        #expect(hook == "ExecStopPost=-/usr/sbin/nft -f /var/lib/segguard/baseline.nft")
+        let argv = hook.dropFirst("ExecStopPost=-".count).split(separator: " ").map(String.init).map { $0 == "/var/lib/segguard/baseline.nft" ? lab.baselineFile : $0 }
+        _ = try runCommand(["nsenter", "--net=\(lab.client.path)"] + argv)
+        #expect(!lab.tableAccepts)
+        #expect(!lab.canReachGateway())
+
+        // An invalid policy at start, after a run killed while it allowed sga0: segguardd exits 2
+        // having loaded the last good policy's baseline before reading the policy.
+        try authorized()
+        lab.killDaemon(SIGKILL)
+        #expect(lab.tableAccepts)
+        try "schema_version: 1\nsites: 3\n".write(to: lab.policyFile, atomically: true, encoding: .utf8)
+        try lab.startDaemon()
+        lab.daemon?.waitUntilExit()
+        #expect(lab.daemon?.terminationStatus == 2)
+        #expect(lab.hasTable && !lab.tableAccepts)
+        #expect(!lab.canReachGateway())
     }
 
     @Test("a second uplink appearing ends the session")

@@ -87,11 +87,17 @@ final class GatewayLab {
         udpSend(namespacePath: client.path, address: address, port: port)
     }
 
-    /// Packet counters of the table's rules, by role (nil when the table or rule is absent).
-    func packets(_ role: NftablesRuleset.RuleRole) throws -> UInt64? {
+    /// Packet counters of the output chain's rules, by role (nil when the table or rule is absent).
+    func packets(_ role: NftablesRuleset.RuleRole, chain: String = NftablesRuleset.chainName) throws -> UInt64? {
         guard let listing = try binding.listTable() else { return nil }
         let comment = NftablesRuleset.comment(role, gateway: GatewayLab.gateway)
-        return NftablesRuleset.counters(inListing: listing).first { $0.comment == comment }?.packets
+        return NftablesRuleset.counters(inListing: listing).first { $0.comment == comment && $0.chain == chain }?.packets
+    }
+
+    /// TCP connect to the gateway address on another port (nothing listens there: the
+    /// gateway's kernel answers with a reset, "Connection refused", unless a drop eats the SYN).
+    func connect(port: UInt16, timeout: Double = 1) -> Result<Void, SocketFailure> {
+        tcpConnect(namespacePath: client.path, address: GatewayLab.vdi, port: port, timeout: timeout)
     }
 }
 
@@ -120,8 +126,7 @@ struct NftablesBindingTests {
         #expect(lab.udp().error?.message == "Operation not permitted")
         #expect(lab.server.acceptedCount == 1)
         #expect(try #require(try lab.packets(.drop)) >= 2)
-        // Only the gateway's address and ports are bound: other traffic on sgb0 still flows.
-        #expect(lab.udp(port: 9999).succeeded)
+        // Only the gateway's prefix is bound: other destinations on sgb0 still flow.
         #expect(lab.udp(to: IPAddress("10.61.2.1")!, port: 8443).succeeded)
 
         // A new decision moves the binding to sgb0 in one transaction.
@@ -151,9 +156,10 @@ struct NftablesBindingTests {
 
         try lab.binding.apply(NftablesRuleset.update(table: GatewayLab.table, gateways: [GatewayLab.gateway], allowedInterfaces: ["sgb0"], mode: .enforce))
         let listing = try #require(try lab.binding.listTable())
-        let comments = NftablesRuleset.counters(inListing: listing).map(\.comment)
+        let comments = NftablesRuleset.counters(inListing: listing).filter { $0.chain == "output" }.map(\.comment)
         #expect(comments == [NftablesRuleset.comment(.allow, gateway: GatewayLab.gateway), NftablesRuleset.comment(.drop, gateway: GatewayLab.gateway)])
         #expect(!listing.contains(#""expr": [{"accept": null}]"#), "the inserted bare accept is gone")
+        #expect(NftablesRuleset.counters(inListing: listing).filter { $0.chain == "forward" }.count == 2)
         // sga0 is no longer allowed: dropped, whatever the other table accepts.
         #expect(lab.connect(timeout: 1).error == .timedOut)
         #expect(lab.udp().error == .notPermitted)
@@ -200,6 +206,56 @@ struct NftablesBindingTests {
         #expect(lab.connect().succeeded, "dormant: nothing filtered")
         #expect(c.repair(lost, policy: policy, generation: 1) == .applied(mode: .enforce, allowed: []))
         #expect(lab.connect(timeout: 1).error == .timedOut)
+    }
+
+    @Test("the listed ports narrow what is allowed, never what is dropped: other tcp and udp ports to the gateway are dropped through every interface")
+    func unlistedPortsDropped() throws {
+        let lab = try GatewayLab()
+        defer { lab.close() }
+        try lab.route(via: "b")
+        // Without the table: nothing listens on tcp/80, so the gateway answers with a reset.
+        #expect(lab.connect(port: 80).error == SocketFailure(errno: ECONNREFUSED))
+        #expect(lab.udp(port: 53).succeeded)
+
+        try lab.apply(["sga0"])
+        // Through the unauthorized interface: every protocol and port to the gateway dropped.
+        #expect(lab.connect(port: 80).error == .timedOut)
+        #expect(lab.connect(port: 443).error == .timedOut)
+        #expect(lab.udp(port: 53).error == .notPermitted)
+        #expect(lab.udp(port: 443).error == .notPermitted)
+        // Through the authorized interface: the listed port passes, the others are dropped too.
+        try lab.route(via: "a")
+        #expect(lab.connect().succeeded)
+        #expect(lab.connect(port: 80).error == .timedOut)
+        #expect(lab.udp(port: 53).error == .notPermitted)
+        #expect(lab.udp().succeeded, "udp/8443 is listed (transport both)")
+    }
+
+    @Test("forward chain: gateway traffic routed through the client (a local VM or container) leaves only through the authorized interface")
+    func forwardedTrafficBound() throws {
+        let lab = try GatewayLab()
+        defer { lab.close() }
+        let vm = try TestNamespace(prefix: "sgnftv")
+        defer { vm.destroy() }
+        try lab.client.addVeth("sgv0", index: 3205, peer: "vmv0", index: 3206, up: false)
+        try lab.client.ip("link", "set", "vmv0", "netns", vm.name)
+        try lab.client.ip("addr", "add", "10.61.7.1/24", "dev", "sgv0")
+        try lab.client.ip("link", "set", "sgv0", "up")
+        try vm.ip("addr", "add", "10.61.7.2/24", "dev", "vmv0")
+        try vm.ip("link", "set", "vmv0", "up")
+        try vm.ip("route", "add", "default", "via", "10.61.7.1")
+        try lab.gatewayNS.ip("route", "add", "10.61.7.0/24", "via", "10.61.1.2")  // replies come back over path a
+        _ = try runCommand(["ip", "netns", "exec", lab.client.name, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
+        func vmConnect(timeout: Double = 5) -> Result<Void, SocketFailure> {
+            tcpConnect(namespacePath: vm.path, address: GatewayLab.vdi, port: GatewayLab.port, timeout: timeout)
+        }
+        #expect(vmConnect().succeeded, "forwarding works without the table")
+
+        try lab.apply(["sga0"])
+        #expect(vmConnect().succeeded, "forwarded through the authorized sga0")
+        try lab.route(via: "b")
+        #expect(vmConnect(timeout: 1).error == .timedOut, "forwarded through the unauthorized sgb0: dropped")
+        #expect(try #require(try lab.packets(.drop, chain: "forward")) >= 1)
     }
 
     @Test("enforce with no authorized interface: gateway traffic is dropped on both paths")
@@ -260,18 +316,17 @@ struct NftablesBindingTests {
         try lab.apply(["sga0"])
         let before = try #require(try lab.binding.listTable())
 
-        // Rejected by libnftables' JSON parser: an unknown statement in the last rule.
-        let bogus = try appending(["add": ["rule": ["family": "inet", "table": GatewayLab.table, "chain": "output", "expr": [["bogus": 1]]]]],
-                                  to: lab.transaction(["sgb0"]))
+        // Rejected by libnftables' parser: an unknown statement in the last rule.
+        let bogus = appending("add rule inet \(GatewayLab.table) output bogus", to: lab.transaction(["sgb0"]))
         let parseError = try #require(throws: NftablesError.self) { try lab.binding.apply(bogus) }
         #expect(parseError.operation == "apply the transaction to table inet segguard_test")
-        #expect(parseError.detail.contains("Unknown statement object 'bogus'"), "\(parseError.detail)")
+        #expect(parseError.detail.contains("syntax error"), "\(parseError.detail)")
         #expect(parseError.description.hasPrefix("nftables: cannot apply the transaction to table inet segguard_test: "))
         #expect(try lab.binding.listTable() == before)
 
         // Rejected by the kernel: the batch (which had already deleted and re-made our table)
         // also deletes a table that does not exist, so the whole transaction is aborted.
-        let kernelRejected = try appending(["delete": ["table": ["family": "inet", "name": "segguard_absent"]]], to: lab.transaction(["sgb0"]))
+        let kernelRejected = appending("delete table inet segguard_absent", to: lab.transaction(["sgb0"]))
         let kernelError = try #require(throws: NftablesError.self) { try lab.binding.apply(kernelRejected) }
         #expect(kernelError.detail.contains("No such file or directory"), "\(kernelError.detail)")
         #expect(try lab.binding.listTable() == before)
@@ -293,42 +348,43 @@ struct NftablesBindingTests {
         // The object is gone; the kernel still has the table and still drops.
         let listing = try runCommand(["ip", "netns", "exec", lab.client.name, "nft", "-j", "list", "table", "inet", "segguard_released"])
         let counters = NftablesRuleset.counters(inListing: listing)
-        #expect(counters.map(\.comment) == [NftablesRuleset.comment(.drop, gateway: GatewayLab.gateway)])
+        #expect(counters.map(\.comment) == [NftablesRuleset.comment(.drop, gateway: GatewayLab.gateway), NftablesRuleset.comment(.drop, gateway: GatewayLab.gateway)])
+        #expect(counters.map(\.chain) == ["output", "forward"])
         #expect(lab.udp().error == .notPermitted)
 
         // A binding created on a thread inside the client namespace, used here from the
         // test's own thread: it still sees the client's tables, not the host's.
         let viaLab = try withNetworkNamespace(lab.client.path) { try NftablesBinding(table: "segguard_released") }
-        #expect(try viaLab.listTable().map { NftablesRuleset.counters(inListing: $0).count } == 1)
+        #expect(try viaLab.listTable().map { NftablesRuleset.counters(inListing: $0).count } == 2)
         try viaLab.deleteTable()
         #expect(lab.udp().succeeded)
     }
 
-    @Test("the baseline file is written atomically and `nft -j -f` loads it, blocking the gateway")
+    @Test("the baseline file is written atomically and `nft -f` loads it, blocking the gateway")
     func baselineFileLoadsWithNft() throws {
         let lab = try GatewayLab()
         defer { lab.close() }
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("sgnft-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
-        let path = dir.appendingPathComponent("segguard-baseline.json").path
+        let path = dir.appendingPathComponent("segguard-baseline.nft").path
 
         try "stale".write(toFile: path, atomically: false, encoding: .utf8)
         try lab.binding.writeBaseline(gateways: [GatewayLab.gateway], to: path)
         #expect(FileManager.default.contents(atPath: path) == NftablesRuleset.baseline(table: GatewayLab.table, gateways: [GatewayLab.gateway]))
-        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path) == ["segguard-baseline.json"])
+        #expect(try FileManager.default.contentsOfDirectory(atPath: dir.path) == ["segguard-baseline.nft"])
         let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
         #expect(mode == 0o644)
 
         #expect(lab.connect().succeeded)
-        try runCommand(["ip", "netns", "exec", lab.client.name, "nft", "-j", "-f", path])
+        try runCommand(["ip", "netns", "exec", lab.client.name, "nft", "-f", path])
         #expect(lab.connect(timeout: 1).error == .timedOut)
         #expect(lab.udp().error == .notPermitted)
         #expect(try lab.packets(.allow) == nil)
         #expect(try #require(try lab.packets(.drop)) >= 2)
 
         // Loading it again (the unit restarting) replaces it cleanly; then the daemon takes over.
-        try runCommand(["ip", "netns", "exec", lab.client.name, "nft", "-j", "-f", path])
+        try runCommand(["ip", "netns", "exec", lab.client.name, "nft", "-f", path])
         #expect(try lab.packets(.drop) == 0)
         try lab.apply(["sga0"])
         #expect(lab.connect().succeeded)
@@ -354,8 +410,8 @@ struct NftablesBindingTests {
         try apply([])
         #expect(tcpConnect(namespacePath: lab.client.path, address: vdi6, port: 443, timeout: 1).error == .timedOut)
         #expect(udpSend(namespacePath: lab.client.path, address: vdi6, port: 53).error == .notPermitted)
-        // Traffic to other destinations and ports still flows.
-        #expect(lab.udp(port: 9999).succeeded)
+        // Traffic to other destinations still flows.
+        #expect(lab.udp(to: IPAddress("10.61.1.1")!, port: 9999).succeeded)
 
         try apply(["sga0"])
         #expect(tcpConnect(namespacePath: lab.client.path, address: vdi6, port: 443, timeout: 5).succeeded)
@@ -377,12 +433,8 @@ struct NftablesBindingTests {
         #expect(e.detail.hasSuffix(": No such file or directory (errno 2)"))
     }
 
-    /// The batch with one more command appended.
-    private func appending(_ command: [String: Any], to batch: Data) throws -> Data {
-        var root = try #require(try JSONSerialization.jsonObject(with: batch) as? [String: Any])
-        var cmds = try #require(root["nftables"] as? [Any])
-        cmds.append(command)
-        root["nftables"] = cmds
-        return try JSONSerialization.data(withJSONObject: root)
+    /// The batch with one more command line appended.
+    private func appending(_ command: String, to batch: Data) -> Data {
+        batch + Data((command + "\n").utf8)
     }
 }

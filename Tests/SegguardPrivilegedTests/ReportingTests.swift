@@ -65,6 +65,7 @@ struct ReportingTests {
             schema_version: 1
             name: reporting-test
             sites: [{name: hq, wired: [{interfaces: ["sgrep0"], link_kinds: [veth]}]}]
+            vdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}
             report: {heartbeat_seconds: 1, jitter: 0, batch_size: 7, max_backoff_seconds: 1}
             """.write(toFile: dir + "/policy.yaml", atomically: true, encoding: .utf8)
 
