@@ -191,3 +191,7 @@ int sg_thread_name(char *buf, size_t len) {
     if (len < 16) return -ERANGE;
     return prctl(PR_GET_NAME, (unsigned long)buf, 0, 0, 0) == 0 ? 0 : -errno;
 }
+
+int sg_gettid(void) {
+    return (int)syscall(SYS_gettid);
+}

@@ -133,6 +133,13 @@ final class AgentCore {
     private var repairTimer: PollLoop.TimerID?
     private var watchdogTimer: PollLoop.TimerID?
     private var readBackTimer: PollLoop.TimerID?
+    /// nf_tables' announcements of foreign changes to the table, and the loop's watch on them.
+    private var tableFeed: (feed: any TableChangeFeed, watch: PollLoop.WatchID)?
+    /// Tamper events: the last one's time, and the restores not reported since (at most one
+    /// event a second, so that a process fighting the table cannot flood the log).
+    private var lastTamperEvent: UInt64 = 0
+    private var tamperUnreported: (count: Int, first: TableChange?, outcome: BindingController.Outcome?, ms: Double) = (0, nil, nil, 0)
+    private var tamperTimer: PollLoop.TimerID?
     /// Session terminations running on `terminator`.
     private(set) var terminationsInFlight = 0
     private(set) var events: EventLog
@@ -171,6 +178,9 @@ final class AgentCore {
     /// run left: the baseline first, then the sources.
     func start() throws {
         binding?.applyBaseline(policy: policy)
+        if let feed = binding?.binding.changeFeed() {
+            tableFeed = (feed, loop.watch(feed.fd) { [unowned self] in tableChanged() })
+        }
         scheduleRepair()
         if configuration.watchdogInterval != nil {
             observer.watchdog()
@@ -200,7 +210,9 @@ final class AgentCore {
         sources.deviceAuth?.stop()
         sources.network.stop()
         gate?.stop()
-        for t in [graceTimer, repairTimer, watchdogTimer, readBackTimer].compactMap({ $0 }) { loop.cancel(t) }
+        for t in [graceTimer, repairTimer, watchdogTimer, readBackTimer, tamperTimer].compactMap({ $0 }) { loop.cancel(t) }
+        if let t = tableFeed { loop.unwatch(t.watch) }
+        tableFeed = nil
         // Nothing watches the network from here on: nothing may stay open (fail closed).
         if let binding {
             let inForce = binding.close(policy: policy)
@@ -333,6 +345,54 @@ final class AgentCore {
     func repair() {
         guard let binding, let outcome = binding.repair(monitor.decision, policy: policy, generation: generation) else { return }
         recordBinding(outcome, eventNanos: monotonicNanos(), decisionChanged: true)
+    }
+
+    /// nf_tables announced changes: another process's to our table are undone at once (the
+    /// whole table for the decision in force) and reported; lost announcements mean a check.
+    func tableChanged() {
+        guard let feed = tableFeed?.feed, let binding else { return }
+        let changes = feed.drain()
+        guard !changes.isEmpty, !stopped else { return }
+        guard let first = changes.foreign.first else {
+            logger.warning("nf_tables notifications were lost; checking the table")
+            repair()
+            return
+        }
+        let woke = loop.wokeAt
+        guard let outcome = binding.restoreAfterForeignChange(monitor.decision, policy: policy, generation: generation) else { return }
+        let ms = Double(loop.clock() &- woke) / 1e6
+        recordBinding(outcome, eventNanos: woke, decisionChanged: false)
+        if tamperUnreported.first == nil { tamperUnreported.first = first }
+        tamperUnreported.count += changes.foreign.count
+        tamperUnreported.outcome = outcome
+        tamperUnreported.ms = max(tamperUnreported.ms, ms)
+        let now = loop.clock()
+        if lastTamperEvent == 0 || now &- lastTamperEvent >= 1_000_000_000 {
+            reportTamper()
+        } else if tamperTimer == nil {
+            tamperTimer = loop.schedule(at: lastTamperEvent &+ 1_000_000_000) { [unowned self] in
+                tamperTimer = nil
+                reportTamper()
+            }
+        }
+    }
+
+    /// One binding-tampered event for the restores since the last one.
+    func reportTamper() {
+        guard let binding, let by = tamperUnreported.first, let outcome = tamperUnreported.outcome else { return }
+        lastTamperEvent = loop.clock()
+        let (count, ms) = (tamperUnreported.count, tamperUnreported.ms)
+        tamperUnreported = (0, nil, nil, 0)
+        let who = "\(by.process.isEmpty ? "an unnamed task" : by.process) (pid \(by.pid))"
+        let more = count > 1 ? " (\(count) changes since the last report)" : ""
+        let restored: String
+        switch outcome {
+        case .failed(let error, let inForce): restored = "could not put it back (\(error)); \(inForce)"
+        default: restored = "the table for the decision in force was put back"
+        }
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(by.pid)/exe")) ?? "[\(by.process)]"
+        record(.bindingTampered, reason: "table inet \(binding.binding.table) changed by \(who)\(more): \(restored)", latencyMs: ms,
+               exec: EnforcementEvent.ExecDetails(path: exe, pid: by.pid))
     }
 
     func scheduleWatchdog() {

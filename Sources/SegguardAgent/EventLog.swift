@@ -53,7 +53,7 @@ extension EnforcementEvent {
             if let p = x.parentPid { details["ppid"] = "\(p)" }
             if let p = x.parentExecutable { details["parent"] = p }
         }
-        let severity = kind == .bindingFailed ? "critical" : (isDenial ? "warning" : "info")
+        let severity = kind == .bindingFailed || kind == .bindingTampered ? "critical" : (isDenial ? "warning" : "info")
         return (severity, details)
     }
 }

@@ -8,6 +8,8 @@
 //                               binding-failed); the next `repair` retries
 //   baseline refused as well -> the previous table stays in force; said in `.failed`
 //   table gone (flushed)     -> `repair` applies the current decision again
+//   changed by another process -> `restoreAfterForeignChange` (announced by nf_tables) or
+//                               `repair` (the periodic check) puts the whole table back
 //   baseline file not written -> logged; retried at the next change
 //   the agent stops            -> `close` loads the baseline (enforce: drop-all; audit/off:
 //                               no table), as the unit's ExecStopPost does after any exit
@@ -204,6 +206,16 @@ public final class BindingController {
         } else if !intact && !unreadable {
             logger.warning("the nftables table was changed by someone else: replacing it", metadata: ["table": "\(binding.table)"])
         }
+        applied = nil
+        owned = false
+        return enforce(decision, policy: policy, generation: generation)
+    }
+
+    /// Another process changed the table (nf_tables announced it): the whole table for the
+    /// current decision goes back at once, without comparing first (the change may be newer
+    /// than any fingerprint read so far). Nil when the binding is off (no table to keep).
+    public func restoreAfterForeignChange(_ decision: Decision, policy: Policy, generation: UInt64) -> Outcome? {
+        guard policy.enforcement.networkBinding != .off else { return nil }
         applied = nil
         owned = false
         return enforce(decision, policy: policy, generation: generation)

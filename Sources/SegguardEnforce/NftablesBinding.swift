@@ -42,6 +42,11 @@ public final class NftablesBinding: Sendable {
     private let listCtx: Mutex<OpaquePointer>
     /// Reads the table straight from the kernel for the periodic check (no libnftables).
     private let reader: NftablesFingerprintReader
+    /// The nf_tables notifications about the table (made with `watchChanges: true`).
+    private let monitor: Mutex<NftablesMonitor?>
+    /// Thread ids that have run a transaction through this binding: their notifications are
+    /// this process's own changes, not a foreign one.
+    private let ownThreads = OwnThreads()
 
     /// Every libnftables call of the process, across contexts, holds this lock: libnftables
     /// is not documented as thread-safe and keeps process-global state (one-time library
@@ -49,8 +54,10 @@ public final class NftablesBinding: Sendable {
     /// threads at once. segguardd has one context; tests and benchmarks have several.
     private static let library = Mutex(())
 
-    /// A context with JSON input/output and buffered output and errors.
-    public init(table: String = "segguard") throws(NftablesError) {
+    /// A context with JSON output and buffered output and errors. With `watchChanges`, also
+    /// subscribes (now, in this thread's namespace) to nf_tables' notifications for the table
+    /// (`changeFeed()`).
+    public init(table: String = "segguard", watchChanges: Bool = false) throws(NftablesError) {
         guard NftablesRuleset.isValidTableName(table) else {
             throw NftablesError(operation: "use table name \"\(table)\"", detail: "a table name here has 1 to 64 ASCII letters, digits, '_' or '-', starting with a letter")
         }
@@ -74,6 +81,20 @@ public final class NftablesBinding: Sendable {
         self.table = table
         self.ctx = Mutex(c)
         self.listCtx = Mutex(l)
+        self.monitor = Mutex(nil)
+        if watchChanges {
+            let own = ownThreads
+            let m = try NftablesMonitor(table: table) { tid in own.contains(tid) }
+            monitor.withLock { $0 = m }
+        }
+    }
+
+    /// The feed of foreign changes to the table, handed out once (nil without `watchChanges`).
+    public func changeFeed() -> (any TableChangeFeed)? {
+        monitor.withLock { m in
+            defer { m = nil }
+            return m
+        }
     }
 
     /// The table as the kernel holds it, as bytes without handles or counter values; nil when
@@ -157,6 +178,8 @@ public final class NftablesBinding: Sendable {
             }
         }
         guard !hasNUL else { throw NftablesError(operation: what, detail: "the batch contains a NUL byte") }
+        let tid = currentThreadID()
+        ownThreads.insert(tid)
         return try context.withLock { (c: inout OpaquePointer) throws(NftablesError) -> String in
             let (rc, out, err) = Self.library.withLock { _ in
                 let rc = nft_run_cmd_from_buffer(c, text)
@@ -181,4 +204,11 @@ public final class NftablesBinding: Sendable {
             return t["family"] as? String == NftablesRuleset.family && t["name"] as? String == table
         }
     }
+}
+
+/// The thread ids that ran this binding's transactions (at most 64: the daemon uses one or two).
+final class OwnThreads: Sendable {
+    private let ids = Mutex<Set<Int32>>([])
+    func insert(_ tid: Int32) { ids.withLock { if $0.count < 64 { $0.insert(tid) } } }
+    func contains(_ tid: Int32) -> Bool { ids.withLock { $0.contains(tid) } }
 }

@@ -16,6 +16,9 @@ public protocol NetworkBinding: AnyObject, Sendable {
     /// The table as the kernel holds it (flags, chains, rules; no handles or counter values),
     /// or nil when it is absent: equal fingerprints mean nobody changed it in between.
     func fingerprint() throws(NftablesError) -> [UInt8]?
+    /// Foreign changes to the table as the kernel announces them, for the agent's loop (nil:
+    /// none; the periodic check alone sees them). Handed out once.
+    func changeFeed() -> (any TableChangeFeed)?
 }
 
 /// Keeps VDI sessions (each a process tree held in a cgroup) and ends them. `SessionTracker` is

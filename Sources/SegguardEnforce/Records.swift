@@ -58,6 +58,8 @@ public struct EnforcementEvent: Sendable, Equatable {
         case sessionsWouldBeEnded = "sessions-would-be-ended"
         case bindingApplied = "binding-applied"
         case bindingFailed = "binding-failed"
+        /// Another process changed the binding's table; it was put back.
+        case bindingTampered = "binding-tampered"
         /// Capture blocking denied an exec (fanotify).
         case execDenied = "exec-denied"
         /// Audit mode: the exec would have been denied.

@@ -22,6 +22,9 @@ public func startThread(name: String, stackSize: Int? = nil, _ body: @escaping @
     thread.start()
 }
 
+/// The calling thread's id (what the kernel names as a task's pid in its notifications).
+public func currentThreadID() -> Int32 { sg_gettid() }
+
 /// The calling thread's kernel name (tests, logs).
 public func currentThreadName() -> String {
     var buf = [CChar](repeating: 0, count: 16)

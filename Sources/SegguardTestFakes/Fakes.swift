@@ -114,8 +114,30 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
 
     public let table: String
     private let state = Mutex<(applied: [Applied], refuse: ((Applied) -> Bool)?, present: Bool, listings: Int, rules: [(comment: String?, expr: String)], flags: [String])>(([], nil, false, 0, [], []))
+    /// With `announcesChanges`: what the kernel's notifications would say of the by-hand changes.
+    public let feed: FakeTableChangeFeed?
+    private let feedHandedOut = Mutex(false)
 
-    public init(table: String = "segguard") { self.table = table }
+    /// `announcesChanges`: the by-hand changes below are also announced on `changeFeed()`, as
+    /// nf_tables' notifications announce them (else only the periodic check finds them).
+    public init(table: String = "segguard", announcesChanges: Bool = false) {
+        self.table = table
+        self.feed = announcesChanges ? FakeTableChangeFeed() : nil
+    }
+
+    public func changeFeed() -> (any TableChangeFeed)? {
+        feedHandedOut.withLock { given in
+            defer { given = true }
+            return given ? nil : feed
+        }
+    }
+
+    private func announce(_ by: TableChange?) {
+        if let by { feed?.push(TableChanges(foreign: [by])) }
+    }
+
+    /// A foreign change as `nft` run by root would be announced.
+    public static let byNft = TableChange(generation: 7, pid: 4242, process: "nft")
 
     public func apply(_ transaction: Data) throws(NftablesError) {
         let parsed = Self.parse(transaction)
@@ -169,16 +191,28 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
     }
 
     /// `nft insert rule inet segguard output accept` by someone else.
-    public func insertRuleByHand() { state.withLock { $0.rules.insert((nil, "accept"), at: 0) } }
+    public func insertRuleByHand(_ by: TableChange? = byNft) {
+        state.withLock { $0.rules.insert((nil, "accept"), at: 0) }
+        announce(by)
+    }
     /// `nft replace rule … handle N …` keeping the rule's comment.
-    public func replaceRuleByHand(_ index: Int = 0) { state.withLock { $0.rules[index].expr = "replaced" } }
+    public func replaceRuleByHand(_ index: Int = 0, _ by: TableChange? = byNft) {
+        state.withLock { $0.rules[index].expr = "replaced" }
+        announce(by)
+    }
     /// `nft add table inet segguard '{ flags dormant; }'`: every chain unhooked.
-    public func makeDormantByHand() { state.withLock { $0.flags = ["dormant"] } }
+    public func makeDormantByHand(_ by: TableChange? = byNft) {
+        state.withLock { $0.flags = ["dormant"] }
+        announce(by)
+    }
 
     /// Refuse the transactions `predicate` picks (nil: accept all).
     public func refuse(_ predicate: (@Sendable (Applied) -> Bool)?) { state.withLock { $0.refuse = predicate } }
     /// `nft flush ruleset` by someone else.
-    public func loseTable() { state.withLock { $0.present = false } }
+    public func loseTable(_ by: TableChange? = byNft) {
+        state.withLock { $0.present = false }
+        announce(by)
+    }
     public var applied: [Applied] { state.withLock { $0.applied } }
     public var accepted: [Applied] { applied.filter(\.accepted) }
     public var isTablePresent: Bool { state.withLock { $0.present } }
@@ -207,6 +241,42 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
         let update = lines.contains { $0.hasPrefix("flush chain ") }
         if mode == "off", update || lines.contains(where: { $0.hasPrefix("add chain ") }) { mode = "enforce" }
         return Applied(mode: mode, allowed: allowed, accepted: true, data: data, isRulesUpdate: update, comments: comments)
+    }
+}
+
+/// Announced table changes, waiting in a pipe's worth of wake-ups for the agent's loop.
+public final class FakeTableChangeFeed: TableChangeFeed, Sendable {
+    public let fd: Int32
+    private let writeEnd: Int32
+    private let pending = Mutex<[TableChanges]>([])
+
+    public init() {
+        var fds: [Int32] = [-1, -1]
+        precondition(pipe(&fds) == 0, "pipe failed")
+        _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
+        _ = fcntl(fds[1], F_SETFL, O_NONBLOCK)
+        (fd, writeEnd) = (fds[0], fds[1])
+    }
+
+    deinit {
+        close(fd)
+        close(writeEnd)
+    }
+
+    /// Queues `changes` and makes `fd` readable.
+    public func push(_ changes: TableChanges) {
+        pending.withLock { $0.append(changes) }
+        var one: UInt8 = 1
+        _ = write(writeEnd, &one, 1)
+    }
+
+    public func drain() -> TableChanges {
+        var sink = [UInt8](repeating: 0, count: 256)
+        while read(fd, &sink, sink.count) > 0 {}
+        return pending.withLock { all in
+            defer { all = [] }
+            return TableChanges(foreign: all.flatMap(\.foreign), overflow: all.contains { $0.overflow })
+        }
     }
 }
 

@@ -109,7 +109,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "segguard-bench",
         abstract: "Measurements on the real kernel, in private network namespaces (root).",
-        subcommands: [DecisionBench.self, EnforceBench.self, EAPBench.self, ExecLoop.self, CollectorBench.self],
+        subcommands: [DecisionBench.self, EnforceBench.self, TamperBench.self, EAPBench.self, ExecLoop.self, CollectorBench.self],
         defaultSubcommand: DecisionBench.self)
 }
 

@@ -83,7 +83,7 @@ extension Segguardd {
     func loadBaseline(_ logger: Logger) throws -> NftablesBinding {
         let binding: NftablesBinding
         do {
-            binding = try NftablesBinding(table: nftTable)
+            binding = try NftablesBinding(table: nftTable, watchChanges: true)
         } catch {
             logger.critical("cannot set up enforcement", metadata: ["error": "\(error)"])
             throw ExitCode(1)

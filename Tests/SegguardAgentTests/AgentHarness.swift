@@ -14,7 +14,7 @@ final class AgentHarness: Sendable {
     let clock = ManualClock()
     let network = FakeNetworkSource()
     let auth = FakeDeviceAuthSource()
-    let binding = FakeNetworkBinding()
+    let binding: FakeNetworkBinding
     let sessions = FakeSessionControl()
     let gates = FakeExecGateFactory()
     let observer = RecordingObserver()
@@ -31,7 +31,10 @@ final class AgentHarness: Sendable {
 
     /// - Parameters:
     ///   - sessionControl: false: no cgroup v2 on this host (no session tracking).
-    init(policy yaml: String = AgentHarness.policy(), sessionControl: Bool = true, watchdog: Double? = nil, start: Bool = true) throws {
+    ///   - announcesChanges: the fake binding announces by-hand changes as nf_tables does.
+    init(policy yaml: String = AgentHarness.policy(), sessionControl: Bool = true, watchdog: Double? = nil, start: Bool = true,
+         announcesChanges: Bool = false) throws {
+        binding = FakeNetworkBinding(announcesChanges: announcesChanges)
         dir = NSTemporaryDirectory() + "sg-agent-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try yaml.write(toFile: dir + "/policy.yaml", atomically: true, encoding: .utf8)

@@ -302,6 +302,47 @@ struct AgentOrderTests {
         #expect(h.binding.accepted.count == before + 2)
     }
 
+    @Test("a foreign change announced by nf_tables is undone at once (no tick), reported as binding-tampered naming the process; a burst makes one event a second")
+    func tamperRestoredAtOnce() throws {
+        let h = try AgentHarness(announcesChanges: true)
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        let before = h.binding.accepted.count
+        h.binding.insertRuleByHand()
+        h.agent.settle()
+        #expect(h.binding.accepted.count == before + 1, "restored without waiting for the repair tick")
+        let restored = try #require(h.binding.accepted.last)
+        #expect(!restored.isRulesUpdate && restored.allowed == ["eth0"], "the whole table for the decision in force")
+        let event = try #require(h.denials.last)
+        #expect(event.kind == "binding-tampered")
+        #expect(event.reason == "table inet segguard changed by nft (pid 4242): the table for the decision in force was put back")
+        #expect(event.exec?.pid == 4242 && event.exec?.path == "[nft]")
+        #expect(event.latencyMs != nil)
+        #expect(h.reporter.events.last?.kind == "binding-tampered" && h.reporter.events.last?.severity == "critical")
+
+        // A process fighting the table: every change undone, one event a second.
+        for _ in 0..<5 {
+            h.binding.insertRuleByHand()
+            h.agent.settle()
+        }
+        #expect(h.binding.accepted.count == before + 6)
+        #expect(h.denials.filter { $0.kind == "binding-tampered" }.count == 1)
+        h.advance(1)
+        #expect(h.denials.filter { $0.kind == "binding-tampered" }.count == 2)
+        #expect(h.denials.last?.reason.contains("changed by nft (pid 4242) (5 changes since the last report)") == true)
+
+        // Lost notifications: the table is checked, not blindly replaced (intact: nothing to do).
+        h.advance(0.1)
+        let count = h.binding.accepted.count
+        try #require(h.binding.feed).push(TableChanges(overflow: true))
+        h.agent.settle()
+        #expect(h.binding.accepted.count == count)
+        h.binding.replaceRuleByHand(0, nil)  // unannounced, as if its notification were lost too
+        try #require(h.binding.feed).push(TableChanges(overflow: true))
+        h.agent.settle()
+        #expect(h.binding.accepted.count == count + 1)
+    }
+
     @Test("the repair tick finds the table gone while authorized and puts the allow table back")
     func repairMissing() throws {
         let h = try AgentHarness()

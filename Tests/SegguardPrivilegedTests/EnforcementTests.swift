@@ -284,6 +284,36 @@ struct EnforcementTests {
         #expect(!lab.canReachGateway())
     }
 
+    @Test("a foreign change to the table (chain flushed, accept inserted, table deleted, made dormant) is undone at once and recorded naming nft")
+    func tamperRestored() throws {
+        let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3980)
+        defer { lab.cleanup() }
+        try lab.gateway.ip("link", "set", "gwa0", "down")
+        try lab.startDaemon()
+        #expect(lab.eventually { lab.segment == "unauthorized" && lab.hasTable })
+        try lab.client.ip("route", "replace", "10.62.9.1/32", "via", "10.62.2.1", "dev", "alt0")
+        #expect(!lab.canReachGateway())
+        let nft = ["nsenter", "--net=\(lab.client.path)", "nft"]
+        let changes: [(String, [String])] = [
+            ("flush chain", ["flush", "chain", "inet", "segguard", "output"]),
+            ("accept inserted", ["insert", "rule", "inet", "segguard", "output", "accept"]),
+            ("table deleted", ["delete", "table", "inet", "segguard"]),
+            ("dormant", ["add", "table", "inet", "segguard", "{ flags dormant ; }"]),
+        ]
+        for (what, argv) in changes {
+            let before = lab.denials.filter { $0.kind == "binding-tampered" }.count
+            try runCommand(nft + argv)
+            #expect(lab.eventually(2) { lab.denials.filter { $0.kind == "binding-tampered" }.count > before }, "\(what): recorded")
+            let listing = (try? runCommand(nft + ["list", "table", "inet", "segguard"])) ?? ""
+            #expect(listing.contains("drop comment") && !listing.contains("dormant") && !listing.contains(" accept\n"), "\(what): restored\n\(listing)")
+            #expect(!lab.canReachGateway(), "\(what): the gateway stays closed")
+            Thread.sleep(forTimeInterval: 1.05)  // one tamper event a second
+        }
+        let event = try #require(lab.denials.last { $0.kind == "binding-tampered" })
+        #expect(event.reason.hasPrefix("table inet segguard changed by nft (pid "), "\(event.reason)")
+        #expect(event.exec?.path.hasSuffix("nft") == true || event.exec?.path == "[nft]")
+    }
+
     @Test("a second uplink appearing ends the session")
     func secondUplinkEndsSession() throws {
         let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3910)

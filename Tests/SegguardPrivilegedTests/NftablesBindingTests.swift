@@ -258,6 +258,39 @@ struct NftablesBindingTests {
         #expect(try #require(try lab.packets(.drop, chain: "forward")) >= 1)
     }
 
+    @Test("nf_tables notifications: nft's changes to the table are foreign changes naming nft; the binding's own and other tables' are not")
+    func monitorSeesForeignChanges() throws {
+        let lab = try GatewayLab()
+        defer { lab.close() }
+        let watched = try withNetworkNamespace(lab.client.path) { try NftablesBinding(table: GatewayLab.table, watchChanges: true) }
+        let feed = try #require(watched.changeFeed())
+        #expect(watched.changeFeed() == nil, "handed out once")
+        /// Waits (bounded) for the feed to become readable, then drains it.
+        func next(_ timeout: Int32 = 2000) -> TableChanges {
+            var p = pollfd(fd: feed.fd, events: Int16(POLLIN), revents: 0)
+            _ = poll(&p, 1, timeout)
+            return feed.drain()
+        }
+        try watched.apply(lab.transaction(["sga0"]))
+        #expect(next(300).isEmpty, "the binding's own transaction")
+        let nft = ["nsenter", "--net=\(lab.client.path)", "nft"]
+        try runCommand(nft + ["add", "table", "inet", "sgnft_other"])
+        try runCommand(nft + ["add", "chain", "inet", "sgnft_other", "c"])
+        #expect(next(300).isEmpty, "another table")
+
+        try runCommand(nft + ["insert", "rule", "inet", GatewayLab.table, "output", "accept"])
+        let insert = next()
+        #expect(insert.foreign.count == 1 && insert.foreign.first?.process == "nft" && (insert.foreign.first?.pid ?? 0) > 0, "\(insert)")
+        try runCommand(nft + ["flush", "chain", "inet", GatewayLab.table, "output"])
+        #expect(next().foreign.map(\.process) == ["nft"])
+        try runCommand(nft + ["flush", "ruleset"])
+        #expect(next().foreign.map(\.process) == ["nft"], "the table deleted with the whole ruleset")
+        // A transaction from another thread of this process is foreign too: only the threads
+        // that ran the binding's own transactions are its own.
+        try withNetworkNamespace(lab.client.path) { try lab.apply(["sgb0"]) }
+        #expect(next().foreign.count == 1)
+    }
+
     @Test("enforce with no authorized interface: gateway traffic is dropped on both paths")
     func noAllowedInterfaceDropsAll() throws {
         let lab = try GatewayLab()

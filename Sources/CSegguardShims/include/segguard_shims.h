@@ -82,3 +82,5 @@ int sg_proc_connector_parse(const void *buf, size_t len, sg_proc_exec *out, int 
 int sg_set_thread_name(const char *name);
 /// The calling thread's name into `buf` (at least 16 bytes). Returns 0 or -errno.
 int sg_thread_name(char *buf, size_t len);
+/* The calling thread's id (gettid(2)). */
+int sg_gettid(void);
