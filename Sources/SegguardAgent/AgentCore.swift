@@ -508,6 +508,10 @@ final class AgentCore {
             if track {
                 // No cgroup v2: a My Number session could not be ended, so it does not start.
                 guard let sessions = sources.sessions else { return refuse("cannot track a My Number session: no cgroup v2 on this system") }
+                let running = sessions.sessions().filter { $0.uid == requester.uid }.count
+                if requester.uid != 0 && running >= configuration.maxSessionsPerUser {
+                    return refuse("uid \(requester.uid) already has \(running) My Number sessions (at most \(configuration.maxSessionsPerUser) per user)")
+                }
                 do {
                     sessionID = try sessions.register(pid: requester.pid, uid: requester.uid, profile: profile.name, peerPidfd: requester.pidfd).id
                 } catch {

@@ -34,6 +34,9 @@ public struct AgentConfiguration: Sendable {
     public var timingsCapacity = 1024
     /// Where the pipeline timings are written at stop, one JSON object per line (benchmarks).
     public var timingsFile: String?
+    /// Tracked (My Number) sessions one uid other than root may have at once: each holds a
+    /// cgroup and a descriptor in the daemon, so a user cannot run it out of either.
+    public var maxSessionsPerUser = 4
 
     public init(policyFile: String, bundlePolicyFile: String? = nil, baselineFile: String? = nil, hostname: String = "localhost") {
         (self.policyFile, self.bundlePolicyFile, self.baselineFile, self.hostname) = (policyFile, bundlePolicyFile, baselineFile, hostname)

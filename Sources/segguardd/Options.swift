@@ -68,6 +68,12 @@ struct Segguardd: ParsableCommand {
     @Option(name: .long, help: "Where the applied bundle and its policy are kept (bundle.json, bundle-policy.yaml).")
     var bundleDir: String = "/var/lib/segguard"
 
+    @Option(name: .long, help: "Control-socket connections one user (not root, not in the admin group) may hold at once.")
+    var maxConnectionsPerUser: Int = 4
+
+    @Option(name: .long, help: "My Number sessions one user (not root) may run at once.")
+    var maxSessionsPerUser: Int = 4
+
     @Option(name: .long, help: ArgumentHelp("Test only: delay every hash of capture blocking by this many ms (proves the fail-mode bound).", visibility: .hidden))
     var captureTestHashDelayMs: Int = 0
 
@@ -81,6 +87,8 @@ struct Segguardd: ParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level: \"\(logLevel)\" is not one of trace, debug, info, notice, warning, error, critical")
         }
+        guard (1...1024).contains(maxConnectionsPerUser) else { throw ValidationError("--max-connections-per-user: \(maxConnectionsPerUser) is out of range 1...1024") }
+        guard (1...1024).contains(maxSessionsPerUser) else { throw ValidationError("--max-sessions-per-user: \(maxSessionsPerUser) is out of range 1...1024") }
         guard NftablesRuleset.isValidTableName(nftTable) else {
             throw ValidationError("--nft-table: \"\(nftTable)\" is not a table name segguardd uses: 1 to 64 ASCII letters, digits, '_' or '-', starting with a letter")
         }

@@ -52,6 +52,7 @@ extension Segguardd {
         configuration.watchdogInterval = ServiceNotifier().watchdogInterval
         configuration.procConnector = procConnector
         configuration.timingsFile = timingsFile
+        configuration.maxSessionsPerUser = maxSessionsPerUser
         let hangSwitch = (socket as NSString).deletingLastPathComponent + "/fault-hang-netlink-loop"
         let agent = Agent(policy: loaded, configuration: configuration, sources: try sources(binding: binding, logger),
                           observer: Notifier(hangSwitch: hangSwitch, logger: logger), logger: logger)
@@ -62,7 +63,8 @@ extension Segguardd {
             let server: ControlServer
             do {
                 // Bound (and listening) before the agent can decide: READY=1 never precedes the socket.
-                server = try ControlServer(path: socket, adminGroup: adminGroupID(logger), adminGroupName: adminGroup, logger: logger)
+                server = try ControlServer(path: socket, adminGroup: adminGroupID(logger), adminGroupName: adminGroup,
+                                      limits: ControlServer.Limits(perUser: maxConnectionsPerUser), logger: logger)
                 try agent.start()
             } catch {
                 logger.critical("segguardd cannot start", metadata: ["error": "\(error)"])

@@ -145,6 +145,20 @@ struct AgentGraceTests {
         h.ask(.launch, profile: profile, peer: AgentHarness.user).launch!
     }
 
+    @Test("a user may run at most 4 My Number sessions at once (each holds a cgroup and a descriptor); root is not limited")
+    func sessionCapPerUser() throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        for _ in 0..<4 { #expect(launch(h).allowed) }
+        let fifth = launch(h)
+        #expect(!fifth.allowed)
+        #expect(fifth.reason == "uid 1000 already has 4 My Number sessions (at most 4 per user)")
+        #expect(h.denials.last?.kind == "launch-refused" && h.denials.last?.uid == 1000)
+        #expect(h.ask(.launch, profile: "mynumber", peer: AgentHarness.root).launch?.allowed == true)
+        #expect(h.ask(.launch, profile: "lgwan", clientCommand: ["/usr/bin/remmina"], peer: AgentHarness.user).launch?.allowed == true, "LGWAN sessions are not tracked")
+    }
+
     @Test("segment lost: the table closes at once, sessions end when the grace expires, counted from the network event")
     func graceExpiry() throws {
         let h = try AgentHarness(policy: AgentHarness.policy(grace: 30))

@@ -98,6 +98,27 @@ struct ControlSocketTests {
         }
     }
 
+    @Test("connection slots: a few per user, the users' share bounded, slots kept for root and the admin group")
+    func connectionSlots() {
+        var slots = ConnectionSlots(limits: ControlServer.Limits(total: 10, reservedForAdmins: 3, perUser: 2))
+        func take(_ uid: UInt32, admin: Bool = false) -> Bool { slots.admit(uid: uid, admin: admin) }
+        #expect(take(1000) && take(1000))
+        #expect(!take(1000), "a third connection of uid 1000")
+        for uid in UInt32(1001)...1002 { #expect(take(uid) && take(uid)) }
+        #expect(slots.total == 6)
+        #expect(take(1003))
+        #expect(!take(1004), "the users' share (10 - 3) is used up")
+        for _ in 0..<3 { #expect(take(0, admin: true), "kept for admins") }
+        #expect(!take(0, admin: true), "all 10 taken")
+        slots.release(uid: 1000)
+        #expect(!take(1004), "one free slot, but it is below the reserve")
+        #expect(take(0, admin: true))
+        slots.release(uid: 4242)  // never admitted: nothing changes
+        #expect(slots.total == 10)
+        for uid: UInt32 in [1000, 1001, 1001, 1002, 1002, 1003, 0, 0, 0, 0] { slots.release(uid: uid) }
+        #expect(slots.total == 0 && slots.byUID.isEmpty)
+    }
+
     @Test("no daemon: the client names the socket and hints at the service")
     func noDaemon() {
         #expect(throws: ControlClientError.self) { try ControlClient.send(ControlRequest(command: .status), path: "/nonexistent/segguard.sock") }

@@ -314,6 +314,91 @@ struct EnforcementTests {
         #expect(event.exec?.path.hasSuffix("nft") == true || event.exec?.path == "[nft]")
     }
 
+    @Test("no lock-out: a user holding and re-opening many control connections, and one asking for status in a loop; root's status answers each time within 1 s, another user's launch succeeds, the log stays short",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"),
+                   "needs python3 and setpriv"))
+    func noLockOut() throws {
+        let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3990)
+        defer { lab.cleanup() }
+        try lab.startDaemon()
+        #expect(lab.eventually { lab.isBoundToSga0 })
+        let logLinesBefore = ((try? String(contentsOf: lab.log, encoding: .utf8)) ?? "").split(separator: "\n").count
+
+        // uid 65534: holds up to 300 connections, opening a new one whenever one is closed;
+        // uid 65533: asks for status (refused: not an admin) as fast as it can.
+        let script = lab.dir.appendingPathComponent("flood.py")
+        try """
+            import socket, sys, time
+            path, mode, until = sys.argv[1], sys.argv[2], time.time() + float(sys.argv[3])
+            held, opened = [], 0
+            while time.time() < until:
+                try:
+                    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    s.settimeout(0.2)
+                    s.connect(path)
+                    opened += 1
+                    if mode == "ask":
+                        s.sendall(b'{"version":1,"command":"status"}\\n')
+                        s.recv(4096)
+                        s.close()
+                    else:
+                        s.setblocking(False)
+                        held.append(s)
+                except OSError:
+                    s.close()
+                alive = []
+                for c in held:
+                    try:
+                        if c.recv(1, socket.MSG_DONTWAIT) == b"":
+                            c.close()
+                            continue
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        c.close()
+                        continue
+                    alive.append(c)
+                held = alive[-300:]
+            print(opened)
+            """.write(to: script, atomically: true, encoding: .utf8)
+        chmod(lab.dir.path, 0o755)
+        chmod(script.path, 0o644)
+        var floods: [Process] = []
+        for (uid, mode) in [(65534, "hold"), (65533, "ask")] {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            p.arguments = ["--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "/usr/bin/python3", script.path, lab.socket, mode, "6"]
+            let out = Pipe()
+            p.standardOutput = out
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            floods.append(p)
+        }
+        defer { for p in floods where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        Thread.sleep(forTimeInterval: 1)
+
+        var slowest = 0.0, failures = 0
+        for _ in 0..<20 {
+            let start = Date()
+            let reply = try? ControlClient.send(ControlRequest(command: .status), path: lab.socket)
+            slowest = max(slowest, Date().timeIntervalSince(start))
+            if reply?.status == nil { failures += 1 }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        #expect(failures == 0, "root's status failed \(failures) of 20 times during the flood")
+        #expect(slowest < 1, "root's slowest status: \(slowest) s")
+        let launch = try lab.launch(["/bin/true"], user: (1000, 1000))
+        launch.waitUntilExit()
+        #expect(launch.terminationStatus == 0, "another user's launch during the flood")
+        for p in floods { p.waitUntilExit() }
+        let opened = floods.map { String(decoding: ($0.standardOutput as! Pipe).fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }
+        let logLines = ((try? String(contentsOf: lab.log, encoding: .utf8)) ?? "").split(separator: "\n").count - logLinesBefore
+        print("lock-out flood: connections opened by uid 65534/65533: \(opened.map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }), "
+              + "root's slowest status \(String(format: "%.3f", slowest)) s, \(logLines) log lines")
+        #expect(logLines < 100, "\(logLines) log lines during the flood (connections opened: \(opened))")
+        #expect(opened.allSatisfy { (Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) > 100 }, "the floods ran: \(opened)")
+    }
+
     @Test("a second uplink appearing ends the session")
     func secondUplinkEndsSession() throws {
         let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3910)
