@@ -140,6 +140,17 @@ final class AgentCore {
     private var lastTamperEvent: UInt64 = 0
     private var tamperUnreported: (count: Int, first: TableChange?, outcome: BindingController.Outcome?, ms: Double) = (0, nil, nil, 0)
     private var tamperTimer: PollLoop.TimerID?
+    /// User-caused events held back when they repeat or come too fast, and the timer that
+    /// writes their summaries.
+    private var throttle = EventThrottle<HeldEvent>()
+    private var throttleTimer: PollLoop.TimerID?
+
+    /// What a held-back event's summary repeats of it.
+    struct HeldEvent {
+        var profile: String?
+        var reason: String
+        var exec: EnforcementEvent.ExecDetails?
+    }
     /// Session terminations running on `terminator`.
     private(set) var terminationsInFlight = 0
     private(set) var events: EventLog
@@ -210,7 +221,8 @@ final class AgentCore {
         sources.deviceAuth?.stop()
         sources.network.stop()
         gate?.stop()
-        for t in [graceTimer, repairTimer, watchdogTimer, readBackTimer, tamperTimer].compactMap({ $0 }) { loop.cancel(t) }
+        for t in [graceTimer, repairTimer, watchdogTimer, readBackTimer, tamperTimer, throttleTimer].compactMap({ $0 }) { loop.cancel(t) }
+        writeThrottleSummaries(all: true)
         if let t = tableFeed { loop.unwatch(t.watch) }
         tableFeed = nil
         // Nothing watches the network from here on: nothing may stay open (fail closed).
@@ -531,8 +543,17 @@ final class AgentCore {
     // MARK: - Events
 
     func record(_ kind: EnforcementEvent.Kind, profile: String? = nil, sessions: [SessionInfo] = [], reason: String, latencyMs: Double? = nil,
-                uid: UInt32? = nil, exec: EnforcementEvent.ExecDetails? = nil) {
-        let event = events.append(kind, profile: profile, sessions: sessions, reason: reason, latencyMs: latencyMs, uid: uid, exec: exec)
+                uid: UInt32? = nil, exec: EnforcementEvent.ExecDetails? = nil, repeated: Int? = nil) {
+        // What a user can cause at will: the first of each kind a minute, at most 20 a minute.
+        if repeated == nil, let uid, uid != 0, kind.isUserCaused {
+            writeThrottleSummaries(all: false)
+            let key = EventThrottle<HeldEvent>.Key(kind: kind, uid: uid, subject: exec?.path ?? profile ?? "")
+            guard throttle.admit(key, sample: HeldEvent(profile: profile, reason: reason, exec: exec), now: loop.clock()) else {
+                scheduleThrottleSummaries()
+                return
+            }
+        }
+        let event = events.append(kind, profile: profile, sessions: sessions, reason: reason, latencyMs: latencyMs, uid: uid, exec: exec, repeated: repeated)
         // Built only when the level is logged (the metadata is an autoclosure).
         logger.log(level: event.isDenial ? .warning : .notice, "enforcement event", metadata: Self.metadata(event))
         if let reporting {
@@ -542,6 +563,27 @@ final class AgentCore {
         observer.recorded(event)
     }
 
+    /// One event for each key whose events were held back in a window that has ended (`all`:
+    /// every window, at stop).
+    func writeThrottleSummaries(all: Bool) {
+        let now = all ? UInt64.max : loop.clock()
+        for (key, held) in throttle.due(now: now) {
+            let what = key.subject == EventThrottle<HeldEvent>.otherSubjects ? "other events of this kind" : "more like this"
+            record(key.kind, profile: held.first.profile,
+                   reason: "\(held.first.reason) (and \(held.count) \(what) from uid \(key.uid) within \(throttle.windowSeconds) s, held back)",
+                   uid: key.uid, exec: held.first.exec, repeated: held.count)
+        }
+    }
+
+    func scheduleThrottleSummaries() {
+        guard throttleTimer == nil, let at = throttle.nextDue else { return }
+        throttleTimer = loop.schedule(at: at) { [unowned self] in
+            throttleTimer = nil
+            writeThrottleSummaries(all: false)
+            scheduleThrottleSummaries()
+        }
+    }
+
     /// An event's log fields (`event=`, `reason=`, … : journal fields EVENT=, REASON=, …).
     static func metadata(_ e: EnforcementEvent) -> Logger.Metadata {
         var meta: Logger.Metadata = ["event": "\(e.kind.rawValue)", "event_id": "\(e.id)", "reason": "\(e.reason)"]
@@ -549,6 +591,7 @@ final class AgentCore {
         if !e.sessions.isEmpty { meta["sessions"] = "\(e.sessions.map { "\($0.id)(pid \($0.pid))" }.joined(separator: ","))" }
         if let latencyMs = e.latencyMs { meta["latency_ms"] = "\(String(format: "%.3f", latencyMs))" }
         if let uid = e.uid { meta["uid"] = "\(uid)" }
+        if let r = e.repeated { meta["repeated"] = "\(r)" }
         if let exec = e.exec {
             meta["path"] = "\(exec.path)"
             meta["pid"] = "\(exec.pid)"

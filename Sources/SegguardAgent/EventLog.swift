@@ -14,9 +14,9 @@ struct EventLog {
     init(capacity: Int) { self.capacity = max(1, capacity) }
 
     mutating func append(_ kind: EnforcementEvent.Kind, profile: String?, sessions: [SessionInfo], reason: String, latencyMs: Double?,
-                         uid: UInt32?, exec: EnforcementEvent.ExecDetails?, time: Date = Date()) -> EnforcementEvent {
+                         uid: UInt32?, exec: EnforcementEvent.ExecDetails?, repeated: Int? = nil, time: Date = Date()) -> EnforcementEvent {
         let e = EnforcementEvent(id: nextID, time: time, kind: kind, profile: profile, sessions: sessions, reason: reason, latencyMs: latencyMs,
-                                 uid: uid, exec: exec)
+                                 uid: uid, exec: exec, repeated: repeated)
         nextID += 1
         events.append(e)
         if events.count > capacity { events.removeFirst(events.count - capacity) }
@@ -45,6 +45,7 @@ extension EnforcementEvent {
         if let p = profile { details["profile"] = p }
         if let u = uid { details["uid"] = "\(u)" }
         if let l = latencyMs { details["latency_ms"] = String(format: "%.3f", l) }
+        if let r = repeated { details["repeated"] = "\(r)" }
         if !sessions.isEmpty { details["sessions"] = sessions.map { "\($0.id)(pid \($0.pid))" }.joined(separator: ",") }
         if let x = exec {
             details["path"] = x.path

@@ -71,6 +71,15 @@ public struct EnforcementEvent: Sendable, Equatable {
         /// Audit mode: the running capture tool would have been ended.
         case processWouldBeKilled = "process-would-be-killed"
 
+        /// What a local user can cause at will, as often as it likes (held back when repeated:
+        /// the agent's EventThrottle).
+        public var isUserCaused: Bool {
+            switch self {
+            case .launchAllowed, .launchRefused, .launchWouldBeRefused, .execDenied, .execWouldBeDenied, .execFailMode, .processKilled, .processWouldBeKilled: true
+            default: false
+            }
+        }
+
         /// Refusals and kills (and their audit twins): what `segguardctl why-denied` lists.
         public var isDenial: Bool {
             switch self {
@@ -109,9 +118,11 @@ public struct EnforcementEvent: Sendable, Equatable {
     public var uid: UInt32?
     /// Capture events: the exec.
     public var exec: ExecDetails?
+    /// A summary of events held back (rate limit): how many more like this one there were.
+    public var repeated: Int?
 
     public init(id: UInt64, time: Date, kind: Kind, profile: String? = nil, sessions: [SessionInfo] = [], reason: String,
-                latencyMs: Double? = nil, uid: UInt32? = nil, exec: ExecDetails? = nil) {
+                latencyMs: Double? = nil, uid: UInt32? = nil, exec: ExecDetails? = nil, repeated: Int? = nil) {
         self.id = id
         self.time = time
         self.kind = kind
@@ -121,6 +132,7 @@ public struct EnforcementEvent: Sendable, Equatable {
         self.latencyMs = latencyMs
         self.uid = uid
         self.exec = exec
+        self.repeated = repeated
     }
 
     public var isDenial: Bool { kind.isDenial }

@@ -4,9 +4,11 @@
 
 /// What the spool does when it is full.
 public enum SpoolOverflow: String, Sendable, Codable, CaseIterable {
-    /// Drop the oldest undelivered event for each new one (the newest state matters most).
+    /// Drop the oldest undelivered event for each new one (the newest state matters most);
+    /// events of a lower severity go first, and a lower one never displaces a higher one.
     case dropOldest = "drop-oldest"
-    /// Keep what is spooled; drop new events.
+    /// Keep what is spooled; drop new events (a new event still displaces the oldest one of a
+    /// lower severity).
     case dropNewest = "drop-newest"
 }
 

@@ -2,6 +2,12 @@
 // synchronous=FULL: on disk when append returns) before any attempt to send it, and removed
 // only when the collector acknowledged it. Ids are UUIDs and sequence numbers count up from 1
 // across restarts, so the collector can store each event once and anyone can see a gap.
+//
+// When the spool is full (the collector away for long, or a flood), an info or notice event
+// never pushes out a warning-or-higher one: a new event first displaces the oldest event of a
+// lower rank, then (drop-oldest) the oldest of its own rank; an info event finding only
+// warnings is dropped itself. So whatever a user floods in, the warnings recorded before the
+// flood reach the collector. Every drop is counted and reported (spool-overflow).
 
 import Foundation
 import Logging
@@ -49,6 +55,19 @@ public actor Spool {
                 "CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('last_seq', 0), ('dropped', 0), ('running', 0)",
             ] { _ = try await connection.query(s) }
+            // Spools written before ranks existed: add the column, rank the rows from their JSON.
+            let columns = try await connection.query("PRAGMA table_info(events)").compactMap { $0.column("name")?.string }
+            if !columns.contains("rank") {
+                _ = try await connection.query("ALTER TABLE events ADD COLUMN rank INTEGER NOT NULL DEFAULT 0")
+                let rows = try await connection.query("SELECT seq, json FROM events")
+                for row in rows {
+                    guard let seq = row.column("seq")?.integer, let json = row.column("json")?.string,
+                        let event = try? ReportCoding.decoder().decode(ReportedEvent.self, from: Data(json.utf8))
+                    else { continue }
+                    _ = try await connection.query("UPDATE events SET rank = ? WHERE seq = ?", [.integer(SQLiteInt64(Self.rank(event.severity))), .integer(seq)])
+                }
+            }
+            _ = try await connection.query("CREATE INDEX IF NOT EXISTS events_rank ON events (rank, seq)")
         } catch {
             try? await connection.close()
             throw SpoolError("cannot open the event spool \(path): \(error)")
@@ -77,7 +96,8 @@ public actor Spool {
     }
 
     /// Writes one event durably and returns it with its id and sequence number; nil when the
-    /// spool is full and the policy is drop-newest (counted as dropped).
+    /// spool is full and nothing may make room for it (counted as dropped): under drop-newest
+    /// no event of its rank or above is displaced, and an event never displaces a higher one.
     @discardableResult
     public func append(kind: String, severity: String, reason: String, details: [String: String] = [:], time: Date = Date()) async throws -> ReportedEvent? {
         try await exclusive { try await appendLocked(kind: kind, severity: severity, reason: reason, details: details, time: time) }
@@ -87,25 +107,43 @@ public actor Spool {
         _ = try await connection.query("BEGIN IMMEDIATE")
         do {
             let pending = Int(try await connection.query("SELECT COUNT(*) AS n FROM events").first?.column("n")?.integer ?? 0)
+            let rank = Self.rank(severity)
             if pending >= maxEvents {
                 _ = try await connection.query("UPDATE meta SET value = value + 1 WHERE key = 'dropped'")
                 droppedUnreported += 1
-                if overflow == .dropNewest {
+                // The oldest event of a lower rank; under drop-oldest, else the oldest of this rank.
+                let below = try await connection.query("SELECT seq FROM events WHERE rank < ? ORDER BY rank, seq LIMIT 1", [.integer(SQLiteInt64(rank))]).first
+                let same = overflow == .dropOldest && below == nil
+                    ? try await connection.query("SELECT seq FROM events WHERE rank = ? ORDER BY seq LIMIT 1", [.integer(SQLiteInt64(rank))]).first : nil
+                guard let victim = (below ?? same)?.column("seq")?.integer else {
                     _ = try await connection.query("COMMIT")
                     return nil
                 }
-                _ = try await connection.query("DELETE FROM events WHERE seq = (SELECT MIN(seq) FROM events)")
+                _ = try await connection.query("DELETE FROM events WHERE seq = ?", [.integer(victim)])
             }
             let seq = Int64(try await meta("last_seq") + 1)
             let event = ReportedEvent(id: UUID().uuidString.lowercased(), seq: seq, time: time, kind: kind, severity: severity, reason: reason, details: details)
             let json = String(decoding: try ReportCoding.encoder().encode(event), as: UTF8.self)
-            _ = try await connection.query("INSERT INTO events (seq, id, json) VALUES (?, ?, ?)", [.integer(SQLiteInt64(seq)), .text(event.id), .text(json)])
+            _ = try await connection.query("INSERT INTO events (seq, id, json, rank) VALUES (?, ?, ?, ?)",
+                                            [.integer(SQLiteInt64(seq)), .text(event.id), .text(json), .integer(SQLiteInt64(rank))])
             _ = try await connection.query("UPDATE meta SET value = ? WHERE key = 'last_seq'", [.integer(SQLiteInt64(seq))])
             _ = try await connection.query("COMMIT")
             return event
         } catch {
             _ = try? await connection.query("ROLLBACK")
             throw SpoolError("cannot write an event to the spool \(path): \(error)")
+        }
+    }
+
+    /// How much an event of `severity` is worth keeping: info and below 0, notice 1, warning 2,
+    /// error 3, critical and above 4.
+    static func rank(_ severity: String) -> Int {
+        switch severity {
+        case "notice": 1
+        case "warning": 2
+        case "error": 3
+        case "critical", "alert", "emergency": 4
+        default: 0
         }
     }
 

@@ -607,9 +607,47 @@ struct AgentCaptureTests {
         for _ in 0..<(Agent.captureBacklogLimit + 500) { gate.emit(record) }
         release.signal()
         h.agent.settle()
-        #expect(h.observer.events.filter { $0.kind == .execDenied }.count == Agent.captureBacklogLimit)
+        // The same denial over and over: recorded once, the rest summed up when the minute ends.
+        #expect(h.observer.events.filter { $0.kind == .execDenied }.count == 1)
         let dropped = try #require(h.reporter.events.first { $0.kind == "capture-events-dropped" })
         #expect(dropped.details["dropped"] == "500")
+        h.advance(60)
+        let summary = try #require(h.observer.events.last { $0.kind == .execDenied })
+        #expect(summary.repeated == Agent.captureBacklogLimit - 1)
+        #expect(summary.reason == "r (and \(Agent.captureBacklogLimit - 1) more like this from uid 1000 within 60 s, held back)")
+        #expect(h.reporter.events.last { $0.kind == "exec-denied" }?.details["repeated"] == "\(Agent.captureBacklogLimit - 1)")
+    }
+
+    @Test("event flood: 10,000 launch refusals from one user make a handful of events; the warnings before it stay in why-denied and reach the reporter")
+    func eventFlood() throws {
+        let h = try AgentHarness()
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        h.send([AgentHarness.deskUnplugged])  // a real warning: the segment lost
+        let before = h.reporter.events.filter { $0.severity == "warning" || $0.severity == "critical" }
+        #expect(before.contains { $0.kind == "decision-changed" })
+        for i in 0..<10_000 {
+            // One user: the same refusal 9,970 times, and 30 different (unknown) profile names.
+            let profile = i % 333 == 0 ? "junk\(i)" : "mynumber"
+            _ = h.ask(.launch, profile: profile, peer: AgentHarness.user)
+        }
+        let refusals = h.reporter.events.filter { $0.kind == "launch-refused" }
+        #expect(refusals.count == 20, "the first of each kind and subject, at most 20 a minute per user")
+        #expect(h.denials.filter { $0.kind == "launch-refused" }.count == 20, "why-denied keeps room for the rest")
+        let warningsNow = h.reporter.events.filter { $0.severity == "warning" || $0.severity == "critical" }
+        #expect(Array(warningsNow.prefix(before.count)).map(\.reason) == before.map(\.reason), "every earlier warning is still there, first")
+        // Root is never held back.
+        for _ in 0..<30 { _ = h.ask(.launch, profile: "nope", peer: AgentHarness.root) }
+        #expect(h.reporter.events.filter { $0.kind == "launch-refused" && $0.details["uid"] == "0" }.count == 30)
+        // The minute ends: one summary per key held back.
+        h.advance(60)
+        let summaries = h.reporter.events.filter { $0.kind == "launch-refused" && $0.details["repeated"] != nil }
+        let counted: [Int] = summaries.map { Int($0.details["repeated"] ?? "") ?? 0 }
+        #expect(counted.reduce(0, +) == 10_000 - 20)
+        #expect(summaries.contains { $0.reason.contains("more like this from uid 1000 within 60 s, held back") })
+        // A new minute: the user's events pass again.
+        _ = h.ask(.launch, profile: "mynumber", peer: AgentHarness.user)
+        #expect(h.reporter.events.last?.kind == "launch-refused" && h.reporter.events.last?.details["repeated"] == nil)
     }
 
     @Test("stop: STOPPING, then every source stopped; the timings file is written; jobs after stop are refused")

@@ -136,6 +136,36 @@ struct ReporterTests {
         await c.stop()
     }
 
+    @Test("a full spool never drops a warning for an info event: lower ranks go first, an info event finding only warnings is dropped itself")
+    func overflowBySeverity() async throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let spool = try await Spool(path: dir + "/spool.sqlite", maxEvents: 10, overflow: .dropOldest)
+        for i in 1...3 { try await spool.append(kind: "decision-changed", severity: "warning", reason: "w\(i)") }
+        for i in 1...7 { try await spool.append(kind: "binding-applied", severity: "info", reason: "i\(i)") }
+        // 10,000 info events: the infos rotate, the three warnings stay.
+        for i in 1...10_000 { try await spool.append(kind: "junk", severity: "info", reason: "j\(i)") }
+        var kept = try await spool.pending(limit: 100)
+        #expect(kept.filter { $0.severity == "warning" }.map(\.reason) == ["w1", "w2", "w3"])
+        #expect(kept.count == 10 && kept.last?.reason == "j10000")
+        // Warnings displace the infos first, then (drop-oldest) the oldest warning.
+        for i in 4...10 { try await spool.append(kind: "decision-changed", severity: "warning", reason: "w\(i)") }
+        kept = try await spool.pending(limit: 100)
+        #expect(kept.map(\.reason) == (1...10).map { "w\($0)" })
+        #expect(try await spool.append(kind: "junk", severity: "info", reason: "no room") == nil, "an info event never displaces a warning")
+        try await spool.append(kind: "binding-tampered", severity: "critical", reason: "c1")
+        kept = try await spool.pending(limit: 100)
+        #expect(kept.first?.reason == "w2" && kept.last?.reason == "c1")
+        // drop-newest keeps what is there, but a higher event still displaces a lower one.
+        await spool.configure(maxEvents: 10, overflow: .dropNewest)
+        #expect(try await spool.append(kind: "decision-changed", severity: "warning", reason: "w11") == nil)
+        #expect(try await spool.append(kind: "binding-failed", severity: "critical", reason: "c2")?.reason == "c2")
+        kept = try await spool.pending(limit: 100)
+        #expect(kept.count == 10 && kept.first?.reason == "w3" && kept.filter { $0.severity == "critical" }.count == 2)
+        #expect(try await spool.summary().dropped == 10_000 + 7 + 1 + 1 + 1 + 1)
+        try await spool.close()
+    }
+
     @Test("the spool's overflow policy drops and reports: drop-oldest keeps the newest events, the drop count reaches the collector")
     func overflow() async throws {
         let dir = try temporaryDirectory()

@@ -132,4 +132,93 @@ struct ReportingTests {
         #expect(kinds.contains("agent-restarted-uncleanly"))
         #expect(kinds.filter { $0 == "decision-changed" }.count >= 80)
     }
+
+    @Test("10,000 junk launch requests from one user while the collector is down: every earlier warning is delivered when it is back",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"),
+                   "needs python3 and setpriv"))
+    func floodKeepsWarnings() async throws {
+        let ns = try TestNamespace(prefix: "sgrepf")
+        let dir = NSTemporaryDirectory() + "sg-reporting-flood-\(getpid())-\(ns.name)"
+        var agent: Child?
+        var collector: Child?
+        defer {
+            agent?.kill()
+            collector?.kill()
+            ns.destroy()
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        try FileManager.default.createDirectory(atPath: dir + "/pki", withIntermediateDirectories: true)
+        chmod(dir, 0o755)
+        _ = try ns.ip("link", "set", "lo", "up")
+        try ns.addVeth("sgrepf0", index: 4611, peer: "sgrepf1", index: 4612)
+        let ca = try PKI.makeCA(commonName: "flood test CA")
+        try PKI.write(ca, certificatePath: dir + "/pki/ca.pem", keyPath: dir + "/pki/ca.key")
+        try PKI.write(try PKI.issueServer(ca: ca, commonName: "localhost", dnsNames: ["localhost"], ipAddresses: ["127.0.0.1"]),
+                      certificatePath: dir + "/pki/server.pem", keyPath: dir + "/pki/server.key")
+        try PKI.write(try PKI.issueDevice(ca: ca, agentID: "tc-4611", group: "mynumber"), certificatePath: dir + "/pki/device.pem", keyPath: dir + "/pki/device.key")
+        // A small spool, so that the flood would overflow it if it were spooled one by one.
+        try """
+            schema_version: 1
+            name: flood-test
+            sites: [{name: hq, wired: [{interfaces: ["sgrepf0"], link_kinds: [veth]}]}]
+            vdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}
+            profiles: [{name: mynumber, segment: mynumber, command: [/bin/true]}]
+            report: {heartbeat_seconds: 1, jitter: 0, batch_size: 50, max_backoff_seconds: 1, spool_max_events: 60}
+            """.write(toFile: dir + "/policy.yaml", atomically: true, encoding: .utf8)
+        let bin = binDir.path
+        agent = try Child(bin + "/segguardd", ["--policy", dir + "/policy.yaml", "--netns", ns.path, "--socket", dir + "/control.sock", "--nft-table", "sgrepflood",
+                                               "--baseline-file", dir + "/baseline.nft", "--collector", "https://127.0.0.1:18444", "--collector-ca", dir + "/pki/ca.pem",
+                                               "--client-cert", dir + "/pki/device.pem", "--client-key", dir + "/pki/device.key", "--spool", dir + "/spool.sqlite",
+                                               "--bundle-dir", dir, "--log-level", "warning"], log: dir + "/agent.log")
+        try await Task.sleep(for: .seconds(1.5))
+        // Five real warnings: the segment lost five times.
+        for _ in 0..<5 {
+            _ = try ns.ip("link", "set", "sgrepf0", "down")
+            try await Task.sleep(for: .seconds(0.1))
+            _ = try ns.ip("link", "set", "sgrepf0", "up")
+            try await Task.sleep(for: .seconds(0.1))
+        }
+        _ = try ns.ip("link", "set", "sgrepf0", "down")
+        try await Task.sleep(for: .seconds(0.3))
+
+        // uid 65534: 10,000 launch requests, each refused (off-segment).
+        try """
+            import socket, sys
+            sent = 0
+            for i in range(10000):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    s.connect(sys.argv[1])
+                    s.sendall(b'{"version":1,"command":"launch","profile":"mynumber"}\\n')
+                    s.recv(65536)
+                    sent += 1
+                except OSError:
+                    pass
+                s.close()
+            print(sent)
+            """.write(toFile: dir + "/flood.py", atomically: true, encoding: .utf8)
+        chmod(dir + "/flood.py", 0o644)
+        let out = try runCommand(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", dir + "/flood.py", dir + "/control.sock"])
+        #expect((Int(out.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) >= 9_990, "requests answered: \(out)")
+
+        collector = try Child("/usr/bin/ip", ["netns", "exec", ns.name, bin + "/segguard-collector", "--listen", "127.0.0.1:18444", "--store", "sqlite:\(dir)/collector.sqlite",
+                                              "--cert", dir + "/pki/server.pem", "--key", dir + "/pki/server.key", "--client-ca", dir + "/pki/ca.pem", "--log-level", "warning"],
+                              log: dir + "/collector.log")
+        let deadline = Date().addingTimeInterval(60)
+        var stored: [StoredEvent] = []
+        while Date() < deadline {
+            try await Task.sleep(for: .seconds(0.5))
+            let spool = try await Spool(path: dir + "/spool.sqlite")
+            let pending = try await spool.summary().pending
+            try await spool.close()
+            let store = try await SQLiteStore(path: dir + "/collector.sqlite")
+            stored = try await store.events(EventFilter(agentID: "tc-4611", limit: 100_000))
+            try await store.close()
+            if pending == 0 && !stored.isEmpty { break }
+        }
+        let lost = stored.filter { $0.event.kind == "decision-changed" && $0.event.severity == "warning" }
+        #expect(lost.count == 6, "every segment loss before the flood: \(stored.map(\.event.kind))")
+        let refused = stored.filter { $0.event.kind == "launch-refused" }
+        #expect(refused.count <= 2 && refused.first?.event.details["uid"] == "65534", "the flood, held back: \(refused.count) events")
+    }
 }
