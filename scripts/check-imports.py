@@ -35,7 +35,13 @@ for t in pkg["targets"]:
             if not f.endswith(".swift"):
                 continue
             path = os.path.join(dirpath, f)
+            in_string = False  # inside a multi-line string literal (""" … """): text, not Swift
             for n, line in enumerate(open(path, encoding="utf-8"), 1):
+                if line.count('"""') % 2 == 1:
+                    in_string = not in_string
+                    continue
+                if in_string:
+                    continue
                 m = re.match(r"^\s*(?:@\w+(?:\([^)]*\))?\s+)*import\s+(?:(?:struct|class|enum|func|protocol|typealias|var|let)\s+)?([A-Za-z_][A-Za-z0-9_]*)", line)
                 if not m:
                     continue
