@@ -135,6 +135,8 @@ final class AgentCore {
     private var readBackTimer: PollLoop.TimerID?
     /// nf_tables' announcements of foreign changes to the table, and the loop's watch on them.
     private var tableFeed: (feed: any TableChangeFeed, watch: PollLoop.WatchID)?
+    /// Gateway packets the table refused and logged, and the loop's watch on them.
+    private var refusalFeed: (feed: any GatewayRefusalFeed, watch: PollLoop.WatchID)?
     /// Tamper events: the last one's time, and the restores not reported since (at most one
     /// event a second, so that a process fighting the table cannot flood the log).
     private var lastTamperEvent: UInt64 = 0
@@ -178,7 +180,9 @@ final class AgentCore {
         self.policyFile = policy.file
         self.policyDigest = policy.sha256
         self.monitor = SegmentMonitor(policy: policy.policy)
-        self.binding = sources.binding.map { BindingController(binding: $0, baselinePath: configuration.baselineFile, logger: logger) }
+        self.binding = sources.binding.map {
+            BindingController(binding: $0, baselinePath: configuration.baselineFile, sessions: sources.sessions?.socketMatch, logger: logger)
+        }
         self.events = EventLog(capacity: configuration.eventCapacity)
         self.timings = PipelineTimings(capacity: configuration.timingsCapacity)
     }
@@ -188,9 +192,22 @@ final class AgentCore {
     /// Until the first decision nothing may reach the VDI gateways, whatever table an earlier
     /// run left: the baseline first, then the sources.
     func start() throws {
+        if binding != nil && policy.enforcement.bindToSessions && sources.sessions?.socketMatch == nil {
+            logger.critical("""
+                VDI sessions cannot be named for nftables (no cgroup v2 under /sys/fs/cgroup, or segguardd runs in a cgroup namespace): \
+                while enforcement.bind_to_sessions is on, no process may reach the VDI gateways
+                """)
+        }
         binding?.applyBaseline(policy: policy)
         if let feed = binding?.binding.changeFeed() {
             tableFeed = (feed, loop.watch(feed.fd) { [unowned self] in tableChanged() })
+        }
+        do {
+            if let feed = try binding?.binding.refusalFeed() {
+                refusalFeed = (feed, loop.watch(feed.fd) { [unowned self] in gatewayRefused() })
+            }
+        } catch {
+            logger.error("refused gateway traffic is dropped but not recorded", metadata: ["error": "\(error)"])
         }
         scheduleRepair()
         if configuration.watchdogInterval != nil {
@@ -225,6 +242,8 @@ final class AgentCore {
         writeThrottleSummaries(all: true)
         if let t = tableFeed { loop.unwatch(t.watch) }
         tableFeed = nil
+        if let r = refusalFeed { loop.unwatch(r.watch) }
+        refusalFeed = nil
         // Nothing watches the network from here on: nothing may stay open (fail closed).
         if let binding {
             let inForce = binding.close(policy: policy)
@@ -386,6 +405,25 @@ final class AgentCore {
                 tamperTimer = nil
                 reportTamper()
             }
+        }
+    }
+
+    /// The table refused gateway packets (logged by its `refused` rules): one gateway-refused
+    /// event each, held back per uid like every user-caused event.
+    func gatewayRefused() {
+        guard let feed = refusalFeed?.feed else { return }
+        let found = feed.drain()
+        guard !stopped else { return }
+        if found.overflow { logger.warning("some refused gateway packets were not seen (the log socket overflowed)") }
+        for r in found.refusals {
+            let name = snapshot?.interfaces.first { $0.index == r.outInterfaceIndex }?.name ?? "ifindex \(r.outInterfaceIndex)"
+            let listed = r.destination.map { d in policy.vdi.gateways.contains { $0.prefix.contains(d) && $0.allows(transport: r.transport, port: r.port) } } ?? false
+            let to = "\(r.destination?.description ?? "a VDI gateway") \(r.transport)\(r.port.map { "/\($0)" } ?? "")"
+            let who = r.uid.map { "a process of uid \($0)" } ?? "a packet without a local socket"
+            let why = listed
+                ? "not started through segguard-launch (not in a My Number session); only sessions reach the VDI gateways"
+                : "the policy does not list this port for the gateway"
+            record(.gatewayRefused, reason: "\(who) sent to \(to) via \(name): refused, \(why)", uid: r.uid)
         }
     }
 

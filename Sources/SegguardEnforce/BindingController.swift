@@ -46,7 +46,8 @@ public final class BindingController {
 
     public let binding: any NetworkBinding
     let baselinePath: String?
-    /// The session cgroups whose sockets alone may reach the gateways (nil: any socket).
+    /// How nftables names the session cgroups (nil: it cannot: while the policy binds the
+    /// gateways to sessions, no socket may reach them).
     public let sessions: NftablesRuleset.SessionMatch?
     let logger: Logger
     /// Key of the table in force and the decision generation it was applied for.
@@ -128,9 +129,9 @@ public final class BindingController {
         precondition(generation >= self.generation, "binding asked to apply decision generation \(generation) after \(self.generation)")
         self.generation = generation
         let mode = policy.enforcement.networkBinding
-        let allowed = decision.isAuthorized ? decision.authorizedInterfaces : []
+        let (allowed, match) = effective(decision, policy)
         if built.gateways != policy.vdi.gateways { rebuild(for: policy.vdi.gateways) }
-        let key = "\(mode.rawValue)|\(allowed.joined(separator: ","))|\(built.key)"
+        let key = "\(mode.rawValue)|\(allowed.joined(separator: ","))|\(match?.description ?? "-")|\(built.key)"
         guard applied?.key != key || lastFailed else {
             applied?.generation = generation
             return .unchanged
@@ -141,14 +142,14 @@ public final class BindingController {
         let handed = monotonicNanos()
         var failure: (any Error)?
         do {
-            try binding.apply(batch(kind, mode: mode, allowed: allowed, policy: policy))
+            try binding.apply(batch(kind, mode: mode, allowed: allowed, match: match, policy: policy))
         } catch {
             failure = error
             if kind == .rules {
                 // The table changed under us (deleted, the chain gone): the whole table.
                 logger.warning("nftables refused the rules update; replacing the whole table", metadata: ["error": "\(error)"])
                 do {
-                    try binding.apply(batch(.whole, mode: mode, allowed: allowed, policy: policy))
+                    try binding.apply(batch(.whole, mode: mode, allowed: allowed, match: match, policy: policy))
                     failure = nil
                 } catch {
                     failure = error
@@ -241,15 +242,24 @@ public final class BindingController {
         built = (gateways, gateways.map { "\($0.prefix) \($0.transport) \($0.ports)" }.joined(separator: ";"), [:])
     }
 
-    /// The batch for (kind, mode, allowed) under `policy`, built once per gateways list.
-    private func batch(_ kind: BatchKind, mode: ControlMode, allowed: [String], policy: Policy) -> Data {
+    /// The interfaces the table may open for `decision`, and the sockets it opens them to:
+    /// with `bind_to_sessions`, those of the session cgroups, or none when they cannot be named.
+    func effective(_ decision: Decision, _ policy: Policy) -> (allowed: [String], match: NftablesRuleset.SessionMatch?) {
+        let allowed = decision.isAuthorized ? decision.authorizedInterfaces : []
+        guard policy.enforcement.bindToSessions else { return (allowed, nil) }
+        guard let sessions else { return ([], nil) }
+        return (allowed, sessions)
+    }
+
+    /// The batch for (kind, mode, allowed, sessions) under `policy`, built once per gateways list.
+    private func batch(_ kind: BatchKind, mode: ControlMode, allowed: [String], match: NftablesRuleset.SessionMatch? = nil, policy: Policy) -> Data {
         if built.gateways != policy.vdi.gateways { rebuild(for: policy.vdi.gateways) }
-        let key = "\(kind.rawValue)|\(mode.rawValue)|\(allowed.joined(separator: ","))"
+        let key = "\(kind.rawValue)|\(mode.rawValue)|\(allowed.joined(separator: ","))|\(match?.description ?? "-")"
         if let data = built.byKey[key] { return data }
         let gateways = policy.vdi.gateways
         let data = kind == .whole
-            ? NftablesRuleset.transaction(table: binding.table, gateways: gateways, allowedInterfaces: allowed, mode: mode, sessions: sessions)
-            : NftablesRuleset.update(table: binding.table, gateways: gateways, allowedInterfaces: allowed, mode: mode, sessions: sessions)
+            ? NftablesRuleset.transaction(table: binding.table, gateways: gateways, allowedInterfaces: allowed, mode: mode, sessions: match)
+            : NftablesRuleset.update(table: binding.table, gateways: gateways, allowedInterfaces: allowed, mode: mode, sessions: match)
         // Interface sets come and go with the network; keep the table of them small.
         if built.byKey.count > 64 { built.byKey = [:] }
         built.byKey[key] = data

@@ -44,6 +44,8 @@ public final class NftablesBinding: Sendable {
     private let reader: NftablesFingerprintReader
     /// The nf_tables notifications about the table (made with `watchChanges: true`).
     private let monitor: Mutex<NftablesMonitor?>
+    /// The refused gateway packets (made with `watchChanges: true`), or why they cannot be read.
+    private let refusals: Mutex<Result<GatewayRefusalMonitor, NftablesError>?>
     /// Thread ids that have run a transaction through this binding: their notifications are
     /// this process's own changes, not a foreign one.
     private let ownThreads = OwnThreads()
@@ -56,7 +58,8 @@ public final class NftablesBinding: Sendable {
 
     /// A context with JSON output and buffered output and errors. With `watchChanges`, also
     /// subscribes (now, in this thread's namespace) to nf_tables' notifications for the table
-    /// (`changeFeed()`).
+    /// (`changeFeed()`) and to the refused gateway packets the table logs (`refusalFeed()`; a
+    /// failure there is handed out by it, not thrown here).
     public init(table: String = "segguard", watchChanges: Bool = false) throws(NftablesError) {
         guard NftablesRuleset.isValidTableName(table) else {
             throw NftablesError(operation: "use table name \"\(table)\"", detail: "a table name here has 1 to 64 ASCII letters, digits, '_' or '-', starting with a letter")
@@ -82,7 +85,14 @@ public final class NftablesBinding: Sendable {
         self.ctx = Mutex(c)
         self.listCtx = Mutex(l)
         self.monitor = Mutex(nil)
+        self.refusals = Mutex(nil)
         if watchChanges {
+            do throws(NftablesError) {
+                let r = try GatewayRefusalMonitor()
+                refusals.withLock { $0 = .success(r) }
+            } catch {
+                refusals.withLock { $0 = .failure(error) }
+            }
             let own = ownThreads
             let m = try NftablesMonitor(table: table) { tid in own.contains(tid) }
             monitor.withLock { $0 = m }
@@ -94,6 +104,19 @@ public final class NftablesBinding: Sendable {
         monitor.withLock { m in
             defer { m = nil }
             return m
+        }
+    }
+
+    /// The refused gateway packets, handed out once (nil without `watchChanges`).
+    public func refusalFeed() throws(NftablesError) -> (any GatewayRefusalFeed)? {
+        let r = refusals.withLock { r in
+            defer { r = nil }
+            return r
+        }
+        switch r {
+        case .success(let m): return m
+        case .failure(let e): throw e
+        case nil: return nil
         }
     }
 

@@ -23,12 +23,16 @@ import SegguardPolicy
 ///   session cgroup] counter accept`; then for each gateway `daddr G counter drop`: traffic to
 ///   a gateway prefix of ANY protocol and port that no accept rule took is dropped (the listed
 ///   ports and transports narrow what is allowed, never what is dropped). All accepts come
-///   before all drops, so overlapping gateways do not shadow each other.
+///   before all drops, so overlapping gateways do not shadow each other. With sessions bound,
+///   the output chain has between them, for each gateway, `daddr G oifname {authorized} limit
+///   … log group 4747 … counter drop`: what a process outside a session sends there is
+///   dropped and reported (`GatewayRefusalMonitor`).
 /// - audit: the same accept matches end in `return` (allowed), then `daddr G counter` counts
 ///   what enforce would drop; nothing is blocked.
 /// - off: the table is deleted.
-/// Forwarded packets (local VMs, containers) carry no local socket, so with sessions bound
-/// they never match an accept: forwarded gateway traffic is dropped.
+/// Forwarded packets (local VMs, containers) carry no local socket (and nftables has no socket
+/// match on the forward hook), so with sessions bound the forward chain has no accept:
+/// forwarded gateway traffic is dropped.
 public enum NftablesRuleset {
     /// The address family of the table: one table for IPv4 and IPv6.
     public static let family = "inet"
@@ -56,7 +60,19 @@ public enum NftablesRuleset {
         case wouldAllow = "allowed (audit)"
         /// Audit: count traffic to the gateway's prefix that enforce mode would drop.
         case wouldDrop = "would drop (audit)"
+        /// Enforce with sessions bound: gateway traffic on an authorized interface that no
+        /// accept took (not from a session, or to an unlisted port) is dropped and handed to
+        /// nfnetlink_log (at most `refusalRate` a second), so the agent can record it.
+        case refused = "refused, logged"
     }
+
+    /// The nfnetlink_log group of the `refused` rules (per network namespace; binding it
+    /// needs CAP_NET_ADMIN, so no user can take it).
+    public static let refusalLogGroup: UInt16 = 4747
+    /// Bytes of each refused packet copied to the log: the IP and transport headers.
+    public static let refusalSnapLength = 96
+    /// Refused packets logged a second (burst: twice as many); the rest are dropped unlogged.
+    public static let refusalRate = 20
 
     /// Which sockets may reach the gateways: those of processes in the session cgroups under
     /// one parent (`socket cgroupv2 level <level> "<path>"`). `path` is relative to
@@ -218,12 +234,21 @@ public enum NftablesRuleset {
         var out: [String] = []
         for chain in chainNames {
             let head = "add rule \(family) \(table) \(chain) "
-            if !allowed.isEmpty {
+            // nftables has no socket match on the forward hook (EOPNOTSUPP), and a forwarded
+            // packet comes from no local session: with sessions bound, no accept there.
+            if !allowed.isEmpty, sessions == nil || chain == chainName {
                 let oif = "oifname " + oneOrSet(allowed)
                 let socket = sessions.map { " " + $0.description } ?? ""
                 for g in gateways {
                     let (verdict, role): (String, RuleRole) = mode == .enforce ? ("counter accept", .allow) : ("return", .wouldAllow)
                     out.append(head + "\(destination(g)) \(transport(g)) \(oif)\(socket) \(verdict) comment \"\(comment(role, gateway: g))\"")
+                }
+                // Only locally sent packets carry the socket's owner worth recording.
+                if sessions != nil, mode == .enforce, chain == chainName {
+                    let log = "limit rate \(refusalRate)/second burst \(refusalRate * 2) packets log group \(refusalLogGroup) snaplen \(refusalSnapLength)"
+                    for g in gateways {
+                        out.append(head + "\(destination(g)) \(oif) \(log) counter drop comment \"\(comment(.refused, gateway: g))\"")
+                    }
                 }
             }
             for g in gateways {

@@ -19,6 +19,9 @@ public protocol NetworkBinding: AnyObject, Sendable {
     /// Foreign changes to the table as the kernel announces them, for the agent's loop (nil:
     /// none; the periodic check alone sees them). Handed out once.
     func changeFeed() -> (any TableChangeFeed)?
+    /// Gateway packets the table refused and logged (`NftablesRuleset.RuleRole.refused`), for
+    /// the agent's loop; nil: not watched. Handed out once; throws what kept it from opening.
+    func refusalFeed() throws(NftablesError) -> (any GatewayRefusalFeed)?
 }
 
 /// Keeps VDI sessions (each a process tree held in a cgroup) and ends them. `SessionTracker` is
@@ -32,6 +35,9 @@ public protocol SessionControl: AnyObject, Sendable {
     /// Ends every live session whose profile satisfies `matching`: SIGTERM, then SIGKILL after
     /// `killTimeout` seconds. Blocks until done; the agent calls it off its executor.
     func terminate(matching: @escaping @Sendable (String) -> Bool, killTimeout: Double) -> [TerminationResult]
+    /// How nftables names the sessions' parent cgroup (nil: it cannot; the binding then lets
+    /// no socket reach the gateways while sessions are to be bound).
+    var socketMatch: NftablesRuleset.SessionMatch? { get }
 }
 
 extension NftablesBinding: NetworkBinding {}

@@ -60,6 +60,10 @@ public struct EnforcementEvent: Sendable, Equatable {
         case bindingFailed = "binding-failed"
         /// Another process changed the binding's table; it was put back.
         case bindingTampered = "binding-tampered"
+        /// The table refused gateway traffic on an authorized interface from a process outside
+        /// a My Number session (a client not started through the launch gate), or to a port
+        /// the policy does not list.
+        case gatewayRefused = "gateway-refused"
         /// Capture blocking denied an exec (fanotify).
         case execDenied = "exec-denied"
         /// Audit mode: the exec would have been denied.
@@ -75,7 +79,7 @@ public struct EnforcementEvent: Sendable, Equatable {
         /// the agent's EventThrottle).
         public var isUserCaused: Bool {
             switch self {
-            case .launchAllowed, .launchRefused, .launchWouldBeRefused, .execDenied, .execWouldBeDenied, .execFailMode, .processKilled, .processWouldBeKilled: true
+            case .launchAllowed, .launchRefused, .launchWouldBeRefused, .gatewayRefused, .execDenied, .execWouldBeDenied, .execFailMode, .processKilled, .processWouldBeKilled: true
             default: false
             }
         }

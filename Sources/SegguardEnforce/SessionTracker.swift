@@ -30,6 +30,10 @@ public final class SessionTracker: Sendable {
     }
 
     public let base: String
+    /// How nftables names the sessions' parent cgroup (`socket cgroupv2 level N "path"`), so
+    /// that only sockets of processes in a session reach the gateways; nil when it cannot be
+    /// named (the base is not under /sys/fs/cgroup).
+    public let socketMatch: NftablesRuleset.SessionMatch?
     private let state = Mutex<(next: UInt64, entries: [UInt64: Entry])>((1, [:]))
 
     /// `base` is a cgroup v2 directory to create sessions in; it is created if missing.
@@ -43,6 +47,8 @@ public final class SessionTracker: Sendable {
         guard access("\(base)/cgroup.procs", F_OK) == 0 else {
             throw SessionError("\(base) is not a cgroup v2 directory (no cgroup.procs)")
         }
+        socketMatch = SessionTracker.inInitialCgroupNamespace()
+            ? SessionTracker.socketMatch(for: base, mounts: SessionTracker.cgroup2Mounts()) : nil
         var next: UInt64 = 1
         var adopted: [UInt64: Entry] = [:]
         for name in (try? FileManager.default.contentsOfDirectory(atPath: base)) ?? [] where name.hasPrefix("session-") {
@@ -65,18 +71,86 @@ public final class SessionTracker: Sendable {
     /// so they are treated as needing the My Number segment).
     public static let adoptedProfile = "(adopted after restart)"
 
-    /// `<cgroup2 mount>/segguard`, from /proc/self/mountinfo; nil without a cgroup v2 mount.
+    /// Where sessions go by default: under the service's own cgroup when segguardd runs as a
+    /// systemd service with `Delegate=yes` (`<mount>/system.slice/segguardd.service/sessions`:
+    /// the subtree is segguardd's, and the service manager leaves it alone), else
+    /// `<cgroup2 mount>/segguard`. Nil without a cgroup v2 mount.
     public static func defaultBase() -> String? {
-        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return nil }
-        for line in text.split(separator: "\n") {
-            // ... mount-point ... - fstype source options
+        guard let mount = cgroup2Mounts().first else { return nil }
+        if let own = ownCgroup(), own.hasSuffix(".service"), isDelegated("\(mount.point)\(own)") {
+            return "\(mount.point)\(own)/sessions"
+        }
+        return mount.point + "/segguard"
+    }
+
+    /// A cgroup v2 mount: where it is, and which cgroup of the hierarchy (relative to this
+    /// process's cgroup namespace) is its root.
+    public struct Mount: Sendable, Equatable {
+        public var point: String
+        public var root: String
+        public init(point: String, root: String) { (self.point, self.root) = (point, root) }
+    }
+
+    /// The cgroup v2 mounts, from /proc/self/mountinfo (usually one).
+    public static func cgroup2Mounts(_ mountinfo: String? = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8)) -> [Mount] {
+        var out: [Mount] = []
+        for line in (mountinfo ?? "").split(separator: "\n") {
+            // id parent major:minor root mount-point options ... - fstype source options
             let halves = line.components(separatedBy: " - ")
             guard halves.count == 2, halves[1].hasPrefix("cgroup2 ") else { continue }
             let fields = halves[0].split(separator: " ")
             guard fields.count >= 5 else { continue }
-            return String(fields[4]) + "/segguard"
+            out.append(Mount(point: unescapeMountinfo(String(fields[4])), root: unescapeMountinfo(String(fields[3]))))
         }
-        return nil
+        return out
+    }
+
+    /// This process's cgroup v2 path ("0::/system.slice/segguardd.service" -> the path).
+    static func ownCgroup() -> String? {
+        guard let text = try? String(contentsOfFile: "/proc/self/cgroup", encoding: .utf8) else { return nil }
+        return text.split(separator: "\n").first { $0.hasPrefix("0::") }.map { String($0.dropFirst(3)) }
+    }
+
+    /// The service manager gave this cgroup to us (Delegate=yes): we may make children.
+    static func isDelegated(_ dir: String) -> Bool {
+        access(dir, W_OK) == 0 && access("\(dir)/cgroup.subtree_control", W_OK) == 0
+    }
+
+    /// The nftables match for sockets of processes under `base`: its path relative to
+    /// /sys/fs/cgroup (where nft looks a cgroupv2 path up) and its depth below the hierarchy's
+    /// root as this process sees it (its cgroup namespace): the mount's own root depth plus the
+    /// components below the mount point. Nil when nft cannot name it.
+    public static func socketMatch(for base: String, mounts: [Mount]) -> NftablesRuleset.SessionMatch? {
+        let clean = base.hasSuffix("/") ? String(base.dropLast()) : base
+        guard let mount = mounts.filter({ clean.hasPrefix($0.point + "/") }).max(by: { $0.point.count < $1.point.count }) else { return nil }
+        let below = clean.dropFirst(mount.point.count).split(separator: "/")
+        let level = mount.root.split(separator: "/").count + below.count
+        let sysfs = "/sys/fs/cgroup/"
+        guard clean.hasPrefix(sysfs) else { return nil }
+        return NftablesRuleset.SessionMatch(path: String(clean.dropFirst(sysfs.count)), level: level)
+    }
+
+    /// True when this process sees the whole cgroup hierarchy (the initial cgroup namespace,
+    /// inode 0xEFFFFFFB). In another one (a container) the depth nftables compares with (the
+    /// kernel's, from the real root) is not knowable from inside, so sessions cannot be named.
+    public static func inInitialCgroupNamespace(_ link: String? = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/cgroup")) -> Bool {
+        link == "cgroup:[4026531835]"
+    }
+
+    /// mountinfo escapes space, tab, newline and backslash as \ooo.
+    static func unescapeMountinfo(_ s: String) -> String {
+        guard s.contains("\\") else { return s }
+        var out = [UInt8](), bytes = Array(s.utf8), i = 0
+        while i < bytes.count {
+            if bytes[i] == 0x5C, i + 3 < bytes.count, let v = UInt8(String(decoding: bytes[(i + 1)...(i + 3)], as: UTF8.self), radix: 8) {
+                out.append(v)
+                i += 4
+            } else {
+                out.append(bytes[i])
+                i += 1
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// Puts the process `pid` (and so everything it will fork) into a new session cgroup.

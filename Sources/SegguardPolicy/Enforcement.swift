@@ -24,9 +24,14 @@ public struct EnforcementRule: Sendable, Equatable, Codable {
     public var graceSeconds: Double
     /// Seconds between SIGTERM and SIGKILL when a session is ended.
     public var killTimeoutSeconds: Double
+    /// The network binding lets gateway traffic out only from sockets of processes in a My
+    /// Number session (started through the launch gate): a client started any other way does
+    /// not reach the gateway. Off: any process on the authorized segment does.
+    public var bindToSessions: Bool
 
     public init(launchGate: ControlMode = .enforce, sessionTermination: ControlMode = .enforce, networkBinding: ControlMode = .enforce,
-                graceSeconds: Double = 5, killTimeoutSeconds: Double = 3) {
+                graceSeconds: Double = 5, killTimeoutSeconds: Double = 3, bindToSessions: Bool = true) {
+        self.bindToSessions = bindToSessions
         self.launchGate = launchGate
         self.sessionTermination = sessionTermination
         self.networkBinding = networkBinding

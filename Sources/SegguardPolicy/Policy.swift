@@ -130,6 +130,19 @@ public struct Gateway: Sendable, Equatable, Codable {
         self.ports = ports
         self.transport = transport
     }
+
+    /// True when the gateway's entry lists `transport` ("tcp", "udp") and `port` (nil: unknown,
+    /// listed only when every port is).
+    public func allows(transport name: String, port: UInt16?) -> Bool {
+        let transportListed = switch transport {
+        case .tcp: name == "tcp"
+        case .udp: name == "udp"
+        case .both: name == "tcp" || name == "udp"
+        }
+        guard transportListed else { return false }
+        if ports.isEmpty { return true }
+        return port.map { ports.contains($0) } ?? false
+    }
 }
 
 /// Shell-style name matching (`*`, `?`, `[abc]`, `[a-z]`, `[!x]`) for interface names.

@@ -324,7 +324,9 @@ private struct Context {
     mutating func enforcement(_ node: Node) -> EnforcementRule {
         var rule = EnforcementRule()
         let path = "enforcement"
-        guard let m = mapping(node, path, allowed: ["launch_gate", "session_termination", "network_binding", "grace_seconds", "kill_timeout_seconds"]) else { return rule }
+        guard let m = mapping(node, path, allowed: ["launch_gate", "session_termination", "network_binding", "grace_seconds", "kill_timeout_seconds",
+                                                    "bind_to_sessions"]) else { return rule }
+        if let v = m["bind_to_sessions"], let b = bool(v, "\(path).bind_to_sessions") { rule.bindToSessions = b }
         if let v = m["launch_gate"], let mode = oneOf(v, "\(path).launch_gate", ControlMode.self) { rule.launchGate = mode }
         if let v = m["session_termination"], let mode = oneOf(v, "\(path).session_termination", ControlMode.self) { rule.sessionTermination = mode }
         if let v = m["network_binding"], let mode = oneOf(v, "\(path).network_binding", ControlMode.self) { rule.networkBinding = mode }

@@ -118,11 +118,24 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
     public let feed: FakeTableChangeFeed?
     private let feedHandedOut = Mutex(false)
 
+    /// What `refusalFeed()` hands out: push refused packets into it as nfnetlink_log would.
+    public let refusals: FakeRefusalFeed?
+    private let refusalsHandedOut = Mutex(false)
+
     /// `announcesChanges`: the by-hand changes below are also announced on `changeFeed()`, as
     /// nf_tables' notifications announce them (else only the periodic check finds them).
-    public init(table: String = "segguard", announcesChanges: Bool = false) {
+    /// `logsRefusals`: `refusalFeed()` hands out `refusals`.
+    public init(table: String = "segguard", announcesChanges: Bool = false, logsRefusals: Bool = false) {
         self.table = table
         self.feed = announcesChanges ? FakeTableChangeFeed() : nil
+        self.refusals = logsRefusals ? FakeRefusalFeed() : nil
+    }
+
+    public func refusalFeed() throws(NftablesError) -> (any GatewayRefusalFeed)? {
+        refusalsHandedOut.withLock { given in
+            defer { given = true }
+            return given ? nil : refusals
+        }
     }
 
     public func changeFeed() -> (any TableChangeFeed)? {
@@ -245,6 +258,42 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
 }
 
 /// Announced table changes, waiting in a pipe's worth of wake-ups for the agent's loop.
+/// Refused gateway packets pushed by a test, readable on `fd` as the real socket is.
+public final class FakeRefusalFeed: GatewayRefusalFeed, Sendable {
+    public let fd: Int32
+    private let writeEnd: Int32
+    private let pending = Mutex<[GatewayRefusal]>([])
+
+    public init() {
+        var fds: [Int32] = [-1, -1]
+        precondition(pipe(&fds) == 0, "pipe failed")
+        _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
+        _ = fcntl(fds[1], F_SETFL, O_NONBLOCK)
+        (fd, writeEnd) = (fds[0], fds[1])
+    }
+
+    deinit {
+        close(fd)
+        close(writeEnd)
+    }
+
+    /// Queues `refusals` and makes `fd` readable.
+    public func push(_ refusals: [GatewayRefusal]) {
+        pending.withLock { $0 += refusals }
+        var one: UInt8 = 1
+        _ = write(writeEnd, &one, 1)
+    }
+
+    public func drain() -> GatewayRefusals {
+        var sink = [UInt8](repeating: 0, count: 256)
+        while read(fd, &sink, sink.count) > 0 {}
+        return pending.withLock { all in
+            defer { all = [] }
+            return GatewayRefusals(refusals: all)
+        }
+    }
+}
+
 public final class FakeTableChangeFeed: TableChangeFeed, Sendable {
     public let fd: Int32
     private let writeEnd: Int32
@@ -283,7 +332,11 @@ public final class FakeTableChangeFeed: TableChangeFeed, Sendable {
 /// Sessions kept in memory; `terminate` ends them at once (or leaves them, when told to).
 public final class FakeSessionControl: SessionControl, Sendable {
     private let state = Mutex<(next: UInt64, sessions: [SessionInfo], terminations: [[UInt64]], refuse: String?, stubborn: Bool)>((1, [], [], nil, false))
-    public init() {}
+    public let socketMatch: NftablesRuleset.SessionMatch?
+    /// `socketMatch`: as the real tracker would name its base for nftables (nil: it cannot).
+    public init(socketMatch: NftablesRuleset.SessionMatch? = NftablesRuleset.SessionMatch(path: "segguard", level: 1)) {
+        self.socketMatch = socketMatch
+    }
 
     public func register(pid: Int32, uid: UInt32, profile: String, peerPidfd: Int32) throws(SessionError) -> SessionInfo {
         let result = state.withLock { s -> Result<SessionInfo, SessionError> in

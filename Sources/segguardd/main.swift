@@ -106,7 +106,11 @@ extension Segguardd {
     func sources(binding: NftablesBinding, _ logger: Logger) throws -> AgentSources {
         var tracker: SessionTracker?
         if let base = sessionCgroup ?? SessionTracker.defaultBase() {
-            do { tracker = try SessionTracker(base: base) } catch { logger.error("no session tracking: My Number launches will be refused", metadata: ["error": "\(error)"]) }
+            do {
+                let t = try SessionTracker(base: base)
+                tracker = t
+                logger.notice("VDI sessions are cgroups under \(base)", metadata: ["nftables_match": "\(t.socketMatch?.description ?? "none (cannot be named)")"])
+            } catch { logger.error("no session tracking: My Number launches will be refused", metadata: ["error": "\(error)"]) }
         } else {
             logger.error("no cgroup v2 mount: My Number launches will be refused")
         }

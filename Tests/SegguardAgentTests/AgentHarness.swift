@@ -33,8 +33,8 @@ final class AgentHarness: Sendable {
     ///   - sessionControl: false: no cgroup v2 on this host (no session tracking).
     ///   - announcesChanges: the fake binding announces by-hand changes as nf_tables does.
     init(policy yaml: String = AgentHarness.policy(), sessionControl: Bool = true, watchdog: Double? = nil, start: Bool = true,
-         announcesChanges: Bool = false) throws {
-        binding = FakeNetworkBinding(announcesChanges: announcesChanges)
+         announcesChanges: Bool = false, logsRefusals: Bool = false) throws {
+        binding = FakeNetworkBinding(announcesChanges: announcesChanges, logsRefusals: logsRefusals)
         dir = NSTemporaryDirectory() + "sg-agent-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try yaml.write(toFile: dir + "/policy.yaml", atomically: true, encoding: .utf8)

@@ -357,6 +357,35 @@ struct AgentOrderTests {
         #expect(h.binding.accepted.count == count + 1)
     }
 
+    @Test("refused gateway packets (logged by the table) are gateway-refused events naming the uid, the interface and why; a flood from one uid is held back")
+    func gatewayRefusedRecorded() throws {
+        let h = try AgentHarness(logsRefusals: true)
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        let feed = try #require(h.binding.refusals)
+        feed.push([GatewayRefusal(uid: 1000, outInterfaceIndex: 2, destination: IPAddress("192.0.2.10"), transport: "tcp", port: 443)])
+        h.agent.settle()
+        let event = try #require(h.denials.last)
+        #expect(event.kind == "gateway-refused" && event.uid == 1000)
+        #expect(event.reason == """
+            a process of uid 1000 sent to 192.0.2.10 tcp/443 via eth0: refused, not started through segguard-launch (not in a My Number \
+            session); only sessions reach the VDI gateways
+            """)
+        #expect(h.reporter.events.last?.kind == "gateway-refused" && h.reporter.events.last?.severity == "warning")
+        // An unlisted port, an unknown interface.
+        feed.push([GatewayRefusal(uid: 1001, outInterfaceIndex: 99, destination: IPAddress("192.0.2.10"), transport: "udp", port: 53)])
+        h.agent.settle()
+        #expect(h.denials.last?.reason == "a process of uid 1001 sent to 192.0.2.10 udp/53 via ifindex 99: refused, the policy does not list this port for the gateway")
+        // A user retrying in a loop: one event, the rest summed up when the minute ends.
+        let before = h.denials.count
+        feed.push(Array(repeating: GatewayRefusal(uid: 1002, outInterfaceIndex: 2, destination: IPAddress("192.0.2.10"), transport: "tcp", port: 443), count: 500))
+        h.agent.settle()
+        #expect(h.denials.count == before + 1)
+        h.advance(61)
+        #expect(h.denials.count == before + 2)
+        #expect(h.reporter.events.last { $0.kind == "gateway-refused" }?.details["repeated"] == "499")
+    }
+
     @Test("the repair tick finds the table gone while authorized and puts the allow table back")
     func repairMissing() throws {
         let h = try AgentHarness()

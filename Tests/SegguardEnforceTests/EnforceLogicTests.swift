@@ -176,11 +176,30 @@ struct BindingControllerTests {
     }
     static let eth0 = Decision(segment: .authorizedWired, reason: "r", authorizedInterfaces: ["eth0"], findings: [])
     static let closed = Decision.failClosed("lost")
+    static let sessions = NftablesRuleset.SessionMatch(path: "unified/segguard", level: 1)!
+
+    @Test("bound to sessions: the accept names the session cgroups; when they cannot be named nothing is allowed; bind_to_sessions off: any socket")
+    func sessionBinding() {
+        let fake = FakeNetworkBinding()
+        let bound = BindingController(binding: fake, baselinePath: nil, sessions: Self.sessions, logger: Logger(label: "t"))
+        #expect(bound.enforce(Self.eth0, policy: Self.policy(), generation: 1) == .applied(mode: .enforce, allowed: ["eth0"]))
+        #expect(String(decoding: fake.accepted.last!.data, as: UTF8.self).contains(#"oifname "eth0" socket cgroupv2 level 1 "unified/segguard" counter accept"#))
+
+        let unnamed = BindingController(binding: fake, baselinePath: nil, sessions: nil, logger: Logger(label: "t"))
+        #expect(unnamed.enforce(Self.eth0, policy: Self.policy(), generation: 1) == .applied(mode: .enforce, allowed: []), "fail closed")
+        var anySocket = Self.policy()
+        anySocket.enforcement.bindToSessions = false
+        #expect(unnamed.enforce(Self.eth0, policy: anySocket, generation: 2) == .applied(mode: .enforce, allowed: ["eth0"]))
+        #expect(!String(decoding: fake.accepted.last!.data, as: UTF8.self).contains("socket cgroupv2"))
+        // Turning the binding to sessions on again (a reload) changes the table.
+        #expect(bound.enforce(Self.eth0, policy: anySocket, generation: 3) == .applied(mode: .enforce, allowed: ["eth0"]))
+        #expect(bound.enforce(Self.eth0, policy: Self.policy(), generation: 4) == .applied(mode: .enforce, allowed: ["eth0"]))
+    }
 
     @Test("one transaction per change; the same decision again is unchanged; a new generation never goes back")
     func transactions() {
         let fake = FakeNetworkBinding()
-        let c = BindingController(binding: fake, baselinePath: nil, logger: Logger(label: "t"))
+        let c = BindingController(binding: fake, baselinePath: nil, sessions: Self.sessions, logger: Logger(label: "t"))
         #expect(c.enforce(Self.eth0, policy: Self.policy(), generation: 1) == .applied(mode: .enforce, allowed: ["eth0"]))
         #expect(c.enforce(Self.eth0, policy: Self.policy(), generation: 2) == .unchanged)
         #expect(c.enforce(Self.closed, policy: Self.policy(), generation: 3) == .applied(mode: .enforce, allowed: []))
@@ -188,7 +207,7 @@ struct BindingControllerTests {
         #expect(fake.accepted.map(\.allowed) == [["eth0"], [], []])
         // The first is the whole table (none of ours yet); then only the chain's rules.
         #expect(fake.accepted.map(\.data) == [
-            NftablesRuleset.transaction(table: "segguard", gateways: [Self.gateway], allowedInterfaces: ["eth0"], mode: .enforce),
+            NftablesRuleset.transaction(table: "segguard", gateways: [Self.gateway], allowedInterfaces: ["eth0"], mode: .enforce, sessions: Self.sessions),
             NftablesRuleset.update(table: "segguard", gateways: [Self.gateway], allowedInterfaces: [], mode: .enforce),
             NftablesRuleset.update(table: "segguard", gateways: [Self.gateway], allowedInterfaces: [], mode: .audit),
         ])
@@ -199,7 +218,7 @@ struct BindingControllerTests {
     @Test("the table deleted by hand: the rules update is refused, the whole table is applied at once")
     func rulesUpdateFallsBack() {
         let fake = FakeNetworkBinding()
-        let c = BindingController(binding: fake, baselinePath: nil, logger: Logger(label: "t"))
+        let c = BindingController(binding: fake, baselinePath: nil, sessions: Self.sessions, logger: Logger(label: "t"))
         c.applyBaseline(policy: Self.policy())
         fake.loseTable()
         #expect(c.enforce(Self.eth0, policy: Self.policy(), generation: 1) == .applied(mode: .enforce, allowed: ["eth0"]))
@@ -214,7 +233,7 @@ struct BindingControllerTests {
         let dir = NSTemporaryDirectory() + "sg-bc-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: dir) }
-        let c = BindingController(binding: fake, baselinePath: dir + "/baseline.json", logger: Logger(label: "t"))
+        let c = BindingController(binding: fake, baselinePath: dir + "/baseline.json", sessions: Self.sessions, logger: Logger(label: "t"))
         fake.refuse { !$0.allowed.isEmpty }
         guard case let .failed(error, inForce) = c.enforce(Self.eth0, policy: Self.policy(), generation: 1) else {
             Issue.record("not failed")
@@ -230,5 +249,49 @@ struct BindingControllerTests {
         fake.loseTable()
         #expect(c.repair(Self.eth0, policy: Self.policy(), generation: 1) == .applied(mode: .enforce, allowed: ["eth0"]))
         #expect(c.repair(Self.eth0, policy: Self.policy(.off), generation: 1) == nil, "binding off: no repair")
+    }
+}
+
+@Suite("Session cgroups named for nftables")
+struct SessionMatchTests {
+    static let unified = "24 30 0:22 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n"
+    static let hybrid = """
+        25 24 0:23 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+        26 24 0:24 / /sys/fs/cgroup/systemd rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,xattr,name=systemd
+        """
+
+    @Test("the path relative to /sys/fs/cgroup and the depth below the hierarchy's root, on unified and hybrid hosts")
+    func levels() throws {
+        let u = SessionTracker.cgroup2Mounts(Self.unified)
+        #expect(u == [SessionTracker.Mount(point: "/sys/fs/cgroup", root: "/")])
+        #expect(SessionTracker.socketMatch(for: "/sys/fs/cgroup/system.slice/segguardd.service/sessions", mounts: u)
+            == NftablesRuleset.SessionMatch(path: "system.slice/segguardd.service/sessions", level: 3))
+        #expect(SessionTracker.socketMatch(for: "/sys/fs/cgroup/segguard/", mounts: u) == NftablesRuleset.SessionMatch(path: "segguard", level: 1))
+        let h = SessionTracker.cgroup2Mounts(Self.hybrid)
+        #expect(h == [SessionTracker.Mount(point: "/sys/fs/cgroup/unified", root: "/")], "the v1 mount is not cgroup2")
+        #expect(SessionTracker.socketMatch(for: "/sys/fs/cgroup/unified/system.slice/segguardd.service/sessions", mounts: h)
+            == NftablesRuleset.SessionMatch(path: "unified/system.slice/segguardd.service/sessions", level: 3))
+        // A mount of a sub-tree (its root below the hierarchy's): its depth counts.
+        let sub = [SessionTracker.Mount(point: "/sys/fs/cgroup", root: "/machine.slice/x.scope")]
+        #expect(SessionTracker.socketMatch(for: "/sys/fs/cgroup/segguard", mounts: sub) == NftablesRuleset.SessionMatch(path: "segguard", level: 3))
+    }
+
+    @Test("what cannot be named: outside any cgroup2 mount, outside /sys/fs/cgroup, a mount root itself; escaped mount points read back")
+    func unnamed() {
+        let u = SessionTracker.cgroup2Mounts(Self.unified)
+        #expect(SessionTracker.socketMatch(for: "/tmp/segguard", mounts: u) == nil)
+        #expect(SessionTracker.socketMatch(for: "/sys/fs/cgroup", mounts: u) == nil)
+        let elsewhere = SessionTracker.cgroup2Mounts("40 1 0:30 / /mnt/cg\\040two rw - cgroup2 none rw\n")
+        #expect(elsewhere == [SessionTracker.Mount(point: "/mnt/cg two", root: "/")])
+        #expect(SessionTracker.socketMatch(for: "/mnt/cg two/segguard", mounts: elsewhere) == nil, "nft looks paths up under /sys/fs/cgroup only")
+        #expect(SessionTracker.cgroup2Mounts("garbage\n\n - cgroup2\n").isEmpty)
+        #expect(SessionTracker.cgroup2Mounts(nil).isEmpty)
+    }
+
+    @Test("only the initial cgroup namespace knows the kernel's depth; in a container sessions are not named (fail closed)")
+    func namespace() {
+        #expect(SessionTracker.inInitialCgroupNamespace("cgroup:[4026531835]"))
+        #expect(!SessionTracker.inInitialCgroupNamespace("cgroup:[4026532400]"))
+        #expect(!SessionTracker.inInitialCgroupNamespace(nil))
     }
 }

@@ -99,10 +99,20 @@ struct NftablesRulesetTests {
     func sessionBound() throws {
         let sessions = try #require(NftablesRuleset.SessionMatch(path: "unified/system.slice/segguardd.service/sessions", level: 3))
         let got = lines(NftablesRuleset.transaction(table: "segguard", gateways: [hostTCP], allowedInterfaces: ["eth0"], mode: .enforce, sessions: sessions))
-        #expect(got == replaceHead + bothChains([
-            #"ip daddr 10.20.30.40 meta l4proto tcp th dport 443 oifname "eth0" socket cgroupv2 level 3 "unified/system.slice/segguardd.service/sessions" counter accept comment "segguard: 10.20.30.40/32 tcp 443: allow via authorized interface""#,
-            #"ip daddr 10.20.30.40 counter drop comment "segguard: 10.20.30.40/32 tcp 443: drop elsewhere""#,
-        ]))
+        let accept = #"ip daddr 10.20.30.40 meta l4proto tcp th dport 443 oifname "eth0" socket cgroupv2 level 3 "unified/system.slice/segguardd.service/sessions" counter accept comment "segguard: 10.20.30.40/32 tcp 443: allow via authorized interface""#
+        let drop = #"ip daddr 10.20.30.40 counter drop comment "segguard: 10.20.30.40/32 tcp 443: drop elsewhere""#
+        // In the output chain, what no accept took on an authorized interface is logged (for
+        // the gateway-refused event), then dropped. Forwarded packets come from no session
+        // (and nftables has no socket match on the forward hook): dropped.
+        let refused = #"ip daddr 10.20.30.40 oifname "eth0" limit rate 20/second burst 40 packets log group 4747 snaplen 96 counter drop comment "segguard: 10.20.30.40/32 tcp 443: refused, logged""#
+        #expect(got == replaceHead + ["add rule inet segguard output " + accept, "add rule inet segguard output " + refused, "add rule inet segguard output " + drop,
+                                      "add rule inet segguard forward " + drop, ""])
+        // Nothing authorized: no accept, nothing logged (every packet there is dropped as it
+        // would be without sessions); audit: nothing logged.
+        let closed = lines(NftablesRuleset.transaction(table: "segguard", gateways: [hostTCP], allowedInterfaces: [], mode: .enforce, sessions: sessions))
+        #expect(closed == replaceHead + bothChains([drop]))
+        let audit = lines(NftablesRuleset.transaction(table: "segguard", gateways: [hostTCP], allowedInterfaces: ["eth0"], mode: .audit, sessions: sessions))
+        #expect(!audit.contains { $0.contains("log group") })
         // Paths nft could not be given exactly are refused.
         for bad in ["", "/abs", "a/../b", "a\"b", "a\\b", "a b", "a\nb"] { #expect(NftablesRuleset.SessionMatch(path: bad, level: 1) == nil, "\(bad)") }
         #expect(NftablesRuleset.SessionMatch(path: "segguard", level: 0) == nil)

@@ -170,10 +170,30 @@ final class EnforcementLab {
     }
     var sessions: [SessionEntry] { reply(.sessions)?.sessions ?? [] }
     var denials: [EventEntry] { reply(.whyDenied)?.events ?? [] }
-    func canReachGateway() -> Bool {
-        if case .success = tcpConnect(namespacePath: client.path, address: Self.gatewayIP, port: Self.port, timeout: 1) { return true }
-        return false
+    /// A TCP connection to the gateway succeeds within 1 s. `inSession`: from a process in a
+    /// cgroup under the sessions' parent (as a launched client is; the table binds the gateway
+    /// to those sockets), else from this test process (as a client started directly is).
+    func canReachGateway(inSession: Bool = true) -> Bool {
+        guard inSession else {
+            if case .success = tcpConnect(namespacePath: client.path, address: Self.gatewayIP, port: Self.port, timeout: 1) { return true }
+            return false
+        }
+        let probe = "\(cgroup)/probe"
+        if mkdir(probe, 0o755) != 0 && errno != EEXIST { return false }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+        // Python's socket timeout (poll), not timeout(1): a child of the test process inherits
+        // its blocked signals, so timeout's SIGALRM would never arrive.
+        p.arguments = ["--net=\(client.path)", "/bin/sh", "-c", "echo $$ > \(probe)/cgroup.procs && exec \(Self.connectScript)"]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        guard (try? p.run()) != nil else { return false }
+        p.waitUntilExit()
+        return p.terminationStatus == 0
     }
+
+    /// Connects to the gateway within 1 s: exit status 0 when it did.
+    static let connectScript = "/usr/bin/python3 -c 'import socket; socket.create_connection((\"\(gatewayIP)\", \(port)), timeout=1)'"
 
     func cleanup() {
         if ProcessInfo.processInfo.environment["SEGGUARD_TEST_LOGS"] != nil {
@@ -191,6 +211,7 @@ final class EnforcementLab {
                 rmdir("\(cgroup)/\(e)")
             }
         }
+        rmdir("\(cgroup)/probe")
         rmdir(cgroup)
         client.destroy()
         gateway.destroy()
@@ -206,7 +227,8 @@ enum SessionTrackerPaths {
 func isAlive(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || errno != ESRCH }
 
 @Suite("Segment binding on the real kernel", .serialized,
-       .enabled(if: canCreateNamespaces && SessionTrackerPaths.base != nil, "needs root, iproute2 and a cgroup v2 mount"))
+       .enabled(if: canCreateNamespaces && SessionTrackerPaths.base != nil && FileManager.default.isExecutableFile(atPath: "/usr/bin/python3"),
+                "needs root, iproute2, a cgroup v2 mount and python3 (the probe that connects from a session cgroup)"))
 struct EnforcementTests {
     @Test("carrier loss: gateway blocked, the session and its double-forked child ended; carrier back: launch allowed again")
     func carrierLossEndsSession() throws {
@@ -397,6 +419,40 @@ struct EnforcementTests {
               + "root's slowest status \(String(format: "%.3f", slowest)) s, \(logLines) log lines")
         #expect(logLines < 100, "\(logLines) log lines during the flood (connections opened: \(opened))")
         #expect(opened.allSatisfy { (Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0) > 100 }, "the floods ran: \(opened)")
+    }
+
+    @Test("bound to sessions: on the authorized segment a client started directly cannot connect to the gateway (refused, recorded with its uid) while a launched one can",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"), "needs setpriv (util-linux)"))
+    func boundToSessions() throws {
+        let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 4340)
+        defer { lab.cleanup() }
+        chmod(lab.dir.path, 0o755)  // uid 1000 reaches the control socket
+        try lab.startDaemon()
+        #expect(lab.eventually { lab.isBoundToSga0 })
+        let listing = try runCommand(["nsenter", "--net=\(lab.client.path)", "nft", "list", "table", "inet", "segguard"])
+        #expect(listing.contains("socket cgroupv2 level"), "\(listing)")
+
+        // Started directly, by root (this test) and by uid 1000: no connection.
+        #expect(!lab.canReachGateway(inSession: false), "a process outside the sessions is refused")
+        let direct = Process()
+        direct.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+        direct.arguments = ["--net=\(lab.client.path)", "setpriv", "--reuid=1000", "--regid=1000", "--clear-groups",
+                            "/bin/sh", "-c", "exec \(EnforcementLab.connectScript)"]
+        direct.standardError = FileHandle.nullDevice
+        try direct.run()
+        direct.waitUntilExit()
+        #expect(direct.terminationStatus != 0, "uid 1000's direct client did not connect")
+        #expect(lab.server.acceptedCount == 0)
+        #expect(lab.eventually { lab.denials.contains { $0.kind == "gateway-refused" && $0.uid == 1000 } }, "recorded with the uid")
+        let event = try #require(lab.denials.last { $0.kind == "gateway-refused" && $0.uid == 1000 })
+        #expect(event.reason.contains("a process of uid 1000 sent to 10.62.9.1 tcp/8443 via sga0: refused, not started through segguard-launch"), "\(event.reason)")
+
+        // Launched through the gate by the same user: connects.
+        let launcher = try lab.launch(EnforcementLab.client, user: (1000, 1000))
+        #expect(lab.eventually { lab.server.acceptedCount >= 1 }, "the launched client connected")
+        #expect(lab.sessions.first?.pid == launcher.processIdentifier)
+        // While it runs, a direct attempt is still refused.
+        #expect(!lab.canReachGateway(inSession: false))
     }
 
     @Test("a second uplink appearing ends the session")
