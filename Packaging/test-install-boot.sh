@@ -113,6 +113,8 @@ sites:
 enforcement: {launch_gate: enforce, session_termination: enforce, network_binding: enforce, grace_seconds: 0}
 vdi:
   gateways: [{address: 192.0.2.10, ports: [443]}]
+profiles:
+  - {name: mynumber, segment: mynumber, command: ["/bin/sleep", "3600"]}
 # Capture blocking on the container's own /run (a tmpfs of the container's), never the host's.
 capture:
   watch: ["/run"]
@@ -174,6 +176,26 @@ status="$(in_ct systemctl show -p StatusText --value segguardd)"
 echo "     (StatusText: $status)"
 check "STATUS= shows the decision" sh -c "echo '$status' | grep -Eq '^(authorized-wired via host0|unauthorized: )'"
 check "authorized via host0: the table lets the gateway out through host0 only" wait_for accepts
+# Bound to sessions: the sessions' parent is in the service's delegated subtree, and the
+# accept names it; a launched client is in a session cgroup under it; a restart keeps it.
+journal() { nsenter -t "$pid1" -a -- journalctl -u segguardd -o cat --no-pager; }
+check "session cgroups are in the service's delegated subtree (Delegate=yes)" sh -c "nsenter -t $pid1 -a -- journalctl -u segguardd -o cat --no-pager | grep -q 'VDI sessions are cgroups under /sys/fs/cgroup/.*segguardd.service/sessions'"
+check "the accept rule is bound to them (socket cgroupv2 level …/segguardd.service/sessions)" sh -c "nsenter -t $pid1 -a -- nft list table inet segguard | grep -q 'socket cgroupv2 level [0-9]* \".*segguardd.service/sessions\" counter.* accept'"
+[ "$failed" = 0 ] || { journal | grep -E 'VDI sessions|cannot be named' | tail -3; in_ct nft list table inet segguard | grep accept; } | sed 's/^/     | /'
+in_ct segguard-launch --no-notify --profile mynumber >/dev/null 2>&1 &
+session_pid=""
+for _ in $(seq 50); do
+    session_pid="$(in_ct segguardctl sessions 2>/dev/null | sed -n 's/^session .* pid \([0-9]*\) .*/\1/p' | head -1)"
+    [ -n "$session_pid" ] && break
+    sleep 0.2
+done
+check "a launched client is a tracked session" test -n "$session_pid"
+check "... in a session cgroup under the delegated subtree" sh -c "nsenter -t $pid1 -a -- cat /proc/${session_pid:-0}/cgroup | grep -q '^0::/.*segguardd.service/sessions/session-'"
+in_ct systemctl restart segguardd
+check "a restart of segguardd does not end the session (KillMode=process)" in_ct test -d "/proc/${session_pid:-0}"
+check "... and the new run adopts it" wait_for sh -c "nsenter -t $pid1 -a -- segguardctl sessions | grep -q 'pid ${session_pid:-0} '"
+check "... and opens host0 again" wait_for accepts
+in_ct sh -c "kill ${session_pid:-0}" 2>/dev/null  # the shell's kill: the minimal root has no /bin/kill
 check "journal has structured DECISION= fields" sh -c "nsenter -t $pid1 -a -- journalctl -u segguardd -o json --no-pager | grep -q '\"DECISION\"'"
 check "the nftables table is in place" in_ct nft list table inet segguard
 in_ct sh -c 'mkdir -p /run/captest && cp /usr/bin/true /run/captest/scrot && cp /usr/bin/true /run/captest/editor'

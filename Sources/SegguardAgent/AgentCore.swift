@@ -194,7 +194,7 @@ final class AgentCore {
     func start() throws {
         if binding != nil && policy.enforcement.bindToSessions && sources.sessions?.socketMatch == nil {
             logger.critical("""
-                VDI sessions cannot be named for nftables (no cgroup v2 under /sys/fs/cgroup, or segguardd runs in a cgroup namespace): \
+                VDI sessions cannot be named for nftables (no session cgroup under /sys/fs/cgroup): \
                 while enforcement.bind_to_sessions is on, no process may reach the VDI gateways
                 """)
         }

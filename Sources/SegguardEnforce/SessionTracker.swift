@@ -47,8 +47,7 @@ public final class SessionTracker: Sendable {
         guard access("\(base)/cgroup.procs", F_OK) == 0 else {
             throw SessionError("\(base) is not a cgroup v2 directory (no cgroup.procs)")
         }
-        socketMatch = SessionTracker.inInitialCgroupNamespace()
-            ? SessionTracker.socketMatch(for: base, mounts: SessionTracker.cgroup2Mounts()) : nil
+        socketMatch = SessionTracker.socketMatch(for: base, mounts: SessionTracker.cgroup2Mounts())
         var next: UInt64 = 1
         var adopted: [UInt64: Entry] = [:]
         for name in (try? FileManager.default.contentsOfDirectory(atPath: base)) ?? [] where name.hasPrefix("session-") {
@@ -118,8 +117,9 @@ public final class SessionTracker: Sendable {
 
     /// The nftables match for sockets of processes under `base`: its path relative to
     /// /sys/fs/cgroup (where nft looks a cgroupv2 path up) and its depth below the hierarchy's
-    /// root as this process sees it (its cgroup namespace): the mount's own root depth plus the
-    /// components below the mount point. Nil when nft cannot name it.
+    /// root as this process sees it (its cgroup namespace; the kernel adds the namespace root's
+    /// own depth when the rule is added): the mount's own root depth plus the components below
+    /// the mount point. Nil when nft cannot name it.
     public static func socketMatch(for base: String, mounts: [Mount]) -> NftablesRuleset.SessionMatch? {
         let clean = base.hasSuffix("/") ? String(base.dropLast()) : base
         guard let mount = mounts.filter({ clean.hasPrefix($0.point + "/") }).max(by: { $0.point.count < $1.point.count }) else { return nil }
@@ -131,8 +131,10 @@ public final class SessionTracker: Sendable {
     }
 
     /// True when this process sees the whole cgroup hierarchy (the initial cgroup namespace,
-    /// inode 0xEFFFFFFB). In another one (a container) the depth nftables compares with (the
-    /// kernel's, from the real root) is not knowable from inside, so sessions cannot be named.
+    /// inode 0xEFFFFFFB). In another one (a container) the level is counted from the
+    /// namespace's root, as the kernel does since nft_socket's cgroup namespace fix (2024;
+    /// verified on 6.18); an older kernel counts from the real root and never matches: fail
+    /// closed, and said so in the log.
     public static func inInitialCgroupNamespace(_ link: String? = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/cgroup")) -> Bool {
         link == "cgroup:[4026531835]"
     }

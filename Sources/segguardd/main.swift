@@ -110,6 +110,12 @@ extension Segguardd {
                 let t = try SessionTracker(base: base)
                 tracker = t
                 logger.notice("VDI sessions are cgroups under \(base)", metadata: ["nftables_match": "\(t.socketMatch?.description ?? "none (cannot be named)")"])
+                if !SessionTracker.inInitialCgroupNamespace() {
+                    logger.warning("""
+                        segguardd runs in a cgroup namespace: the sessions' level is counted from its root, as kernels with nft_socket's \
+                        cgroup namespace fix (2024) do; on an older kernel no process would reach the gateways while bind_to_sessions is on
+                        """)
+                }
             } catch { logger.error("no session tracking: My Number launches will be refused", metadata: ["error": "\(error)"]) }
         } else {
             logger.error("no cgroup v2 mount: My Number launches will be refused")

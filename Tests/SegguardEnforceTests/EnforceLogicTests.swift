@@ -288,7 +288,7 @@ struct SessionMatchTests {
         #expect(SessionTracker.cgroup2Mounts(nil).isEmpty)
     }
 
-    @Test("only the initial cgroup namespace knows the kernel's depth; in a container sessions are not named (fail closed)")
+    @Test("the initial cgroup namespace is told from another (in a container the level is counted from the namespace's root)")
     func namespace() {
         #expect(SessionTracker.inInitialCgroupNamespace("cgroup:[4026531835]"))
         #expect(!SessionTracker.inInitialCgroupNamespace("cgroup:[4026532400]"))
