@@ -199,6 +199,7 @@ final class AgentCore {
                 """)
         }
         binding?.applyBaseline(policy: policy)
+        warnUserCommandProfiles()
         if let feed = binding?.binding.changeFeed() {
             tableFeed = (feed, loop.watch(feed.fd) { [unowned self] in tableChanged() })
         }
@@ -408,6 +409,22 @@ final class AgentCore {
         }
     }
 
+    /// A My Number profile without `command` runs the user's own command (after `--`) inside
+    /// the session, where bind_to_sessions lets it reach the gateways: said at start and reload.
+    func warnUserCommandProfiles() {
+        guard policy.enforcement.bindToSessions, binding != nil else { return }
+        let open = policy.profiles.filter { $0.segment == .mynumber && $0.command.isEmpty }.map(\.name)
+        guard !open.isEmpty else { return }
+        logger.warning("""
+            My Number profiles without a command run whatever command the user gives inside the session, where it reaches the VDI \
+            gateways: give each one a command
+            """, metadata: ["profiles": "\(open.joined(separator: ","))"])
+    }
+
+    /// The uid recorded for a refused packet that had no local socket (nobody's: held back
+    /// like a user's events).
+    static let noSocketOwner: UInt32 = 4_294_967_294
+
     /// The table refused gateway packets (logged by its `refused` rules): one gateway-refused
     /// event each, held back per uid like every user-caused event.
     func gatewayRefused() {
@@ -423,7 +440,9 @@ final class AgentCore {
             let why = listed
                 ? "not started through segguard-launch (not in a My Number session); only sessions reach the VDI gateways"
                 : "the policy does not list this port for the gateway"
-            record(.gatewayRefused, reason: "\(who) sent to \(to) via \(name): refused, \(why)", uid: r.uid)
+            // Packets without a socket owner (a reset or an ack of a closed connection) are
+            // held back under one key of their own, as a user's are.
+            record(.gatewayRefused, reason: "\(who) sent to \(to) via \(name): refused, \(why)", uid: r.uid ?? Self.noSocketOwner)
         }
     }
 
@@ -680,6 +699,7 @@ final class AgentCore {
         policyDigest = loaded.sha256
         let change = monitor.replacePolicy(p)
         logger.notice("policy loaded", metadata: ["policy": "\(p.name)", "file": "\(loaded.file)"])
+        warnUserCommandProfiles()
         if let reporting {
             reporting.update(rule: p.report)
             reporting.record(kind: "policy-loaded", severity: "info", reason: "policy '\(p.name)' loaded from \(loaded.file)",

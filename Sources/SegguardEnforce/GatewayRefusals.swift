@@ -201,7 +201,8 @@ enum NflogMessages {
             defer { off += (len + 3) & ~3 }
             guard type == subsystem << 8 | packetMessage, len >= 20 else { continue }
             let attributes = NftablesFingerprintReader.attributes(of: Array(bytes[(off + 20)..<(off + len)]))
-            let uid = attributes.first { $0.type == uidAttribute }.map { bigEndianU32($0.payload) }
+            // A malformed (short) uid reads as unknown, never as root.
+            let uid = attributes.first { $0.type == uidAttribute && $0.payload.count >= 4 }.map { bigEndianU32($0.payload) }
             let device = attributes.first { $0.type == outDeviceAttribute }.map { Int32(bitPattern: bigEndianU32($0.payload)) } ?? 0
             let data = attributes.first { $0.type == payloadAttribute }?.payload ?? []
             let (destination, transport, port) = header(data)

@@ -110,9 +110,13 @@ public final class SessionTracker: Sendable {
         return text.split(separator: "\n").first { $0.hasPrefix("0::") }.map { String($0.dropFirst(3)) }
     }
 
-    /// The service manager gave this cgroup to us (Delegate=yes): we may make children.
+    /// The service manager gave this cgroup to us (Delegate=yes): systemd marks a delegated
+    /// cgroup with the extended attribute `trusted.delegate=1` (root can write any cgroup, so
+    /// write access says nothing). Without the mark, sessions go to `<mount>/segguard`.
     static func isDelegated(_ dir: String) -> Bool {
-        access(dir, W_OK) == 0 && access("\(dir)/cgroup.subtree_control", W_OK) == 0
+        var value = [UInt8](repeating: 0, count: 8)
+        let n = getxattr(dir, "trusted.delegate", &value, value.count)
+        return n == 1 && value[0] == UInt8(ascii: "1") && access("\(dir)/cgroup.subtree_control", W_OK) == 0
     }
 
     /// The nftables match for sockets of processes under `base`: its path relative to

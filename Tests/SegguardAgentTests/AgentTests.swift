@@ -381,9 +381,15 @@ struct AgentOrderTests {
         feed.push(Array(repeating: GatewayRefusal(uid: 1002, outInterfaceIndex: 2, destination: IPAddress("192.0.2.10"), transport: "tcp", port: 443), count: 500))
         h.agent.settle()
         #expect(h.denials.count == before + 1)
-        h.advance(61)
+        // Packets without a socket (no uid): held back the same way, under a key of their own.
+        feed.push(Array(repeating: GatewayRefusal(uid: nil, outInterfaceIndex: 2, destination: IPAddress("192.0.2.10"), transport: "tcp", port: 443), count: 50))
+        h.agent.settle()
         #expect(h.denials.count == before + 2)
-        #expect(h.reporter.events.last { $0.kind == "gateway-refused" }?.details["repeated"] == "499")
+        #expect(h.denials.last?.reason.hasPrefix("a packet without a local socket sent to 192.0.2.10 tcp/443 via eth0") == true)
+        h.advance(61)
+        #expect(h.denials.count == before + 4)
+        let summed = Set(h.reporter.events.filter { $0.kind == "gateway-refused" }.compactMap { $0.details["repeated"] })
+        #expect(summed == ["499", "49"])
     }
 
     @Test("the repair tick finds the table gone while authorized and puts the allow table back")

@@ -64,6 +64,8 @@ struct GatewayRefusalTests {
         other.replaceSubrange(4..<6, with: le16(10 << 8 | 6))
         #expect(NflogMessages.packets(other, count: other.count).isEmpty)
         #expect(NflogMessages.packets([1, 2, 3], count: 3).isEmpty)
+        let shortUID = packet([(5, be32(4)), (11, [0, 0])])
+        #expect(NflogMessages.packets(shortUID, count: shortUID.count).first?.uid == nil, "a short uid is unknown, not root")
     }
 
     @Test("configuration: bind the group (its number in res_id, big-endian), then copy the headers, one message at a time, each acked")

@@ -2,6 +2,7 @@
 #pragma once
 #include <sys/types.h>
 #include <stdint.h>
+#include <sys/xattr.h>
 
 /// SO_PEERCRED of a connected Unix socket. Returns 0 or -errno.
 int sg_peer_credentials(int fd, pid_t *pid, uid_t *uid, gid_t *gid);
