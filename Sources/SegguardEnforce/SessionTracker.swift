@@ -36,10 +36,17 @@ public final class SessionTracker: Sendable {
     public let socketMatch: NftablesRuleset.SessionMatch?
     private let state = Mutex<(next: UInt64, entries: [UInt64: Entry])>((1, [:]))
 
+    /// The launcher whose requests alone become sessions (`LauncherCheck`); nil: any
+    /// requester (tests, benchmarks).
+    public let launcher: String?
+
     /// `base` is a cgroup v2 directory to create sessions in; it is created if missing.
+    /// `launcher`: only a request from this executable, unaltered, is put into a session.
     /// Sessions left by an earlier run of segguardd (a restart, a crash) are adopted so that
     /// they are still ended when the segment is lost; empty ones are removed.
-    public init(base: String) throws(SessionError) {
+    public init(base: String, launcher: String?) throws(SessionError) {
+        // As /proc/PID/exe names it: symbolic links resolved.
+        self.launcher = launcher.map { URL(fileURLWithPath: $0).resolvingSymlinksInPath().path }
         self.base = base
         if mkdir(base, 0o755) != 0 && errno != EEXIST {
             throw SessionError("mkdir \(base): \(String(cString: strerror(errno))) (errno \(errno))")
@@ -176,6 +183,16 @@ public final class SessionTracker: Sendable {
         guard alive(), SessionTracker.uid(of: pid) == uid else {
             close(pidfd)
             throw SessionError("the launcher (pid \(pid)) exited or is not owned by uid \(uid); nothing tracked")
+        }
+        if let launcher {
+            let exe = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/exe")
+            let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ").map { [UInt8]($0) }
+            let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)
+            // Read while the pidfd proves it is the same process.
+            if let problem = LauncherCheck.problem(executable: exe, environ: environ, status: status, expected: launcher) ?? (alive() ? nil : "the launcher exited") {
+                close(pidfd)
+                throw SessionError(problem)
+            }
         }
         let id = state.withLock { s -> UInt64 in
             defer { s.next += 1 }

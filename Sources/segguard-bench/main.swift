@@ -228,7 +228,7 @@ struct EnforceBench: ParsableCommand {
         // libnftables binds to the namespace its context is created in.
         let binding = try withNetworkNamespace(ns.path) { try NftablesBinding(table: "sgbench") }
         let cgroup = cgroupRoot + "-bench-\(getpid())"
-        let tracker = try SessionTracker(base: cgroup)
+        let tracker = try SessionTracker(base: cgroup, launcher: nil)
         defer { rmdir(cgroup) }
         let bench = try BenchAgent(policy: policy, sources: AgentSources(network: NetworkWatcher(options: .init(networkNamespace: ns.path)), binding: binding, sessions: tracker))
         defer { bench.stop() }

@@ -35,8 +35,11 @@ struct Segguardd: ParsableCommand {
     @Option(name: .long, help: "The baseline table (nft text): loaded before the policy at start, by the boot unit before the network is up and by the service unit after a stop.")
     var baselineFile: String = "/var/lib/segguard/baseline.nft"
 
-    @Option(name: .long, help: "cgroup v2 directory for VDI sessions (default: <cgroup2 mount>/segguard).")
+    @Option(name: .long, help: "cgroup v2 directory for VDI sessions (default: the service's delegated cgroup's sessions/, else <cgroup2 mount>/segguard).")
     var sessionCgroup: String?
+
+    @Option(name: .long, help: "The launcher: only a launch request from this executable, run without loader variables and untraced, becomes a My Number session.")
+    var launcherPath: String = "/usr/bin/segguard-launch"
 
     @Option(name: .long, help: "Where 802.1X state for device_auth rules comes from: control (wpa_supplicant's control sockets) or dbus (its D-Bus API, where NetworkManager runs it).")
     var deviceAuthSource: DeviceAuthSourceKind = .control

@@ -107,9 +107,16 @@ extension Segguardd {
         var tracker: SessionTracker?
         if let base = sessionCgroup ?? SessionTracker.defaultBase() {
             do {
-                let t = try SessionTracker(base: base)
+                let t = try SessionTracker(base: base, launcher: launcherPath)
                 tracker = t
                 logger.notice("VDI sessions are cgroups under \(base)", metadata: ["nftables_match": "\(t.socketMatch?.description ?? "none (cannot be named)")"])
+                if let scope = try? String(contentsOfFile: "/proc/sys/kernel/yama/ptrace_scope", encoding: .utf8),
+                   let n = Int(scope.trimmingCharacters(in: .whitespacesAndNewlines)), n < 2 {
+                    logger.warning("""
+                        kernel.yama.ptrace_scope is \(n): a user can attach a debugger to their own launched VDI client and run other code \
+                        in its session; set it to 2 on the thin client image
+                        """)
+                }
                 if !SessionTracker.inInitialCgroupNamespace() {
                     logger.warning("""
                         segguardd runs in a cgroup namespace: the sessions' level is counted from its root, as kernels with nft_socket's \

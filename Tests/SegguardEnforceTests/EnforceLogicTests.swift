@@ -295,3 +295,35 @@ struct SessionMatchTests {
         #expect(!SessionTracker.inInitialCgroupNamespace(nil))
     }
 }
+
+@Suite("The launcher check")
+struct LauncherCheckTests {
+    static let launcher = "/usr/bin/segguard-launch"
+    static func environ(_ entries: [String]) -> [UInt8] { entries.flatMap { Array($0.utf8) + [0] } }
+    static let untraced = "Name:\tsegguard-launch\nTracerPid:\t0\nUid:\t1000\t1000\t1000\t1000\n"
+
+    @Test("the launcher as installed, with an ordinary environment and no tracer, passes")
+    func passes() {
+        #expect(LauncherCheck.problem(executable: Self.launcher, environ: Self.environ(["HOME=/home/a", "DISPLAY=:0", "OLD_LD=1"]),
+                                      status: Self.untraced, expected: Self.launcher) == nil)
+    }
+
+    @Test("another program asking the gate, the loader running it, loader variables, a tracer, unreadable facts: each refused with its reason")
+    func refusals() {
+        let env = Self.environ(["HOME=/h"])
+        #expect(LauncherCheck.problem(executable: "/usr/bin/python3.11", environ: env, status: Self.untraced, expected: Self.launcher)
+            == "the launch request came from /usr/bin/python3.11, not from /usr/bin/segguard-launch; only the launcher may start a My Number session")
+        #expect(LauncherCheck.problem(executable: "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", environ: env, status: Self.untraced, expected: Self.launcher) != nil)
+        #expect(LauncherCheck.problem(executable: "/tmp/segguard-launch", environ: env, status: Self.untraced, expected: Self.launcher) != nil, "a copy")
+        for variable in ["LD_PRELOAD=/home/a/x.so", "LD_LIBRARY_PATH=/home/a", "LD_AUDIT=/home/a/a.so", "GCONV_PATH=/home/a/g"] {
+            let name = variable.prefix { $0 != "=" }
+            #expect(LauncherCheck.problem(executable: Self.launcher, environ: Self.environ(["HOME=/h", variable]), status: Self.untraced, expected: Self.launcher)
+                == "the launcher runs with \(name) set (it would load other code into the session); start it without")
+        }
+        #expect(LauncherCheck.problem(executable: Self.launcher, environ: env, status: "Name:\tx\nTracerPid:\t4242\n", expected: Self.launcher)
+            == "the launcher is traced by pid 4242; start it without a debugger")
+        #expect(LauncherCheck.problem(executable: nil, environ: env, status: Self.untraced, expected: Self.launcher) != nil)
+        #expect(LauncherCheck.problem(executable: Self.launcher, environ: nil, status: Self.untraced, expected: Self.launcher) != nil)
+        #expect(LauncherCheck.problem(executable: Self.launcher, environ: env, status: nil, expected: Self.launcher) != nil)
+    }
+}

@@ -39,7 +39,8 @@ final class CaptureDaemon {
             process.arguments = ["--mount", "--propagation", "private", "/bin/sh", "-c", #"mount -t tmpfs -o mode=0755 sgcaptest "$0" && { "#+setup+#" ; } && exec "$@""#,
                                  tools, binDir.appendingPathComponent("segguardd").path,
                                  "--policy", policyFile.path, "--netns", ns.path, "--socket", socket,
-                                 "--nft-table", "sgcaptest", "--baseline-file", dir.appendingPathComponent("baseline.json").path]
+                                 "--nft-table", "sgcaptest", "--baseline-file", dir.appendingPathComponent("baseline.json").path,
+                                 "--launcher-path", binDir.appendingPathComponent("segguard-launch").path]
                 + arguments.map { $0.replacingOccurrences(of: "TOOLS", with: tools) }
             process.standardError = try FileHandle(forWritingTo: log)
             process.standardOutput = FileHandle.nullDevice

@@ -96,7 +96,7 @@ final class EnforcementLab {
         let p = Process()
         p.executableURL = binDir.appendingPathComponent("segguardd")
         p.arguments = ["--netns", client.path, "--policy", policyFile.path, "--socket", socket, "--session-cgroup", cgroup,
-                       "--baseline-file", baselineFile]
+                       "--baseline-file", baselineFile, "--launcher-path", binDir.appendingPathComponent("segguard-launch").path]
         if !FileManager.default.fileExists(atPath: log.path) { _ = FileManager.default.createFile(atPath: log.path, contents: nil) }
         let h = try FileHandle(forWritingTo: log)
         h.seekToEndOfFile()
@@ -113,13 +113,15 @@ final class EnforcementLab {
     }
 
     /// Starts `segguard-launch` in the client namespace (nsenter keeps the host's mounts).
-    func launch(profile: String = "mynumber", _ command: [String], user: (uid: Int, gid: Int)? = nil, notify: String? = nil) throws -> Process {
+    func launch(profile: String = "mynumber", _ command: [String], user: (uid: Int, gid: Int)? = nil, notify: String? = nil,
+                environment: [String: String] = [:]) throws -> Process {
         let p = Process()
+        if !environment.isEmpty { p.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         var argv = ["--net=\(client.path)"]
         if let user { argv += ["setpriv", "--reuid=\(user.uid)", "--regid=\(user.gid)", "--clear-groups"] }
         argv += [binDir.appendingPathComponent("segguard-launch").path, "--socket", socket, "--profile", profile]
         if let notify {
-            var env = ProcessInfo.processInfo.environment
+            var env = p.environment ?? ProcessInfo.processInfo.environment
             env["DBUS_SESSION_BUS_ADDRESS"] = notify
             p.environment = env
         } else {
@@ -446,6 +448,46 @@ struct EnforcementTests {
         #expect(lab.eventually { lab.denials.contains { $0.kind == "gateway-refused" && $0.uid == 1000 } }, "recorded with the uid")
         let event = try #require(lab.denials.last { $0.kind == "gateway-refused" && $0.uid == 1000 })
         #expect(event.reason.contains("a process of uid 1000 sent to 10.62.9.1 tcp/8443 via sga0: refused, not started through segguard-launch"), "\(event.reason)")
+
+        // A program of the user's own asking the gate itself (not the launcher): not put into
+        // a session; it still cannot connect.
+        let script = lab.dir.appendingPathComponent("ask.py")
+        try """
+            import socket, sys
+            c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            c.connect(sys.argv[1])
+            c.sendall(b'{"version":1,"command":"launch","profile":"mynumber","clientCommand":["/bin/true"]}\\n')
+            reply = c.makefile().readline()
+            print(reply, end="")
+            try:
+                socket.create_connection(("\(EnforcementLab.gatewayIP)", \(EnforcementLab.port)), timeout=1)
+                print("CONNECTED")
+            except OSError as e:
+                print("refused:", e)
+            """.write(to: script, atomically: true, encoding: .utf8)
+        chmod(script.path, 0o644)
+        let asker = Process()
+        asker.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+        asker.arguments = ["--net=\(lab.client.path)", "setpriv", "--reuid=1000", "--regid=1000", "--clear-groups", "/usr/bin/python3", script.path, lab.socket]
+        let out = Pipe()
+        asker.standardOutput = out
+        asker.standardError = FileHandle.nullDevice
+        try asker.run()
+        // (JSONEncoder may write "/" as "\/".)
+        let answer = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).replacingOccurrences(of: "\\/", with: "/")
+        asker.waitUntilExit()
+        #expect(answer.contains("\"allowed\":false"), "\(answer)")
+        #expect(answer.contains("came from /usr/bin/python3"), "\(answer)")
+        #expect(answer.contains("not from \(binDir.appendingPathComponent("segguard-launch").resolvingSymlinksInPath().path)"), "\(answer)")
+        #expect(!answer.contains("CONNECTED") && lab.server.acceptedCount == 0, "\(answer)")
+        #expect(lab.sessions.isEmpty)
+
+        // The real launcher with LD_PRELOAD set: refused too.
+        let preloaded = try lab.launch(["/bin/true"], user: (1000, 1000), environment: ["LD_PRELOAD": "/nonexistent.so"])
+        let said = String(decoding: (preloaded.standardError as? Pipe)?.fileHandleForReading.readDataToEndOfFile() ?? Data(), as: UTF8.self)
+        preloaded.waitUntilExit()
+        #expect(preloaded.terminationStatus == 1)
+        #expect(said.contains("the launcher runs with LD_PRELOAD set"), "\(said)")
 
         // Launched through the gate by the same user: connects.
         let launcher = try lab.launch(EnforcementLab.client, user: (1000, 1000))
