@@ -60,7 +60,8 @@ public protocol GatewayRefusalFeed: AnyObject {
 
 /// Listens on one nfnetlink_log group. Used by one thread at a time.
 public final class GatewayRefusalMonitor: GatewayRefusalFeed, @unchecked Sendable {
-    public let fd: Int32
+    private let socket: NetfilterSocket
+    public var fd: Int32 { socket.fd }
     public let group: UInt16
     private var buffer = [UInt8](repeating: 0, count: 64 * 1024)
 
@@ -68,41 +69,16 @@ public final class GatewayRefusalMonitor: GatewayRefusalFeed, @unchecked Sendabl
     /// for the first `NftablesRuleset.refusalSnapLength` bytes of each packet.
     public init(group: UInt16 = NftablesRuleset.refusalLogGroup) throws(NftablesError) {
         self.group = group
-        do {
-            fd = try systemCall("socket(AF_NETLINK, NETLINK_NETFILTER)") {
-                socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 12 /* NETLINK_NETFILTER */)
-            }
-        } catch {
-            throw NftablesError(operation: "open a netlink socket for nfnetlink_log", detail: error.description)
-        }
-        var local = sockaddr_nl()
-        local.nl_family = sa_family_t(AF_NETLINK)
-        let bound = withUnsafePointer(to: &local) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_nl>.size)) }
-        }
-        guard bound == 0 else {
-            let e = errno
-            close(fd)
-            throw NftablesError(operation: "bind a netlink socket for nfnetlink_log", detail: "\(String(cString: strerror(e))) (errno \(e))")
-        }
-        var size: Int32 = 1024 * 1024
-        if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) != 0 {
-            _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
-        }
+        socket = try NetfilterSocket(purpose: "nfnetlink_log", receiveBuffer: 1024 * 1024, nonBlocking: false)
         // Answers within 1 s (the kernel answers at once; a bound socket never waits longer).
         var timeout = timeval(tv_sec: 1, tv_usec: 0)
-        _ = setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        _ = setsockopt(socket.fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         for (seq, message) in NflogMessages.configuration(group: group).enumerated() {
             if let problem = exchange(message, seq: UInt32(seq + 1)) {
-                close(fd)
                 throw NftablesError(operation: "bind nfnetlink_log group \(group)", detail: problem)
             }
         }
-        let flags = fcntl(fd, F_GETFL)
-        _ = fcntl(fd, F_SETFL, flags | O_NONBLOCK)
     }
-
-    deinit { close(fd) }
 
     /// Sends one config message (with an ack asked for) and reads the answer; nil when the
     /// kernel accepted it, else what it said.
@@ -113,12 +89,12 @@ public final class GatewayRefusalMonitor: GatewayRefusalFeed, @unchecked Sendabl
         peer.nl_family = sa_family_t(AF_NETLINK)
         let sent = m.withUnsafeBytes { bytes in
             withUnsafePointer(to: &peer) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(fd, bytes.baseAddress, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_nl>.size)) }
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sendto(socket.fd, bytes.baseAddress, bytes.count, 0, $0, socklen_t(MemoryLayout<sockaddr_nl>.size)) }
             }
         }
         guard sent == m.count else { return "send: \(String(cString: strerror(errno)))" }
         while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            let n = buffer.withUnsafeMutableBytes { recv(socket.fd, $0.baseAddress, $0.count, 0) }
             if n < 0 {
                 if errno == EINTR { continue }
                 return "no answer: \(String(cString: strerror(errno)))"
@@ -130,19 +106,8 @@ public final class GatewayRefusalMonitor: GatewayRefusalFeed, @unchecked Sendabl
 
     public func drain() -> GatewayRefusals {
         var out = GatewayRefusals()
-        while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno == ENOBUFS {
-                    out.overflow = true
-                    continue
-                }
-                return out  // EAGAIN: drained
-            }
-            if n == 0 { return out }
-            out.refusals += NflogMessages.packets(buffer, count: n)
-        }
+        out.overflow = socket.drain(into: &buffer) { bytes, n in out.refusals += NflogMessages.packets(bytes, count: n) }
+        return out
     }
 }
 

@@ -62,7 +62,8 @@ public protocol TableChangeFeed: AnyObject {
 /// Subscribes to nf_tables notifications and reports the foreign changes to one table. Used by
 /// one thread at a time (made on one, drained on the agent's loop).
 public final class NftablesMonitor: TableChangeFeed, @unchecked Sendable {
-    public let fd: Int32
+    private let socket: NetfilterSocket
+    public var fd: Int32 { socket.fd }
     private var parser: NftablesNotificationParser
     private var buffer = [UInt8](repeating: 0, count: 256 * 1024)
 
@@ -70,59 +71,23 @@ public final class NftablesMonitor: TableChangeFeed, @unchecked Sendable {
 
     /// Opens the socket in the calling thread's network namespace and joins the group.
     public init(table: String, isOwn: @escaping @Sendable (Int32) -> Bool) throws(NftablesError) {
-        do {
-            fd = try systemCall("socket(AF_NETLINK, NETLINK_NETFILTER)") {
-                socket(AF_NETLINK, Int32(SOCK_RAW.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 12 /* NETLINK_NETFILTER */)
-            }
-        } catch {
-            throw NftablesError(operation: "open a netlink socket for nf_tables notifications", detail: error.description)
-        }
+        // A burst of foreign changes should not overflow it.
+        socket = try NetfilterSocket(purpose: "nf_tables notifications", receiveBuffer: 4 * 1024 * 1024)
         parser = NftablesNotificationParser(table: table, isOwn: isOwn)
-        // Bound (the kernel picks the port id): an unbound socket gets no multicast.
-        var local = sockaddr_nl()
-        local.nl_family = sa_family_t(AF_NETLINK)
-        let bound = withUnsafePointer(to: &local) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_nl>.size)) }
-        }
-        guard bound == 0 else {
-            let e = errno
-            close(fd)
-            throw NftablesError(operation: "bind the netlink socket for nf_tables notifications", detail: "\(String(cString: strerror(e))) (errno \(e))")
-        }
         var group = Self.group
-        var size: Int32 = 4 * 1024 * 1024
-        // A burst of foreign changes should not overflow it; SO_RCVBUFFORCE needs CAP_NET_ADMIN,
-        // which the daemon has (else the default size, and an overflow is still handled).
-        if setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) != 0 {
-            _ = setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
-        }
-        guard setsockopt(fd, 270 /* SOL_NETLINK */, 1 /* NETLINK_ADD_MEMBERSHIP */, &group, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
+        guard setsockopt(socket.fd, 270 /* SOL_NETLINK */, 1 /* NETLINK_ADD_MEMBERSHIP */, &group, socklen_t(MemoryLayout<Int32>.size)) == 0 else {
             let e = errno
-            close(fd)
             throw NftablesError(operation: "join the nf_tables notification group", detail: "\(String(cString: strerror(e))) (errno \(e))")
         }
     }
 
-    deinit { close(fd) }
-
     public func drain() -> TableChanges {
         var out = TableChanges()
-        while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                if errno == ENOBUFS {
-                    out.overflow = true
-                    parser.touched = false
-                    continue
-                }
-                return out  // EAGAIN: drained
-            }
-            if n == 0 { return out }
-            out.foreign += parser.parse(buffer, count: n)
+        out.overflow = socket.drain(into: &buffer, lost: { parser.touched = false }) { bytes, n in
+            out.foreign += parser.parse(bytes, count: n)
         }
+        return out
     }
-
 }
 
 /// Reads nf_tables notifications (as they come, over any number of datagrams) into the foreign

@@ -257,12 +257,12 @@ public final class FakeNetworkBinding: NetworkBinding, Sendable {
     }
 }
 
-/// Announced table changes, waiting in a pipe's worth of wake-ups for the agent's loop.
-/// Refused gateway packets pushed by a test, readable on `fd` as the real socket is.
-public final class FakeRefusalFeed: GatewayRefusalFeed, Sendable {
+/// What a test pushes for the agent's loop to drain, with a pipe that makes `fd` readable as
+/// the real socket is: the shared part of the fake feeds below.
+public final class FakeFeedQueue<Item: Sendable>: Sendable {
     public let fd: Int32
     private let writeEnd: Int32
-    private let pending = Mutex<[GatewayRefusal]>([])
+    private let pending = Mutex<[Item]>([])
 
     public init() {
         var fds: [Int32] = [-1, -1]
@@ -277,55 +277,42 @@ public final class FakeRefusalFeed: GatewayRefusalFeed, Sendable {
         close(writeEnd)
     }
 
-    /// Queues `refusals` and makes `fd` readable.
-    public func push(_ refusals: [GatewayRefusal]) {
-        pending.withLock { $0 += refusals }
+    /// Queues `items` and makes `fd` readable.
+    public func push(_ items: [Item]) {
+        pending.withLock { $0 += items }
         var one: UInt8 = 1
         _ = write(writeEnd, &one, 1)
     }
 
-    public func drain() -> GatewayRefusals {
+    /// Everything queued, and `fd` no longer readable.
+    public func take() -> [Item] {
         var sink = [UInt8](repeating: 0, count: 256)
         while read(fd, &sink, sink.count) > 0 {}
         return pending.withLock { all in
             defer { all = [] }
-            return GatewayRefusals(refusals: all)
+            return all
         }
     }
 }
 
+/// Refused gateway packets pushed by a test, as nfnetlink_log would deliver them.
+public final class FakeRefusalFeed: GatewayRefusalFeed, Sendable {
+    private let queue = FakeFeedQueue<GatewayRefusal>()
+    public init() {}
+    public var fd: Int32 { queue.fd }
+    public func push(_ refusals: [GatewayRefusal]) { queue.push(refusals) }
+    public func drain() -> GatewayRefusals { GatewayRefusals(refusals: queue.take()) }
+}
+
+/// Announced table changes, as nf_tables' notifications would deliver them.
 public final class FakeTableChangeFeed: TableChangeFeed, Sendable {
-    public let fd: Int32
-    private let writeEnd: Int32
-    private let pending = Mutex<[TableChanges]>([])
-
-    public init() {
-        var fds: [Int32] = [-1, -1]
-        precondition(pipe(&fds) == 0, "pipe failed")
-        _ = fcntl(fds[0], F_SETFL, O_NONBLOCK)
-        _ = fcntl(fds[1], F_SETFL, O_NONBLOCK)
-        (fd, writeEnd) = (fds[0], fds[1])
-    }
-
-    deinit {
-        close(fd)
-        close(writeEnd)
-    }
-
-    /// Queues `changes` and makes `fd` readable.
-    public func push(_ changes: TableChanges) {
-        pending.withLock { $0.append(changes) }
-        var one: UInt8 = 1
-        _ = write(writeEnd, &one, 1)
-    }
-
+    private let queue = FakeFeedQueue<TableChanges>()
+    public init() {}
+    public var fd: Int32 { queue.fd }
+    public func push(_ changes: TableChanges) { queue.push([changes]) }
     public func drain() -> TableChanges {
-        var sink = [UInt8](repeating: 0, count: 256)
-        while read(fd, &sink, sink.count) > 0 {}
-        return pending.withLock { all in
-            defer { all = [] }
-            return TableChanges(foreign: all.flatMap(\.foreign), overflow: all.contains { $0.overflow })
-        }
+        let all = queue.take()
+        return TableChanges(foreign: all.flatMap(\.foreign), overflow: all.contains { $0.overflow })
     }
 }
 
