@@ -37,14 +37,17 @@ struct TamperBench: ParsableCommand {
         let daemonPath = segguardd ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("segguardd").path
         let p = Process()
         p.executableURL = URL(fileURLWithPath: daemonPath)
+        let sessions = benchSessionCgroup("tamper")
         p.arguments = ["--policy", tmp.appendingPathComponent("policy.yaml").path, "--netns", ns.path, "--socket", tmp.appendingPathComponent("control.sock").path,
-                       "--log-level", "error", "--baseline-file", tmp.appendingPathComponent("baseline.nft").path, "--nft-table", table]
+                       "--log-level", "error", "--baseline-file", tmp.appendingPathComponent("baseline.nft").path, "--nft-table", table,
+                       "--session-cgroup", sessions]
         p.standardError = FileHandle.nullDevice
         try p.run()
         defer {
             p.terminate()
             p.waitUntilExit()
             _ = try? runCommand(["ip", "netns", "exec", ns.name, "nft", "delete", "table", "inet", table], allowFailure: true)
+            removeSessionCgroups(sessions)
         }
 
         // In the namespace: this process's libnftables context and the notification socket.

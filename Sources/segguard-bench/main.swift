@@ -168,8 +168,10 @@ struct DecisionBench: ParsableCommand {
         try Self.policy.write(to: policyFile, atomically: true, encoding: .utf8)
         let p = Process()
         p.executableURL = URL(fileURLWithPath: daemonPath)
+        let sessions = benchSessionCgroup("rss")
+        defer { removeSessionCgroups(sessions) }
         p.arguments = ["--policy", policyFile.path, "--netns", ns.path, "--socket", tmp.appendingPathComponent("control.sock").path, "--log-level", "warning",
-                       "--baseline-file", tmp.appendingPathComponent("baseline.json").path, "--nft-table", "sgbench_rss"]
+                       "--baseline-file", tmp.appendingPathComponent("baseline.nft").path, "--nft-table", "sgbench_rss", "--session-cgroup", sessions]
         p.standardError = FileHandle.nullDevice
         try p.run()
         Thread.sleep(forTimeInterval: idleSeconds)
@@ -229,7 +231,7 @@ struct EnforceBench: ParsableCommand {
         let binding = try withNetworkNamespace(ns.path) { try NftablesBinding(table: "sgbench") }
         let cgroup = cgroupRoot + "-bench-\(getpid())"
         let tracker = try SessionTracker(base: cgroup, launcher: nil)
-        defer { rmdir(cgroup) }
+        defer { removeSessionCgroups(cgroup) }
         let bench = try BenchAgent(policy: policy, sources: AgentSources(network: NetworkWatcher(options: .init(networkNamespace: ns.path)), binding: binding, sessions: tracker))
         defer { bench.stop() }
         let times = bench.observer
@@ -423,3 +425,18 @@ struct ExecLoop: ParsableCommand {
 }
 
 Bench.main()
+
+/// A session cgroup of the benchmark's own (beside the default one), so that a daemon it runs
+/// never touches the sessions of an installed segguardd.
+func benchSessionCgroup(_ name: String) -> String {
+    let mount = SessionTracker.cgroup2Mounts().first?.point ?? "/sys/fs/cgroup"
+    return "\(mount)/segguard-bench-\(name)-\(getpid())"
+}
+
+/// Removes a session cgroup and its (empty) session-N children.
+func removeSessionCgroups(_ base: String) {
+    for name in (try? FileManager.default.contentsOfDirectory(atPath: base)) ?? [] where name.hasPrefix("session-") {
+        rmdir("\(base)/\(name)")
+    }
+    rmdir(base)
+}
