@@ -161,7 +161,10 @@ check "it became active through READY (Type=notify)" sh -c "nsenter -t $pid1 -a 
 active_at="$(in_ct systemctl show -p ActiveEnterTimestampMonotonic --value segguardd)"
 decided_at="$(in_ct journalctl -u segguardd -o json --no-pager | grep '"initial segment decision"' | head -1 | sed -n 's/.*"__MONOTONIC_TIMESTAMP":"\([0-9]*\)".*/\1/p')"
 echo "     (initial decision at ${decided_at:-?} us, active at ${active_at:-?} us, monotonic)"
-check "active only after the first decision (READY after the netlink dump)" test -n "$decided_at" -a -n "$active_at" -a "${decided_at:-0}" -le "${active_at:-0}"
+# journald stamps entries when it reads them (the decision's entry may be read after PID 1
+# handled READY=1), so the order of the entries says it: the decision, then systemd's "Started".
+first="$(in_ct journalctl -u segguardd -o cat --no-pager | grep -m1 -E 'initial segment decision|^Started ')"
+check "active only after the first decision (READY after the netlink dump: the decision's journal entry comes before systemd's Started)" sh -c "echo '$first' | grep -q 'initial segment decision'"
 check "the hardened unit is in force (capability bounding set)" sh -c "nsenter -t $pid1 -a -- systemctl show -p CapabilityBoundingSet --value segguardd | grep -q cap_net_admin"
 check "segguard-collector is active (Type=notify, as its own user)" sh -c "nsenter -t $pid1 -a -- systemctl is-active segguard-collector && nsenter -t $pid1 -a -- systemctl show -p User --value segguard-collector | grep -qx segguard-collector"
 reported=""
@@ -195,6 +198,8 @@ in_ct systemctl restart segguardd
 check "a restart of segguardd does not end the session (KillMode=process)" in_ct test -d "/proc/${session_pid:-0}"
 check "... and the new run adopts it" wait_for sh -c "nsenter -t $pid1 -a -- segguardctl sessions | grep -q 'pid ${session_pid:-0} '"
 check "... and opens host0 again" wait_for accepts
+tampered="$(nsenter -t "$pid1" -a -- journalctl -u segguardd -o cat --no-pager | grep -c 'binding-tampered')"
+check "its own transactions are not taken for foreign ones in the container's pid namespace (binding-tampered events: $tampered)" test "$tampered" = 0
 in_ct sh -c "kill ${session_pid:-0}" 2>/dev/null  # the shell's kill: the minimal root has no /bin/kill
 check "journal has structured DECISION= fields" sh -c "nsenter -t $pid1 -a -- journalctl -u segguardd -o json --no-pager | grep -q '\"DECISION\"'"
 check "the nftables table is in place" in_ct nft list table inet segguard
@@ -255,13 +260,16 @@ check "... and opens host0 again" wait_for accepts
 
 # SIGKILL (nothing the daemon can do): the unit's ExecStopPost loads the baseline. Restart=no
 # for the moment, so that the check is not racing the restart that reopens host0.
-mkdir -p "$root/run/systemd/system/segguardd.service.d"
-printf '[Service]\nRestart=no\n' > "$root/run/systemd/system/segguardd.service.d/no-restart.conf"
+# (Written inside the container: its /run is a tmpfs the host's "$root/run" does not show.)
+in_ct sh -c "mkdir -p /run/systemd/system/segguardd.service.d && printf '[Service]\nRestart=no\n' > /run/systemd/system/segguardd.service.d/no-restart.conf"
 in_ct systemctl daemon-reload
 in_ct systemctl kill -s KILL segguardd
-wait_for sh -c "! nsenter -t $pid1 -a -- systemctl is-active -q segguardd"
+# Until the unit is inactive or failed (not just "not active": while deactivating,
+# ExecStopPost may still be running).
+wait_for sh -c "nsenter -t $pid1 -a -- systemctl show -p ActiveState --value segguardd | grep -Eqx 'inactive|failed'"
 check "after SIGKILL (systemctl kill -s KILL) the gateway is closed: ExecStopPost loaded the baseline" sh -c "nsenter -t $pid1 -a -- nft list table inet segguard && ! nsenter -t $pid1 -a -- nft list table inet segguard | grep -q 'accept comment'"
-rm -f "$root/run/systemd/system/segguardd.service.d/no-restart.conf"
+[ "$failed" = 0 ] || { in_ct systemctl show -p ActiveState,SubState,Result,NRestarts,ExecMainStatus segguardd; in_ct journalctl -u segguardd --no-pager -n 15; in_ct nft list table inet segguard | grep accept; } 2>&1 | sed 's/^/     | /'
+in_ct rm -f /run/systemd/system/segguardd.service.d/no-restart.conf
 in_ct systemctl daemon-reload
 in_ct systemctl reset-failed segguardd >/dev/null 2>&1
 in_ct systemctl start segguardd

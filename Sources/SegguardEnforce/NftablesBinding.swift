@@ -94,7 +94,7 @@ public final class NftablesBinding: Sendable {
                 refusals.withLock { $0 = .failure(error) }
             }
             let own = ownThreads
-            let m = try NftablesMonitor(table: table) { tid in own.contains(tid) }
+            let m = try NftablesMonitor(table: table) { tid, name in own.contains(tid, name: name) }
             monitor.withLock { $0 = m }
         }
     }
@@ -231,7 +231,19 @@ public final class NftablesBinding: Sendable {
 
 /// The thread ids that ran this binding's transactions (at most 64: the daemon uses one or two).
 final class OwnThreads: Sendable {
-    private let ids = Mutex<Set<Int32>>([])
-    func insert(_ tid: Int32) { ids.withLock { if $0.count < 64 { $0.insert(tid) } } }
-    func contains(_ tid: Int32) -> Bool { ids.withLock { $0.contains(tid) } }
+    private let ids = Mutex<(tids: Set<Int32>, names: Set<String>)>(([], []))
+    /// nf_tables names the committing task by its pid in the initial pid namespace; in another
+    /// one (a container) this process cannot know its own, so its threads are known by name.
+    static let inInitialPIDNamespace = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/pid")) == "pid:[4026531836]"
+
+    /// Records the calling thread (`tid`, and its name as the kernel's comm).
+    func insert(_ tid: Int32) {
+        let name = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8))?.trimmingCharacters(in: .newlines) ?? ""
+        ids.withLock { if $0.tids.count < 64 { $0.tids.insert(tid); $0.names.insert(name) } }
+    }
+
+    /// The task that committed a transaction (pid and comm from NFT_MSG_NEWGEN) is one of ours.
+    func contains(_ tid: Int32, name: String) -> Bool {
+        ids.withLock { Self.inInitialPIDNamespace ? $0.tids.contains(tid) : (!name.isEmpty && $0.names.contains(name)) }
+    }
 }

@@ -70,7 +70,7 @@ public final class NftablesMonitor: TableChangeFeed, @unchecked Sendable {
     static let group: Int32 = 7  // NFNLGRP_NFTABLES
 
     /// Opens the socket in the calling thread's network namespace and joins the group.
-    public init(table: String, isOwn: @escaping @Sendable (Int32) -> Bool) throws(NftablesError) {
+    public init(table: String, isOwn: @escaping @Sendable (Int32, String) -> Bool) throws(NftablesError) {
         // A burst of foreign changes should not overflow it.
         socket = try NetfilterSocket(purpose: "nf_tables notifications", receiveBuffer: 4 * 1024 * 1024)
         parser = NftablesNotificationParser(table: table, isOwn: isOwn)
@@ -94,8 +94,9 @@ public final class NftablesMonitor: TableChangeFeed, @unchecked Sendable {
 /// changes to one table. Pure: tests drive it with constructed messages, no socket.
 struct NftablesNotificationParser {
     let table: String
-    /// True for a task id that is one of this process's binding threads (its own transactions).
-    let isOwn: @Sendable (Int32) -> Bool
+    /// True for a task (id, comm) that is one of this process's binding threads (its own
+    /// transactions).
+    let isOwn: @Sendable (Int32, String) -> Bool
     /// A change to the table seen in the transaction being read (until its NEWGEN).
     var touched = false
 
@@ -120,7 +121,7 @@ struct NftablesNotificationParser {
                 let id = attributes.first { $0.type == Self.genID }.map { Self.bigEndianU32($0.payload) } ?? 0
                 let pid = attributes.first { $0.type == Self.genPID }.map { Int32(bitPattern: Self.bigEndianU32($0.payload)) } ?? 0
                 let name = attributes.first { $0.type == Self.genName }.map { String(decoding: $0.payload.prefix { $0 != 0 }, as: UTF8.self) } ?? ""
-                if !isOwn(pid) { out.append(TableChange(generation: id, pid: pid, process: name)) }
+                if !isOwn(pid, name) { out.append(TableChange(generation: id, pid: pid, process: name)) }
                 continue
             }
             // Every object message names its table in attribute 1 (NFTA_TABLE_NAME,

@@ -52,7 +52,7 @@ struct TamperBench: ParsableCommand {
 
         // In the namespace: this process's libnftables context and the notification socket.
         let (mine, monitor) = try withNetworkNamespace(ns.path) {
-            (try NftablesBinding(table: table), try NftablesMonitor(table: table) { _ in false })
+            (try NftablesBinding(table: table), try NftablesMonitor(table: table) { _, _ in false })
         }
         func receive(timeout: Double) -> [(TableChange, UInt64)] {
             var p = pollfd(fd: monitor.fd, events: Int16(POLLIN), revents: 0)

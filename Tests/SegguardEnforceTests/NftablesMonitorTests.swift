@@ -28,7 +28,7 @@ private func generation(_ id: UInt32, pid: Int32, name: String) -> [UInt8] {
 
 /// The monitor's parser for table inet segguard, with one own thread (777).
 private func monitor(own: Set<Int32> = [777]) throws -> NftablesNotificationParser {
-    NftablesNotificationParser(table: "segguard") { own.contains($0) }
+    NftablesNotificationParser(table: "segguard") { pid, _ in own.contains(pid) }
 }
 
 @Suite("nf_tables notifications")
