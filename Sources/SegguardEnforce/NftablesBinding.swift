@@ -237,9 +237,11 @@ final class OwnThreads: Sendable {
     static let inInitialPIDNamespace = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/pid")) == "pid:[4026531836]"
 
     /// Records the calling thread (`tid`, and its name as the kernel's comm).
+    /// Called before every transaction: the thread's name is read only the first time.
     func insert(_ tid: Int32) {
+        guard ids.withLock({ !$0.tids.contains(tid) && $0.tids.count < 64 }) else { return }
         let name = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8))?.trimmingCharacters(in: .newlines) ?? ""
-        ids.withLock { if $0.tids.count < 64 { $0.tids.insert(tid); $0.names.insert(name) } }
+        ids.withLock { _ = $0.tids.insert(tid); _ = $0.names.insert(name) }
     }
 
     /// The task that committed a transaction (pid and comm from NFT_MSG_NEWGEN) is one of ours.
