@@ -11,6 +11,11 @@ import SegguardPolicy
 public protocol DeviceAuthSource: AnyObject, Sendable {
     func start(onChange: @escaping @Sendable ([String: DeviceAuthState]) -> Void)
     func stop()
+    /// Asks the supplicant on `interface` for a fresh 802.1X authentication (EAPOL-Start), as
+    /// the agent does when the interface's carrier comes back: a success from before the cable
+    /// moved no longer counts, so without a new one the port would stay unauthorized. Returns
+    /// at once; the outcome arrives through `onChange`. No supplicant on it: nothing happens.
+    func reauthenticate(interface: String)
 }
 
 extension WPAControlSource: DeviceAuthSource {}

@@ -124,6 +124,9 @@ public final class WPAControlSource: Sendable {
 
     public func stop() { stopSignal.stop() }
 
+    /// TODO(issue 17, in progress): send the re-authentication request to the supplicant.
+    public func reauthenticate(interface: String) {}
+
     /// The watcher thread's state.
     final class Loop {
 

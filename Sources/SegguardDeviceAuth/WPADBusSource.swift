@@ -44,6 +44,9 @@ public final class WPADBusSource: DeviceAuthSource {
 
     public func stop() { stopSignal.stop() }
 
+    /// TODO(issue 17, in progress): send the re-authentication request to the supplicant.
+    public func reauthenticate(interface: String) {}
+
     /// The bus thread's state; every sd-bus object is used on that thread only.
     final class Loop {
         unowned let source: WPADBusSource

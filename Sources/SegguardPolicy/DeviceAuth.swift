@@ -28,9 +28,20 @@ public struct DeviceAuthState: Sendable, Equatable, Codable {
     public var identity: String?
     /// Seconds since the epoch when this state was reached (set by the source).
     public var since: Double?
+    /// The authentication server's certificate chain as the supplicant saw it in the EAP
+    /// exchange that authorized the port, by depth (0 = the server's own certificate). Empty
+    /// when the source has not seen it (it is reported only during a full EAP-TLS handshake).
+    public var serverChain: [PeerCertificate]
+    /// EAP successes the source has seen on this interface since it attached to the
+    /// supplicant, counting from 1: a fresh authentication has a higher number than a stale
+    /// one. 0 when the source cannot count them (a state read before any event).
+    public var successes: UInt64
 
     public init(keyManagement: String? = nil, eapState: String? = nil, eapMethod: String? = nil,
-                portStatus: PortStatus = .unknown, identity: String? = nil, since: Double? = nil, paeState: String? = nil) {
+                portStatus: PortStatus = .unknown, identity: String? = nil, since: Double? = nil, paeState: String? = nil,
+                serverChain: [PeerCertificate] = [], successes: UInt64 = 0) {
+        self.serverChain = serverChain
+        self.successes = successes
         self.keyManagement = keyManagement
         self.paeState = paeState
         self.eapState = eapState
@@ -74,6 +85,27 @@ public struct DeviceAuthState: Sendable, Equatable, Codable {
             }
             return nil
         }
+    }
+}
+
+/// One certificate of the 802.1X authentication server's chain, as wpa_supplicant reported it
+/// (`CTRL-EVENT-EAP-PEER-CERT depth=N subject='…' hash=…` on the control socket, the
+/// `Certification` signal on D-Bus).
+public struct PeerCertificate: Sendable, Equatable, Codable {
+    /// 0 = the server's own certificate, 1 = its issuer, and so on.
+    public var depth: Int
+    /// The subject as the supplicant prints it, e.g. "/C=JP/O=Example City/CN=radius.example.lg.jp".
+    public var subject: String
+    /// SHA-256 of the DER certificate, lower-case hex; nil when the supplicant did not report it.
+    public var sha256: String?
+    /// subjectAltName entries as reported, e.g. "DNS:radius.example.lg.jp".
+    public var altSubjects: [String]
+
+    public init(depth: Int, subject: String, sha256: String? = nil, altSubjects: [String] = []) {
+        self.depth = depth
+        self.subject = subject
+        self.sha256 = sha256
+        self.altSubjects = altSubjects
     }
 }
 

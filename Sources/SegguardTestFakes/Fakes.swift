@@ -92,6 +92,10 @@ public final class FakeDeviceAuthSource: DeviceAuthSource, Sendable {
     public func start(onChange: @escaping @Sendable ([String: DeviceAuthState]) -> Void) { self.onChange.withLock { $0 = onChange } }
     public func stop() { stopped.withLock { $0 = true } }
     public var isStopped: Bool { stopped.withLock { $0 } }
+    private let reauth = Mutex<[String]>([])
+    public func reauthenticate(interface: String) { reauth.withLock { $0.append(interface) } }
+    /// Interfaces the agent asked to re-authenticate, in order.
+    public var reauthenticated: [String] { reauth.withLock { $0 } }
     /// As wpa_supplicant's source calls it: the full map after a change.
     public func send(_ states: [String: DeviceAuthState]) { onChange.withLock { $0 }?(states) }
 }
