@@ -120,6 +120,13 @@ final class AgentCore {
     // Inputs.
     private(set) var snapshot: NetworkSnapshot?
     private(set) var deviceAuth: [String: DeviceAuthState] = [:]
+    /// A wired port as last seen, and the 802.1X success count that predates its last link loss.
+    struct AuthLink {
+        var index: Int32
+        var up: Bool
+        var staleThrough: UInt64?
+    }
+    private(set) var authLinks: [String: AuthLink] = [:]
 
     // The decision, and its generation: +1 at every change, whatever caused it.
     private(set) var monitor: SegmentMonitor
@@ -199,6 +206,7 @@ final class AgentCore {
                 """)
         }
         binding?.applyBaseline(policy: policy)
+        for w in policy.warnings { logger.warning("policy warning: \(w)") }
         warnUserCommandProfiles()
         if let feed = binding?.binding.changeFeed() {
             tableFeed = (feed, loop.watch(feed.fd) { [unowned self] in tableChanged() })
@@ -271,19 +279,67 @@ final class AgentCore {
     func network(_ s: NetworkSnapshot, woke: UInt64) {
         let received = monotonicNanos()
         snapshot = s
+        let reauthenticate = trackAuthLinks(s)
         decide(merged(s), eventNanos: woke, stages: (woke, received))
+        // After the table: a fresh 802.1X authentication for ports whose carrier came back.
+        for name in reauthenticate { sources.deviceAuth?.reauthenticate(interface: name) }
     }
 
     func deviceAuthChanged(_ states: [String: DeviceAuthState], at: UInt64) {
+        for (name, link) in authLinks where link.staleThrough != nil {
+            // The supplicant went away or restarted (its count began again): its next success
+            // is on the link as it is now.
+            if let old = deviceAuth[name], let new = states[name], new.successes >= old.successes { continue }
+            authLinks[name]?.staleThrough = nil
+        }
         deviceAuth = states
         guard let s = snapshot else { return }
         decide(merged(s), eventNanos: at, stages: nil)
     }
 
+    /// Ties 802.1X states to wired links: when a port loses carrier (or its name comes back
+    /// with another ifindex), the success count it had is recorded; a state with no newer
+    /// success no longer counts (`predatesLinkLoss`). Wi-Fi is not tracked here: each
+    /// association derives its keys from the 802.1X authentication (a roam with a cached PMK
+    /// authenticates nothing anew, and must not block). Returns the ports whose carrier came
+    /// back after a loss, to re-authenticate.
+    func trackAuthLinks(_ s: NetworkSnapshot) -> [String] {
+        guard sources.deviceAuth != nil else { return [] }
+        var back: [String] = []
+        for ifc in s.interfaces where ifc.kind != .wireless && ifc.kind != .loopback {
+            let up = ifc.isAdminUp && ifc.hasCarrier
+            guard var link = authLinks[ifc.name] else {
+                authLinks[ifc.name] = AuthLink(index: ifc.index, up: up)
+                continue
+            }
+            if link.index != ifc.index || (link.up && !up) {
+                let through = deviceAuth[ifc.name]?.successes ?? 0
+                link.staleThrough = max(through, link.staleThrough ?? 0)
+                if deviceAuth[ifc.name] != nil {
+                    logger.notice("802.1X state no longer counts: the link lost carrier or changed", metadata: [
+                        "interface": "\(ifc.name)", "ifindex": "\(ifc.index)", "successes": "\(through)",
+                    ])
+                }
+            }
+            if !link.up && up && link.staleThrough != nil { back.append(ifc.name) }
+            link.index = ifc.index
+            link.up = up
+            authLinks[ifc.name] = link
+        }
+        return back
+    }
+
     func merged(_ s: NetworkSnapshot) -> NetworkSnapshot {
         guard !deviceAuth.isEmpty || s.interfaces.contains(where: { $0.deviceAuth != nil }) else { return s }
         var out = s
-        for i in out.interfaces.indices { out.interfaces[i].deviceAuth = deviceAuth[out.interfaces[i].name] }
+        for i in out.interfaces.indices {
+            let name = out.interfaces[i].name
+            var state = deviceAuth[name]
+            if let through = authLinks[name]?.staleThrough, let st = state, st.successes <= through, out.interfaces[i].kind != .wireless {
+                state?.predatesLinkLoss = true
+            }
+            out.interfaces[i].deviceAuth = state
+        }
         return out
     }
 
@@ -699,6 +755,7 @@ final class AgentCore {
         policyDigest = loaded.sha256
         let change = monitor.replacePolicy(p)
         logger.notice("policy loaded", metadata: ["policy": "\(p.name)", "file": "\(loaded.file)"])
+        for w in p.warnings { logger.warning("policy warning: \(w)") }
         warnUserCommandProfiles()
         if let reporting {
             reporting.update(rule: p.report)

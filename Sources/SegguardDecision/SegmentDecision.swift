@@ -1,6 +1,7 @@
 // The segment decision: a pure function of (snapshot, policy). No I/O, no clock, no logging:
 // the same inputs always give the same decision, so every rule is unit-tested by table.
 
+import Foundation
 import SegguardPolicy
 
 /// Which segment this thin client is on, for the My Number VDI.
@@ -154,13 +155,19 @@ public enum SegmentDecider {
                 site: secure[0].0.name)
         }
         if rule.deviceAuth != .none {
-            let why = ifc.deviceAuth.map { $0.shortfall(for: rule.deviceAuth) } ?? "no 802.1X state from wpa_supplicant"
+            let why = ifc.deviceAuth.map { $0.shortfall(for: rule.deviceAuth) ?? serverShortfall($0, rule.identity.server) } ?? "no 802.1X state from wpa_supplicant"
             if let why {
                 return InterfaceFinding(
                     interface: name, status: .rejected,
                     detail: "\(name) associated to \(quoted) via BSSID \(bssid) but \(why): site '\(site.name)' (\(rule.location)) requires \(rule.deviceAuth.rawValue)",
                     site: site.name)
             }
+        }
+        if ifc.isRunning, let why = identityShortfall(ifc, rule.identity) {
+            return InterfaceFinding(
+                interface: name, status: .rejected,
+                detail: "\(name) associated to \(quoted) via BSSID \(bssid) but \(why): site '\(site.name)' (\(rule.location))",
+                site: site.name)
         }
         guard ifc.isRunning else {
             return InterfaceFinding(
@@ -211,7 +218,7 @@ public enum SegmentDecider {
                         site: site.name)
                 }
                 if rule.deviceAuth != .none {
-                    let why = ifc.deviceAuth.map { $0.shortfall(for: rule.deviceAuth) } ?? "no 802.1X state from wpa_supplicant"
+                    let why = ifc.deviceAuth.map { $0.shortfall(for: rule.deviceAuth) ?? serverShortfall($0, rule.identity.server) } ?? "no 802.1X state from wpa_supplicant"
                     if let why {
                         return InterfaceFinding(
                             interface: name, status: .rejected,
@@ -219,9 +226,16 @@ public enum SegmentDecider {
                             site: site.name)
                     }
                 }
+                if let why = identityShortfall(ifc, rule.identity) {
+                    return InterfaceFinding(
+                        interface: name, status: .rejected,
+                        detail: "\(name) matches site '\(site.name)' wired rule (\(rule.location)) but \(why)",
+                        site: site.name)
+                }
+                let proven = identityProof(ifc, rule)
                 return InterfaceFinding(
                     interface: name, status: .authorized,
-                    detail: "\(name) has carrier and matches site '\(site.name)' wired rule (\(rule.location))",
+                    detail: "\(name) has carrier and matches site '\(site.name)' wired rule (\(rule.location))\(proven)",
                     site: site.name)
             }
         }
@@ -229,6 +243,86 @@ public enum SegmentDecider {
             return InterfaceFinding(interface: name, status: .rejected, detail: detail, site: site.name)
         }
         return InterfaceFinding(interface: name, status: .irrelevant, detail: "\(name) matches no wired rule")
+    }
+
+    // MARK: - Network identity
+
+    /// Why the 802.1X server's certificate chain does not satisfy `pins`, or nil.
+    static func serverShortfall(_ auth: DeviceAuthState, _ pins: ServerPins) -> String? {
+        guard !pins.isEmpty else { return nil }
+        guard let leaf = auth.serverChain.first(where: { $0.depth == 0 }) else {
+            return "the 802.1X server's certificate is not known (wpa_supplicant reported none for this authentication)"
+        }
+        let seen = "the 802.1X server's certificate (subject '\(leaf.subject)', SHA-256 \(leaf.sha256.map { String($0.prefix(16)) + "…" } ?? "not reported"))"
+        if !pins.certSHA256.isEmpty {
+            guard let h = leaf.sha256, pins.certSHA256.contains(h) else { return "\(seen) is not the pinned one (server_cert_sha256)" }
+        }
+        if !pins.caSHA256.isEmpty {
+            guard auth.serverChain.contains(where: { $0.depth > 0 && $0.sha256.map(pins.caSHA256.contains) == true }) else {
+                let issuers = auth.serverChain.filter { $0.depth > 0 }.map { "'\($0.subject)'" }
+                return "\(seen) was not issued under a pinned CA (server_ca_sha256); its chain: \(issuers.isEmpty ? "no issuer reported" : issuers.joined(separator: ", "))"
+            }
+        }
+        if let domain = pins.domain {
+            var names = leaf.altSubjects.compactMap { $0.hasPrefix("DNS:") ? String($0.dropFirst(4)).lowercased() : nil }
+            if let cn = leaf.subject.split(separator: "/").last(where: { $0.hasPrefix("CN=") }) ?? leaf.subject.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces)[...] }).last(where: { $0.hasPrefix("CN=") }) {
+                names.append(String(cn.dropFirst(3)).lowercased())
+            }
+            guard names.contains(where: { $0 == domain || $0.hasSuffix("." + domain) }) else {
+                return "\(seen) does not name \(domain) (server_domain); it names \(names.isEmpty ? "nothing" : names.joined(separator: ", "))"
+            }
+        }
+        return nil
+    }
+
+    /// Why the network behind a running interface is not the one `identity` describes, or nil.
+    static func identityShortfall(_ ifc: InterfaceState, _ identity: NetworkIdentity) -> String? {
+        let name = ifc.name
+        if !identity.prefixes.isEmpty {
+            let inside = ifc.addresses.contains { a in a.isGlobal && identity.prefixes.contains { $0.contains(a.address) } }
+            if !inside {
+                let have = ifc.addresses.filter(\.isGlobal).map(\.description)
+                return "its addresses (\(have.isEmpty ? "none" : have.joined(separator: ", "))) are outside the office prefixes \(identity.prefixes.map(\.description).joined(separator: ", "))"
+            }
+        }
+        if !identity.gateways.isEmpty {
+            let pins = identity.gateways
+            let seen = pins.filter { ifc.neighbour($0.address)?.mac == $0.mac }
+            let actual = ifc.defaultRoutes.compactMap(\.gateway)
+            func describe(_ g: IPAddress) -> String { ifc.neighbour(g).map { "\(g) at \($0.mac)" } ?? "\(g) (not resolved)" }
+            if seen.isEmpty {
+                if let wrong = pins.first(where: { ifc.neighbour($0.address) != nil }), let n = ifc.neighbour(wrong.address) {
+                    return "its gateway \(wrong.address) answers from MAC \(n.mac), not the office router's \(wrong.mac)"
+                }
+                let required = pins.map(\.description).joined(separator: " or ")
+                if !actual.isEmpty {
+                    return "its default gateway \(actual.map(describe).joined(separator: ", ")) is not an office gateway (\(required))"
+                }
+                return "no office gateway (\(required)) in \(name)'s neighbour table"
+            }
+            let addresses = Set(pins.map(\.address))
+            if let stray = ifc.defaultRoutes.first(where: { r in r.gateway.map { !addresses.contains($0) } ?? true }) {
+                return "its route \(stray) does not go through an office gateway (\(pins.map(\.description).joined(separator: " or ")))"
+            }
+        }
+        if let server = identity.trustedServer {
+            guard let result = ifc.trustedServer, result.server == server.endpoint else {
+                return "the trusted server \(server.endpoint) has not been proven through \(name) yet"
+            }
+            guard result.proven else { return "the trusted server \(server.endpoint) was not proven: \(result.detail)" }
+        }
+        return nil
+    }
+
+    /// What identity a wired rule proved, for the authorized finding ("" when none was asked).
+    static func identityProof(_ ifc: InterfaceState, _ rule: WiredRule) -> String {
+        var parts: [String] = []
+        let id = rule.identity
+        if !id.gateways.isEmpty, let g = id.gateways.first(where: { ifc.neighbour($0.address)?.mac == $0.mac }) { parts.append("gateway \(g)") }
+        if !id.prefixes.isEmpty { parts.append("inside \(id.prefixes.map(\.description).joined(separator: ", "))") }
+        if let t = id.trustedServer { parts.append("trusted server \(t.endpoint) proven") }
+        if id.interfaceOnly { parts.append("interface only: the network is not checked") }
+        return parts.isEmpty ? "" : " (" + parts.joined(separator: ", ") + ")"
     }
 
     static func linkState(_ ifc: InterfaceState) -> String {

@@ -209,7 +209,8 @@ final class NetlinkChannel {
 /// The watcher thread's state. Confined to that thread.
 /// The watcher's sockets and state, confined to the loop's thread.
 final class WatcherLoop {
-    enum RouteDump: CaseIterable { case links, addresses, routes }
+    /// Nexthop objects before the routes that name them; neighbours last.
+    enum RouteDump: CaseIterable { case links, addresses, nexthops, routes, neighbours }
 
     unowned let watcher: NetworkWatcher
     let loop: PollLoop
@@ -254,7 +255,13 @@ final class WatcherLoop {
 
     func openRoute() throws(NetworkWatcher.SetupError) {
         let groups = [RTNLGRP_LINK, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV6_IFADDR, RTNLGRP_IPV4_ROUTE, RTNLGRP_IPV6_ROUTE].map { Int32($0.rawValue) }
+            + [RtnetlinkNumbers.groupNeighbour, RtnetlinkNumbers.groupNexthop]
         try route.open(bufferSize: watcher.options.receiveBufferSize, groups: groups, context: context, valid: routeValidCallback, finish: routeFinishCallback)
+        // A kernel without nexthop objects refuses their dump: that dump is then done, empty.
+        if let cb = nl_socket_get_cb(route.sock) {
+            nl_cb_err(cb, NL_CB_CUSTOM, routeErrorCallback, context)
+            nl_cb_put(cb)
+        }
         route.watch = loop.watch(route.fd) { [unowned self] in readable(route, isRoute: true) }
         state.routes = RouteTable()
         routeSyncing = true
@@ -301,11 +308,23 @@ final class WatcherLoop {
         switch next {
         case .links: type = Int32(RTM_GETLINK)
         case .addresses: type = Int32(RTM_GETADDR)
+        case .nexthops: type = RtnetlinkNumbers.getNexthop
         case .routes: type = Int32(RTM_GETROUTE)
+        case .neighbours: type = RtnetlinkNumbers.getNeighbour
         }
         guard let msg = nlmsg_alloc_simple(type, Int32(NLM_F_REQUEST | NLM_F_DUMP)) else { return }
-        var gen = rtgenmsg(rtgen_family: UInt8(AF_UNSPEC))
-        _ = nlmsg_append(msg, &gen, MemoryLayout<rtgenmsg>.size, Int32(NLMSG_ALIGNTO))
+        switch next {
+        case .nexthops:
+            // The nexthop dump wants its own header (struct nhmsg), all zero: every nexthop.
+            var h = NexthopMessageHeader()
+            _ = nlmsg_append(msg, &h, MemoryLayout<NexthopMessageHeader>.size, Int32(NLMSG_ALIGNTO))
+        case .neighbours:
+            var h = NeighbourMessageHeader()
+            _ = nlmsg_append(msg, &h, MemoryLayout<NeighbourMessageHeader>.size, Int32(NLMSG_ALIGNTO))
+        default:
+            var gen = rtgenmsg(rtgen_family: UInt8(AF_UNSPEC))
+            _ = nlmsg_append(msg, &gen, MemoryLayout<rtgenmsg>.size, Int32(NLMSG_ALIGNTO))
+        }
         let rc = route.send(msg)
         if rc < 0 {
             failure = "rtnetlink: sending dump request: \(String(cString: nl_geterror(rc)))"
@@ -349,6 +368,15 @@ final class WatcherLoop {
         } catch {
             noteParseError(error)
         }
+    }
+
+    /// An error reply on the rtnetlink socket: a refused nexthop dump (a kernel without
+    /// nexthop objects) ends that dump; any other error is the receive's failure (resync).
+    func routeError(_ error: Int32) -> Bool {
+        guard routeInFlight == .nexthops else { return false }
+        watcher.logger.notice("rtnetlink: no nexthop objects on this kernel", metadata: ["error": "\(String(cString: strerror(-error)))"])
+        routeDumpDone()
+        return true
     }
 
     func routeDumpDone() {
@@ -503,6 +531,11 @@ private let routeValidCallback: nl_recvmsg_msg_cb_t = { msg, arg in
 private let routeFinishCallback: nl_recvmsg_msg_cb_t = { _, arg in
     loop(arg).routeDumpDone()
     return Int32(NL_OK.rawValue)
+}
+
+private let routeErrorCallback: nl_recvmsg_err_cb_t = { _, err, arg in
+    guard let err else { return Int32(NL_STOP.rawValue) }
+    return loop(arg).routeError(err.pointee.error) ? Int32(NL_SKIP.rawValue) : Int32(NL_STOP.rawValue)
 }
 
 private let genlValidCallback: nl_recvmsg_msg_cb_t = { msg, arg in

@@ -24,8 +24,67 @@ public enum RouteMessage: Sendable, Equatable {
     case linkRemoved(index: Int32)
     case address(index: Int32, InterfaceAddress, removed: Bool)
     case defaultRoute(index: Int32, DefaultRoute, removed: Bool)
-    /// Understood but irrelevant (a non-default route, a bridge-family link message, …).
+    /// A route through a nexthop object (RTA_NH_ID and no RTA_OIF: `nexthop_compat_mode=0`);
+    /// the interface is the nexthop's.
+    case nexthopRoute(id: UInt32, DefaultRoute, removed: Bool)
+    /// A nexthop object (RTM_NEWNEXTHOP); removal carries only the id.
+    case nexthop(Nexthop, removed: Bool)
+    /// A resolved neighbour entry appeared or changed (`removed` false), or the entry of that
+    /// address is gone or no longer resolved (`removed` true: deleted, failed, incomplete).
+    case neighbour(index: Int32, address: IPAddress, mac: MACAddress?, removed: Bool)
+    /// Understood but irrelevant (a narrow route, a bridge-family link message, …).
     case ignored
+}
+
+/// A nexthop object: one interface and gateway, or a group of other nexthops.
+public struct Nexthop: Sendable, Equatable {
+    public var id: UInt32
+    /// NHA_OIF (absent for a group or a blackhole).
+    public var interface: Int32?
+    public var gateway: IPAddress?
+    /// NHA_GROUP member ids.
+    public var group: [UInt32]
+
+    public init(id: UInt32, interface: Int32? = nil, gateway: IPAddress? = nil, group: [UInt32] = []) {
+        self.id = id
+        self.interface = interface
+        self.gateway = gateway
+        self.group = group
+    }
+}
+
+/// rtnetlink numbers not in libnl's headers (linux/nexthop.h, linux/neighbour.h).
+enum RtnetlinkNumbers {
+    static let newNexthop: Int32 = 104, delNexthop: Int32 = 105, getNexthop: Int32 = 106
+    static let newNeighbour: Int32 = 28, delNeighbour: Int32 = 29, getNeighbour: Int32 = 30
+    /// RTA_NH_ID: a route's nexthop object.
+    static let routeNexthopID: Int32 = 30
+    static let nhaID: Int32 = 1, nhaGroup: Int32 = 2, nhaBlackhole: Int32 = 4, nhaOIF: Int32 = 5, nhaGateway: Int32 = 6, nhaMax: Int32 = 16
+    static let ndaDst: Int32 = 1, ndaLLAddr: Int32 = 2, ndaMax: Int32 = 16
+    /// RTNLGRP_NEIGH, RTNLGRP_NEXTHOP.
+    static let groupNeighbour: Int32 = 3, groupNexthop: Int32 = 32
+    /// NUD_INCOMPLETE | NUD_FAILED | NUD_NONE(0): no usable link-layer address.
+    static let unresolvedStates: UInt16 = 0x01 | 0x20
+}
+
+/// struct nhmsg (linux/nexthop.h).
+struct NexthopMessageHeader {
+    var family: UInt8 = 0
+    var scope: UInt8 = 0
+    var proto: UInt8 = 0
+    var reserved: UInt8 = 0
+    var flags: UInt32 = 0
+}
+
+/// struct ndmsg (linux/neighbour.h).
+struct NeighbourMessageHeader {
+    var family: UInt8 = 0
+    var pad1: UInt8 = 0
+    var pad2: UInt16 = 0
+    var ifindex: Int32 = 0
+    var state: UInt16 = 0
+    var flags: UInt8 = 0
+    var type: UInt8 = 0
 }
 
 /// Turns rtnetlink messages into `RouteMessage`s.
@@ -56,6 +115,8 @@ public enum RtnetlinkParser {
         case Int32(RTA_PRIORITY.rawValue): "RTA_PRIORITY"
         case Int32(RTA_TABLE.rawValue): "RTA_TABLE"
         case Int32(RTA_MULTIPATH.rawValue): "RTA_MULTIPATH"
+        case Int32(RTA_DST.rawValue): "RTA_DST"
+        case RtnetlinkNumbers.routeNexthopID: "RTA_NH_ID"
         default: "RTA attribute \(t)"
         }
     }
@@ -70,6 +131,10 @@ public enum RtnetlinkParser {
             return [try parseAddress(hdr, removed: type == Int32(RTM_DELADDR))]
         case Int32(RTM_NEWROUTE), Int32(RTM_DELROUTE):
             return try parseRoute(hdr, removed: type == Int32(RTM_DELROUTE))
+        case RtnetlinkNumbers.newNexthop, RtnetlinkNumbers.delNexthop:
+            return [try parseNexthop(hdr, removed: type == RtnetlinkNumbers.delNexthop)]
+        case RtnetlinkNumbers.newNeighbour, RtnetlinkNumbers.delNeighbour:
+            return [try parseNeighbour(hdr, removed: type == RtnetlinkNumbers.delNeighbour)]
         default:
             return [.ignored]
         }
@@ -139,24 +204,91 @@ public enum RtnetlinkParser {
         let context = removed ? "RTM_DELROUTE" : "RTM_NEWROUTE"
         let rtm = try fixedHeader(hdr, as: rtmsg.self, context: context)
         guard rtm.rtm_family == UInt8(AF_INET) || rtm.rtm_family == UInt8(AF_INET6) else { return [.ignored] }
-        // Only unicast default routes (dst length 0) make an uplink; the local table never holds one.
-        guard rtm.rtm_dst_len == 0, rtm.rtm_type == UInt8(RTN_UNICAST) else { return [.ignored] }
+        let family: IPAddress.Family = rtm.rtm_family == UInt8(AF_INET) ? .ipv4 : .ipv6
+        // Only unicast routes that cover the internet (default, split halves, other wide ones)
+        // make an uplink; the local table never holds one.
+        guard DefaultRoute.coversInternet(family: family, prefixLength: rtm.rtm_dst_len), rtm.rtm_type == UInt8(RTN_UNICAST) else { return [.ignored] }
         let attrs = try AttributeTable(
             message: hdr, headerLength: MemoryLayout<rtmsg>.size, maxType: Int32(__RTA_MAX.rawValue) - 1,
             context: context, names: routeAttrNames)
         let table = try attrs.u32(Int32(RTA_TABLE.rawValue)) ?? UInt32(rtm.rtm_table)
         guard table != UInt32(RT_TABLE_LOCAL.rawValue) else { return [.ignored] }
-        let family: IPAddress.Family = rtm.rtm_family == UInt8(AF_INET) ? .ipv4 : .ipv6
+        var destination: IPPrefix?
+        if rtm.rtm_dst_len > 0 {
+            guard let dst = try attrs.ip(Int32(RTA_DST.rawValue)), dst.family == family,
+                  let prefix = IPPrefix(address: dst, length: rtm.rtm_dst_len) else {
+                throw NetlinkParseError(message: context, attribute: "RTA_DST", problem: "missing or not a \(family.rawValue) network for prefix length \(rtm.rtm_dst_len)")
+            }
+            destination = prefix
+        }
         let metric = try attrs.u32(Int32(RTA_PRIORITY.rawValue)) ?? 0
         if let oif = try attrs.u32(Int32(RTA_OIF.rawValue)) {
             let gw = try attrs.ip(Int32(RTA_GATEWAY.rawValue))
             return [.defaultRoute(
-                index: Int32(bitPattern: oif), DefaultRoute(family: family, gateway: gw, metric: metric, table: table), removed: removed)]
+                index: Int32(bitPattern: oif), DefaultRoute(family: family, gateway: gw, metric: metric, table: table, destination: destination), removed: removed)]
         }
-        guard let hops = attrs.bytes(Int32(RTA_MULTIPATH.rawValue)) else { return [.ignored] }
-        return try parseNextHops(hops, context: context).map { hop in
-            .defaultRoute(index: hop.0, DefaultRoute(family: family, gateway: hop.1, metric: metric, table: table), removed: removed)
+        if let hops = attrs.bytes(Int32(RTA_MULTIPATH.rawValue)) {
+            return try parseNextHops(hops, context: context).map { hop in
+                .defaultRoute(index: hop.0, DefaultRoute(family: family, gateway: hop.1, metric: metric, table: table, destination: destination), removed: removed)
+            }
         }
+        // nexthop_compat_mode=0: the route names only its nexthop object.
+        if let id = try attrs.u32(RtnetlinkNumbers.routeNexthopID) {
+            return [.nexthopRoute(id: id, DefaultRoute(family: family, gateway: nil, metric: metric, table: table, destination: destination), removed: removed)]
+        }
+        return [.ignored]
+    }
+
+    static func parseNexthop(_ hdr: UnsafeMutablePointer<nlmsghdr>, removed: Bool) throws(NetlinkParseError) -> RouteMessage {
+        let context = removed ? "RTM_DELNEXTHOP" : "RTM_NEWNEXTHOP"
+        _ = try fixedHeader(hdr, as: NexthopMessageHeader.self, context: context)
+        let attrs = try AttributeTable(
+            message: hdr, headerLength: MemoryLayout<NexthopMessageHeader>.size, maxType: RtnetlinkNumbers.nhaMax,
+            context: context, names: { t in
+                switch t {
+                case RtnetlinkNumbers.nhaID: "NHA_ID"
+                case RtnetlinkNumbers.nhaGroup: "NHA_GROUP"
+                case RtnetlinkNumbers.nhaOIF: "NHA_OIF"
+                case RtnetlinkNumbers.nhaGateway: "NHA_GATEWAY"
+                default: "NHA attribute \(t)"
+                }
+            })
+        guard let id = try attrs.u32(RtnetlinkNumbers.nhaID), id != 0 else {
+            throw NetlinkParseError(message: context, attribute: "NHA_ID", problem: "missing or zero")
+        }
+        if removed { return .nexthop(Nexthop(id: id), removed: true) }
+        var group: [UInt32] = []
+        if let g = attrs.bytes(RtnetlinkNumbers.nhaGroup) {
+            // struct nexthop_grp { u32 id; u8 weight; u8 weight_high; u16 resvd2; }
+            guard g.count % 8 == 0, !g.isEmpty else {
+                throw NetlinkParseError(message: context, attribute: "NHA_GROUP", problem: "length \(g.count) is not a positive multiple of 8")
+            }
+            for k in stride(from: 0, to: g.count, by: 8) {
+                group.append(UInt32(g[k]) | UInt32(g[k + 1]) << 8 | UInt32(g[k + 2]) << 16 | UInt32(g[k + 3]) << 24)
+            }
+        }
+        let oif = try attrs.u32(RtnetlinkNumbers.nhaOIF).map { Int32(bitPattern: $0) }
+        let gateway = try attrs.ip(RtnetlinkNumbers.nhaGateway)
+        return .nexthop(Nexthop(id: id, interface: oif, gateway: gateway, group: group), removed: false)
+    }
+
+    static func parseNeighbour(_ hdr: UnsafeMutablePointer<nlmsghdr>, removed: Bool) throws(NetlinkParseError) -> RouteMessage {
+        let context = removed ? "RTM_DELNEIGH" : "RTM_NEWNEIGH"
+        let ndm = try fixedHeader(hdr, as: NeighbourMessageHeader.self, context: context)
+        // Bridge FDB entries (AF_BRIDGE) and proxy entries are not neighbours of this host.
+        guard ndm.family == UInt8(AF_INET) || ndm.family == UInt8(AF_INET6), ndm.flags & 0x08 == 0 /* NTF_PROXY */ else { return .ignored }
+        guard ndm.ifindex > 0 else {
+            throw NetlinkParseError(message: context, attribute: "header", problem: "ifindex \(ndm.ifindex) is not positive")
+        }
+        let attrs = try AttributeTable(
+            message: hdr, headerLength: MemoryLayout<NeighbourMessageHeader>.size, maxType: RtnetlinkNumbers.ndaMax,
+            context: context, names: { $0 == RtnetlinkNumbers.ndaDst ? "NDA_DST" : $0 == RtnetlinkNumbers.ndaLLAddr ? "NDA_LLADDR" : "NDA attribute \($0)" })
+        guard let address = try attrs.ip(RtnetlinkNumbers.ndaDst) else {
+            throw NetlinkParseError(message: context, attribute: "NDA_DST", problem: "missing on ifindex \(ndm.ifindex)")
+        }
+        let mac = attrs.bytes(RtnetlinkNumbers.ndaLLAddr).flatMap { MACAddress(bytes: $0) }
+        let unresolved = ndm.state == 0 || ndm.state & RtnetlinkNumbers.unresolvedStates != 0 || mac == nil
+        return .neighbour(index: ndm.ifindex, address: address, mac: mac, removed: removed || unresolved)
     }
 
     /// Walks the `struct rtnexthop` list of RTA_MULTIPATH: {u16 len, u8 flags, u8 hops, i32 ifindex} + attributes.

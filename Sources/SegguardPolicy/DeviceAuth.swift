@@ -36,6 +36,10 @@ public struct DeviceAuthState: Sendable, Equatable, Codable {
     /// supplicant, counting from 1: a fresh authentication has a higher number than a stale
     /// one. 0 when the source cannot count them (a state read before any event).
     public var successes: UInt64
+    /// Set by the agent, never by a source: this authentication happened before the wired
+    /// link last lost carrier or changed ifindex, so it may belong to another port (a cable
+    /// moved); only a fresh success counts again.
+    public var predatesLinkLoss = false
 
     public init(keyManagement: String? = nil, eapState: String? = nil, eapMethod: String? = nil,
                 portStatus: PortStatus = .unknown, identity: String? = nil, since: Double? = nil, paeState: String? = nil,
@@ -73,6 +77,9 @@ public struct DeviceAuthState: Sendable, Equatable, Codable {
         case .none:
             return nil
         case .eapTLS:
+            if predatesLinkLoss {
+                return "the 802.1X authentication is from before the link lost carrier (the cable may have moved); waiting for a fresh one"
+            }
             if let km = keyManagement, km.contains("PSK") || km.contains("SAE"), !km.contains("802.1X") {
                 return "the network uses \(km) (a shared key), not 802.1X: the rule requires EAP-TLS (a device certificate)"
             }

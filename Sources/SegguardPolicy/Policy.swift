@@ -3,8 +3,12 @@
 
 /// The whole segment policy of one thin client: which networks make up the My Number segment.
 public struct Policy: Sendable, Equatable, Codable {
-    /// The only schema version this build understands.
-    public static let supportedSchemaVersion = 1
+    /// The newest schema version this build understands. Version 2 refuses a wired rule that
+    /// names nothing about the network (see `NetworkIdentity`) unless it says
+    /// `identity: interface-only`; version 1 loads such a rule with a warning.
+    public static let supportedSchemaVersion = 2
+    /// Every schema version this build reads.
+    public static let supportedSchemaVersions = 1...2
 
     public var schemaVersion: Int
     /// Free text shown in status output and logs.
@@ -19,6 +23,8 @@ public struct Policy: Sendable, Equatable, Codable {
     public var capture: CaptureRule
     /// Reporting to the collector (`report:`); defaults when absent.
     public var report: ReportRule
+    /// What the loader accepted but an admin should fix ("file:line:column: path: message").
+    public var warnings: [String] = []
 
     public init(schemaVersion: Int = 1, name: String, sites: [Site], uplinks: UplinkRule = .init(), vdi: VDIRule = .init(),
                 enforcement: EnforcementRule = .init(), profiles: [LaunchProfile] = [], capture: CaptureRule = .init(), report: ReportRule = .init()) {
@@ -60,17 +66,97 @@ public struct WirelessRule: Sendable, Equatable, Codable {
     public var bssids: Set<MACAddress>
     /// 802.1X authentication the association must have completed.
     public var deviceAuth: DeviceAuthRequirement
+    /// What the network behind the access point must be.
+    public var identity: NetworkIdentity
     /// "file:line" of the rule, for reasons and errors.
     public var location: String
 
     public init(ssid: SSID, security: Set<WirelessSecurity> = [.enterprise], bssids: Set<MACAddress> = [],
-                deviceAuth: DeviceAuthRequirement = .none, location: String = "") {
+                deviceAuth: DeviceAuthRequirement = .none, identity: NetworkIdentity = .init(), location: String = "") {
+        self.identity = identity
         self.ssid = ssid
         self.security = security
         self.bssids = bssids
         self.deviceAuth = deviceAuth
         self.location = location
     }
+}
+
+/// An office router the interface must see: its address in the neighbour table with this MAC.
+public struct GatewayPin: Sendable, Equatable, Codable, CustomStringConvertible {
+    public var address: IPAddress
+    public var mac: MACAddress
+    public init(address: IPAddress, mac: MACAddress) {
+        self.address = address
+        self.mac = mac
+    }
+    public var description: String { "\(address) at \(mac)" }
+}
+
+/// An office server reached through the interface by TLS whose key (SubjectPublicKeyInfo
+/// SHA-256, lower-case hex) is pinned: proof of the office network a copied SSID or MAC
+/// cannot give.
+public struct TrustedServerRule: Sendable, Equatable, Codable {
+    public var address: IPAddress
+    public var port: UInt16
+    /// SNI sent in the handshake; nil sends none.
+    public var serverName: String?
+    public var spkiSHA256: [String]
+    public init(address: IPAddress, port: UInt16 = 443, serverName: String? = nil, spkiSHA256: [String]) {
+        self.address = address
+        self.port = port
+        self.serverName = serverName
+        self.spkiSHA256 = spkiSHA256
+    }
+    /// "address:port" ("[v6]:port").
+    public var endpoint: String { address.family == .ipv6 ? "[\(address)]:\(port)" : "\(address):\(port)" }
+}
+
+/// The 802.1X authentication server a rule accepts, by what wpa_supplicant reported of its
+/// certificate chain. Empty: any server (the supplicant's own `ca_cert` is then the only check).
+public struct ServerPins: Sendable, Equatable, Codable {
+    /// SHA-256 (hex) of a CA certificate that must appear in the chain above the server's.
+    public var caSHA256: Set<String>
+    /// SHA-256 (hex) of the server's own certificate.
+    public var certSHA256: Set<String>
+    /// DNS name the server's certificate must carry (subjectAltName DNS or CN), exact or as a
+    /// suffix after a dot.
+    public var domain: String?
+    public init(caSHA256: Set<String> = [], certSHA256: Set<String> = [], domain: String? = nil) {
+        self.caSHA256 = caSHA256
+        self.certSHA256 = certSHA256
+        self.domain = domain
+    }
+    public var isEmpty: Bool { caSHA256.isEmpty && certSHA256.isEmpty && domain == nil }
+}
+
+/// What a rule requires of the network behind the link (beyond its name, MAC, SSID, BSSID):
+/// each part proves something different; see the admin guide.
+public struct NetworkIdentity: Sendable, Equatable, Codable {
+    /// Office routers: one must be a neighbour with its MAC, and every internet-covering route
+    /// of the interface must go through one of them.
+    public var gateways: [GatewayPin]
+    /// The interface must hold an address inside one of these.
+    public var prefixes: [IPPrefix]
+    /// A TLS probe through the interface must prove this server.
+    public var trustedServer: TrustedServerRule?
+    /// The 802.1X server (with `device_auth`).
+    public var server: ServerPins
+    /// `identity: interface-only`: the admin acknowledges a wired rule that names nothing
+    /// about the network (any LAN plugged into the port is the office).
+    public var interfaceOnly: Bool
+
+    public init(gateways: [GatewayPin] = [], prefixes: [IPPrefix] = [], trustedServer: TrustedServerRule? = nil,
+                server: ServerPins = .init(), interfaceOnly: Bool = false) {
+        self.gateways = gateways
+        self.prefixes = prefixes
+        self.trustedServer = trustedServer
+        self.server = server
+        self.interfaceOnly = interfaceOnly
+    }
+
+    /// True when nothing about the network is required.
+    public var namesNothing: Bool { gateways.isEmpty && prefixes.isEmpty && trustedServer == nil }
 }
 
 /// An authorized wired port: interfaces by name pattern and/or MAC address.
@@ -83,10 +169,13 @@ public struct WiredRule: Sendable, Equatable, Codable {
     public var linkKinds: Set<String>
     /// 802.1X authentication the port must have completed (wired 802.1X).
     public var deviceAuth: DeviceAuthRequirement
+    /// What the network behind the port must be.
+    public var identity: NetworkIdentity
     public var location: String
 
     public init(interfaces: [String] = [], macs: Set<MACAddress> = [], linkKinds: Set<String> = [],
-                deviceAuth: DeviceAuthRequirement = .none, location: String = "") {
+                deviceAuth: DeviceAuthRequirement = .none, identity: NetworkIdentity = .init(), location: String = "") {
+        self.identity = identity
         self.interfaces = interfaces
         self.macs = macs
         self.linkKinds = linkKinds

@@ -85,6 +85,9 @@ public enum PolicyLoader {
 private struct Context {
     let file: String
     var issues: [PolicyIssue] = []
+    /// Accepted, but shown by check-policy and logged by segguardd.
+    var warnings: [PolicyIssue] = []
+    var schemaVersion = Policy.supportedSchemaVersion
 
     init(file: String) { self.file = file }
 
@@ -207,11 +210,15 @@ private struct Context {
         var version: Int?
         if let v = top["schema_version"] {
             version = int(v, "schema_version", range: 0...Int.max)
-            if let got = version, got != Policy.supportedSchemaVersion {
+            if let got = version, !Policy.supportedSchemaVersions.contains(got) {
                 report(v, "schema_version", "schema version \(got) is not supported by this segguardd",
-                       hint: "this build reads schema_version \(Policy.supportedSchemaVersion)")
+                       hint: "this build reads schema_version \(Policy.supportedSchemaVersions.map(String.init).joined(separator: " or "))")
             }
+            // An unreadable or unsupported version is already refused: judge the rest by
+            // version 1 rules, so the admin sees that one problem, not its echoes.
+            schemaVersion = version.flatMap { Policy.supportedSchemaVersions.contains($0) ? $0 : nil } ?? 1
         } else {
+            schemaVersion = 1
             report(root, "schema_version", "missing", hint: "add 'schema_version: \(Policy.supportedSchemaVersion)' at the top")
         }
         let name = top["name"].flatMap { string($0, "name") } ?? "unnamed policy"
@@ -271,8 +278,10 @@ private struct Context {
         if let c = top["capture"] { capture = self.capture(c) }
         var reportRule = ReportRule()
         if let r = top["report"] { reportRule = report(r) }
-        return Policy(schemaVersion: version, name: name, sites: sites, uplinks: uplinks, vdi: vdi, enforcement: enforcement, profiles: profiles,
-                      capture: capture, report: reportRule)
+        var policy = Policy(schemaVersion: version, name: name, sites: sites, uplinks: uplinks, vdi: vdi, enforcement: enforcement, profiles: profiles,
+                            capture: capture, report: reportRule)
+        policy.warnings = warnings.map(\.description)
+        return policy
     }
 
     /// The `report:` section.
@@ -502,7 +511,7 @@ private struct Context {
     }
 
     mutating func wirelessRule(_ node: Node, _ path: String) -> WirelessRule? {
-        guard let m = mapping(node, path, allowed: ["ssid", "ssid_hex", "security", "bssids", "device_auth"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["ssid", "ssid_hex", "security", "bssids", "device_auth", "gateway", "prefixes", "trusted_server", "server_ca_sha256", "server_cert_sha256", "server_domain", "identity"]) else { return nil }
         var ssid: SSID?
         switch (m["ssid"], m["ssid_hex"]) {
         case let (s?, nil):
@@ -556,12 +565,13 @@ private struct Context {
                 report(d, "\(path).device_auth", "eap-tls needs security [enterprise] (802.1X); this rule also accepts \(security.subtracting([.enterprise]).map(\.rawValue).sorted().joined(separator: ", "))")
             }
         }
+        let identity = networkIdentity(m, node, path, deviceAuth: deviceAuth, wired: false)
         guard let ssid else { return nil }
-        return WirelessRule(ssid: ssid, security: security, bssids: bssids, deviceAuth: deviceAuth, location: location(node))
+        return WirelessRule(ssid: ssid, security: security, bssids: bssids, deviceAuth: deviceAuth, identity: identity, location: location(node))
     }
 
     mutating func wiredRule(_ node: Node, _ path: String) -> WiredRule? {
-        guard let m = mapping(node, path, allowed: ["interfaces", "macs", "link_kinds", "device_auth"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["interfaces", "macs", "link_kinds", "device_auth", "gateway", "prefixes", "trusted_server", "server_ca_sha256", "server_cert_sha256", "server_domain", "identity"]) else { return nil }
         var rule = WiredRule(location: location(node))
         if let d = m["device_auth"], let v = oneOf(d, "\(path).device_auth", DeviceAuthRequirement.self) { rule.deviceAuth = v }
         if let i = m["interfaces"] { rule.interfaces = patterns(i, "\(path).interfaces") }
@@ -588,7 +598,135 @@ private struct Context {
             report(node, path, "a wired rule needs 'interfaces' (name patterns) or 'macs' (or both)",
                    hint: "an empty rule would authorize every wired port")
         }
+        rule.identity = networkIdentity(m, node, path, deviceAuth: rule.deviceAuth, wired: true)
         return rule
+    }
+
+    /// The network-identity keys shared by wired and Wi-Fi rules.
+    mutating func networkIdentity(_ m: [String: Node], _ node: Node, _ path: String, deviceAuth: DeviceAuthRequirement, wired: Bool) -> NetworkIdentity {
+        var id = NetworkIdentity()
+        if let g = m["gateway"], let items = sequence(g, "\(path).gateway") {
+            for (i, item) in items.enumerated() {
+                let p = "\(path).gateway[\(i)]"
+                guard let gm = mapping(item, p, allowed: ["address", "mac"]) else { continue }
+                var address: IPAddress?, mac: MACAddress?
+                if let a = gm["address"], let text = string(a, "\(p).address") {
+                    address = IPAddress(text)
+                    if address == nil { report(a, "\(p).address", "\"\(text)\" is not an IPv4/IPv6 address", hint: "the office router's address, e.g. 10.20.0.1") }
+                } else if gm["address"] == nil {
+                    report(item, "\(p).address", "missing", hint: "the office router's address, e.g. 10.20.0.1")
+                }
+                if let a = gm["mac"], let text = string(a, "\(p).mac") {
+                    mac = MACAddress(text)
+                    if mac == nil { report(a, "\(p).mac", "\"\(text)\" is not a MAC address", hint: "write six hex bytes: aa:bb:cc:dd:ee:ff ('ip neigh' on an office client shows it)") }
+                } else if gm["mac"] == nil {
+                    report(item, "\(p).mac", "missing", hint: "the router's MAC as the office LAN sees it ('ip neigh show ADDRESS')")
+                }
+                if let address, let mac {
+                    if id.gateways.contains(where: { $0.address == address && $0.mac == mac }) { report(item, p, "gateway \(address) at \(mac) listed twice") }
+                    id.gateways.append(GatewayPin(address: address, mac: mac))
+                }
+            }
+            if items.isEmpty { report(g, "\(path).gateway", "empty list", hint: "list the office routers, or remove the key") }
+        }
+        if let v = m["prefixes"], let items = sequence(v, "\(path).prefixes") {
+            for (i, item) in items.enumerated() {
+                guard let text = string(item, "\(path).prefixes[\(i)]") else { continue }
+                if let prefix = IPPrefix(text) {
+                    id.prefixes.append(prefix)
+                } else if let network = IPPrefix.network(of: text) {
+                    report(item, "\(path).prefixes[\(i)]", "\"\(text)\" has host bits set past /\(network.length)", hint: "did you mean \(network)?")
+                } else {
+                    report(item, "\(path).prefixes[\(i)]", "\"\(text)\" is not an IPv4/IPv6 prefix", hint: "e.g. 10.20.0.0/16")
+                }
+            }
+            if items.isEmpty { report(v, "\(path).prefixes", "empty list", hint: "list the office address ranges, or remove the key") }
+        }
+        if let t = m["trusted_server"] {
+            let p = "\(path).trusted_server"
+            if let tm = mapping(t, p, allowed: ["address", "port", "server_name", "spki_sha256"]) {
+                var address: IPAddress?
+                if let a = tm["address"], let text = string(a, "\(p).address") {
+                    address = IPAddress(text)
+                    if address == nil { report(a, "\(p).address", "\"\(text)\" is not an IPv4/IPv6 address", hint: "an IP address: the probe must not depend on DNS") }
+                } else if tm["address"] == nil {
+                    report(t, "\(p).address", "missing", hint: "an office server's IP address, e.g. 10.20.0.5")
+                }
+                var port: UInt16 = 443
+                if let v = tm["port"], let n = int(v, "\(p).port", range: 1...65535) { port = UInt16(n) }
+                var serverName: String?
+                if let v = tm["server_name"], let text = string(v, "\(p).server_name") {
+                    if text.isEmpty || text.count > 253 || !text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "." || $0 == "-") }) {
+                        report(v, "\(p).server_name", "\"\(text.prefix(80))\" is not a DNS name")
+                    } else {
+                        serverName = text.lowercased()
+                    }
+                }
+                var pins: [String] = []
+                if let v = tm["spki_sha256"] {
+                    pins = sha256List(v, "\(p).spki_sha256",
+                                      hint: "openssl s_client -connect HOST:PORT </dev/null | openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | sha256sum")
+                    if pins.isEmpty && !issues.contains(where: { $0.path.hasPrefix("\(p).spki_sha256") }) {
+                        report(v, "\(p).spki_sha256", "empty list: no key could be proven")
+                    }
+                } else {
+                    report(t, "\(p).spki_sha256", "missing", hint: "the SHA-256 of the server's public key (SubjectPublicKeyInfo, DER), 64 hex digits")
+                }
+                if let address, !pins.isEmpty {
+                    id.trustedServer = TrustedServerRule(address: address, port: port, serverName: serverName, spkiSHA256: pins)
+                }
+            }
+        }
+        if let v = m["server_ca_sha256"] { id.server.caSHA256 = Set(sha256List(v, "\(path).server_ca_sha256", hint: "openssl x509 -in CA.pem -outform der | sha256sum")) }
+        if let v = m["server_cert_sha256"] { id.server.certSHA256 = Set(sha256List(v, "\(path).server_cert_sha256", hint: "openssl x509 -in SERVER.pem -outform der | sha256sum")) }
+        if let v = m["server_domain"], let text = string(v, "\(path).server_domain") {
+            if text.isEmpty || !text.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "." || $0 == "-") }) {
+                report(v, "\(path).server_domain", "\"\(text.prefix(80))\" is not a DNS name", hint: "the RADIUS server's name, e.g. radius.example.lg.jp")
+            } else {
+                id.server.domain = text.lowercased()
+            }
+        }
+        for key in ["server_ca_sha256", "server_cert_sha256", "server_domain"] where m[key] != nil && deviceAuth == .none {
+            report(m[key], "\(path).\(key)", "pins the 802.1X server, but the rule has no device_auth", hint: "add device_auth: eap-tls")
+        }
+        if let v = m["identity"], let text = string(v, "\(path).identity") {
+            if text == "interface-only" {
+                id.interfaceOnly = true
+                if !id.namesNothing || deviceAuth != .none {
+                    report(v, "\(path).identity", "interface-only, yet the rule names the network (gateway, prefixes, trusted_server or device_auth)",
+                           hint: "remove 'identity: interface-only'")
+                }
+            } else {
+                report(v, "\(path).identity", "\"\(text)\" is not a known value", hint: "the only value is interface-only")
+            }
+        }
+        let namesNetwork = ["gateway", "prefixes", "trusted_server", "device_auth", "identity"].contains { m[$0] != nil }
+        if wired && !namesNetwork {
+            let message = "the wired rule names nothing about the network: any LAN plugged into the port (a home router) would count as the office"
+            let hint = "add gateway (office router address + MAC), prefixes, trusted_server or device_auth: eap-tls; or acknowledge it with 'identity: interface-only'"
+            if schemaVersion >= 2 {
+                report(node, path, message, hint: hint)
+            } else {
+                let mark = node.mark
+                warnings.append(PolicyIssue(file: file, line: mark?.line ?? 1, column: mark?.column ?? 1, path: path,
+                                            message: message + " (schema_version 2 refuses it)", hint: hint))
+            }
+        }
+        return id
+    }
+
+    /// A list of SHA-256 values (64 hex digits, any case), lower-cased.
+    mutating func sha256List(_ v: Node, _ p: String, hint: String) -> [String] {
+        var out: [String] = []
+        for (i, h) in strings(v, p).enumerated() {
+            let lower = h.lowercased().replacingOccurrences(of: ":", with: "")
+            if lower.count == 64, lower.allSatisfy(\.isHexDigit) {
+                if !out.contains(lower) { out.append(lower) }
+            } else {
+                report(v, "\(p)[\(i)]", "\"\(h.prefix(70))\" is not a SHA-256 (64 hex digits)", hint: hint)
+            }
+        }
+        return out
     }
 
     mutating func patterns(_ node: Node, _ path: String) -> [String] {

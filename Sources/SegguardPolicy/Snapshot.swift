@@ -227,28 +227,55 @@ public struct InterfaceAddress: Hashable, Sendable, Codable, CustomStringConvert
     public var description: String { "\(address)/\(prefixLength)" }
 }
 
-/// A default route (0.0.0.0/0 or ::/0) leaving through an interface.
+/// A route that covers the internet, leaving through an interface: a default route (0.0.0.0/0,
+/// ::/0) or a wide one that does the same job (the split halves 0.0.0.0/1 + 128.0.0.0/1 VPN
+/// clients install; any IPv4 route of prefix length 7 or less, any IPv6 one of 3 or less,
+/// which covers 2000::/3, all global unicast). Wherever it is found: any routing table but
+/// `local`, through an interface directly, a multipath route or a nexthop object.
 public struct DefaultRoute: Hashable, Sendable, Codable, CustomStringConvertible {
     public var family: IPAddress.Family
     public var gateway: IPAddress?
     public var metric: UInt32
     public var table: UInt32
+    /// Nil for a default route; else the wide destination (e.g. 128.0.0.0/1).
+    public var destination: IPPrefix?
 
-    public init(family: IPAddress.Family, gateway: IPAddress?, metric: UInt32 = 0, table: UInt32 = 254) {
+    public init(family: IPAddress.Family, gateway: IPAddress?, metric: UInt32 = 0, table: UInt32 = 254, destination: IPPrefix? = nil) {
         self.family = family
         self.gateway = gateway
         self.metric = metric
         self.table = table
+        self.destination = destination.flatMap { $0.length == 0 ? nil : $0 }
+    }
+
+    /// Longest prefix length that still counts as covering the internet, per family.
+    public static func coversInternet(family: IPAddress.Family, prefixLength: UInt8) -> Bool {
+        family == .ipv4 ? prefixLength <= 7 : prefixLength <= 3
     }
 
     public var description: String {
-        let dst = family == .ipv4 ? "0.0.0.0/0" : "::/0"
+        let dst = destination?.description ?? (family == .ipv4 ? "0.0.0.0/0" : "::/0")
         var s = dst
         if let g = gateway { s += " via \(g)" }
         if metric != 0 { s += " metric \(metric)" }
         if table != 254 { s += " table \(table)" }
         return s
     }
+}
+
+/// An entry of the kernel's neighbour table (ARP, IPv6 neighbour discovery): which link-layer
+/// address answers for an IP address on the link. Only resolved entries are kept (reachable,
+/// stale, delay, probe, permanent): an incomplete or failed entry names no MAC.
+public struct Neighbour: Hashable, Sendable, Codable, CustomStringConvertible {
+    public var address: IPAddress
+    public var mac: MACAddress
+
+    public init(address: IPAddress, mac: MACAddress) {
+        self.address = address
+        self.mac = mac
+    }
+
+    public var description: String { "\(address) at \(mac)" }
 }
 
 /// Everything segment-guard knows about one network interface at one instant.
@@ -265,17 +292,24 @@ public struct InterfaceState: Sendable, Equatable, Codable {
     public var hasCarrier: Bool
     public var addresses: [InterfaceAddress]
     public var defaultRoutes: [DefaultRoute]
+    /// Resolved neighbour entries on the link, by address.
+    public var neighbours: [Neighbour]
     /// Present for wireless interfaces once nl80211 has been read.
     public var wireless: WirelessLink?
     /// 802.1X state from wpa_supplicant, when a supplicant runs on the interface.
     public var deviceAuth: DeviceAuthState?
+    /// The last trusted-server probe made through this interface for its current network
+    /// (addresses and gateway), when a rule asks for one; nil until one has finished.
+    public var trustedServer: TrustedServerResult?
 
     public init(
         index: Int32, name: String, kind: InterfaceKind, linkKind: String? = nil, mac: MACAddress? = nil,
         isAdminUp: Bool = true, operState: OperState = .up, hasCarrier: Bool = true,
         addresses: [InterfaceAddress] = [], defaultRoutes: [DefaultRoute] = [], wireless: WirelessLink? = nil,
-        deviceAuth: DeviceAuthState? = nil
+        deviceAuth: DeviceAuthState? = nil, neighbours: [Neighbour] = [], trustedServer: TrustedServerResult? = nil
     ) {
+        self.neighbours = neighbours
+        self.trustedServer = trustedServer
         self.deviceAuth = deviceAuth
         self.index = index
         self.name = name
@@ -294,6 +328,9 @@ public struct InterfaceState: Sendable, Equatable, Codable {
     public var isRunning: Bool {
         isAdminUp && hasCarrier && (operState == .up || operState == .unknown)
     }
+
+    /// The neighbour entry of `address`, if resolved.
+    public func neighbour(_ address: IPAddress) -> Neighbour? { neighbours.first { $0.address == address } }
 
     /// Running and carrying a default route: a path off this machine.
     public var isUplink: Bool { isRunning && !defaultRoutes.isEmpty && kind != .loopback }
@@ -317,4 +354,21 @@ public struct NetworkSnapshot: Sendable, Equatable, Codable {
     public subscript(name: String) -> InterfaceState? { interfaces.first { $0.name == name } }
 
     public static let empty = NetworkSnapshot(interfaces: [])
+}
+
+/// The outcome of a trusted-server probe (a TLS handshake through the interface to an office
+/// server whose key is pinned), as the agent merges it into the snapshot.
+public struct TrustedServerResult: Sendable, Equatable, Codable {
+    /// "host:port" of the server probed.
+    public var server: String
+    /// True when the handshake completed with a pinned key.
+    public var proven: Bool
+    /// What was seen: the key's SHA-256 when proven, else what failed.
+    public var detail: String
+
+    public init(server: String, proven: Bool, detail: String) {
+        self.server = server
+        self.proven = proven
+        self.detail = detail
+    }
 }

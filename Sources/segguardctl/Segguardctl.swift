@@ -133,6 +133,7 @@ struct CheckPolicy: ParsableCommand {
         do {
             let p = try PolicyLoader.load(file: file)
             print(Render.policySummary(p, file: file))
+            for w in p.warnings { print("warning: \(w)") }
         } catch {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(1)
@@ -222,7 +223,8 @@ enum Render {
                 let sec = w.security.map(\.rawValue).sorted().joined(separator: "/")
                 let aps = w.bssids.isEmpty ? "any access point" : "\(w.bssids.count) pinned access point\(w.bssids.count == 1 ? "" : "s")"
                 let auth = w.deviceAuth == .none ? "" : ", device auth \(w.deviceAuth.rawValue)"
-                out += "    wifi  SSID '\(w.ssid)' \(sec), \(aps)\(auth)\n"
+                let network = w.identity.namesNothing && w.identity.server.isEmpty ? "" : ", " + identitySummary(w.identity, interfaceOnlyDefault: false)
+                out += "    wifi  SSID '\(w.ssid)' \(sec), \(aps)\(auth)\(network)\n"
             }
             for r in site.wired {
                 var parts: [String] = []
@@ -230,6 +232,7 @@ enum Render {
                 if !r.macs.isEmpty { parts.append("MACs \(r.macs.sorted().map(\.description).joined(separator: " "))") }
                 if !r.linkKinds.isEmpty { parts.append("also link kinds \(r.linkKinds.sorted().joined(separator: " "))") }
                 if r.deviceAuth != .none { parts.append("device auth \(r.deviceAuth.rawValue)") }
+                parts.append(identitySummary(r.identity, interfaceOnlyDefault: r.deviceAuth == .none))
                 out += "    wired \(parts.joined(separator: ", "))\n"
             }
         }
@@ -245,6 +248,23 @@ enum Render {
             if !protecting.isEmpty { out += "\n    during sessions: " + protecting.map { "\($0.name) \($0.capture.rawValue)" }.joined(separator: ", ") }
         }
         return out
+    }
+
+    /// What a rule requires of the network, in one phrase.
+    static func identitySummary(_ id: NetworkIdentity, interfaceOnlyDefault: Bool) -> String {
+        var parts: [String] = []
+        if !id.gateways.isEmpty { parts.append("gateway \(id.gateways.map(\.description).joined(separator: " or "))") }
+        if !id.prefixes.isEmpty { parts.append("inside \(id.prefixes.map(\.description).joined(separator: " "))") }
+        if let t = id.trustedServer { parts.append("trusted server \(t.endpoint) (\(t.spkiSHA256.count) pinned key\(t.spkiSHA256.count == 1 ? "" : "s"))") }
+        if !id.server.certSHA256.isEmpty { parts.append("802.1X server certificate pinned") }
+        if !id.server.caSHA256.isEmpty { parts.append("802.1X server CA pinned") }
+        if let d = id.server.domain { parts.append("802.1X server \(d)") }
+        if parts.isEmpty {
+            if id.interfaceOnly { return "network: interface only (acknowledged; any LAN on the port counts)" }
+            if interfaceOnlyDefault { return "network: NOT CHECKED (any LAN on the port counts)" }
+            return "network: not checked"
+        }
+        return "network: " + parts.joined(separator: ", ")
     }
 
     static func iso(_ d: Date) -> String { ISO8601DateFormatter().string(from: d) }

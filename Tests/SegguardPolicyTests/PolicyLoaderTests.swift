@@ -114,7 +114,7 @@ struct PolicyFixtureTests {
     @Test("every good fixture loads", arguments: FixturePaths.goodFixtures)
     func goodFixtureLoads(name: String) throws {
         let policy = try loadPolicy(FixturePaths.fixtures.appendingPathComponent("good"), name)
-        #expect(policy.schemaVersion == 1)
+        #expect(Policy.supportedSchemaVersions.contains(policy.schemaVersion))
         #expect(!policy.sites.isEmpty)
         for site in policy.sites {
             #expect(!(site.wireless.isEmpty && site.wired.isEmpty), "site \(site.name) has rules")
