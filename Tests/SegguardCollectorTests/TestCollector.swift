@@ -139,8 +139,10 @@ func withClient<T>(_ client: HTTPClient, _ body: (HTTPClient) async throws -> T)
     }
 }
 
-/// Polls `condition` until it holds or `seconds` pass; returns whether it held.
-func eventually(_ seconds: Double = 15, _ condition: () async throws -> Bool) async rethrows -> Bool {
+/// Polls `condition` until it holds or `seconds` pass; returns whether it held. The default is
+/// generous: a run on a loaded 2-core machine once needed more than 15 s for a first delivery
+/// (TLS handshakes, SQLite); a passing run never waits for it.
+func eventually(_ seconds: Double = 60, _ condition: () async throws -> Bool) async rethrows -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
     while Date() < deadline {
         if try await condition() { return true }
