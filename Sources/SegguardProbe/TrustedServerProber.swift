@@ -274,13 +274,14 @@ private final class Attempt: @unchecked Sendable {
             return
         }
         let io = error as? IOError
+        // ENODEV from SO_BINDTOIFINDEX (NIO may apply it as late as the connect).
+        if io?.errnoCode == ENODEV && stage != .handshaking {
+            finish(.refused(reason: "cannot probe \(server.endpoint): interface \(interfaceName) (index \(interfaceIndex)) does not exist"))
+            return
+        }
         switch stage {
         case .socket:
-            if io?.errnoCode == ENODEV {
-                finish(.refused(reason: "cannot probe \(server.endpoint): interface \(interfaceName) (index \(interfaceIndex)) does not exist"))
-            } else {
-                finish(.refused(reason: "cannot open a socket bound to \(interfaceName) (index \(interfaceIndex)) for \(server.endpoint): \(describe(error))"))
-            }
+            finish(.refused(reason: "cannot open a socket bound to \(interfaceName) (index \(interfaceIndex)) for \(server.endpoint): \(describe(error))"))
         case .connecting:
             if let channelError = error as? ChannelError, case .connectTimeout = channelError {
                 finish(.refused(reason: "connect to \(via) timed out after \(seconds)"))
