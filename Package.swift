@@ -132,6 +132,20 @@ let package = Package(
             ],
             swiftSettings: strict),
 
+        // The trusted-server probe: TLS through one interface, the server's key pinned (SPKI SHA-256).
+        .target(
+            name: "SegguardProbe",
+            dependencies: [
+                "SegguardSystem",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+
         // Network-namespace helpers shared by privileged tests and the benchmarks.
         .target(name: "SegguardTestSupport", dependencies: ["SegguardNetlink", "SegguardPolicy", "SegguardSystem", "CLibNL", "CSegguardShims"], swiftSettings: strict),
         // A fake of every kernel source the agent reads or drives (unit tests without root).
@@ -232,11 +246,12 @@ let package = Package(
                 "SegguardAgent", "SegguardTestFakes", "SegguardPolicy", "SegguardDecision", "SegguardEnforce", "SegguardCapture", "SegguardDeviceAuth",
                 "SegguardNetlink", "SegguardWire", "SegguardReport", "SegguardSystem", .product(name: "Logging", package: "swift-log"),
             ]),
+        .testTarget(name: "SegguardProbeTests", dependencies: ["SegguardProbe"]),
         .testTarget(name: "SegguardNetlinkTests", dependencies: ["SegguardNetlink", "SegguardPolicy", "CLibNL", "CSegguardShims"]),
         .testTarget(
             name: "SegguardPrivilegedTests",
             dependencies: ["SegguardNetlink", "SegguardDecision", "SegguardPolicy", "SegguardTestSupport", "SegguardControl", "SegguardWire", "SegguardEnforce",
-                           "SegguardReporter", "SegguardReport", "SegguardPKI", "SegguardCollector", "SegguardSystem",
+                           "SegguardReporter", "SegguardReport", "SegguardPKI", "SegguardCollector", "SegguardSystem", "SegguardProbe",
                            .product(name: "Logging", package: "swift-log")]),
     ]
 )
