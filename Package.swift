@@ -159,6 +159,7 @@ let package = Package(
             dependencies: [
                 "SegguardAgent", "SegguardPolicy", "SegguardNetlink", "SegguardWire", "SegguardControl", "SegguardEnforce", "SegguardService",
                 "SegguardDeviceAuth", "SegguardCapture", "SegguardReport", "SegguardReporter", "SegguardPKI", "SegguardSystem", "CSegguardShims",
+                "SegguardProbe",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

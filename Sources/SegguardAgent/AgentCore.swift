@@ -128,6 +128,28 @@ final class AgentCore {
     }
     private(set) var authLinks: [String: AuthLink] = [:]
 
+    /// What a trusted-server proof is valid for: the link (ifindex and its carrier epoch), its
+    /// global addresses and the MACs of its gateways. Any change and the proof is gone.
+    struct ProbeKey: Hashable {
+        var index: Int32
+        var epoch: UInt64
+        var addresses: [InterfaceAddress]
+        var gatewayMACs: [MACAddress]
+        var server: String
+    }
+    struct ProbeEntry {
+        var result: TrustedServerResult?
+        var inFlight: Bool
+        var failures: Int
+        var retry: PollLoop.TimerID?
+    }
+    /// Probes by key; keys no longer current are dropped at each snapshot.
+    private(set) var probes: [ProbeKey: ProbeEntry] = [:]
+    /// Carrier losses per ifindex: a proof never survives one (a cable moved).
+    private(set) var linkEpochs: [Int32: (up: Bool, epoch: UInt64)] = [:]
+    /// Probes made and their outcomes, for status and tests.
+    private(set) var probeCount = (started: 0, proven: 0, refused: 0)
+
     // The decision, and its generation: +1 at every change, whatever caused it.
     private(set) var monitor: SegmentMonitor
     private(set) var generation: UInt64 = 0
@@ -248,6 +270,8 @@ final class AgentCore {
         sources.network.stop()
         gate?.stop()
         for t in [graceTimer, repairTimer, watchdogTimer, readBackTimer, tamperTimer, throttleTimer].compactMap({ $0 }) { loop.cancel(t) }
+        for t in probes.values.compactMap(\.retry) { loop.cancel(t) }
+        probes = [:]
         writeThrottleSummaries(all: true)
         if let t = tableFeed { loop.unwatch(t.watch) }
         tableFeed = nil
@@ -280,9 +304,96 @@ final class AgentCore {
         let received = monotonicNanos()
         snapshot = s
         let reauthenticate = trackAuthLinks(s)
+        trackLinkEpochs(s)
         decide(merged(s), eventNanos: woke, stages: (woke, received))
-        // After the table: a fresh 802.1X authentication for ports whose carrier came back.
+        // After the table: a fresh 802.1X authentication for ports whose carrier came back,
+        // and the trusted-server probes the new network calls for.
         for name in reauthenticate { sources.deviceAuth?.reauthenticate(interface: name) }
+        scheduleProbes()
+    }
+
+    // MARK: - Trusted-server probes (off the decision path)
+
+    func trackLinkEpochs(_ s: NetworkSnapshot) {
+        var next: [Int32: (up: Bool, epoch: UInt64)] = [:]
+        for ifc in s.interfaces {
+            let up = ifc.isRunning
+            var e = linkEpochs[ifc.index] ?? (up: up, epoch: 0)
+            if e.up && !up { e.epoch &+= 1 }
+            e.up = up
+            next[ifc.index] = e
+        }
+        linkEpochs = next
+    }
+
+    /// The probe keys the snapshot and policy call for, by interface.
+    func probeKeys(_ s: NetworkSnapshot) -> [(InterfaceState, TrustedServerRule, ProbeKey)] {
+        var out: [(InterfaceState, TrustedServerRule, ProbeKey)] = []
+        for ifc in s.interfaces where ifc.isRunning && ifc.kind != .loopback {
+            let servers = SegmentDecider.trustedServers(for: ifc, policy)
+            guard !servers.isEmpty else { continue }
+            let addresses = ifc.addresses.filter(\.isGlobal)
+            guard !addresses.isEmpty else { continue }
+            let macs = Set(ifc.defaultRoutes.compactMap { $0.gateway.flatMap { ifc.neighbour($0)?.mac } }).sorted()
+            for server in servers {
+                out.append((ifc, server, ProbeKey(index: ifc.index, epoch: linkEpochs[ifc.index]?.epoch ?? 0, addresses: addresses,
+                                                  gatewayMACs: macs, server: server.endpoint)))
+            }
+        }
+        return out
+    }
+
+    /// Drops proofs whose network changed and starts the probes missing. A refused probe is
+    /// retried after 2, 4, … up to 60 s while its network stays the same.
+    func scheduleProbes() {
+        guard let s = snapshot else { return }
+        let wanted = probeKeys(s)
+        let current = Set(wanted.map(\.2))
+        for (key, entry) in probes where !current.contains(key) {
+            if let t = entry.retry { loop.cancel(t) }
+            probes[key] = nil
+        }
+        guard let prober = sources.prober else { return }
+        for (ifc, server, key) in wanted where probes[key] == nil {
+            probes[key] = ProbeEntry(result: nil, inFlight: false, failures: 0, retry: nil)
+            startProbe(prober, ifc.name, server, key)
+        }
+    }
+
+    func startProbe(_ prober: any TrustedServerProbing, _ name: String, _ server: TrustedServerRule, _ key: ProbeKey) {
+        guard probes[key] != nil, probes[key]?.inFlight == false else { return }
+        probes[key]?.inFlight = true
+        probes[key]?.retry = nil
+        probeCount.started += 1
+        let mailbox = self.mailbox
+        prober.probe(server, interfaceIndex: key.index, interfaceName: name) { result in
+            mailbox.post { core in core.probeFinished(key, server: server, name: name, result) }
+        }
+    }
+
+    func probeFinished(_ key: ProbeKey, server: TrustedServerRule, name: String, _ result: TrustedServerResult) {
+        guard var entry = probes[key] else { return }  // the network changed meanwhile: stale
+        entry.inFlight = false
+        let changed = entry.result != result
+        entry.result = result
+        if result.proven {
+            probeCount.proven += 1
+            entry.failures = 0
+        } else {
+            probeCount.refused += 1
+            entry.failures += 1
+            let delay = min(60, pow(2, Double(min(entry.failures, 6))))
+            if let prober = sources.prober {
+                entry.retry = loop.schedule(after: delay) { [unowned self] in startProbe(prober, name, server, key) }
+            }
+        }
+        probes[key] = entry
+        if changed {
+            logger.log(level: result.proven ? .notice : .warning, result.proven ? "trusted server proven" : "trusted server not proven", metadata: [
+                "interface": "\(name)", "server": "\(result.server)", "detail": "\(result.detail)",
+            ])
+            if let s = snapshot { decide(merged(s), eventNanos: monotonicNanos(), stages: nil) }
+        }
     }
 
     func deviceAuthChanged(_ states: [String: DeviceAuthState], at: UInt64) {
@@ -330,8 +441,14 @@ final class AgentCore {
     }
 
     func merged(_ s: NetworkSnapshot) -> NetworkSnapshot {
-        guard !deviceAuth.isEmpty || s.interfaces.contains(where: { $0.deviceAuth != nil }) else { return s }
         var out = s
+        if !probes.isEmpty {
+            for (ifc, _, key) in probeKeys(s) {
+                guard let result = probes[key]?.result, let i = out.interfaces.firstIndex(where: { $0.index == ifc.index }) else { continue }
+                out.interfaces[i].trustedServers.append(result)
+            }
+        }
+        guard !deviceAuth.isEmpty || s.interfaces.contains(where: { $0.deviceAuth != nil }) else { return out }
         for i in out.interfaces.indices {
             let name = out.interfaces[i].name
             var state = deviceAuth[name]
@@ -779,6 +896,7 @@ final class AgentCore {
         }
         if monitor.hasDecided { updateGrace(eventNanos: now) }
         startCapture()
+        scheduleProbes()
     }
 
     // MARK: - Capture blocking

@@ -59,11 +59,21 @@ public struct AgentSources: Sendable {
     public var sessions: (any SessionControl)?
     /// Capture blocking; nil: a policy that turns it on says in status that it cannot run.
     public var execGate: ExecGateFactory?
+    /// Trusted-server probes for `trusted_server` rules; nil: such rules never authorize.
+    public var prober: (any TrustedServerProbing)?
 
     public init(network: any NetworkSource, deviceAuth: (any DeviceAuthSource)? = nil, binding: (any NetworkBinding)? = nil,
-                sessions: (any SessionControl)? = nil, execGate: ExecGateFactory? = nil) {
+                sessions: (any SessionControl)? = nil, execGate: ExecGateFactory? = nil, prober: (any TrustedServerProbing)? = nil) {
         (self.network, self.deviceAuth, self.binding, self.sessions, self.execGate) = (network, deviceAuth, binding, sessions, execGate)
+        self.prober = prober
     }
+}
+
+/// Makes trusted-server probes: a TLS handshake through one interface to an office server
+/// whose key is pinned (SegguardProbe's `TrustedServerProber` behind it in segguardd).
+public protocol TrustedServerProbing: Sendable {
+    /// Starts a probe and returns at once; `completion` runs once, on any thread but the caller's.
+    func probe(_ server: TrustedServerRule, interfaceIndex: Int32, interfaceName: String, completion: @escaping @Sendable (TrustedServerResult) -> Void)
 }
 
 /// Told what the agent does, on the agent's loop (keep it quick). The service manager's

@@ -306,12 +306,35 @@ public enum SegmentDecider {
             }
         }
         if let server = identity.trustedServer {
-            guard let result = ifc.trustedServer, result.server == server.endpoint else {
+            guard let result = ifc.trustedServers.first(where: { $0.server == server.endpoint }) else {
                 return "the trusted server \(server.endpoint) has not been proven through \(name) yet"
             }
             guard result.proven else { return "the trusted server \(server.endpoint) was not proven: \(result.detail)" }
         }
         return nil
+    }
+
+    /// The trusted servers of the rules an interface could match by its link alone (wired: name,
+    /// MAC, kind; Wi-Fi: the SSID it is associated to): what the agent probes through it.
+    public static func trustedServers(for ifc: InterfaceState, _ policy: Policy) -> [TrustedServerRule] {
+        var out: [TrustedServerRule] = []
+        for site in policy.sites {
+            if ifc.kind == .wireless {
+                guard let ssid = ifc.wireless?.ssid else { continue }
+                for rule in site.wireless where rule.ssid == ssid {
+                    if let t = rule.identity.trustedServer, !out.contains(t) { out.append(t) }
+                }
+            } else if ifc.kind != .loopback {
+                for rule in site.wired {
+                    guard let t = rule.identity.trustedServer, !out.contains(t) else { continue }
+                    let nameOK = rule.interfaces.isEmpty || rule.interfaces.contains { NamePattern.matches($0, ifc.name) }
+                    let macOK = rule.macs.isEmpty || (ifc.mac.map { rule.macs.contains($0) } ?? false)
+                    let kindOK = ifc.kind != .virtual || (ifc.linkKind.map { rule.linkKinds.contains($0) } ?? false)
+                    if nameOK && macOK && kindOK { out.append(t) }
+                }
+            }
+        }
+        return out
     }
 
     /// What identity a wired rule proved, for the authorized finding ("" when none was asked).

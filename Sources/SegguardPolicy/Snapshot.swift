@@ -298,18 +298,19 @@ public struct InterfaceState: Sendable, Equatable, Codable {
     public var wireless: WirelessLink?
     /// 802.1X state from wpa_supplicant, when a supplicant runs on the interface.
     public var deviceAuth: DeviceAuthState?
-    /// The last trusted-server probe made through this interface for its current network
-    /// (addresses and gateway), when a rule asks for one; nil until one has finished.
-    public var trustedServer: TrustedServerResult?
+    /// The last trusted-server probe of each server made through this interface for its
+    /// current network (link, addresses, gateway MACs), when a rule asks for one; a server
+    /// is absent until its probe has finished.
+    public var trustedServers: [TrustedServerResult]
 
     public init(
         index: Int32, name: String, kind: InterfaceKind, linkKind: String? = nil, mac: MACAddress? = nil,
         isAdminUp: Bool = true, operState: OperState = .up, hasCarrier: Bool = true,
         addresses: [InterfaceAddress] = [], defaultRoutes: [DefaultRoute] = [], wireless: WirelessLink? = nil,
-        deviceAuth: DeviceAuthState? = nil, neighbours: [Neighbour] = [], trustedServer: TrustedServerResult? = nil
+        deviceAuth: DeviceAuthState? = nil, neighbours: [Neighbour] = [], trustedServers: [TrustedServerResult] = []
     ) {
         self.neighbours = neighbours
-        self.trustedServer = trustedServer
+        self.trustedServers = trustedServers
         self.deviceAuth = deviceAuth
         self.index = index
         self.name = name

@@ -100,6 +100,29 @@ public final class FakeDeviceAuthSource: DeviceAuthSource, Sendable {
     public func send(_ states: [String: DeviceAuthState]) { onChange.withLock { $0 }?(states) }
 }
 
+/// A trusted-server prober whose probes finish when the test says: each request is kept with
+/// its completion.
+public final class FakeProber: TrustedServerProbing, Sendable {
+    public struct Request: Sendable {
+        public var server: TrustedServerRule
+        public var interfaceIndex: Int32
+        public var interfaceName: String
+        public var completion: @Sendable (TrustedServerResult) -> Void
+    }
+    private let requests = Mutex<[Request]>([])
+    public init() {}
+    public func probe(_ server: TrustedServerRule, interfaceIndex: Int32, interfaceName: String, completion: @escaping @Sendable (TrustedServerResult) -> Void) {
+        requests.withLock { $0.append(Request(server: server, interfaceIndex: interfaceIndex, interfaceName: interfaceName, completion: completion)) }
+    }
+    /// Every probe asked for so far, oldest first.
+    public var asked: [Request] { requests.withLock { $0 } }
+    /// Finishes the oldest unfinished probe with `proven` (and removes it).
+    public func finishNext(proven: Bool, detail: String = "fake") {
+        guard let r = requests.withLock({ $0.isEmpty ? nil : $0.removeFirst() }) else { return }
+        r.completion(TrustedServerResult(server: r.server.endpoint, proven: proven, detail: detail))
+    }
+}
+
 /// A network binding that records every transaction and can be told to refuse them or to
 /// lose its table.
 public final class FakeNetworkBinding: NetworkBinding, Sendable {

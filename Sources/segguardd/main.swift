@@ -133,9 +133,16 @@ extension Segguardd {
         case .dbus: WPADBusSource(address: wpaDbusAddress, logger: logger)
         }
         let (delay, dpkg) = (captureTestHashDelayMs, dpkgInfoDir)
+        let prober: TrustedServerProbes?
+        do {
+            prober = try TrustedServerProbes(networkNamespace: netns, timeout: 3, logger: logger)
+        } catch {
+            prober = nil
+            logger.error("no trusted-server probes: rules with trusted_server will not authorize", metadata: ["error": "\(error)"])
+        }
         return AgentSources(network: NetworkWatcher(logger: logger), deviceAuth: deviceAuth, binding: binding, sessions: tracker, execGate: { rule, onRecord in
             try CaptureBlocker(rule: rule, dpkg: DpkgIndex(infoDirectory: dpkg), logger: logger, hashDelayMs: delay, onRecord: onRecord)
-        })
+        }, prober: prober)
     }
 
     /// Reporting to the collector (with --collector): spool opened first, so no event is lost.

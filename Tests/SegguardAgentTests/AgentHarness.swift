@@ -17,6 +17,7 @@ final class AgentHarness: Sendable {
     let binding: FakeNetworkBinding
     let sessions = FakeSessionControl()
     let gates = FakeExecGateFactory()
+    let prober = FakeProber()
     let observer = RecordingObserver()
     let reporter = RecordingReporter()
     let dir: String
@@ -46,7 +47,7 @@ final class AgentHarness: Sendable {
         logger.logLevel = .critical
         agent = Agent(policy: try Agent.loadPolicy(file: dir + "/policy.yaml"), configuration: configuration,
                       sources: AgentSources(network: network, deviceAuth: auth, binding: binding, sessions: sessionControl ? sessions : nil,
-                                            execGate: gates.factory),
+                                            execGate: gates.factory, prober: prober),
                       observer: observer, logger: logger, clock: clock.clock)
         agent.attach(reporting: reporter)
         if start { try agent.start() }

@@ -77,6 +77,107 @@ struct AgentDecisionTests {
     }
 }
 
+@Suite("Agent: network identity")
+struct AgentNetworkIdentityTests {
+    static func authed(_ successes: UInt64) -> DeviceAuthState {
+        DeviceAuthState(eapState: "SUCCESS", eapMethod: "TLS", portStatus: .authorized, identity: "tc-0001", successes: successes)
+    }
+
+    @Test("a cable moved: the 802.1X success from before the carrier loss does not count; the port is re-authenticated when carrier returns; only a fresh success authorizes")
+    func staleDeviceAuth() throws {
+        let yaml = AgentHarness.policy().replacingOccurrences(of: "      - interfaces: [\"eth*\"]", with: "      - interfaces: [\"eth*\"]\n        device_auth: eap-tls")
+        let h = try AgentHarness(policy: yaml)
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        h.auth.send(["eth0": Self.authed(1)])
+        h.agent.settle()
+        #expect(h.status.decision.segment == .authorizedWired)
+        // Unplugged: the supplicant (-Dwired) says nothing; its state stays "authorized".
+        h.send([AgentHarness.deskUnplugged])
+        #expect(h.status.decision.segment == .unauthorized)
+        #expect(h.auth.reauthenticated == [])
+        // Plugged into another LAN: carrier is back, the old success must not count.
+        h.send([AgentHarness.desk])
+        #expect(h.status.decision.segment == .unauthorized)
+        #expect(h.status.decision.reason.contains("the 802.1X authentication is from before the link lost carrier"), "\(h.status.decision.reason)")
+        #expect(h.auth.reauthenticated == ["eth0"], "asked for a fresh authentication when carrier came back")
+        // The same state re-published (a STATUS re-read) is still stale.
+        h.auth.send(["eth0": Self.authed(1)])
+        h.agent.settle()
+        #expect(h.status.decision.segment == .unauthorized)
+        // A fresh EAP success (back at the office port): authorized again.
+        h.auth.send(["eth0": Self.authed(2)])
+        h.agent.settle()
+        #expect(h.status.decision.segment == .authorizedWired)
+        // The same port name with another ifindex (a USB NIC re-plugged) is a new link too.
+        h.send([FakeInterfaces.wired("eth0", index: 12)])
+        #expect(h.status.decision.segment == .unauthorized)
+        // A supplicant restarted (its count begins again) authenticates on the link as it is.
+        h.auth.send([:])
+        h.agent.settle()
+        h.auth.send(["eth0": Self.authed(1)])
+        h.agent.settle()
+        #expect(h.status.decision.segment == .authorizedWired)
+    }
+
+    static let probedPolicy = AgentHarness.policy().replacingOccurrences(of: "      - interfaces: [\"eth*\"]", with: """
+              - interfaces: ["eth*"]
+                trusted_server: {address: 10.20.0.5, port: 443, spki_sha256: ["\(String(repeating: "ab", count: 32))"]}
+        """)
+
+    static func desk(index: Int32 = 2, carrier: Bool = true, address: String = "10.20.3.4", gatewayMAC: String = "02:00:5e:00:aa:01") -> InterfaceState {
+        var i = FakeInterfaces.wired("eth0", index: index, carrier: carrier)
+        i.addresses = [InterfaceAddress(address: IPAddress(address)!, prefixLength: 16)]
+        i.defaultRoutes = [DefaultRoute(family: .ipv4, gateway: IPAddress("10.20.0.1"))]
+        i.neighbours = [Neighbour(address: IPAddress("10.20.0.1")!, mac: MACAddress(gatewayMAC)!)]
+        return i
+    }
+
+    @Test("trusted server: unauthorized until proven through the port; the proof lasts while the network stays; a new gateway MAC or a carrier loss drops it and probes again")
+    func trustedServerProbes() throws {
+        let h = try AgentHarness(policy: Self.probedPolicy)
+        defer { h.close() }
+        h.send([Self.desk()])
+        #expect(h.status.decision.segment == .unauthorized)
+        #expect(h.status.decision.reason.contains("the trusted server 10.20.0.5:443 has not been proven through eth0 yet"))
+        #expect(h.prober.asked.map(\.interfaceName) == ["eth0"])
+        #expect(h.prober.asked.first?.interfaceIndex == 2)
+        h.prober.finishNext(proven: true, detail: "key ab…")
+        h.agent.settle()
+        #expect(h.status.decision.segment == .authorizedWired)
+        // The same network again: no new probe, still authorized.
+        h.send([Self.desk()])
+        #expect(h.prober.asked.isEmpty)
+        #expect(h.status.decision.segment == .authorizedWired)
+        // Another router answers for the gateway (MAC changed): the proof is gone at once.
+        h.send([Self.desk(gatewayMAC: "02:00:5e:00:bb:01")])
+        #expect(h.status.decision.segment == .unauthorized)
+        #expect(h.prober.asked.count == 1)
+        h.prober.finishNext(proven: false, detail: "the server's key SHA-256 cd… is not pinned")
+        h.agent.settle()
+        #expect(h.status.decision.reason.contains("was not proven: the server's key SHA-256 cd… is not pinned"), "\(h.status.decision.reason)")
+        // Refused: retried after 2 s while the network stays the same.
+        h.advance(2.1)
+        #expect(h.prober.asked.count == 1)
+        h.prober.finishNext(proven: false)
+        h.agent.settle()
+        // Back at the office, proven; then the carrier drops and returns: the proof does not survive it.
+        h.send([Self.desk()])
+        h.prober.finishNext(proven: true)
+        h.agent.settle()
+        #expect(h.status.decision.segment == .authorizedWired)
+        h.send([Self.desk(carrier: false)])
+        h.send([Self.desk()])
+        #expect(h.status.decision.segment == .unauthorized)
+        #expect(h.prober.asked.count == 1, "probed again for the new link epoch")
+        // A late answer for a network that is gone changes nothing.
+        h.send([Self.desk(address: "10.20.9.9")])
+        h.prober.finishNext(proven: true)
+        h.agent.settle()
+        #expect(h.status.decision.segment == .unauthorized)
+    }
+}
+
 @Suite("Agent: fail closed")
 struct AgentFailClosedTests {
     @Test("nftables refuses the transaction: the drop-all baseline is loaded, binding-failed names both, the repair tick retries")

@@ -86,11 +86,11 @@ struct NetworkIdentityDecisionTests {
         let p = Identity.policy(NetworkIdentity(trustedServer: server))
         var port = Identity.port(neighbours: [])
         #expect(Identity.decide(port, p).reason.contains("the trusted server 10.20.0.5:443 has not been proven through enp1s0 yet"))
-        port.trustedServer = TrustedServerResult(server: "10.20.0.5:443", proven: false, detail: "the server's key SHA-256 cd… is not pinned")
+        port.trustedServers = [TrustedServerResult(server: "10.20.0.5:443", proven: false, detail: "the server's key SHA-256 cd… is not pinned")]
         #expect(Identity.decide(port, p).reason.contains("the trusted server 10.20.0.5:443 was not proven: the server's key SHA-256 cd… is not pinned"))
-        port.trustedServer = TrustedServerResult(server: "10.20.0.9:443", proven: true, detail: "ok")
+        port.trustedServers = [TrustedServerResult(server: "10.20.0.9:443", proven: true, detail: "ok")]
         #expect(Identity.decide(port, p).segment == .unauthorized, "a proof of another server does not count")
-        port.trustedServer = TrustedServerResult(server: "10.20.0.5:443", proven: true, detail: "key ab…")
+        port.trustedServers = [TrustedServerResult(server: "10.20.0.5:443", proven: true, detail: "key ab…")]
         let d = Identity.decide(port, p)
         #expect(d.segment == .authorizedWired)
         #expect(d.reason.contains("trusted server 10.20.0.5:443 proven"))
