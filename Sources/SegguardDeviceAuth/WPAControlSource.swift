@@ -87,6 +87,9 @@ final class WPAControlConnection {
     /// A pidfd of the supplicant serving the socket, or -1: while a request waits for its
     /// reply, the supplicant's exit ends the wait at once instead of at the timeout.
     var pidfd: Int32 = -1
+    /// Called when `pidfd` becomes readable during a wait: true when another process still
+    /// serves the socket (and `pidfd` now names it), false when the supplicant is gone.
+    var processExited: (() -> Bool)?
 
     /// One datagram, or nil on timeout.
     func receive(timeoutMs: Int32) throws(WPAConnectionError) -> String? {
@@ -95,6 +98,7 @@ final class WPAControlConnection {
         if n < 0 && errno == EINTR { return nil }
         if n == 0 { return nil }
         if pidfd >= 0 && pfds[1].revents != 0 && pfds[0].revents == 0 {
+            if processExited?() == true { return nil }
             throw WPAConnectionError(description: "wpa_supplicant exited")
         }
         var buf = [UInt8](repeating: 0, count: 8192)
@@ -268,8 +272,12 @@ public final class WPAControlSource: Sendable {
                 if fds[0].revents != 0 { continue }
                 // Exits first: nothing else of a dead supplicant needs reading.
                 for (i, (name, kind)) in owners.enumerated() where kind == .exit && fds[i + 3].revents != 0 {
-                    let pid = attached[name]?.pid ?? 0
-                    detach(name, why: "wpa_supplicant (pid \(pid)) exited")
+                    guard let a = attached[name] else { continue }
+                    let pid = a.pid
+                    // wpa_supplicant -B opens its control socket before it forks into the
+                    // background: the process found at attach may be the parent, which exits
+                    // while its child keeps the socket. Gone only when no process holds it.
+                    if !rewatch(a, name: name) { detach(name, why: "wpa_supplicant (pid \(pid)) exited") }
                 }
                 if fds[1].revents != 0 {
                     var buf = [UInt8](repeating: 0, count: 4096)
@@ -325,6 +333,7 @@ public final class WPAControlSource: Sendable {
                 }
                 let attachment = Attachment(connection: connection)
                 watchProcess(attachment, name: name, socketPath: path)
+                connection.processExited = { [unowned self, unowned attachment] in self.rewatch(attachment, name: name) }
                 attached[name] = attachment
                 source.logger.info("watching wpa_supplicant", metadata: ["interface": "\(name)", "socket": "\(path)", "pid": "\(attachment.pid)"])
                 refresh(name)
@@ -364,6 +373,29 @@ public final class WPAControlSource: Sendable {
                 source.logger.warning("pidfd_open failed", metadata: ["interface": "\(name)", "pid": "\(pid)", "errno": "\(-pidfd)"])
             }
             a.eapolFd = openEAPOLSocket(interface: name, pid: pid)
+        }
+
+        /// After the watched process exited: watches the process that still holds the control
+        /// socket, if one does. False when none does (the supplicant is gone).
+        func rewatch(_ a: Attachment, name: String) -> Bool {
+            let socketPath = "\(source.directory)/\(name)"
+            let old = a.pid
+            close(a.pidfd)
+            a.pidfd = -1
+            a.connection.pidfd = -1
+            guard let pid = WPASupplicantProcess.owner(ofSocket: socketPath), pid != old else { return false }
+            let pidfd = sg_pidfd_open(pid)
+            guard pidfd >= 0 else { return false }
+            guard let inode = WPASupplicantProcess.socketInode(pid: pid, socketPath: socketPath),
+                  WPASupplicantProcess.holds(pid: pid, socketInode: inode) else {
+                close(pidfd)
+                return false
+            }
+            a.pid = pid
+            a.pidfd = pidfd
+            a.connection.pidfd = pidfd
+            source.logger.debug("wpa_supplicant socket now held by another process", metadata: ["interface": "\(name)", "pid": "\(pid)", "was": "\(old)"])
+            return true
         }
 
         /// The EAPOL packet socket for `interface` in the network namespace of `pid`, or -1.

@@ -61,12 +61,13 @@ enum WPASupplicantProcess {
         let dir = "\(procRoot)/\(pid)/fd"
         guard let fds = try? FileManager.default.contentsOfDirectory(atPath: dir) else { return false }
         let want = "socket:[\(socketInode)]"
-        var buf = [CChar](repeating: 0, count: 64)
+        var buf = [UInt8](repeating: 0, count: 64)
         for fd in fds {
-            let n = readlink("\(dir)/\(fd)", &buf, buf.count - 1)
+            let n = buf.withUnsafeMutableBufferPointer { b in
+                b.withMemoryRebound(to: CChar.self) { readlink("\(dir)/\(fd)", $0.baseAddress!, $0.count) }
+            }
             guard n > 0 else { continue }
-            buf[n] = 0
-            if String(cString: buf) == want { return true }
+            if String(decoding: buf[0..<n], as: UTF8.self) == want { return true }
         }
         return false
     }
