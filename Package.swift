@@ -65,7 +65,7 @@ let package = Package(
         // 802.1X device authentication from wpa_supplicant (control interface, D-Bus).
         .target(
             name: "SegguardDeviceAuth",
-            dependencies: ["SegguardPolicy", "SegguardSystem", "CSegguardShims", "CSystemd", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SegguardPolicy", "SegguardSystem", "CSegguardShims", "CSystemd", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // Screen-capture blocking: fanotify exec permission events, blocklist/trusted-only decision.
         .target(
@@ -251,7 +251,7 @@ let package = Package(
         .testTarget(name: "SegguardNetlinkTests", dependencies: ["SegguardNetlink", "SegguardPolicy", "CLibNL", "CSegguardShims"]),
         .testTarget(
             name: "SegguardPrivilegedTests",
-            dependencies: ["SegguardNetlink", "SegguardDecision", "SegguardPolicy", "SegguardTestSupport", "SegguardControl", "SegguardWire", "SegguardEnforce",
+            dependencies: ["SegguardNetlink", "SegguardDecision", "SegguardPolicy", "SegguardTestSupport", "SegguardControl", "SegguardWire", "SegguardEnforce", "SegguardDeviceAuth",
                            "SegguardReporter", "SegguardReport", "SegguardPKI", "SegguardCollector", "SegguardSystem", "SegguardProbe",
                            .product(name: "Logging", package: "swift-log")]),
     ]

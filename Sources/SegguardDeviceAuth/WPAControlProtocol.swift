@@ -1,6 +1,7 @@
 // The text protocol of wpa_supplicant's control interface: STATUS replies and the unsolicited
 // event lines an ATTACHed client receives. Pure parsing; WPAControlSource feeds it.
 
+import Foundation
 import SegguardPolicy
 
 /// A control-interface reply or event that could not be understood.
@@ -22,13 +23,41 @@ public enum WPAEvent: Sendable, Equatable {
     /// CTRL-EVENT-TERMINATING: wpa_supplicant is exiting. With a monitor attached it leaves
     /// its socket file behind (2.10), so this event, not the file, says the state is gone.
     case terminating
+    /// CTRL-EVENT-EAP-STARTED: an EAP authentication (first or re-authentication) begins; the
+    /// server certificates reported from here on belong to it.
+    case eapStarted
+    /// CTRL-EVENT-EAP-PEER-CERT: one certificate of the server's chain. wpa_supplicant sends
+    /// `depth=N subject='…' hash=<sha256 hex>` (the hash only with `cert_in_cb=1`, its default)
+    /// and, to control-interface monitors only, the same with `cert=<DER hex>`.
+    case peerCertificate(PeerCertificateReport)
+    /// CTRL-EVENT-EAP-PEER-ALT `depth=N DNS:…`: a subjectAltName of the certificate at depth N.
+    case peerAltSubject(depth: Int, String)
     /// Any other event: its name (e.g. "CTRL-EVENT-SCAN-RESULTS").
     case other(String)
 
     /// True when the STATUS must be read again to know the new state.
     public var changesState: Bool {
-        if case .other = self { return false }
-        return true
+        switch self {
+        case .other, .peerCertificate, .peerAltSubject: return false
+        default: return true
+        }
+    }
+}
+
+/// One CTRL-EVENT-EAP-PEER-CERT line.
+public struct PeerCertificateReport: Sendable, Equatable {
+    public var depth: Int
+    public var subject: String
+    /// `hash=`: SHA-256 of the DER certificate, lower-case hex.
+    public var sha256: String?
+    /// `cert=`: the DER certificate.
+    public var der: [UInt8]?
+
+    public init(depth: Int, subject: String, sha256: String? = nil, der: [UInt8]? = nil) {
+        self.depth = depth
+        self.subject = subject
+        self.sha256 = sha256
+        self.der = der
     }
 }
 
@@ -116,6 +145,16 @@ public enum WPAControlProtocol {
         case "CTRL-EVENT-CONNECTED": return .connected
         case "CTRL-EVENT-DISCONNECTED": return .disconnected
         case "CTRL-EVENT-TERMINATING": return .terminating
+        case "CTRL-EVENT-EAP-STARTED": return .eapStarted
+        case "CTRL-EVENT-EAP-PEER-CERT": return .peerCertificate(try parsePeerCertificate(text.dropFirst(name.count)))
+        case "CTRL-EVENT-EAP-PEER-ALT":
+            // "CTRL-EVENT-EAP-PEER-ALT depth=0 DNS:radius.example.lg.jp"
+            let rest = text.dropFirst(name.count).drop(while: { $0 == " " })
+            let parts = rest.split(separator: " ", maxSplits: 1)
+            guard parts.count == 2, parts[0].hasPrefix("depth="), let depth = Int(parts[0].dropFirst(6)), depth >= 0, !parts[1].isEmpty else {
+                throw WPAParseError(line: 0, problem: "CTRL-EVENT-EAP-PEER-ALT \"\(String(rest.prefix(60)))\" is not depth=N NAME")
+            }
+            return .peerAltSubject(depth: depth, String(parts[1]))
         case "CTRL-EVENT-EAP-METHOD":
             // "CTRL-EVENT-EAP-METHOD EAP vendor 0 method 13 (TLS) selected"
             if let open = text.firstIndex(of: "("), let close = text[open...].firstIndex(of: ")") {
@@ -125,6 +164,68 @@ public enum WPAControlProtocol {
         default:
             return .other(name)
         }
+    }
+}
+
+extension WPAControlProtocol {
+    /// ` depth=N subject='…'[ hash=HEX| cert=HEX]`. The subject is printed without escaping and
+    /// may itself hold quotes and spaces, so it ends at the last `'` before the optional field.
+    static func parsePeerCertificate(_ rest: Substring) throws(WPAParseError) -> PeerCertificateReport {
+        func bad(_ why: String) -> WPAParseError {
+            WPAParseError(line: 0, problem: "CTRL-EVENT-EAP-PEER-CERT \(why): \"\(String(rest.prefix(80)))\"")
+        }
+        var text = rest.drop(while: { $0 == " " })
+        guard text.hasPrefix("depth="), let space = text.firstIndex(of: " "), let depth = Int(text[text.index(text.startIndex, offsetBy: 6)..<space]), depth >= 0 else {
+            throw bad("without depth=N")
+        }
+        text = text[text.index(after: space)...]
+        guard text.hasPrefix("subject='") else { throw bad("without subject='…'") }
+        text = text.dropFirst(9)
+        var field: (key: String, value: Substring)?
+        // The field is the last "' hash=" or "' cert=" of the line.
+        let found = ["hash", "cert"].compactMap { key in text.range(of: "' \(key)=", options: .backwards).map { (key, $0) } }
+        if let last = found.max(by: { $0.1.lowerBound < $1.1.lowerBound }) {
+            field = (last.0, text[last.1.upperBound...])
+            text = text[..<last.1.lowerBound]
+        }
+        if field == nil {
+            guard text.hasSuffix("'") else { throw bad("with an unterminated subject") }
+            text = text.dropLast()
+        }
+        var report = PeerCertificateReport(depth: depth, subject: String(text))
+        if let field {
+            let (key, value) = field
+            guard let bytes = hexBytes(value), !bytes.isEmpty else { throw bad("with a \(key)= that is not hex") }
+            if key == "hash" {
+                guard bytes.count == 32 else { throw bad("with a hash= of \(bytes.count) bytes, not a SHA-256") }
+                report.sha256 = value.lowercased()
+            } else {
+                report.der = bytes
+            }
+        }
+        return report
+    }
+
+    static func hexBytes(_ s: Substring) -> [UInt8]? {
+        let digits = Array(s.utf8)
+        guard digits.count % 2 == 0 else { return nil }
+        var out = [UInt8]()
+        out.reserveCapacity(digits.count / 2)
+        func nibble(_ c: UInt8) -> UInt8? {
+            switch c {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"): return c - UInt8(ascii: "0")
+            case UInt8(ascii: "a")...UInt8(ascii: "f"): return c - UInt8(ascii: "a") + 10
+            case UInt8(ascii: "A")...UInt8(ascii: "F"): return c - UInt8(ascii: "A") + 10
+            default: return nil
+            }
+        }
+        var i = 0
+        while i < digits.count {
+            guard let hi = nibble(digits[i]), let lo = nibble(digits[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+            i += 2
+        }
+        return out
     }
 }
 

@@ -2,9 +2,13 @@
 // whose control socket appears in the control directory, two datagram sockets (one ATTACHed
 // for events, one for STATUS requests) with their local socket files, an inotify watch on the
 // directory, and the thread that polls them all. Event-driven: a CTRL-EVENT line or a socket
-// appearing/disappearing triggers a STATUS read; nothing is read on a timer.
+// appearing/disappearing triggers a STATUS read; nothing is read on a timer. Per interface it
+// also holds a pidfd of the supplicant serving the socket (its exit is the event a SIGKILL
+// leaves) and a packet socket seeing the interface's EAPOL-Start/-Logoff frames (wpa_supplicant
+// says nothing on its control socket when a client sends it LOGOFF or LOGON).
 
 import CSegguardShims
+import Crypto
 import Foundation
 import Logging
 import SegguardPolicy
@@ -80,11 +84,23 @@ final class WPAControlConnection {
         }
     }
 
+    /// A pidfd of the supplicant serving the socket, or -1: while a request waits for its
+    /// reply, the supplicant's exit ends the wait at once instead of at the timeout.
+    var pidfd: Int32 = -1
+    /// Called when `pidfd` becomes readable during a wait: true when another process still
+    /// serves the socket (and `pidfd` now names it), false when the supplicant is gone.
+    var processExited: (() -> Bool)?
+
     /// One datagram, or nil on timeout.
     func receive(timeoutMs: Int32) throws(WPAConnectionError) -> String? {
-        var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-        let n = poll(&pfd, 1, timeoutMs)
+        var pfds = [pollfd(fd: fd, events: Int16(POLLIN), revents: 0), pollfd(fd: pidfd, events: Int16(POLLIN), revents: 0)]
+        let n = poll(&pfds, pidfd >= 0 ? 2 : 1, timeoutMs)
+        if n < 0 && errno == EINTR { return nil }
         if n == 0 { return nil }
+        if pidfd >= 0 && pfds[1].revents != 0 && pfds[0].revents == 0 {
+            if processExited?() == true { return nil }
+            throw WPAConnectionError(description: "wpa_supplicant exited")
+        }
         var buf = [UInt8](repeating: 0, count: 8192)
         let got = recv(fd, &buf, buf.count, Int32(MSG_DONTWAIT))
         guard got >= 0 else { throw WPAConnectionError(description: "recv: \(String(cString: strerror(errno))) (errno \(errno))") }
@@ -104,6 +120,10 @@ public final class WPAControlSource: Sendable {
     public let localDirectory: String
     let logger: Logger
     let stopSignal = StopSignal()
+    /// Interfaces `reauthenticate` was asked for, taken by the source's thread when `wake` fires.
+    let reauthRequests = Mutex<[String]>([])
+    /// An eventfd the thread polls beside its sockets; `reauthenticate` writes it.
+    let wakeFd: Int32 = sg_eventfd()
 
     public init(directory: String = "/run/wpa_supplicant", localDirectory: String = "/run/segguard",
                 logger: Logger = Logger(label: "segguard.deviceauth")) {
@@ -111,6 +131,8 @@ public final class WPAControlSource: Sendable {
         self.localDirectory = localDirectory
         self.logger = logger
     }
+
+    deinit { close(wakeFd) }
 
     /// Starts the watcher thread; `onChange` gets the full map after every change.
     public func start(onChange: @escaping @Sendable ([String: DeviceAuthState]) -> Void) {
@@ -124,8 +146,79 @@ public final class WPAControlSource: Sendable {
 
     public func stop() { stopSignal.stop() }
 
-    /// TODO(issue 17, in progress): send the re-authentication request to the supplicant.
-    public func reauthenticate(interface: String) {}
+    /// Hands the request to the source's thread and returns: that thread sends REAUTHENTICATE
+    /// (an EAPOL-Start) when the supplicant's port is AUTHENTICATED, LOGON after a LOGOFF, and
+    /// LOGOFF then LOGON from any other PAE state (CONNECTING/HELD/…, where wpa_supplicant
+    /// ignores REAUTHENTICATE; the port is unauthorized there anyway).
+    public func reauthenticate(interface: String) {
+        reauthRequests.withLock { $0.append(interface) }
+        var one: UInt64 = 1
+        _ = write(wakeFd, &one, 8)
+    }
+
+    /// What the thread holds for one interface's supplicant.
+    final class Attachment {
+        let connection: WPAControlConnection
+        /// The supplicant serving the control socket, and a pidfd of it; 0 and -1 when unknown.
+        var pid: pid_t = 0
+        var pidfd: Int32 = -1
+        /// EAPOL frames on the interface (in the supplicant's network namespace), or -1.
+        var eapolFd: Int32 = -1
+        /// Server certificates reported since the latest CTRL-EVENT-EAP-STARTED, by depth.
+        var collecting: [PeerCertificate] = []
+        /// The chain of the latest completed EAP exchange (success or failure).
+        var chain: [PeerCertificate] = []
+        var successes: UInt64 = 0
+
+        init(connection: WPAControlConnection) { self.connection = connection }
+
+        func close() {
+            connection.close()
+            if pidfd >= 0 { Glibc.close(pidfd) }
+            if eapolFd >= 0 { Glibc.close(eapolFd) }
+        }
+
+        /// Applies a certificate event to the chain being collected.
+        func record(_ event: WPAEvent) {
+            switch event {
+            case .eapStarted:
+                collecting = []
+            case .peerCertificate(let report):
+                var sha = report.sha256
+                if sha == nil, let der = report.der {
+                    sha = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
+                }
+                if let i = collecting.firstIndex(where: { $0.depth == report.depth }) {
+                    // The hash= and cert= lines of one certificate; a different subject at the
+                    // same depth replaces it (a new handshake without EAP-STARTED between).
+                    if collecting[i].subject == report.subject {
+                        if collecting[i].sha256 == nil { collecting[i].sha256 = sha }
+                    } else {
+                        collecting[i] = PeerCertificate(depth: report.depth, subject: report.subject, sha256: sha)
+                    }
+                } else {
+                    collecting.append(PeerCertificate(depth: report.depth, subject: report.subject, sha256: sha))
+                    collecting.sort { $0.depth < $1.depth }
+                }
+            case .peerAltSubject(let depth, let name):
+                if let i = collecting.firstIndex(where: { $0.depth == depth }) {
+                    if !collecting[i].altSubjects.contains(name) { collecting[i].altSubjects.append(name) }
+                } else {
+                    collecting.append(PeerCertificate(depth: depth, subject: "", altSubjects: [name]))
+                    collecting.sort { $0.depth < $1.depth }
+                }
+            case .eapSuccess:
+                successes += 1
+                // A resumed TLS session shows no certificate: it proves the server of the
+                // previous full handshake, whose chain stays.
+                if !collecting.isEmpty { chain = collecting }
+            case .eapFailure:
+                chain = collecting
+            default:
+                break
+            }
+        }
+    }
 
     /// The watcher thread's state.
     final class Loop {
@@ -135,7 +228,7 @@ public final class WPAControlSource: Sendable {
         /// One ATTACHed connection per interface, also used for STATUS: wpa_supplicant allows
         /// a monitor only max_dgram_qlen (10) unread datagrams and detaches it after more than
         /// ten failed sends, so the thread never waits anywhere without reading this socket.
-        var attached: [String: WPAControlConnection] = [:]
+        var attached: [String: Attachment] = [:]
         /// onChange runs here, off the thread that reads the sockets.
         let delivery = DispatchQueue(label: "segguard.wpa.delivery")
         var states: [String: DeviceAuthState] = [:]
@@ -146,6 +239,8 @@ public final class WPAControlSource: Sendable {
             self.onChange = onChange
         }
 
+        enum Watched { case control, exit, eapol }
+
         func run() {
             inotifyFd = inotify_init1(Int32(IN_CLOEXEC) | Int32(IN_NONBLOCK))
             // wpa_supplicant removes the directory when its last interface goes and makes it
@@ -155,20 +250,56 @@ public final class WPAControlSource: Sendable {
             watchDirectory()
             rescan()
             while source.stopSignal.isRunning {
-                let names = attached.keys.sorted()
-                var fds = [pollfd(fd: source.stopSignal.fd, events: Int16(POLLIN), revents: 0), pollfd(fd: inotifyFd, events: Int16(POLLIN), revents: 0)]
-                fds += names.map { pollfd(fd: attached[$0]!.fd, events: Int16(POLLIN), revents: 0) }
+                var fds = [pollfd(fd: source.stopSignal.fd, events: Int16(POLLIN), revents: 0),
+                           pollfd(fd: inotifyFd, events: Int16(POLLIN), revents: 0),
+                           pollfd(fd: source.wakeFd, events: Int16(POLLIN), revents: 0)]
+                var owners: [(String, Watched)] = []
+                for name in attached.keys.sorted() {
+                    let a = attached[name]!
+                    fds.append(pollfd(fd: a.connection.fd, events: Int16(POLLIN), revents: 0))
+                    owners.append((name, .control))
+                    if a.pidfd >= 0 {
+                        fds.append(pollfd(fd: a.pidfd, events: Int16(POLLIN), revents: 0))
+                        owners.append((name, .exit))
+                    }
+                    if a.eapolFd >= 0 {
+                        fds.append(pollfd(fd: a.eapolFd, events: Int16(POLLIN), revents: 0))
+                        owners.append((name, .eapol))
+                    }
+                }
                 let n = poll(&fds, nfds_t(fds.count), -1)
                 if n < 0 { if errno == EINTR { continue } else { return } }
                 if fds[0].revents != 0 { continue }
+                // Exits first: nothing else of a dead supplicant needs reading.
+                for (i, (name, kind)) in owners.enumerated() where kind == .exit && fds[i + 3].revents != 0 {
+                    guard let a = attached[name] else { continue }
+                    let pid = a.pid
+                    // wpa_supplicant -B opens its control socket before it forks into the
+                    // background: the process found at attach may be the parent, which exits
+                    // while its child keeps the socket. Gone only when no process holds it.
+                    if !rewatch(a, name: name) { detach(name, why: "wpa_supplicant (pid \(pid)) exited") }
+                }
                 if fds[1].revents != 0 {
                     var buf = [UInt8](repeating: 0, count: 4096)
                     while read(inotifyFd, &buf, buf.count) > 0 {}
                     watchDirectory()
                     rescan()
                 }
-                for (i, name) in names.enumerated() where fds[i + 2].revents != 0 {
-                    handleEvents(name)
+                for (i, (name, kind)) in owners.enumerated() where fds[i + 3].revents != 0 {
+                    switch kind {
+                    case .control: handleEvents(name)
+                    case .eapol: handleFrames(name)
+                    case .exit: break
+                    }
+                }
+                if fds[2].revents != 0 {
+                    var count: UInt64 = 0
+                    _ = read(source.wakeFd, &count, 8)
+                    let names = source.reauthRequests.withLock { r -> [String] in
+                        defer { r = [] }
+                        return r
+                    }
+                    for name in Set(names).sorted() { reauthenticate(name) }
                 }
             }
         }
@@ -200,8 +331,11 @@ public final class WPAControlSource: Sendable {
                     connection.close()
                     throw error
                 }
-                attached[name] = connection
-                source.logger.info("watching wpa_supplicant", metadata: ["interface": "\(name)", "socket": "\(path)"])
+                let attachment = Attachment(connection: connection)
+                watchProcess(attachment, name: name, socketPath: path)
+                connection.processExited = { [unowned self, unowned attachment] in self.rewatch(attachment, name: name) }
+                attached[name] = attachment
+                source.logger.info("watching wpa_supplicant", metadata: ["interface": "\(name)", "socket": "\(path)", "pid": "\(attachment.pid)"])
                 refresh(name)
             } catch {
                 // A socket file left by a supplicant that exited refuses connections; the next
@@ -209,6 +343,95 @@ public final class WPAControlSource: Sendable {
                 let stale = "\(error)".contains("errno \(ECONNREFUSED))")
                 source.logger.log(level: stale ? .debug : .warning, "cannot attach to wpa_supplicant", metadata: ["interface": "\(name)", "error": "\(error)"])
             }
+        }
+
+        /// Finds the supplicant serving `socketPath`, opens a pidfd of it and, in its network
+        /// namespace, the EAPOL packet socket of the interface. Each part that fails is logged
+        /// and left out: the control socket alone still works (a crash is then noticed only at
+        /// the next request, a LOGOFF only at the next event).
+        func watchProcess(_ a: Attachment, name: String, socketPath: String) {
+            guard let pid = WPASupplicantProcess.owner(ofSocket: socketPath) else {
+                source.logger.warning("no process found serving the wpa_supplicant control socket: its exit is seen only when a request fails",
+                                      metadata: ["interface": "\(name)", "socket": "\(socketPath)"])
+                return
+            }
+            let pidfd = sg_pidfd_open(pid)
+            if pidfd >= 0 {
+                // The pid could have been reused between the search and pidfd_open: the
+                // process the pidfd names must still serve the socket.
+                if let inode = WPASupplicantProcess.socketInode(pid: pid, socketPath: socketPath),
+                   WPASupplicantProcess.holds(pid: pid, socketInode: inode) {
+                    a.pid = pid
+                    a.pidfd = pidfd
+                    a.connection.pidfd = pidfd
+                } else {
+                    close(pidfd)
+                    source.logger.warning("wpa_supplicant pid \(pid) no longer serves its socket", metadata: ["interface": "\(name)"])
+                    return
+                }
+            } else {
+                source.logger.warning("pidfd_open failed", metadata: ["interface": "\(name)", "pid": "\(pid)", "errno": "\(-pidfd)"])
+            }
+            a.eapolFd = openEAPOLSocket(interface: name, pid: pid)
+        }
+
+        /// After the watched process exited: watches the process that still holds the control
+        /// socket, if one does. False when none does (the supplicant is gone).
+        func rewatch(_ a: Attachment, name: String) -> Bool {
+            let socketPath = "\(source.directory)/\(name)"
+            let old = a.pid
+            close(a.pidfd)
+            a.pidfd = -1
+            a.connection.pidfd = -1
+            guard let pid = WPASupplicantProcess.owner(ofSocket: socketPath), pid != old else { return false }
+            let pidfd = sg_pidfd_open(pid)
+            guard pidfd >= 0 else { return false }
+            guard let inode = WPASupplicantProcess.socketInode(pid: pid, socketPath: socketPath),
+                  WPASupplicantProcess.holds(pid: pid, socketInode: inode) else {
+                close(pidfd)
+                return false
+            }
+            a.pid = pid
+            a.pidfd = pidfd
+            a.connection.pidfd = pidfd
+            source.logger.debug("wpa_supplicant socket now held by another process", metadata: ["interface": "\(name)", "pid": "\(pid)", "was": "\(old)"])
+            return true
+        }
+
+        /// The EAPOL packet socket for `interface` in the network namespace of `pid`, or -1.
+        func openEAPOLSocket(interface: String, pid: pid_t) -> Int32 {
+            var mine = stat(), theirs = stat()
+            let theirPath = "/proc/\(pid)/ns/net"
+            guard stat("/proc/thread-self/ns/net", &mine) == 0, stat(theirPath, &theirs) == 0 else { return -1 }
+            var fd: Int32
+            if mine.st_ino == theirs.st_ino && mine.st_dev == theirs.st_dev {
+                fd = sg_eapol_socket(interface)
+            } else {
+                // This thread enters the supplicant's namespace for the socket() call only.
+                let back = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)
+                let there = open(theirPath, O_RDONLY | O_CLOEXEC)
+                defer {
+                    if back >= 0 { close(back) }
+                    if there >= 0 { close(there) }
+                }
+                guard back >= 0, there >= 0 else { return -1 }
+                let entered = sg_enter_netns(there)
+                guard entered == 0 else {
+                    source.logger.warning("cannot enter wpa_supplicant's network namespace", metadata: ["interface": "\(interface)", "errno": "\(-entered)"])
+                    return -1
+                }
+                fd = sg_eapol_socket(interface)
+                let returned = sg_enter_netns(back)
+                if returned != 0 {
+                    source.logger.error("cannot return to our network namespace after opening the EAPOL socket", metadata: ["errno": "\(-returned)"])
+                }
+            }
+            if fd < 0 {
+                source.logger.warning("no EAPOL packet socket: LOGOFF/LOGON by another client is seen only at the next event",
+                                      metadata: ["interface": "\(interface)", "errno": "\(-fd)"])
+                return -1
+            }
+            return fd
         }
 
         func detach(_ name: String, why: String) {
@@ -219,10 +442,37 @@ public final class WPAControlSource: Sendable {
             }
         }
 
+        /// Reads the EAPOL frames seen on the interface; an EAPOL-Start or -Logoff (the
+        /// supplicant's, after LOGON/LOGOFF/REAUTHENTICATE) moves the port state: STATUS.
+        func handleFrames(_ name: String) {
+            guard let a = attached[name], a.eapolFd >= 0 else { return }
+            var buf = [UInt8](repeating: 0, count: 64)
+            var startOrLogoff = false
+            while true {
+                let n = recv(a.eapolFd, &buf, buf.count, Int32(MSG_DONTWAIT))
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    if errno != EAGAIN {
+                        source.logger.warning("EAPOL packet socket failed", metadata: ["interface": "\(name)", "errno": "\(errno)"])
+                        close(a.eapolFd)
+                        a.eapolFd = -1
+                    }
+                    break
+                }
+                // Ethernet header (14), EAPOL version, packet type: 1 Start, 2 Logoff.
+                if n >= 16 && (buf[15] == 1 || buf[15] == 2) { startOrLogoff = true }
+            }
+            if startOrLogoff {
+                refresh(name)
+                if attached[name]?.connection.pendingEvents.isEmpty == false { handleEvents(name) }
+            }
+        }
+
         /// Reads every event waiting on the interface's socket, then STATUS when one of them
         /// changes the state (again while events that came during STATUS say so).
         func handleEvents(_ name: String) {
-            guard let connection = attached[name] else { return }
+            guard let a = attached[name] else { return }
+            let connection = a.connection
             var events = connection.pendingEvents
             connection.pendingEvents = []
             while true {
@@ -238,22 +488,36 @@ public final class WPAControlSource: Sendable {
                 var changed = false
                 for line in events {
                     guard let event = try? WPAControlProtocol.parseEvent(line) else { continue }
-                    if event == .terminating {
+                    switch event {
+                    case .terminating:
                         detach(name, why: "wpa_supplicant is terminating")
                         return
+                    case .disconnected:
+                        // Not authorized from this event on, without waiting for STATUS (which a
+                        // supplicant shutting down may be slow to answer).
+                        if var s = states[name], s.portStatus != .unauthorized {
+                            s.portStatus = .unauthorized
+                            s.paeState = "DISCONNECTED"
+                            s.since = Date().timeIntervalSince1970
+                            states[name] = s
+                            publish()
+                        }
+                    default:
+                        a.record(event)
                     }
                     if event.changesState { changed = true }
                 }
                 guard changed else { return }
                 refresh(name)
                 guard let c = attached[name] else { return }
-                events = c.pendingEvents
-                c.pendingEvents = []
+                events = c.connection.pendingEvents
+                c.connection.pendingEvents = []
             }
         }
 
         func refresh(_ name: String) {
-            guard let connection = attached[name] else { return }
+            guard let a = attached[name] else { return }
+            let connection = a.connection
             do {
                 let reply = try connection.request("STATUS")
                 var read = try WPAControlProtocol.parseStatus(reply)
@@ -261,6 +525,8 @@ public final class WPAControlSource: Sendable {
                     // STATUS names the identity only for some methods; the network block has it.
                     read.identity = WPAControlProtocol.parseNetworkString(try connection.request("GET_NETWORK \(id) identity"))
                 }
+                read.serverChain = a.chain
+                read.successes = a.successes
                 let state = DeviceAuthState.continuing(read, from: states[name], now: Date().timeIntervalSince1970)
                 if states[name] != state {
                     states[name] = state
@@ -273,6 +539,34 @@ public final class WPAControlSource: Sendable {
             }
         }
 
+        /// Asks the interface's supplicant for a fresh authentication (see `reauthenticate`).
+        func reauthenticate(_ name: String) {
+            guard let a = attached[name] else {
+                source.logger.info("re-authentication asked for an interface without wpa_supplicant", metadata: ["interface": "\(name)"])
+                return
+            }
+            do {
+                let pae = try WPAControlProtocol.parseStatus(try a.connection.request("STATUS")).paeState
+                let commands: [String]
+                switch pae {
+                case "AUTHENTICATED": commands = ["REAUTHENTICATE"]
+                case "LOGOFF": commands = ["LOGON"]
+                default: commands = ["LOGOFF", "LOGON"]
+                }
+                for command in commands {
+                    let reply = try a.connection.request(command)
+                    guard reply.hasPrefix("OK") else { throw WPAConnectionError(description: "\(command) answered \(reply.prefix(40))") }
+                }
+                source.logger.info("802.1X re-authentication requested", metadata: ["interface": "\(name)", "pae": "\(pae ?? "?")", "sent": "\(commands.joined(separator: "+"))"])
+            } catch let e as WPAParseError {
+                source.logger.warning("re-authentication: unreadable STATUS", metadata: ["interface": "\(name)", "error": "\(e)"])
+            } catch {
+                detach(name, why: "\(error)")
+                return
+            }
+            if attached[name]?.connection.pendingEvents.isEmpty == false { handleEvents(name) }
+        }
+
         /// Hands the map to onChange without waiting for it.
         func publish() {
             let snapshot = states
@@ -281,7 +575,7 @@ public final class WPAControlSource: Sendable {
         }
 
         func closeAll() {
-            for (_, connection) in attached { connection.close() }
+            for (_, a) in attached { a.close() }
             attached = [:]
             if inotifyFd >= 0 { close(inotifyFd) }
         }

@@ -28,9 +28,13 @@ public struct DeviceAuthState: Sendable, Equatable, Codable {
     public var identity: String?
     /// Seconds since the epoch when this state was reached (set by the source).
     public var since: Double?
-    /// The authentication server's certificate chain as the supplicant saw it in the EAP
-    /// exchange that authorized the port, by depth (0 = the server's own certificate). Empty
-    /// when the source has not seen it (it is reported only during a full EAP-TLS handshake).
+    /// The authentication server's certificate chain as the supplicant saw it in the latest
+    /// completed EAP exchange (the success that authorized the port, or the failure that did
+    /// not), by depth (0 = the server's own certificate). Certificates reported during an
+    /// exchange still running are not in it: a re-authentication does not empty it, its success
+    /// replaces it. Empty when the source has not seen it (it is reported only during a full
+    /// EAP-TLS handshake; a success on a resumed TLS session keeps the previous full
+    /// handshake's chain, the only server that can resume that session).
     public var serverChain: [PeerCertificate]
     /// EAP successes the source has seen on this interface since it attached to the
     /// supplicant, counting from 1: a fresh authentication has a higher number than a stale

@@ -58,9 +58,25 @@ public final class EAPLab: Sendable {
               n=${pair%%:*}; c=${pair##*:}
               openssl req -newkey rsa:2048 -nodes -keyout $n.key -out $n.csr -subj /CN=$n || exit 1
               openssl x509 -req -in $n.csr -CA $c.pem -CAkey $c.key -CAcreateserial -out $n.pem -days 2 || exit 1
-            done
+            done &&
+            printf 'subjectAltName=DNS:rogue-server.example\n' > rogue-server.ext &&
+            openssl req -newkey rsa:2048 -nodes -keyout rogue-server.key -out rogue-server.csr -subj /CN=rogue-server &&
+            openssl x509 -req -in rogue-server.csr -CA otherca.pem -CAkey otherca.key -CAcreateserial -extfile rogue-server.ext -out rogue-server.pem -days 2
             """)
         try publishCRL()
+    }
+
+    /// SHA-256 of a lab certificate's DER ("server", "rogue-server", "ca", …), lower-case hex,
+    /// as wpa_supplicant reports it in CTRL-EVENT-EAP-PEER-CERT hash=.
+    public func certificateSHA256(_ name: String) throws -> String {
+        let out = try runCommand(["openssl", "x509", "-in", "\(path)/\(name).pem", "-noout", "-fingerprint", "-sha256"])
+        guard let eq = out.firstIndex(of: "=") else { throw CommandError(description: "openssl fingerprint: \(out)") }
+        return out[out.index(after: eq)...].filter { $0 != ":" && !$0.isWhitespace }.lowercased()
+    }
+
+    /// The running supplicant's pid (from its pid file), or nil.
+    public var supplicantPID: pid_t? {
+        (try? String(contentsOfFile: "\(path)/wpa_supplicant.pid", encoding: .utf8)).flatMap { pid_t($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
 
     /// Writes the CA's CRL next to its certificate (hostapd reads both from ca-crl.pem).
@@ -93,6 +109,23 @@ public final class EAPLab: Sendable {
 
                 """.write(toFile: "\(path)/wpa-\(cert).conf", atomically: true, encoding: .utf8)
         }
+        // The device certificate, but no ca_cert: the supplicant accepts any server (the
+        // misconfiguration a rogue authenticator exploits). cert_in_cb=1 (wpa_supplicant's
+        // default, written out) makes CTRL-EVENT-EAP-PEER-CERT carry hash=; with 0 it has none.
+        try """
+            ctrl_interface=\(controlDirectory)
+            ap_scan=0
+            cert_in_cb=1
+            network={
+              key_mgmt=IEEE8021X
+              eap=TLS
+              identity="\(Self.identity)"
+              client_cert="\(path)/client.pem"
+              private_key="\(path)/client.key"
+              eapol_flags=0
+            }
+
+            """.write(toFile: "\(path)/wpa-client-noca.conf", atomically: true, encoding: .utf8)
         try """
             <!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN" "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
             <busconfig>
@@ -112,6 +145,12 @@ public final class EAPLab: Sendable {
 
     /// hostapd as the switch port on `interface`, authenticating with the lab's CA and CRL.
     public func startAuthenticator(in namespace: TestNamespace, interface: String) throws {
+        try startAuthenticator(in: namespace, interface: interface, serverCertificate: "server")
+    }
+
+    /// hostapd presenting the lab certificate `serverCertificate`: "server" (the lab CA's) or
+    /// "rogue-server" (another CA's, CN=rogue-server, DNS:rogue-server.example).
+    public func startAuthenticator(in namespace: TestNamespace, interface: String, serverCertificate: String) throws {
         try """
             interface=\(interface)
             driver=wired
@@ -119,8 +158,8 @@ public final class EAPLab: Sendable {
             eap_server=1
             eap_user_file=\(path)/eap_users
             ca_cert=\(path)/ca-crl.pem
-            server_cert=\(path)/server.pem
-            private_key=\(path)/server.key
+            server_cert=\(path)/\(serverCertificate).pem
+            private_key=\(path)/\(serverCertificate).key
             check_crl=1
             crl_reload_interval=1
             ctrl_interface=\(path)/hostapd-ctrl
@@ -145,6 +184,45 @@ public final class EAPLab: Sendable {
 
     /// Which certificate the supplicant presents.
     public enum Certificate: String, Sendable { case client, rogue }
+
+    /// wpa_supplicant -Dwired on `interface` with the lab configuration `config` ("client",
+    /// "rogue", "client-noca"). `cleanSignals`: started with no signal blocked (the test
+    /// runner's children inherit a mask blocking SIGTERM), so that SIGTERM stops it.
+    public func startSupplicant(in namespace: TestNamespace, interface: String, config: String, cleanSignals: Bool) throws {
+        let argv = ["/usr/sbin/wpa_supplicant", "-B", "-P", "\(path)/wpa_supplicant.pid", "-Dwired", "-f", "\(path)/wpa_supplicant.log", "-i\(interface)",
+                    "-c", "\(path)/wpa-\(config).conf"]
+        if cleanSignals {
+            let quoted = argv.map { "'\($0)'" }.joined(separator: " ")
+            let closeAll = #"for f in /proc/$$/fd/*; do n=${f##*/}; [ "$n" -gt 2 ] && eval "exec $n>&-"; done"#
+            try spawnWithCleanSignals(["/bin/bash", "-c", "\(closeAll); exec ip netns exec '\(namespace.name)' \(quoted) >>'\(path)/wpa_supplicant.log' 2>&1 </dev/null"])
+        } else {
+            try startDaemon(namespace, argv, log: "wpa_supplicant.log")
+        }
+        try waitFor("\(controlDirectory)/\(interface)")
+    }
+
+    /// Runs argv to its end with an empty signal mask and default dispositions (posix_spawn).
+    private func spawnWithCleanSignals(_ argv: [String]) throws {
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var empty = sigset_t(), all = sigset_t()
+        sigemptyset(&empty)
+        sigfillset(&all)
+        sigdelset(&all, SIGKILL)
+        sigdelset(&all, SIGSTOP)
+        posix_spawnattr_setsigmask(&attr, &empty)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
+        var cargs = argv.map { strdup($0) } + [nil]
+        defer { cargs.forEach { free($0) } }
+        var pid: pid_t = 0
+        let rc = posix_spawn(&pid, argv[0], nil, &attr, &cargs, environ)
+        guard rc == 0 else { throw CommandError(description: "posix_spawn \(argv[0]): errno \(rc)") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        guard status == 0 else { throw CommandError(description: "\(argv.joined(separator: " ")) exited with status \(status); see \(path)/wpa_supplicant.log") }
+    }
 
     /// Stops the supplicant cleanly, through its control socket (TERMINATE): it tells its
     /// monitors (CTRL-EVENT-TERMINATING) and removes its socket. Not with SIGTERM: the test

@@ -107,9 +107,48 @@ struct WPAControlProtocolTests {
         #expect(e.changesState == (event != .other("CTRL-EVENT-SCAN-RESULTS")))
     }
 
-    @Test("malformed events are errors", arguments: ["<x>CTRL-EVENT-EAP-SUCCESS", "<3>", "<3>CTRL-EVENT-EAP-METHOD EAP vendor 0 method 13 selected"])
+    @Test("malformed events are errors", arguments: [
+        "<x>CTRL-EVENT-EAP-SUCCESS", "<3>", "<3>CTRL-EVENT-EAP-METHOD EAP vendor 0 method 13 selected",
+        "<3>CTRL-EVENT-EAP-PEER-CERT subject='/CN=x' hash=00",
+        "<3>CTRL-EVENT-EAP-PEER-CERT depth=-1 subject='/CN=x'",
+        "<3>CTRL-EVENT-EAP-PEER-CERT depth=0 subject=/CN=x",
+        "<3>CTRL-EVENT-EAP-PEER-CERT depth=0 subject='/CN=x",
+        "<3>CTRL-EVENT-EAP-PEER-CERT depth=0 subject='/CN=x' hash=abcd",
+        "<3>CTRL-EVENT-EAP-PEER-CERT depth=0 subject='/CN=x' hash=zz03fbc671c9e599d5ebd44bd48eea63de703b039b973fd8da13337f64af10",
+        "<3>CTRL-EVENT-EAP-PEER-CERT depth=0 subject='/CN=x' cert=308",
+        "<3>CTRL-EVENT-EAP-PEER-ALT depth=0",
+        "<3>CTRL-EVENT-EAP-PEER-ALT DNS:radius.example",
+        "<3>CTRL-EVENT-EAP-PEER-ALT depth=x DNS:radius.example",
+    ])
     func badEvents(line: String) {
         #expect(throws: WPAParseError.self) { try WPAControlProtocol.parseEvent(line) }
+    }
+
+    /// Lines as wpa_supplicant 2.10 -Dwired sent them to a monitor in the lab (EAPLab).
+    @Test("server certificate events: hash=, cert=, no hash, subjectAltName")
+    func peerCertificates() throws {
+        let hash = "203872fbc671c9e599d5ebd44bd48eea63de703b039b973fd8da13337f64af10"
+        #expect(try WPAControlProtocol.parseEvent("<3>CTRL-EVENT-EAP-PEER-CERT depth=0 subject='/CN=server' hash=\(hash)")
+                == .peerCertificate(PeerCertificateReport(depth: 0, subject: "/CN=server", sha256: hash)))
+        #expect(try WPAControlProtocol.parseEvent("<3>CTRL-EVENT-EAP-PEER-CERT depth=1 subject='/CN=segguard-test-ca' hash=\(hash.uppercased())")
+                == .peerCertificate(PeerCertificateReport(depth: 1, subject: "/CN=segguard-test-ca", sha256: hash)))
+        // cert_in_cb=0: no hash.
+        #expect(try WPAControlProtocol.parseEvent("<3>CTRL-EVENT-EAP-PEER-CERT depth=0 subject='/CN=server'")
+                == .peerCertificate(PeerCertificateReport(depth: 0, subject: "/CN=server")))
+        #expect(try WPAControlProtocol.parseEvent("<3>CTRL-EVENT-EAP-PEER-CERT depth=0 subject='/CN=server' cert=308202b3")
+                == .peerCertificate(PeerCertificateReport(depth: 0, subject: "/CN=server", der: [0x30, 0x82, 0x02, 0xb3])))
+        // The subject is printed unescaped: quotes and " hash=" inside it stay in it.
+        #expect(try WPAControlProtocol.parseEvent("<3>CTRL-EVENT-EAP-PEER-CERT depth=0 subject='/O=O'Brien hash=x/CN=a b' hash=\(hash)")
+                == .peerCertificate(PeerCertificateReport(depth: 0, subject: "/O=O'Brien hash=x/CN=a b", sha256: hash)))
+        #expect(try WPAControlProtocol.parseEvent("<3>CTRL-EVENT-EAP-PEER-CERT depth=0 subject='/CN=a' hash=x' cert=3082")
+                == .peerCertificate(PeerCertificateReport(depth: 0, subject: "/CN=a' hash=x", der: [0x30, 0x82])))
+        #expect(try WPAControlProtocol.parseEvent("<3>CTRL-EVENT-EAP-PEER-CERT depth=0 subject=''") == .peerCertificate(PeerCertificateReport(depth: 0, subject: "")))
+        #expect(try WPAControlProtocol.parseEvent("<3>CTRL-EVENT-EAP-PEER-ALT depth=0 DNS:radius.example.lg.jp") == .peerAltSubject(depth: 0, "DNS:radius.example.lg.jp"))
+        #expect(try WPAControlProtocol.parseEvent("<3>CTRL-EVENT-EAP-PEER-ALT depth=2 EMAIL:a b@example") == .peerAltSubject(depth: 2, "EMAIL:a b@example"))
+        #expect(try WPAControlProtocol.parseEvent("<3>CTRL-EVENT-EAP-STARTED EAP authentication started") == .eapStarted)
+        #expect(WPAEvent.eapStarted.changesState)
+        #expect(!WPAEvent.peerAltSubject(depth: 0, "DNS:x").changesState)
+        #expect(!WPAEvent.peerCertificate(PeerCertificateReport(depth: 0, subject: "")).changesState)
     }
 }
 

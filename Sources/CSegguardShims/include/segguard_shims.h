@@ -85,3 +85,9 @@ int sg_set_thread_name(const char *name);
 int sg_thread_name(char *buf, size_t len);
 /* The calling thread's id (gettid(2)). */
 int sg_gettid(void);
+
+/// A packet socket on interface `ifname` (in the calling thread's network namespace) that
+/// receives every EAPOL frame (ethertype 0x888e) sent or received there: ETH_P_ALL, because
+/// the kernel hands outgoing frames only to ETH_P_ALL taps, with a classic BPF filter keeping
+/// EAPOL. Non-blocking, close-on-exec. Returns the descriptor or -errno.
+int sg_eapol_socket(const char *ifname);
