@@ -236,7 +236,7 @@ let package = Package(
         .testTarget(
             name: "SegguardPrivilegedTests",
             dependencies: ["SegguardNetlink", "SegguardDecision", "SegguardPolicy", "SegguardTestSupport", "SegguardControl", "SegguardWire", "SegguardEnforce",
-                           "SegguardReporter", "SegguardReport", "SegguardPKI", "SegguardCollector", "SegguardSystem",
+                           "SegguardReporter", "SegguardReport", "SegguardPKI", "SegguardCollector", "SegguardSystem", "SegguardDeviceAuth",
                            .product(name: "Logging", package: "swift-log")]),
     ]
 )
