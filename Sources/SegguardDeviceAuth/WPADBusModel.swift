@@ -77,6 +77,15 @@ public struct WPADBusInterface: Sendable, Equatable {
     public var lastEAP: EAPResult?
     /// Method named by the last `EAP` "accept proposed method" signal.
     public var acceptedMethod: String?
+    /// EAP successes seen (`EAP` completion/success signals), see `DeviceAuthState.successes`.
+    public var successes: UInt64 = 0
+    /// The server chain of the exchange that last succeeded (from `Certification` signals).
+    public var serverChain: [PeerCertificate] = []
+    /// `Certification` signals of the exchange in progress (since its `EAP` "started").
+    public var pendingChain: [PeerCertificate] = []
+    /// We asked the supplicant to log off (`EAPLogoff`, before an `EAPLogon`): its port is
+    /// unauthorized until the next EAP completion.
+    public var loggedOff = false
 
     public init(path: String) { self.path = path }
 
@@ -95,6 +104,8 @@ public struct WPADBusInterface: Sendable, Equatable {
                     // Left the authenticated state: the next EAP exchange decides afresh.
                     next.lastEAP = nil
                     next.acceptedMethod = nil
+                    next.serverChain = []
+                    next.pendingChain = []
                 }
                 next.state = state
             case "CurrentAuthMode": next.authMode = try Self.string(value, name, path)
@@ -132,12 +143,22 @@ public struct WPADBusInterface: Sendable, Equatable {
             throw WPADBusError("EAP signal of \(path) has arguments (\(args.map(\.signature).joined(separator: ","))), expected (s,s) status and parameter")
         }
         switch status {
+        case "started":
+            // A new exchange: certificates from here on belong to it.
+            pendingChain = []
         case "completion":
             switch parameter {
-            case "success": lastEAP = .success
-            case "failure": lastEAP = .failure
+            case "success":
+                lastEAP = .success
+                successes &+= 1
+                serverChain = pendingChain
+            case "failure":
+                lastEAP = .failure
+                serverChain = []
             default: throw WPADBusError("EAP signal of \(path): completion with parameter \"\(parameter.prefix(40))\", expected success or failure")
             }
+            pendingChain = []
+            loggedOff = false
         case "accept proposed method":
             acceptedMethod = parameter.uppercased()
         default:
@@ -145,9 +166,51 @@ public struct WPADBusInterface: Sendable, Equatable {
         }
     }
 
+    /// Applies the `Certification` signal's dictionary (depth u, subject s, altsubject as,
+    /// cert_hash s, cert ay): one certificate of the server's chain in the exchange under way.
+    public mutating func applyCertification(_ args: [DBusValue]) throws(WPADBusError) {
+        guard args.count == 1, case .dict(let d) = args[0] else {
+            throw WPADBusError("Certification signal of \(path) has arguments (\(args.map(\.signature).joined(separator: ","))), expected (a{sv})")
+        }
+        guard case .uint(let depth, _)? = d["depth"]?.unwrapped, depth < 64 else {
+            throw WPADBusError("Certification signal of \(path) has no depth (u) below 64")
+        }
+        guard case .string(let subject)? = d["subject"]?.unwrapped else {
+            throw WPADBusError("Certification signal of \(path) has no subject (s)")
+        }
+        var hash: String?
+        if let raw = d["cert_hash"] {
+            guard case .string(let h) = raw.unwrapped, h.count == 64, h.allSatisfy(\.isHexDigit) else {
+                throw WPADBusError("Certification signal of \(path): cert_hash is not a SHA-256 in hex")
+            }
+            hash = h.lowercased()
+        }
+        var alt: [String] = []
+        if let raw = d["altsubject"] {
+            guard case .array(let items, element: "s") = raw.unwrapped else {
+                throw WPADBusError("Certification signal of \(path): altsubject has type '\(raw.unwrapped.signature)', expected as")
+            }
+            for case .string(let a) in items { alt.append(a) }
+        }
+        let cert = PeerCertificate(depth: Int(depth), subject: subject, sha256: hash, altSubjects: alt)
+        pendingChain.removeAll { $0.depth == cert.depth }
+        pendingChain.append(cert)
+        pendingChain.sort { $0.depth < $1.depth }
+    }
+
+    /// We sent `EAPLogoff`: the supplicant's port is unauthorized until an EAP completion.
+    public mutating func applyLogoff() {
+        loggedOff = true
+        lastEAP = nil
+        serverChain = []
+        pendingChain = []
+    }
+
     /// The 802.1X state for the decision.
     public var deviceAuth: DeviceAuthState {
         var s = DeviceAuthState()
+        s.successes = successes
+        s.serverChain = serverChain
         if let mode = authMode {
             if mode.hasPrefix("EAP-") {
                 s.eapMethod = String(mode.dropFirst(4)).uppercased()
@@ -159,6 +222,10 @@ public struct WPADBusInterface: Sendable, Equatable {
         if s.eapMethod == nil { s.eapMethod = acceptedMethod }
         s.identity = identity
         let eapMode = authMode?.hasPrefix("EAP-") ?? false
+        if loggedOff {
+            s.portStatus = .unauthorized
+            return s
+        }
         switch (state, lastEAP) {
         case ("completed", .failure):
             s.portStatus = .unauthorized
