@@ -223,7 +223,7 @@ enum Render {
                 let sec = w.security.map(\.rawValue).sorted().joined(separator: "/")
                 let aps = w.bssids.isEmpty ? "any access point" : "\(w.bssids.count) pinned access point\(w.bssids.count == 1 ? "" : "s")"
                 let auth = w.deviceAuth == .none ? "" : ", device auth \(w.deviceAuth.rawValue)"
-                let network = w.identity.namesNothing && w.identity.server.isEmpty ? "" : ", " + identitySummary(w.identity, interfaceOnlyDefault: false)
+                let network = w.identity.namesNothing && w.identity.server.isEmpty ? "" : ", " + identitySummary(w.identity, interfaceOnlyDefault: false, deviceAuth: w.deviceAuth != .none)
                 out += "    wifi  SSID '\(w.ssid)' \(sec), \(aps)\(auth)\(network)\n"
             }
             for r in site.wired {
@@ -232,7 +232,7 @@ enum Render {
                 if !r.macs.isEmpty { parts.append("MACs \(r.macs.sorted().map(\.description).joined(separator: " "))") }
                 if !r.linkKinds.isEmpty { parts.append("also link kinds \(r.linkKinds.sorted().joined(separator: " "))") }
                 if r.deviceAuth != .none { parts.append("device auth \(r.deviceAuth.rawValue)") }
-                parts.append(identitySummary(r.identity, interfaceOnlyDefault: r.deviceAuth == .none))
+                parts.append(identitySummary(r.identity, interfaceOnlyDefault: r.deviceAuth == .none, deviceAuth: r.deviceAuth != .none))
                 out += "    wired \(parts.joined(separator: ", "))\n"
             }
         }
@@ -251,7 +251,7 @@ enum Render {
     }
 
     /// What a rule requires of the network, in one phrase.
-    static func identitySummary(_ id: NetworkIdentity, interfaceOnlyDefault: Bool) -> String {
+    static func identitySummary(_ id: NetworkIdentity, interfaceOnlyDefault: Bool, deviceAuth: Bool) -> String {
         var parts: [String] = []
         if !id.gateways.isEmpty { parts.append("gateway \(id.gateways.map(\.description).joined(separator: " or "))") }
         if !id.prefixes.isEmpty { parts.append("inside \(id.prefixes.map(\.description).joined(separator: " "))") }
@@ -259,6 +259,7 @@ enum Render {
         if !id.server.certSHA256.isEmpty { parts.append("802.1X server certificate pinned") }
         if !id.server.caSHA256.isEmpty { parts.append("802.1X server CA pinned") }
         if let d = id.server.domain { parts.append("802.1X server \(d)") }
+        if deviceAuth && id.server.isEmpty { parts.append("802.1X server not pinned (the supplicant's ca_cert is the only check)") }
         if parts.isEmpty {
             if id.interfaceOnly { return "network: interface only (acknowledged; any LAN on the port counts)" }
             if interfaceOnlyDefault { return "network: NOT CHECKED (any LAN on the port counts)" }
