@@ -12,7 +12,7 @@ public enum DeviceAuthRequirement: String, Sendable, Codable, CaseIterable {
 /// The 802.1X state of one interface, from wpa_supplicant (control socket or D-Bus).
 public struct DeviceAuthState: Sendable, Equatable, Codable {
     /// IEEE 802.1X supplicant port status.
-    public enum PortStatus: String, Sendable, Codable { case authorized, unauthorized, unknown }
+    public enum PortStatus: String, Sendable, Codable, CaseIterable { case authorized, unauthorized, unknown }
 
     /// `key_mgmt`, e.g. "WPA2/IEEE 802.1X/EAP", "IEEE 802.1X (no WPA)", "WPA2-PSK".
     public var keyManagement: String?

@@ -82,7 +82,7 @@ public enum PolicyLoader {
 
 // MARK: - Walking the YAML tree
 
-private struct Context {
+struct Context {
     let file: String
     var issues: [PolicyIssue] = []
     /// Accepted, but shown by check-policy and logged by segguardd.
@@ -775,7 +775,7 @@ private struct Context {
     }
 }
 
-private func hexBytes(_ text: String) -> [UInt8]? {
+func hexBytes(_ text: String) -> [UInt8]? {
     let chars = Array(text.utf8.filter { $0 != UInt8(ascii: ":") && $0 != UInt8(ascii: " ") })
     guard chars.count % 2 == 0, chars.allSatisfy({ Character(Unicode.Scalar($0)).isHexDigit }) else { return nil }
     var out: [UInt8] = []

@@ -112,7 +112,7 @@ public enum InterfaceKind: String, Sendable, Codable, CaseIterable {
 }
 
 /// RFC 2863 operational state as the kernel reports it in IFLA_OPERSTATE.
-public enum OperState: String, Sendable, Codable {
+public enum OperState: String, Sendable, Codable, CaseIterable {
     case unknown, notPresent = "not-present", down, lowerLayerDown = "lower-layer-down", testing, dormant, up
 
     public init(kernelValue: UInt8) {

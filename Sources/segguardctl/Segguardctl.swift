@@ -15,7 +15,7 @@ struct Segguardctl: AsyncParsableCommand {
         commandName: "segguardctl",
         abstract: "Query segguardd, check segment policies, sign and push policy bundles, create a test PKI.",
         version: segguardVersion,
-        subcommands: [Status.self, Why.self, Sessions.self, WhyDenied.self, CheckPolicy.self, PolicyCommand.self, PKICommand.self])
+        subcommands: [Status.self, Why.self, Sessions.self, WhyDenied.self, CheckPolicy.self, Simulate.self, PolicyCommand.self, PKICommand.self])
 }
 
 /// Options shared by the commands that talk to the daemon.
@@ -141,6 +141,44 @@ struct CheckPolicy: ParsableCommand {
     }
 }
 
+struct Simulate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Decide a described network state against a policy, offline: the same output as 'why' (or --json).",
+        discussion: """
+            STATE_FILE describes the interfaces (addresses, routes, neighbours, Wi-Fi association, 802.1X, \
+            trusted-server results); its format and examples are in Config/states/. Test a policy before \
+            pushing it: segguardctl simulate Config/states/home-router.yaml --policy new-policy.yaml
+            """)
+
+    @Argument(help: "The state file (YAML or JSON).")
+    var stateFile: String
+
+    @Option(name: .long, help: "The policy to decide with.")
+    var policy: String = "/etc/segguard/policy.yaml"
+
+    @Flag(name: .long, help: "Print the decision as JSON.")
+    var json = false
+
+    func run() throws {
+        let p: Policy
+        let snapshot: NetworkSnapshot
+        do {
+            p = try PolicyLoader.load(file: policy)
+            snapshot = try StateFile.load(file: stateFile)
+        } catch {
+            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        let d = SegmentDecider.decide(snapshot, p)
+        if json {
+            let encoder = ControlCoding.encoder()
+            print(String(decoding: try encoder.encode(d), as: UTF8.self))
+        } else {
+            print(Render.decision(d, policyName: p.name, policyFile: policy))
+        }
+    }
+}
+
 /// Text output for people.
 enum Render {
     static func status(_ s: StatusReply) -> String {
@@ -205,13 +243,18 @@ enum Render {
     }
 
     static func why(_ s: StatusReply) -> String {
-        var out = "\(s.decision.segment.rawValue): \(s.decision.reason)\n"
-        if !s.decision.findings.isEmpty { out += "\nper interface:\n" }
-        for f in s.decision.findings {
+        decision(s.decision, policyName: s.policyName, policyFile: s.policyFile)
+    }
+
+    /// A decision with its per-interface findings (`why`, `simulate`).
+    static func decision(_ d: Decision, policyName: String, policyFile: String) -> String {
+        var out = "\(d.segment.rawValue): \(d.reason)\n"
+        if !d.findings.isEmpty { out += "\nper interface:\n" }
+        for f in d.findings {
             let site = f.site.map { " [site \($0)]" } ?? ""
             out += "  \(f.status.rawValue.padding(toLength: 18, withPad: " ", startingAt: 0)) \(f.detail)\(site)\n"
         }
-        out += "\npolicy: \(s.policyName) (\(s.policyFile))"
+        out += "\npolicy: \(policyName) (\(policyFile))"
         return out
     }
 

@@ -547,3 +547,54 @@ struct SegmentDecisionTests {
         #expect(Segment.allCases.map(\.rawValue) == ["authorized-wired", "authorized-wireless", "unauthorized"])
     }
 }
+
+// MARK: - State files (segguardctl simulate)
+
+@Suite("State files reproduce the decision table")
+struct StateFileTests {
+    @Test("every decision-table case, written as a state file and read back, decides the same", arguments: decisionCases)
+    func roundTrip(_ c: DecisionCase) throws {
+        let text = StateFile.render(c.snapshot)
+        let back = try StateFile.load(text: text, file: "\(c.name).yaml")
+        let d = SegmentDecider.decide(back, c.policy)
+        #expect(d.segment == c.segment, "state file:\n\(text)")
+        #expect(d.reason == c.reason)
+        #expect(d.authorizedInterfaces == c.authorized)
+        #expect(Dictionary(uniqueKeysWithValues: d.findings.map { ($0.interface, $0.status) }) == c.statuses)
+        // The interfaces themselves come back as they were (the generation is not part of a state).
+        #expect(back.interfaces == c.snapshot.interfaces)
+    }
+
+    @Test("the identity cases round-trip too: neighbours, wide routes, server chain, probe results, a stale 802.1X state")
+    func identityRoundTrip() throws {
+        var port = Identity.port(neighbours: [("10.20.0.1", Identity.officeRouter)],
+                                 routes: [v4Default(via: "10.20.0.1"), DefaultRoute(family: .ipv4, gateway: ip("10.20.0.99"), table: 100, destination: IPPrefix("128.0.0.0/1"))])
+        port.deviceAuth = NetworkIdentityDecisionTests.authed([NetworkIdentityDecisionTests.serverCert, NetworkIdentityDecisionTests.serverCA])
+        port.deviceAuth?.successes = 0
+        port.deviceAuth?.predatesLinkLoss = true
+        port.trustedServers = [TrustedServerResult(server: "10.20.0.5:443", proven: false, detail: "timed out \"after\" 2 s")]
+        let snapshot = NetworkSnapshot(interfaces: [loopback(), port], generation: 1)
+        let back = try StateFile.load(text: StateFile.render(snapshot), file: "identity.yaml")
+        #expect(back.interfaces == snapshot.interfaces)
+    }
+
+    @Test("a bad state file is refused with every mistake located")
+    func badState() {
+        let text = """
+            interfaces:
+              - name: enp1s0
+                kind: wird
+                addresses: [10.20.3.4]
+                routes: [{to: 10.0.0.0/8, via: 10.20.0.1}]
+                neighbours: [{address: 10.20.0.1, mac: "02:00"}]
+                colour: blue
+            """
+        do {
+            _ = try StateFile.load(text: text, file: "bad.yaml")
+            Issue.record("accepted")
+        } catch {
+            let lines = error.issues.map { "\($0.line):\($0.path)" }
+            #expect(lines == ["3:interfaces[0].kind", "4:interfaces[0].addresses[0]", "5:interfaces[0].routes[0].to", "6:interfaces[0].neighbours[0].mac", "7:interfaces[0].colour"], "\(error)")
+        }
+    }
+}

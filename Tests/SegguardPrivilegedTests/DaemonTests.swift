@@ -5,6 +5,7 @@
 import Foundation
 import SegguardTestSupport
 import SegguardWire
+import SegguardDecision
 import Testing
 
 #if canImport(Glibc)
@@ -219,6 +220,36 @@ struct DaemonTests {
         #expect(lines.contains("\(bad.path):6:18: sites[0].wireless[0].bssids[0]: \"aa:bb\" is not a BSSID"))
         #expect(lines.contains("\(bad.path):7:9: sites[0].wireless[0].securty: unknown key \"securty\""))
         #expect(lines.last == "2 errors; policy refused")
+    }
+
+    @Test("simulate: the shipped example states against the example policies give the documented decisions; --json decodes; a bad state file exits 2 naming the line")
+    func simulate() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        func run(_ args: [String]) throws -> (Int32, String, String) {
+            try runCapturing(binDir.appendingPathComponent("segguardctl"), ["simulate"] + args)
+        }
+        let policy = root.appendingPathComponent("Config/policy.example.yaml").path
+        let states = root.appendingPathComponent("Config/states")
+        let (rc1, office, _) = try run([states.appendingPathComponent("office-desk.yaml").path, "--policy", policy])
+        #expect(rc1 == 0)
+        #expect(office.hasPrefix("authorized-wired: enp1s0 has carrier and matches site 'main-building'"), "\(office)")
+        #expect(office.contains("gateway 192.0.2.1 at 02:00:5e:00:aa:01, inside 192.0.2.0/25, trusted server 192.0.2.5:443 proven"))
+        let (_, home, _) = try run([states.appendingPathComponent("home-router.yaml").path, "--policy", policy])
+        #expect(home.hasPrefix("unauthorized: no authorized path: enp1s0 matches site 'main-building'"), "\(home)")
+        #expect(home.contains("outside the office prefixes 192.0.2.0/25"))
+        let (_, vpn, _) = try run([states.appendingPathComponent("vpn-split-routes.yaml").path, "--policy", policy, "--json"])
+        let d = try ControlCoding.decoder().decode(Decision.self, from: Data(vpn.utf8))
+        #expect(d.segment == .unauthorized)
+        #expect(d.findings.map(\.status) == [.authorized, .conflictingUplink])
+        let (_, moved, _) = try run([states.appendingPathComponent("cable-moved-8021x.yaml").path, "--policy",
+                                     root.appendingPathComponent("Config/device-auth.example.yaml").path])
+        #expect(moved.contains("the 802.1X authentication is from before the link lost carrier"), "\(moved)")
+        let bad = FileManager.default.temporaryDirectory.appendingPathComponent("segguard-state-\(getpid()).yaml")
+        defer { try? FileManager.default.removeItem(at: bad) }
+        try "interfaces:\n  - name: eth0\n    carrier: maybe\n".write(to: bad, atomically: true, encoding: .utf8)
+        let (rc4, _, err4) = try run([bad.path, "--policy", policy])
+        #expect(rc4 == 2)
+        #expect(err4.contains("\(bad.path):3:14: interfaces[0].carrier: expected true or false"), "\(err4)")
     }
 }
 
