@@ -149,6 +149,8 @@ final class AgentCore {
     private(set) var linkEpochs: [Int32: (up: Bool, epoch: UInt64)] = [:]
     /// Probes made and their outcomes, for status and tests.
     private(set) var probeCount = (started: 0, proven: 0, refused: 0)
+    /// Pinned gateways the agent made the kernel resolve, per link epoch (once each).
+    private(set) var nudged: Set<String> = []
 
     // The decision, and its generation: +1 at every change, whatever caused it.
     private(set) var monitor: SegmentMonitor
@@ -310,6 +312,33 @@ final class AgentCore {
         // and the trusted-server probes the new network calls for.
         for name in reauthenticate { sources.deviceAuth?.reauthenticate(interface: name) }
         scheduleProbes()
+        resolveGateways(s)
+    }
+
+    /// A pinned office gateway on the link with no neighbour entry: the kernel learns its MAC
+    /// only when something is sent to it, and a quiet thin client may send nothing. One empty
+    /// UDP datagram to its discard port, out of that interface, makes the kernel resolve it
+    /// (ARP / neighbour discovery); once per gateway and link epoch, only when the address is
+    /// on the link (inside one of the interface's prefixes), so nothing is routed elsewhere.
+    func resolveGateways(_ s: NetworkSnapshot) {
+        var wanted: Set<String> = []
+        for ifc in s.interfaces where ifc.isRunning && ifc.kind != .loopback {
+            let pins = SegmentDecider.identities(for: ifc, policy).flatMap(\.gateways)
+            guard !pins.isEmpty else { continue }
+            let epoch = linkEpochs[ifc.index]?.epoch ?? 0
+            for pin in pins where ifc.neighbour(pin.address) == nil {
+                guard ifc.addresses.contains(where: { a in
+                    let text = "\(a.address)/\(a.prefixLength)"
+                    return (IPPrefix(text) ?? IPPrefix.network(of: text))?.contains(pin.address) == true
+                }) else { continue }
+                let key = "\(ifc.index)/\(epoch)/\(pin.address)"
+                wanted.insert(key)
+                guard !nudged.contains(key) else { continue }
+                let rc = nudgeNeighbour(interfaceIndex: ifc.index, address: pin.address.bytes)
+                logger.debug("resolving a pinned gateway", metadata: ["interface": "\(ifc.name)", "gateway": "\(pin.address)", "errno": "\(rc)"])
+            }
+        }
+        nudged = wanted
     }
 
     // MARK: - Trusted-server probes (off the decision path)

@@ -295,6 +295,9 @@ public enum SegmentDecider {
                     return "its gateway \(wrong.address) answers from MAC \(n.mac), not the office router's \(wrong.mac)"
                 }
                 let required = pins.map(\.description).joined(separator: " or ")
+                if let pending = pins.first(where: { actual.contains($0.address) }) {
+                    return "the office gateway \(pending.address) has no neighbour entry yet (not resolved on \(name))"
+                }
                 if !actual.isEmpty {
                     return "its default gateway \(actual.map(describe).joined(separator: ", ")) is not an office gateway (\(required))"
                 }
@@ -314,25 +317,32 @@ public enum SegmentDecider {
         return nil
     }
 
-    /// The trusted servers of the rules an interface could match by its link alone (wired: name,
-    /// MAC, kind; Wi-Fi: the SSID it is associated to): what the agent probes through it.
-    public static func trustedServers(for ifc: InterfaceState, _ policy: Policy) -> [TrustedServerRule] {
-        var out: [TrustedServerRule] = []
+    /// The network identities of the rules an interface could match by its link alone (wired:
+    /// name, MAC, kind; Wi-Fi: the SSID it is associated to): what the agent probes and
+    /// resolves through it.
+    public static func identities(for ifc: InterfaceState, _ policy: Policy) -> [NetworkIdentity] {
+        var out: [NetworkIdentity] = []
         for site in policy.sites {
             if ifc.kind == .wireless {
                 guard let ssid = ifc.wireless?.ssid else { continue }
-                for rule in site.wireless where rule.ssid == ssid {
-                    if let t = rule.identity.trustedServer, !out.contains(t) { out.append(t) }
-                }
+                for rule in site.wireless where rule.ssid == ssid { out.append(rule.identity) }
             } else if ifc.kind != .loopback {
                 for rule in site.wired {
-                    guard let t = rule.identity.trustedServer, !out.contains(t) else { continue }
                     let nameOK = rule.interfaces.isEmpty || rule.interfaces.contains { NamePattern.matches($0, ifc.name) }
                     let macOK = rule.macs.isEmpty || (ifc.mac.map { rule.macs.contains($0) } ?? false)
                     let kindOK = ifc.kind != .virtual || (ifc.linkKind.map { rule.linkKinds.contains($0) } ?? false)
-                    if nameOK && macOK && kindOK { out.append(t) }
+                    if nameOK && macOK && kindOK { out.append(rule.identity) }
                 }
             }
+        }
+        return out
+    }
+
+    /// The trusted servers of `identities(for:)`, each once.
+    public static func trustedServers(for ifc: InterfaceState, _ policy: Policy) -> [TrustedServerRule] {
+        var out: [TrustedServerRule] = []
+        for id in identities(for: ifc, policy) {
+            if let t = id.trustedServer, !out.contains(t) { out.append(t) }
         }
         return out
     }

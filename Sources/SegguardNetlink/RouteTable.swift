@@ -41,6 +41,26 @@ public struct RouteTable: Sendable, Equatable {
             }
             if changed { changedIndexes.formUnion(before.union(interfaces(ofNexthop: nh.id))) }
             return changed
+        case let .routeReplaced(key):
+            func same(_ r: DefaultRoute) -> Bool {
+                r.family == key.family && r.destination == key.destination && r.metric == key.metric && r.table == key.table
+            }
+            var changed = false
+            for (index, set) in routes {
+                let kept = set.filter { !same($0) }
+                guard kept.count != set.count else { continue }
+                routes[index] = kept.isEmpty ? nil : kept
+                changedIndexes.insert(index)
+                changed = true
+            }
+            for (id, set) in nexthopRoutes {
+                let kept = set.filter { !same($0) }
+                guard kept.count != set.count else { continue }
+                changedIndexes.formUnion(interfaces(ofNexthop: id))
+                nexthopRoutes[id] = kept.isEmpty ? nil : kept
+                changed = true
+            }
+            return changed
         case let .nexthopRoute(id, route, removed):
             let changed: Bool
             if removed {
@@ -142,7 +162,7 @@ public struct RouteTable: Sendable, Equatable {
                 return true
             }
             return routes[index, default: []].insert(route).inserted
-        case .ignored, .nexthop, .nexthopRoute:
+        case .ignored, .nexthop, .nexthopRoute, .routeReplaced:
             return false
         }
     }
@@ -230,7 +250,7 @@ extension RouteMessage {
         switch self {
         case .link(let info): info.index
         case .linkRemoved(let index), .address(let index, _, _), .defaultRoute(let index, _, _), .neighbour(let index, _, _, _): index
-        case .ignored, .nexthop, .nexthopRoute: nil
+        case .ignored, .nexthop, .nexthopRoute, .routeReplaced: nil
         }
     }
 }

@@ -27,6 +27,10 @@ public enum RouteMessage: Sendable, Equatable {
     /// A route through a nexthop object (RTA_NH_ID and no RTA_OIF: `nexthop_compat_mode=0`);
     /// the interface is the nexthop's.
     case nexthopRoute(id: UInt32, DefaultRoute, removed: Bool)
+    /// RTM_NEWROUTE with NLM_F_REPLACE (`ip route replace`, DHCP clients): the route of this
+    /// family, destination, metric and table is replaced wherever it was; the kernel sends no
+    /// RTM_DELROUTE for the old one. Followed by the new route's own messages.
+    case routeReplaced(DefaultRoute)
     /// A nexthop object (RTM_NEWNEXTHOP); removal carries only the id.
     case nexthop(Nexthop, removed: Bool)
     /// A resolved neighbour entry appeared or changed (`removed` false), or the entry of that
@@ -222,6 +226,13 @@ public enum RtnetlinkParser {
             destination = prefix
         }
         let metric = try attrs.u32(Int32(RTA_PRIORITY.rawValue)) ?? 0
+        let replaced: [RouteMessage] = !removed && Int32(hdr.pointee.nlmsg_flags) & NLM_F_REPLACE != 0
+            ? [.routeReplaced(DefaultRoute(family: family, gateway: nil, metric: metric, table: table, destination: destination))] : []
+        return replaced + (try routeHops(attrs, family: family, metric: metric, table: table, destination: destination, removed: removed, context: context))
+    }
+
+    static func routeHops(_ attrs: AttributeTable, family: IPAddress.Family, metric: UInt32, table: UInt32, destination: IPPrefix?, removed: Bool,
+                          context: String) throws(NetlinkParseError) -> [RouteMessage] {
         if let oif = try attrs.u32(Int32(RTA_OIF.rawValue)) {
             let gw = try attrs.ip(Int32(RTA_GATEWAY.rawValue))
             return [.defaultRoute(

@@ -682,6 +682,7 @@ private let eth0MAC = MACAddress(bytes: RtMsg.mac)!
                 case .defaultRoute: "route"
                 case .nexthopRoute: "nexthopRoute"
                 case .nexthop: "nexthop"
+                case .routeReplaced: "replaced"
                 case .neighbour: "neighbour"
                 case .ignored: "ignored"
                 }
@@ -788,17 +789,26 @@ private let eth0MAC = MACAddress(bytes: RtMsg.mac)!
         let original = RtMsg.parseRaw(bytes)
         #expect(Self.outcome(original) == "route+route")
         let (outcomes, results) = Self.flipEveryByte(bytes)
-        // nlmsg_flags/seq/pid, rtm_protocol and rtm_scope are not read.
-        for offset in Array(6..<16) + [21, 22] {
+        // nlmsg_flags (but NLM_F_REPLACE, bit 0 of byte 7), seq, pid, rtm_protocol and
+        // rtm_scope are not read.
+        for offset in [6] + Array(8..<16) + [21, 22] {
             for r in results[offset] ?? [] { #expect(r == original, "offset \(offset)") }
+        }
+        for r in results[7] ?? [] {
+            guard case .success(let ms) = r, ms.first.map({ if case .routeReplaced = $0 { true } else { false } }) == true else {
+                #expect(r == original, "offset 7")
+                continue
+            }
+            #expect(Array(ms.dropFirst()) == (try? original.get()), "NLM_F_REPLACE adds the replacement, nothing else")
         }
         let total = outcomes.values.reduce(0, +)
         #expect(total == results.values.map(\.count).reduce(0, +))
         // 76 bytes × 7 or 8 values: broken hop lengths are errors, a changed type, family,
         // dst_len, table or route type is ignored, the rest still yields both hops; a dst_len
-        // of 1 to 7 makes a wide route that must carry RTA_DST, which this one lacks (3 errors).
+        // of 1 to 7 makes a wide route that must carry RTA_DST, which this one lacks (3 errors);
+        // a flags byte with NLM_F_REPLACE set makes it a replacement (3).
         #expect(total == 548)
-        #expect(outcomes == ["error": 63, "ignored": 87, "route+route": 398])
+        #expect(outcomes == ["error": 63, "ignored": 87, "route+route": 395, "replaced+route+route": 3])
     }
 }
 
@@ -1160,5 +1170,33 @@ private let v6Addr = InterfaceAddress(address: IPAddress("2001:db8::23")!, prefi
         #expect(t.interfaces(wireless: { _ in nil }).first?.neighbours == [Neighbour(address: ip("192.0.2.1"), mac: MACAddress(bytes: mac)!)])
         for m in failed { let changed = t.apply(m); #expect(changed) }
         #expect(t.interfaces(wireless: { _ in nil }).first?.neighbours == [])
+    }
+}
+
+@Suite struct RouteReplaceTests {
+    @Test("RTM_NEWROUTE with NLM_F_REPLACE (ip route replace, DHCP renewals) drops the replaced route wherever it was; the kernel sends no RTM_DELROUTE")
+    func replace() throws {
+        var t = RouteTable()
+        for i: Int32 in [2, 3] {
+            t.apply(.link(LinkInfo(index: i, name: "eth\(i)", deviceType: 1, linkKind: nil, mac: nil, isAdminUp: true, operState: .up, hasCarrier: true)))
+        }
+        t.apply(.defaultRoute(index: 2, DefaultRoute(family: .ipv4, gateway: ip("10.64.0.1"), metric: 100), removed: false))
+        // The same default route (metric 100, main table) now via eth3.
+        var bytes = RtMsg.bytes(RtMsg.newRoute, RtMsg.route(),
+                                [.u32(RtMsg.rtaTable, 254), .u32(RtMsg.rtaPriority, 100), .bytes(RtMsg.rtaGateway, [10, 64, 0, 3]), .u32(RtMsg.rtaOIF, 3)])
+        let flags = UInt16(bytes[6]) | UInt16(bytes[7]) << 8 | UInt16(NLM_F_REPLACE)
+        bytes[6] = UInt8(flags & 0xff)
+        bytes[7] = UInt8(flags >> 8)
+        let messages = try RtMsg.parseRaw(bytes).get()
+        #expect(messages == [.routeReplaced(DefaultRoute(family: .ipv4, gateway: nil, metric: 100)),
+                             .defaultRoute(index: 3, DefaultRoute(family: .ipv4, gateway: ip("10.64.0.3"), metric: 100), removed: false)])
+        for m in messages { t.apply(m) }
+        let ifs = t.interfaces(wireless: { _ in nil })
+        #expect(ifs.first { $0.index == 2 }?.defaultRoutes == [], "the old route is gone")
+        #expect(ifs.first { $0.index == 3 }?.defaultRoutes == [DefaultRoute(family: .ipv4, gateway: ip("10.64.0.3"), metric: 100)])
+        // Another metric is another route: a replace leaves it.
+        t.apply(.defaultRoute(index: 2, DefaultRoute(family: .ipv4, gateway: ip("10.64.0.1"), metric: 600), removed: false))
+        t.apply(.routeReplaced(DefaultRoute(family: .ipv4, gateway: nil, metric: 100)))
+        #expect(t.interfaces(wireless: { _ in nil }).first { $0.index == 2 }?.defaultRoutes.map(\.metric) == [600])
     }
 }
