@@ -65,7 +65,8 @@ let package = Package(
         // 802.1X device authentication from wpa_supplicant (control interface, D-Bus).
         .target(
             name: "SegguardDeviceAuth",
-            dependencies: ["SegguardPolicy", "SegguardSystem", "CSegguardShims", "CSystemd", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SegguardPolicy", "SegguardSystem", "CSegguardShims", "CSystemd", .product(name: "Crypto", package: "swift-crypto"),
+                           .product(name: "X509", package: "swift-certificates"), .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // Screen-capture blocking: fanotify exec permission events, blocklist/trusted-only decision.
         .target(
@@ -217,7 +218,8 @@ let package = Package(
 
         .testTarget(name: "SegguardPolicyTests", dependencies: ["SegguardPolicy"]),
         .testTarget(name: "SegguardDecisionTests", dependencies: ["SegguardDecision", "SegguardPolicy"]),
-        .testTarget(name: "SegguardDeviceAuthTests", dependencies: ["SegguardDeviceAuth", "SegguardPolicy", "SegguardDecision", "CSystemd"]),
+        .testTarget(name: "SegguardDeviceAuthTests", dependencies: ["SegguardDeviceAuth", "SegguardPolicy", "SegguardDecision", "SegguardPKI", "CSystemd",
+                                                                   .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1")]),
         .testTarget(name: "SegguardSystemTests", dependencies: ["SegguardSystem"]),
         .testTarget(name: "SegguardReportTests", dependencies: ["SegguardReport", "SegguardTestSupport"]),
         .testTarget(

@@ -163,6 +163,16 @@ public enum SegmentDecider {
                     site: site.name)
             }
         }
+        if let fence = rule.fence {
+            let state = ifc.signalFences.first { $0.fence == fence }
+            if state?.inside != true {
+                let signal = (state?.signalDBM ?? link.signalDBM).map { "\($0) dBm" } ?? "not known yet"
+                return InterfaceFinding(
+                    interface: name, status: .rejected,
+                    detail: "\(name) associated to \(quoted) via BSSID \(bssid) but the signal (\(signal)) places it outside the office area (\(fence)): site '\(site.name)' (\(rule.location))",
+                    site: site.name)
+            }
+        }
         if ifc.isRunning, let why = identityShortfall(ifc, rule.identity) {
             return InterfaceFinding(
                 interface: name, status: .rejected,
@@ -258,9 +268,16 @@ public enum SegmentDecider {
             guard let h = leaf.sha256, pins.certSHA256.contains(h) else { return "\(seen) is not the pinned one (server_cert_sha256)" }
         }
         if !pins.caSHA256.isEmpty {
-            guard auth.serverChain.contains(where: { $0.depth > 0 && $0.sha256.map(pins.caSHA256.contains) == true }) else {
-                let issuers = auth.serverChain.filter { $0.depth > 0 }.map { "'\($0.subject)'" }
+            let chain = auth.serverChain.sorted { $0.depth < $1.depth }
+            guard let pinned = chain.first(where: { $0.depth > 0 && $0.sha256.map(pins.caSHA256.contains) == true }) else {
+                let issuers = chain.filter { $0.depth > 0 }.map { "'\($0.subject)'" }
                 return "\(seen) was not issued under a pinned CA (server_ca_sha256); its chain: \(issuers.isEmpty ? "no issuer reported" : issuers.joined(separator: ", "))"
+            }
+            // The pinned CA must have signed the chain down to the server: a rogue server can
+            // send the office CA's certificate along with a chain of its own.
+            let below = chain.filter { $0.depth < pinned.depth }
+            guard below.count == pinned.depth, below.allSatisfy(\.signedByNext) else {
+                return "\(seen) was sent with the pinned CA '\(pinned.subject)', but the chain's signatures do not lead to it (a forged chain, or no certificate data from wpa_supplicant)"
             }
         }
         if let domain = pins.domain {
@@ -333,6 +350,18 @@ public enum SegmentDecider {
                     let kindOK = ifc.kind != .virtual || (ifc.linkKind.map { rule.linkKinds.contains($0) } ?? false)
                     if nameOK && macOK && kindOK { out.append(rule.identity) }
                 }
+            }
+        }
+        return out
+    }
+
+    /// The signal fences of the Wi-Fi rules an associated interface could match by SSID.
+    public static func signalFences(for ifc: InterfaceState, _ policy: Policy) -> [SignalFence] {
+        guard ifc.kind == .wireless, let ssid = ifc.wireless?.ssid else { return [] }
+        var out: [SignalFence] = []
+        for site in policy.sites {
+            for rule in site.wireless where rule.ssid == ssid {
+                if let f = rule.fence, !out.contains(f) { out.append(f) }
             }
         }
         return out

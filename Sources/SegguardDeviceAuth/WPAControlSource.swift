@@ -166,6 +166,8 @@ public final class WPAControlSource: Sendable {
         var eapolFd: Int32 = -1
         /// Server certificates reported since the latest CTRL-EVENT-EAP-STARTED, by depth.
         var collecting: [PeerCertificate] = []
+        /// The DER of each certificate collected, by depth, for the signature check.
+        var collectingDER: [Int: [UInt8]] = [:]
         /// The chain of the latest completed EAP exchange (success or failure).
         var chain: [PeerCertificate] = []
         var successes: UInt64 = 0
@@ -183,7 +185,9 @@ public final class WPAControlSource: Sendable {
             switch event {
             case .eapStarted:
                 collecting = []
+                collectingDER = [:]
             case .peerCertificate(let report):
+                if let der = report.der { collectingDER[report.depth] = der }
                 var sha = report.sha256
                 if sha == nil, let der = report.der {
                     sha = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
@@ -211,9 +215,9 @@ public final class WPAControlSource: Sendable {
                 successes += 1
                 // A resumed TLS session shows no certificate: it proves the server of the
                 // previous full handshake, whose chain stays.
-                if !collecting.isEmpty { chain = collecting }
+                if !collecting.isEmpty { chain = ServerChainCheck.marked(collecting, der: collectingDER) }
             case .eapFailure:
-                chain = collecting
+                chain = ServerChainCheck.marked(collecting, der: collectingDER)
             default:
                 break
             }

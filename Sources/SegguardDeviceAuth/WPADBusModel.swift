@@ -83,6 +83,8 @@ public struct WPADBusInterface: Sendable, Equatable {
     public var serverChain: [PeerCertificate] = []
     /// `Certification` signals of the exchange in progress (since its `EAP` "started").
     public var pendingChain: [PeerCertificate] = []
+    /// The DER of each certificate of the exchange under way (`cert` of Certification), by depth.
+    public var pendingDER: [Int: [UInt8]] = [:]
     /// We asked the supplicant to log off (`EAPLogoff`, before an `EAPLogon`): its port is
     /// unauthorized until the next EAP completion.
     public var loggedOff = false
@@ -146,18 +148,20 @@ public struct WPADBusInterface: Sendable, Equatable {
         case "started":
             // A new exchange: certificates from here on belong to it.
             pendingChain = []
+            pendingDER = [:]
         case "completion":
             switch parameter {
             case "success":
                 lastEAP = .success
                 successes &+= 1
-                serverChain = pendingChain
+                serverChain = ServerChainCheck.marked(pendingChain, der: pendingDER)
             case "failure":
                 lastEAP = .failure
                 serverChain = []
             default: throw WPADBusError("EAP signal of \(path): completion with parameter \"\(parameter.prefix(40))\", expected success or failure")
             }
             pendingChain = []
+            pendingDER = [:]
             loggedOff = false
         case "accept proposed method":
             acceptedMethod = parameter.uppercased()
@@ -191,6 +195,9 @@ public struct WPADBusInterface: Sendable, Equatable {
                 throw WPADBusError("Certification signal of \(path): altsubject has type '\(raw.unwrapped.signature)', expected as")
             }
             for case .string(let a) in items { alt.append(a) }
+        }
+        if case .array(let items, element: "y")? = d["cert"]?.unwrapped {
+            pendingDER[Int(depth)] = items.compactMap { if case .uint(let b, _) = $0 { UInt8(truncatingIfNeeded: b) } else { nil } }
         }
         let cert = PeerCertificate(depth: Int(depth), subject: subject, sha256: hash, altSubjects: alt)
         pendingChain.removeAll { $0.depth == cert.depth }

@@ -111,8 +111,14 @@ public struct PeerCertificate: Sendable, Equatable, Codable {
     public var sha256: String?
     /// subjectAltName entries as reported, e.g. "DNS:radius.example.lg.jp".
     public var altSubjects: [String]
+    /// True when this certificate's signature was verified with the public key of the
+    /// certificate one depth above it (set by the source from the DER wpa_supplicant reports).
+    /// Without `ca_cert` wpa_supplicant verifies nothing above the server's own key, so a pin
+    /// on a CA counts only through a chain of verified signatures.
+    public var signedByNext: Bool
 
-    public init(depth: Int, subject: String, sha256: String? = nil, altSubjects: [String] = []) {
+    public init(depth: Int, subject: String, sha256: String? = nil, altSubjects: [String] = [], signedByNext: Bool = false) {
+        self.signedByNext = signedByNext
         self.depth = depth
         self.subject = subject
         self.sha256 = sha256

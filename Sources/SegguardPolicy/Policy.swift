@@ -68,11 +68,14 @@ public struct WirelessRule: Sendable, Equatable, Codable {
     public var deviceAuth: DeviceAuthRequirement
     /// What the network behind the access point must be.
     public var identity: NetworkIdentity
+    /// The office-area signal fence (`min_signal_dbm`, …); nil: any signal.
+    public var fence: SignalFence?
     /// "file:line" of the rule, for reasons and errors.
     public var location: String
 
     public init(ssid: SSID, security: Set<WirelessSecurity> = [.enterprise], bssids: Set<MACAddress> = [],
-                deviceAuth: DeviceAuthRequirement = .none, identity: NetworkIdentity = .init(), location: String = "") {
+                deviceAuth: DeviceAuthRequirement = .none, identity: NetworkIdentity = .init(), fence: SignalFence? = nil, location: String = "") {
+        self.fence = fence
         self.identity = identity
         self.ssid = ssid
         self.security = security

@@ -511,7 +511,7 @@ struct Context {
     }
 
     mutating func wirelessRule(_ node: Node, _ path: String) -> WirelessRule? {
-        guard let m = mapping(node, path, allowed: ["ssid", "ssid_hex", "security", "bssids", "device_auth", "gateway", "prefixes", "trusted_server", "server_ca_sha256", "server_cert_sha256", "server_domain", "identity"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["ssid", "ssid_hex", "security", "bssids", "device_auth", "min_signal_dbm", "leave_below_dbm", "leave_after_seconds", "gateway", "prefixes", "trusted_server", "server_ca_sha256", "server_cert_sha256", "server_domain", "identity"]) else { return nil }
         var ssid: SSID?
         switch (m["ssid"], m["ssid_hex"]) {
         case let (s?, nil):
@@ -566,8 +566,23 @@ struct Context {
             }
         }
         let identity = networkIdentity(m, node, path, deviceAuth: deviceAuth, wired: false)
+        var fence: SignalFence?
+        if let v = m["min_signal_dbm"], let enter = int(v, "\(path).min_signal_dbm", range: -110...0) {
+            var leave = enter - 5
+            if let l = m["leave_below_dbm"], let n = int(l, "\(path).leave_below_dbm", range: -110...0) {
+                if n > enter { report(l, "\(path).leave_below_dbm", "\(n) dBm is above min_signal_dbm (\(enter) dBm): the fence would be left before it is entered", hint: "e.g. \(enter - 5)") }
+                leave = n
+            }
+            var after = 10.0
+            if let a = m["leave_after_seconds"], let n = double(a, "\(path).leave_after_seconds", range: 0...600) { after = n }
+            fence = SignalFence(enterDBM: Int32(enter), leaveBelowDBM: Int32(leave), leaveAfterSeconds: after)
+        } else {
+            for key in ["leave_below_dbm", "leave_after_seconds"] where m[key] != nil {
+                report(m[key], "\(path).\(key)", "without min_signal_dbm there is no fence to leave", hint: "add min_signal_dbm, e.g. -70")
+            }
+        }
         guard let ssid else { return nil }
-        return WirelessRule(ssid: ssid, security: security, bssids: bssids, deviceAuth: deviceAuth, identity: identity, location: location(node))
+        return WirelessRule(ssid: ssid, security: security, bssids: bssids, deviceAuth: deviceAuth, identity: identity, fence: fence, location: location(node))
     }
 
     mutating func wiredRule(_ node: Node, _ path: String) -> WiredRule? {

@@ -195,8 +195,12 @@ public struct WirelessLink: Sendable, Equatable, Codable {
     public var security: WirelessSecurity
     /// AKM suite selectors the associated BSS advertises (RSN/WPA element), as read.
     public var akmSuites: [UInt32]
+    /// Signal of the associated access point in dBm (nl80211 connection-quality events, or
+    /// the station's NL80211_STA_INFO_SIGNAL); nil while unknown.
+    public var signalDBM: Int32?
 
-    public init(ssid: SSID?, bssid: MACAddress?, frequencyMHz: UInt32?, security: WirelessSecurity, akmSuites: [UInt32] = []) {
+    public init(ssid: SSID?, bssid: MACAddress?, frequencyMHz: UInt32?, security: WirelessSecurity, akmSuites: [UInt32] = [], signalDBM: Int32? = nil) {
+        self.signalDBM = signalDBM
         self.ssid = ssid
         self.bssid = bssid
         self.frequencyMHz = frequencyMHz
@@ -298,6 +302,9 @@ public struct InterfaceState: Sendable, Equatable, Codable {
     public var wireless: WirelessLink?
     /// 802.1X state from wpa_supplicant, when a supplicant runs on the interface.
     public var deviceAuth: DeviceAuthState?
+    /// The office-area signal fences of the Wi-Fi rules this interface could match, as the
+    /// agent keeps them (with hysteresis over time); empty when no rule has one.
+    public var signalFences: [SignalFenceState]
     /// The last trusted-server probe of each server made through this interface for its
     /// current network (link, addresses, gateway MACs), when a rule asks for one; a server
     /// is absent until its probe has finished.
@@ -307,8 +314,10 @@ public struct InterfaceState: Sendable, Equatable, Codable {
         index: Int32, name: String, kind: InterfaceKind, linkKind: String? = nil, mac: MACAddress? = nil,
         isAdminUp: Bool = true, operState: OperState = .up, hasCarrier: Bool = true,
         addresses: [InterfaceAddress] = [], defaultRoutes: [DefaultRoute] = [], wireless: WirelessLink? = nil,
-        deviceAuth: DeviceAuthState? = nil, neighbours: [Neighbour] = [], trustedServers: [TrustedServerResult] = []
+        deviceAuth: DeviceAuthState? = nil, neighbours: [Neighbour] = [], trustedServers: [TrustedServerResult] = [],
+        signalFences: [SignalFenceState] = []
     ) {
+        self.signalFences = signalFences
         self.neighbours = neighbours
         self.trustedServers = trustedServers
         self.deviceAuth = deviceAuth
@@ -371,5 +380,55 @@ public struct TrustedServerResult: Sendable, Equatable, Codable {
         self.server = server
         self.proven = proven
         self.detail = detail
+    }
+}
+
+/// The office-area fence of a Wi-Fi rule: the access point's signal must reach `enterDBM` to
+/// count as inside, and is left only after staying below `leaveBelowDBM` for `leaveAfterSeconds`
+/// (hysteresis: no flapping at the threshold, no block for a moment's fade).
+public struct SignalFence: Sendable, Equatable, Hashable, Codable, CustomStringConvertible {
+    public var enterDBM: Int32
+    public var leaveBelowDBM: Int32
+    public var leaveAfterSeconds: Double
+    public init(enterDBM: Int32, leaveBelowDBM: Int32, leaveAfterSeconds: Double) {
+        self.enterDBM = enterDBM
+        self.leaveBelowDBM = leaveBelowDBM
+        self.leaveAfterSeconds = leaveAfterSeconds
+    }
+    public var description: String { "enter at \(enterDBM) dBm, leave below \(leaveBelowDBM) dBm after \(leaveAfterSeconds.formatted()) s" }
+}
+
+/// Where an interface stands against one fence.
+public struct SignalFenceState: Sendable, Equatable, Codable {
+    public var fence: SignalFence
+    public var inside: Bool
+    /// The signal it was judged on.
+    public var signalDBM: Int32?
+    /// Seconds (the agent's clock) since the signal has been below `leaveBelowDBM`, while inside.
+    public var belowSince: Double?
+
+    public init(fence: SignalFence, inside: Bool, signalDBM: Int32?, belowSince: Double? = nil) {
+        self.fence = fence
+        self.inside = inside
+        self.signalDBM = signalDBM
+        self.belowSince = belowSince
+    }
+
+    /// The next state for `signal` at `now` (seconds); a new association starts from nil
+    /// (outside: it must reach the entry threshold). Returns when to look again (the moment a
+    /// fade below `leaveBelowDBM` would have lasted `leaveAfterSeconds`), or nil.
+    public static func step(_ old: SignalFenceState?, fence: SignalFence, signal: Int32?, now: Double) -> (SignalFenceState, recheckAt: Double?) {
+        guard let signal else { return (SignalFenceState(fence: fence, inside: false, signalDBM: nil), nil) }
+        guard let old, old.inside else {
+            return (SignalFenceState(fence: fence, inside: signal >= fence.enterDBM, signalDBM: signal), nil)
+        }
+        if signal >= fence.leaveBelowDBM {
+            return (SignalFenceState(fence: fence, inside: true, signalDBM: signal), nil)
+        }
+        let since = old.belowSince ?? now
+        if now - since >= fence.leaveAfterSeconds {
+            return (SignalFenceState(fence: fence, inside: false, signalDBM: signal), nil)
+        }
+        return (SignalFenceState(fence: fence, inside: true, signalDBM: signal, belowSince: since), since + fence.leaveAfterSeconds)
     }
 }

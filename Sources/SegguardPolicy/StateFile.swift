@@ -99,6 +99,7 @@ public enum StateFile {
                         var parts = ["depth: \(c.depth)", "subject: \(q(c.subject))"]
                         if let h = c.sha256 { parts.append("sha256: \(q(h))") }
                         if !c.altSubjects.isEmpty { parts.append("alt: [\(c.altSubjects.map(q).joined(separator: ", "))]") }
+                        if c.signedByNext { parts.append("signed_by_next: true") }
                         out += "        - {\(parts.joined(separator: ", "))}\n"
                     }
                 }
@@ -287,7 +288,7 @@ extension Context {
         if let v = m["server_chain"], let items = sequence(v, "\(path).server_chain") {
             for (k, item) in items.enumerated() {
                 let p = "\(path).server_chain[\(k)]"
-                guard let cm = mapping(item, p, allowed: ["depth", "subject", "sha256", "alt"]) else { continue }
+                guard let cm = mapping(item, p, allowed: ["depth", "subject", "sha256", "alt", "signed_by_next"]) else { continue }
                 let depth = cm["depth"].flatMap { int($0, "\(p).depth", range: 0...16) } ?? k
                 let subject = cm["subject"].flatMap { string($0, "\(p).subject") } ?? ""
                 var sha: String?
@@ -296,7 +297,8 @@ extension Context {
                     if lower.count == 64, lower.allSatisfy(\.isHexDigit) { sha = lower } else { report(v, "\(p).sha256", "\"\(t.prefix(70))\" is not a SHA-256 (64 hex digits)") }
                 }
                 let alt = cm["alt"].map { strings($0, "\(p).alt") } ?? []
-                a.serverChain.append(PeerCertificate(depth: depth, subject: subject, sha256: sha, altSubjects: alt))
+                let signed = cm["signed_by_next"].flatMap { bool($0, "\(p).signed_by_next") } ?? false
+                a.serverChain.append(PeerCertificate(depth: depth, subject: subject, sha256: sha, altSubjects: alt, signedByNext: signed))
             }
         }
         return a

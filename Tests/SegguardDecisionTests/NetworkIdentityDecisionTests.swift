@@ -97,7 +97,7 @@ struct NetworkIdentityDecisionTests {
     }
 
     static let serverCert = PeerCertificate(depth: 0, subject: "/C=JP/O=Example City/CN=radius.example.lg.jp", sha256: String(repeating: "11", count: 32),
-                                            altSubjects: ["DNS:radius.example.lg.jp"])
+                                            altSubjects: ["DNS:radius.example.lg.jp"], signedByNext: true)
     static let serverCA = PeerCertificate(depth: 1, subject: "/C=JP/O=Example City/CN=Example City RADIUS CA", sha256: String(repeating: "22", count: 32))
     static let rogueCert = PeerCertificate(depth: 0, subject: "/CN=rogue-server", sha256: String(repeating: "99", count: 32))
 
@@ -113,6 +113,17 @@ struct NetworkIdentityDecisionTests {
         var port = Identity.port(neighbours: [])
         port.deviceAuth = Self.authed([Self.serverCert, Self.serverCA])
         #expect(Identity.decide(port, p).segment == .authorizedWired)
+        // A rogue server sending the office CA's certificate along with its own (the signature
+        // of its certificate does not verify with the office CA's key).
+        var forged = Self.serverCert
+        forged.signedByNext = false
+        let caOnly = Identity.policy(NetworkIdentity(server: ServerPins(caSHA256: [String(repeating: "22", count: 32)])), deviceAuth: .eapTLS)
+        port.deviceAuth = Self.authed([forged, Self.serverCA])
+        let forgedDecision = Identity.decide(port, caOnly)
+        #expect(forgedDecision.segment == .unauthorized)
+        #expect(forgedDecision.reason.contains("was sent with the pinned CA '/C=JP/O=Example City/CN=Example City RADIUS CA', but the chain's signatures do not lead to it"), "\(forgedDecision.reason)")
+        port.deviceAuth = Self.authed([Self.serverCert, Self.serverCA])
+        #expect(Identity.decide(port, caOnly).segment == .authorizedWired)
         port.deviceAuth = Self.authed([Self.rogueCert])
         let rogue = Identity.decide(port, p)
         #expect(rogue.segment == .unauthorized)
