@@ -149,6 +149,14 @@ final class AgentCore {
     private(set) var linkEpochs: [Int32: (up: Bool, epoch: UInt64)] = [:]
     /// Probes made and their outcomes, for status and tests.
     private(set) var probeCount = (started: 0, proven: 0, refused: 0)
+    /// Office-area fence states by (ifindex, BSSID, fence): a new association starts outside.
+    struct FenceKey: Hashable {
+        var index: Int32
+        var bssid: MACAddress?
+        var fence: SignalFence
+    }
+    private(set) var fences: [FenceKey: SignalFenceState] = [:]
+    var fenceTimer: PollLoop.TimerID?
     /// Pinned gateways the agent made the kernel resolve, per link epoch (once each).
     private(set) var nudged: Set<String> = []
 
@@ -247,6 +255,7 @@ final class AgentCore {
             observer.watchdog()
             scheduleWatchdog()
         }
+        sources.network.setSignalThresholds(signalThresholds)
         try sources.network.start(
             on: loop,
             onSnapshot: { [unowned self] snapshot, woke in network(snapshot, woke: woke) },
@@ -273,6 +282,7 @@ final class AgentCore {
         gate?.stop()
         for t in [graceTimer, repairTimer, watchdogTimer, readBackTimer, tamperTimer, throttleTimer].compactMap({ $0 }) { loop.cancel(t) }
         for t in probes.values.compactMap(\.retry) { loop.cancel(t) }
+        if let t = fenceTimer { loop.cancel(t) }
         probes = [:]
         writeThrottleSummaries(all: true)
         if let t = tableFeed { loop.unwatch(t.watch) }
@@ -307,6 +317,7 @@ final class AgentCore {
         snapshot = s
         let reauthenticate = trackAuthLinks(s)
         trackLinkEpochs(s)
+        updateFences(s)
         decide(merged(s), eventNanos: woke, stages: (woke, received))
         // After the table: a fresh 802.1X authentication for ports whose carrier came back,
         // and the trusted-server probes the new network calls for.
@@ -339,6 +350,43 @@ final class AgentCore {
             }
         }
         nudged = wanted
+    }
+
+    // MARK: - Office-area signal fences
+
+    var nowSeconds: Double { Double(loop.clock()) / 1e9 }
+
+    /// Steps every fence of every associated Wi-Fi interface with its current signal; a fade
+    /// below a fence's leave level is looked at again when it would have lasted long enough.
+    func updateFences(_ s: NetworkSnapshot) {
+        let now = nowSeconds
+        var next: [FenceKey: SignalFenceState] = [:]
+        var recheck: Double?
+        for ifc in s.interfaces where ifc.kind == .wireless {
+            guard let link = ifc.wireless, link.isAssociated else { continue }
+            for fence in SegmentDecider.signalFences(for: ifc, policy) {
+                let key = FenceKey(index: ifc.index, bssid: link.bssid, fence: fence)
+                let (state, at) = SignalFenceState.step(fences[key], fence: fence, signal: link.signalDBM, now: now)
+                next[key] = state
+                if let at { recheck = min(recheck ?? at, at) }
+            }
+        }
+        fences = next
+        if let t = fenceTimer { loop.cancel(t) }
+        fenceTimer = nil
+        if let recheck {
+            fenceTimer = loop.schedule(after: max(0, recheck - now) + 0.001) { [unowned self] in
+                fenceTimer = nil
+                guard let s = snapshot else { return }
+                updateFences(s)
+                decide(merged(s), eventNanos: monotonicNanos(), stages: nil)
+            }
+        }
+    }
+
+    /// The signal levels the policy's fences use, for the network source's CQM thresholds.
+    var signalThresholds: [Int32] {
+        policy.sites.flatMap(\.wireless).compactMap(\.fence).flatMap { [$0.enterDBM, $0.leaveBelowDBM] }
     }
 
     // MARK: - Trusted-server probes (off the decision path)
@@ -471,6 +519,13 @@ final class AgentCore {
 
     func merged(_ s: NetworkSnapshot) -> NetworkSnapshot {
         var out = s
+        if !fences.isEmpty {
+            for i in out.interfaces.indices where out.interfaces[i].kind == .wireless {
+                let ifc = out.interfaces[i]
+                out.interfaces[i].signalFences = fences.filter { $0.key.index == ifc.index && $0.key.bssid == ifc.wireless?.bssid }.map(\.value)
+                    .sorted { ($0.fence.enterDBM, $0.fence.leaveBelowDBM) < ($1.fence.enterDBM, $1.fence.leaveBelowDBM) }
+            }
+        }
         if !probes.isEmpty {
             for (ifc, _, key) in probeKeys(s) {
                 guard let result = probes[key]?.result, let i = out.interfaces.firstIndex(where: { $0.index == ifc.index }) else { continue }
@@ -926,6 +981,11 @@ final class AgentCore {
         if monitor.hasDecided { updateGrace(eventNanos: now) }
         startCapture()
         scheduleProbes()
+        sources.network.setSignalThresholds(signalThresholds)
+        if let s = snapshot {
+            updateFences(s)
+            decide(merged(s), eventNanos: monotonicNanos(), stages: nil)
+        }
     }
 
     // MARK: - Capture blocking

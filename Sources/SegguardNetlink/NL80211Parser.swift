@@ -110,6 +110,11 @@ public enum NL80211Message: Sendable, Equatable {
     /// `statusCode` (NL80211_ATTR_STATUS_CODE) is only read for `.connect`: 0 = success,
     /// anything else = the connect attempt failed and the station is not associated.
     case association(ifindex: Int32, event: AssociationEvent, bssid: MACAddress?, statusCode: UInt16?)
+    /// NOTIFY_CQM: the signal crossed a connection-quality threshold. `dBm` is
+    /// NL80211_ATTR_CQM_RSSI_LEVEL when the kernel sends it (nil: read the station).
+    case signal(ifindex: Int32, dBm: Int32?)
+    /// NEW_STATION (a GET_STATION dump reply): the access point's signal (NL80211_STA_INFO_SIGNAL).
+    case station(ifindex: Int32, signalDBM: Int32?)
     /// Any other command, or an interface-less (wdev-only) message; carries the command.
     case other(command: UInt8)
 }
@@ -169,6 +174,30 @@ public enum NL80211Parser {
             let status = event == .connect ? try attrs.u16(attr(NL80211_ATTR_STATUS_CODE)) : nil
             return .association(
                 ifindex: ifindex, event: event, bssid: try attrs.mac(attr(NL80211_ATTR_MAC)), statusCode: status)
+
+        case NL80211_CMD_NOTIFY_CQM.rawValue:
+            let attrs = try table(hdr, context)
+            guard let ifindex = try requireIfindex(attrs) else { return .other(command: cmd) }
+            guard let cqm = attrs[attr(NL80211_ATTR_CQM)] else {
+                throw NetlinkParseError(message: context, attribute: "NL80211_ATTR_CQM", problem: "missing")
+            }
+            let inner = try AttributeTable(nested: cqm, maxType: Int32(NL80211_ATTR_CQM_MAX.rawValue), context: context,
+                                           names: { $0 == Int32(NL80211_ATTR_CQM_RSSI_LEVEL.rawValue) ? "NL80211_ATTR_CQM_RSSI_LEVEL" : "NL80211_ATTR_CQM/\($0)" })
+            let level = try inner.u32(Int32(NL80211_ATTR_CQM_RSSI_LEVEL.rawValue)).map { Int32(bitPattern: $0) }
+            if let level, !(-150...0).contains(level) {
+                throw NetlinkParseError(message: context, attribute: "NL80211_ATTR_CQM_RSSI_LEVEL", problem: "\(level) dBm is not a signal level")
+            }
+            return .signal(ifindex: ifindex, dBm: level)
+
+        case NL80211_CMD_NEW_STATION.rawValue:
+            let attrs = try table(hdr, context)
+            guard let ifindex = try requireIfindex(attrs) else { return .other(command: cmd) }
+            guard let info = attrs[attr(NL80211_ATTR_STA_INFO)] else { return .station(ifindex: ifindex, signalDBM: nil) }
+            let sta = try AttributeTable(nested: info, maxType: Int32(NL80211_STA_INFO_MAX.rawValue), context: context,
+                                         names: { $0 == Int32(NL80211_STA_INFO_SIGNAL.rawValue) ? "NL80211_STA_INFO_SIGNAL" : "NL80211_ATTR_STA_INFO/\($0)" })
+            // u8 holding a signed dBm value.
+            let signal = try sta.u8(Int32(NL80211_STA_INFO_SIGNAL.rawValue)).map { Int32(Int8(bitPattern: $0)) }
+            return .station(ifindex: ifindex, signalDBM: signal)
 
         default:
             return .other(command: cmd)

@@ -49,6 +49,9 @@ public protocol NetworkSource: AnyObject, Sendable {
     /// Closes the sockets (from any thread).
     func stop()
     var statistics: NetlinkStatistics { get }
+    /// The signal levels (dBm) the policy's office-area fences use: Wi-Fi interfaces report
+    /// crossing them (nl80211 connection-quality monitoring) from their next association on.
+    func setSignalThresholds(_ dBm: [Int32])
 }
 
 /// Watches links, addresses, default routes and Wi-Fi associations through netlink and
@@ -94,6 +97,10 @@ public final class NetworkWatcher: NetworkSource, Sendable {
     }
 
     public var statistics: NetlinkStatistics { stats.withLock { $0 } }
+
+    /// Signal thresholds for connection-quality monitoring (set by the agent from the policy).
+    let signalThresholds = Mutex<[Int32]>([])
+    public func setSignalThresholds(_ dBm: [Int32]) { signalThresholds.withLock { $0 = Array(Set(dBm)).sorted() } }
 
     public func start(on loop: PollLoop, onSnapshot: @escaping (NetworkSnapshot, UInt64) -> Void, onFailure: @escaping (String) -> Void) throws {
         try start(on: loop, ownsLoop: false, onSnapshot: onSnapshot, onFailure: onFailure)
@@ -344,6 +351,9 @@ final class WatcherLoop {
         case let .scan(ifindex):
             msg = NL80211Requests.getScanDump(familyID: nl80211Family, ifindex: ifindex)
             state.wireless.beginScanDump(ifindex: ifindex)
+        case let .station(ifindex):
+            msg = NL80211Requests.getStationDump(familyID: nl80211Family, ifindex: ifindex)
+            setCQM(ifindex)
         }
         guard let msg else { return }
         let rc = genl.send(msg)
@@ -352,6 +362,23 @@ final class WatcherLoop {
             return
         }
         genlInFlight = next
+    }
+
+    /// Asks the kernel for connection-quality events at the signal thresholds the policy's
+    /// fences use, on its own short-lived socket (a driver without CQM answers with an error,
+    /// which must not look like a failed receive on the event socket). After each association.
+    func setCQM(_ ifindex: Int32) {
+        let thresholds = watcher.signalThresholds.withLock { $0 }
+        guard !thresholds.isEmpty, nl80211Family >= 0, let sock = nl_socket_alloc() else { return }
+        defer { nl_socket_free(sock) }
+        guard genl_connect(sock) == 0, let msg = NL80211Requests.setCQM(familyID: nl80211Family, ifindex: ifindex, thresholds: thresholds, hysteresis: 0) else { return }
+        var rc = nl_send_auto(sock, msg)
+        nlmsg_free(msg)
+        if rc >= 0 { rc = nl_wait_for_ack(sock) }
+        if rc < 0 {
+            watcher.logger.warning("nl80211: connection-quality thresholds refused; the signal is read at each association only",
+                                   metadata: ["ifindex": "\(ifindex)", "thresholds": "\(thresholds)", "error": "\(String(cString: nl_geterror(rc)))"])
+        }
     }
 
     func enqueueWireless(_ requests: [WirelessReadRequest]) {
@@ -405,6 +432,8 @@ final class WatcherLoop {
             enqueueWireless(state.wireless.wirelessIfindexes.sorted().map { .scan(ifindex: $0) })
         case let .scan(ifindex):
             state.wireless.endScanDump(ifindex: ifindex)
+        case .station:
+            break
         case nil:
             break
         }

@@ -12,6 +12,8 @@ public enum WirelessReadRequest: Equatable, Sendable, Hashable {
     /// Send `NL80211Requests.getScanDump` for this interface, bracketed by
     /// `beginScanDump(ifindex:)` / `endScanDump(ifindex:)`.
     case scan(ifindex: Int32)
+    /// Send `NL80211Requests.getStationDump` for this interface (its access point's signal).
+    case station(ifindex: Int32)
 }
 
 /// The state machine the nl80211 socket loop drives.
@@ -39,6 +41,8 @@ public struct WirelessTracker: Sendable {
     private var interfaces: [Int32: NL80211Interface] = [:]
     /// The connected BSS by ifindex (only for interfaces in `interfaces`, or awaiting one).
     private var associations: [Int32: NL80211BSS] = [:]
+    /// The access point's signal per interface (dBm), from CQM events and station reads.
+    private var signals: [Int32: Int32] = [:]
     /// Scan dumps in progress.
     private var scanDumps: [Int32: ScanDump] = [:]
     /// Ifindexes reported by the interface dump in progress; nil when none is.
@@ -66,7 +70,7 @@ public struct WirelessTracker: Sendable {
         guard let bss = associations[ifindex] else { return .disconnected }
         return WirelessLink(
             ssid: iface.ssid ?? bss.ssid, bssid: bss.bssid, frequencyMHz: bss.frequencyMHz ?? iface.frequencyMHz,
-            security: bss.security, akmSuites: bss.akmSuites)
+            security: bss.security, akmSuites: bss.akmSuites, signalDBM: signals[ifindex])
     }
 
     /// Applies one decoded message; returns the dumps to (re)read, without duplicates.
@@ -94,12 +98,25 @@ public struct WirelessTracker: Sendable {
                 // The attempt failed: not associated (whatever was before was already left).
                 disassociate(ifindex)
                 return [.interfaces]
-            case .connect, .roam, .portAuthorized:
+            case .connect, .roam:
+                // A new access point: its signal is not the old one's.
+                signals[ifindex] = nil
+                return [.interfaces, .scan(ifindex: ifindex), .station(ifindex: ifindex)]
+            case .portAuthorized:
                 return [.interfaces, .scan(ifindex: ifindex)]
             case .disconnect:
                 disassociate(ifindex)
                 return [.interfaces]
             }
+
+        case let .signal(ifindex, dBm):
+            guard let dBm else { return [.station(ifindex: ifindex)] }
+            signals[ifindex] = dBm
+            return []
+
+        case let .station(ifindex, signal):
+            if associations[ifindex] != nil || interfaces[ifindex]?.ssid != nil { signals[ifindex] = signal }
+            return []
 
         case .other:
             return []
@@ -177,12 +194,14 @@ public struct WirelessTracker: Sendable {
     /// association, so they go too until the interface is re-read.
     private mutating func disassociate(_ ifindex: Int32) {
         associations[ifindex] = nil
+        signals[ifindex] = nil
         interfaces[ifindex]?.ssid = nil
         interfaces[ifindex]?.frequencyMHz = nil
         scanDumps[ifindex]?.invalidated = true
     }
 
     private mutating func forget(_ ifindex: Int32) {
+        signals[ifindex] = nil
         interfaces[ifindex] = nil
         associations[ifindex] = nil
         scanDumps[ifindex] = nil

@@ -81,6 +81,7 @@ public enum StateFile {
                 if let f = w.frequencyMHz { parts.append("frequency: \(f)") }
                 parts.append("security: \(w.security.rawValue)")
                 if !w.akmSuites.isEmpty { parts.append("akm_suites: [\(w.akmSuites.map { String($0) }.joined(separator: ", "))]") }
+                if let dBm = w.signalDBM { parts.append("signal: \(dBm)") }
                 out += "    wifi: {\(parts.joined(separator: ", "))}\n"
             } else if i.kind == .wireless {
                 out += "    wifi: unknown\n"
@@ -255,7 +256,7 @@ extension Context {
     }
 
     mutating func wifi(_ node: Node, _ path: String) -> WirelessLink? {
-        guard let m = mapping(node, path, allowed: ["ssid", "ssid_hex", "bssid", "frequency", "security", "akm_suites"]) else { return nil }
+        guard let m = mapping(node, path, allowed: ["ssid", "ssid_hex", "bssid", "frequency", "security", "akm_suites", "signal"]) else { return nil }
         var link = WirelessLink.disconnected
         if let v = m["ssid"], let t = string(v, "\(path).ssid") { link.ssid = SSID(t) }
         if let v = m["ssid_hex"], let t = string(v, "\(path).ssid_hex") {
@@ -266,6 +267,7 @@ extension Context {
         if let v = m["bssid"] { link.bssid = macText(v, "\(path).bssid") }
         if let v = m["frequency"], let n = int(v, "\(path).frequency", range: 1...100_000) { link.frequencyMHz = UInt32(n) }
         if let v = m["security"], let s = oneOf(v, "\(path).security", WirelessSecurity.self) { link.security = s }
+        if let v = m["signal"], let n = int(v, "\(path).signal", range: -150...0) { link.signalDBM = Int32(n) }
         if let v = m["akm_suites"], let items = sequence(v, "\(path).akm_suites") {
             for (k, item) in items.enumerated() {
                 if let n = int(item, "\(path).akm_suites[\(k)]", range: 0...Int(UInt32.max)) { link.akmSuites.append(UInt32(n)) }

@@ -33,6 +33,11 @@ public final class FakeNetworkSource: NetworkSource, Sendable {
 
     public init() {}
 
+    private let thresholds = Mutex<[Int32]>([])
+    public func setSignalThresholds(_ dBm: [Int32]) { thresholds.withLock { $0 = dBm } }
+    /// The signal thresholds the agent asked for last.
+    public var signalThresholds: [Int32] { thresholds.withLock { $0 } }
+
     public func start(on loop: PollLoop, onSnapshot: @escaping (NetworkSnapshot, UInt64) -> Void, onFailure: @escaping (String) -> Void) throws {
         if let why = startError.withLock({ $0 }) { throw FakeError(why) }
         state.withLock { $0.loop = loop }

@@ -169,7 +169,16 @@ struct Simulate: ParsableCommand {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             throw ExitCode(2)
         }
-        let d = SegmentDecider.decide(snapshot, p)
+        // Each office-area fence as a fresh association sees it: inside once the signal
+        // reaches the entry level (the hysteresis over time is the daemon's).
+        var state = snapshot
+        for i in state.interfaces.indices {
+            let ifc = state.interfaces[i]
+            state.interfaces[i].signalFences = SegmentDecider.signalFences(for: ifc, p).map {
+                SignalFenceState.step(nil, fence: $0, signal: ifc.wireless?.signalDBM, now: 0).0
+            }
+        }
+        let d = SegmentDecider.decide(state, p)
         if json {
             let encoder = ControlCoding.encoder()
             print(String(decoding: try encoder.encode(d), as: UTF8.self))

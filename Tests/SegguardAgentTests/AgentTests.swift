@@ -802,3 +802,41 @@ struct AgentCaptureTests {
         h.close()
     }
 }
+
+@Suite("Agent: office-area signal fence")
+struct AgentSignalFenceTests {
+    static let policy = AgentHarness.policy().replacingOccurrences(
+        of: "bssids: [\"02:00:5e:00:53:01\", \"02:00:5e:00:53:02\"]",
+        with: "bssids: [\"02:00:5e:00:53:01\", \"02:00:5e:00:53:02\"]\n        min_signal_dbm: -70\n        leave_below_dbm: -75\n        leave_after_seconds: 10")
+
+    static func wifi(_ bssid: String, _ dBm: Int32?) -> InterfaceState {
+        var i = AgentHarness.wifi(bssid)
+        i.wireless?.signalDBM = dBm
+        return i
+    }
+
+    @Test("enter at -70 dBm, no flapping above -75, leave only after 10 s below it; a roam to another access point enters anew; thresholds handed to the network source")
+    func fence() throws {
+        let h = try AgentHarness(policy: Self.policy)
+        defer { h.close() }
+        #expect(Set(h.network.signalThresholds) == [-70, -75])
+        h.send([Self.wifi(AgentHarness.ap1, -72)])
+        #expect(h.status.decision.segment == .unauthorized, "outside until -70")
+        #expect(h.status.decision.reason.contains("places it outside the office area"))
+        h.send([Self.wifi(AgentHarness.ap1, -66)])
+        #expect(h.status.decision.segment == .authorizedWireless)
+        h.send([Self.wifi(AgentHarness.ap1, -73)])
+        #expect(h.status.decision.segment == .authorizedWireless, "hysteresis: -73 is above the leave level")
+        h.send([Self.wifi(AgentHarness.ap1, -80)])
+        #expect(h.status.decision.segment == .authorizedWireless, "a fade: not yet")
+        h.advance(9)
+        #expect(h.status.decision.segment == .authorizedWireless)
+        h.advance(1.1)
+        #expect(h.status.decision.segment == .unauthorized, "10 s below -75: left the office area")
+        h.send([Self.wifi(AgentHarness.ap1, -69)])
+        #expect(h.status.decision.segment == .authorizedWireless)
+        // A roam to the other access point at a weak signal: a new association must enter.
+        h.send([Self.wifi(AgentHarness.ap2, -72)])
+        #expect(h.status.decision.segment == .unauthorized)
+    }
+}

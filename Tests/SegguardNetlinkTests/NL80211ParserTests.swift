@@ -709,3 +709,56 @@ private let bssidA = MACAddress("02:11:22:33:44:55")!
         #expect(try NL80211Parser.parse(nlmsg_hdr(msg)) == .other(command: UInt8(NL80211_CMD_GET_SCAN.rawValue)))
     }
 }
+
+// MARK: - Connection quality (the office-area fence)
+
+@Suite struct NL80211SignalTests {
+    typealias M = NL80211TestMessage
+
+    @Test("NOTIFY_CQM with the RSSI level, without it, and with a level that is no signal; NEW_STATION's signal is a signed byte")
+    func cqmAndStation() throws {
+        let cqm = M.a(NL80211_ATTR_CQM)
+        let level = try M.parse(NL80211_CMD_NOTIFY_CQM, [.u32(M.a(NL80211_ATTR_IFINDEX), 3),
+                                                          .nested(cqm, [.u32(Int32(NL80211_ATTR_CQM_RSSI_THRESHOLD_EVENT.rawValue), 0),
+                                                                        .u32(Int32(NL80211_ATTR_CQM_RSSI_LEVEL.rawValue), UInt32(bitPattern: -77))])])
+        #expect(level == .signal(ifindex: 3, dBm: -77))
+        let crossed = try M.parse(NL80211_CMD_NOTIFY_CQM, [.u32(M.a(NL80211_ATTR_IFINDEX), 3),
+                                                            .nested(cqm, [.u32(Int32(NL80211_ATTR_CQM_RSSI_THRESHOLD_EVENT.rawValue), 1)])])
+        #expect(crossed == .signal(ifindex: 3, dBm: nil))
+        #expect(throws: NetlinkParseError.self) {
+            try M.parse(NL80211_CMD_NOTIFY_CQM, [.u32(M.a(NL80211_ATTR_IFINDEX), 3),
+                                                 .nested(cqm, [.u32(Int32(NL80211_ATTR_CQM_RSSI_LEVEL.rawValue), 40)])])
+        }
+        #expect(throws: NetlinkParseError.self) { try M.parse(NL80211_CMD_NOTIFY_CQM, [.u32(M.a(NL80211_ATTR_IFINDEX), 3)]) }
+        let station = try M.parse(NL80211_CMD_NEW_STATION, [.u32(M.a(NL80211_ATTR_IFINDEX), 3), .bytes(M.a(NL80211_ATTR_MAC), [2, 0, 0x5e, 0, 0x53, 1]),
+                                                             .nested(M.a(NL80211_ATTR_STA_INFO), [.u8(Int32(NL80211_STA_INFO_SIGNAL.rawValue), 0xB5)])])
+        #expect(station == .station(ifindex: 3, signalDBM: -75))
+        // Through the same state the socket feeds: the tracker keeps the level for the snapshot.
+        var state = NetworkState(nl80211Family: NL80211TestMessage.familyID)
+        M.with(NL80211_CMD_NEW_INTERFACE, [.u32(M.a(NL80211_ATTR_IFINDEX), 3), .u32(M.a(NL80211_ATTR_IFTYPE), 2), .bytes(M.a(NL80211_ATTR_SSID), Array("mn-office".utf8))]) { hdr in
+            _ = try? state.handleWireless(hdr)
+        }
+        let reads = M.with(NL80211_CMD_NOTIFY_CQM, [.u32(M.a(NL80211_ATTR_IFINDEX), 3), .nested(cqm, [.u32(Int32(NL80211_ATTR_CQM_RSSI_THRESHOLD_EVENT.rawValue), 0)])]) { hdr in
+            (try? state.handleWireless(hdr)) ?? []
+        }
+        #expect(reads == [.station(ifindex: 3)])
+    }
+
+    @Test("SET_CQM carries the thresholds ascending as an s32 array and the hysteresis, inside NL80211_ATTR_CQM")
+    func setCQM() throws {
+        let msg = try #require(NL80211Requests.setCQM(familyID: 0x1c, ifindex: 7, thresholds: [-70, -75], hysteresis: 0))
+        defer { nlmsg_free(msg) }
+        let hdr = nlmsg_hdr(msg)!
+        #expect(hdr.pointee.nlmsg_flags & UInt16(NLM_F_ACK) != 0)
+        var attrs = [UnsafeMutablePointer<nlattr>?](repeating: nil, count: Int(NL80211_ATTR_MAX.rawValue) + 1)
+        #expect(genlmsg_parse(hdr, 0, &attrs, Int32(NL80211_ATTR_MAX.rawValue), nil) == 0)
+        #expect(nla_get_u32(attrs[Int(NL80211_ATTR_IFINDEX.rawValue)]) == 7)
+        var inner = [UnsafeMutablePointer<nlattr>?](repeating: nil, count: Int(NL80211_ATTR_CQM_MAX.rawValue) + 1)
+        #expect(nla_parse_nested(&inner, Int32(NL80211_ATTR_CQM_MAX.rawValue), attrs[Int(NL80211_ATTR_CQM.rawValue)], nil) == 0)
+        let thold = try #require(inner[Int(NL80211_ATTR_CQM_RSSI_THOLD.rawValue)])
+        #expect(nla_len(thold) == 8)
+        let values = (0..<2).map { k in Int32(bitPattern: nla_data(thold).load(fromByteOffset: k * 4, as: UInt32.self)) }
+        #expect(values == [-75, -70])
+        #expect(nla_get_u32(inner[Int(NL80211_ATTR_CQM_RSSI_HYST.rawValue)]) == 0)
+    }
+}

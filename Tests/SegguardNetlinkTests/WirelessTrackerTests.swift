@@ -53,7 +53,7 @@ private func associated() -> WirelessTracker {
     @Test func roamBetweenTwoBSSIDsOfTheSameSSID() {
         var t = associated()
         let requests = t.apply(.association(ifindex: 3, event: .roam, bssid: apB, statusCode: nil))
-        #expect(requests == [.interfaces, .scan(ifindex: 3)])
+        #expect(requests == [.interfaces, .scan(ifindex: 3), .station(ifindex: 3)])
         // Until the scan dump says otherwise the old BSS stays (same network: no flapping).
         #expect(t.link(for: 3)?.bssid == apA)
 
@@ -74,7 +74,7 @@ private func associated() -> WirelessTracker {
         #expect(t.link(for: 3) == .disconnected)
         #expect(
             t.apply(.association(ifindex: 3, event: .connect, bssid: apA, statusCode: 0))
-                == [.interfaces, .scan(ifindex: 3)])
+                == [.interfaces, .scan(ifindex: 3), .station(ifindex: 3)])
         #expect(
             t.apply(.association(ifindex: 3, event: .portAuthorized, bssid: apA, statusCode: nil))
                 == [.interfaces, .scan(ifindex: 3)])
@@ -205,5 +205,31 @@ private func associated() -> WirelessTracker {
         // But the associated BSS reporting "not associated" does.
         #expect(t.apply(bss(3, apA, .none)) == [])
         #expect(t.link(for: 3) == .disconnected)
+    }
+}
+
+@Suite struct WirelessSignalTests {
+    static let apA = MACAddress("02:00:5e:00:53:01")!
+
+    @Test("the signal from a CQM event with its level, a station read, and none after a disconnect or a roam")
+    func signal() {
+        var t = WirelessTracker()
+        _ = t.apply(.interface(NL80211Interface(ifindex: 3, name: "wlan0", iftype: 2, ssid: SSID("mn-office"), frequencyMHz: 5180)))
+        t.beginScanDump(ifindex: 3)
+        _ = t.apply(.bss(NL80211BSS(ifindex: 3, bssid: Self.apA, frequencyMHz: 5180, status: .associated, ssid: SSID("mn-office"),
+                                    security: .enterprise, akmSuites: [], privacy: true)))
+        t.endScanDump(ifindex: 3)
+        #expect(t.link(for: 3)?.signalDBM == nil)
+        #expect(t.apply(.signal(ifindex: 3, dBm: -67)) == [])
+        #expect(t.link(for: 3)?.signalDBM == -67)
+        // A threshold event without the level: read the station.
+        #expect(t.apply(.signal(ifindex: 3, dBm: nil)) == [.station(ifindex: 3)])
+        _ = t.apply(.station(ifindex: 3, signalDBM: -81))
+        #expect(t.link(for: 3)?.signalDBM == -81)
+        _ = t.apply(.association(ifindex: 3, event: .roam, bssid: Self.apA, statusCode: nil))
+        #expect(t.link(for: 3)?.signalDBM == nil, "another access point: its signal is not known yet")
+        _ = t.apply(.station(ifindex: 3, signalDBM: -60))
+        _ = t.apply(.association(ifindex: 3, event: .disconnect, bssid: nil, statusCode: nil))
+        #expect(t.link(for: 3)?.signalDBM == nil)
     }
 }
