@@ -125,6 +125,7 @@ final class AgentCore {
         var index: Int32
         var up: Bool
         var staleThrough: UInt64?
+        var carrierChanges: UInt32?
     }
     private(set) var authLinks: [String: AuthLink] = [:]
 
@@ -146,7 +147,7 @@ final class AgentCore {
     /// Probes by key; keys no longer current are dropped at each snapshot.
     private(set) var probes: [ProbeKey: ProbeEntry] = [:]
     /// Carrier losses per ifindex: a proof never survives one (a cable moved).
-    private(set) var linkEpochs: [Int32: (up: Bool, epoch: UInt64)] = [:]
+    private(set) var linkEpochs: [Int32: (up: Bool, epoch: UInt64, changes: UInt32?)] = [:]
     /// Probes made and their outcomes, for status and tests.
     private(set) var probeCount = (started: 0, proven: 0, refused: 0)
     /// Office-area fence states by (ifindex, BSSID, fence): a new association starts outside.
@@ -157,6 +158,8 @@ final class AgentCore {
     }
     private(set) var fences: [FenceKey: SignalFenceState] = [:]
     var fenceTimer: PollLoop.TimerID?
+    /// Seconds a trusted-server proof stands before it is made again.
+    static let proofLifetime = 60.0
     /// Pinned gateways the agent made the kernel resolve, per link epoch (once each).
     private(set) var nudged: Set<String> = []
 
@@ -392,12 +395,14 @@ final class AgentCore {
     // MARK: - Trusted-server probes (off the decision path)
 
     func trackLinkEpochs(_ s: NetworkSnapshot) {
-        var next: [Int32: (up: Bool, epoch: UInt64)] = [:]
+        var next: [Int32: (up: Bool, epoch: UInt64, changes: UInt32?)] = [:]
         for ifc in s.interfaces {
             let up = ifc.isRunning
-            var e = linkEpochs[ifc.index] ?? (up: up, epoch: 0)
-            if e.up && !up { e.epoch &+= 1 }
+            var e = linkEpochs[ifc.index] ?? (up: up, epoch: 0, changes: ifc.carrierChanges)
+            // A carrier loss seen, or one the kernel counted that no snapshot showed.
+            if (e.up && !up) || (e.changes != nil && ifc.carrierChanges != nil && e.changes != ifc.carrierChanges) { e.epoch &+= 1 }
             e.up = up
+            e.changes = ifc.carrierChanges
             next[ifc.index] = e
         }
         linkEpochs = next
@@ -456,6 +461,12 @@ final class AgentCore {
         if result.proven {
             probeCount.proven += 1
             entry.failures = 0
+            // A proof is not forever: the LAN behind a switch the user put in between can change
+            // without any carrier loss here. Proven again every minute; the proof stands while
+            // the new probe runs, a refusal ends it.
+            if let prober = sources.prober {
+                entry.retry = loop.schedule(after: AgentCore.proofLifetime) { [unowned self] in startProbe(prober, name, server, key) }
+            }
         } else {
             probeCount.refused += 1
             entry.failures += 1
@@ -497,10 +508,11 @@ final class AgentCore {
         for ifc in s.interfaces where ifc.kind != .wireless && ifc.kind != .loopback {
             let up = ifc.isAdminUp && ifc.hasCarrier
             guard var link = authLinks[ifc.name] else {
-                authLinks[ifc.name] = AuthLink(index: ifc.index, up: up)
+                authLinks[ifc.name] = AuthLink(index: ifc.index, up: up, carrierChanges: ifc.carrierChanges)
                 continue
             }
-            if link.index != ifc.index || (link.up && !up) {
+            let unseenFlap = link.carrierChanges != nil && ifc.carrierChanges != nil && link.carrierChanges != ifc.carrierChanges && link.up && up
+            if link.index != ifc.index || (link.up && !up) || unseenFlap {
                 let through = deviceAuth[ifc.name]?.successes ?? 0
                 link.staleThrough = max(through, link.staleThrough ?? 0)
                 if deviceAuth[ifc.name] != nil {
@@ -509,9 +521,10 @@ final class AgentCore {
                     ])
                 }
             }
-            if !link.up && up && link.staleThrough != nil { back.append(ifc.name) }
+            if (!link.up || unseenFlap) && up && link.staleThrough != nil { back.append(ifc.name) }
             link.index = ifc.index
             link.up = up
+            link.carrierChanges = ifc.carrierChanges
             authLinks[ifc.name] = link
         }
         return back

@@ -219,7 +219,7 @@ public struct RouteTable: Sendable, Equatable {
         } else {
             kind = .virtual
         }
-        return InterfaceState(
+        var state = InterfaceState(
             index: link.index, name: link.name, kind: kind, linkKind: linkKind, mac: link.mac,
             isAdminUp: link.isAdminUp, operState: link.operState, hasCarrier: link.hasCarrier,
             // By their text, each text made once (not twice per comparison).
@@ -229,6 +229,8 @@ public struct RouteTable: Sendable, Equatable {
             wireless: kind == .wireless ? (wifi ?? .disconnected) : nil,
             neighbours: (neighbours[link.index] ?? [:]).map { Neighbour(address: $0.key, mac: $0.value) }.map { ($0.address.description, $0) }
                 .sorted { $0.0 < $1.0 }.map(\.1))
+        state.carrierChanges = link.carrierChanges
+        return state
     }
 }
 

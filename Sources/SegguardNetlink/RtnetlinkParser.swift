@@ -16,6 +16,10 @@ public struct LinkInfo: Sendable, Equatable {
     public var isAdminUp: Bool
     public var operState: OperState
     public var hasCarrier: Bool
+    /// IFLA_CARRIER_CHANGES: the kernel's count of carrier transitions (nil when absent). A
+    /// down-and-up the snapshots never showed (both in one batch, or lost to an overrun) still
+    /// moves it.
+    public var carrierChanges: UInt32? = nil
 }
 
 /// One rtnetlink message, reduced to what the snapshot needs.
@@ -179,7 +183,8 @@ public enum RtnetlinkParser {
         }
         return .link(LinkInfo(
             index: ifi.ifi_index, name: name, deviceType: ifi.ifi_type, linkKind: kind, mac: mac,
-            isAdminUp: flags & UInt32(IFF_UP.rawValue) != 0, operState: oper, hasCarrier: carrier))
+            isAdminUp: flags & UInt32(IFF_UP.rawValue) != 0, operState: oper, hasCarrier: carrier,
+            carrierChanges: try attrs.u32(35 /* IFLA_CARRIER_CHANGES */)))
     }
 
     static func parseAddress(_ hdr: UnsafeMutablePointer<nlmsghdr>, removed: Bool) throws(NetlinkParseError) -> RouteMessage {

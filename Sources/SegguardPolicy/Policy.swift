@@ -85,16 +85,9 @@ public struct WirelessRule: Sendable, Equatable, Codable {
     }
 }
 
-/// An office router the interface must see: its address in the neighbour table with this MAC.
-public struct GatewayPin: Sendable, Equatable, Codable, CustomStringConvertible {
-    public var address: IPAddress
-    public var mac: MACAddress
-    public init(address: IPAddress, mac: MACAddress) {
-        self.address = address
-        self.mac = mac
-    }
-    public var description: String { "\(address) at \(mac)" }
-}
+/// An office router the interface must see: its address in the neighbour table with this MAC
+/// (the same pair a `Neighbour` entry is).
+public typealias GatewayPin = Neighbour
 
 /// An office server reached through the interface by TLS whose key (SubjectPublicKeyInfo
 /// SHA-256, lower-case hex) is pinned: proof of the office network a copied SSID or MAC

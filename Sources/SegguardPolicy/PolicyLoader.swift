@@ -58,20 +58,7 @@ public enum PolicyLoader {
     /// Parses `text` (the contents of `file`, used only in messages).
     public static func load(text: String, file: String) throws(PolicyLoadError) -> Policy {
         var ctx = Context(file: file)
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: text)
-        } catch let error as YamlError {
-            throw PolicyLoadError(issues: [ctx.yamlIssue(error)])
-        } catch {
-            throw PolicyLoadError(issues: [PolicyIssue(file: file, line: 1, column: 1, path: "", message: "\(error)")])
-        }
-        guard let root else {
-            throw PolicyLoadError(issues: [
-                PolicyIssue(file: file, line: 1, column: 1, path: "", message: "the file is empty",
-                            hint: "start with 'schema_version: 1'; see Config/ for examples")
-            ])
-        }
+        let root = try ctx.compose(text, emptyHint: "start with 'schema_version: \(Policy.supportedSchemaVersion)'; see Config/ for examples")
         let policy = ctx.policy(root)
         if !ctx.issues.isEmpty {
             throw PolicyLoadError(issues: ctx.issues.sorted { ($0.line, $0.column) < ($1.line, $1.column) })
@@ -90,6 +77,22 @@ struct Context {
     var schemaVersion = Policy.supportedSchemaVersion
 
     init(file: String) { self.file = file }
+
+    /// The YAML tree of `text`; a syntax error or an empty file is the one issue thrown.
+    func compose(_ text: String, emptyHint: String) throws(PolicyLoadError) -> Node {
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch let error as YamlError {
+            throw PolicyLoadError(issues: [yamlIssue(error)])
+        } catch {
+            throw PolicyLoadError(issues: [PolicyIssue(file: file, line: 1, column: 1, path: "", message: "\(error)")])
+        }
+        guard let root else {
+            throw PolicyLoadError(issues: [PolicyIssue(file: file, line: 1, column: 1, path: "", message: "the file is empty", hint: emptyHint)])
+        }
+        return root
+    }
 
     mutating func report(_ node: Node?, _ path: String, _ message: String, hint: String? = nil) {
         let mark = node?.mark

@@ -294,6 +294,8 @@ public struct InterfaceState: Sendable, Equatable, Codable {
     public var isAdminUp: Bool
     public var operState: OperState
     public var hasCarrier: Bool
+    /// The kernel's count of carrier transitions (IFLA_CARRIER_CHANGES), when it reports one.
+    public var carrierChanges: UInt32?
     public var addresses: [InterfaceAddress]
     public var defaultRoutes: [DefaultRoute]
     /// Resolved neighbour entries on the link, by address.
@@ -418,11 +420,12 @@ public struct SignalFenceState: Sendable, Equatable, Codable {
     /// (outside: it must reach the entry threshold). Returns when to look again (the moment a
     /// fade below `leaveBelowDBM` would have lasted `leaveAfterSeconds`), or nil.
     public static func step(_ old: SignalFenceState?, fence: SignalFence, signal: Int32?, now: Double) -> (SignalFenceState, recheckAt: Double?) {
-        guard let signal else { return (SignalFenceState(fence: fence, inside: false, signalDBM: nil), nil) }
         guard let old, old.inside else {
-            return (SignalFenceState(fence: fence, inside: signal >= fence.enterDBM, signalDBM: signal), nil)
+            // Outside (or a new association): in only at the entry level; unknown is outside.
+            return (SignalFenceState(fence: fence, inside: signal.map { $0 >= fence.enterDBM } ?? false, signalDBM: signal), nil)
         }
-        if signal >= fence.leaveBelowDBM {
+        // Inside, a signal that is momentarily unknown counts as a fade, not as leaving.
+        if let signal, signal >= fence.leaveBelowDBM {
             return (SignalFenceState(fence: fence, inside: true, signalDBM: signal), nil)
         }
         let since = old.belowSince ?? now

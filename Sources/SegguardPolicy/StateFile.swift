@@ -12,17 +12,7 @@ public enum StateFile {
     /// Parses a state file into the snapshot the decision would see.
     public static func load(text: String, file: String) throws(PolicyLoadError) -> NetworkSnapshot {
         var ctx = Context(file: file)
-        let root: Node?
-        do {
-            root = try Yams.compose(yaml: text)
-        } catch let error as YamlError {
-            throw PolicyLoadError(issues: [ctx.yamlIssue(error)])
-        } catch {
-            throw PolicyLoadError(issues: [PolicyIssue(file: file, line: 1, column: 1, path: "", message: "\(error)")])
-        }
-        guard let root else {
-            throw PolicyLoadError(issues: [PolicyIssue(file: file, line: 1, column: 1, path: "", message: "the file is empty", hint: "start with 'interfaces:'")])
-        }
+        let root = try ctx.compose(text, emptyHint: "start with 'interfaces:'; see Config/states for examples")
         let snapshot = ctx.state(root)
         if !ctx.issues.isEmpty {
             throw PolicyLoadError(issues: ctx.issues.sorted { ($0.line, $0.column) < ($1.line, $1.column) })

@@ -170,7 +170,30 @@ struct AgentNetworkIdentityTests {
         h.send([Self.desk()])
         #expect(h.status.decision.segment == .unauthorized)
         #expect(h.prober.asked.count == 1, "probed again for the new link epoch")
-        // A late answer for a network that is gone changes nothing.
+        // A proof lasts a minute: then it is made again, and a refusal ends it.
+        h.prober.finishNext(proven: true)
+        h.agent.settle()
+        #expect(h.status.decision.segment == .authorizedWired)
+        h.advance(60.1)  // AgentCore.proofLifetime
+        #expect(h.prober.asked.count == 1, "re-proven after its lifetime")
+        #expect(h.status.decision.segment == .authorizedWired, "the proof stands while the new probe runs")
+        h.prober.finishNext(proven: false, detail: "timed out")
+        h.agent.settle()
+        #expect(h.status.decision.segment == .unauthorized)
+        // A carrier flap no snapshot showed (the kernel's carrier-change count moved): a new link epoch.
+        h.advance(2.1)
+        h.prober.finishNext(proven: true)
+        h.agent.settle()
+        var counted = Self.desk()
+        counted.carrierChanges = 4
+        h.send([counted])
+        h.prober.finishNext(proven: true)
+        h.agent.settle()
+        #expect(h.status.decision.segment == .authorizedWired)
+        counted.carrierChanges = 6
+        h.send([counted])
+        #expect(h.status.decision.segment == .unauthorized, "the proof does not survive an unseen flap")
+        // A late answer (the probe for the flapped link) for a network that is gone changes nothing.
         h.send([Self.desk(address: "10.20.9.9")])
         h.prober.finishNext(proven: true)
         h.agent.settle()

@@ -46,6 +46,10 @@ struct SignalFenceTests {
         let (back, none) = step(still, -74, at: 108)
         #expect(back.inside && back.belowSince == nil && none == nil)
         #expect(step(back, -80, at: 109).1 == 119)
+        // A signal momentarily unknown while inside is a fade too, not an exit.
+        let (unknown, at) = step(back, nil, at: 200)
+        #expect(unknown.inside && at == 210)
+        #expect(!step(unknown, nil, at: 210).0.inside)
     }
 
     @Test("the decision: a Wi-Fi rule with a fence authorizes only while the fence says inside, and names the signal")

@@ -226,10 +226,10 @@ private func thrown<R>(_ body: () throws -> R) -> NetlinkParseError? {
         #expect(first.first?.isRunning == true)
         #expect(first.first?.isUplink == true)
 
-        // ROAM to AP B: re-read the interface and the scan results; until then AP A stays.
+        // ROAM to AP B: re-read the interface, the scan results and the new AP's signal; until then AP A stays.
         let roam = try feed(
             &state, NL80211_CMD_ROAM, [.u32(ChainMsg.a(NL80211_ATTR_IFINDEX), 3), .bytes(ChainMsg.a(NL80211_ATTR_MAC), apB)])
-        #expect(roam == [.interfaces, .scan(ifindex: 3)])
+        #expect(roam == [.interfaces, .scan(ifindex: 3), .station(ifindex: 3)])
         #expect(state.interfaces() == [wlan0State(associated(apA, 5180))])
 
         // The interface dump (new channel), then the scan dump: A no longer associated, B is.
