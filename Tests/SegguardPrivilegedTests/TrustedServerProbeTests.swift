@@ -212,9 +212,11 @@ struct TrustedServerProbeTests {
 
         let (black, t2) = await lab.probe(ProbeLab.blackholed, 443, pins: [lab.goodPin], via: ProbeLab.pc0, "pc0", timeout: 1)
         #expect(reason(black) == "connect to 10.48.9.9:443 via pc0 timed out after 1 s")
-        // The timeout is honoured (not cut short); the upper bound only catches a hang (a loaded
-        // CI machine took 2.5 s for a 1 s timeout).
-        #expect(t2 >= 0.95 && t2 < 15, "took \(t2) s for a 1 s timeout")
+        // The timeout is honoured (not cut short). That the probe's own deadline ended it (and
+        // not the socket's connect timeout, 1 s later) is what the reason above says; the wall
+        // time seen here also holds the test's own wait on Swift's cooperative pool, which other
+        // suites running in parallel can hold for many seconds, so it bounds nothing above.
+        #expect(t2 >= 0.95, "took \(t2) s for a 1 s timeout")
 
         let (gone, _) = await lab.probe(ProbeLab.office, 8443, pins: [lab.goodPin], via: 4859, "nosuch0")
         #expect(reason(gone) == "cannot probe 10.48.1.1:8443: interface nosuch0 (index 4859) does not exist")
