@@ -9,6 +9,7 @@ import Foundation
 import SegguardPKI
 import SegguardProbe
 import SegguardTestSupport
+import Synchronization
 import Testing
 
 #if canImport(Glibc)
@@ -165,10 +166,19 @@ private final class ProbeLab {
     /// Probes and returns the outcome with the wall time it took, in seconds.
     func probe(_ host: String, _ port: UInt16, pins: [String], via index: Int32, _ name: String, timeout: Double = 2,
                serverName: String? = nil) async -> (ProbeOutcome, Double) {
+        // Timed from the call to the completion, on the prober's own thread (as the agent sees
+        // it): the async test's own resumption may wait on Swift's cooperative pool, which other
+        // suites running in parallel hold (a CI run measured 15 s for an RST that way).
         let start = Date()
-        let outcome = await prober.probe(TrustedServer(host: host, port: port, serverName: serverName, spkiSHA256: pins),
-                                         interfaceIndex: index, interfaceName: name, timeout: timeout)
-        return (outcome, Date().timeIntervalSince(start))
+        let finished = Mutex<Double>(0)
+        let outcome = await withCheckedContinuation { (continuation: CheckedContinuation<ProbeOutcome, Never>) in
+            prober.probe(TrustedServer(host: host, port: port, serverName: serverName, spkiSHA256: pins),
+                         interfaceIndex: index, interfaceName: name, timeout: timeout) { outcome in
+                finished.withLock { $0 = Date().timeIntervalSince(start) }
+                continuation.resume(returning: outcome)
+            }
+        }
+        return (outcome, finished.withLock { $0 })
     }
 }
 
