@@ -45,14 +45,17 @@ public struct PolicyLoadError: Error, Sendable, Equatable, CustomStringConvertib
 public enum PolicyLoader {
     /// Reads and parses the file at `path`; an unreadable file is one issue at line 1.
     public static func load(file path: String) throws(PolicyLoadError) -> Policy {
-        let text: String
+        try load(text: readText(path, what: "the policy file"), file: path)
+    }
+
+    /// The text of `path`; an unreadable file is one issue at line 1 naming `what` it is.
+    static func readText(_ path: String, what: String) throws(PolicyLoadError) -> String {
         do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
+            return try String(contentsOfFile: path, encoding: .utf8)
         } catch {
             let why = (error as NSError).localizedDescription
-            throw PolicyLoadError(issues: [PolicyIssue(file: path, line: 1, column: 1, path: "", message: "cannot read the policy file: \(why)")])
+            throw PolicyLoadError(issues: [PolicyIssue(file: path, line: 1, column: 1, path: "", message: "cannot read \(what): \(why)")])
         }
-        return try load(text: text, file: path)
     }
 
     /// Parses `text` (the contents of `file`, used only in messages).

@@ -22,13 +22,7 @@ public enum StateFile {
 
     /// Reads the file at `path`.
     public static func load(file path: String) throws(PolicyLoadError) -> NetworkSnapshot {
-        let text: String
-        do {
-            text = try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            throw PolicyLoadError(issues: [PolicyIssue(file: path, line: 1, column: 1, path: "", message: "cannot read the file: \(error.localizedDescription)")])
-        }
-        return try load(text: text, file: path)
+        try load(text: PolicyLoader.readText(path, what: "the state file"), file: path)
     }
 
     /// The snapshot as a state file (flow style, one interface per block).
