@@ -132,6 +132,10 @@ int sg_fanotify_is_exec_perm(unsigned long long mask) {
 int sg_proc_connector_open(void) {
     int fd = socket(AF_NETLINK, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, NETLINK_CONNECTOR);
     if (fd < 0) return -1;
+    // A large receive buffer (root may exceed rmem_max): an exec flood overflows it later.
+    int rcvbuf = 4 << 20;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof rcvbuf) != 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
     struct sockaddr_nl addr = { .nl_family = AF_NETLINK, .nl_groups = CN_IDX_PROC, .nl_pid = 0 };
     if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) { close(fd); return -1; }
     // nlmsghdr, cn_msg (flexible array member), then the operation. Linux 6.6 and later take

@@ -644,7 +644,25 @@ final class AgentCore {
 
     /// Puts the table back when it is gone or the last transaction was refused: always the
     /// decision in force now, never one remembered from earlier.
+    /// The session's first process exiting (its pidfd readable) is when the session may have
+    /// ended: capture protection follows at once (vm.memfd_noexec put back, trusted-only
+    /// lifted) rather than at the next exec or tick.
+    func watchSessionEnd(peerPidfd: Int32) {
+        guard peerPidfd >= 0 else { return }
+        let fd = fcntl(peerPidfd, F_DUPFD_CLOEXEC, 0)
+        guard fd >= 0 else { return }
+        var id: PollLoop.WatchID?
+        id = loop.watch(fd) { [unowned self] in
+            if let id { loop.unwatch(id) }
+            close(fd)
+            refreshCapture()
+        }
+    }
+
     func repair() {
+        // Sessions that ended unseen (the client left its launcher's process) lift capture
+        // protection here at the latest.
+        if gate?.protection.profile != nil { refreshCapture() }
         guard let binding, let outcome = binding.repair(monitor.decision, policy: policy, generation: generation) else { return }
         recordBinding(outcome, eventNanos: monotonicNanos(), decisionChanged: true)
     }
@@ -853,6 +871,7 @@ final class AgentCore {
                 }
                 do {
                     sessionID = try sessions.register(pid: requester.pid, uid: requester.uid, profile: profile.name, peerPidfd: requester.pidfd).id
+                    watchSessionEnd(peerPidfd: requester.pidfd)
                 } catch {
                     return refuse("cannot track the session: \(error)")
                 }
@@ -1042,8 +1061,11 @@ final class AgentCore {
     /// The protection follows the policy and the profiles of the sessions running now.
     func refreshCapture() {
         guard let gate else { return }
-        let running = Set(sources.sessions?.sessions().map(\.profile) ?? [])
-        gate.update(rule: policy.capture, sessionProfiles: policy.profiles.filter { running.contains($0.name) })
+        let sessions = sources.sessions?.sessions() ?? []
+        let running = Set(sessions.map(\.profile))
+        gate.update(rule: policy.capture, sessions: CaptureSessions(profiles: policy.profiles.filter { running.contains($0.name) },
+                                                                    users: Set(sessions.map(\.uid)),
+                                                                    trustedOnlyPossible: policy.profiles.contains { $0.capture == .trustedOnly }))
     }
 
     /// The loop fell behind a flood of capture records: the execs were still answered (and

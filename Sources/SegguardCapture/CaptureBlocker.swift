@@ -55,12 +55,27 @@ public struct CaptureStatistics: Sendable, Equatable {
     public init() {}
 }
 
+/// The sessions running now, as capture blocking needs them.
+public struct CaptureSessions: Sendable {
+    /// The profiles of the sessions running.
+    public var profiles: [LaunchProfile]
+    /// The uids of their users: under trusted-only, their untrusted processes are ended.
+    public var users: Set<UInt32>
+    /// Whether any profile of the policy asks for trusted-only (dpkg's index is loaded ahead).
+    public var trustedOnlyPossible: Bool
+
+    public init(profiles: [LaunchProfile] = [], users: Set<UInt32> = [], trustedOnlyPossible: Bool = false) {
+        (self.profiles, self.users, self.trustedOnlyPossible) = (profiles, users, trustedOnlyPossible)
+    }
+}
+
 /// Answers fanotify exec permission events on the watched mounts.
 public final class CaptureBlocker: Sendable {
     struct Config: Sendable {
         var decider: ExecDecider
         var protection: CaptureProtectionState
         var mode: ControlMode
+        var sessionUsers: Set<UInt32> = []
     }
 
     let logger: Logger
@@ -71,9 +86,27 @@ public final class CaptureBlocker: Sendable {
     let fanotifyFd: Int32
     let stopSignal = StopSignal()
     let marked = Mutex<[String]>([])
+    /// st_dev of every filesystem marked (the watch paths, the mounts below them, and any
+    /// filesystem an exec was first seen on): a process running from another is judged by the
+    /// watcher, and its filesystem is marked then.
+    let markedDevices = Mutex<Set<UInt64>>([])
+    /// st_dev of every filesystem in this daemon's own mount table: one of these that is not
+    /// marked is outside the watch on purpose, never marked on first sight.
+    let knownDevices = Mutex<Set<UInt64>>([])
+    /// The system's dynamic loaders' SHA-256 (a renamed copy is a loader too).
+    let loaderHashes: Set<String>
+    /// vm.memfd_noexec while a protecting session runs.
+    let memfdNoexec: MemfdNoexec
+    /// Hashing jobs running now (bounded by `hashers`), and the file each one reads: a second
+    /// exec of the same file waits for that job rather than starting another.
+    let hashing = Mutex<[FileIdentity: (group: DispatchGroup, forExec: Bool)]>([:])
+    /// At most this many files are hashed at once for exec answers; past that an exec is
+    /// answered at once by the fail mode (deny under trusted-only).
+    let hashers = max(2, ProcessInfo.processInfo.activeProcessorCount)
     let onRecord: @Sendable (CaptureDecisionRecord) -> Void
-    /// Hashing runs here, so that the answering thread can give up waiting for it.
-    let hasher = DispatchQueue(label: "segguard.capture.hash")
+    /// Hashing runs here (in parallel, at most `hashers` at once), so that the answering
+    /// thread can give up waiting for it.
+    let hasher = DispatchQueue(label: "segguard.capture.hash", attributes: .concurrent)
     /// Test hook: extra delay in the hasher (ms), to prove the fail-mode bound.
     let hashDelayMs: Int
     /// Asked (on another queue, at most once a second, from exec events) to recompute the
@@ -81,7 +114,7 @@ public final class CaptureBlocker: Sendable {
     let refresh = Mutex<(hint: (@Sendable () -> Void)?, last: UInt64)>((nil, 0))
 
     public init(rule: CaptureRule, dpkg: DpkgIndex = DpkgIndex(), logger: Logger = Logger(label: "segguard.capture"), hashDelayMs: Int = 0,
-                onRecord: @escaping @Sendable (CaptureDecisionRecord) -> Void) throws(CaptureSetupError) {
+                memfdNoexec: MemfdNoexec = MemfdNoexec(), onRecord: @escaping @Sendable (CaptureDecisionRecord) -> Void) throws(CaptureSetupError) {
         let fd = sg_fanotify_init()
         guard fd >= 0 else {
             let e = errno
@@ -92,36 +125,121 @@ public final class CaptureBlocker: Sendable {
         self.dpkg = dpkg
         self.onRecord = onRecord
         self.hashDelayMs = hashDelayMs
-        config = Mutex(Config(decider: ExecDecider(rule: rule), protection: CaptureProtectionState.current(rule, sessionProfiles: []), mode: rule.mode))
+        self.memfdNoexec = memfdNoexec
+        let loaders = Self.systemLoaderHashes()
+        loaderHashes = loaders
+        config = Mutex(Config(decider: ExecDecider(rule: rule, loaderHashes: loaders), protection: CaptureProtectionState.current(rule, sessionProfiles: []), mode: rule.mode))
     }
 
-    deinit { close(fanotifyFd) }
+    /// Where distributions put the dynamic loader (the real files behind these links are hashed).
+    static let loaderPaths = ["/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1", "/lib/ld-linux-armhf.so.3", "/lib/ld-linux.so.2",
+                              "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1", "/lib/ld-musl-x86_64.so.1"]
 
-    /// Marks the filesystems holding `paths`; a path that cannot be marked is an error naming it
-    /// (the marks made so far stay).
+    static func systemLoaderHashes() -> Set<String> {
+        var out: Set<String> = []
+        for p in loaderPaths {
+            let fd = open(p, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            if let d = FileDigests.of(fd: fd) { out.insert(d.sha256) }
+        }
+        return out
+    }
+
+    deinit {
+        memfdNoexec.restore()
+        close(fanotifyFd)
+    }
+
+    /// Marks the filesystems holding `paths`, and every mount below them (a path that cannot
+    /// be marked is an error naming it; the marks made so far stay). Mounts made later are
+    /// marked as they appear (`watchMounts`).
     public func watch(_ paths: [String]) throws(CaptureSetupError) {
         for p in paths {
             guard sg_fanotify_mark_filesystem(fanotifyFd, p, 1) == 0 else {
                 let e = errno
                 throw CaptureSetupError(description: "capture.watch \(p): fanotify_mark: \(String(cString: strerror(e))) (errno \(e))")
             }
+            var st = stat()
+            if stat(p, &st) == 0 { _ = markedDevices.withLock { $0.insert(UInt64(st.st_dev)) } }
             marked.withLock { $0.append(p) }
+        }
+        markNewMounts()
+    }
+
+    /// Marks every mount below the watched paths not marked yet (at start, and on each change
+    /// of the mount table). A mount that cannot be marked is logged once and left to the
+    /// process watcher.
+    func markNewMounts() {
+        let watch = marked.withLock { $0 }
+        guard !watch.isEmpty, let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return }
+        let mounts = MountEntry.parse(text)
+        knownDevices.withLock { $0.formUnion(mounts.map(\.device)) }
+        for m in mounts where m.isCovered(by: watch) {
+            guard !markedDevices.withLock({ $0.contains(m.device) }) else { continue }
+            // The mount point may hide the filesystem it names (mounted over): stat confirms.
+            var st = stat()
+            guard stat(m.mountPoint, &st) == 0, UInt64(st.st_dev) == m.device else { continue }
+            if sg_fanotify_mark_filesystem(fanotifyFd, m.mountPoint, 1) == 0 {
+                _ = markedDevices.withLock { $0.insert(m.device) }
+                logger.info("capture blocking: marked a filesystem", metadata: ["mount": "\(m.mountPoint)", "type": "\(m.fsType)"])
+            } else {
+                let e = errno
+                _ = markedDevices.withLock { $0.insert(m.device) }  // once: the watcher covers it
+                logger.warning("capture blocking: cannot mark a filesystem; execs there are judged by the process watcher only",
+                               metadata: ["mount": "\(m.mountPoint)", "type": "\(m.fsType)", "error": "\(String(cString: strerror(e)))"])
+            }
+        }
+    }
+
+    /// Waits for changes of the mount table (POLLPRI on /proc/self/mountinfo) and marks new
+    /// filesystems below the watched paths.
+    func watchMounts() {
+        let fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            logger.error("cannot watch the mount table: filesystems mounted later are judged by the process watcher only", metadata: ["errno": "\(errno)"])
+            return
+        }
+        defer { close(fd) }
+        while stopSignal.wait(for: fd, events: Int16(POLLPRI)) == .readable {
+            markNewMounts()
         }
     }
 
     /// A new policy or a change of the sessions running: takes effect for the next exec.
-    public func update(rule: CaptureRule, sessionProfiles: [LaunchProfile]) {
-        let protection = CaptureProtectionState.current(rule, sessionProfiles: sessionProfiles)
+    public func update(rule: CaptureRule, sessions: CaptureSessions) {
+        let protection = CaptureProtectionState.current(rule, sessionProfiles: sessions.profiles)
         // Trusted-only needs dpkg's index: start loading it now, not at the first exec.
-        if protection.level == .trustedOnly { _ = dpkg.lookup("/") }
-        let (changed, raised) = config.withLock { c -> (Bool, Bool) in
+        if protection.level == .trustedOnly || sessions.trustedOnlyPossible { _ = dpkg.lookup("/") }
+        let users = Set(sessions.users.filter { $0 != 0 })
+        let (changed, raised, newUsers) = config.withLock { c -> (Bool, Bool, Bool) in
             let changed = c.protection != protection || c.mode != rule.mode
             let raised = protection.level > c.protection.level || (c.mode != .enforce && rule.mode == .enforce)
-            c = Config(decider: ExecDecider(rule: rule), protection: protection, mode: rule.mode)
-            return (changed, raised)
+            let newUsers = !users.isSubset(of: c.sessionUsers)
+            c = Config(decider: ExecDecider(rule: rule, loaderHashes: loaderHashes), protection: protection, mode: rule.mode, sessionUsers: users)
+            return (changed, raised, newUsers)
         }
-        // Tools already running when the protection rises (a session starts) are ended now.
-        if raised, stopSignal.isRunning { DispatchQueue.global(qos: .userInitiated).async { [self] in sweep(byContent: true) } }
+        // A session of a protecting profile: memfds cannot be executed while it runs.
+        if protection.profile != nil && protection.level >= .blocklist && rule.mode == .enforce && stopSignal.isRunning {
+            if !memfdNoexec.isRaised {
+                if let why = memfdNoexec.raise() {
+                    logger.info("vm.memfd_noexec not raised: memfd executables are judged by the process watcher only", metadata: ["reason": "\(why)"])
+                } else {
+                    logger.notice("vm.memfd_noexec = 2 while the protecting session runs")
+                }
+            }
+        } else if memfdNoexec.isRaised {
+            memfdNoexec.restore()
+            logger.notice("vm.memfd_noexec restored", metadata: ["value": "\(memfdNoexec.current ?? "?")"])
+        }
+        // Tools already running when the protection rises (a session starts) are ended now;
+        // under trusted-only so is every untrusted process of the sessions' users.
+        if raised || (protection.level == .trustedOnly && newUsers), stopSignal.isRunning {
+            DispatchQueue.global(qos: .userInitiated).async { [self] in
+                sweep(byContent: true)
+                sweepUntrusted()
+            }
+        }
         if changed {
             logger.notice("capture protection", metadata: ["level": "\(protection.level.rawValue)", "profile": "\(protection.profile ?? "-")", "mode": "\(rule.mode.rawValue)"])
         }
@@ -152,6 +270,7 @@ public final class CaptureBlocker: Sendable {
     public func start(procConnector: Int32 = -1) {
         stopSignal.arm()
         startThread(name: "sg-capture") { [self] in run() }
+        startThread(name: "sg-mounts") { [self] in watchMounts() }
         let fd = procConnector >= 0 ? procConnector : sg_proc_connector_open()
         if fd < 0 {
             let e = errno
@@ -186,7 +305,9 @@ public final class CaptureBlocker: Sendable {
                 let got = buf.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
                 if got < 0 {
                     // ENOBUFS: notifications were lost; look at every process instead.
-                    if errno == ENOBUFS { sweep(byContent: false) }
+                    // A user flooding execs to hide one: the processes of users other than
+                    // root are judged as if just exec'd (loader, memfd, unmarked filesystems).
+                    if errno == ENOBUFS { sweep(byContent: false, lostEvents: true) }
                     break
                 }
                 if got == 0 { break }
@@ -204,44 +325,150 @@ public final class CaptureBlocker: Sendable {
     /// `byContent`: then hashes the executables of the processes no name, path or argument
     /// matched (through the digest cache, off the hasher that exec answers wait for) against
     /// the listed SHA-256, so a renamed copy started before the protection is ended too.
-    public func sweep(byContent: Bool = true) {
+    public func sweep(byContent: Bool = true, lostEvents: Bool = false) {
         guard config.withLock({ $0.protection.level != .none }) else { return }
         let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
         // Names and paths first for everyone (cheap), then the contents of the others
         // (hashing a large executable must not delay ending a listed tool).
         var unmatched: [Int32] = []
         for pid in pids where pid != getpid() {
-            if !check(pid: pid) { unmatched.append(pid) }
+            let fresh = lostEvents && (Self.processInfo(pid).0 ?? 0) != 0
+            if !check(pid: pid, fresh: fresh) { unmatched.append(pid) }
         }
         guard byContent, config.withLock({ $0.decider.hasHashes }) else { return }
         for pid in unmatched { checkContent(pid: pid) }
     }
 
     /// Ends `pid` when it runs a capture tool (by name, path, arguments) and the protection in
-    /// force says so. True when it matched.
+    /// force says so. True when it matched. Also what fanotify cannot see: a direct run of the
+    /// dynamic loader is judged by the program it loads; an executable with no file (memfd,
+    /// deleted) by the name it carries and its content; one on a filesystem no mark covers (a
+    /// user namespace's own tmpfs) by its content and trust, and that filesystem is marked.
+    /// `fresh`: the process has just exec'd (from the connector); a sweep over every process
+    /// judges by name, path and arguments only (a long-running daemon whose binary an upgrade
+    /// replaced shows as deleted, and is not a capture tool for that).
     @discardableResult
-    func check(pid: Int32) -> Bool {
+    func check(pid: Int32, fresh: Bool = true) -> Bool {
         let cfg = config.withLock { $0 }
         guard cfg.protection.level != .none, let exe = Self.readLink("/proc/\(pid)/exe") else { return false }
+        if let anonymous = ExecDecider.anonymousName(exe) {
+            if let reason = cfg.decider.running(executable: anonymous, argv: [], protection: cfg.protection) {
+                return end(pid: pid, exe: exe, sha256: nil, reason: "\(reason); it runs with no file of its own (\(exe))", cfg: cfg)
+            }
+            if fresh { judgeContent(pid: pid, exe: exe, program: exe, file: "/proc/\(pid)/exe", anonymous: true, cfg: cfg) }
+            return false
+        }
         // One readlink for most execs; the command line only where it can matter.
         let argv = cfg.decider.needsCommandLine(executable: exe) ? (Self.commandLine(pid) ?? []) : []
-        guard let reason = cfg.decider.running(executable: exe, argv: argv, protection: cfg.protection) else { return false }
+        if ExecDecider.isLoader(exe) {
+            if cfg.decider.rule.loader == .deny, let uid = Self.processInfo(pid).0, uid != 0 {
+                return end(pid: pid, exe: exe, sha256: nil, reason: "uid \(uid) ran the dynamic loader \(exe) directly (\(argv.prefix(4).joined(separator: " "))): capture.loader: deny", cfg: cfg)
+            }
+            guard let (program, index) = ExecDecider.loaderProgram(argv) else { return false }
+            let (shown, file) = Self.resolve(program, for: pid)
+            if let reason = cfg.decider.running(executable: shown, argv: Array(argv[index...]), protection: cfg.protection) {
+                return end(pid: pid, exe: exe, shown: shown, sha256: nil, reason: "\(reason), loaded by the dynamic loader \(exe)", cfg: cfg)
+            }
+            if fresh { judgeContent(pid: pid, exe: exe, program: shown, file: file, anonymous: false, cfg: cfg) }
+            return false
+        }
+        if let reason = cfg.decider.running(executable: exe, argv: argv, protection: cfg.protection) {
+            return end(pid: pid, exe: exe, sha256: nil, reason: reason + " (" + argv.prefix(6).joined(separator: " ") + ")", cfg: cfg)
+        }
+        // A filesystem below a watched path that this daemon's mount table never showed (mounted
+        // in a user's own mount namespace): mark it for the next exec, judge this one by content.
+        var st = stat()
+        if fresh, MountEntry(device: 0, mountPoint: exe, fsType: "").isCovered(by: marked.withLock { $0 }),
+           stat("/proc/\(pid)/exe", &st) == 0, !markedDevices.withLock({ $0.contains(UInt64(st.st_dev)) }),
+           !knownDevices.withLock({ $0.contains(UInt64(st.st_dev)) }) {
+            let device = UInt64(st.st_dev)
+            if sg_fanotify_mark_filesystem(fanotifyFd, "/proc/\(pid)/exe", 1) == 0 {
+                logger.notice("capture blocking: marked the filesystem of an exec first seen by the process watcher", metadata: ["path": "\(exe)", "pid": "\(pid)"])
+            }
+            _ = markedDevices.withLock { $0.insert(device) }
+            judgeContent(pid: pid, exe: exe, program: exe, file: "/proc/\(pid)/exe", anonymous: false, cfg: cfg)
+        }
+        return false
+    }
+
+    /// The path a process gave (the loader's program argument) as it would show it, and a path
+    /// this daemon can open it by (through the process's own root or working directory, so a
+    /// file in another mount namespace is the one read).
+    static func resolve(_ program: String, for pid: Int32) -> (shown: String, file: String) {
+        if program.hasPrefix("/") { return (program, "/proc/\(pid)/root\(program)") }
+        let cwd = readLink("/proc/\(pid)/cwd") ?? "."
+        return (cwd == "/" ? "/" + program : cwd + "/" + program, "/proc/\(pid)/cwd/\(program)")
+    }
+
+    /// Ends `pid` (enforce) or records that it would be (audit): through a pidfd, and only while
+    /// it still runs `exe`. True when it was ended or would be.
+    @discardableResult
+    /// `shown`: the path recorded, when it is not `exe` (the program a loader loads).
+    func end(pid: Int32, exe: String, shown: String? = nil, sha256: String?, reason: String, cfg: Config, pidfd given: Int32 = -1) -> Bool {
         var outcome: CaptureDecisionRecord.Outcome = .wouldBeKilled
         if cfg.mode == .enforce {
             // pidfd: the signal reaches this process, not a later one that got its pid.
-            let pidfd = sg_pidfd_open(pid)
-            if pidfd >= 0 {
-                defer { close(pidfd) }
-                let same = Self.readLink("/proc/\(pid)/exe") == exe
-                if same, sg_pidfd_send_signal(pidfd, SIGKILL) == 0 {
-                    outcome = .killed
-                    stats.withLock { $0.processesKilled += 1 }
-                }
-            }
-            guard outcome == .killed else { return true }
+            let pidfd = given >= 0 ? given : sg_pidfd_open(pid)
+            guard pidfd >= 0 else { return false }
+            defer { if given < 0 { close(pidfd) } }
+            guard Self.readLink("/proc/\(pid)/exe") == exe, sg_pidfd_send_signal(pidfd, SIGKILL) == 0 else { return false }
+            outcome = .killed
+            stats.withLock { $0.processesKilled += 1 }
         }
-        record(outcome, exe: exe, sha256: nil, pid: pid, profile: cfg.protection.profile, reason: reason + " (" + argv.prefix(6).joined(separator: " ") + ")")
+        record(outcome, exe: shown ?? exe, sha256: sha256, pid: pid, profile: cfg.protection.profile, reason: reason)
         return true
+    }
+
+    /// Judges a running program by its content, off the watcher's thread: a listed SHA-256, a
+    /// copy of the loader, and under trusted-only its trust (dpkg's record or capture.allow; a
+    /// file no package ships is ended without hashing unless capture.allow could allow it).
+    /// `program`: the path shown and looked up in dpkg's index; `file`: where to read it.
+    func judgeContent(pid: Int32, exe: String, program: String, file: String, anonymous: Bool, cfg: Config) {
+        let trusted = cfg.protection.level == .trustedOnly
+        guard trusted || cfg.decider.hasHashes || !loaderHashes.isEmpty else { return }
+        let pidfd = sg_pidfd_open(pid)
+        guard pidfd >= 0 else { return }
+        DispatchQueue.global(qos: .userInitiated).async { [self] in
+            defer { close(pidfd) }
+            var package: PackageRecord = anonymous ? .none : .unknown
+            if trusted && !anonymous {
+                if dpkg.lookup("/") == .notLoaded { dpkg.loadNow() }
+                package = dpkg.record(program)
+            }
+            if trusted, package == .none, !cfg.decider.allowsByContent {
+                let why = anonymous ? "running \(exe) has no file of its own (memfd or deleted) and capture.allow lists no content: \(cfg.decider.who(cfg.protection)) allows trusted executables only"
+                    : cfg.decider.untrustedRunning(path: program, sha256: nil, packaged: false, protection: cfg.protection)!
+                end(pid: pid, exe: exe, shown: program, sha256: nil, reason: why, cfg: cfg, pidfd: pidfd)
+                return
+            }
+            let fd = open(file, O_RDONLY | O_CLOEXEC)
+            let digests = fd >= 0 ? self.digests(fd: fd, timeoutMs: Self.sweepHashTimeoutMs, on: .global(qos: .utility)) : nil
+            if fd >= 0 { close(fd) }
+            guard let digests else {
+                if trusted { end(pid: pid, exe: exe, shown: program, sha256: nil, reason: "running \(program) could not be read in time: \(cfg.decider.who(cfg.protection)) allows trusted executables only", cfg: cfg, pidfd: pidfd) }
+                return
+            }
+            var packaged: Bool?
+            if case .md5(let m) = package { packaged = m == digests.md5 } else if package == .none { packaged = false }
+            let reason = cfg.decider.running(sha256: digests.sha256, executable: program, protection: cfg.protection)
+                ?? (loaderHashes.contains(digests.sha256) && !ExecDecider.isLoader(program) ? "running \(program) is a copy of the dynamic loader (SHA-256 \(digests.sha256))" : nil)
+                ?? cfg.decider.untrustedRunning(path: program, sha256: digests.sha256, packaged: packaged, protection: cfg.protection)
+            guard let reason else { return }
+            end(pid: pid, exe: exe, shown: program, sha256: digests.sha256, reason: program == exe ? reason : "\(reason), loaded by the dynamic loader \(exe)", cfg: cfg, pidfd: pidfd)
+        }
+    }
+
+    /// Under trusted-only: ends every process of the sessions' users (never root's) whose
+    /// executable is not trusted, e.g. a tool started before the session to wait for it.
+    func sweepUntrusted() {
+        let cfg = config.withLock { $0 }
+        guard cfg.protection.level == .trustedOnly, !cfg.sessionUsers.isEmpty else { return }
+        if dpkg.lookup("/") == .notLoaded { dpkg.loadNow() }
+        let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
+        for pid in pids where pid != getpid() {
+            guard let uid = Self.processInfo(pid).0, cfg.sessionUsers.contains(uid), let exe = Self.readLink("/proc/\(pid)/exe") else { continue }
+            judgeContent(pid: pid, exe: exe, program: exe, file: "/proc/\(pid)/exe", anonymous: ExecDecider.anonymousName(exe) != nil, cfg: cfg)
+        }
     }
 
     /// Ends `pid` when its executable's SHA-256 is listed (a renamed copy). The pidfd is taken
@@ -282,7 +509,10 @@ public final class CaptureBlocker: Sendable {
                                        parentExecutable: parentExe, profile: profile, reason: reason))
     }
 
-    public func stop() { stopSignal.stop() }
+    public func stop() {
+        stopSignal.stop()
+        memfdNoexec.restore()
+    }
 
 
     func run() {
@@ -321,21 +551,28 @@ public final class CaptureBlocker: Sendable {
         var verdict: ExecVerdict = .allow
         var sha256: String?
         var failMode = false
-        switch cfg.decider.quick(path: path, protection: cfg.protection) {
+        // Under trusted-only dpkg's record decides first: a path no package ships is denied
+        // with no hashing (unless capture.allow could allow it by content).
+        let package: PackageRecord = cfg.protection.level == .trustedOnly ? dpkg.record(path) : .unknown
+        switch cfg.decider.quick(path: path, protection: cfg.protection, package: package) {
         case .allow:
             verdict = .allow
         case .deny(let reason):
             verdict = .deny(reason: reason)
         case .needsContent:
-            let lookup: DpkgIndex.Lookup = cfg.protection.level == .trustedOnly ? dpkg.lookup(path) : .recorded(nil)
-            if lookup != .notLoaded,
-               let digests = digests(fd: e.fd, timeoutMs: cfg.decider.rule.decisionTimeoutMs - Int((monotonicNanos() &- started) / 1_000_000)) {
+            if let digests = digests(fd: e.fd, timeoutMs: cfg.decider.rule.decisionTimeoutMs - Int((monotonicNanos() &- started) / 1_000_000)) {
                 sha256 = digests.sha256
                 var packaged: Bool?
-                if cfg.protection.level == .trustedOnly, case .recorded(let md5) = lookup { packaged = md5 == digests.md5 }
+                if cfg.protection.level == .trustedOnly {
+                    switch package {
+                    case .md5(let md5): packaged = md5 == digests.md5
+                    case .none: packaged = false
+                    case .unknown: packaged = nil
+                    }
+                }
                 verdict = cfg.decider.decide(path: path, sha256: digests.sha256, packaged: packaged, protection: cfg.protection)
             } else {
-                verdict = cfg.decider.failAnswer(path: path)
+                verdict = cfg.decider.failAnswer(path: path, protection: cfg.protection)
                 failMode = true
             }
         }
@@ -361,33 +598,56 @@ public final class CaptureBlocker: Sendable {
                                        parentExecutable: parentExe, profile: cfg.protection.profile, reason: reason))
     }
 
-    /// The file's digests from the cache, or hashed on the hasher within `timeoutMs`; nil when
-    /// that is not enough (the hashing goes on and fills the cache for the next exec).
+    /// The file's digests from the cache, or hashed within `timeoutMs`; nil when that is not
+    /// enough (the hashing goes on and fills the cache for the next exec). Exec answers hash on
+    /// `hasher`, at most `hashers` files at once: a second exec of a file being hashed waits
+    /// for that job; past the bound the exec gets the fail mode at once (a user cannot make a
+    /// queue of large files that every later exec waits behind). Sweeps pass their own queue.
     func digests(fd: Int32, timeoutMs: Int, on queue: DispatchQueue? = nil) -> FileDigests? {
         guard let id = FileIdentity(fd: fd) else { return nil }
         if let hit = cache.get(id) {
             stats.withLock { $0.cacheHits += 1 }
             return hit
         }
-        let copy = dup(fd)
-        guard copy >= 0 else { return nil }
-        let result = Mutex<FileDigests?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        let delay = hashDelayMs
-        (queue ?? hasher).async { [self] in
-            defer { close(copy) }
-            if delay > 0 { usleep(UInt32(delay) * 1000) }
-            guard let d = FileDigests.of(fd: copy) else {
-                done.signal()
-                return
-            }
-            cache.put(id, d)
-            stats.withLock { $0.hashed += 1 }
-            result.withLock { $0 = d }
-            done.signal()
+        let deadline = DispatchTime.now() + .milliseconds(max(timeoutMs, 0))
+        enum Slot { case wait(DispatchGroup), run(DispatchGroup), full }
+        let slot = hashing.withLock { h -> Slot in
+            if let g = h[id] { return .wait(g.group) }
+            // Only exec answers count against the bound (sweeps hash on their own queue).
+            if queue == nil && h.values.count(where: \.forExec) >= hashers { return .full }
+            let g = DispatchGroup()
+            g.enter()
+            h[id] = (g, queue == nil)
+            return .run(g)
         }
-        guard done.wait(timeout: .now() + .milliseconds(max(timeoutMs, 0))) == .success else { return nil }
-        return result.withLock { $0 }
+        switch slot {
+        case .full:
+            return nil
+        case .wait(let g):
+            guard g.wait(timeout: deadline) == .success else { return nil }
+            return cache.get(id)
+        case .run(let g):
+            let copy = dup(fd)
+            guard copy >= 0 else {
+                _ = hashing.withLock { $0.removeValue(forKey: id) }
+                g.leave()
+                return nil
+            }
+            let delay = hashDelayMs
+            (queue ?? hasher).async { [self] in
+                defer {
+                    close(copy)
+                    _ = hashing.withLock { $0.removeValue(forKey: id) }
+                    g.leave()
+                }
+                if delay > 0 { usleep(UInt32(delay) * 1000) }
+                guard let d = FileDigests.of(fd: copy) else { return }
+                cache.put(id, d)
+                stats.withLock { $0.hashed += 1 }
+            }
+            guard g.wait(timeout: deadline) == .success else { return nil }
+            return cache.get(id)
+        }
     }
 
     /// The path of an open descriptor (readlink of /proc/self/fd/N), without Foundation: this
@@ -437,7 +697,7 @@ public protocol ExecGate: AnyObject, Sendable {
     func rewatch(_ paths: [String]) throws(CaptureSetupError)
     var watched: [String] { get }
     /// A new policy or a change of the sessions running: takes effect for the next exec.
-    func update(rule: CaptureRule, sessionProfiles: [LaunchProfile])
+    func update(rule: CaptureRule, sessions: CaptureSessions)
     var protection: CaptureProtectionState { get }
     var statistics: CaptureStatistics { get }
     /// Called (off the caller's thread, at most once a second) when sessions may have ended.

@@ -150,6 +150,15 @@ public final class DpkgIndex: Sendable {
         return .recorded(index["/usr" + path])
     }
 
+    /// `lookup` as the decider takes it.
+    public func record(_ path: String) -> PackageRecord {
+        switch lookup(path) {
+        case .notLoaded: .unknown
+        case .recorded(nil): .none
+        case .recorded(let md5?): .md5(md5)
+        }
+    }
+
     /// Loads now, on the caller's thread (start-up, tests).
     public func loadNow() {
         load(stamp: currentStamp())

@@ -84,10 +84,11 @@ public struct EnforcementEvent: Sendable, Equatable {
             }
         }
 
-        /// Refusals and kills (and their audit twins): what `segguardctl why-denied` lists.
+        /// Refusals and kills (and their audit twins), and execs let through by the fail mode:
+        /// what `segguardctl why-denied` lists.
         public var isDenial: Bool {
             switch self {
-            case .launchAllowed, .bindingApplied, .execFailMode: false
+            case .launchAllowed, .bindingApplied: false
             default: true
             }
         }

@@ -32,6 +32,25 @@ public enum CaptureProtection: String, Sendable, Codable, CaseIterable, Comparab
     }
 }
 
+/// What a direct run of the dynamic loader (`/lib64/ld-linux-x86-64.so.2 ./tool`) gets.
+public enum LoaderRule: String, Sendable, Codable, CaseIterable {
+    /// Judged by the program it loads (name, path, hash, trust), like an exec of that program.
+    case judge
+    /// Ended at once for every user but root, whatever it loads (`capture.loader: deny`).
+    case deny
+}
+
+/// An executable trusted-only mode allows by path AND content: a path alone is not enough (a
+/// bind mount in a user namespace can put any binary at any path).
+public struct AllowedExecutable: Sendable, Equatable, Codable {
+    public var path: String
+    public var sha256: String
+    public init(path: String, sha256: String) {
+        self.path = path
+        self.sha256 = sha256
+    }
+}
+
 /// A tool that captures only with certain arguments (ffmpeg -f x11grab): denied while running
 /// when its name matches and any argument contains one of `anyOf`. Seen by the process
 /// watcher after the exec (the kernel asks fanotify before the new program has arguments).
@@ -61,14 +80,18 @@ public struct CaptureRule: Sendable, Equatable, Codable {
     public var blockSHA256: [String]
     /// Tools denied only with certain arguments (checked on running processes).
     public var blockArguments: [ArgumentRule]
-    /// Trusted-only mode: executables allowed besides those of installed packages.
-    public var allowPaths: [String]
+    /// Trusted-only mode: executables allowed besides those of installed packages, by path
+    /// and content, or by content wherever they lie.
+    public var allowPaths: [AllowedExecutable]
     public var allowSHA256: [String]
+    /// Direct runs of the dynamic loader.
+    public var loader: LoaderRule
 
     public init(mode: ControlMode = .off, scope: CaptureScope = .always, watch: [String] = ["/"], failMode: CaptureFailMode = .allow,
                 decisionTimeoutMs: Int = 250, blockNames: [String] = [], blockPaths: [String] = [], blockSHA256: [String] = [],
-                allowPaths: [String] = [], allowSHA256: [String] = [], blockArguments: [ArgumentRule] = []) {
+                allowPaths: [AllowedExecutable] = [], allowSHA256: [String] = [], blockArguments: [ArgumentRule] = [], loader: LoaderRule = .judge) {
         self.blockArguments = blockArguments
+        self.loader = loader
         self.mode = mode
         self.scope = scope
         self.watch = watch

@@ -354,7 +354,8 @@ struct Context {
     mutating func capture(_ node: Node) -> CaptureRule {
         let path = "capture"
         var rule = CaptureRule(mode: .enforce)
-        guard let m = mapping(node, path, allowed: ["mode", "scope", "watch", "fail_mode", "decision_timeout_ms", "block", "allow"]) else { return rule }
+        guard let m = mapping(node, path, allowed: ["mode", "scope", "watch", "fail_mode", "decision_timeout_ms", "block", "allow", "loader"]) else { return rule }
+        if let v = m["loader"], let l = oneOf(v, "\(path).loader", LoaderRule.self) { rule.loader = l }
         if let v = m["mode"], let mode = oneOf(v, "\(path).mode", ControlMode.self) { rule.mode = mode }
         if let v = m["scope"], let scope = oneOf(v, "\(path).scope", CaptureScope.self) { rule.scope = scope }
         if let v = m["fail_mode"], let f = oneOf(v, "\(path).fail_mode", CaptureFailMode.self) { rule.failMode = f }
@@ -367,12 +368,13 @@ struct Context {
             if paths.isEmpty { report(v, "\(path).watch", "empty", hint: "name at least one mount, e.g. [/]") }
             rule.watch = paths.filter { $0.hasPrefix("/") }
         }
-        func hashes(_ v: Node, _ p: String) -> [String] {
+        func hashes(_ v: Node, _ p: String, single: Bool = false) -> [String] {
             var out: [String] = []
-            for (i, h) in strings(v, p).enumerated() {
+            let list = single ? (string(v, p).map { [$0] } ?? []) : strings(v, p)
+            for (i, h) in list.enumerated() {
                 let lower = h.lowercased()
                 if lower.count == 64, lower.allSatisfy(\.isHexDigit) { out.append(lower) } else {
-                    report(v, "\(p)[\(i)]", "\"\(h.prefix(70))\" is not a SHA-256 (64 hex digits)", hint: "sha256sum /usr/bin/TOOL prints it")
+                    report(v, single ? p : "\(p)[\(i)]", "\"\(h.prefix(70))\" is not a SHA-256 (64 hex digits)", hint: "sha256sum /usr/bin/TOOL prints it")
                 }
             }
             return out
@@ -412,7 +414,27 @@ struct Context {
             if let v = bm["sha256"] { rule.blockSHA256 = hashes(v, "\(path).block.sha256") }
         }
         if let a = m["allow"], let am = mapping(a, "\(path).allow", allowed: ["paths", "sha256"]) {
-            if let v = am["paths"] { rule.allowPaths = absolute(v, "\(path).allow.paths") }
+            if let v = am["paths"], let items = sequence(v, "\(path).allow.paths") {
+                for (i, item) in items.enumerated() {
+                    let p = "\(path).allow.paths[\(i)]"
+                    if case .scalar = item {
+                        report(item, p, "a path alone is not trusted: it needs its sha256",
+                               hint: "write {path: /opt/vdi/bin/client, sha256: <sha256sum of it>} (a user namespace can bind-mount any binary onto a path)")
+                        continue
+                    }
+                    guard let em = mapping(item, p, allowed: ["path", "sha256"]) else { continue }
+                    guard let pn = em["path"], let x = string(pn, "\(p).path"), x.hasPrefix("/") else {
+                        report(item, "\(p).path", "missing or not an absolute path", hint: "e.g. path: /opt/vdi/bin/client")
+                        continue
+                    }
+                    guard let hn = em["sha256"] else {
+                        report(item, "\(p).sha256", "missing", hint: "sha256sum \(x) prints it")
+                        continue
+                    }
+                    guard let h = hashes(hn, "\(p).sha256", single: true).first else { continue }
+                    rule.allowPaths.append(AllowedExecutable(path: x, sha256: h))
+                }
+            }
             if let v = am["sha256"] { rule.allowSHA256 = hashes(v, "\(path).allow.sha256") }
         }
         return rule

@@ -41,10 +41,11 @@ public final class StopSignal: Sendable {
         case failed(Int32)
     }
 
-    /// Waits without a timeout until `descriptor` is readable or the loop is stopped.
-    public func wait(for descriptor: Int32) -> Wake {
+    /// Waits without a timeout until `descriptor` is readable (or has one of `events`) or the
+    /// loop is stopped.
+    public func wait(for descriptor: Int32, events: Int16 = Int16(POLLIN)) -> Wake {
         while isRunning {
-            var fds = [pollfd(fd: descriptor, events: Int16(POLLIN), revents: 0), pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
+            var fds = [pollfd(fd: descriptor, events: events, revents: 0), pollfd(fd: fd, events: Int16(POLLIN), revents: 0)]
             if poll(&fds, 2, -1) < 0 {
                 if errno == EINTR { continue }
                 return .failed(errno)

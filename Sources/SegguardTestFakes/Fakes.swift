@@ -396,7 +396,16 @@ public final class FakeSessionControl: SessionControl, Sendable {
 
 /// An exec gate that records what the agent tells it and plays capture records.
 public final class FakeExecGate: ExecGate, Sendable {
-    private let state = Mutex<(watched: [String], updates: [CaptureProtectionState], started: Bool, stopped: Bool, stale: (@Sendable () -> Void)?)>(([], [], false, false, nil))
+    private struct State {
+        var watched: [String] = []
+        var updates: [CaptureProtectionState] = []
+        var started = false
+        var stopped = false
+        var stale: (@Sendable () -> Void)?
+        var sessionUsers: Set<UInt32> = []
+        var trustedOnlyPossible = false
+    }
+    private let state = Mutex(State())
     let onRecord: @Sendable (CaptureDecisionRecord) -> Void
 
     public init(onRecord: @escaping @Sendable (CaptureDecisionRecord) -> Void) { self.onRecord = onRecord }
@@ -404,9 +413,16 @@ public final class FakeExecGate: ExecGate, Sendable {
     public func watch(_ paths: [String]) throws(CaptureSetupError) { state.withLock { $0.watched += paths } }
     public func rewatch(_ paths: [String]) throws(CaptureSetupError) { state.withLock { $0.watched = paths } }
     public var watched: [String] { state.withLock { $0.watched } }
-    public func update(rule: CaptureRule, sessionProfiles: [LaunchProfile]) {
-        state.withLock { $0.updates.append(CaptureProtectionState.current(rule, sessionProfiles: sessionProfiles)) }
+    public func update(rule: CaptureRule, sessions: CaptureSessions) {
+        state.withLock {
+            $0.updates.append(CaptureProtectionState.current(rule, sessionProfiles: sessions.profiles))
+            $0.sessionUsers = sessions.users
+            $0.trustedOnlyPossible = sessions.trustedOnlyPossible
+        }
     }
+    /// The session users and the trusted-only hint of the last update.
+    public var sessionUsers: Set<UInt32> { state.withLock { $0.sessionUsers } }
+    public var trustedOnlyPossible: Bool { state.withLock { $0.trustedOnlyPossible } }
     public var protection: CaptureProtectionState { state.withLock { $0.updates.last ?? .init(level: .none) } }
     public var statistics: CaptureStatistics { CaptureStatistics() }
     public func onStaleProtection(_ hint: @escaping @Sendable () -> Void) { state.withLock { $0.stale = hint } }

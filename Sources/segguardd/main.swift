@@ -133,6 +133,8 @@ extension Segguardd {
         case .dbus: WPADBusSource(address: wpaDbusAddress, logger: logger)
         }
         let (delay, dpkg) = (captureTestHashDelayMs, dpkgInfoDir)
+        // vm.memfd_noexec's value before a protecting session raised it, kept beside the baseline.
+        let memfdSaved = (baselineFile as NSString).deletingLastPathComponent + "/memfd_noexec.saved"
         let prober: TrustedServerProbes?
         do {
             prober = try TrustedServerProbes(networkNamespace: netns, timeout: 3, logger: logger)
@@ -141,7 +143,8 @@ extension Segguardd {
             logger.error("no trusted-server probes: rules with trusted_server will not authorize", metadata: ["error": "\(error)"])
         }
         return AgentSources(network: NetworkWatcher(logger: logger), deviceAuth: deviceAuth, binding: binding, sessions: tracker, execGate: { rule, onRecord in
-            try CaptureBlocker(rule: rule, dpkg: DpkgIndex(infoDirectory: dpkg), logger: logger, hashDelayMs: delay, onRecord: onRecord)
+            try CaptureBlocker(rule: rule, dpkg: DpkgIndex(infoDirectory: dpkg), logger: logger, hashDelayMs: delay,
+                               memfdNoexec: MemfdNoexec(savedFile: memfdSaved), onRecord: onRecord)
         }, prober: prober)
     }
 

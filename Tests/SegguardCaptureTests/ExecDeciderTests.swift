@@ -9,8 +9,9 @@ import Testing
 @Suite("Capture blocking decisions")
 struct ExecDeciderTests {
     static let toolHash = String(repeating: "ab", count: 32)
+    static let clientHash = String(repeating: "ef", count: 32)
     static let rule = CaptureRule(mode: .enforce, scope: .always, blockNames: ["scrot", "gnome-screenshot"], blockPaths: ["/opt/tools/grab"],
-                                  blockSHA256: [toolHash], allowPaths: ["/opt/vdi/client"], allowSHA256: [String(repeating: "cd", count: 32)])
+                                  blockSHA256: [toolHash], allowPaths: [AllowedExecutable(path: "/opt/vdi/client", sha256: clientHash)], allowSHA256: [String(repeating: "cd", count: 32)])
     static let always = CaptureProtectionState(level: .blocklist)
     static let trusted = CaptureProtectionState(level: .trustedOnly, profile: "mynumber")
 
@@ -53,13 +54,73 @@ struct ExecDeciderTests {
         let d = ExecDecider(rule: Self.rule)
         let other = String(repeating: "11", count: 32)
         #expect(d.decide(path: "/usr/bin/ls", sha256: other, packaged: true, protection: Self.trusted) == .allow)
-        #expect(d.decide(path: "/opt/vdi/client", sha256: other, packaged: false, protection: Self.trusted) == .allow)
+        // capture.allow.paths: the path AND its content; the path alone (a bind mount) is not trusted.
+        #expect(d.decide(path: "/opt/vdi/client", sha256: Self.clientHash, packaged: false, protection: Self.trusted) == .allow)
+        #expect(d.decide(path: "/opt/vdi/client", sha256: other, packaged: false, protection: Self.trusted).isDeny)
         #expect(d.decide(path: "/opt/x/y", sha256: String(repeating: "cd", count: 32), packaged: false, protection: Self.trusted) == .allow)
         #expect(d.decide(path: "/media/usb/grabber", sha256: other, packaged: false, protection: Self.trusted)
                 == .deny(reason: "/media/usb/grabber is not part of an installed package (or differs from it) and not in capture.allow: profile 'mynumber' allows trusted executables only"))
         // A listed tool is denied even when a package ships it.
         #expect(d.decide(path: "/usr/bin/gnome-screenshot", sha256: other, packaged: true, protection: Self.trusted).isDeny)
-        #expect(d.quick(path: "/usr/bin/ls", protection: Self.trusted) == .needsContent)
+        #expect(d.quick(path: "/usr/bin/ls", protection: Self.trusted, package: .md5("x")) == .needsContent)
+    }
+
+    @Test("trusted-only without hashing: a path no package ships is denied at once unless capture.allow could allow its content; an unloaded index fails closed")
+    func trustedOnlyQuick() {
+        let noAllow = ExecDecider(rule: CaptureRule(mode: .enforce, blockNames: ["scrot"]))
+        #expect(noAllow.quick(path: "/home/u/padded", protection: Self.trusted, package: .none)
+                == .deny(reason: "/home/u/padded is not part of an installed package and not in capture.allow: profile 'mynumber' allows trusted executables only"))
+        #expect(noAllow.quick(path: "/usr/bin/ls", protection: Self.trusted, package: .unknown)
+                == .deny(reason: "/usr/bin/ls could not be checked against the installed packages: profile 'mynumber' allows trusted executables only"))
+        #expect(noAllow.quick(path: "/usr/bin/ls", protection: Self.trusted, package: .md5("0")) == .needsContent)
+        // With content allowed anywhere, the file must be hashed (and fails closed when it cannot be in time).
+        let d = ExecDecider(rule: Self.rule)
+        #expect(d.quick(path: "/home/u/padded", protection: Self.trusted, package: .none) == .needsContent)
+        #expect(d.failAnswer(path: "/home/u/padded", protection: Self.trusted)
+                == .deny(reason: "no decision for /home/u/padded within 250 ms: profile 'mynumber' allows trusted executables only, so it fails closed"))
+        // Only the allow-listed path may skip dpkg when only allow.paths is set.
+        let pathOnly = ExecDecider(rule: CaptureRule(mode: .enforce, allowPaths: [AllowedExecutable(path: "/opt/vdi/client", sha256: Self.clientHash)]))
+        #expect(pathOnly.quick(path: "/opt/vdi/client", protection: Self.trusted, package: .none) == .needsContent)
+        #expect(pathOnly.quick(path: "/opt/vdi/other", protection: Self.trusted, package: .none).isDenyVerdict)
+        // Running processes: trust by dpkg or allow.
+        #expect(d.untrustedRunning(path: "/usr/bin/ls", sha256: "x", packaged: true, protection: Self.trusted) == nil)
+        #expect(d.untrustedRunning(path: "/opt/vdi/client", sha256: Self.clientHash, packaged: false, protection: Self.trusted) == nil)
+        #expect(d.untrustedRunning(path: "/tmp/x", sha256: "x", packaged: false, protection: Self.trusted)?.hasPrefix("running /tmp/x is not part of an installed package") == true)
+        #expect(d.untrustedRunning(path: "/tmp/x", sha256: "x", packaged: false, protection: Self.always) == nil)
+    }
+
+    @Test("the dynamic loader: recognised by name, its program found past its own options; a copy elsewhere is denied by content")
+    func loader() {
+        for l in ["/lib64/ld-linux-x86-64.so.2", "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "/lib/ld-musl-x86_64.so.1", "/lib/ld-2.31.so", "/lib/ld.so", "/lib64/ld64.so.2"] {
+            #expect(ExecDecider.isLoader(l), "\(l)")
+        }
+        for n in ["/usr/bin/ld", "/usr/bin/ld.bfd", "/usr/bin/ld-helper", "/usr/lib/ld-linux.so.2.conf", "/usr/bin/ldd"] {
+            #expect(!ExecDecider.isLoader(n), "\(n)")
+        }
+        #expect(ExecDecider.loaderProgram(["ld.so", "./maim", "-s"])! == ("./maim", 1))
+        #expect(ExecDecider.loaderProgram(["ld.so", "--library-path", "/tmp", "--preload", "x.so", "--inhibit-cache", "/tmp/maim"])! == ("/tmp/maim", 6))
+        #expect(ExecDecider.loaderProgram(["ld.so", "--argv0", "notes", "maim"])! == ("maim", 3))
+        #expect(ExecDecider.loaderProgram(["ld.so", "--list"]) == nil)
+        // An option ld.so does not know is, for ld.so, the program's name.
+        #expect(ExecDecider.loaderProgram(["ld.so", "--bogus", "maim"])! == ("--bogus", 1))
+        #expect(d.needsCommandLine(executable: "/lib64/ld-linux-x86-64.so.2"))
+        let loaderHash = String(repeating: "77", count: 32)
+        let withLoader = ExecDecider(rule: Self.rule, loaderHashes: [loaderHash])
+        #expect(withLoader.decide(path: "/home/u/myld", sha256: loaderHash, packaged: nil, protection: Self.always)
+                == .deny(reason: "/home/u/myld is a copy of the dynamic loader (SHA-256 \(loaderHash)): it would run any program unseen"))
+        #expect(withLoader.decide(path: "/lib64/ld-linux-x86-64.so.2", sha256: loaderHash, packaged: nil, protection: Self.always) == .allow)
+        #expect(withLoader.decide(path: "/home/u/myld", sha256: loaderHash, packaged: nil, protection: .init(level: .none)) == .allow)
+    }
+    var d: ExecDecider { ExecDecider(rule: Self.rule) }
+
+    @Test("executables with no file of their own: a memfd or a deleted file carries a name")
+    func anonymous() {
+        #expect(ExecDecider.anonymousName("/memfd:maim (deleted)") == "maim")
+        #expect(ExecDecider.anonymousName("/memfd:scrot") == "scrot")
+        #expect(ExecDecider.anonymousName("/tmp/scrot (deleted)") == "scrot")
+        #expect(ExecDecider.anonymousName("/usr/bin/scrot") == nil)
+        #expect(d.running(executable: "maim", argv: [], protection: Self.always) == nil)
+        #expect(d.running(executable: "scrot", argv: [], protection: Self.always) != nil)
     }
 
     @Test("running processes: names (also of the script), paths, and tools that capture only with certain arguments")
@@ -94,6 +155,50 @@ struct ExecDeciderTests {
         var r = Self.rule
         r.failMode = .deny
         #expect(ExecDecider(rule: r).failAnswer(path: "/x") == .deny(reason: "no decision for /x within 250 ms (capture.fail_mode: deny)"))
+    }
+}
+
+extension QuickVerdict {
+    var isDenyVerdict: Bool { if case .deny = self { true } else { false } }
+}
+
+@Suite("Mounts to mark and vm.memfd_noexec")
+struct MountsTests {
+    @Test("mountinfo: devices, escaped mount points, types; what a watch covers")
+    func parse() {
+        let text = """
+            22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+            23 22 0:21 / /proc rw,nosuid shared:12 - proc proc rw
+            24 22 0:22 / /run/user/1000 rw,nosuid shared:5 - tmpfs tmpfs rw,size=100k
+            25 22 8:17 / /media/u/MY\\040STICK rw,nosuid - vfat /dev/sdb1 rw
+            26 22 0:30 / /srv/data rw - nfs4 srv:/d rw
+            broken line
+            """
+        let m = MountEntry.parse(text)
+        #expect(m.count == 5)
+        #expect(m[0] == MountEntry(device: MountEntry.makeDevice(8, 1), mountPoint: "/", fsType: "ext4"))
+        #expect(m[3].mountPoint == "/media/u/MY STICK" && m[3].fsType == "vfat")
+        #expect(MountEntry.makeDevice(8, 1) == 0x801)
+        #expect(MountEntry.makeDevice(0, 300) == (300 & 0xff) | ((300 & 0xffffff00) << 12))
+        #expect(m.filter { $0.isCovered(by: ["/"]) }.map(\.mountPoint) == ["/", "/run/user/1000", "/media/u/MY STICK", "/srv/data"])
+        #expect(m.filter { $0.isCovered(by: ["/run", "/media/u"]) }.map(\.mountPoint) == ["/run/user/1000", "/media/u/MY STICK"])
+        #expect(m.filter { $0.isCovered(by: ["/srv/dat"]) }.isEmpty)
+    }
+
+    @Test("memfd_noexec is raised to 2 once, and put back as it was")
+    func memfdNoexec() throws {
+        let file = FileManager.default.temporaryDirectory.appendingPathComponent("sg-memfd-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try "1\n".write(to: file, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: file) }
+        let m = MemfdNoexec(path: file.path)
+        #expect(m.isAvailable && m.current == "1" && !m.isRaised)
+        #expect(m.raise() == nil)
+        #expect(m.current == "2" && m.isRaised)
+        try "0\n".write(to: file, atomically: false, encoding: .utf8)  // someone lowered it: raise again is a no-op while raised
+        #expect(m.raise() == nil)
+        m.restore()
+        #expect(m.current == "1" && !m.isRaised)
+        #expect(MemfdNoexec(path: "/nonexistent/memfd_noexec").raise()?.contains("not available") == true)
     }
 }
 
@@ -180,6 +285,18 @@ struct CapturePolicyTests {
         #expect(p.capture.mode == .enforce && p.capture.scope == .sessions && p.capture.failMode == .allow && p.capture.decisionTimeoutMs == 250)
         #expect(p.capture.blockSHA256 == [String(repeating: "ab", count: 32)])
         #expect(p.profiles[0].capture == .trustedOnly)
+        #expect(p.capture.loader == .judge && p.capture.allowPaths.isEmpty)
+        let strict = try PolicyLoader.load(text: """
+            schema_version: 1
+            sites: [{name: hq, wired: [{interfaces: [eth0]}]}]
+            vdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}
+            capture:
+              loader: deny
+              allow:
+                paths: [{path: /opt/vdi/client, sha256: "\(String(repeating: "CD", count: 32))"}]
+            """, file: "p.yaml")
+        #expect(strict.capture.loader == .deny)
+        #expect(strict.capture.allowPaths == [AllowedExecutable(path: "/opt/vdi/client", sha256: String(repeating: "cd", count: 32))])
         let none = try PolicyLoader.load(text: "schema_version: 1\nsites: [{name: hq, wired: [{interfaces: [eth0]}]}]\nvdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}\n", file: "q.yaml")
         #expect(none.capture.mode == .off)
     }
@@ -192,6 +309,11 @@ struct CapturePolicyTests {
         ("capture: {decision_timeout_ms: 1}", "capture.decision_timeout_ms"),
         ("capture: {blok: {}}", "capture"),
         ("capture: {block: {arguments: [{name: ffmpeg}]}}", "capture.block.arguments[0].any_of"),
+        ("capture: {allow: {paths: [/opt/vdi/client]}}", "capture.allow.paths[0]: a path alone is not trusted: it needs its sha256"),
+        ("capture: {allow: {paths: [{path: /opt/vdi/client}]}}", "capture.allow.paths[0].sha256: missing"),
+        ("capture: {allow: {paths: [{path: /opt/vdi/client, sha256: abc}]}}", "capture.allow.paths[0].sha256"),
+        ("capture: {allow: {paths: [{path: client, sha256: \(String(repeating: "0", count: 64))}]}}", "capture.allow.paths[0].path"),
+        ("capture: {loader: forbid}", "capture.loader"),
     ])
     func mistakes(line: String, path: String) {
         let text = "schema_version: 1\nsites: [{name: hq, wired: [{interfaces: [eth0]}]}]\n\(line)\nvdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}\n"
