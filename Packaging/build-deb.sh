@@ -61,6 +61,14 @@ install -m 0644 docs/admin-guide.md docs/architecture.md docs/threat-model.md "$
 doc segment-guard-agent "$pkg/usr/share/doc/segment-guard-agent" agent
 for s in postinst prerm postrm; do install -m 0755 "Packaging/debian/agent.$s" "$pkg/DEBIAN/$s"; done
 echo "/etc/segguard/policy.yaml" > "$pkg/DEBIAN/conffiles"
+# DEBIAN/md5sums (as dh_md5sums writes it): dpkg --verify checks the installed files, and
+# capture blocking's trusted-only mode trusts the package's own programs by it.
+md5sums() {  # md5sums PKGROOT
+    (cd "$1" && find . -path ./DEBIAN -prune -o -type f -print | sed 's|^\./||' | LC_ALL=C sort \
+        | while IFS= read -r f; do case "$f" in etc/*) ;; *) md5sum "$f" ;; esac; done) > "$1/DEBIAN/md5sums"
+    chmod 0644 "$1/DEBIAN/md5sums"
+}
+md5sums "$pkg"
 size="$(du -sk --exclude=DEBIAN "$pkg" | cut -f1)"
 sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$size/" -e "s/@LIBC@/$libc/" Packaging/debian/agent.control > "$pkg/DEBIAN/control"
 
@@ -74,6 +82,7 @@ install -m 0644 Packaging/segguard-collector.service "$cpkg/lib/systemd/system/"
 install -m 0644 docs/admin-guide.md docs/architecture.md docs/threat-model.md "$cpkg/usr/share/doc/segment-guard-collector/"
 doc segment-guard-collector "$cpkg/usr/share/doc/segment-guard-collector" collector
 for s in postinst prerm postrm; do install -m 0755 "Packaging/debian/collector.$s" "$cpkg/DEBIAN/$s"; done
+md5sums "$cpkg"
 csize="$(du -sk --exclude=DEBIAN "$cpkg" | cut -f1)"
 sed -e "s/@VERSION@/$version/" -e "s/@ARCH@/$arch/" -e "s/@SIZE@/$csize/" -e "s/@LIBC@/$libc/" Packaging/debian/collector.control > "$cpkg/DEBIAN/control"
 cdeb="$out/segment-guard-collector_${version}_${arch}.deb"

@@ -115,11 +115,29 @@ vdi:
   gateways: [{address: 192.0.2.10, ports: [443]}]
 profiles:
   - {name: mynumber, segment: mynumber, command: ["/bin/sleep", "3600"]}
+  - {name: strict, segment: mynumber, command: ["/bin/sleep", "3600"], capture: trusted-only}
 # Capture blocking on the container's own /run (a tmpfs of the container's), never the host's.
 capture:
   watch: ["/run"]
   block: {names: [scrot]}
 POLICY
+
+# The container's /usr/bin copied onto a tmpfs of its own before segguardd starts, so that the
+# trusted-only check below can watch it (a mark on the root's own filesystem would be the host's).
+cat > "$root/etc/systemd/system/sgtest-usrbin.service" <<'UNIT'
+[Unit]
+Description=test: /usr/bin on a tmpfs of the container's (capture blocking may watch it)
+DefaultDependencies=no
+After=local-fs.target
+Before=segguardd.service
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/bin/sh -c 'cp -a /usr/bin /run/usrbin.copy && mount -t tmpfs -o mode=0755 sgusrbin /usr/bin && /run/usrbin.copy/cp -a /run/usrbin.copy/. /usr/bin/ && rm -rf /run/usrbin.copy'
+[Install]
+WantedBy=multi-user.target
+UNIT
+ln -sf /etc/systemd/system/sgtest-usrbin.service "$root/etc/systemd/system/multi-user.target.wants/sgtest-usrbin.service"
 
 # 3. Boot it (systemd as PID 1, its own network with a veth host0).
 # nspawn's own seccomp filter refuses fanotify_init in containers unless asked (capture blocking).
@@ -207,6 +225,31 @@ in_ct sh -c 'mkdir -p /run/captest && cp /usr/bin/true /run/captest/scrot && cp 
 check "capture blocking under the hardened unit denies a listed tool" sh -c "! nsenter -t $pid1 -a -- /run/captest/scrot"
 check "capture blocking lets other programs run" in_ct /run/captest/editor
 check "the exec denial is a journal event" sh -c "nsenter -t $pid1 -a -- journalctl -u segguardd -o json --no-pager | grep -q 'exec-denied'"
+
+# Trusted-only with the .deb's own programs: dpkg knows them by the package's md5sums, so
+# segguardctl runs during a trusted-only session while an unpackaged copy beside it does not.
+check "the .deb ships md5sums and dpkg --verify passes" sh -c "test -s '$root/var/lib/dpkg/info/segment-guard-agent.md5sums' && nsenter -t $pid1 -a -- dpkg --verify segment-guard-agent"
+sgd="$(in_ct systemctl show -p MainPID --value segguardd)"
+if [ -n "$sgd" ] && [ "$sgd" != 0 ] && [ "$(in_ct nsenter -t "$sgd" -m -- findmnt -n -o FSTYPE --target /usr/bin 2>/dev/null)" = tmpfs ]; then
+    sed -i 's|^  watch: \["/run"\]$|  watch: ["/run", "/usr/bin"]|' "$root/etc/segguard/policy.yaml"
+    in_ct systemctl reload segguardd
+    wait_for sh -c "nsenter -t $pid1 -a -- segguardctl status | grep -q 'watching /run, /usr/bin'"
+    in_ct cp /usr/bin/true /usr/bin/sgtest-copy
+    in_ct segguard-launch --no-notify --profile strict >/dev/null 2>&1 &
+    strict=""
+    wait_for sh -c "nsenter -t $pid1 -a -- segguardctl status | grep -q 'trusted-only'" && strict=1
+    check "a trusted-only session runs (segguardctl status says trusted-only)" test -n "$strict"
+    check "... segguardctl from the .deb runs under it (checked against the package's md5sums)" in_ct segguardctl status
+    check "... an unpackaged copy in /usr/bin is denied" sh -c "! nsenter -t $pid1 -a -- /usr/bin/sgtest-copy"
+    check "... and that denial names trusted-only" sh -c "nsenter -t $pid1 -a -- journalctl -u segguardd -o cat --no-pager | grep -q 'sgtest-copy is not part of an installed package'"
+    for p in $(in_ct segguardctl sessions 2>/dev/null | sed -n 's/^session .* pid \([0-9]*\) .*/\1/p'); do in_ct sh -c "kill $p" 2>/dev/null; done
+    wait_for sh -c "! nsenter -t $pid1 -a -- segguardctl status | grep -q 'trusted-only'"
+    sed -i 's|^  watch: \["/run", "/usr/bin"\]$|  watch: ["/run"]|' "$root/etc/segguard/policy.yaml"
+    in_ct systemctl reload segguardd
+    wait_for sh -c "nsenter -t $pid1 -a -- segguardctl status | grep -q 'watching /run;'"
+else
+    check "the container's /usr/bin is a tmpfs for segguardd (sgtest-usrbin.service), so trusted-only can be checked" false
+fi
 
 # Reload: a changed policy applies, a broken one is refused and the old one kept.
 sed -i 's/^name: boot-test$/name: boot-test-2/' "$root/etc/segguard/policy.yaml"

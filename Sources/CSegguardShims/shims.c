@@ -122,6 +122,8 @@ int sg_fanotify_is_exec_perm(unsigned long long mask) {
 
 #include <linux/netlink.h>
 #include <linux/connector.h>
+#include <linux/filter.h>
+#include <arpa/inet.h>
 #include <linux/cn_proc.h>
 #include <sys/socket.h>
 #include <string.h>
@@ -155,6 +157,18 @@ int sg_proc_connector_open(void) {
     cn->len = (uint16_t)payload;
     memcpy(cn->data, &input, payload);
     if (send(fd, msg, nl->nlmsg_len, 0) != (ssize_t)nl->nlmsg_len) { close(fd); return -1; }
+    // A socket filter keeps exec events only, in the kernel: before Linux 6.6 (Debian 12's
+    // 6.1) the connector sends fork, exit, uid, comm... events for every process too, and each
+    // would wake this socket's reader. The word at nlmsghdr + cn_msg is proc_event.what, in
+    // host order (cBPF loads big-endian: compare with htonl).
+    struct sock_filter code[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, NLMSG_LENGTH(sizeof(struct cn_msg))),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, htonl(PROC_EVENT_EXEC), 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, 0xffffffff),
+        BPF_STMT(BPF_RET | BPF_K, 0),
+    };
+    struct sock_fprog prog = { .len = sizeof code / sizeof code[0], .filter = code };
+    (void)setsockopt(fd, SOL_SOCKET, SO_ATTACH_FILTER, &prog, sizeof prog);  // without it: every event reaches the parser, which skips the others
     return fd;
 }
 

@@ -93,6 +93,13 @@ public final class CaptureBlocker: Sendable {
     /// st_dev of every filesystem in this daemon's own mount table: one of these that is not
     /// marked is outside the watch on purpose, never marked on first sight.
     let knownDevices = Mutex<Set<UInt64>>([])
+    /// This daemon's user namespace (inode of /proc/self/ns/user).
+    let ownUserNamespace: UInt64 = {
+        var st = stat()
+        return stat("/proc/self/ns/user", &st) == 0 ? UInt64(st.st_ino) : 0
+    }()
+    /// Mount points marked because they lie below a watched path (removed with the watch).
+    let belowMarks = Mutex<[String]>([])
     /// The system's dynamic loaders' SHA-256 (a renamed copy is a loader too).
     let loaderHashes: Set<String>
     /// vm.memfd_noexec while a protecting session runs.
@@ -107,6 +114,12 @@ public final class CaptureBlocker: Sendable {
     /// Hashing runs here (in parallel, at most `hashers` at once), so that the answering
     /// thread can give up waiting for it.
     let hasher = DispatchQueue(label: "segguard.capture.hash", attributes: .concurrent)
+    /// Execs whose answer waits for a hash wait here, not on the thread reading events.
+    let answerers = DispatchQueue(label: "segguard.capture.answer", attributes: .concurrent)
+    let pendingAnswers = Mutex(0)
+    /// Running programs judged by content (the watcher's and the sweeps' work).
+    let judges = DispatchQueue(label: "segguard.capture.judge", attributes: .concurrent)
+    let pendingJudgements = Mutex(0)
     /// Test hook: extra delay in the hasher (ms), to prove the fail-mode bound.
     let hashDelayMs: Int
     /// Asked (on another queue, at most once a second, from exec events) to recompute the
@@ -174,7 +187,11 @@ public final class CaptureBlocker: Sendable {
         let watch = marked.withLock { $0 }
         guard !watch.isEmpty, let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return }
         let mounts = MountEntry.parse(text)
-        knownDevices.withLock { $0.formUnion(mounts.map(\.device)) }
+        // Device numbers are reused (a tmpfs unmounted gives its anonymous 0:N to the next):
+        // both sets follow the mount table as it is now, never as it was.
+        let current = Set(mounts.map(\.device))
+        knownDevices.withLock { $0 = current }
+        markedDevices.withLock { $0.formIntersection(current) }
         for m in mounts where m.isCovered(by: watch) {
             guard !markedDevices.withLock({ $0.contains(m.device) }) else { continue }
             // The mount point may hide the filesystem it names (mounted over): stat confirms.
@@ -182,6 +199,7 @@ public final class CaptureBlocker: Sendable {
             guard stat(m.mountPoint, &st) == 0, UInt64(st.st_dev) == m.device else { continue }
             if sg_fanotify_mark_filesystem(fanotifyFd, m.mountPoint, 1) == 0 {
                 _ = markedDevices.withLock { $0.insert(m.device) }
+                belowMarks.withLock { $0.append(m.mountPoint) }
                 logger.info("capture blocking: marked a filesystem", metadata: ["mount": "\(m.mountPoint)", "type": "\(m.fsType)"])
             } else {
                 let e = errno
@@ -258,7 +276,13 @@ public final class CaptureBlocker: Sendable {
             m = []
             return o
         }
-        for p in old { _ = sg_fanotify_mark_filesystem(fanotifyFd, p, 0) }
+        let below = belowMarks.withLock { b -> [String] in
+            let o = b
+            b = []
+            return o
+        }
+        for p in old + below { _ = sg_fanotify_mark_filesystem(fanotifyFd, p, 0) }
+        markedDevices.withLock { $0.removeAll() }
         try watch(paths)
     }
 
@@ -350,7 +374,17 @@ public final class CaptureBlocker: Sendable {
     @discardableResult
     func check(pid: Int32, fresh: Bool = true) -> Bool {
         let cfg = config.withLock { $0 }
-        guard cfg.protection.level != .none, let exe = Self.readLink("/proc/\(pid)/exe") else { return false }
+        guard cfg.protection.level != .none else { return false }
+        guard let exe = Self.readLink("/proc/\(pid)/exe") else {
+            // No path to read (longer than PATH_MAX, or the process is gone): judged by the
+            // content of /proc/PID/exe, which needs none, and its filesystem is marked.
+            if fresh, access("/proc/\(pid)/exe", F_OK) == 0 || errno == ENAMETOOLONG {
+                let unnamed = "/proc/\(pid)/exe (a path too long to read)"
+                markFirstSight(pid: pid, exe: unnamed)
+                judgeContent(pid: pid, exe: nil, program: unnamed, file: "/proc/\(pid)/exe", anonymous: true, cfg: cfg)
+            }
+            return false
+        }
         if let anonymous = ExecDecider.anonymousName(exe) {
             if let reason = cfg.decider.running(executable: anonymous, argv: [], protection: cfg.protection) {
                 return end(pid: pid, exe: exe, sha256: nil, reason: "\(reason); it runs with no file of its own (\(exe))", cfg: cfg)
@@ -361,13 +395,28 @@ public final class CaptureBlocker: Sendable {
         // One readlink for most execs; the command line only where it can matter.
         let argv = cfg.decider.needsCommandLine(executable: exe) ? (Self.commandLine(pid) ?? []) : []
         if ExecDecider.isLoader(exe) {
-            if cfg.decider.rule.loader == .deny, let uid = Self.processInfo(pid).0, uid != 0 {
-                return end(pid: pid, exe: exe, sha256: nil, reason: "uid \(uid) ran the dynamic loader \(exe) directly (\(argv.prefix(4).joined(separator: " "))): capture.loader: deny", cfg: cfg)
+            // Trusted-only implies capture.loader: deny (its program could be anything).
+            if cfg.decider.rule.loader == .deny || cfg.protection.level == .trustedOnly, let uid = Self.processInfo(pid).0, uid != 0 {
+                let why = cfg.decider.rule.loader == .deny ? "capture.loader: deny" : "\(cfg.decider.who(cfg.protection)) allows trusted executables only, and the loader run directly could load anything"
+                return end(pid: pid, exe: exe, sha256: nil, reason: "uid \(uid) ran the dynamic loader \(exe) directly (\(argv.prefix(4).map { String($0.prefix(200)) }.joined(separator: " "))): \(why)", cfg: cfg)
             }
-            guard let (program, index) = ExecDecider.loaderProgram(argv) else { return false }
+            // The whole command line: a long argv[0] or option must not push the program out of sight.
+            let (full, complete) = Self.fullCommandLine(pid)
+            guard complete, let (program, index) = ExecDecider.loaderProgram(full) else {
+                if !complete {
+                    return end(pid: pid, exe: exe, sha256: nil, reason: "the dynamic loader \(exe) was run directly with a command line too long to judge (over \(Self.commandLineLimit) bytes)", cfg: cfg)
+                }
+                return false
+            }
             let (shown, file) = Self.resolve(program, for: pid)
-            if let reason = cfg.decider.running(executable: shown, argv: Array(argv[index...]), protection: cfg.protection) {
-                return end(pid: pid, exe: exe, shown: shown, sha256: nil, reason: "\(reason), loaded by the dynamic loader \(exe)", cfg: cfg)
+            // The file the path leads to (a symlink under an innocent name names the real one).
+            let fd = open(file, O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+            let real = fd >= 0 ? Self.path(of: fd) : nil
+            if fd >= 0 { close(fd) }
+            for candidate in [shown] + (real.map { [$0] } ?? []) {
+                if let reason = cfg.decider.running(executable: candidate, argv: Array(full[index...].prefix(2)), protection: cfg.protection) {
+                    return end(pid: pid, exe: exe, shown: shown, sha256: nil, reason: "\(reason), loaded by the dynamic loader \(exe)", cfg: cfg)
+                }
             }
             if fresh { judgeContent(pid: pid, exe: exe, program: shown, file: file, anonymous: false, cfg: cfg) }
             return false
@@ -375,26 +424,68 @@ public final class CaptureBlocker: Sendable {
         if let reason = cfg.decider.running(executable: exe, argv: argv, protection: cfg.protection) {
             return end(pid: pid, exe: exe, sha256: nil, reason: reason + " (" + argv.prefix(6).joined(separator: " ") + ")", cfg: cfg)
         }
-        // A filesystem below a watched path that this daemon's mount table never showed (mounted
-        // in a user's own mount namespace): mark it for the next exec, judge this one by content.
-        var st = stat()
-        if fresh, MountEntry(device: 0, mountPoint: exe, fsType: "").isCovered(by: marked.withLock { $0 }),
-           stat("/proc/\(pid)/exe", &st) == 0, !markedDevices.withLock({ $0.contains(UInt64(st.st_dev)) }),
-           !knownDevices.withLock({ $0.contains(UInt64(st.st_dev)) }) {
-            let device = UInt64(st.st_dev)
-            if sg_fanotify_mark_filesystem(fanotifyFd, "/proc/\(pid)/exe", 1) == 0 {
-                logger.notice("capture blocking: marked the filesystem of an exec first seen by the process watcher", metadata: ["path": "\(exe)", "pid": "\(pid)"])
-            }
-            _ = markedDevices.withLock { $0.insert(device) }
+        // A filesystem below a watched path that this daemon's mount table does not show
+        // (mounted in a user's own mount namespace): mark it for the next exec (again each
+        // time: marking is idempotent, and a device number may have been reused), judge this
+        // one by content.
+        if fresh, MountEntry(device: 0, mountPoint: exe, fsType: "").isCovered(by: marked.withLock { $0 }), markFirstSight(pid: pid, exe: exe) {
             judgeContent(pid: pid, exe: exe, program: exe, file: "/proc/\(pid)/exe", anonymous: false, cfg: cfg)
         }
         return false
+    }
+
+    /// Marks the filesystem of `pid`'s executable when this daemon's mount table does not show
+    /// it; true when it did so (the exec was not seen by fanotify).
+    /// Only for a process in a user namespace other than this daemon's: that is how a user
+    /// without privileges mounts a filesystem of their own (`unshare -Urm`). A process in this
+    /// daemon's user namespace whose filesystem the daemon does not see is the host's or a
+    /// privileged container's, outside the watch on purpose: never marked (a segguardd in a
+    /// container must not mark its host).
+    @discardableResult
+    func markFirstSight(pid: Int32, exe: String) -> Bool {
+        var ns = stat()
+        guard stat("/proc/\(pid)/ns/user", &ns) == 0, UInt64(ns.st_ino) != ownUserNamespace else { return false }
+        var st = stat()
+        guard stat("/proc/\(pid)/exe", &st) == 0 else { return false }
+        let device = UInt64(st.st_dev)
+        guard !knownDevices.withLock({ $0.contains(device) }) else { return false }
+        if sg_fanotify_mark_filesystem(fanotifyFd, "/proc/\(pid)/exe", 1) == 0 {
+            logger.notice("capture blocking: marked the filesystem of an exec first seen by the process watcher", metadata: ["path": "\(exe)", "pid": "\(pid)"])
+        }
+        return true
+    }
+
+    /// The most of a loader's command line read (an argument list longer than this is not judged: ended).
+    static let commandLineLimit = 1 << 20
+
+    /// The whole command line (up to `commandLineLimit` bytes); false when it was longer.
+    static func fullCommandLine(_ pid: Int32) -> ([String], Bool) {
+        let fd = open("/proc/\(pid)/cmdline", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return ([], true) }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while bytes.count <= commandLineLimit {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n <= 0 { break }
+            bytes += chunk[0..<n]
+        }
+        guard bytes.count <= commandLineLimit else { return ([], false) }
+        return (bytes.split(separator: 0, omittingEmptySubsequences: false).dropLast(bytes.last == 0 ? 1 : 0).map { String(decoding: $0, as: UTF8.self) }, true)
     }
 
     /// The path a process gave (the loader's program argument) as it would show it, and a path
     /// this daemon can open it by (through the process's own root or working directory, so a
     /// file in another mount namespace is the one read).
     static func resolve(_ program: String, for pid: Int32) -> (shown: String, file: String) {
+        // Names that mean "this process" must mean the loader's process, not this daemon.
+        for (prefix, own) in [("/proc/self/", "/proc/\(pid)/"), ("/proc/thread-self/", "/proc/\(pid)/"), ("/dev/fd/", "/proc/\(pid)/fd/")] where program.hasPrefix(prefix) {
+            let mapped = own + program.dropFirst(prefix.count)
+            return (program, mapped)
+        }
+        if let n = ["/dev/stdin": 0, "/dev/stdout": 1, "/dev/stderr": 2][program] { return (program, "/proc/\(pid)/fd/\(n)") }
+        if program.hasPrefix("/proc/") { return (program, program) }
         if program.hasPrefix("/") { return (program, "/proc/\(pid)/root\(program)") }
         let cwd = readLink("/proc/\(pid)/cwd") ?? "."
         return (cwd == "/" ? "/" + program : cwd + "/" + program, "/proc/\(pid)/cwd/\(program)")
@@ -402,50 +493,84 @@ public final class CaptureBlocker: Sendable {
 
     /// Ends `pid` (enforce) or records that it would be (audit): through a pidfd, and only while
     /// it still runs `exe`. True when it was ended or would be.
-    @discardableResult
     /// `shown`: the path recorded, when it is not `exe` (the program a loader loads).
-    func end(pid: Int32, exe: String, shown: String? = nil, sha256: String?, reason: String, cfg: Config, pidfd given: Int32 = -1) -> Bool {
+    /// `exe` nil: the executable's path cannot be read; `identity`, when given, is the file the
+    /// process must still run.
+    @discardableResult
+    func end(pid: Int32, exe: String?, shown: String? = nil, sha256: String?, reason: String, cfg: Config, pidfd given: Int32 = -1,
+             identity: FileIdentity? = nil) -> Bool {
         var outcome: CaptureDecisionRecord.Outcome = .wouldBeKilled
         if cfg.mode == .enforce {
             // pidfd: the signal reaches this process, not a later one that got its pid.
             let pidfd = given >= 0 ? given : sg_pidfd_open(pid)
             guard pidfd >= 0 else { return false }
             defer { if given < 0 { close(pidfd) } }
-            guard Self.readLink("/proc/\(pid)/exe") == exe, sg_pidfd_send_signal(pidfd, SIGKILL) == 0 else { return false }
+            guard Self.readLink("/proc/\(pid)/exe") == exe else { return false }
+            if let identity {
+                let now = open("/proc/\(pid)/exe", O_RDONLY | O_CLOEXEC | O_NONBLOCK)
+                defer { if now >= 0 { close(now) } }
+                guard now >= 0, FileIdentity(fd: now) == identity else { return false }
+            }
+            guard sg_pidfd_send_signal(pidfd, SIGKILL) == 0 else { return false }
             outcome = .killed
             stats.withLock { $0.processesKilled += 1 }
         }
-        record(outcome, exe: shown ?? exe, sha256: sha256, pid: pid, profile: cfg.protection.profile, reason: reason)
+        record(outcome, exe: shown ?? exe ?? "/proc/\(pid)/exe", sha256: sha256, pid: pid, profile: cfg.protection.profile, reason: reason)
         return true
     }
 
     /// Judges a running program by its content, off the watcher's thread: a listed SHA-256, a
     /// copy of the loader, and under trusted-only its trust (dpkg's record or capture.allow; a
     /// file no package ships is ended without hashing unless capture.allow could allow it).
-    /// `program`: the path shown and looked up in dpkg's index; `file`: where to read it.
-    func judgeContent(pid: Int32, exe: String, program: String, file: String, anonymous: Bool, cfg: Config) {
+    /// `program`: the path shown and looked up in dpkg's index; `file`: where to read it (a path
+    /// the user chose, for the loader's program: opened non-blocking, only a regular file is
+    /// read, at most its size). `exe`: what /proc/PID/exe reads now, or nil when it cannot be
+    /// read (then the process must still run the file judged, by identity).
+    func judgeContent(pid: Int32, exe: String?, program: String, file: String, anonymous: Bool, cfg: Config) {
         let trusted = cfg.protection.level == .trustedOnly
         guard trusted || cfg.decider.hasHashes || !loaderHashes.isEmpty else { return }
         let pidfd = sg_pidfd_open(pid)
         guard pidfd >= 0 else { return }
-        DispatchQueue.global(qos: .userInitiated).async { [self] in
-            defer { close(pidfd) }
+        let shownExe = exe ?? program
+        // Bounded: a user cannot pile up judgements (each may wait for a hash). Beyond the
+        // bound trusted-only ends the process unjudged; the blocklist lets it be.
+        let admitted = pendingJudgements.withLock { n -> Bool in
+            guard n < Self.pendingJudgementLimit else { return false }
+            n += 1
+            return true
+        }
+        guard admitted else {
+            if trusted { end(pid: pid, exe: exe, shown: program, sha256: nil, reason: "running \(program) could not be judged (too many judgements pending): \(cfg.decider.who(cfg.protection)) allows trusted executables only", cfg: cfg, pidfd: pidfd) }
+            close(pidfd)
+            return
+        }
+        judges.async { [self] in
+            defer {
+                close(pidfd)
+                pendingJudgements.withLock { $0 -= 1 }
+            }
             var package: PackageRecord = anonymous ? .none : .unknown
             if trusted && !anonymous {
                 if dpkg.lookup("/") == .notLoaded { dpkg.loadNow() }
                 package = dpkg.record(program)
             }
             if trusted, package == .none, !cfg.decider.allowsByContent {
-                let why = anonymous ? "running \(exe) has no file of its own (memfd or deleted) and capture.allow lists no content: \(cfg.decider.who(cfg.protection)) allows trusted executables only"
+                let why = anonymous ? "running \(shownExe) has no file of its own (memfd, deleted, or a path too long to read) and capture.allow lists no content: \(cfg.decider.who(cfg.protection)) allows trusted executables only"
                     : cfg.decider.untrustedRunning(path: program, sha256: nil, packaged: false, protection: cfg.protection)!
-                end(pid: pid, exe: exe, shown: program, sha256: nil, reason: why, cfg: cfg, pidfd: pidfd)
+                end(pid: pid, exe: exe, shown: program, sha256: nil, reason: program == shownExe ? why : "\(why), loaded by the dynamic loader \(shownExe)", cfg: cfg, pidfd: pidfd)
                 return
             }
-            let fd = open(file, O_RDONLY | O_CLOEXEC)
-            let digests = fd >= 0 ? self.digests(fd: fd, timeoutMs: Self.sweepHashTimeoutMs, on: .global(qos: .utility)) : nil
+            let fd = open(file, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY)
+            var st = stat()
+            let regular = fd >= 0 && fstat(fd, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG
+            let identity = fd >= 0 && exe == nil ? FileIdentity(fd: fd) : nil
+            let digests = regular ? self.digests(fd: fd, timeoutMs: Self.sweepHashTimeoutMs, on: .global(qos: .utility)) : nil
             if fd >= 0 { close(fd) }
             guard let digests else {
-                if trusted { end(pid: pid, exe: exe, shown: program, sha256: nil, reason: "running \(program) could not be read in time: \(cfg.decider.who(cfg.protection)) allows trusted executables only", cfg: cfg, pidfd: pidfd) }
+                if trusted {
+                    let what = fd < 0 || regular ? "could not be read in time" : "is not a regular file"
+                    end(pid: pid, exe: exe, shown: program, sha256: nil, reason: "running \(program) \(what): \(cfg.decider.who(cfg.protection)) allows trusted executables only", cfg: cfg, pidfd: pidfd, identity: identity)
+                }
                 return
             }
             var packaged: Bool?
@@ -454,9 +579,13 @@ public final class CaptureBlocker: Sendable {
                 ?? (loaderHashes.contains(digests.sha256) && !ExecDecider.isLoader(program) ? "running \(program) is a copy of the dynamic loader (SHA-256 \(digests.sha256))" : nil)
                 ?? cfg.decider.untrustedRunning(path: program, sha256: digests.sha256, packaged: packaged, protection: cfg.protection)
             guard let reason else { return }
-            end(pid: pid, exe: exe, shown: program, sha256: digests.sha256, reason: program == exe ? reason : "\(reason), loaded by the dynamic loader \(exe)", cfg: cfg, pidfd: pidfd)
+            end(pid: pid, exe: exe, shown: program, sha256: digests.sha256, reason: program == shownExe ? reason : "\(reason), loaded by the dynamic loader \(shownExe)",
+                cfg: cfg, pidfd: pidfd, identity: identity)
         }
     }
+
+    /// Judgements of running programs waiting or hashing at once, at most.
+    static let pendingJudgementLimit = 64
 
     /// Under trusted-only: ends every process of the sessions' users (never root's) whose
     /// executable is not trusted, e.g. a tool started before the session to wait for it.
@@ -466,7 +595,13 @@ public final class CaptureBlocker: Sendable {
         if dpkg.lookup("/") == .notLoaded { dpkg.loadNow() }
         let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
         for pid in pids where pid != getpid() {
-            guard let uid = Self.processInfo(pid).0, cfg.sessionUsers.contains(uid), let exe = Self.readLink("/proc/\(pid)/exe") else { continue }
+            guard let uid = Self.processInfo(pid).0, cfg.sessionUsers.contains(uid) else { continue }
+            guard let exe = Self.readLink("/proc/\(pid)/exe") else {
+                if errno == ENAMETOOLONG {
+                    judgeContent(pid: pid, exe: nil, program: "/proc/\(pid)/exe (a path too long to read)", file: "/proc/\(pid)/exe", anonymous: true, cfg: cfg)
+                }
+                continue
+            }
             judgeContent(pid: pid, exe: exe, program: exe, file: "/proc/\(pid)/exe", anonymous: ExecDecider.anonymousName(exe) != nil, cfg: cfg)
         }
     }
@@ -517,7 +652,9 @@ public final class CaptureBlocker: Sendable {
 
     func run() {
         var buf = [UInt8](repeating: 0, count: 8192)
-        var events = [sg_fanotify_event](repeating: sg_fanotify_event(), count: 64)
+        // Room for every event a read can return (24-byte records): events left unparsed would
+        // never be answered, and their processes would hang.
+        var events = [sg_fanotify_event](repeating: sg_fanotify_event(), count: buf.count / 24 + 1)
         while stopSignal.wait(for: fanotifyFd) == .readable {
             while true {
                 let got = buf.withUnsafeMutableBytes { read(fanotifyFd, $0.baseAddress, $0.count) }
@@ -534,11 +671,15 @@ public final class CaptureBlocker: Sendable {
         }
     }
 
-    /// Answers one event; never returns without answering a permission event.
+    /// Answers one event, now or (when its content must be hashed) from `answerers`: a
+    /// permission event is never left unanswered, and a slow hash never holds up the events
+    /// behind it.
     func handle(_ e: sg_fanotify_event) {
         guard e.fd >= 0 else { return }
-        defer { close(e.fd) }
-        guard sg_fanotify_is_exec_perm(e.mask) != 0 else { return }
+        guard sg_fanotify_is_exec_perm(e.mask) != 0 else {
+            close(e.fd)
+            return
+        }
         let started = monotonicNanos()
         let hint = refresh.withLock { r -> (@Sendable () -> Void)? in
             guard let h = r.hint, started &- r.last > 1_000_000_000 else { return nil }
@@ -548,34 +689,59 @@ public final class CaptureBlocker: Sendable {
         if let hint { DispatchQueue.global(qos: .utility).async(execute: hint) }
         let cfg = config.withLock { $0 }
         let path = Self.path(of: e.fd) ?? "?"
-        var verdict: ExecVerdict = .allow
-        var sha256: String?
-        var failMode = false
         // Under trusted-only dpkg's record decides first: a path no package ships is denied
         // with no hashing (unless capture.allow could allow it by content).
         let package: PackageRecord = cfg.protection.level == .trustedOnly ? dpkg.record(path) : .unknown
         switch cfg.decider.quick(path: path, protection: cfg.protection, package: package) {
         case .allow:
-            verdict = .allow
+            finish(e, path: path, cfg: cfg, verdict: .allow)
         case .deny(let reason):
-            verdict = .deny(reason: reason)
+            finish(e, path: path, cfg: cfg, verdict: .deny(reason: reason))
         case .needsContent:
-            if let digests = digests(fd: e.fd, timeoutMs: cfg.decider.rule.decisionTimeoutMs - Int((monotonicNanos() &- started) / 1_000_000)) {
-                sha256 = digests.sha256
-                var packaged: Bool?
-                if cfg.protection.level == .trustedOnly {
-                    switch package {
-                    case .md5(let md5): packaged = md5 == digests.md5
-                    case .none: packaged = false
-                    case .unknown: packaged = nil
-                    }
+            if let id = FileIdentity(fd: e.fd), let hit = cache.get(id) {
+                stats.withLock { $0.cacheHits += 1 }
+                finish(e, path: path, cfg: cfg, verdict: verdict(path, hit, package, cfg), sha256: hit.sha256)
+                return
+            }
+            let admitted = pendingAnswers.withLock { n -> Bool in
+                guard n < Self.pendingAnswerLimit else { return false }
+                n += 1
+                return true
+            }
+            guard admitted else {
+                finish(e, path: path, cfg: cfg, verdict: cfg.decider.failAnswer(path: path, protection: cfg.protection), failMode: true)
+                return
+            }
+            answerers.async { [self] in
+                defer { pendingAnswers.withLock { $0 -= 1 } }
+                let left = cfg.decider.rule.decisionTimeoutMs - Int((monotonicNanos() &- started) / 1_000_000)
+                if let d = digests(fd: e.fd, timeoutMs: left) {
+                    finish(e, path: path, cfg: cfg, verdict: verdict(path, d, package, cfg), sha256: d.sha256)
+                } else {
+                    finish(e, path: path, cfg: cfg, verdict: cfg.decider.failAnswer(path: path, protection: cfg.protection), failMode: true)
                 }
-                verdict = cfg.decider.decide(path: path, sha256: digests.sha256, packaged: packaged, protection: cfg.protection)
-            } else {
-                verdict = cfg.decider.failAnswer(path: path, protection: cfg.protection)
-                failMode = true
             }
         }
+    }
+
+    /// At most this many execs wait for their hash at once (beyond, the fail mode answers now).
+    static let pendingAnswerLimit = 256
+
+    func verdict(_ path: String, _ d: FileDigests, _ package: PackageRecord, _ cfg: Config) -> ExecVerdict {
+        var packaged: Bool?
+        if cfg.protection.level == .trustedOnly {
+            switch package {
+            case .md5(let md5): packaged = md5 == d.md5
+            case .none: packaged = false
+            case .unknown: packaged = nil
+            }
+        }
+        return cfg.decider.decide(path: path, sha256: d.sha256, packaged: packaged, protection: cfg.protection)
+    }
+
+    /// Writes the answer, closes the event's descriptor, counts and records it.
+    func finish(_ e: sg_fanotify_event, path: String, cfg: Config, verdict: ExecVerdict, sha256: String? = nil, failMode: Bool = false) {
+        defer { close(e.fd) }
         let deny = verdict.isDeny && cfg.mode == .enforce
         // Who tried, read while the process still waits for this answer (a denied exec
         // exits at once, and its /proc entry with it).

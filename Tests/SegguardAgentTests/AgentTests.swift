@@ -729,6 +729,9 @@ struct AgentCaptureTests {
         h.send([AgentHarness.desk])
         #expect(h.ask(.launch, profile: "mynumber", peer: AgentHarness.user).launch?.allowed == true)
         #expect(gate.protection == CaptureProtectionState(level: .trustedOnly, profile: "mynumber"))
+        // The gate learns whose session it is (their untrusted processes end), and that dpkg's
+        // index is needed (a profile asks for trusted-only).
+        #expect(gate.sessionUsers == [AgentHarness.user.uid] && gate.trustedOnlyPossible)
         gate.emit(CaptureDecisionRecord(outcome: .denied, path: "/usr/bin/scrot", sha256: nil, pid: 77, uid: 1000, parentPid: 1, parentExecutable: "/bin/bash",
                                         profile: "mynumber", reason: "scrot is listed in capture.block.names"))
         h.agent.settle()

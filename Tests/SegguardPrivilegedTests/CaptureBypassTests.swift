@@ -116,10 +116,36 @@ extension CaptureTests {
         // A relative path and loader options before it.
         let relative = try d.attempt(["/bin/sh", "-c", "cd \(d.tools) && exec \(ld) --inhibit-cache ./sgbp-grab 5"])
         #expect(relative.killed && relative.seconds < 4, "\(relative)")
+        // A symlink under an innocent name: judged by the file it leads to.
+        try d.run(["/bin/ln", "-s", "\(d.tools)/sgbp-grab", "\(d.tools)/innocent"])
+        let linked = try d.attempt([ld, "\(d.tools)/innocent", "5"])
+        #expect(linked.killed && linked.seconds < 4, "\(linked)")
         // By content: a renamed copy of a listed binary through the loader.
         let byHash = try d.attempt([ld, "\(d.tools)/notes", "5"])
         #expect(byHash.killed && byHash.seconds < 4, "\(byHash)")
         _ = try d.waitForEvent("process-killed (loader, hash)") { $0.kind == "process-killed" && $0.exec?.sha256 == hash && $0.reason.contains("loaded by the dynamic loader") }
+        // A command line longer than a page (argv[0] of 5,000 bytes) does not hide the program.
+        let long = try d.attempt(["/bin/bash", "-c", "exec -a $(head -c 5000 /dev/zero | tr '\\0' A) \(ld) \(d.tools)/notes 5"])
+        #expect(long.killed && long.seconds < 4, "\(long)")
+        // /proc/self/fd/N names the loader's own descriptor, not the daemon's.
+        let viaFd = try d.attempt(["/bin/sh", "-c", "exec \(ld) /proc/self/fd/3 5 3<\(d.tools)/notes"])
+        #expect(viaFd.killed && viaFd.seconds < 4, "\(viaFd)")
+        // A FIFO as the program holds nothing up: the next route is still judged.
+        try d.run(["/usr/bin/mkfifo", "\(d.tools)/fifo"])
+        try d.run(["/bin/chmod", "666", "\(d.tools)/fifo"])
+        let fifos = try (0..<12).map { _ -> Process in
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+            p.arguments = ["-t", "\(d.pid)", "-m", "--", "/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", ld, "\(d.tools)/fifo"]
+            p.standardOutput = FileHandle.nullDevice
+            p.standardError = FileHandle.nullDevice
+            try p.run()
+            return p
+        }
+        defer { for p in fifos where p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        usleep(300_000)
+        let afterFifo = try d.attempt([ld, "\(d.tools)/notes", "5"])
+        #expect(afterFifo.killed && afterFifo.seconds < 4, "\(afterFifo)")
         // An unlisted program through the loader runs.
         let fine = try d.attempt([ld, "\(d.tools)/plain-sleep", "0.2"])
         #expect(fine.status == 0 && !fine.killed, "\(fine)")
@@ -188,6 +214,13 @@ extension CaptureTests {
         let user = try d.attempt(["/usr/bin/unshare", "--user", "--map-root-user", "--mount", "/bin/sh", "-c", script])
         #expect(user.stderr.contains("first=137"), "\(user)")
         #expect(user.stderr.contains("not permitted") && user.stderr.contains("second=126"), "\(user)")
+        // Again, after that tmpfs is gone: the next one may get the same device number, and
+        // must be marked again. And a path longer than PATH_MAX (no readlink) is judged too.
+        let again = try d.attempt(["/usr/bin/unshare", "--user", "--map-root-user", "--mount", "/bin/sh", "-c", script])
+        #expect(again.stderr.contains("first=137") && again.stderr.contains("second=126"), "\(again)")
+        let deep = "mount -t tmpfs sguser \(d.tools)/userns && cd \(d.tools)/userns && D=$(printf 'd%.0s' $(seq 250)) && for i in $(seq 18); do mkdir $D && cd $D; done && cp \(unique.path) t && ./t 5; echo deep=$? >&2"
+        let deepRun = try d.attempt(["/usr/bin/unshare", "--user", "--map-root-user", "--mount", "/bin/bash", "-c", deep])
+        #expect(deepRun.stderr.contains("deep=137") || deepRun.stderr.contains("deep=126"), "\(deepRun)")
         _ = try d.waitForEvent("exec-denied (user namespace mount)") { $0.kind == "exec-denied" && $0.exec?.path == "\(d.tools)/userns/notes" }
     }
 
@@ -203,7 +236,7 @@ extension CaptureTests {
         let profiles = "profiles:\n  - {name: mynumber, segment: mynumber, capture: trusted-only}"
         // capture.allow lists the (unpackaged) launcher by content: unpackaged files must then be hashed.
         let policy = Self.policy(String(repeating: "0", count: 64), level: "scope: sessions", profiles: profiles, allow: "allow: {sha256: [\"\(launcherHash)\"]}")
-        let setup = #"for i in 1 2 3 4; do cp /usr/bin/sleep "$0/padded$i" && truncate -s 500M "$0/padded$i"; done && cp /usr/bin/true "$0/small" && cp "# + unique.path + #" "$0/notes" && chmod 755 "$0"/*"#
+        let setup = #"for i in 1 2 3 4; do cp /usr/bin/sleep "$0/padded$i" && truncate -s 500M "$0/padded$i"; done && cp /usr/bin/true "$0/small" && cp "# + unique.path + #" "$0/notes" && cp /usr/bin/sleep "$0/notes2" && chmod 755 "$0"/*"#
         let d = try CaptureDaemon(policy: policy, setup: setup)
         defer { d.cleanup() }
         try d.ns.addVeth("sgc0", index: 3993, peer: "sgcpeer", index: 3994)
@@ -263,6 +296,12 @@ extension CaptureTests {
         // A memfd cannot be executed while the session runs (vm.memfd_noexec = 2, or the watcher).
         let memfd = try d.attempt(["/usr/bin/python3", runner.path, "notes", "/usr/bin/sleep", "5"])
         #expect(memfd.killed || memfd.stderr.contains("Permission denied"), "\(memfd)")
+        // The loader route under trusted-only: a user's direct run of ld.so is ended, whatever it loads.
+        let loaded = try d.attempt([loaderPath!, "\(d.tools)/notes2", "5"])
+        #expect(loaded.killed && loaded.seconds < 4, "\(loaded)")
+        _ = try d.waitForEvent("process-killed (loader under trusted-only)") {
+            $0.kind == "process-killed" && $0.reason.contains("the loader run directly could load anything") && $0.reason.contains("notes2") && $0.uid == 65534
+        }
 
         // Without content to allow, an unpackaged file is denied from dpkg's record alone (no hashing).
         try d.reload(Self.policy(String(repeating: "0", count: 64), level: "scope: sessions", profiles: profiles)(d.tools))
@@ -287,5 +326,38 @@ extension CaptureTests {
             }
             #expect(try String(contentsOfFile: "/proc/sys/vm/memfd_noexec", encoding: .utf8) == before)
         }
+    }
+
+    @Test("a burst of 300 execs while a large file is hashed: every one is answered (none left waiting), the daemon's descriptors stay bounded",
+          .enabled(if: CaptureTests.bypassesPossible, "needs /usr/bin/python3, setpriv and the dynamic loader"))
+    func burst() throws {
+        let (unique, hash) = try uniqueSleep("burst")
+        defer { try? FileManager.default.removeItem(at: unique) }
+        let setup = #"cp /usr/bin/true "$0/t" && cp "# + unique.path + #" "$0/big" && truncate -s 3G "$0/big" && chmod 755 "$0"/*"#
+        let d = try CaptureDaemon(policy: Self.policy(hash), setup: setup)
+        defer { d.cleanup() }
+        let fds = { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(d.pid)/fd").count) ?? 0 }
+        let before = fds()
+        // One exec of a 3 GB file (hashed, past the timeout), then 300 execs at once of a small
+        // file whose hash is new (each needs the content).
+        let script = "\(d.tools)/big 1 & for i in $(seq 300); do \(d.tools)/t & done; wait; echo done >&2"
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+        p.arguments = ["-t", "\(d.pid)", "-m", "--", "/bin/bash", "-c", script]
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = FileHandle.nullDevice
+        try p.run()
+        let deadline = Date().addingTimeInterval(60)
+        while p.isRunning && Date() < deadline { usleep(100_000) }
+        let finished = !p.isRunning
+        if !finished {
+            // Left waiting: end the whole group so the test cleans up.
+            _ = try? runCommand(["/usr/bin/pkill", "-9", "-f", "\(d.tools)/"], allowFailure: true)
+        }
+        p.waitUntilExit()
+        #expect(finished, "execs were left waiting for an answer")
+        #expect(String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self).contains("done"))
+        #expect(fds() < before + 40, "descriptors: \(before) before, \(fds()) after")
     }
 }
