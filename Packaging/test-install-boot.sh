@@ -116,9 +116,11 @@ vdi:
 profiles:
   - {name: mynumber, segment: mynumber, command: ["/bin/sleep", "3600"]}
   - {name: strict, segment: mynumber, command: ["/bin/sleep", "3600"], capture: trusted-only}
-# Capture blocking on the container's own /run (a tmpfs of the container's), never the host's.
+# Capture blocking on a directory of the container's own /run (a tmpfs of the container's),
+# never the host's: every filesystem mounted below a watched path is marked too, and nspawn
+# bind-mounts host files under /run/host.
 capture:
-  watch: ["/run"]
+  watch: ["/run/captest"]
   block: {names: [scrot]}
 POLICY
 
@@ -133,7 +135,7 @@ Before=segguardd.service
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart=/bin/sh -c 'cp -a /usr/bin /run/usrbin.copy && mount -t tmpfs -o mode=0755 sgusrbin /usr/bin && /run/usrbin.copy/cp -a /run/usrbin.copy/. /usr/bin/ && rm -rf /run/usrbin.copy'
+ExecStart=/bin/sh -c 'mkdir -p /run/captest && cp -a /usr/bin /run/usrbin.copy && mount -t tmpfs -o mode=0755 sgusrbin /usr/bin && /run/usrbin.copy/cp -a /run/usrbin.copy/. /usr/bin/ && rm -rf /run/usrbin.copy'
 [Install]
 WantedBy=multi-user.target
 UNIT
@@ -231,9 +233,9 @@ check "the exec denial is a journal event" sh -c "nsenter -t $pid1 -a -- journal
 check "the .deb ships md5sums and dpkg --verify passes" sh -c "test -s '$root/var/lib/dpkg/info/segment-guard-agent.md5sums' && nsenter -t $pid1 -a -- dpkg --verify segment-guard-agent"
 sgd="$(in_ct systemctl show -p MainPID --value segguardd)"
 if [ -n "$sgd" ] && [ "$sgd" != 0 ] && [ "$(in_ct nsenter -t "$sgd" -m -- findmnt -n -o FSTYPE --target /usr/bin 2>/dev/null)" = tmpfs ]; then
-    sed -i 's|^  watch: \["/run"\]$|  watch: ["/run", "/usr/bin"]|' "$root/etc/segguard/policy.yaml"
+    sed -i 's|^  watch: \["/run/captest"\]$|  watch: ["/run/captest", "/usr/bin"]|' "$root/etc/segguard/policy.yaml"
     in_ct systemctl reload segguardd
-    wait_for sh -c "nsenter -t $pid1 -a -- segguardctl status | grep -q 'watching /run, /usr/bin'"
+    wait_for sh -c "nsenter -t $pid1 -a -- segguardctl status | grep -q 'watching /run/captest, /usr/bin'"
     in_ct cp /usr/bin/true /usr/bin/sgtest-copy
     in_ct segguard-launch --no-notify --profile strict >/dev/null 2>&1 &
     strict=""
@@ -244,9 +246,9 @@ if [ -n "$sgd" ] && [ "$sgd" != 0 ] && [ "$(in_ct nsenter -t "$sgd" -m -- findmn
     check "... and that denial names trusted-only" sh -c "nsenter -t $pid1 -a -- journalctl -u segguardd -o cat --no-pager | grep -q 'sgtest-copy is not part of an installed package'"
     for p in $(in_ct segguardctl sessions 2>/dev/null | sed -n 's/^session .* pid \([0-9]*\) .*/\1/p'); do in_ct sh -c "kill $p" 2>/dev/null; done
     wait_for sh -c "! nsenter -t $pid1 -a -- segguardctl status | grep -q 'trusted-only'"
-    sed -i 's|^  watch: \["/run", "/usr/bin"\]$|  watch: ["/run"]|' "$root/etc/segguard/policy.yaml"
+    sed -i 's|^  watch: \["/run/captest", "/usr/bin"\]$|  watch: ["/run/captest"]|' "$root/etc/segguard/policy.yaml"
     in_ct systemctl reload segguardd
-    wait_for sh -c "nsenter -t $pid1 -a -- segguardctl status | grep -q 'watching /run;'"
+    wait_for sh -c "nsenter -t $pid1 -a -- segguardctl status | grep -q 'watching /run/captest;'"
 else
     check "the container's /usr/bin is a tmpfs for segguardd (sgtest-usrbin.service), so trusted-only can be checked" false
 fi
