@@ -186,7 +186,7 @@ echo "     (initial decision at ${decided_at:-?} us, active at ${active_at:-?} u
 first="$(in_ct journalctl -u segguardd -o cat --no-pager | grep -m1 -E 'initial segment decision|^Started ')"
 check "active only after the first decision (READY after the netlink dump: the decision's journal entry comes before systemd's Started)" sh -c "echo '$first' | grep -q 'initial segment decision'"
 check "the hardened unit is in force (capability bounding set)" sh -c "nsenter -t $pid1 -a -- systemctl show -p CapabilityBoundingSet --value segguardd | grep -q cap_net_admin"
-check "segguard-collector is active (Type=notify, as its own user)" sh -c "nsenter -t $pid1 -a -- systemctl is-active segguard-collector && nsenter -t $pid1 -a -- systemctl show -p User --value segguard-collector | grep -qx segguard-collector"
+check "segguard-collector is active (Type=notify, as its own user)" wait_for sh -c "nsenter -t $pid1 -a -- systemctl is-active segguard-collector && nsenter -t $pid1 -a -- systemctl show -p User --value segguard-collector | grep -qx segguard-collector"
 reported=""
 for _ in $(seq 40); do
     in_ct segguardctl status 2>/dev/null | grep -Eq 'reporting: boot-agent \(group mynumber\) to https://127.0.0.1:8443: [1-9][0-9]* heartbeats ok' && { reported=1; break; }
@@ -243,7 +243,7 @@ if [ -n "$sgd" ] && [ "$sgd" != 0 ] && [ "$(in_ct nsenter -t "$sgd" -m -- findmn
     check "a trusted-only session runs (segguardctl status says trusted-only)" test -n "$strict"
     check "... segguardctl from the .deb runs under it (checked against the package's md5sums)" in_ct segguardctl status
     check "... an unpackaged copy in /usr/bin is denied" sh -c "! nsenter -t $pid1 -a -- /usr/bin/sgtest-copy"
-    check "... and that denial names trusted-only" sh -c "nsenter -t $pid1 -a -- journalctl -u segguardd -o cat --no-pager | grep -q 'sgtest-copy is not part of an installed package'"
+    check "... and that denial names trusted-only" sh -c "nsenter -t $pid1 -a -- journalctl -u segguardd -o json --no-pager | grep -q 'sgtest-copy is not part of an installed package'"
     for p in $(in_ct segguardctl sessions 2>/dev/null | sed -n 's/^session .* pid \([0-9]*\) .*/\1/p'); do in_ct sh -c "kill $p" 2>/dev/null; done
     wait_for sh -c "! nsenter -t $pid1 -a -- segguardctl status | grep -q 'trusted-only'"
     sed -i 's|^  watch: \["/run/captest", "/usr/bin"\]$|  watch: ["/run/captest"]|' "$root/etc/segguard/policy.yaml"
