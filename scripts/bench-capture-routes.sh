@@ -11,7 +11,8 @@ N=${1:-200}
 BIN=${2:-$(cd "$(dirname "$0")/.." && pwd)/.build/release}
 [ "$(id -u)" = 0 ] || { echo "bench-capture-routes: needs root" >&2; exit 1; }
 [ -x "$BIN/segguardd" ] || { echo "bench-capture-routes: build first: swift build -c release --product segguardd" >&2; exit 1; }
-LD=$(ls /lib64/ld-linux-x86-64.so.2 /lib/ld-linux-aarch64.so.1 2>/dev/null | head -1)
+LD=""
+for l in /lib64/ld-linux-x86-64.so.2 /lib/ld-linux-aarch64.so.1; do [ -e "$l" ] && { LD=$l; break; }; done
 [ -n "$LD" ] || { echo "no dynamic loader found" >&2; exit 1; }
 WORK=$(mktemp -d /tmp/sgbench-routes.XXXXXX)
 chmod 755 "$WORK"

@@ -93,11 +93,6 @@ public final class CaptureBlocker: Sendable {
     /// st_dev of every filesystem in this daemon's own mount table: one of these that is not
     /// marked is outside the watch on purpose, never marked on first sight.
     let knownDevices = Mutex<Set<UInt64>>([])
-    /// This daemon's user namespace (inode of /proc/self/ns/user).
-    let ownUserNamespace: UInt64 = {
-        var st = stat()
-        return stat("/proc/self/ns/user", &st) == 0 ? UInt64(st.st_ino) : 0
-    }()
     /// Mount points marked because they lie below a watched path (removed with the watch).
     let belowMarks = Mutex<[String]>([])
     /// The system's dynamic loaders' SHA-256 (a renamed copy is a loader too).
@@ -436,15 +431,11 @@ public final class CaptureBlocker: Sendable {
 
     /// Marks the filesystem of `pid`'s executable when this daemon's mount table does not show
     /// it; true when it did so (the exec was not seen by fanotify).
-    /// Only for a process in a user namespace other than this daemon's: that is how a user
-    /// without privileges mounts a filesystem of their own (`unshare -Urm`). A process in this
-    /// daemon's user namespace whose filesystem the daemon does not see is the host's or a
-    /// privileged container's, outside the watch on purpose: never marked (a segguardd in a
-    /// container must not mark its host).
+    /// (A filesystem a user mounted in their own namespace, `unshare -Urm`, and execs from
+    /// there or through /proc/PID/root from outside it. segguardd in a container has no process
+    /// watcher: the kernel gives the connector to the initial namespaces only.)
     @discardableResult
     func markFirstSight(pid: Int32, exe: String) -> Bool {
-        var ns = stat()
-        guard stat("/proc/\(pid)/ns/user", &ns) == 0, UInt64(ns.st_ino) != ownUserNamespace else { return false }
         var st = stat()
         guard stat("/proc/\(pid)/exe", &st) == 0 else { return false }
         let device = UInt64(st.st_dev)
@@ -511,12 +502,53 @@ public final class CaptureBlocker: Sendable {
                 defer { if now >= 0 { close(now) } }
                 guard now >= 0, FileIdentity(fd: now) == identity else { return false }
             }
+            var st = stat()
+            let running = stat("/proc/\(pid)/exe", &st) == 0 ? (UInt64(st.st_dev), UInt64(st.st_ino)) : nil
+            var owner = stat()
+            let uid = stat("/proc/\(pid)", &owner) == 0 ? owner.st_uid : nil
+            let commandLineBefore = Self.commandLine(pid) ?? []
             guard sg_pidfd_send_signal(pidfd, SIGKILL) == 0 else { return false }
             outcome = .killed
             stats.withLock { $0.processesKilled += 1 }
+            if let running, let uid {
+                endForks(of: pid, file: running, uid: uid, commandLine: commandLineBefore, shown: shown ?? exe ?? "/proc/\(pid)/exe", cfg: cfg)
+            }
         }
         record(outcome, exe: shown ?? exe ?? "/proc/\(pid)/exe", sha256: sha256, pid: pid, profile: cfg.protection.profile, reason: reason)
         return true
+    }
+
+    /// A process ended after its exec may have forked meanwhile (a child that calls setsid, a
+    /// relay that forks and exits every few ms): every process of the same user that runs the
+    /// same file with the same command line (a fork keeps both) is ended too, now and twice more
+    /// shortly after (forks in flight).
+    func endForks(of pid: Int32, file: (UInt64, UInt64), uid: uid_t, commandLine: [String], shown: String, cfg: Config) {
+        let pass: @Sendable () -> Void = { [self] in
+            var ended: [Int32] = []
+            let pids = ((try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []).compactMap { Int32($0) }
+            for other in pids where other != pid && other != getpid() {
+                var owner = stat()
+                guard stat("/proc/\(other)", &owner) == 0, owner.st_uid == uid else { continue }
+                var st = stat()
+                guard stat("/proc/\(other)/exe", &st) == 0, UInt64(st.st_dev) == file.0, UInt64(st.st_ino) == file.1,
+                      Self.commandLine(other) ?? [] == commandLine else { continue }
+                let fd = sg_pidfd_open(other)
+                guard fd >= 0 else { continue }
+                // Still that file (not exec'd since the stat) when the signal goes.
+                var again = stat()
+                if stat("/proc/\(other)/exe", &again) == 0, UInt64(again.st_dev) == file.0, UInt64(again.st_ino) == file.1, sg_pidfd_send_signal(fd, SIGKILL) == 0 {
+                    ended.append(other)
+                }
+                close(fd)
+            }
+            guard !ended.isEmpty else { return }
+            stats.withLock { $0.processesKilled += UInt64(ended.count) }
+            record(.killed, exe: shown, sha256: nil, pid: ended[0], profile: cfg.protection.profile,
+                   reason: "\(ended.count) more process(es) of uid \(uid) running the same file as pid \(pid) (forked before it was ended): \(ended.prefix(8).map(String.init).joined(separator: ", "))")
+        }
+        judges.async(execute: pass)
+        judges.asyncAfter(deadline: .now() + .milliseconds(20), execute: pass)
+        judges.asyncAfter(deadline: .now() + .milliseconds(100), execute: pass)
     }
 
     /// Judges a running program by its content, off the watcher's thread: a listed SHA-256, a
@@ -709,7 +741,9 @@ public final class CaptureBlocker: Sendable {
                 return true
             }
             guard admitted else {
-                finish(e, path: path, cfg: cfg, verdict: cfg.decider.failAnswer(path: path, protection: cfg.protection), failMode: true)
+                let answer = cfg.decider.failAnswer(path: path, protection: cfg.protection)
+                if !answer.isDeny { followUp(e, path: path, package: package, cfg: cfg) }
+                finish(e, path: path, cfg: cfg, verdict: answer, failMode: true)
                 return
             }
             answerers.async { [self] in
@@ -718,9 +752,38 @@ public final class CaptureBlocker: Sendable {
                 if let d = digests(fd: e.fd, timeoutMs: left) {
                     finish(e, path: path, cfg: cfg, verdict: verdict(path, d, package, cfg), sha256: d.sha256)
                 } else {
-                    finish(e, path: path, cfg: cfg, verdict: cfg.decider.failAnswer(path: path, protection: cfg.protection), failMode: true)
+                    let answer = cfg.decider.failAnswer(path: path, protection: cfg.protection)
+                    if !answer.isDeny { followUp(e, path: path, package: package, cfg: cfg) }
+                    finish(e, path: path, cfg: cfg, verdict: answer, failMode: true)
                 }
             }
+        }
+    }
+
+    /// An exec the fail mode allowed is judged again once its content is known: a listed one is
+    /// ended then (while it still runs that very file).
+    func followUp(_ e: sg_fanotify_event, path: String, package: PackageRecord, cfg: Config) {
+        guard cfg.mode == .enforce else { return }
+        let admitted = pendingJudgements.withLock { n -> Bool in
+            guard n < Self.pendingJudgementLimit else { return false }
+            n += 1
+            return true
+        }
+        guard admitted else { return }
+        let fd = dup(e.fd)
+        guard fd >= 0 else {
+            pendingJudgements.withLock { $0 -= 1 }
+            return
+        }
+        let pid = e.pid
+        judges.async { [self] in
+            defer {
+                close(fd)
+                pendingJudgements.withLock { $0 -= 1 }
+            }
+            guard let id = FileIdentity(fd: fd), let d = digests(fd: fd, timeoutMs: Self.sweepHashTimeoutMs, on: .global(qos: .utility)),
+                  case .deny(let reason) = verdict(path, d, package, cfg) else { return }
+            end(pid: pid, exe: path, sha256: d.sha256, reason: "\(reason) (allowed at exec by capture.fail_mode, ended once its content was known)", cfg: cfg, identity: id)
         }
     }
 
@@ -808,6 +871,13 @@ public final class CaptureBlocker: Sendable {
                 }
                 if delay > 0 { usleep(UInt32(delay) * 1000) }
                 guard let d = FileDigests.of(fd: copy) else { return }
+                // Written to while it was read (the kernel stops writes to a file only once its
+                // exec is allowed): this digest is of no one version. Not cached; the caller
+                // finds nothing and answers by the fail mode (deny under trusted-only).
+                guard FileIdentity(fd: copy) == id else {
+                    logger.notice("an executable changed while it was hashed: no decision from its content", metadata: ["inode": "\(id.inode)"])
+                    return
+                }
                 cache.put(id, d)
                 stats.withLock { $0.hashed += 1 }
             }

@@ -351,7 +351,7 @@ struct CaptureTests {
         // dpkg's index loads in the background (from the start: a profile asks for trusted-only);
         // until then trusted-only fails closed.
         let loaded = Date().addingTimeInterval(20)
-        while try d.run(["\(d.tools)/copied-true"]).0 == 0 && Date() < loaded { usleep(100_000) }
+        while try d.run(["/bin/true"]).0 != 0 && Date() < loaded { usleep(100_000) }
         let (rc, err) = try d.run(["\(d.tools)/copied-true"])
         #expect(rc != 0 && err.contains("Operation not permitted"), "\(err)")
         #expect(try d.run(["/bin/true"]).0 == 0)
