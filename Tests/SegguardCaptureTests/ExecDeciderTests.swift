@@ -2,7 +2,7 @@
 // matches, trusted-only, fail mode; dpkg md5sums parsing; the policy's capture section.
 
 import Foundation
-import SegguardCapture
+@testable import SegguardCapture
 import SegguardPolicy
 import Testing
 
@@ -199,6 +199,26 @@ struct MountsTests {
         m.restore()
         #expect(m.current == "1" && !m.isRaised)
         #expect(MemfdNoexec(path: "/nonexistent/memfd_noexec").raise()?.contains("not available") == true)
+    }
+
+    @Test("a daemon killed while memfd_noexec was raised puts the saved value back when it starts again")
+    func memfdNoexecAfterCrash() throws {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("sg-memfd-crash-\(getpid())-\(UInt32.random(in: 0...UInt32.max))")
+        try FileManager.default.createDirectory(at: base, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: base) }
+        let sysctl = base.appendingPathComponent("memfd_noexec").path
+        let saved = base.appendingPathComponent("memfd_noexec.saved").path
+        try "0\n".write(toFile: sysctl, atomically: true, encoding: .utf8)
+        let first = MemfdNoexec(path: sysctl, savedFile: saved)
+        #expect(first.raise() == nil)
+        #expect(first.current == "2" && MemfdNoexec.read(saved) == "0")
+        // SIGKILL: no restore ran. The next start finds the saved value and puts it back.
+        let next = MemfdNoexec(path: sysctl, savedFile: saved)
+        #expect(next.current == "0" && !FileManager.default.fileExists(atPath: saved) && !next.isRaised)
+        // A clean restore removes the saved file too.
+        #expect(next.raise() == nil)
+        next.restore()
+        #expect(next.current == "0" && !FileManager.default.fileExists(atPath: saved))
     }
 }
 
