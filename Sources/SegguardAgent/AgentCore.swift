@@ -656,6 +656,9 @@ final class AgentCore {
             if let id { loop.unwatch(id) }
             close(fd)
             refreshCapture()
+            // The session's cgroup empties only once its last process is reaped by its parent:
+            // look again shortly after.
+            loop.schedule(after: 1) { [unowned self] in refreshCapture() }
         }
     }
 

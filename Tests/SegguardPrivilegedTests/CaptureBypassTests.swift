@@ -320,13 +320,18 @@ extension CaptureTests {
 
         // Without content to allow, an unpackaged file is denied from dpkg's record alone (no hashing).
         try d.reload(Self.policy(String(repeating: "0", count: 64), level: "scope: sessions", profiles: profiles)(d.tools))
+        // (A new padded file per attempt: repeated denials of one path are held back as one event.)
         let fresh = Date().addingTimeInterval(10)
         var reason = ""
+        var attempt = 0
         while Date() < fresh {
-            _ = try d.attempt(["\(d.tools)/padded4", "5"])
-            reason = try d.events().last { $0.exec?.path == "\(d.tools)/padded4" }?.reason ?? ""
+            attempt += 1
+            let file = "\(d.tools)/padded-r\(attempt)"
+            try d.run(["/bin/sh", "-c", "cp /usr/bin/sleep \(file) && truncate -s 500M \(file) && chmod 755 \(file)"])
+            _ = try d.attempt([file, "5"])
+            reason = try d.events().last { $0.exec?.path == file }?.reason ?? ""
             if reason.contains("not part of an installed package and not in capture.allow") { break }
-            usleep(100_000)
+            usleep(200_000)
         }
         #expect(reason.hasSuffix("is not part of an installed package and not in capture.allow: profile 'mynumber' allows trusted executables only"), "\(reason)")
 
@@ -334,12 +339,12 @@ extension CaptureTests {
         kill(launcher.processIdentifier, SIGTERM)
         launcher.waitUntilExit()
         if let before {
-            let back = Date().addingTimeInterval(10)
+            let back = Date().addingTimeInterval(20)
             while (try? String(contentsOfFile: "/proc/sys/vm/memfd_noexec", encoding: .utf8)) != before && Date() < back {
-                _ = try? d.status()
                 usleep(100_000)
             }
-            #expect(try String(contentsOfFile: "/proc/sys/vm/memfd_noexec", encoding: .utf8) == before)
+            #expect(try String(contentsOfFile: "/proc/sys/vm/memfd_noexec", encoding: .utf8) == before,
+                    "capture: \(String(describing: try? d.status().capture)); sessions: \((try? runCapturing(binDir.appendingPathComponent("segguardctl"), ["sessions", "--socket", d.socket]).1) ?? "?")\n\(d.logText.suffix(1500))")
         }
     }
 
@@ -348,12 +353,12 @@ extension CaptureTests {
     func burst() throws {
         let (unique, hash) = try uniqueSleep("burst")
         defer { try? FileManager.default.removeItem(at: unique) }
-        let setup = #"cp /usr/bin/true "$0/t" && cp "# + unique.path + #" "$0/big" && truncate -s 3G "$0/big" && chmod 755 "$0"/*"#
+        let setup = #"cp /usr/bin/true "$0/t" && cp "# + unique.path + #" "$0/big" && truncate -s 1G "$0/big" && chmod 755 "$0"/*"#
         let d = try CaptureDaemon(policy: Self.policy(hash), setup: setup)
         defer { d.cleanup() }
         let fds = { (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(d.pid)/fd").count) ?? 0 }
         let before = fds()
-        // One exec of a 3 GB file (hashed, past the timeout), then 300 execs at once of a small
+        // One exec of a 1 GB file (hashed, past the timeout), then 300 execs at once of a small
         // file whose hash is new (each needs the content).
         let script = "\(d.tools)/big 1 & for i in $(seq 300); do \(d.tools)/t & done; wait; echo done >&2"
         let p = Process()
