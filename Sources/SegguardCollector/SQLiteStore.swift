@@ -6,6 +6,7 @@
 
 import Foundation
 import Logging
+import NIOCore
 import SQLiteNIO
 import SegguardReport
 
@@ -69,6 +70,16 @@ public final class SQLiteStore: CollectorStore {
     public func close() async throws {
         try? await heartbeatConnection.close()
         try await connection.close()
+    }
+
+    /// A store dropped without `close()` (a collector torn down by a failure, a test cancelled
+    /// at its time limit) closes its connections on their thread pool instead of reaching
+    /// SQLiteNIO's deinit open: in debug builds that is an assertion that ends the process.
+    deinit {
+        for c in [connection, heartbeatConnection] where !c.isClosed {
+            let closing: EventLoopFuture<Void> = c.close()
+            closing.whenComplete { _ in _ = c }
+        }
     }
 
     static let schema = [

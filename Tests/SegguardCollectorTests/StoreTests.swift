@@ -285,3 +285,24 @@ struct StoreTests {
         #expect(batches < 300)  // several heartbeats shared a transaction
     }
 }
+
+@Suite("SQLite store life cycle")
+struct SQLiteStoreLifeTests {
+    @Test("a store dropped without close() closes its connections (no SQLiteNIO assertion ends the process)")
+    func droppedOpen() async throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("sg-store-drop-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).db").path
+        defer { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } }
+        var store: SQLiteStore? = try await SQLiteStore(path: path)
+        try await store!.migrate()
+        weak let dropped = store
+        store = nil
+        #expect(dropped == nil)
+        // The closing runs on SQLiteNIO's thread pool; once it is done the file opens again
+        // (a connection left open would still hold the database; the assertion would have
+        // ended this process).
+        try await Task.sleep(for: .milliseconds(200))
+        let again = try await SQLiteStore(path: path)
+        try await again.migrate()
+        try await again.close()
+    }
+}
