@@ -387,11 +387,10 @@ public final class CaptureBlocker: Sendable {
             if fresh { judgeContent(pid: pid, exe: exe, program: exe, file: "/proc/\(pid)/exe", anonymous: true, cfg: cfg) }
             return false
         }
-        // One readlink for most execs; the command line only where it can matter.
-        let argv = cfg.decider.needsCommandLine(executable: exe) ? (Self.commandLine(pid) ?? []) : []
         if ExecDecider.isLoader(exe) {
             // Trusted-only implies capture.loader: deny (its program could be anything).
             if cfg.decider.rule.loader == .deny || cfg.protection.level == .trustedOnly, let uid = Self.processInfo(pid).0, uid != 0 {
+                let argv = Self.commandLine(pid) ?? []  // for the record only: the first page is enough
                 let why = cfg.decider.rule.loader == .deny ? "capture.loader: deny" : "\(cfg.decider.who(cfg.protection)) allows trusted executables only, and the loader run directly could load anything"
                 return end(pid: pid, exe: exe, sha256: nil, reason: "uid \(uid) ran the dynamic loader \(exe) directly (\(argv.prefix(4).map { String($0.prefix(200)) }.joined(separator: " "))): \(why)", cfg: cfg)
             }
@@ -416,6 +415,8 @@ public final class CaptureBlocker: Sendable {
             if fresh { judgeContent(pid: pid, exe: exe, program: shown, file: file, anonymous: false, cfg: cfg) }
             return false
         }
+        // One readlink for most execs; the command line only where it can matter.
+        let argv = cfg.decider.needsCommandLine(executable: exe) ? (Self.commandLine(pid) ?? []) : []
         if let reason = cfg.decider.running(executable: exe, argv: argv, protection: cfg.protection) {
             return end(pid: pid, exe: exe, sha256: nil, reason: reason + " (" + argv.prefix(6).joined(separator: " ") + ")", cfg: cfg)
         }
