@@ -96,6 +96,10 @@ struct PollLoopTests {
         let deadline = Date().addingTimeInterval(5)
         while loop.post({}) && Date() < deadline { usleep(1000) }
         #expect(!loop.post {})
+        // The accepted jobs run on the loop's thread after stop() returns: wait for them (a
+        // loaded CI machine ran this check before that thread was scheduled).
+        let drained = Date().addingTimeInterval(10)
+        while ran.withLock({ $0 }) < 10 && Date() < drained { usleep(1000) }
         #expect(ran.withLock { $0 } == 10)
         #expect(!loop.sync(timeout: 0.1))
     }
