@@ -1,4 +1,5 @@
-// The embedded default store: one SQLite file in WAL mode and two connections. Events,
+// The embedded default store: one SQLite file in WAL mode and two connections, each on a
+// thread of its own (see `pools`). Events,
 // bundles and stale marks: synchronous=FULL (an acknowledged event survives a power cut),
 // transactions serialized. Heartbeats (and the agent-recovered event their statement
 // writes): their own connection with synchronous=NORMAL (a crash of the collector loses
@@ -7,6 +8,7 @@
 import Foundation
 import Logging
 import NIOCore
+import NIOPosix
 import SQLiteNIO
 import SegguardReport
 
@@ -36,23 +38,39 @@ public final class SQLiteStore: CollectorStore {
     /// per batch, so nothing to serialize beyond SQLite's own write lock.
     let heartbeatConnection: SQLiteConnection
     let serial = SerialRunner()
+    /// One thread per connection, not SQLiteNIO's default (NIO's shared blocking pool, as
+    /// many threads as cores). A statement waiting for SQLite's write lock sleeps in the busy
+    /// handler on its thread; with a shared pool, statements waiting like that (this store's
+    /// and any other's in the process) could hold every thread while the transaction that
+    /// holds the lock waited for one to run its COMMIT: every writer then failed with
+    /// "database is locked" after busy_timeout. Seen on a 2-core CI run.
+    let pools: [NIOThreadPool]
     public let path: String
 
     public init(path: String, logger: Logger = Logger(label: "segguard-collector.sqlite")) async throws {
         self.path = path
-        connection = try await Self.open(path, synchronous: "FULL", logger: logger)
+        let pools = [NIOThreadPool(numberOfThreads: 1), NIOThreadPool(numberOfThreads: 1)]
+        pools.forEach { $0.start() }
+        self.pools = pools
         do {
-            heartbeatConnection = try await Self.open(path, synchronous: "NORMAL", logger: logger)
+            connection = try await Self.open(path, synchronous: "FULL", on: pools[0], logger: logger)
+        } catch {
+            for pool in pools { try? await pool.shutdownGracefully() }
+            throw error
+        }
+        do {
+            heartbeatConnection = try await Self.open(path, synchronous: "NORMAL", on: pools[1], logger: logger)
         } catch {
             try? await connection.close()
+            for pool in pools { try? await pool.shutdownGracefully() }
             throw error
         }
     }
 
-    static func open(_ path: String, synchronous: String, logger: Logger) async throws -> SQLiteConnection {
+    static func open(_ path: String, synchronous: String, on pool: NIOThreadPool, logger: Logger) async throws -> SQLiteConnection {
         let connection: SQLiteConnection
         do {
-            connection = try await SQLiteConnection.open(storage: .file(path: path), logger: logger)
+            connection = try await SQLiteConnection.open(storage: .file(path: path), threadPool: pool, logger: logger, on: MultiThreadedEventLoopGroup.singleton.any())
         } catch {
             throw StoreError("cannot open the SQLite store \(path): \(error)")
         }
@@ -69,17 +87,28 @@ public final class SQLiteStore: CollectorStore {
 
     public func close() async throws {
         try? await heartbeatConnection.close()
+        defer { Self.shutDown(pools) }
         try await connection.close()
+    }
+
+    /// Stops the connections' threads once the work queued on them has run (a close is
+    /// queued there too).
+    static func shutDown(_ pools: [NIOThreadPool]) {
+        for pool in pools { pool.shutdownGracefully { _ in } }
     }
 
     /// A store dropped without `close()` (a collector torn down by a failure, a test cancelled
     /// at its time limit) closes its connections on their thread pool instead of reaching
     /// SQLiteNIO's deinit open: in debug builds that is an assertion that ends the process.
     deinit {
-        for c in [connection, heartbeatConnection] where !c.isClosed {
-            let closing: EventLoopFuture<Void> = c.close()
-            closing.whenComplete { _ in _ = c }
+        let pools = self.pools
+        let open = [connection, heartbeatConnection].filter { !$0.isClosed }
+        guard !open.isEmpty else { return }
+        let closing = open.map { c -> EventLoopFuture<Void> in
+            let f: EventLoopFuture<Void> = c.close()
+            return f.map { _ = c }
         }
+        EventLoopFuture.andAllComplete(closing, on: closing[0].eventLoop).whenComplete { _ in Self.shutDown(pools) }
     }
 
     static let schema = [

@@ -3,6 +3,7 @@
 
 import Foundation
 @testable import SegguardCollector
+import NIOCore
 import PostgresNIO
 import SegguardReport
 import SegguardTestSupport
@@ -304,5 +305,59 @@ struct SQLiteStoreLifeTests {
         let again = try await SQLiteStore(path: path)
         try await again.migrate()
         try await again.close()
+    }
+
+    /// Writers waiting for SQLite's write lock (in the busy handler, on a thread) must not
+    /// keep the lock's holder from running its COMMIT. Before each connection had a thread of
+    /// its own they shared NIO's blocking pool (as many threads as cores): with more stores
+    /// waiting than cores, every thread slept in a busy handler, no transaction could finish,
+    /// and every waiting heartbeat failed with "database is locked" after busy_timeout.
+    @Test("heartbeats waiting for a transaction's write lock never starve it of a thread (more stores than cores)")
+    func waitersDoNotStarveTheHolder() async throws {
+        let count = NIOSingletons.blockingPoolThreadCountSuggestion + 1
+        var stores: [SQLiteStore] = []
+        var paths: [String] = []
+        defer { for path in paths { for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: path + suffix) } } }
+        for i in 0..<count {
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("sg-store-lock-\(getpid())-\(i)-\(UInt32.random(in: 0...UInt32.max)).db").path
+            paths.append(path)
+            let store = try await SQLiteStore(path: path)
+            try await store.migrate()
+            stores.append(store)
+        }
+        final class Flags: Sendable { let began = Mutex(0), release = Mutex(false) }
+        let flags = Flags()
+        try await withThrowingTaskGroup(of: String.self) { group in
+            for (i, store) in stores.enumerated() {
+                // The holder: BEGIN IMMEDIATE (the write lock), then waits, then one more
+                // statement and COMMIT, each of which needs the connection's thread.
+                group.addTask {
+                    try await store.transaction { c in
+                        flags.began.withLock { $0 += 1 }
+                        while !flags.release.withLock({ $0 }) { try await Task.sleep(for: .milliseconds(5)) }
+                        _ = try await c.query("SELECT count(*) FROM agents")
+                        return "holder \(i)"
+                    }
+                }
+            }
+            while flags.began.withLock({ $0 }) < count { try await Task.sleep(for: .milliseconds(5)) }
+            for (i, store) in stores.enumerated() {
+                // The waiter: a heartbeat on the other connection sleeps in the busy handler.
+                group.addTask {
+                    let written = try await store.recordHeartbeats([(heartbeat("tc-\(i)"), AgentIdentity(agentID: "tc-\(i)", group: "g"))], at: Date())
+                    return "heartbeat \(i): \(written.count)"
+                }
+            }
+            try await Task.sleep(for: .milliseconds(300))  // the heartbeats are in their busy handlers
+            flags.release.withLock { $0 = true }
+            var finished: [String] = []
+            for try await r in group { finished.append(r) }
+            #expect(finished.count == 2 * count)
+            #expect(finished.filter { $0.hasPrefix("heartbeat") }.allSatisfy { $0.hasSuffix(": 1") }, "\(finished)")
+        }
+        for store in stores {
+            #expect(try await store.agents(AgentFilter()).count == 1)
+            try await store.close()
+        }
     }
 }
