@@ -279,6 +279,19 @@ public enum SegmentDecider {
             guard below.count == pinned.depth, below.allSatisfy(\.signedByNext) else {
                 return "\(seen) was sent with the pinned CA '\(pinned.subject)', but the chain's signatures do not lead to it (a forged chain, or no certificate data from wpa_supplicant)"
             }
+            // What a verifying TLS client checks besides signatures: the server's certificate
+            // may serve TLS (a device certificate issued by the same CA may not), every
+            // certificate above it up to the pin is a CA, and all were inside their validity.
+            guard leaf.serverAuth else {
+                return "\(seen) is not meant for a TLS server (its extendedKeyUsage lacks serverAuth: a client or device certificate of the pinned CA)"
+            }
+            if let notCA = chain.first(where: { $0.depth > 0 && $0.depth <= pinned.depth && !$0.isCA }) {
+                return "\(seen) was signed by '\(notCA.subject)', which is not a CA certificate (basicConstraints)"
+            }
+            if let expired = chain.first(where: { $0.depth <= pinned.depth && !$0.validWhenSeen }) {
+                let which = expired.depth == 0 ? "it" : "'\(expired.subject)' in its chain"
+                return "\(seen) was not valid when presented: \(which) was outside its notBefore/notAfter"
+            }
         }
         if let domain = pins.domain {
             var names = leaf.altSubjects.compactMap { $0.hasPrefix("DNS:") ? String($0.dropFirst(4)).lowercased() : nil }

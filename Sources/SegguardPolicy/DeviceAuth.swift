@@ -116,9 +116,22 @@ public struct PeerCertificate: Sendable, Equatable, Codable {
     /// Without `ca_cert` wpa_supplicant verifies nothing above the server's own key, so a pin
     /// on a CA counts only through a chain of verified signatures.
     public var signedByNext: Bool
+    /// The certificate says it is a CA (basicConstraints cA = TRUE). A certificate between
+    /// the server and a pinned CA must be one: otherwise any leaf the CA issued (another
+    /// thin client's device certificate) could sign a server certificate of its own.
+    public var isCA: Bool
+    /// The certificate may be used by a TLS server: no extendedKeyUsage, or one listing
+    /// serverAuth or anyExtendedKeyUsage. A device certificate (clientAuth only) is not.
+    public var serverAuth: Bool
+    /// Inside its notBefore … notAfter when the supplicant reported it (the wall clock then).
+    public var validWhenSeen: Bool
 
-    public init(depth: Int, subject: String, sha256: String? = nil, altSubjects: [String] = [], signedByNext: Bool = false) {
+    public init(depth: Int, subject: String, sha256: String? = nil, altSubjects: [String] = [], signedByNext: Bool = false,
+                isCA: Bool = false, serverAuth: Bool = false, validWhenSeen: Bool = false) {
         self.signedByNext = signedByNext
+        self.isCA = isCA
+        self.serverAuth = serverAuth
+        self.validWhenSeen = validWhenSeen
         self.depth = depth
         self.subject = subject
         self.sha256 = sha256

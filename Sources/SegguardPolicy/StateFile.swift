@@ -85,6 +85,9 @@ public enum StateFile {
                         if let h = c.sha256 { parts.append("sha256: \(q(h))") }
                         if !c.altSubjects.isEmpty { parts.append("alt: [\(c.altSubjects.map(q).joined(separator: ", "))]") }
                         if c.signedByNext { parts.append("signed_by_next: true") }
+                        if c.isCA { parts.append("ca: true") }
+                        if c.serverAuth { parts.append("server_auth: true") }
+                        if c.validWhenSeen { parts.append("valid: true") }
                         out += "        - {\(parts.joined(separator: ", "))}\n"
                     }
                 }
@@ -274,7 +277,7 @@ extension Context {
         if let v = m["server_chain"], let items = sequence(v, "\(path).server_chain") {
             for (k, item) in items.enumerated() {
                 let p = "\(path).server_chain[\(k)]"
-                guard let cm = mapping(item, p, allowed: ["depth", "subject", "sha256", "alt", "signed_by_next"]) else { continue }
+                guard let cm = mapping(item, p, allowed: ["depth", "subject", "sha256", "alt", "signed_by_next", "ca", "server_auth", "valid"]) else { continue }
                 let depth = cm["depth"].flatMap { int($0, "\(p).depth", range: 0...16) } ?? k
                 let subject = cm["subject"].flatMap { string($0, "\(p).subject") } ?? ""
                 var sha: String?
@@ -284,7 +287,11 @@ extension Context {
                 }
                 let alt = cm["alt"].map { strings($0, "\(p).alt") } ?? []
                 let signed = cm["signed_by_next"].flatMap { bool($0, "\(p).signed_by_next") } ?? false
-                a.serverChain.append(PeerCertificate(depth: depth, subject: subject, sha256: sha, altSubjects: alt, signedByNext: signed))
+                let isCA = cm["ca"].flatMap { bool($0, "\(p).ca") } ?? false
+                let serverAuth = cm["server_auth"].flatMap { bool($0, "\(p).server_auth") } ?? false
+                let valid = cm["valid"].flatMap { bool($0, "\(p).valid") } ?? false
+                a.serverChain.append(PeerCertificate(depth: depth, subject: subject, sha256: sha, altSubjects: alt, signedByNext: signed,
+                                                     isCA: isCA, serverAuth: serverAuth, validWhenSeen: valid))
             }
         }
         return a

@@ -97,8 +97,9 @@ struct NetworkIdentityDecisionTests {
     }
 
     static let serverCert = PeerCertificate(depth: 0, subject: "/C=JP/O=Example City/CN=radius.example.lg.jp", sha256: String(repeating: "11", count: 32),
-                                            altSubjects: ["DNS:radius.example.lg.jp"], signedByNext: true)
-    static let serverCA = PeerCertificate(depth: 1, subject: "/C=JP/O=Example City/CN=Example City RADIUS CA", sha256: String(repeating: "22", count: 32))
+                                            altSubjects: ["DNS:radius.example.lg.jp"], signedByNext: true, serverAuth: true, validWhenSeen: true)
+    static let serverCA = PeerCertificate(depth: 1, subject: "/C=JP/O=Example City/CN=Example City RADIUS CA", sha256: String(repeating: "22", count: 32),
+                                          isCA: true, serverAuth: true, validWhenSeen: true)
     static let rogueCert = PeerCertificate(depth: 0, subject: "/CN=rogue-server", sha256: String(repeating: "99", count: 32))
 
     static func authed(_ chain: [PeerCertificate], successes: UInt64 = 1) -> DeviceAuthState {
@@ -124,6 +125,33 @@ struct NetworkIdentityDecisionTests {
         #expect(forgedDecision.reason.contains("was sent with the pinned CA '/C=JP/O=Example City/CN=Example City RADIUS CA', but the chain's signatures do not lead to it"), "\(forgedDecision.reason)")
         port.deviceAuth = Self.authed([Self.serverCert, Self.serverCA])
         #expect(Identity.decide(port, caOnly).segment == .authorizedWired)
+        // Signed by the pinned CA but not a server certificate (another client's device
+        // certificate): refused, as a verifying TLS client would.
+        var deviceLeaf = Self.serverCert
+        deviceLeaf.serverAuth = false
+        port.deviceAuth = Self.authed([deviceLeaf, Self.serverCA])
+        #expect(Identity.decide(port, caOnly).reason.contains("is not meant for a TLS server (its extendedKeyUsage lacks serverAuth"), "\(Identity.decide(port, caOnly).reason)")
+        // Signed through a certificate that is not a CA (a device certificate of the pinned CA).
+        var notCA = Self.serverCA
+        notCA.subject = "/CN=tc-0999"
+        notCA.isCA = false
+        notCA.signedByNext = true
+        var pinnedAbove = Self.serverCA
+        pinnedAbove.depth = 2
+        port.deviceAuth = Self.authed([Self.serverCert, notCA, pinnedAbove])
+        #expect(Identity.decide(port, caOnly).reason.contains("was signed by '/CN=tc-0999', which is not a CA certificate"), "\(Identity.decide(port, caOnly).reason)")
+        notCA.isCA = true
+        port.deviceAuth = Self.authed([Self.serverCert, notCA, pinnedAbove])
+        #expect(Identity.decide(port, caOnly).segment == .authorizedWired, "an intermediate CA under the pin")
+        // Outside its validity when presented, the server's certificate or the CA's.
+        var expired = Self.serverCert
+        expired.validWhenSeen = false
+        port.deviceAuth = Self.authed([expired, Self.serverCA])
+        #expect(Identity.decide(port, caOnly).reason.contains("was not valid when presented: it was outside its notBefore/notAfter"))
+        var expiredCA = Self.serverCA
+        expiredCA.validWhenSeen = false
+        port.deviceAuth = Self.authed([Self.serverCert, expiredCA])
+        #expect(Identity.decide(port, caOnly).reason.contains("'/C=JP/O=Example City/CN=Example City RADIUS CA' in its chain was outside its notBefore/notAfter"))
         port.deviceAuth = Self.authed([Self.rogueCert])
         let rogue = Identity.decide(port, p)
         #expect(rogue.segment == .unauthorized)
