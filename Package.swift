@@ -66,7 +66,8 @@ let package = Package(
         .target(
             name: "SegguardDeviceAuth",
             dependencies: ["SegguardPolicy", "SegguardSystem", "CSegguardShims", "CSystemd", .product(name: "Crypto", package: "swift-crypto"),
-                           .product(name: "X509", package: "swift-certificates"), .product(name: "Logging", package: "swift-log")],
+                           .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
+                           .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // Screen-capture blocking: fanotify exec permission events, blocklist/trusted-only decision.
         .target(
@@ -249,7 +250,7 @@ let package = Package(
             name: "SegguardAgentTests",
             dependencies: [
                 "SegguardAgent", "SegguardTestFakes", "SegguardPolicy", "SegguardDecision", "SegguardEnforce", "SegguardCapture", "SegguardDeviceAuth",
-                "SegguardNetlink", "SegguardWire", "SegguardReport", "SegguardSystem", .product(name: "Logging", package: "swift-log"),
+                "SegguardNetlink", "SegguardWire", "SegguardReport", "SegguardSystem", "SegguardPKI", .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(name: "SegguardProbeTests", dependencies: ["SegguardProbe"]),
         .testTarget(name: "SegguardNetlinkTests", dependencies: ["SegguardNetlink", "SegguardPolicy", "CLibNL", "CSegguardShims"]),

@@ -206,6 +206,10 @@ final class AgentCore {
 
     private var stopped = false
 
+    /// This device's certificate key (`configuration.deviceCertificateFile`), or why unknown;
+    /// put on every 802.1X state for the EAP-TLS requirement.
+    private(set) var deviceKey = CertificateKeyFinding(keySHA256: nil, description: "no device certificate configured")
+
     init(loop: PollLoop, mailbox: Mailbox, policy: LoadedPolicy, configuration: AgentConfiguration, sources: AgentSources,
          observer: any AgentObserver, reporting: (any AgentReporting)?, logger: Logger, groupNames: GroupNames, onFailure: @escaping @Sendable (String) -> Void) {
         self.groupNames = groupNames
@@ -227,6 +231,23 @@ final class AgentCore {
         }
         self.events = EventLog(capacity: configuration.eventCapacity)
         self.timings = PipelineTimings(capacity: configuration.timingsCapacity)
+        readDeviceKey()
+    }
+
+    /// Reads this device's certificate for its key (at start and on each reload: an enrolled
+    /// device's certificate is renewed in place).
+    func readDeviceKey() {
+        guard let path = configuration.deviceCertificateFile else { return }
+        let old = deviceKey
+        do {
+            let k = try CertificateKey.read(path: path)
+            deviceKey = CertificateKeyFinding(keySHA256: k.keySHA256, description: k.description)
+        } catch {
+            deviceKey = CertificateKeyFinding(keySHA256: nil, description: "\(error)")
+            if old != deviceKey, policy.requiresEAPTLS {
+                logger.error("this device's certificate cannot be read: no EAP-TLS rule can be met", metadata: ["error": "\(error)"])
+            }
+        }
     }
 
     // MARK: - Start and stop
@@ -551,6 +572,10 @@ final class AgentCore {
             var state = deviceAuth[name]
             if let through = authLinks[name]?.staleThrough, let st = state, st.successes <= through, out.interfaces[i].kind != .wireless {
                 state?.predatesLinkLoss = true
+            }
+            if state != nil {
+                state?.deviceKeySHA256 = deviceKey.keySHA256
+                state?.deviceCertificate = deviceKey.description
             }
             out.interfaces[i].deviceAuth = state
         }
@@ -958,6 +983,7 @@ final class AgentCore {
         logger.notice("reloading policy", metadata: ["file": "\(policyFile)"])
         observer.reloading()
         defer { observer.reloaded(status: statusLine) }
+        readDeviceKey()
         do {
             adopt(try Agent.loadPolicy(file: policyFile))
         } catch {

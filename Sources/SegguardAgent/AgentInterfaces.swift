@@ -37,6 +37,10 @@ public struct AgentConfiguration: Sendable {
     /// Tracked (My Number) sessions one uid other than root may have at once: each holds a
     /// cgroup and a descriptor in the daemon, so a user cannot run it out of either.
     public var maxSessionsPerUser = 4
+    /// This device's certificate (PEM or DER): an EAP-TLS requirement is met only when the
+    /// supplicant's client certificate holds the same public key. Read at start and on each
+    /// reload. Nil: no device certificate, and no EAP-TLS rule is met.
+    public var deviceCertificateFile: String?
 
     public init(policyFile: String, bundlePolicyFile: String? = nil, baselineFile: String? = nil, hostname: String = "localhost") {
         (self.policyFile, self.bundlePolicyFile, self.baselineFile, self.hostname) = (policyFile, bundlePolicyFile, baselineFile, hostname)

@@ -525,9 +525,17 @@ public final class WPAControlSource: Sendable {
             do {
                 let reply = try connection.request("STATUS")
                 var read = try WPAControlProtocol.parseStatus(reply)
-                if read.identity == nil, let id = WPAControlProtocol.networkID(reply) {
+                let id = WPAControlProtocol.networkID(reply)
+                if read.identity == nil, let id {
                     // STATUS names the identity only for some methods; the network block has it.
                     read.identity = WPAControlProtocol.parseNetworkString(try connection.request("GET_NETWORK \(id) identity"))
+                }
+                if read.portStatus == .authorized, let id {
+                    // The certificate it authenticates with, to compare with this device's
+                    // (read on each refresh: a small file, and refreshes follow events only).
+                    let value = WPAControlProtocol.parseNetworkString(try connection.request("GET_NETWORK \(id) client_cert"))
+                    let found = CertificateKey.forSupplicant(clientCert: value)
+                    (read.clientKeySHA256, read.clientCertificate) = (found.keySHA256, found.description)
                 }
                 read.serverChain = a.chain
                 read.successes = a.successes

@@ -74,6 +74,10 @@ public struct WPADBusInterface: Sendable, Equatable {
     public var networkKeyManagement: String?
     /// The current network's `identity`, without wpa_supplicant's quotes.
     public var identity: String?
+    /// The current network's `client_cert`, without quotes.
+    public var clientCert: String?
+    /// Its key, read by the source when the network is loaded (see `CertificateKey`).
+    public var clientKey: CertificateKeyFinding?
     public var lastEAP: EAPResult?
     /// Method named by the last `EAP` "accept proposed method" signal.
     public var acceptedMethod: String?
@@ -116,6 +120,8 @@ public struct WPADBusInterface: Sendable, Equatable {
                 if p != next.currentNetwork {
                     next.networkKeyManagement = nil
                     next.identity = nil
+                    next.clientCert = nil
+                    next.clientKey = nil
                 }
                 next.currentNetwork = p
             default: continue
@@ -135,8 +141,10 @@ public struct WPADBusInterface: Sendable, Equatable {
         }
         let keyMgmt = try field("key_mgmt")
         let identity = try field("identity")
+        let clientCert = try field("client_cert")
         networkKeyManagement = keyMgmt
         self.identity = identity.map(Self.unquoted)
+        self.clientCert = clientCert.map(Self.unquoted)
     }
 
     /// Applies the `EAP` signal's two strings (status, parameter).
@@ -228,6 +236,7 @@ public struct WPADBusInterface: Sendable, Equatable {
         }
         if s.eapMethod == nil { s.eapMethod = acceptedMethod }
         s.identity = identity
+        if let clientKey { (s.clientKeySHA256, s.clientCertificate) = (clientKey.keySHA256, clientKey.description) }
         let eapMode = authMode?.hasPrefix("EAP-") ?? false
         if loggedOff {
             s.portStatus = .unauthorized

@@ -275,6 +275,7 @@ public final class WPADBusSource: DeviceAuthSource {
             do {
                 let value = try getProperty(path: network, interface: WPADBusSource.networkIface, name: "Properties")
                 try interfaces[path]?.apply(networkProperties: value)
+                if let i = interfaces[path] { interfaces[path]?.clientKey = CertificateKey.forSupplicant(clientCert: i.clientCert) }
             } catch {
                 source.logger.warning("cannot read wpa_supplicant network", metadata: ["object": "\(network)", "error": "\(error)"])
             }

@@ -5,7 +5,8 @@
 public enum DeviceAuthRequirement: String, Sendable, Codable, CaseIterable {
     /// No requirement (the SSID/port rules alone decide).
     case none
-    /// A completed EAP-TLS authentication with this device's certificate.
+    /// A completed EAP-TLS authentication with this device's certificate: the supplicant's
+    /// `client_cert` holds the same public key as segguardd's device certificate.
     case eapTLS = "eap-tls"
 }
 
@@ -44,6 +45,19 @@ public struct DeviceAuthState: Sendable, Equatable, Codable {
     /// link last lost carrier or changed ifindex, so it may belong to another port (a cable
     /// moved); only a fresh success counts again.
     public var predatesLinkLoss = false
+    /// SHA-256 (hex) of the public key (DER SubjectPublicKeyInfo) of the client certificate
+    /// the supplicant's network authenticates with (`client_cert`, read by the source); nil
+    /// when it could not be read.
+    public var clientKeySHA256: String?
+    /// That certificate as the source found it ("subject '/CN=tc-0001' in /etc/…"), or why it
+    /// could not be read.
+    public var clientCertificate: String?
+    /// Set by the agent, never by a source: SHA-256 of this device's key (its device
+    /// certificate, the one enrolled with the collector); nil when it could not be read.
+    public var deviceKeySHA256: String?
+    /// Set by the agent: this device's certificate ("subject … in /etc/segguard/device.pem"),
+    /// or why it could not be read.
+    public var deviceCertificate: String?
 
     public init(keyManagement: String? = nil, eapState: String? = nil, eapMethod: String? = nil,
                 portStatus: PortStatus = .unknown, identity: String? = nil, since: Double? = nil, paeState: String? = nil,
@@ -93,6 +107,17 @@ public struct DeviceAuthState: Sendable, Equatable, Codable {
             }
             guard eapMethod == "TLS" else {
                 return "802.1X authentication used EAP-\(eapMethod ?? "?"), the rule requires EAP-TLS (a device certificate)"
+            }
+            // EAP-TLS proves this device only with this device's key: not a certificate
+            // shared by many clients, nor one taken from another device.
+            guard let device = deviceKeySHA256 else {
+                return "this device's certificate is not known (\(deviceCertificate ?? "none configured")): cannot tell whether 802.1X used it"
+            }
+            guard let client = clientKeySHA256 else {
+                return "the certificate wpa_supplicant authenticates with is not known (\(clientCertificate ?? "not read")); it must be this device's"
+            }
+            guard client == device else {
+                return "802.1X authenticated with \(clientCertificate ?? "a certificate") (key SHA-256 \(client.prefix(16))…), not this device's certificate (key SHA-256 \(device.prefix(16))…)"
             }
             return nil
         }

@@ -44,6 +44,13 @@ public struct Policy: Sendable, Equatable, Codable {
 }
 
 /// One part of the office area (main building, a branch office) with its networks.
+extension Policy {
+    /// Some wired or wireless rule requires EAP-TLS (then this device's certificate matters).
+    public var requiresEAPTLS: Bool {
+        sites.contains { $0.wireless.contains { $0.deviceAuth == .eapTLS } || $0.wired.contains { $0.deviceAuth == .eapTLS } }
+    }
+}
+
 public struct Site: Sendable, Equatable, Codable {
     public var name: String
     public var wireless: [WirelessRule]

@@ -78,6 +78,10 @@ public enum StateFile {
                 if let v = a.paeState { out += "      pae_state: \(q(v))\n" }
                 if let v = a.identity { out += "      identity: \(q(v))\n" }
                 if a.predatesLinkLoss { out += "      predates_link_loss: true\n" }
+                if let v = a.clientKeySHA256 { out += "      client_key_sha256: \(q(v))\n" }
+                if let v = a.clientCertificate { out += "      client_certificate: \(q(v))\n" }
+                if let v = a.deviceKeySHA256 { out += "      device_key_sha256: \(q(v))\n" }
+                if let v = a.deviceCertificate { out += "      device_certificate: \(q(v))\n" }
                 if !a.serverChain.isEmpty {
                     out += "      server_chain:\n"
                     for c in a.serverChain {
@@ -263,9 +267,20 @@ extension Context {
         return link
     }
 
+    /// A SHA-256 in hex (64 digits), lower-cased; reported otherwise.
+    mutating func sha256(_ node: Node, _ path: String) -> String? {
+        guard let t = string(node, path) else { return nil }
+        let lower = t.lowercased()
+        guard lower.count == 64, lower.allSatisfy(\.isHexDigit) else {
+            report(node, path, "\"\(t.prefix(70))\" is not a SHA-256 (64 hex digits)")
+            return nil
+        }
+        return lower
+    }
+
     mutating func deviceAuth(_ node: Node, _ path: String) -> DeviceAuthState? {
         guard let m = mapping(node, path, allowed: ["port", "key_management", "eap_state", "eap_method", "pae_state", "identity", "predates_link_loss",
-                                                    "server_chain"]) else { return nil }
+                                                    "server_chain", "client_key_sha256", "client_certificate", "device_key_sha256", "device_certificate"]) else { return nil }
         var a = DeviceAuthState()
         if let v = m["port"], let p = oneOf(v, "\(path).port", DeviceAuthState.PortStatus.self) { a.portStatus = p }
         a.keyManagement = m["key_management"].flatMap { string($0, "\(path).key_management") }
@@ -274,17 +289,17 @@ extension Context {
         a.paeState = m["pae_state"].flatMap { string($0, "\(path).pae_state") }
         a.identity = m["identity"].flatMap { string($0, "\(path).identity") }
         if let v = m["predates_link_loss"], let b = bool(v, "\(path).predates_link_loss") { a.predatesLinkLoss = b }
+        a.clientKeySHA256 = m["client_key_sha256"].flatMap { sha256($0, "\(path).client_key_sha256") }
+        a.clientCertificate = m["client_certificate"].flatMap { string($0, "\(path).client_certificate") }
+        a.deviceKeySHA256 = m["device_key_sha256"].flatMap { sha256($0, "\(path).device_key_sha256") }
+        a.deviceCertificate = m["device_certificate"].flatMap { string($0, "\(path).device_certificate") }
         if let v = m["server_chain"], let items = sequence(v, "\(path).server_chain") {
             for (k, item) in items.enumerated() {
                 let p = "\(path).server_chain[\(k)]"
                 guard let cm = mapping(item, p, allowed: ["depth", "subject", "sha256", "alt", "signed_by_next", "ca", "server_auth", "valid"]) else { continue }
                 let depth = cm["depth"].flatMap { int($0, "\(p).depth", range: 0...16) } ?? k
                 let subject = cm["subject"].flatMap { string($0, "\(p).subject") } ?? ""
-                var sha: String?
-                if let v = cm["sha256"], let t = string(v, "\(p).sha256") {
-                    let lower = t.lowercased()
-                    if lower.count == 64, lower.allSatisfy(\.isHexDigit) { sha = lower } else { report(v, "\(p).sha256", "\"\(t.prefix(70))\" is not a SHA-256 (64 hex digits)") }
-                }
+                let sha = cm["sha256"].flatMap { sha256($0, "\(p).sha256") }
                 let alt = cm["alt"].map { strings($0, "\(p).alt") } ?? []
                 let signed = cm["signed_by_next"].flatMap { bool($0, "\(p).signed_by_next") } ?? false
                 let isCA = cm["ca"].flatMap { bool($0, "\(p).ca") } ?? false

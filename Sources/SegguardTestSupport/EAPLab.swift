@@ -61,7 +61,10 @@ public final class EAPLab: Sendable {
             done &&
             printf 'subjectAltName=DNS:rogue-server.example\n' > rogue-server.ext &&
             openssl req -newkey rsa:2048 -nodes -keyout rogue-server.key -out rogue-server.csr -subj /CN=rogue-server &&
-            openssl x509 -req -in rogue-server.csr -CA otherca.pem -CAkey otherca.key -CAcreateserial -extfile rogue-server.ext -out rogue-server.pem -days 2
+            openssl x509 -req -in rogue-server.csr -CA otherca.pem -CAkey otherca.key -CAcreateserial -extfile rogue-server.ext -out rogue-server.pem -days 2 &&
+            printf 'basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n' > other-device.ext &&
+            openssl req -newkey rsa:2048 -nodes -keyout other-device.key -out other-device.csr -subj /CN=tc-0999 &&
+            openssl x509 -req -in other-device.csr -CA ca.pem -CAkey ca.key -CAcreateserial -extfile other-device.ext -out other-device.pem -days 2
             """)
         try publishCRL()
     }
@@ -93,7 +96,7 @@ public final class EAPLab: Sendable {
 
     private func writeConfigs() throws {
         try "* TLS\n".write(toFile: "\(path)/eap_users", atomically: true, encoding: .utf8)
-        for cert in ["client", "rogue"] {
+        for cert in ["client", "rogue", "other-device"] {
             try """
                 ctrl_interface=\(controlDirectory)
                 ap_scan=0
@@ -182,8 +185,10 @@ public final class EAPLab: Sendable {
         try waitFor("\(controlDirectory)/\(interface)")
     }
 
-    /// Which certificate the supplicant presents.
-    public enum Certificate: String, Sendable { case client, rogue }
+    /// Which certificate the supplicant presents: this device's (`client`, the one segguardd
+    /// is given with --client-cert), one from another CA (`rogue`), or another thin client's
+    /// (`otherDevice`: the office CA's, clientAuth, so the authenticator accepts it).
+    public enum Certificate: String, Sendable { case client, rogue, otherDevice = "other-device" }
 
     /// wpa_supplicant -Dwired on `interface` with the lab configuration `config` ("client",
     /// "rogue", "client-noca"). `cleanSignals`: started with no signal blocked (the test

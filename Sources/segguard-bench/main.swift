@@ -77,13 +77,15 @@ struct BenchAgent {
     let observer = BenchObserver()
     let dir: String
 
-    init(policy yaml: String, sources: AgentSources) throws {
+    init(policy yaml: String, sources: AgentSources, deviceCertificate: String? = nil) throws {
         dir = FileManager.default.temporaryDirectory.appendingPathComponent("sgbench-\(getpid())-\(UInt32.random(in: 0...UInt32.max))").path
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         try yaml.write(toFile: dir + "/policy.yaml", atomically: true, encoding: .utf8)
         var logger = Logger(label: "segguard-bench")
         logger.logLevel = .critical
-        agent = Agent(policy: try Agent.loadPolicy(file: dir + "/policy.yaml"), configuration: AgentConfiguration(policyFile: dir + "/policy.yaml"),
+        var configuration = AgentConfiguration(policyFile: dir + "/policy.yaml")
+        configuration.deviceCertificateFile = deviceCertificate
+        agent = Agent(policy: try Agent.loadPolicy(file: dir + "/policy.yaml"), configuration: configuration,
                       sources: sources, observer: observer, logger: logger)
         try agent.start()
     }
@@ -292,7 +294,8 @@ struct EAPBench: ParsableCommand {
         try FileManager.default.createDirectory(atPath: local, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: local) }
         let source = WPAControlSource(directory: lab.controlDirectory, localDirectory: local, logger: Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() })
-        let bench = try BenchAgent(policy: policy, sources: AgentSources(network: NetworkWatcher(options: .init(networkNamespace: ns.path)), deviceAuth: source))
+        let bench = try BenchAgent(policy: policy, sources: AgentSources(network: NetworkWatcher(options: .init(networkNamespace: ns.path)), deviceAuth: source),
+                                   deviceCertificate: "\(lab.path)/client.pem")
         defer { bench.stop() }
         let log = bench.observer
 

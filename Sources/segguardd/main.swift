@@ -53,6 +53,7 @@ extension Segguardd {
         configuration.procConnector = procConnector
         configuration.timingsFile = timingsFile
         configuration.maxSessionsPerUser = maxSessionsPerUser
+        configuration.deviceCertificateFile = clientCert
         let hangSwitch = (socket as NSString).deletingLastPathComponent + "/fault-hang-netlink-loop"
         let agent = Agent(policy: loaded, configuration: configuration, sources: try sources(binding: binding, logger),
                           observer: Notifier(hangSwitch: hangSwitch, logger: logger), logger: logger)

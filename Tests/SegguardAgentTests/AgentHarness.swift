@@ -2,6 +2,8 @@
 // agent does is driven and observed here without root.
 
 import Foundation
+import SegguardDeviceAuth
+import SegguardPKI
 import Logging
 import SegguardAgent
 import SegguardPolicy
@@ -43,6 +45,8 @@ final class AgentHarness: Sendable {
                                                baselineFile: dir + "/baseline.json", hostname: "tc-test")
         configuration.watchdogInterval = watchdog
         configuration.timingsFile = dir + "/timings.jsonl"
+        try AgentHarness.device.certificatePEM.write(toFile: dir + "/device.pem", atomically: true, encoding: .utf8)
+        configuration.deviceCertificateFile = dir + "/device.pem"
         var logger = Logger(label: "agent-test")
         logger.logLevel = .critical
         agent = Agent(policy: try Agent.loadPolicy(file: dir + "/policy.yaml"), configuration: configuration,
@@ -51,6 +55,22 @@ final class AgentHarness: Sendable {
                       observer: observer, logger: logger, clock: clock.clock)
         agent.attach(reporting: reporter)
         if start { try agent.start() }
+    }
+
+    /// This device's certificate (written to `device.pem` in each harness's directory) and
+    /// the SHA-256 of its key, which an EAP-TLS state's client certificate must match.
+    static let device: IssuedCertificate = {
+        let ca = try! PKI.makeCA(commonName: "agent test CA")
+        return try! PKI.issueDevice(ca: ca, agentID: "tc-0001", group: "mynumber")
+    }()
+    static let deviceKeySHA256 = try! CertificateKey.keySHA256(device.certificate.publicKey)
+
+    /// An authorized EAP-TLS state with this device's certificate.
+    static func eapTLS(successes: UInt64 = 0, clientKeySHA256: String? = AgentHarness.deviceKeySHA256) -> DeviceAuthState {
+        var s = DeviceAuthState(eapState: "SUCCESS", eapMethod: "TLS", portStatus: .authorized, identity: "tc-0001", successes: successes)
+        s.clientKeySHA256 = clientKeySHA256
+        s.clientCertificate = "subject 'CN=tc-0001' in /etc/wpa_supplicant/device.pem"
+        return s
     }
 
     func close() {

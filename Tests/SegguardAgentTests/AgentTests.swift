@@ -66,7 +66,7 @@ struct AgentDecisionTests {
         defer { h.close() }
         h.send([AgentHarness.desk])
         #expect(h.status.decision.segment == .unauthorized)
-        h.auth.send(["eth0": DeviceAuthState(eapState: "SUCCESS", eapMethod: "TLS", portStatus: .authorized, identity: "tc-0001")])
+        h.auth.send(["eth0": AgentHarness.eapTLS()])
         h.agent.settle()
         #expect(h.status.decision.segment == .authorizedWired)
         #expect(h.status.snapshot["eth0"]?.deviceAuth?.identity == "tc-0001")
@@ -75,13 +75,39 @@ struct AgentDecisionTests {
         #expect(h.status.decision.segment == .unauthorized)
         #expect(h.binding.accepted.map(\.allowed) == [[], [], ["eth0"], []], "baseline, first decision (no 802.1X yet), EAP-TLS done, supplicant gone")
     }
+
+    @Test("EAP-TLS counts only with this device's certificate: another key is refused naming both; an unreadable device certificate refuses every EAP-TLS rule")
+    func deviceCertificate() throws {
+        let yaml = AgentHarness.policy().replacingOccurrences(of: "      - interfaces: [\"eth*\"]", with: "      - interfaces: [\"eth*\"]\n        device_auth: eap-tls")
+        let h = try AgentHarness(policy: yaml)
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        let other = String(repeating: "ab", count: 32)
+        h.auth.send(["eth0": AgentHarness.eapTLS(clientKeySHA256: other)])
+        h.agent.settle()
+        #expect(h.status.decision.segment == .unauthorized)
+        #expect(h.status.decision.reason.contains("802.1X authenticated with subject 'CN=tc-0001' in /etc/wpa_supplicant/device.pem (key SHA-256 abababababababab…), not this device's certificate (key SHA-256 \(AgentHarness.deviceKeySHA256.prefix(16))…)"),
+                "\(h.status.decision.reason)")
+        // The supplicant's certificate could not be read.
+        h.auth.send(["eth0": AgentHarness.eapTLS(clientKeySHA256: nil)])
+        h.agent.settle()
+        #expect(h.status.decision.reason.contains("the certificate wpa_supplicant authenticates with is not known"), "\(h.status.decision.reason)")
+        h.auth.send(["eth0": AgentHarness.eapTLS(successes: 1)])
+        h.agent.settle()
+        #expect(h.status.decision.segment == .authorizedWired)
+        #expect(h.status.snapshot["eth0"]?.deviceAuth?.deviceKeySHA256 == AgentHarness.deviceKeySHA256)
+        // The device certificate goes away (re-read on reload): no EAP-TLS rule is met.
+        try FileManager.default.removeItem(atPath: h.dir + "/device.pem")
+        h.agent.reload()
+        h.agent.settle()
+        #expect(h.status.decision.segment == .unauthorized)
+        #expect(h.status.decision.reason.contains("this device's certificate is not known (\(h.dir)/device.pem: open \(h.dir)/device.pem"), "\(h.status.decision.reason)")
+    }
 }
 
 @Suite("Agent: network identity")
 struct AgentNetworkIdentityTests {
-    static func authed(_ successes: UInt64) -> DeviceAuthState {
-        DeviceAuthState(eapState: "SUCCESS", eapMethod: "TLS", portStatus: .authorized, identity: "tc-0001", successes: successes)
-    }
+    static func authed(_ successes: UInt64) -> DeviceAuthState { AgentHarness.eapTLS(successes: successes) }
 
     @Test("a cable moved: the 802.1X success from before the carrier loss does not count; the port is re-authenticated when carrier returns; only a fresh success authorizes")
     func staleDeviceAuth() throws {

@@ -102,9 +102,16 @@ struct NetworkIdentityDecisionTests {
                                           isCA: true, serverAuth: true, validWhenSeen: true)
     static let rogueCert = PeerCertificate(depth: 0, subject: "/CN=rogue-server", sha256: String(repeating: "99", count: 32))
 
+    static let deviceKey = String(repeating: "d0", count: 32)
+
     static func authed(_ chain: [PeerCertificate], successes: UInt64 = 1) -> DeviceAuthState {
-        DeviceAuthState(keyManagement: "IEEE 802.1X (no WPA)", eapState: "SUCCESS", eapMethod: "TLS", portStatus: .authorized,
-                        identity: "tc-0001", serverChain: chain, successes: successes)
+        var s = DeviceAuthState(keyManagement: "IEEE 802.1X (no WPA)", eapState: "SUCCESS", eapMethod: "TLS", portStatus: .authorized,
+                                identity: "tc-0001", serverChain: chain, successes: successes)
+        s.clientKeySHA256 = deviceKey
+        s.clientCertificate = "subject 'CN=tc-0001' in /etc/wpa_supplicant/device.pem"
+        s.deviceKeySHA256 = deviceKey
+        s.deviceCertificate = "subject 'CN=tc-0001,OU=mynumber' in /etc/segguard/device.pem"
+        return s
     }
 
     @Test("802.1X server pins: the pinned certificate, CA and domain authorize; a rogue server is refused naming its certificate")

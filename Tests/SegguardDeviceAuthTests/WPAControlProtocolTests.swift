@@ -37,7 +37,8 @@ struct WPAControlProtocolTests {
         #expect(s == DeviceAuthState(keyManagement: "IEEE 802.1X (no WPA)", eapState: "SUCCESS", eapMethod: "TLS",
                                      portStatus: .authorized, identity: "thin-client-0042.example.lg.jp", paeState: "AUTHENTICATED"))
         #expect(s.isComplete)
-        #expect(s.shortfall(for: .eapTLS) == nil)
+        #expect(s.shortfall(for: .eapTLS)?.hasPrefix("this device's certificate is not known") == true, "the source alone does not know the device")
+        #expect(s.onThisDevice.shortfall(for: .eapTLS) == nil)
     }
 
     /// STATUS replies of wpa_supplicant 2.10 -Dwired sampled while hostapd re-authenticated the
@@ -49,7 +50,7 @@ struct WPAControlProtocolTests {
         #expect(during.isReauthenticating && during.isComplete)
         let carried = DeviceAuthState.continuing(during, from: before, now: 200)
         #expect(carried.eapMethod == "TLS" && carried.identity == "thin-client-0042.example.lg.jp" && carried.since == 100)
-        #expect(carried.shortfall(for: .eapTLS) == nil)
+        #expect(carried.onThisDevice.shortfall(for: .eapTLS) == nil)
         let after = DeviceAuthState.continuing(try WPAControlProtocol.parseStatus(Self.wiredSuccess), from: carried, now: 300)
         #expect(after.since == 100)
         let failed = DeviceAuthState.continuing(try WPAControlProtocol.parseStatus("key_mgmt=IEEE 802.1X (no WPA)\nwpa_state=COMPLETED\nSupplicant PAE state=HELD\nsuppPortStatus=Unauthorized\nEAP state=FAILURE\nselectedMethod=13 (EAP-TLS)\n"), from: after, now: 400)
@@ -154,7 +155,7 @@ struct WPAControlProtocolTests {
 
 @Suite("Device authentication in the decision")
 struct DeviceAuthDecisionTests {
-    static let tls = DeviceAuthState(keyManagement: "WPA2/IEEE 802.1X/EAP", eapState: "SUCCESS", eapMethod: "TLS", portStatus: .authorized, identity: "tc-1")
+    static let tls = DeviceAuthState(keyManagement: "WPA2/IEEE 802.1X/EAP", eapState: "SUCCESS", eapMethod: "TLS", portStatus: .authorized, identity: "tc-1").onThisDevice
 
     @Test("policy: device_auth on wireless and wired rules; eap-tls with a PSK security is refused")
     func policy() throws {
@@ -229,5 +230,18 @@ struct WPANetworkFieldTests {
         #expect(WPAControlProtocol.parseNetworkString("\"tc-0042\"") == "tc-0042")
         #expect(WPAControlProtocol.parseNetworkString("FAIL\n") == nil)
         #expect(WPAControlProtocol.parseNetworkString("\"") == nil)
+    }
+}
+
+extension DeviceAuthState {
+    /// This state with the client certificate's key equal to this device's (as the agent
+    /// annotates it when the supplicant uses the device certificate).
+    var onThisDevice: DeviceAuthState {
+        var s = self
+        s.clientKeySHA256 = String(repeating: "d0", count: 32)
+        s.clientCertificate = "subject 'CN=tc-1' in /etc/wpa_supplicant/device.pem"
+        s.deviceKeySHA256 = s.clientKeySHA256
+        s.deviceCertificate = "subject 'CN=tc-1,OU=mynumber' in /etc/segguard/device.pem"
+        return s
     }
 }

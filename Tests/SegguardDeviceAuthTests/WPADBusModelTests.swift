@@ -19,12 +19,25 @@ struct WPADBusModelTests {
         return i
     }
 
+    @Test("the network's client_cert is kept (unquoted) and forgotten with the network; its key reaches the 802.1X state")
+    func clientCertificate() throws {
+        var i = try Self.completed()
+        try i.apply(networkProperties: .variant(.dict(["key_mgmt": .string("IEEE8021X"), "client_cert": .string("\"/etc/wpa/device.pem\"")])))
+        #expect(i.clientCert == "/etc/wpa/device.pem")
+        i.clientKey = CertificateKeyFinding(keySHA256: String(repeating: "ab", count: 32), description: "subject 'CN=tc-0042' in /etc/wpa/device.pem")
+        #expect(i.deviceAuth.clientKeySHA256 == String(repeating: "ab", count: 32))
+        #expect(i.deviceAuth.clientCertificate == "subject 'CN=tc-0042' in /etc/wpa/device.pem")
+        try i.apply(properties: ["CurrentNetwork": .objectPath("/fi/w1/wpa_supplicant1/Interfaces/1/Networks/1")])
+        #expect(i.clientCert == nil && i.clientKey == nil)
+        #expect(i.deviceAuth.clientKeySHA256 == nil)
+    }
+
     @Test("completed EAP-TLS interface: authorized, method, identity, key management")
     func completedInterface() throws {
         let a = try Self.completed().deviceAuth
         #expect(a.portStatus == .authorized && a.eapMethod == "TLS" && a.identity == "tc-0042")
         #expect(a.keyManagement == "IEEE 802.1X (IEEE8021X)")
-        #expect(a.shortfall(for: .eapTLS) == nil)
+        #expect(a.onThisDevice.shortfall(for: .eapTLS) == nil)
     }
 
     @Test("EAP signals: a re-authentication keeps the port, a failure unauthorizes it even in state completed")

@@ -58,7 +58,7 @@ final class CableMovePort {
             if officeNamespace { office = try TestNamespace(prefix: "sgoffice") }
             self.office = office
             let text = try policy(lab)
-            daemon = try RunningDaemon(policy: text, arguments: ["--wpa-control-dir", lab.controlDirectory]) { ns in
+            daemon = try RunningDaemon(policy: text, arguments: ["--wpa-control-dir", lab.controlDirectory, "--client-cert", "\(lab.path)/client.pem"]) { ns in
                 try ns.addVeth(client, index: clientIndex, peer: peer, index: peerIndex, up: false)
                 if let office {
                     try ns.ip("link", "set", peer, "netns", office.name)
@@ -361,6 +361,28 @@ struct CableMoveTests {
         let chain = honest.snapshot["tcr0"]?.deviceAuth?.serverChain ?? []
         #expect(chain.first?.subject == "/CN=server")
         #expect(chain.contains { $0.depth == 1 && $0.sha256 == (try? port.lab.certificateSHA256("ca")) })
+    }
+
+    @Test("another thin client's device certificate (the office CA's, clientAuth only) as the server's, supplicant without ca_cert: EAP succeeds, server_ca_sha256 refuses it")
+    func deviceCertificateAsServer() throws {
+        let pin = { (lab: EAPLab) throws -> String in cableMovePolicy("tcd*", extra: ["server_ca_sha256: [\(try lab.certificateSHA256("ca"))]"]) }
+        let port = try CableMovePort(client: "tcd0", clientIndex: 4996, peer: "gwd0", peerIndex: 4997, serverCertificate: "other-device", policy: pin)
+        defer { port.cleanup() }
+        try port.startSupplicant(config: "client-noca")
+        let seen = try port.status("device certificate as server: EAP success seen") {
+            $0.snapshot["tcd0"]?.deviceAuth?.isComplete == true && $0.snapshot["tcd0"]?.deviceAuth?.serverChain.isEmpty == false
+        }
+        Thread.sleep(forTimeInterval: 0.5)
+        let s = try #require(port.statusNow())
+        let chain = seen.snapshot["tcd0"]?.deviceAuth?.serverChain ?? []
+        print("device certificate as server, pinned CA: \(port.describe(s))")
+        // The chain itself is genuine: signed by the pinned CA, inside its validity.
+        #expect(chain.first?.subject == "/CN=tc-0999")
+        #expect(chain.first?.signedByNext == true)
+        #expect(chain.first?.validWhenSeen == true)
+        #expect(chain.first?.serverAuth == false)
+        #expect(s.decision.segment == .unauthorized, "\(port.describe(s))")
+        #expect(s.decision.reason.contains("is not meant for a TLS server (its extendedKeyUsage lacks serverAuth"), "\(s.decision.reason)")
     }
 
     @Test("forged chain: a rogue server signed by its own CA named like the office CA sends the office CA's certificate along; supplicant without ca_cert; server_ca_sha256 must not be satisfied")

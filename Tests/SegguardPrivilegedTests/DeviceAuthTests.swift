@@ -39,8 +39,8 @@ final class EAPPort {
         self.dbus = dbus
         do {
             if dbus { try lab.startBus() }
-            let args = dbus ? ["--device-auth-source", "dbus", "--wpa-dbus-address", lab.busAddress]
-                            : ["--wpa-control-dir", lab.controlDirectory]
+            let args = (dbus ? ["--device-auth-source", "dbus", "--wpa-dbus-address", lab.busAddress]
+                             : ["--wpa-control-dir", lab.controlDirectory]) + ["--client-cert", "\(lab.path)/client.pem"]
             daemon = try RunningDaemon(policy: eapPolicy, arguments: args) { ns in
                 try ns.addVeth("tcx0", index: 3981, peer: "gwx0", index: 3982)
                 try lab.startAuthenticator(in: ns, interface: "gwx0")
@@ -127,6 +127,22 @@ struct DeviceAuthTests {
         let rogue = try port.status("foreign certificate") { $0.decision.segment == .unauthorized }
         #expect(rogue.snapshot["tcx0"]?.deviceAuth?.portStatus != .authorized)
         #expect(port.lab.log("wpa_supplicant").contains("CTRL-EVENT-EAP-FAILURE") || rogue.snapshot["tcx0"]?.deviceAuth?.eapState != "SUCCESS")
+
+        // Another thin client's certificate (the office CA's, not revoked): the authenticator
+        // accepts it and the port is authorized, but it is not this device's certificate.
+        // (A fresh authenticator: the failure above holds its port in quiet period for 60 s.)
+        if port.dbus { port.lab.killSupplicant() } else { port.lab.stopSupplicant("tcx0") }
+        _ = try port.status("supplicant gone again") { $0.snapshot["tcx0"]?.deviceAuth == nil }
+        port.lab.stopAuthenticator()
+        try port.lab.startAuthenticator(in: port.daemon.ns, interface: "gwx0")
+        try port.startSupplicant(.otherDevice)
+        let other = try port.status("another device's certificate: EAP success seen") { $0.snapshot["tcx0"]?.deviceAuth?.isComplete == true }
+        let otherAuth = try #require(other.snapshot["tcx0"]?.deviceAuth)
+        #expect(other.decision.segment == .unauthorized)
+        #expect(other.decision.reason.contains("802.1X authenticated with subject 'CN=tc-0999' in \(port.lab.path)/other-device.pem (key SHA-256 "), "\(other.decision.reason)")
+        #expect(other.decision.reason.contains("not this device's certificate (key SHA-256 \(ok.snapshot["tcx0"]?.deviceAuth?.deviceKeySHA256?.prefix(16) ?? "?")…)"), "\(other.decision.reason)")
+        #expect(otherAuth.clientKeySHA256 != nil && otherAuth.clientKeySHA256 != otherAuth.deviceKeySHA256)
+        #expect(auth.clientKeySHA256 != nil && auth.clientKeySHA256 == auth.deviceKeySHA256, "the honest run: the same key")
     }
 
     @Test("control socket: EAP-TLS authorizes the port; re-authentication keeps it; revocation, a foreign CA or no supplicant do not")
