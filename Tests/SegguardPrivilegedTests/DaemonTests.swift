@@ -244,6 +244,10 @@ struct DaemonTests {
         let (_, moved, _) = try run([states.appendingPathComponent("cable-moved-8021x.yaml").path, "--policy",
                                      root.appendingPathComponent("Config/device-auth.example.yaml").path])
         #expect(moved.contains("the 802.1X authentication is from before the link lost carrier"), "\(moved)")
+        let (_, other, _) = try run([states.appendingPathComponent("other-device-8021x.yaml").path, "--policy",
+                                     root.appendingPathComponent("Config/device-auth.example.yaml").path])
+        #expect(other.hasPrefix("unauthorized: "), "\(other)")
+        #expect(other.contains("802.1X authenticated with subject 'CN=tc-0099,OU=mynumber' in /etc/segguard/pki/device.pem (key SHA-256 5b0e3c1f9a7d24e8…), not this device's certificate (key SHA-256 c3a9d1e07f5b2468…)"), "\(other)")
         let bad = FileManager.default.temporaryDirectory.appendingPathComponent("segguard-state-\(getpid()).yaml")
         defer { try? FileManager.default.removeItem(at: bad) }
         try "interfaces:\n  - name: eth0\n    carrier: maybe\n".write(to: bad, atomically: true, encoding: .utf8)
