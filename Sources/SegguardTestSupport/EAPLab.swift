@@ -64,7 +64,8 @@ public final class EAPLab: Sendable {
             openssl x509 -req -in rogue-server.csr -CA otherca.pem -CAkey otherca.key -CAcreateserial -extfile rogue-server.ext -out rogue-server.pem -days 2 &&
             printf 'basicConstraints=critical,CA:FALSE\nextendedKeyUsage=clientAuth\n' > other-device.ext &&
             openssl req -newkey rsa:2048 -nodes -keyout other-device.key -out other-device.csr -subj /CN=tc-0999 &&
-            openssl x509 -req -in other-device.csr -CA ca.pem -CAkey ca.key -CAcreateserial -extfile other-device.ext -out other-device.pem -days 2
+            openssl x509 -req -in other-device.csr -CA ca.pem -CAkey ca.key -CAcreateserial -extfile other-device.ext -out other-device.pem -days 2 &&
+            openssl x509 -req -in client.csr -CA otherca.pem -CAkey otherca.key -CAcreateserial -out client-otherca.pem -days 2
             """)
         try publishCRL()
     }

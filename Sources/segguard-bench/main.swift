@@ -309,11 +309,12 @@ struct EAPBench: ParsableCommand {
                 throw CommandError(description: "round \(round): no authorized-wired decision after EAP-TLS; wpa_supplicant log:\n\(lab.log("wpa_supplicant").suffix(1500))")
             }
             cursor = next
-            // The device now presents a certificate of another CA; the switch re-authenticates.
+            // The device now presents a certificate of another CA for its own key (so the
+            // agent still sees this device's key: the refusal comes from the authenticator);
+            // the switch re-authenticates.
             let monitor = try EAPMonitor(lab: lab, interface: "tcb0", directory: local)
             defer { monitor.close() }
-            _ = try lab.supplicantRequest("tcb0", "SET_NETWORK 0 client_cert \"\(lab.path)/rogue.pem\"")
-            _ = try lab.supplicantRequest("tcb0", "SET_NETWORK 0 private_key \"\(lab.path)/rogue.key\"")
+            _ = try lab.supplicantRequest("tcb0", "SET_NETWORK 0 client_cert \"\(lab.path)/client-otherca.pem\"")
             let t0 = monotonicNanos()
             try lab.reauthenticate()
             let failure = try monitor.waitFor("CTRL-EVENT-EAP-FAILURE")
