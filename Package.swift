@@ -117,7 +117,7 @@ let package = Package(
         .target(
             name: "SegguardCollector",
             dependencies: [
-                "SegguardReport", "SegguardPKI",
+                "SegguardReport", "SegguardPKI", "SegguardPolicy",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),

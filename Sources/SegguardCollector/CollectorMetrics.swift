@@ -16,6 +16,7 @@ public final class CollectorMetrics: Sendable {
     let identityMismatches: Counter
     let refusedBundles: Counter
     let staleTransitions: Counter
+    let clampedIntervals: Counter
     let agentsGauge: [String: Gauge]
     let eventsStored: Gauge
 
@@ -25,6 +26,8 @@ public final class CollectorMetrics: Sendable {
         identityMismatches = registry.makeCounter(descriptor: Self.name("segguard_collector_identity_mismatches_total", "Bodies naming another agent than the client certificate."))
         refusedBundles = registry.makeCounter(descriptor: Self.name("segguard_collector_bundles_refused_total", "Policy bundle pushes refused."))
         staleTransitions = registry.makeCounter(descriptor: Self.name("segguard_collector_agents_marked_stale_total", "Agents this replica marked stale."))
+        clampedIntervals = registry.makeCounter(descriptor: Self.name("segguard_collector_heartbeat_intervals_clamped_total",
+                                                                       "Heartbeats claiming a longer interval than the group's policy (held to the policy's)."))
         let registry = self.registry
         agentsGauge = Dictionary(uniqueKeysWithValues: ["authorized", "unauthorized", "stale"].map {
             ($0, registry.makeGauge(descriptor: Self.name("segguard_agents", "Agents by state (from the store)."), labels: [("state", $0)])) })
@@ -52,7 +55,9 @@ public final class CollectorMetrics: Sendable {
 
     func events(_ agent: AgentIdentity, _ events: [ReportedEvent], inserted: Int, duplicates: Int) {
         var byKind: [String: Int] = [:]
-        for e in events { byKind[e.kind, default: 0] += 1 }
+        // Kinds outside the closed set count as "other": a label per invented kind would
+        // grow /metrics without bound (and slow every request that touches the registry).
+        for e in events { byKind[EventKinds.metricLabel(e.kind), default: 0] += 1 }
         for (kind, n) in byKind {
             registry.makeCounter(descriptor: Self.eventsName, labels: [("agent", agent.agentID), ("group", agent.group), ("kind", kind)])
                 .increment(by: Int64(n))
@@ -73,6 +78,7 @@ public final class CollectorMetrics: Sendable {
     func identityMismatch() { identityMismatches.increment() }
     func bundleRefused() { refusedBundles.increment() }
     func markedStale(_ n: Int) { staleTransitions.increment(by: Int64(n)) }
+    func intervalClamped() { clampedIntervals.increment() }
 
     /// The text exposition, with the fleet gauges set from `counts`.
     func render(counts: StoreCounts) -> String {

@@ -24,6 +24,7 @@ import NIOCore
 import NIOHTTPTypes
 import NIOSSL
 import SegguardPKI
+import SegguardPolicy
 import SegguardReport
 import Synchronization
 
@@ -54,6 +55,11 @@ public struct CollectorConfiguration: Sendable {
     public var staleIntervals = 3
     /// How often the stale sweep runs.
     public var staleSweepSeconds = 5.0
+    /// The heartbeat interval (s) agents of a group without a bundle are held to (the
+    /// policy's default). With a bundle, its policy's `report.heartbeat_seconds`. An agent
+    /// claiming a longer interval is held to this one for stale detection (a forged
+    /// heartbeat cannot hide a stopped agent for days), and the mismatch is an event.
+    public var heartbeatSeconds = 30
     public var maxBodyBytes = 1 << 20
 
     public init(certificatePath: String, keyPath: String, clientCAPath: String) {
@@ -98,6 +104,11 @@ public final class Collector: Sendable {
     let identities = Mutex<[[UInt8]: DeviceIdentity]>([:])
     /// The identity of each open TLS connection, read once on its event loop.
     let connections = ConnectionIdentities()
+    /// Each group's heartbeat interval from its bundle's policy (nil: no bundle), and when it
+    /// was read (re-read after a minute: another replica may have taken a push).
+    let groupIntervals = Mutex<[String: (seconds: Int?, read: Date)]>([:])
+    /// Interval mismatches already recorded (agent, claimed, expected): one event each.
+    let intervalMismatches = Mutex<Set<String>>([])
 
     public init(store: any CollectorStore, configuration: CollectorConfiguration, logger: Logger) {
         self.store = store
@@ -157,12 +168,46 @@ public final class Collector: Sendable {
 
     func heartbeat(_ request: Request, _ context: CollectorContext) async throws -> Response {
         let agent = try await identity(context)
-        let hb = try await decode(Heartbeat.self, request)
+        var hb = try await decode(Heartbeat.self, request)
         try checkBodyID(hb.agentID, agent)
         do { try hb.validate() } catch { throw APIError(.unprocessableContent, "\(error)") }
+        let expected = try await expectedInterval(group: agent.group)
+        if hb.intervalSeconds > expected {
+            try await intervalMismatch(agent, claimed: hb.intervalSeconds, expected: expected)
+            hb.intervalSeconds = expected
+        }
         let recovered = try await batcher.record(hb, from: agent)
         metrics.heartbeat(agent, recovered: recovered)
         return Response(status: .noContent)
+    }
+
+    /// The interval a group's agents must keep: its bundle's policy's, else the configured one.
+    func expectedInterval(group: String) async throws -> Int {
+        if let cached = groupIntervals.withLock({ $0[group] }), Date().timeIntervalSince(cached.read) < 60 {
+            return cached.seconds ?? configuration.heartbeatSeconds
+        }
+        var seconds: Int?
+        if let bundle = try await store.bundle(group: group), let payload = try? bundle.bundle.unverifiedPayload(),
+           let policy = try? PolicyLoader.load(text: payload.policyYAML, file: "bundle v\(payload.version) of group '\(group)'") {
+            seconds = policy.report.heartbeatSeconds
+        }
+        groupIntervals.withLock { $0[group] = (seconds, Date()) }
+        return seconds ?? configuration.heartbeatSeconds
+    }
+
+    /// An agent claims a longer heartbeat interval than its group's: recorded once per
+    /// (agent, claimed, expected) as an event, counted every time.
+    func intervalMismatch(_ agent: AgentIdentity, claimed: Int, expected: Int) async throws {
+        metrics.intervalClamped()
+        let key = "\(agent.group)/\(agent.agentID)/\(claimed)/\(expected)"
+        guard intervalMismatches.withLock({ $0.insert(key).inserted }) else { return }
+        logger.warning("agent claims a longer heartbeat interval than its group's; held to the group's",
+                       metadata: ["agent": "\(agent.agentID)", "group": "\(agent.group)", "claimed_s": "\(claimed)", "expected_s": "\(expected)"])
+        let now = Date()
+        _ = try await store.insertEvents([ReportedEvent(
+            id: "interval-\(claimed)-\(expected)", seq: 0, time: now, kind: "heartbeat-interval-mismatch", severity: "warning",
+            reason: "the agent claims a heartbeat interval of \(claimed) s; its group's policy sets \(expected) s: it is held to \(expected) s for stale detection",
+            details: ["claimed_s": "\(claimed)", "expected_s": "\(expected)", "source": "collector"])], from: agent, at: now)
     }
 
     func events(_ request: Request, _ context: CollectorContext) async throws -> Response {
@@ -210,10 +255,20 @@ public final class Collector: Sendable {
             metrics.bundleRefused()
             throw APIError(.unprocessableContent, "the bundle is for group '\(payload.group)', pushed to '\(group)'")
         }
+        // The policy must load as agents will load it: a bundle they would refuse is not
+        // stored (it would take the version number and reach every agent of the group).
+        let policy: Policy
+        do {
+            policy = try PolicyLoader.load(text: payload.policyYAML, file: "bundle v\(payload.version) for group '\(group)'")
+        } catch {
+            metrics.bundleRefused()
+            throw APIError(.unprocessableContent, "the bundle's policy does not load: \(error)")
+        }
         let stored = StoredBundle(group: group, version: payload.version, policySHA256: payload.policySHA256, bundle: bundle,
                                   pushedAt: Date(), pushedBy: "admin-token")
         switch try await store.putBundle(stored) {
         case .stored:
+            groupIntervals.withLock { $0[group] = (policy.report.heartbeatSeconds, Date()) }
             logger.notice("policy bundle pushed", metadata: ["group": "\(group)", "version": "\(payload.version)", "sha256": "\(payload.policySHA256)"])
             var r = try Self.json(.created, ["group": group, "version": "\(payload.version)", "etag": stored.etag])
             r.headers[.eTag] = stored.etag

@@ -43,6 +43,9 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "An agent silent for this many of its heartbeat intervals is stale.")
     var staleIntervals: Int = 3
 
+    @Option(name: .long, help: "Heartbeat interval (s) of groups without a policy bundle (the policy default); an agent claiming a longer one is held to its group's.")
+    var heartbeatSeconds: Int = 30
+
     @Option(name: .long, help: "Seconds between stale sweeps.")
     var staleSweepSeconds: Double = 5
 
@@ -53,6 +56,7 @@ struct CollectorCommand: AsyncParsableCommand {
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: \"\(logLevel)\" is not a log level") }
         guard parseListen() != nil else { throw ValidationError("--listen \(listen): expected HOST:PORT, e.g. 127.0.0.1:8443") }
         guard staleIntervals >= 1 else { throw ValidationError("--stale-intervals: at least 1") }
+        guard (1...86_400).contains(heartbeatSeconds) else { throw ValidationError("--heartbeat-seconds: 1 to 86400") }
         guard staleSweepSeconds > 0 else { throw ValidationError("--stale-sweep-seconds: must be positive") }
         guard store.hasPrefix("sqlite:") || store.hasPrefix("postgres://") || store.hasPrefix("postgresql://") else {
             throw ValidationError("--store \(store): expected sqlite:PATH or postgres://USER@HOST:PORT/DATABASE")
@@ -75,6 +79,7 @@ struct CollectorCommand: AsyncParsableCommand {
         config.host = host
         config.port = port
         config.staleIntervals = staleIntervals
+        config.heartbeatSeconds = heartbeatSeconds
         config.staleSweepSeconds = staleSweepSeconds
         do {
             if let adminTokenFile {

@@ -141,18 +141,65 @@ struct CollectorAPITests {
         #expect(try await call(client, .POST, url, body: valid).status == 204)
     }
 
+    static let validPolicy = "schema_version: 1\nname: pushed\nsites: [{name: hq, wired: [{interfaces: [eth0]}]}]\nvdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}\n"
+
+    @Test("an agent claiming a longer heartbeat interval than its group's is held to the group's: a forged 86,400 s does not delay staleness; one event per mismatch")
+    func forgedInterval() async throws {
+        let admin = Curve25519.Signing.PrivateKey()
+        let c = try await TestCollector.start(policyKey: PolicySigningKey(admin.publicKey))
+        defer { c.pki.remove() }
+        let a = try c.pki.device("tc-0001", group: "mynumber")
+        let store = c.collector.store
+        let t0 = Date()
+        try await withClient(try c.client(device: a)) { (client: HTTPClient) async throws -> Void in
+            for _ in 0..<3 {
+                #expect(try await call(client, .POST, c.url + "/api/v1/heartbeat", body: try json(heartbeat("tc-0001", interval: 86_400))).status == 204)
+            }
+        }
+        let agent = try #require(try await store.agents(AgentFilter()).first)
+        #expect(agent.intervalSeconds == 30, "held to the collector's default for a group without a bundle")
+        let mismatches = try await store.events(EventFilter(agentID: "tc-0001")).filter { $0.event.kind == "heartbeat-interval-mismatch" }
+        #expect(mismatches.count == 1, "one event per (claimed, expected): \(mismatches.map(\.event.reason))")
+        #expect(mismatches.first?.event.reason == "the agent claims a heartbeat interval of 86400 s; its group's policy sets 30 s: it is held to 30 s for stale detection")
+        // Silent for 100 s: stale after 3 × 30 s (with the agent's claim it would take 3 days).
+        #expect(try await store.markStale(now: t0.addingTimeInterval(100), intervals: 3).map(\.agentID) == ["tc-0001"])
+
+        // The group's bundle sets 10 s: a claim of 30 s is now too long.
+        let tenSeconds = Self.validPolicy + "report: {heartbeat_seconds: 10}\n"
+        try await withClient(try c.client()) { adminClient in
+            let bundle = try PolicySigning.sign(PolicyBundlePayload(group: "mynumber", version: 1, policyYAML: tenSeconds), with: admin)
+            #expect(try await call(adminClient, .PUT, c.url + "/api/v1/admin/policy/mynumber", body: try json(bundle),
+                                   headers: [("Authorization", "Bearer \(TestCollector.adminToken)")]).status == 201)
+        }
+        try await withClient(try c.client(device: a)) { (client: HTTPClient) async throws -> Void in
+            #expect(try await call(client, .POST, c.url + "/api/v1/heartbeat", body: try json(heartbeat("tc-0001", interval: 30))).status == 204)
+            #expect(try await call(client, .POST, c.url + "/api/v1/heartbeat", body: try json(heartbeat("tc-0001", interval: 5))).status == 204)
+        }
+        #expect(try await store.agents(AgentFilter()).first?.intervalSeconds == 5, "a shorter claim is kept (stale sooner is safe)")
+        let reasons = try await store.events(EventFilter(agentID: "tc-0001")).filter { $0.event.kind == "heartbeat-interval-mismatch" }.map(\.event.reason)
+        #expect(reasons.count == 2 && reasons.contains { $0.contains("claims a heartbeat interval of 30 s; its group's policy sets 10 s") }, "\(reasons)")
+        await c.stop()
+    }
+
     @Test("policy bundles: admin token required, version only rises, ETag and 304, bad signature refused")
     func policyPush() async throws {
         let admin = Curve25519.Signing.PrivateKey()
         let c = try await TestCollector.start(policyKey: PolicySigningKey(admin.publicKey))
         defer { c.pki.remove() }
         let a = try c.pki.device("tc-0001", group: "mynumber")
-        let bundle = try PolicySigning.sign(PolicyBundlePayload(group: "mynumber", version: 1, policyYAML: "schema_version: 1\n"), with: admin)
+        let bundle = try PolicySigning.sign(PolicyBundlePayload(group: "mynumber", version: 1, policyYAML: Self.validPolicy), with: admin)
         let push = c.url + "/api/v1/admin/policy/mynumber"
         try await withClient(try c.client()) { adminClient in
             #expect(try await call(adminClient, .PUT, push, body: try json(bundle)).status == 401)
             #expect(try await call(adminClient, .PUT, push, body: try json(bundle), headers: [("Authorization", "Bearer wrong-token-wrong-token")]).status == 401)
             let auth = [("Authorization", "Bearer \(TestCollector.adminToken)")]
+            // A correctly signed bundle whose policy agents would refuse: not stored, and its
+            // version number is not taken.
+            let broken = try PolicySigning.sign(PolicyBundlePayload(group: "mynumber", version: 1, policyYAML: "schema_version: 1\nname: broken\n"), with: admin)
+            let refusedPolicy = try await call(adminClient, .PUT, push, body: try json(broken), headers: auth)
+            #expect(refusedPolicy.status == 422)
+            #expect(refusedPolicy.body.contains("the bundle's policy does not load: ") && refusedPolicy.body.contains("bundle v1 for group 'mynumber'"), "\(refusedPolicy.body)")
+            #expect(try await c.collector.store.bundle(group: "mynumber") == nil)
             #expect(try await call(adminClient, .PUT, push, body: try json(bundle), headers: auth).status == 201)
             let again = try await call(adminClient, .PUT, push, body: try json(bundle), headers: auth)
             #expect(again.status == 409)
@@ -220,6 +267,32 @@ struct CollectorAPITests {
             #expect(metrics.body.contains("segguard_agent_events_total{agent=\"tc-0001\",group=\"mynumber\",kind=\"launch-refused\"} 1"))
             #expect(metrics.body.contains("segguard_agents{state=\"stale\"} 1"))
         }
+        await c.stop()
+    }
+
+    @Test("10,000 invented event kinds leave /metrics bounded: unknown kinds count as \"other\"; the events themselves are stored as sent")
+    func inventedKinds() async throws {
+        let c = try await TestCollector.start()
+        defer { c.pki.remove() }
+        let a = try c.pki.device("tc-0001", group: "mynumber")
+        try await withClient(try c.client(device: a)) { (client: HTTPClient) async throws -> Void in
+            var seq: Int64 = 0
+            for _ in 0..<10 {
+                let batch = (0..<1000).map { _ -> ReportedEvent in
+                    seq += 1
+                    return event(seq, kind: "k-\(UUID().uuidString.prefix(12))")
+                }
+                #expect(try await call(client, .POST, c.url + "/api/v1/events", body: try json(EventBatch(events: batch))).status == 200)
+            }
+            #expect(try await call(client, .POST, c.url + "/api/v1/events", body: try json(EventBatch(events: [event(seq + 1, kind: "exec-denied")]))).status == 200)
+            let metrics = try await call(client, .GET, c.url + "/metrics")
+            let series = metrics.body.split(separator: "\n").filter { $0.hasPrefix("segguard_agent_events_total{") }
+            #expect(series.count == 2, "\(series)")
+            #expect(metrics.body.contains("segguard_agent_events_total{agent=\"tc-0001\",group=\"mynumber\",kind=\"other\"} 10000"))
+            #expect(metrics.body.contains("segguard_agent_events_total{agent=\"tc-0001\",group=\"mynumber\",kind=\"exec-denied\"} 1"))
+            #expect(metrics.body.utf8.count < 20_000, "\(metrics.body.utf8.count) bytes")
+        }
+        #expect(try await c.collector.store.counts().events == 10_001, "the events are kept as sent; only the metric label is closed")
         await c.stop()
     }
 }
