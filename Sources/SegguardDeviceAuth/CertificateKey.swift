@@ -113,3 +113,25 @@ extension CertificateKey {
         }
     }
 }
+
+/// The last finding per certificate file, read again only when the file changes (device,
+/// inode, size, modification and change times): a source refreshes on every supplicant
+/// event, and parsing the certificate each time would sit on the 802.1X event path.
+public struct CertificateKeyCache: Sendable {
+    private var entries: [String: (stamp: [Int], finding: CertificateKeyFinding)] = [:]
+
+    public init() {}
+
+    /// As `CertificateKey.forSupplicant(clientCert:)`, from the cache when the file is unchanged.
+    public mutating func finding(clientCert value: String?) -> CertificateKeyFinding {
+        guard let value, value.hasPrefix("/") else { return CertificateKey.forSupplicant(clientCert: value) }
+        var st = stat()
+        guard stat(value, &st) == 0 else { return CertificateKey.forSupplicant(clientCert: value) }
+        let stamp = [Int(st.st_dev), Int(st.st_ino), Int(st.st_size), st.st_mtim.tv_sec, st.st_mtim.tv_nsec, st.st_ctim.tv_sec, st.st_ctim.tv_nsec]
+        if let e = entries[value], e.stamp == stamp { return e.finding }
+        let found = CertificateKey.forSupplicant(clientCert: value)
+        if entries.count >= 16 { entries.removeAll() }
+        entries[value] = (stamp, found)
+        return found
+    }
+}

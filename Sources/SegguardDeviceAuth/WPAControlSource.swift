@@ -236,6 +236,8 @@ public final class WPAControlSource: Sendable {
         /// onChange runs here, off the thread that reads the sockets.
         let delivery = DispatchQueue(label: "segguard.wpa.delivery")
         var states: [String: DeviceAuthState] = [:]
+        /// The supplicants' client certificates, read again only when their files change.
+        var certificates = CertificateKeyCache()
         var inotifyFd: Int32 = -1
 
         init(source: WPAControlSource, onChange: @escaping @Sendable ([String: DeviceAuthState]) -> Void) {
@@ -534,7 +536,7 @@ public final class WPAControlSource: Sendable {
                     // The certificate it authenticates with, to compare with this device's
                     // (read on each refresh: a small file, and refreshes follow events only).
                     let value = WPAControlProtocol.parseNetworkString(try connection.request("GET_NETWORK \(id) client_cert"))
-                    let found = CertificateKey.forSupplicant(clientCert: value)
+                    let found = certificates.finding(clientCert: value)
                     (read.clientKeySHA256, read.clientCertificate) = (found.keySHA256, found.description)
                 }
                 read.serverChain = a.chain

@@ -73,6 +73,8 @@ public final class WPADBusSource: DeviceAuthSource {
         let onChange: @Sendable ([String: DeviceAuthState]) -> Void
         var bus: OpaquePointer?
         var interfaces: [String: WPADBusInterface] = [:]
+        /// The supplicants' client certificates, read again only when their files change.
+        var certificates = CertificateKeyCache()
         var reported: [String: DeviceAuthState] = [:]
         /// Who may speak for wpa_supplicant on this connection.
         var senders = WPADBusSenderCheck(service: WPADBusSource.service)
@@ -275,7 +277,7 @@ public final class WPADBusSource: DeviceAuthSource {
             do {
                 let value = try getProperty(path: network, interface: WPADBusSource.networkIface, name: "Properties")
                 try interfaces[path]?.apply(networkProperties: value)
-                if let i = interfaces[path] { interfaces[path]?.clientKey = CertificateKey.forSupplicant(clientCert: i.clientCert) }
+                if let i = interfaces[path] { interfaces[path]?.clientKey = certificates.finding(clientCert: i.clientCert) }
             } catch {
                 source.logger.warning("cannot read wpa_supplicant network", metadata: ["object": "\(network)", "error": "\(error)"])
             }

@@ -76,4 +76,30 @@ struct CertificateKeyTests {
         #expect(CertificateKey.forSupplicant(clientCert: "blob://device").description == "client_cert 'blob://device' is not a file path segguardd can read")
         #expect(CertificateKey.forSupplicant(clientCert: dir + "/fifo").description == "client_cert \(dir)/fifo: not a regular file")
     }
+
+    @Test("the cache reads a file again only when it changes: rewritten with another certificate, the new key is found")
+    func cache() throws {
+        let dir = try Self.directory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ca = try PKI.makeCA(commonName: "Example City device CA")
+        let one = try PKI.issueDevice(ca: ca, agentID: "tc-0001", group: "mynumber")
+        let two = try PKI.issueDevice(ca: ca, agentID: "tc-0002", group: "mynumber")
+        let path = dir + "/client.pem"
+        try one.certificatePEM.write(toFile: path, atomically: true, encoding: .utf8)
+        var cache = CertificateKeyCache()
+        let first = cache.finding(clientCert: path)
+        #expect(first.keySHA256 == (try CertificateKey.keySHA256(one.certificate.publicKey)))
+        #expect(cache.finding(clientCert: path) == first)
+        try two.certificatePEM.write(toFile: path, atomically: true, encoding: .utf8)  // a new inode (atomic rename)
+        #expect(cache.finding(clientCert: path).keySHA256 == (try CertificateKey.keySHA256(two.certificate.publicKey)))
+        // Rewritten in place (same inode): size or times differ.
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        try handle.truncate(atOffset: 0)
+        try handle.write(contentsOf: Data(one.certificatePEM.utf8))
+        try handle.close()
+        #expect(cache.finding(clientCert: path).keySHA256 == first.keySHA256)
+        try FileManager.default.removeItem(atPath: path)
+        #expect(cache.finding(clientCert: path).keySHA256 == nil)
+        #expect(cache.finding(clientCert: nil).description == "wpa_supplicant's network names no client_cert")
+    }
 }
