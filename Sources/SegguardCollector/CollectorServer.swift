@@ -107,8 +107,9 @@ public final class Collector: Sendable {
     /// Each group's heartbeat interval from its bundle's policy (nil: no bundle), and when it
     /// was read (re-read after a minute: another replica may have taken a push).
     let groupIntervals = Mutex<[String: (seconds: Int?, read: Date)]>([:])
-    /// Interval mismatches already recorded (agent, claimed, expected): one event each.
-    let intervalMismatches = Mutex<Set<String>>([])
+    /// The last interval mismatch recorded per agent (claimed, expected): one event per
+    /// change, one entry per agent (agents are the device certificates the CA issued).
+    let intervalMismatches = Mutex<[AgentIdentity: [Int]]>([:])
 
     public init(store: any CollectorStore, configuration: CollectorConfiguration, logger: Logger) {
         self.store = store
@@ -195,12 +196,12 @@ public final class Collector: Sendable {
         return seconds ?? configuration.heartbeatSeconds
     }
 
-    /// An agent claims a longer heartbeat interval than its group's: recorded once per
-    /// (agent, claimed, expected) as an event, counted every time.
+    /// An agent claims a longer heartbeat interval than its group's: recorded as an event
+    /// when the (claimed, expected) pair changes (the id `interval-…` is reserved: agents
+    /// cannot take it first), counted every time.
     func intervalMismatch(_ agent: AgentIdentity, claimed: Int, expected: Int) async throws {
         metrics.intervalClamped()
-        let key = "\(agent.group)/\(agent.agentID)/\(claimed)/\(expected)"
-        guard intervalMismatches.withLock({ $0.insert(key).inserted }) else { return }
+        guard intervalMismatches.withLock({ $0[agent] }) != [claimed, expected] else { return }
         logger.warning("agent claims a longer heartbeat interval than its group's; held to the group's",
                        metadata: ["agent": "\(agent.agentID)", "group": "\(agent.group)", "claimed_s": "\(claimed)", "expected_s": "\(expected)"])
         let now = Date()
@@ -208,6 +209,7 @@ public final class Collector: Sendable {
             id: "interval-\(claimed)-\(expected)", seq: 0, time: now, kind: "heartbeat-interval-mismatch", severity: "warning",
             reason: "the agent claims a heartbeat interval of \(claimed) s; its group's policy sets \(expected) s: it is held to \(expected) s for stale detection",
             details: ["claimed_s": "\(claimed)", "expected_s": "\(expected)", "source": "collector"])], from: agent, at: now)
+        intervalMismatches.withLock { $0[agent] = [claimed, expected] }  // after the write: a failed one is tried again
     }
 
     func events(_ request: Request, _ context: CollectorContext) async throws -> Response {

@@ -86,13 +86,13 @@ public final class SQLiteStore: CollectorStore {
     }
 
     public func close() async throws {
-        try? await heartbeatConnection.close()
+        if !heartbeatConnection.isClosed { try? await heartbeatConnection.close() }
         defer { Self.shutDown(pools) }
-        try await connection.close()
+        if !connection.isClosed { try await connection.close() }
     }
 
-    /// Stops the connections' threads once the work queued on them has run (a close is
-    /// queued there too).
+    /// Stops the connections' threads (after their close has run; work queued after that is
+    /// cancelled by NIO, and a second shutdown does nothing).
     static func shutDown(_ pools: [NIOThreadPool]) {
         for pool in pools { pool.shutdownGracefully { _ in } }
     }

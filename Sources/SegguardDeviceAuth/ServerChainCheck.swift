@@ -45,8 +45,9 @@ public enum ServerChainCheck {
         return false
     }
 
-    /// No extendedKeyUsage, or one with serverAuth or anyExtendedKeyUsage (an extension that
-    /// does not parse counts as not usable).
+    /// No extendedKeyUsage, or one with serverAuth (anyExtendedKeyUsage alone is not enough,
+    /// as in OpenSSL's check of an SSL server; an extension that does not parse counts as not
+    /// usable).
     static func mayServeTLS(_ c: Certificate) -> Bool {
         let result: ExtendedKeyUsage?
         do {
@@ -55,6 +56,6 @@ public enum ServerChainCheck {
             return false
         }
         guard let eku = result else { return true }
-        return eku.contains(.serverAuth) || eku.contains(.any)
+        return eku.contains(.serverAuth)
     }
 }

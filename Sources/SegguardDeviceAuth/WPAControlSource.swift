@@ -536,7 +536,9 @@ public final class WPAControlSource: Sendable {
                     // The certificate it authenticates with, to compare with this device's
                     // (read on each refresh: a small file, and refreshes follow events only).
                     let value = WPAControlProtocol.parseNetworkString(try connection.request("GET_NETWORK \(id) client_cert"))
-                    let found = certificates.finding(clientCert: value)
+                    let key = WPAControlProtocol.parseNetworkString(try connection.request("GET_NETWORK \(id) private_key"))
+                    let engine = try connection.request("GET_NETWORK \(id) engine").trimmingCharacters(in: .whitespacesAndNewlines)
+                    let found = certificates.finding(clientCert: value, privateKey: key, engine: engine.hasPrefix("FAIL") ? nil : engine)
                     (read.clientKeySHA256, read.clientCertificate) = (found.keySHA256, found.description)
                 }
                 read.serverChain = a.chain

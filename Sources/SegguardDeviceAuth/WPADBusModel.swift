@@ -74,8 +74,10 @@ public struct WPADBusInterface: Sendable, Equatable {
     public var networkKeyManagement: String?
     /// The current network's `identity`, without wpa_supplicant's quotes.
     public var identity: String?
-    /// The current network's `client_cert`, without quotes.
+    /// The current network's `client_cert`, `private_key` (without quotes) and `engine`.
     public var clientCert: String?
+    public var privateKey: String?
+    public var engine: String?
     /// Its key, read by the source when the network is loaded (see `CertificateKey`).
     public var clientKey: CertificateKeyFinding?
     public var lastEAP: EAPResult?
@@ -121,6 +123,8 @@ public struct WPADBusInterface: Sendable, Equatable {
                     next.networkKeyManagement = nil
                     next.identity = nil
                     next.clientCert = nil
+                    next.privateKey = nil
+                    next.engine = nil
                     next.clientKey = nil
                 }
                 next.currentNetwork = p
@@ -142,9 +146,13 @@ public struct WPADBusInterface: Sendable, Equatable {
         let keyMgmt = try field("key_mgmt")
         let identity = try field("identity")
         let clientCert = try field("client_cert")
+        let privateKey = try field("private_key")
+        let engine = try field("engine")
         networkKeyManagement = keyMgmt
         self.identity = identity.map(Self.unquoted)
         self.clientCert = clientCert.map(Self.unquoted)
+        self.privateKey = privateKey.map(Self.unquoted)
+        self.engine = engine
     }
 
     /// Applies the `EAP` signal's two strings (status, parameter).

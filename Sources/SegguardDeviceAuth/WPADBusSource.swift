@@ -277,7 +277,9 @@ public final class WPADBusSource: DeviceAuthSource {
             do {
                 let value = try getProperty(path: network, interface: WPADBusSource.networkIface, name: "Properties")
                 try interfaces[path]?.apply(networkProperties: value)
-                if let i = interfaces[path] { interfaces[path]?.clientKey = certificates.finding(clientCert: i.clientCert) }
+                if let i = interfaces[path] {
+                    interfaces[path]?.clientKey = certificates.finding(clientCert: i.clientCert, privateKey: i.privateKey, engine: i.engine)
+                }
             } catch {
                 source.logger.warning("cannot read wpa_supplicant network", metadata: ["object": "\(network)", "error": "\(error)"])
             }
@@ -338,6 +340,9 @@ public final class WPADBusSource: DeviceAuthSource {
                 case (WPADBusSource.interfaceIface, "EAP"):
                     guard interfaces[path] != nil else { return }
                     try interfaces[path]?.applyEAP(args)
+                    // Each success: the network's certificate files read again (they may have
+                    // changed since the network was loaded).
+                    if args.count == 2, case .string("completion") = args[0], case .string("success") = args[1] { loadNetwork(path) }
                     report()
                 case (WPADBusSource.interfaceIface, "Certification"):
                     guard interfaces[path] != nil else { return }

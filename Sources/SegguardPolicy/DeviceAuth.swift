@@ -146,7 +146,7 @@ public struct PeerCertificate: Sendable, Equatable, Codable {
     /// thin client's device certificate) could sign a server certificate of its own.
     public var isCA: Bool
     /// The certificate may be used by a TLS server: no extendedKeyUsage, or one listing
-    /// serverAuth or anyExtendedKeyUsage. A device certificate (clientAuth only) is not.
+    /// serverAuth. A device certificate (clientAuth only) is not.
     public var serverAuth: Bool
     /// Inside its notBefore … notAfter when the supplicant reported it (the wall clock then).
     public var validWhenSeen: Bool

@@ -245,7 +245,7 @@ public struct ReportedEvent: Codable, StrictDecodable, Sendable, Equatable {
 
     public static let severities: Set<String> = ["info", "warning", "critical"]
     /// Ids of the events the collector records itself (agent-stale, agent-recovered).
-    public static let reservedIDPrefixes = ["stale-", "recovered-"]
+    public static let reservedIDPrefixes = ["stale-", "recovered-", "interval-"]
 
     public func validate(at path: String) throws(ReportValidationError) {
         try ReportValidationError.check(id, "\(path).id", max: 64)

@@ -23,7 +23,9 @@ public final class EAPLab: Sendable {
     public static var available: Bool { programs.allSatisfy { FileManager.default.isExecutableFile(atPath: $0) } }
 
     public init() throws {
-        path = FileManager.default.temporaryDirectory.appendingPathComponent("segguard-eap-\(getpid())-\(UUID().uuidString.prefix(8))").path
+        // Under /run, not /tmp: segguardd reads the supplicant's certificate only from a path
+        // only root can change (a world-writable /tmp on the way is refused).
+        path = "/run/segguard-eap-\(getpid())-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: "\(path)/demoCA", withIntermediateDirectories: true)
         do {
             try makePKI()

@@ -74,12 +74,63 @@ struct CertificateKeyTests {
 
         #expect(CertificateKey.forSupplicant(clientCert: nil) == CertificateKeyFinding(keySHA256: nil, description: "wpa_supplicant's network names no client_cert"))
         #expect(CertificateKey.forSupplicant(clientCert: "blob://device").description == "client_cert 'blob://device' is not a file path segguardd can read")
-        #expect(CertificateKey.forSupplicant(clientCert: dir + "/fifo").description == "client_cert \(dir)/fifo: not a regular file")
+        // Under /tmp (writable by everyone): refused before anything is opened.
+        #expect(CertificateKey.forSupplicant(clientCert: dir + "/fifo").description.contains("/tmp can be changed by uid 0 or by group/others (mode 1777)"),
+                "\(CertificateKey.forSupplicant(clientCert: dir + "/fifo").description)")
     }
 
-    @Test("the cache reads a file again only when it changes: rewritten with another certificate, the new key is found")
+    /// A directory only root can change (under /run), or nil when not root.
+    static func rootOnlyDirectory() throws -> String? {
+        guard geteuid() == 0 else { return nil }
+        let dir = "/run/sg-certkey-\(getpid())-\(UUID().uuidString.prefix(8))"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o755])
+        return dir
+    }
+
+    @Test("the supplicant's files must be ones only root can change: a user's file, a group-writable one, a symlink, a PKCS#12 key elsewhere, an engine are refused; a TRUSTED CERTIFICATE block first is refused",
+          .enabled(if: geteuid() == 0, "needs root (files owned by root under /run)"))
+    func rootOnly() throws {
+        let dir = try #require(try Self.rootOnlyDirectory())
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let ca = try PKI.makeCA(commonName: "Example City device CA")
+        let mine = try PKI.issueDevice(ca: ca, agentID: "tc-0001", group: "mynumber")
+        let other = try PKI.issueDevice(ca: ca, agentID: "tc-0999", group: "mynumber")
+        try mine.certificatePEM.write(toFile: dir + "/device.pem", atomically: true, encoding: .utf8)
+        try mine.privateKeyPEM.write(toFile: dir + "/device.key", atomically: true, encoding: .utf8)
+        let myKey = try CertificateKey.keySHA256(mine.certificate.publicKey)
+        #expect(CertificateKey.forSupplicant(clientCert: dir + "/device.pem", privateKey: dir + "/device.key", engine: "0").keySHA256 == myKey)
+
+        // A file a user owns (chown 65534), a group-writable one, a symlink to the good file.
+        try mine.certificatePEM.write(toFile: dir + "/users.pem", atomically: true, encoding: .utf8)
+        #expect(chown(dir + "/users.pem", 65534, 65534) == 0)
+        #expect(CertificateKey.forSupplicant(clientCert: dir + "/users.pem").description.contains("users.pem can be changed by uid 65534"))
+        try mine.certificatePEM.write(toFile: dir + "/group.pem", atomically: true, encoding: .utf8)
+        #expect(chmod(dir + "/group.pem", 0o664) == 0)
+        #expect(CertificateKey.forSupplicant(clientCert: dir + "/group.pem").description.contains("(mode 664)"))
+        #expect(symlink(dir + "/device.pem", dir + "/link.pem") == 0)
+        #expect(CertificateKey.forSupplicant(clientCert: dir + "/link.pem").description.contains("link.pem is a symbolic link"))
+        // This device's certificate, but the key (a PKCS#12 would carry another certificate)
+        // in a place a user can write: refused.
+        #expect(CertificateKey.forSupplicant(clientCert: dir + "/device.pem", privateKey: "/tmp/other.p12").description.contains("/tmp can be changed"))
+        #expect(CertificateKey.forSupplicant(clientCert: dir + "/device.pem", privateKey: "pkcs11:token=x").description.contains("is not a file path"))
+        #expect(CertificateKey.forSupplicant(clientCert: dir + "/device.pem", engine: "1").description.hasPrefix("the network uses an engine"))
+        #expect(CertificateKey.forSupplicant(clientCert: dir + "/device.pem", privateKey: dir + "/../etc/key").description.contains("not a plain path"))
+
+        // Another device's certificate labelled TRUSTED CERTIFICATE first, this device's after
+        // it: OpenSSL would present the first; segguardd refuses the file.
+        let trusted = other.certificatePEM.replacingOccurrences(of: "BEGIN CERTIFICATE", with: "BEGIN TRUSTED CERTIFICATE")
+            .replacingOccurrences(of: "END CERTIFICATE", with: "END TRUSTED CERTIFICATE")
+        try (trusted + mine.certificatePEM).write(toFile: dir + "/trusted.pem", atomically: true, encoding: .utf8)
+        #expect(CertificateKey.forSupplicant(clientCert: dir + "/trusted.pem").description.contains("the first PEM block is '-----BEGIN TRUSTED CERTIFICATE-----', not a CERTIFICATE"))
+        // A BEGIN line not at the start of a line is not a block (OpenSSL skips it too).
+        try ("x -----BEGIN CERTIFICATE-----\n" + other.certificatePEM).write(toFile: dir + "/inline.pem", atomically: true, encoding: .utf8)
+        #expect(CertificateKey.forSupplicant(clientCert: dir + "/inline.pem").keySHA256 == (try CertificateKey.keySHA256(other.certificate.publicKey)))
+    }
+
+    @Test("the cache reads a file again only when it changes: rewritten with another certificate, the new key is found",
+          .enabled(if: geteuid() == 0, "needs root (files owned by root under /run)"))
     func cache() throws {
-        let dir = try Self.directory()
+        let dir = try #require(try Self.rootOnlyDirectory())
         defer { try? FileManager.default.removeItem(atPath: dir) }
         let ca = try PKI.makeCA(commonName: "Example City device CA")
         let one = try PKI.issueDevice(ca: ca, agentID: "tc-0001", group: "mynumber")
@@ -90,6 +141,11 @@ struct CertificateKeyTests {
         let first = cache.finding(clientCert: path)
         #expect(first.keySHA256 == (try CertificateKey.keySHA256(one.certificate.publicKey)))
         #expect(cache.finding(clientCert: path) == first)
+        #expect(cache.reads == 1, "the unchanged file was not parsed again")
+        // The path checks still run on a cached file: made group-writable, it is refused.
+        #expect(chmod(path, 0o666) == 0)
+        #expect(cache.finding(clientCert: path).keySHA256 == nil)
+        #expect(chmod(path, 0o644) == 0)
         try two.certificatePEM.write(toFile: path, atomically: true, encoding: .utf8)  // a new inode (atomic rename)
         #expect(cache.finding(clientCert: path).keySHA256 == (try CertificateKey.keySHA256(two.certificate.publicKey)))
         // Rewritten in place (same inode): size or times differ.
