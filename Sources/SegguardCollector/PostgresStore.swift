@@ -5,6 +5,7 @@
 import Foundation
 import Logging
 import PostgresNIO
+import SegguardPolicy
 import SegguardReport
 
 /// A batch of heartbeats in one statement (one round trip, one commit), prepared once per
@@ -264,7 +265,8 @@ public final class PostgresStore: CollectorStore {
             let rows = try await conn.query(
                 """
                 UPDATE agents SET stale = TRUE WHERE agent_id IN (
-                    SELECT agent_id FROM agents WHERE NOT stale AND last_seen + interval_s * 1000 * \(Int64(intervals)) < \(nowMs)
+                    SELECT agent_id FROM agents WHERE NOT stale
+                      AND last_seen + LEAST(interval_s, \(Int64(ReportRule.maxHeartbeatSeconds))) * 1000 * \(Int64(intervals)) < \(nowMs)
                     ORDER BY agent_id FOR UPDATE)
                   AND NOT stale
                 RETURNING \(unescaped: Self.agentColumns)

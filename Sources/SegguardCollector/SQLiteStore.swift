@@ -10,6 +10,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import SQLiteNIO
+import SegguardPolicy
 import SegguardReport
 
 /// Runs async operations one after another (a transaction must not interleave with another
@@ -297,8 +298,8 @@ public final class SQLiteStore: CollectorStore {
         let nowMs = now.millis
         return try await transaction { db in
             let rows = try await db.query(
-                "UPDATE agents SET stale = 1 WHERE stale = 0 AND last_seen + interval_s * 1000 * ? < ? RETURNING \(Self.agentColumns)",
-                [.integer(SQLiteInt64(intervals)), .integer(SQLiteInt64(nowMs))])
+                "UPDATE agents SET stale = 1 WHERE stale = 0 AND last_seen + MIN(interval_s, ?) * 1000 * ? < ? RETURNING \(Self.agentColumns)",
+                [.integer(SQLiteInt64(ReportRule.maxHeartbeatSeconds)), .integer(SQLiteInt64(intervals)), .integer(SQLiteInt64(nowMs))])
             let agents = try rows.map(Self.agent)
             for a in agents {
                 _ = try await Self.insert([staleEvent(for: a, now: now, intervals: intervals)], agent: AgentIdentity(agentID: a.agentID, group: a.group),

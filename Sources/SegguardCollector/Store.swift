@@ -4,6 +4,7 @@
 // test suite runs against both.
 
 import Foundation
+import SegguardPolicy
 import SegguardReport
 
 /// The agent a request comes from, taken from its verified client certificate.
@@ -272,7 +273,7 @@ struct HeartbeatRows {
 func staleEvent(for agent: AgentRecord, now: Date, intervals: Int) -> ReportedEvent {
     ReportedEvent(
         id: "stale-\(agent.lastSeen.millis)", seq: 0, time: now, kind: "agent-stale", severity: "warning",
-        reason: "no heartbeat for \(Int(now.timeIntervalSince(agent.lastSeen))) s (\(intervals) intervals of \(agent.intervalSeconds) s)",
+        reason: "no heartbeat for \(Int(now.timeIntervalSince(agent.lastSeen))) s (\(intervals) intervals of \(min(agent.intervalSeconds, ReportRule.maxHeartbeatSeconds)) s)",
         details: ["last_seen": agent.lastSeen.formatted(.iso8601), "source": "collector"])
 }
 

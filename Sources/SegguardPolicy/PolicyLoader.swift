@@ -297,7 +297,7 @@ struct Context {
         guard let m = mapping(node, path, allowed: ["heartbeat_seconds", "jitter", "batch_size", "spool_max_events", "overflow", "max_backoff_seconds"]) else {
             return rule
         }
-        if let v = m["heartbeat_seconds"], let n = int(v, "\(path).heartbeat_seconds", range: 1...3600) { rule.heartbeatSeconds = n }
+        if let v = m["heartbeat_seconds"], let n = int(v, "\(path).heartbeat_seconds", range: 1...ReportRule.maxHeartbeatSeconds) { rule.heartbeatSeconds = n }
         if let v = m["jitter"], let d = double(v, "\(path).jitter", range: 0...0.5) { rule.jitter = d }
         if let v = m["batch_size"], let n = int(v, "\(path).batch_size", range: 1...1000) { rule.batchSize = n }
         if let v = m["spool_max_events"], let n = int(v, "\(path).spool_max_events", range: 10...10_000_000) { rule.spoolMaxEvents = n }

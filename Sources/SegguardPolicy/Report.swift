@@ -14,6 +14,9 @@ public enum SpoolOverflow: String, Sendable, Codable, CaseIterable {
 
 /// Reporting rhythm and spool limits.
 public struct ReportRule: Sendable, Equatable, Codable {
+    /// The longest heartbeat interval a policy may set; the collector never waits longer,
+    /// whatever a stored heartbeat says.
+    public static let maxHeartbeatSeconds = 3600
     /// Seconds between heartbeats (the collector marks an agent stale after three).
     public var heartbeatSeconds: Int
     /// Each interval is drawn from heartbeat ± this fraction, so that thousands of clients

@@ -165,6 +165,19 @@ struct StoreTests {
         #expect(try await store.counts().stale == 0)
     }
 
+    @Test("a stored interval longer than any policy may set (a row from before intervals were checked) waits at most 3 × 3600 s", arguments: Backend.allCases)
+    func storedIntervalCapped(backend: Backend) async throws {
+        let store = try await backend.makeStore()
+        let t0 = Date(timeIntervalSince1970: Date().timeIntervalSince1970.rounded(.down))
+        _ = try await store.recordHeartbeat(heartbeat("tc-long", interval: 86_400), from: AgentIdentity(agentID: "tc-long", group: "g"), at: t0)
+        #expect(try await store.markStale(now: t0.addingTimeInterval(3 * 3600 - 10), intervals: 3).isEmpty)
+        let marked = try await store.markStale(now: t0.addingTimeInterval(3 * 3600 + 10), intervals: 3)
+        #expect(marked.map(\.agentID) == ["tc-long"])
+        let stale = try await store.events(EventFilter(agentID: "tc-long")).first { $0.event.kind == "agent-stale" }
+        #expect(stale?.event.reason == "no heartbeat for 10810 s (3 intervals of 3600 s)", "\(stale?.event.reason ?? "none")")
+        try await store.close()
+    }
+
     @Test("one batch: an agent twice (counted twice, one row), a stale agent recovers once with one event", arguments: Backend.allCases)
     func batchWithRepeatsAndRecovery(backend: Backend) async throws {
         let store = try await backend.makeStore()
