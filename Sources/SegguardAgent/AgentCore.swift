@@ -608,21 +608,32 @@ final class AgentCore {
 
     func logDecision(_ change: DecisionChange) {
         let d = change.current
-        if let reporting {
-            reporting.record(kind: "decision-changed", severity: d.isAuthorized ? "info" : "warning",
-                             reason: d.isAuthorized ? "\(d.segment.rawValue) via \(d.authorizedInterfaces.joined(separator: ", "))" : d.reason,
-                             details: ["segment": d.segment.rawValue, "previous": change.previous.segment.rawValue,
-                                       "interfaces": d.authorizedInterfaces.joined(separator: ","), "initial": change.isInitial ? "true" : "false"],
-                             time: Date())
-            reporting.heartbeatNow()
-        }
         // The first decision after start replaces the fail-closed placeholder: not a change.
-        logger.log(level: d.isAuthorized ? .notice : .warning, change.isInitial ? "initial segment decision" : "segment decision changed", metadata: [
+        let level: Logger.Level = d.isAuthorized ? .notice : .warning
+        let message: Logger.Message = change.isInitial ? "initial segment decision" : "segment decision changed"
+        let metadata: Logger.Metadata = [
             "decision": "\(d.segment.rawValue)",
             "previous": "\(change.previous.segment.rawValue)",
             "interfaces": "\(d.authorizedInterfaces.joined(separator: ","))",
             "reason": "\(d.reason)",
-        ])
+        ]
+        guard let reporting else {
+            logger.log(level: level, message, metadata: metadata)
+            return
+        }
+        // Logged once the event is in the spool: a decision in the journal is never missing
+        // from the spool, whatever kills the agent in between.
+        let logger = self.logger
+        reporting.record(kind: "decision-changed", severity: d.isAuthorized ? "info" : "warning",
+                         reason: d.isAuthorized ? "\(d.segment.rawValue) via \(d.authorizedInterfaces.joined(separator: ", "))" : d.reason,
+                         details: ["segment": d.segment.rawValue, "previous": change.previous.segment.rawValue,
+                                   "interfaces": d.authorizedInterfaces.joined(separator: ","), "initial": change.isInitial ? "true" : "false"],
+                         time: Date(), afterCommit: { id in
+                             var m = metadata
+                             m["event_id"] = "\(id ?? "not spooled")"
+                             logger.log(level: level, message, metadata: m)
+                         })
+        reporting.heartbeatNow()
     }
 
     func recordBinding(_ outcome: BindingController.Outcome, eventNanos: UInt64, decisionChanged: Bool) {
@@ -928,11 +939,19 @@ final class AgentCore {
             }
         }
         let event = events.append(kind, profile: profile, sessions: sessions, reason: reason, latencyMs: latencyMs, uid: uid, exec: exec, repeated: repeated)
-        // Built only when the level is logged (the metadata is an autoclosure).
-        logger.log(level: event.isDenial ? .warning : .notice, "enforcement event", metadata: Self.metadata(event))
+        let level: Logger.Level = event.isDenial ? .warning : .notice
         if let reporting {
+            // Logged once the event is in the spool (see logDecision).
             let (severity, details) = event.report
-            reporting.record(kind: kind.rawValue, severity: severity, reason: reason, details: details, time: event.time)
+            let logger = self.logger
+            reporting.record(kind: kind.rawValue, severity: severity, reason: reason, details: details, time: event.time, afterCommit: { id in
+                var m = Self.metadata(event)
+                m["event_id"] = "\(id ?? "not spooled")"
+                logger.log(level: level, "enforcement event", metadata: m)
+            })
+        } else {
+            // Built only when the level is logged (the metadata is an autoclosure).
+            logger.log(level: level, "enforcement event", metadata: Self.metadata(event))
         }
         observer.recorded(event)
     }

@@ -117,11 +117,22 @@ public struct SilentObserver: AgentObserver {
 
 /// Where the agent's events go to reach the collector (`Reporter`). Every call returns at once.
 public protocol AgentReporting: Sendable {
-    func record(kind: String, severity: String, reason: String, details: [String: String], time: Date)
+    /// Queues an event; `afterCommit` runs once it is durably spooled, with its id (nil: it
+    /// could not be spooled). The agent logs there: a line in the journal means the event is
+    /// on disk, whatever kills the agent next.
+    func record(kind: String, severity: String, reason: String, details: [String: String], time: Date,
+                afterCommit: (@Sendable (String?) -> Void)?)
     /// Send a heartbeat soon (the decision changed).
     func heartbeatNow()
     /// The policy's `report:` section changed.
     func update(rule: ReportRule)
     /// For `segguardctl status`.
     var reportingStatus: StatusReply.ReportingStatus { get }
+}
+
+extension AgentReporting {
+    /// Queues an event nobody waits for.
+    public func record(kind: String, severity: String, reason: String, details: [String: String], time: Date) {
+        record(kind: kind, severity: severity, reason: reason, details: details, time: time, afterCommit: nil)
+    }
 }

@@ -19,6 +19,9 @@ public final class CollectorMetrics: Sendable {
     let clampedIntervals: Counter
     let agentsGauge: [String: Gauge]
     let eventsStored: Gauge
+    let backloggedAgents: Gauge
+    let heldEvents: Gauge
+    let idConflicts: Counter
 
     init() {
         rejectedBodies = registry.makeCounter(descriptor: Self.name("segguard_collector_rejected_bodies_total", "Request bodies refused (malformed, unknown fields, too large)."))
@@ -32,6 +35,11 @@ public final class CollectorMetrics: Sendable {
         agentsGauge = Dictionary(uniqueKeysWithValues: ["authorized", "unauthorized", "stale"].map {
             ($0, registry.makeGauge(descriptor: Self.name("segguard_agents", "Agents by state (from the store)."), labels: [("state", $0)])) })
         eventsStored = registry.makeGauge(descriptor: Self.name("segguard_events_stored", "Events in the store."))
+        backloggedAgents = registry.makeGauge(descriptor: Self.name("segguard_agents_delivery_backlog",
+            "Agents whose events are not getting through: some refused by the collector, or the oldest undelivered older than an hour."))
+        heldEvents = registry.makeGauge(descriptor: Self.name("segguard_agent_events_held", "Events agents hold because the collector refused them (sum of the last heartbeats)."))
+        idConflicts = registry.makeCounter(descriptor: Self.name("segguard_collector_event_id_conflicts_total",
+            "Events sent again under a stored id with other content (answered 409, recorded as event-id-conflict)."))
     }
 
     static var heartbeatsName: MetricNameDescriptor { name("segguard_agent_heartbeats_total", "Heartbeats received per agent.") }
@@ -79,6 +87,7 @@ public final class CollectorMetrics: Sendable {
     func bundleRefused() { refusedBundles.increment() }
     func markedStale(_ n: Int) { staleTransitions.increment(by: Int64(n)) }
     func intervalClamped() { clampedIntervals.increment() }
+    func idConflict() { idConflicts.increment() }
 
     /// The text exposition, with the fleet gauges set from `counts`.
     func render(counts: StoreCounts) -> String {
@@ -86,6 +95,8 @@ public final class CollectorMetrics: Sendable {
         agentsGauge["unauthorized"]?.set(Double(counts.unauthorized))
         agentsGauge["stale"]?.set(Double(counts.stale))
         eventsStored.set(Double(counts.events))
+        backloggedAgents.set(Double(counts.backlogged))
+        heldEvents.set(Double(counts.heldEvents))
         return registry.emitToString()
     }
 }

@@ -18,6 +18,7 @@ import Crypto
 import Foundation
 import HTTPTypes
 import Hummingbird
+import HummingbirdCore
 import HummingbirdTLS
 import Logging
 import NIOCore
@@ -61,6 +62,16 @@ public struct CollectorConfiguration: Sendable {
     /// heartbeat cannot hide a stopped agent for days), and the mismatch is an event.
     public var heartbeatSeconds = 30
     public var maxBodyBytes = 1 << 20
+    /// Open connections at most; beyond it new ones wait in the listen backlog (then the
+    /// agents' connect timeout and backoff) instead of running the process out of file
+    /// descriptors. nil: the open-files limit less a reserve (`defaultMaxConnections`).
+    public var maxConnections: Int?
+    /// A kept-alive connection idle this long is closed (longer than the heartbeat interval,
+    /// so an agent reuses its connection between heartbeats).
+    public var idleTimeoutSeconds = 90.0
+    /// Pending connections the kernel queues while the cap is reached (also capped by
+    /// net.core.somaxconn).
+    public var listenBacklog = 4096
 
     public init(certificatePath: String, keyPath: String, clientCAPath: String) {
         self.certificatePath = certificatePath
@@ -119,21 +130,40 @@ public final class Collector: Sendable {
         metrics = CollectorMetrics()
     }
 
+    /// The connection cap when none is configured: the soft open-files limit less 128 for the
+    /// store, the listener and logging (the unit sets LimitNOFILE=65536).
+    public static func defaultMaxConnections() -> Int {
+        var limit = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur != rlim_t.max else { return 60_000 }
+        return max(16, Int(min(limit.rlim_cur, 1 << 20)) - 128)
+    }
+
+    /// The connection cap in force.
+    public var maxConnections: Int { configuration.maxConnections ?? Self.defaultMaxConnections() }
+
     /// The Hummingbird application (TLS). `onRunning` gets the bound port (tests use port 0).
-    public func application(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) throws -> some ApplicationProtocol {
+    /// `middleware` wraps every route, outermost first (tests put fault injection there).
+    public func application(middleware: [any MiddlewareProtocol<Request, Response, CollectorContext>] = [],
+                            onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) throws -> some ApplicationProtocol {
         let app = Application(
-            router: router(),
-            server: try .tls(.http1(configuration: .init(additionalChannelHandlers: [ClientIdentityHandler(collector: self)])),
+            router: router(middleware: middleware),
+            server: try .tls(.http1(configuration: .init(additionalChannelHandlers: [ClientIdentityHandler(collector: self)],
+                                                         idleTimeout: .milliseconds(Int64(configuration.idleTimeoutSeconds * 1000)))),
                              tlsConfiguration: configuration.tlsConfiguration()),
-            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "segguard-collector"),
+            configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "segguard-collector",
+                                 backlog: configuration.listenBacklog,
+                                 availableConnectionsDelegate: MaximumAvailableConnections(maxConnections, logger: logger)),
             services: [StaleSweeper(collector: self)],
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
             logger: logger)
         return app
     }
 
-    func router() -> Router<CollectorContext> {
+    func router(middleware: [any MiddlewareProtocol<Request, Response, CollectorContext>] = []) -> Router<CollectorContext> {
         let router = Router(context: CollectorContext.self)
+        // Middleware applies to the routes added after it; the first added is the outermost.
+        for m in middleware { router.add(middleware: m) }
+        router.add(middleware: WireRevisionMiddleware())
         router.post("/api/v1/heartbeat") { request, context in await self.guarded { try await self.heartbeat(request, context) } }
         router.post("/api/v1/events") { request, context in await self.guarded { try await self.events(request, context) } }
         router.get("/api/v1/policy") { request, context in await self.guarded { try await self.policy(request, context) } }
@@ -217,9 +247,29 @@ public final class Collector: Sendable {
         let batch = try await decode(EventBatch.self, request)
         try checkBodyID(batch.agentID, agent)
         do { try batch.validate() } catch { throw APIError(.unprocessableContent, "\(error)") }
-        let result = try await store.insertEvents(batch.events, from: agent, at: Date())
+        let result: InsertResult
+        do {
+            result = try await store.insertEvents(batch.events, from: agent, at: Date())
+        } catch let conflict as EventIDConflict {
+            try await idConflict(agent, conflict)
+            throw APIError(.conflict, "\(conflict); nothing of this batch was stored")
+        }
         metrics.events(agent, batch.events, inserted: result.inserted, duplicates: result.duplicates)
         return try Self.json(.ok, BatchAck(stored: batch.events.map(\.id), inserted: result.inserted, duplicates: result.duplicates))
+    }
+
+    /// The same id with other content: the stored event stands, the new one is refused (the
+    /// agent keeps it), and the conflict is an event (id `conflict-…`, once per id).
+    func idConflict(_ agent: AgentIdentity, _ conflict: EventIDConflict) async throws {
+        metrics.idConflict()
+        logger.warning("agent sent an event id again with other content", metadata: [
+            "agent": "\(agent.agentID)", "group": "\(agent.group)", "event_id": "\(conflict.sent.id)", "conflict": "\(conflict)"])
+        let now = Date()
+        _ = try await store.insertEvents([ReportedEvent(
+            id: "conflict-\(conflict.sent.id)", seq: 0, time: now, kind: "event-id-conflict", severity: "critical",
+            reason: "\(conflict): the stored event stands, the new one was refused (409)",
+            details: ["event_id": conflict.sent.id, "stored_kind": conflict.stored.kind, "sent_kind": conflict.sent.kind,
+                      "stored_seq": "\(conflict.stored.seq)", "sent_seq": "\(conflict.sent.seq)", "source": "collector"])], from: agent, at: now)
     }
 
     func policy(_ request: Request, _ context: CollectorContext) async throws -> Response {
@@ -456,6 +506,17 @@ final class ClientIdentityHandler: ChannelInboundHandler, RemovableChannelHandle
 
     func handlerRemoved(context: ChannelHandlerContext) {
         collector.connections.remove(context.channel)
+    }
+}
+
+/// Announces the wire revision this collector reads (`Segguard-Wire`) on every answer, so an
+/// agent sends a revision's optional fields only to a collector that reads them.
+struct WireRevisionMiddleware<Context: RequestContext>: RouterMiddleware {
+    static var field: HTTPField.Name { HTTPField.Name(ReportWire.header)! }
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        var response = try await next(request, context)
+        response.headers[Self.field] = "\(ReportWire.version)"
+        return response
     }
 }
 

@@ -18,7 +18,7 @@ public enum Dashboard {
             table{border-collapse:collapse;width:100%;margin-bottom:2em}
             th,td{border-bottom:1px solid #ddd;padding:.3em .5em;text-align:left;font-size:.9em;vertical-align:top}
             th{background:#f3f3f3}
-            .authorized{color:#176117}.unauthorized{color:#a40000;font-weight:bold}.stale{color:#8a5a00;font-weight:bold}
+            .authorized{color:#176117}.unauthorized{color:#a40000;font-weight:bold}.stale{color:#8a5a00;font-weight:bold}.backlog{color:#a40000;font-weight:bold}
             .warning{color:#a40000}.critical{color:#fff;background:#a40000}
             code{font-size:.85em}
             </style></head><body>
@@ -49,7 +49,12 @@ public enum Dashboard {
             h += "<td class=\"\(a.state)\">\(a.state)\(a.stale ? " (silent \(ago) s)" : "")</td><td>\(esc(a.segment))</td><td>\(esc(a.reason))</td>"
             h += "<td>\(esc(ifaces))</td><td>\(esc(time(a.lastSeen))) (\(ago) s ago)</td>"
             h += "<td>\(esc(a.policyName)) <code title=\"\(esc(a.policySHA256))\">\(esc(String(a.policySHA256.prefix(12))))</code>\(a.bundleVersion.map { " v\($0)" } ?? "")</td>"
-            h += "<td>\(a.spoolPending) pending\(a.spoolDropped > 0 ? ", \(a.spoolDropped) dropped" : "")</td></tr>\n"
+            // Events not getting through are flagged: refused by the collector (held by the agent), or old.
+            var spool = "\(a.spoolPending) pending"
+            if a.spoolHeld > 0 { spool += ", \(a.spoolHeld) refused" }
+            if let o = a.spoolOldestSeconds, o > AgentRecord.backlogSeconds { spool += ", oldest \(o / 3600) h" }
+            if a.spoolDropped > 0 { spool += ", \(a.spoolDropped) dropped" }
+            h += "<td\(a.deliveryBacklog ? " class=\"backlog\"" : "")>\(esc(spool))</td></tr>\n"
         }
         h += "</tbody></table>\n<h2>Latest events</h2>\n<table id=\"events\"><thead><tr><th>Time</th><th>Agent</th><th>Group</th><th>Kind</th><th>Severity</th><th>Reason</th><th>Details</th></tr></thead><tbody>\n"
         if events.isEmpty { h += "<tr><td colspan=\"7\">No events.</td></tr>\n" }

@@ -22,16 +22,19 @@ struct HeartbeatUpsert: PostgresPreparedStatement {
     static let sql = """
         WITH up AS (
             INSERT INTO agents (agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment,
-                authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats)
-            SELECT a, g, h, v, pn, ps, NULLIF(bv, \(noBundle)), seg, au, r, i, iv, sp, sd, $16, $16, FALSE, n
+                authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats,
+                spool_held, spool_oldest_s)
+            SELECT a, g, h, v, pn, ps, NULLIF(bv, \(noBundle)), seg, au, r, i, iv, sp, sd, $16, $16, FALSE, n, sh, NULLIF(so, -1)
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],
-                        $9::boolean[], $10::text[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[])
-                AS t(a, g, h, v, pn, ps, bv, seg, au, r, i, iv, sp, sd, n)
+                        $9::boolean[], $10::text[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[],
+                        $17::bigint[], $18::bigint[])
+                AS t(a, g, h, v, pn, ps, bv, seg, au, r, i, iv, sp, sd, n, sh, so)
             ORDER BY a
             ON CONFLICT (agent_id) DO UPDATE SET grp = EXCLUDED.grp, hostname = EXCLUDED.hostname, agent_version = EXCLUDED.agent_version,
                 policy_name = EXCLUDED.policy_name, policy_sha256 = EXCLUDED.policy_sha256, bundle_version = EXCLUDED.bundle_version,
                 segment = EXCLUDED.segment, authorized = EXCLUDED.authorized, reason = EXCLUDED.reason, interfaces = EXCLUDED.interfaces,
                 interval_s = EXCLUDED.interval_s, spool_pending = EXCLUDED.spool_pending, spool_dropped = EXCLUDED.spool_dropped,
+                spool_held = EXCLUDED.spool_held, spool_oldest_s = EXCLUDED.spool_oldest_s,
                 last_seen = EXCLUDED.last_seen, was_stale = agents.stale, stale = FALSE,
                 heartbeats = agents.heartbeats + EXCLUDED.heartbeats, events = agents.events + CASE WHEN agents.stale THEN 1 ELSE 0 END
             RETURNING agent_id, grp, was_stale),
@@ -53,7 +56,7 @@ struct HeartbeatUpsert: PostgresPreparedStatement {
     }
 
     func makeBindings() throws -> PostgresBindings {
-        var b = PostgresBindings(capacity: 16)
+        var b = PostgresBindings(capacity: 18)
         b.append(rows.map(\.1.agentID))
         b.append(rows.map(\.1.group))
         b.append(rows.map(\.0.hostname))
@@ -70,6 +73,8 @@ struct HeartbeatUpsert: PostgresPreparedStatement {
         b.append(rows.map { Int64($0.0.spool.dropped) })
         b.append(rows.map { Int64($0.3) })
         b.append(now)
+        b.append(rows.map { Int64($0.0.spool.held ?? 0) })
+        b.append(rows.map { Int64($0.0.spool.oldestSeconds ?? -1) })
         return b
     }
 
@@ -136,6 +141,9 @@ public final class PostgresStore: CollectorStore {
             """,
             // The stale flag before the latest heartbeat (returned by the heartbeat upsert).
             "ALTER TABLE agents ADD COLUMN IF NOT EXISTS was_stale BOOLEAN NOT NULL DEFAULT FALSE",
+            // Wire 2: events the collector refused that the agent holds, the oldest undelivered age.
+            "ALTER TABLE agents ADD COLUMN IF NOT EXISTS spool_held BIGINT NOT NULL DEFAULT 0",
+            "ALTER TABLE agents ADD COLUMN IF NOT EXISTS spool_oldest_s BIGINT",
             "CREATE INDEX IF NOT EXISTS agents_group ON agents (grp)",
             """
             CREATE TABLE IF NOT EXISTS events (
@@ -186,7 +194,25 @@ public final class PostgresStore: CollectorStore {
                 VALUES (\(agent.agentID), \(e.id), \(agent.group), \(e.seq), \(e.time.millis), \(e.kind), \(e.severity), \(e.reason), \(details), \(received))
                 ON CONFLICT (agent_id, event_id) DO NOTHING RETURNING seq
                 """, logger: logger)
-            for try await _ in rows { inserted += 1 }
+            var new = false
+            for try await _ in rows {
+                inserted += 1
+                new = true
+            }
+            if !new, !ReportedEvent.reservedIDPrefixes.contains(where: { e.id.hasPrefix($0) }) {
+                // Stored before: a resend is fine, the same id with other content is not.
+                let stored = try await conn.query(
+                    "SELECT seq, time, kind, severity, reason, details FROM events WHERE agent_id = \(agent.agentID) AND event_id = \(e.id)",
+                    logger: logger)
+                for try await row in stored {
+                    let r = row.makeRandomAccess()
+                    let was = ReportedEvent(id: e.id, seq: try r["seq"].decode(Int64.self), time: Date(millis: try r["time"].decode(Int64.self)),
+                                            kind: try r["kind"].decode(String.self), severity: try r["severity"].decode(String.self),
+                                            reason: try r["reason"].decode(String.self),
+                                            details: (try? ColumnJSON.decode([String: String].self, try r["details"].decode(String.self))) ?? [:])
+                    if !was.sameContent(as: e) { throw EventIDConflict(stored: was, sent: e) }
+                }
+            }
         }
         if inserted > 0 {
             try await conn.query("UPDATE agents SET events = events + \(Int64(inserted)) WHERE agent_id = \(agent.agentID)", logger: logger)
@@ -197,15 +223,22 @@ public final class PostgresStore: CollectorStore {
     public func insertEvents(_ events: [ReportedEvent], from agent: AgentIdentity, at time: Date) async throws -> InsertResult {
         let received = time.millis
         let logger = self.logger
-        let inserted = try await client.withTransaction(logger: logger) { conn in
-            try await Self.insert(events, agent: agent, received: received, conn: conn, logger: logger)
+        let inserted: Int
+        do {
+            inserted = try await client.withTransaction(logger: logger) { conn in
+                try await Self.insert(events, agent: agent, received: received, conn: conn, logger: logger)
+            }
+        } catch let e as PostgresTransactionError {
+            // Rolled back because of the batch itself: say so, not "store unavailable".
+            if let conflict = e.closureError as? EventIDConflict, e.rollbackError == nil { throw conflict }
+            throw e
         }
         return InsertResult(inserted: inserted, duplicates: events.count - inserted)
     }
 
     static let agentColumns = """
         agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment, authorized, reason, interfaces,
-        interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats, events
+        interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats, events, spool_held, spool_oldest_s
         """
 
     static func agent(_ row: PostgresRow) throws -> AgentRecord {
@@ -219,7 +252,8 @@ public final class PostgresStore: CollectorStore {
             intervalSeconds: Int(try r["interval_s"].decode(Int64.self)), spoolPending: Int(try r["spool_pending"].decode(Int64.self)),
             spoolDropped: Int(try r["spool_dropped"].decode(Int64.self)), firstSeen: Date(millis: try r["first_seen"].decode(Int64.self)),
             lastSeen: Date(millis: try r["last_seen"].decode(Int64.self)), stale: try r["stale"].decode(Bool.self),
-            heartbeats: try r["heartbeats"].decode(Int64.self), events: try r["events"].decode(Int64.self))
+            heartbeats: try r["heartbeats"].decode(Int64.self), events: try r["events"].decode(Int64.self),
+            spoolHeld: Int(try r["spool_held"].decode(Int64.self)), spoolOldestSeconds: try r["spool_oldest_s"].decode(Int64?.self).map { Int($0) })
     }
 
     public func agents(_ filter: AgentFilter) async throws -> [AgentRecord] {
@@ -316,13 +350,16 @@ public final class PostgresStore: CollectorStore {
             """
             SELECT COUNT(*)::BIGINT AS n, COUNT(*) FILTER (WHERE NOT stale AND authorized)::BIGINT AS ok,
                    COUNT(*) FILTER (WHERE NOT stale AND NOT authorized)::BIGINT AS bad, COUNT(*) FILTER (WHERE stale)::BIGINT AS stale,
+                   COUNT(*) FILTER (WHERE spool_held > 0 OR COALESCE(spool_oldest_s, 0) > \(unescaped: "\(AgentRecord.backlogSeconds)"))::BIGINT AS backlog,
+                   COALESCE(SUM(spool_held), 0)::BIGINT AS held,
                    (SELECT COUNT(*) FROM events)::BIGINT AS events FROM agents
             """, logger: logger)
         for try await row in rows {
             let r = row.makeRandomAccess()
             return StoreCounts(agents: Int(try r["n"].decode(Int64.self)), authorized: Int(try r["ok"].decode(Int64.self)),
                                unauthorized: Int(try r["bad"].decode(Int64.self)), stale: Int(try r["stale"].decode(Int64.self)),
-                               events: try r["events"].decode(Int64.self))
+                               events: try r["events"].decode(Int64.self), backlogged: Int(try r["backlog"].decode(Int64.self)),
+                               heldEvents: try r["held"].decode(Int64.self))
         }
         return StoreCounts()
     }

@@ -120,7 +120,8 @@ public final class SQLiteStore: CollectorStore {
             segment TEXT NOT NULL, authorized INTEGER NOT NULL, reason TEXT NOT NULL, interfaces TEXT NOT NULL,
             interval_s INTEGER NOT NULL, spool_pending INTEGER NOT NULL, spool_dropped INTEGER NOT NULL,
             first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, stale INTEGER NOT NULL DEFAULT 0,
-            heartbeats INTEGER NOT NULL DEFAULT 0, events INTEGER NOT NULL DEFAULT 0, was_stale INTEGER NOT NULL DEFAULT 0)
+            heartbeats INTEGER NOT NULL DEFAULT 0, events INTEGER NOT NULL DEFAULT 0, was_stale INTEGER NOT NULL DEFAULT 0,
+            spool_held INTEGER NOT NULL DEFAULT 0, spool_oldest_s INTEGER)
         """,
         "CREATE INDEX IF NOT EXISTS agents_group ON agents (grp)",
         """
@@ -159,6 +160,11 @@ public final class SQLiteStore: CollectorStore {
             if !columns.contains("was_stale") {
                 _ = try await connection.query("ALTER TABLE agents ADD COLUMN was_stale INTEGER NOT NULL DEFAULT 0")
             }
+            // Wire 2 (held events, oldest undelivered age).
+            if !columns.contains("spool_held") {
+                _ = try await connection.query("ALTER TABLE agents ADD COLUMN spool_held INTEGER NOT NULL DEFAULT 0")
+                _ = try await connection.query("ALTER TABLE agents ADD COLUMN spool_oldest_s INTEGER")
+            }
         }
     }
 
@@ -187,23 +193,25 @@ public final class SQLiteStore: CollectorStore {
         guard !rows.latest.isEmpty else { return [] }
         let now = time.millis
         var binds: [SQLiteData] = []
-        binds.reserveCapacity(rows.latest.count * 15)
+        binds.reserveCapacity(rows.latest.count * 17)
         for (hb, agent, interfaces, count) in rows.latest {
             binds += [.text(agent.agentID), .text(agent.group), .text(hb.hostname), .text(hb.agentVersion), .text(hb.policy.name),
                       .text(hb.policy.sha256), hb.policy.bundleVersion.map { .integer(SQLiteInt64($0)) } ?? .null, .text(hb.decision.segment),
                       .integer(hb.decision.authorized ? 1 : 0), .text(hb.decision.reason), .text(interfaces), .integer(SQLiteInt64(hb.intervalSeconds)),
-                      .integer(SQLiteInt64(hb.spool.pending)), .integer(SQLiteInt64(hb.spool.dropped)), .integer(SQLiteInt64(count))]
+                      .integer(SQLiteInt64(hb.spool.pending)), .integer(SQLiteInt64(hb.spool.dropped)), .integer(SQLiteInt64(count)),
+                      .integer(SQLiteInt64(hb.spool.held ?? 0)), hb.spool.oldestSeconds.map { .integer(SQLiteInt64($0)) } ?? .null]
         }
-        let values = Array(repeating: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \(now), \(now), 0, ?)", count: rows.latest.count).joined(separator: ", ")
+        let values = Array(repeating: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \(now), \(now), 0, ?, ?, ?)", count: rows.latest.count).joined(separator: ", ")
         let sql = """
             INSERT INTO agents (agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment,
-                authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats)
+                authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats,
+                spool_held, spool_oldest_s)
             VALUES \(values)
             ON CONFLICT (agent_id) DO UPDATE SET grp = excluded.grp, hostname = excluded.hostname, agent_version = excluded.agent_version,
                 policy_name = excluded.policy_name, policy_sha256 = excluded.policy_sha256, bundle_version = excluded.bundle_version,
                 segment = excluded.segment, authorized = excluded.authorized, reason = excluded.reason, interfaces = excluded.interfaces,
                 interval_s = excluded.interval_s, spool_pending = excluded.spool_pending, spool_dropped = excluded.spool_dropped,
-                last_seen = excluded.last_seen, was_stale = stale, stale = 0, heartbeats = heartbeats + excluded.heartbeats,
+                spool_held = excluded.spool_held, spool_oldest_s = excluded.spool_oldest_s, last_seen = excluded.last_seen, was_stale = stale, stale = 0, heartbeats = heartbeats + excluded.heartbeats,
                 events = events + stale
             RETURNING agent_id, was_stale
             """
@@ -223,6 +231,19 @@ public final class SQLiteStore: CollectorStore {
                 [.text(agent.agentID), .text(e.id), .text(agent.group), .integer(SQLiteInt64(e.seq)), .integer(SQLiteInt64(e.time.millis)),
                  .text(e.kind), .text(e.severity), .text(e.reason), .text(try ColumnJSON.encode(e.details)), .integer(SQLiteInt64(received))])
             inserted += rows.count
+            if rows.isEmpty, !ReportedEvent.reservedIDPrefixes.contains(where: { e.id.hasPrefix($0) }) {
+                // Stored before: a resend is fine, the same id with other content is not.
+                let stored = try await db.query(
+                    "SELECT seq, time, kind, severity, reason, details FROM events WHERE agent_id = ? AND event_id = ?",
+                    [.text(agent.agentID), .text(e.id)]).first
+                if let r = stored {
+                    let was = ReportedEvent(id: e.id, seq: Int64(r.column("seq")?.integer ?? 0), time: Date(millis: Int64(r.column("time")?.integer ?? 0)),
+                                            kind: r.column("kind")?.string ?? "", severity: r.column("severity")?.string ?? "",
+                                            reason: r.column("reason")?.string ?? "",
+                                            details: (try? ColumnJSON.decode([String: String].self, r.column("details")?.string ?? "{}")) ?? [:])
+                    if !was.sameContent(as: e) { throw EventIDConflict(stored: was, sent: e) }
+                }
+            }
         }
         if inserted > 0 {
             _ = try await db.query("UPDATE agents SET events = events + ? WHERE agent_id = ?", [.integer(SQLiteInt64(inserted)), .text(agent.agentID)])
@@ -238,7 +259,7 @@ public final class SQLiteStore: CollectorStore {
 
     static let agentColumns = """
         agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment, authorized, reason, interfaces,
-        interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats, events
+        interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats, events, spool_held, spool_oldest_s
         """
 
     static func agent(_ r: SQLiteRow) throws -> AgentRecord {
@@ -250,7 +271,8 @@ public final class SQLiteStore: CollectorStore {
             authorized: i("authorized") == 1, reason: s("reason"), interfaces: try ColumnJSON.decode([InterfaceSummary].self, s("interfaces")),
             intervalSeconds: Int(i("interval_s")), spoolPending: Int(i("spool_pending")), spoolDropped: Int(i("spool_dropped")),
             firstSeen: Date(millis: i("first_seen")), lastSeen: Date(millis: i("last_seen")), stale: i("stale") == 1,
-            heartbeats: i("heartbeats"), events: i("events"))
+            heartbeats: i("heartbeats"), events: i("events"), spoolHeld: Int(i("spool_held")),
+            spoolOldestSeconds: r.column("spool_oldest_s")?.integer.map { Int($0) })
     }
 
     public func agents(_ filter: AgentFilter) async throws -> [AgentRecord] {
@@ -346,11 +368,14 @@ public final class SQLiteStore: CollectorStore {
                 """
                 SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN stale = 0 AND authorized = 1 THEN 1 ELSE 0 END), 0) AS ok,
                        COALESCE(SUM(CASE WHEN stale = 0 AND authorized = 0 THEN 1 ELSE 0 END), 0) AS bad,
-                       COALESCE(SUM(stale), 0) AS stale FROM agents
+                       COALESCE(SUM(stale), 0) AS stale,
+                       COALESCE(SUM(CASE WHEN spool_held > 0 OR COALESCE(spool_oldest_s, 0) > \(AgentRecord.backlogSeconds) THEN 1 ELSE 0 END), 0) AS backlog,
+                       COALESCE(SUM(spool_held), 0) AS held FROM agents
                 """).first
             let e = try await connection.query("SELECT COUNT(*) AS n FROM events").first
             func i(_ r: SQLiteRow?, _ c: String) -> Int { Int(r?.column(c)?.integer ?? 0) }
-            return StoreCounts(agents: i(a, "n"), authorized: i(a, "ok"), unauthorized: i(a, "bad"), stale: i(a, "stale"), events: Int64(i(e, "n")))
+            return StoreCounts(agents: i(a, "n"), authorized: i(a, "ok"), unauthorized: i(a, "bad"), stale: i(a, "stale"), events: Int64(i(e, "n")),
+                               backlogged: i(a, "backlog"), heldEvents: Int64(i(a, "held")))
         }
     }
 }

@@ -38,13 +38,24 @@ public struct AgentRecord: Sendable, Equatable, Codable {
     public var stale: Bool
     public var heartbeats: Int64
     public var events: Int64
+    /// Events the agent holds because the collector refused them (a 4xx; retried later).
+    public var spoolHeld: Int = 0
+    /// Age of the agent's oldest undelivered event at its last heartbeat (nil: none, or an
+    /// agent of wire revision 1).
+    public var spoolOldestSeconds: Int?
 
     enum CodingKeys: String, CodingKey {
         case agentID = "agent_id", group, hostname, agentVersion = "agent_version", policyName = "policy_name"
         case policySHA256 = "policy_sha256", bundleVersion = "bundle_version", segment, authorized, reason, interfaces
         case intervalSeconds = "interval_s", spoolPending = "spool_pending", spoolDropped = "spool_dropped"
         case firstSeen = "first_seen", lastSeen = "last_seen", stale, heartbeats, events
+        case spoolHeld = "spool_held", spoolOldestSeconds = "spool_oldest_s"
     }
+
+    /// An agent whose events are not getting through: some refused, or the oldest
+    /// undelivered one older than an hour. The dashboard flags it.
+    public var deliveryBacklog: Bool { spoolHeld > 0 || (spoolOldestSeconds ?? 0) > Self.backlogSeconds }
+    public static let backlogSeconds = 3600
 
     /// "stale", "authorized" or "unauthorized": what the dashboard filters on.
     public var state: String { stale ? "stale" : (authorized ? "authorized" : "unauthorized") }
@@ -111,6 +122,17 @@ public struct EventFilter: Sendable, Equatable {
     }
 }
 
+/// An event sent under an id the agent already used for another event (the batch is not
+/// stored; the collector answers 409 and records an `event-id-conflict`).
+public struct EventIDConflict: Error, CustomStringConvertible, Sendable {
+    public let stored: ReportedEvent
+    public let sent: ReportedEvent
+    public var description: String {
+        "event id \(sent.id) is stored already with other content (stored: seq \(stored.seq) \(stored.kind) at \(RFC3339.format(stored.time)); "
+            + "sent: seq \(sent.seq) \(sent.kind) at \(RFC3339.format(sent.time)))"
+    }
+}
+
 /// How many events of a batch were new.
 public struct InsertResult: Sendable, Equatable {
     public var inserted: Int
@@ -128,12 +150,18 @@ public struct StoreCounts: Sendable, Equatable {
     public var unauthorized: Int
     public var stale: Int
     public var events: Int64
-    public init(agents: Int = 0, authorized: Int = 0, unauthorized: Int = 0, stale: Int = 0, events: Int64 = 0) {
+    /// Agents whose events are not getting through (`AgentRecord.deliveryBacklog`).
+    public var backlogged: Int
+    /// Events refused by the collector that agents hold (sum of their last heartbeats).
+    public var heldEvents: Int64
+    public init(agents: Int = 0, authorized: Int = 0, unauthorized: Int = 0, stale: Int = 0, events: Int64 = 0, backlogged: Int = 0, heldEvents: Int64 = 0) {
         self.agents = agents
         self.authorized = authorized
         self.unauthorized = unauthorized
         self.stale = stale
         self.events = events
+        self.backlogged = backlogged
+        self.heldEvents = heldEvents
     }
 }
 

@@ -14,7 +14,7 @@ public enum EventKinds {
         "binding-applied", "binding-failed", "binding-tampered", "gateway-refused",
         "exec-denied", "exec-would-be-denied", "exec-fail-mode", "process-killed", "process-would-be-killed",
         // the collector
-        "agent-stale", "agent-recovered", "heartbeat-interval-mismatch",
+        "agent-stale", "agent-recovered", "heartbeat-interval-mismatch", "event-id-conflict",
     ]
 
     /// The label value for a metric: the kind when known, else "other" (an agent cannot add

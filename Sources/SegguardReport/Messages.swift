@@ -7,6 +7,17 @@ import Foundation
 /// The version of the agent <-> collector API (the /api/v1 prefix).
 public let reportAPIVersion = 1
 
+/// The wire revision within /api/v1, announced by the collector in the `Segguard-Wire`
+/// response header of every agent call. 1 (no header): the first collectors, whose strict
+/// reader refuses any field it does not know. 2: messages may carry an `ext` object (members a
+/// reader does not know are ignored, never refused) and the heartbeat's `spool` carries
+/// `held` and `oldest_s`. An agent sends a revision's fields only to a collector that
+/// announced it, so agents may be upgraded before or after their collector.
+public enum ReportWire {
+    public static let version = 2
+    public static let header = "Segguard-Wire"
+}
+
 /// A heartbeat: the agent's current state, sent every `interval_s` (with jitter).
 public struct Heartbeat: Codable, StrictDecodable, Sendable, Equatable {
     /// Optional: when present it must be the id in the agent's certificate (identity comes
@@ -21,14 +32,16 @@ public struct Heartbeat: Codable, StrictDecodable, Sendable, Equatable {
     public var intervalSeconds: Int
     public var spool: SpoolSummary
     public var sentAt: Date
+    /// Wire 2: optional members a newer agent adds; a collector ignores those it does not know.
+    public var ext: [String: JSONValue]?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
         case agentID = "agent_id", hostname, agentVersion = "agent_version", policy, decision, interfaces
-        case intervalSeconds = "interval_s", spool, sentAt = "sent_at"
+        case intervalSeconds = "interval_s", spool, sentAt = "sent_at", ext
     }
     public init(reading r: inout StrictJSONReader) throws(ReportDecodingError) {
         var agentID: String?, hostname = "", agentVersion = "", policy: PolicySummary?, decision: DecisionSummary?
-        var interfaces: [InterfaceSummary] = [], intervalSeconds = 0, spool: SpoolSummary?, sentAt = Date()
+        var interfaces: [InterfaceSummary] = [], intervalSeconds = 0, spool: SpoolSummary?, sentAt = Date(), ext: [String: JSONValue]?
         let seen = try r.object { (r: inout StrictJSONReader, key: String) throws(ReportDecodingError) in
             switch key {
             case "agent_id": agentID = try r.optionalString()
@@ -40,17 +53,29 @@ public struct Heartbeat: Codable, StrictDecodable, Sendable, Equatable {
             case "interval_s": intervalSeconds = try r.int()
             case "spool": spool = try SpoolSummary(reading: &r)
             case "sent_at": sentAt = try r.date()
+            case "ext": ext = try r.extensions()
             default: throw r.unknown()
             }
         }
         try r.require(["hostname", "agent_version", "policy", "decision", "interfaces", "interval_s", "spool", "sent_at"], in: seen)
         self.init(agentID: agentID, hostname: hostname, agentVersion: agentVersion, policy: policy!, decision: decision!,
-                  interfaces: interfaces, intervalSeconds: intervalSeconds, spool: spool!, sentAt: sentAt)
+                  interfaces: interfaces, intervalSeconds: intervalSeconds, spool: spool!, sentAt: sentAt, ext: ext)
+    }
+
+    /// The heartbeat as a collector of wire revision `wire` reads it: fields of later
+    /// revisions removed (a revision-1 collector refuses any field it does not know).
+    public func forWire(_ wire: Int) -> Heartbeat {
+        guard wire < 2 else { return self }
+        var h = self
+        h.ext = nil
+        h.spool.held = nil
+        h.spool.oldestSeconds = nil
+        return h
     }
 
 
     public init(agentID: String? = nil, hostname: String, agentVersion: String, policy: PolicySummary, decision: DecisionSummary,
-                interfaces: [InterfaceSummary], intervalSeconds: Int, spool: SpoolSummary, sentAt: Date) {
+                interfaces: [InterfaceSummary], intervalSeconds: Int, spool: SpoolSummary, sentAt: Date, ext: [String: JSONValue]? = nil) {
         self.agentID = agentID
         self.hostname = hostname
         self.agentVersion = agentVersion
@@ -60,6 +85,7 @@ public struct Heartbeat: Codable, StrictDecodable, Sendable, Equatable {
         self.intervalSeconds = intervalSeconds
         self.spool = spool
         self.sentAt = sentAt
+        self.ext = ext
     }
 
     /// Field limits the collector enforces (and the agent respects).
@@ -74,6 +100,8 @@ public struct Heartbeat: Codable, StrictDecodable, Sendable, Equatable {
         if let v = policy.bundleVersion, v < 0 { throw .init("policy.bundle_version: \(v) is negative") }
         guard interfaces.count <= 64 else { throw .init("interfaces: \(interfaces.count) entries, at most 64") }
         for (i, f) in interfaces.enumerated() { try ReportValidationError.check(f.name, "interfaces[\(i)].name", max: 15) }
+        if let h = spool.held, h < 0 { throw .init("spool.held: \(h) is negative") }
+        if let o = spool.oldestSeconds, o < 0 { throw .init("spool.oldest_s: \(o) is negative") }
     }
 }
 
@@ -180,22 +208,31 @@ public struct SpoolSummary: Codable, StrictDecodable, Sendable, Equatable {
     public var pending: Int
     /// Events the overflow policy dropped since the spool was created.
     public var dropped: Int
-    enum CodingKeys: String, CodingKey, CaseIterable { case pending, dropped }
+    /// Wire 2: events the collector refused (a 4xx), kept and retried with a long backoff
+    /// (included in `pending`).
+    public var held: Int?
+    /// Wire 2: age in seconds of the oldest undelivered event (nil: none).
+    public var oldestSeconds: Int?
+    enum CodingKeys: String, CodingKey, CaseIterable { case pending, dropped, held, oldestSeconds = "oldest_s" }
     public init(reading r: inout StrictJSONReader) throws(ReportDecodingError) {
-        var pending = 0, dropped = 0
+        var pending = 0, dropped = 0, held: Int?, oldest: Int?
         let seen = try r.object { (r: inout StrictJSONReader, key: String) throws(ReportDecodingError) in
             switch key {
             case "pending": pending = try r.int()
             case "dropped": dropped = try r.int()
+            case "held": held = try r.null() ? nil : r.int()
+            case "oldest_s": oldest = try r.null() ? nil : r.int()
             default: throw r.unknown()
             }
         }
         try r.require(["pending", "dropped"], in: seen)
-        self.init(pending: pending, dropped: dropped)
+        self.init(pending: pending, dropped: dropped, held: held, oldestSeconds: oldest)
     }
-    public init(pending: Int, dropped: Int) {
+    public init(pending: Int, dropped: Int, held: Int? = nil, oldestSeconds: Int? = nil) {
         self.pending = pending
         self.dropped = dropped
+        self.held = held
+        self.oldestSeconds = oldestSeconds
     }
 }
 
@@ -213,10 +250,13 @@ public struct ReportedEvent: Codable, StrictDecodable, Sendable, Equatable {
     public var severity: String
     public var reason: String
     public var details: [String: String]
+    /// Wire 2: optional members a newer agent adds; a collector ignores those it does not know.
+    public var ext: [String: JSONValue]?
 
-    enum CodingKeys: String, CodingKey, CaseIterable { case id, seq, time, kind, severity, reason, details }
+    enum CodingKeys: String, CodingKey, CaseIterable { case id, seq, time, kind, severity, reason, details, ext }
     public init(reading r: inout StrictJSONReader) throws(ReportDecodingError) {
         var id = "", seq: Int64 = 0, time = Date(), kind = "", severity = "", reason = "", details: [String: String] = [:]
+        var ext: [String: JSONValue]?
         let seen = try r.object { (r: inout StrictJSONReader, key: String) throws(ReportDecodingError) in
             switch key {
             case "id": id = try r.string()
@@ -226,14 +266,23 @@ public struct ReportedEvent: Codable, StrictDecodable, Sendable, Equatable {
             case "severity": severity = try r.string()
             case "reason": reason = try r.string()
             case "details": details = try r.stringMap()
+            case "ext": ext = try r.extensions()
             default: throw r.unknown()
             }
         }
         try r.require(["id", "seq", "time", "kind", "severity", "reason", "details"], in: seen)
-        self.init(id: id, seq: seq, time: time, kind: kind, severity: severity, reason: reason, details: details)
+        self.init(id: id, seq: seq, time: time, kind: kind, severity: severity, reason: reason, details: details, ext: ext)
     }
 
-    public init(id: String, seq: Int64, time: Date, kind: String, severity: String, reason: String, details: [String: String] = [:]) {
+    /// Whether `other` is this event (same id) with the same content: what the collector
+    /// compares when an id arrives again (times to the millisecond, as stored; `ext` aside).
+    public func sameContent(as other: ReportedEvent) -> Bool {
+        id == other.id && seq == other.seq && kind == other.kind && severity == other.severity && reason == other.reason
+            && details == other.details && (time.timeIntervalSince1970 * 1000).rounded() == (other.time.timeIntervalSince1970 * 1000).rounded()
+    }
+
+    public init(id: String, seq: Int64, time: Date, kind: String, severity: String, reason: String, details: [String: String] = [:],
+                ext: [String: JSONValue]? = nil) {
         self.id = id
         self.seq = seq
         self.time = time
@@ -241,11 +290,12 @@ public struct ReportedEvent: Codable, StrictDecodable, Sendable, Equatable {
         self.severity = severity
         self.reason = reason
         self.details = details
+        self.ext = ext
     }
 
     public static let severities: Set<String> = ["info", "warning", "critical"]
     /// Ids of the events the collector records itself (agent-stale, agent-recovered).
-    public static let reservedIDPrefixes = ["stale-", "recovered-", "interval-"]
+    public static let reservedIDPrefixes = ["stale-", "recovered-", "interval-", "conflict-"]
 
     public func validate(at path: String) throws(ReportValidationError) {
         try ReportValidationError.check(id, "\(path).id", max: 64)
@@ -269,22 +319,32 @@ public struct EventBatch: Codable, StrictDecodable, Sendable, Equatable {
     /// Optional, as in the heartbeat: must match the certificate.
     public var agentID: String?
     public var events: [ReportedEvent]
-    enum CodingKeys: String, CodingKey, CaseIterable { case agentID = "agent_id", events }
+    /// Wire 2: optional members a newer agent adds; a collector ignores those it does not know.
+    public var ext: [String: JSONValue]?
+    enum CodingKeys: String, CodingKey, CaseIterable { case agentID = "agent_id", events, ext }
     public init(reading r: inout StrictJSONReader) throws(ReportDecodingError) {
-        var agentID: String?, events: [ReportedEvent] = []
+        var agentID: String?, events: [ReportedEvent] = [], ext: [String: JSONValue]?
         let seen = try r.object { (r: inout StrictJSONReader, key: String) throws(ReportDecodingError) in
             switch key {
             case "agent_id": agentID = try r.optionalString()
             case "events": events = try r.array { (r: inout StrictJSONReader) throws(ReportDecodingError) in try ReportedEvent(reading: &r) }
+            case "ext": ext = try r.extensions()
             default: throw r.unknown()
             }
         }
         try r.require(["events"], in: seen)
-        self.init(agentID: agentID, events: events)
+        self.init(agentID: agentID, events: events, ext: ext)
     }
-    public init(agentID: String? = nil, events: [ReportedEvent]) {
+    public init(agentID: String? = nil, events: [ReportedEvent], ext: [String: JSONValue]? = nil) {
         self.agentID = agentID
         self.events = events
+        self.ext = ext
+    }
+
+    /// The batch as a collector of wire revision `wire` reads it.
+    public func forWire(_ wire: Int) -> EventBatch {
+        guard wire < 2 else { return self }
+        return EventBatch(agentID: agentID, events: events.map { var e = $0; e.ext = nil; return e })
     }
 
     public static let maxEvents = 1000

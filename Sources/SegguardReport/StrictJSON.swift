@@ -389,3 +389,76 @@ public struct StrictJSONReader {
         return out
     }
 }
+
+/// Any JSON value: the members of a message's `ext` object, which a reader that does not know
+/// them keeps or ignores but never refuses (the wire's forward compatibility).
+public enum JSONValue: Codable, Sendable, Equatable {
+    case null
+    case bool(Bool)
+    case number(Double)
+    case string(String)
+    case array([JSONValue])
+    case object([String: JSONValue])
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if c.decodeNil() { self = .null }
+        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
+        else if let n = try? c.decode(Double.self) { self = .number(n) }
+        else if let s = try? c.decode(String.self) { self = .string(s) }
+        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
+        else { self = .object(try c.decode([String: JSONValue].self)) }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.singleValueContainer()
+        switch self {
+        case .null: try c.encodeNil()
+        case .bool(let b): try c.encode(b)
+        case .number(let n): try c.encode(n)
+        case .string(let s): try c.encode(s)
+        case .array(let a): try c.encode(a)
+        case .object(let o): try c.encode(o)
+        }
+    }
+}
+
+extension StrictJSONReader {
+    /// Nesting deeper than this in an `ext` value is refused (a stack-exhaustion guard).
+    static let maxDepth = 32
+
+    /// Any JSON value, checked as strictly as the rest of the body.
+    public mutating func value() throws(ReportDecodingError) -> JSONValue { try value(depth: 0) }
+
+    mutating func value(depth: Int) throws(ReportDecodingError) -> JSONValue {
+        guard depth < Self.maxDepth else { throw error("nested deeper than \(Self.maxDepth) levels") }
+        switch try peek() {
+        case UInt8(ascii: "{"):
+            var out: [String: JSONValue] = [:]
+            _ = try object(trackKeys: false) { (r, key) throws(ReportDecodingError) in
+                guard out.updateValue(try r.value(depth: depth + 1), forKey: key) == nil else { throw r.error("given twice") }
+            }
+            return .object(out)
+        case UInt8(ascii: "["):
+            return .array(try array { (r: inout StrictJSONReader) throws(ReportDecodingError) in try r.value(depth: depth + 1) })
+        case UInt8(ascii: "\""): return .string(try rawString())
+        case UInt8(ascii: "t"), UInt8(ascii: "f"): return .bool(try bool())
+        case UInt8(ascii: "n"):
+            try literal("null")
+            return .null
+        case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"):
+            let start = i
+            let n = try skipNumber()
+            let text = String(decoding: UnsafeBufferPointer(rebasing: bytes[start..<(start + n)]), as: UTF8.self)
+            return .number(Double(text) ?? 0)
+        default: throw syntax("unexpected character")
+        }
+    }
+
+    /// A message's `ext` object: members a reader does not know are kept, never refused.
+    public mutating func extensions() throws(ReportDecodingError) -> [String: JSONValue]? {
+        if try null() { return nil }
+        guard case .object(let o) = try value() else { throw error("expected an object") }
+        return o
+    }
+}

@@ -28,6 +28,11 @@ public struct ReporterConfiguration: Sendable {
     public var policyPublicKeyPath: String?
     /// Where the applied bundle is kept (survives restarts; rollback protection).
     public var bundleStatePath: String
+    /// How long one request may take before it counts as failed (and is retried).
+    public var requestTimeoutSeconds: Double = 20
+    /// The first wait before an event the collector refused (4xx) is offered again; it doubles
+    /// at each refusal, up to six hours. Refused events are never discarded.
+    public var heldRetrySeconds: Double = 300
 
     public init(collectorURL: String, caPath: String, certificatePath: String, keyPath: String, policyPublicKeyPath: String?, bundleStatePath: String) {
         self.collectorURL = collectorURL
@@ -76,7 +81,8 @@ struct CollectorHTTPError: Error, CustomStringConvertible {
     let status: Int
     let message: String
     var description: String { "collector answered \(status): \(message)" }
-    /// A refusal that a retry cannot fix (the request itself is wrong).
+    /// A refusal that an immediate retry cannot fix (the request itself is wrong): the event
+    /// is held and retried after a long backoff (the collector may be upgraded meanwhile).
     var isPermanent: Bool { (400..<500).contains(status) && ![401, 403, 408, 425, 429].contains(status) }
 }
 
@@ -142,6 +148,12 @@ public final class Reporter: Sendable {
     /// The ETag of a bundle refused already (reported once, not at every heartbeat).
     let refusedETag = Mutex<String?>(nil)
     let counters = Mutex<ReporterStatistics>(ReporterStatistics())
+    /// The wire revision the collector announced in its last answer (1 until it announces one).
+    let collectorWire = Mutex(1)
+    /// Events queued and events written (or failed) by the writer: a heartbeat waits until
+    /// what was queued before it is in the spool, so the collector never learns of a decision
+    /// before its event is on disk.
+    let written = Mutex<(queued: Int, done: Int, waiters: [(Int, CheckedContinuation<Void, Never>)])>((0, 0, []))
 
     struct PendingEvent: Sendable {
         var kind: String
@@ -149,6 +161,7 @@ public final class Reporter: Sendable {
         var reason: String
         var details: [String: String]
         var time: Date
+        var afterCommit: (@Sendable (String?) -> Void)?
     }
 
     public init(configuration: ReporterConfiguration, spool: Spool, rule: ReportRule, logger: Logger, applied: AppliedBundle?,
@@ -186,7 +199,8 @@ public final class Reporter: Sendable {
         }
         tls.certificateVerification = .fullVerification
         tls.minimumTLSVersion = .tlsv12
-        var http = HTTPClient.Configuration(tlsConfiguration: tls, timeout: .init(connect: .seconds(5), read: .seconds(20)))
+        let timeout = TimeAmount.milliseconds(Int64(configuration.requestTimeoutSeconds * 1000))
+        var http = HTTPClient.Configuration(tlsConfiguration: tls, timeout: .init(connect: .seconds(5), read: timeout))
         http.httpVersion = .http1Only
         client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
         (incomingStream, incoming) = AsyncStream.makeStream(of: PendingEvent.self, bufferingPolicy: .unbounded)
@@ -197,9 +211,39 @@ public final class Reporter: Sendable {
     public var appliedBundle: AppliedBundle? { applied.withLock { $0 } }
 
     /// Records an event: queued at once (never blocks the caller), written to the spool in
-    /// order, then delivered.
-    public func record(kind: String, severity: String, reason: String, details: [String: String] = [:], time: Date = Date()) {
-        incoming.yield(PendingEvent(kind: kind, severity: severity, reason: reason, details: details, time: time))
+    /// order, then delivered. `afterCommit` runs once the event is on disk (with its id,
+    /// nil when the spool refused or failed it): the agent logs there, so nothing is logged
+    /// that a kill could keep out of the spool.
+    public func record(kind: String, severity: String, reason: String, details: [String: String] = [:], time: Date = Date(),
+                       afterCommit: (@Sendable (String?) -> Void)? = nil) {
+        written.withLock { $0.queued += 1 }
+        if case .terminated = incoming.yield(PendingEvent(kind: kind, severity: severity, reason: reason, details: details, time: time, afterCommit: afterCommit)) {
+            // Stopped: the event cannot be spooled any more (logged by the caller as not spooled).
+            afterCommit?(nil)
+            wrote()
+        }
+    }
+
+    /// Returns once every event queued before the call is written (or failed).
+    func flushed() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now = written.withLock { w -> Bool in
+                if w.done >= w.queued { return true }
+                w.waiters.append((w.queued, c))
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+
+    func wrote() {
+        let ready = written.withLock { w -> [CheckedContinuation<Void, Never>] in
+            w.done += 1
+            let due = w.waiters.filter { $0.0 <= w.done }.map(\.1)
+            w.waiters.removeAll { $0.0 <= w.done }
+            return due
+        }
+        for c in ready { c.resume() }
     }
 
     /// New reporting rule (policy reload).
@@ -245,15 +289,26 @@ public final class Reporter: Sendable {
 
     func writeLoop() async {
         for await e in incomingStream {
+            var event: ReportedEvent?
             do {
-                if try await spool.append(kind: e.kind, severity: e.severity, reason: e.reason, details: e.details, time: e.time) == nil {
+                event = try await spool.append(kind: e.kind, severity: e.severity, reason: e.reason, details: e.details, time: e.time)
+                if event == nil {
                     logger.warning("event spool full: new event dropped (report.overflow: drop-newest)", metadata: ["kind": "\(e.kind)"])
                 }
             } catch {
                 logger.critical("event not spooled", metadata: ["kind": "\(e.kind)", "error": "\(error)"])
             }
+            e.afterCommit?(event?.id)
+            wrote()
             deliveryWake.signal()
         }
+        // Finished: release any heartbeat still waiting.
+        let left = written.withLock { w -> [CheckedContinuation<Void, Never>] in
+            w.done = max(w.done, w.queued)
+            defer { w.waiters = [] }
+            return w.waiters.map(\.1)
+        }
+        for c in left { c.resume() }
     }
 
     func deliveryLoop() async {
@@ -269,7 +324,9 @@ public final class Reporter: Sendable {
                 }
                 let batch = try await spool.pending(limit: r.batchSize)
                 if batch.isEmpty {
-                    await deliveryWake.wait(seconds: 30)
+                    // Nothing due: sleep until woken, or until the next held event is due.
+                    let due = try await spool.nextRetry().map { max(0.05, $0.timeIntervalSinceNow) } ?? 30
+                    await deliveryWake.wait(seconds: min(30, due))
                     continue
                 }
                 try await deliver(batch)
@@ -287,11 +344,13 @@ public final class Reporter: Sendable {
         }
     }
 
-    /// Sends a batch; a batch the collector refuses for good is split down to the event it
-    /// refuses, which is kept on disk as undeliverable (reported in the heartbeat).
+    /// Sends a batch; a batch the collector refuses (4xx) is split down to the event it
+    /// refuses, which is held on disk and offered again after a backoff (reported in every
+    /// heartbeat as `spool.held`); never discarded.
     func deliver(_ batch: [ReportedEvent]) async throws {
         do {
-            let (_, body) = try await send("POST", "/api/v1/events", body: try ReportCoding.encoder().encode(EventBatch(events: batch)))
+            let wire = collectorWire.withLock { $0 }
+            let (_, body) = try await send("POST", "/api/v1/events", body: try ReportCoding.encoder().encode(EventBatch(events: batch).forWire(wire)))
             let ack = try ReportCoding.decoder().decode(BatchAck.self, from: body)
             try await spool.remove(ids: ack.stored)
             counters.withLock {
@@ -300,8 +359,10 @@ public final class Reporter: Sendable {
             }
         } catch let e as CollectorHTTPError where e.isPermanent {
             if batch.count == 1 {
-                logger.error("collector refuses an event for good; kept in the spool as undeliverable", metadata: ["id": "\(batch[0].id)", "error": "\(e)"])
-                try await spool.markDead(id: batch[0].id)
+                let due = try await spool.hold(id: batch[0].id, error: "\(e)", baseSeconds: configuration.heldRetrySeconds)
+                counters.withLock { $0.eventsHeld += 1 }
+                logger.error("collector refuses an event; kept in the spool and offered again later", metadata: [
+                    "id": "\(batch[0].id)", "kind": "\(batch[0].kind)", "error": "\(e)", "retry_at": "\(RFC3339.format(due))"])
                 return
             }
             let half = batch.count / 2
@@ -321,12 +382,19 @@ public final class Reporter: Sendable {
     }
 
     func sendHeartbeat(intervalSeconds: Int) async {
+        // The state a heartbeat reports is never ahead of the spool: the events queued so far
+        // (a decision change among them) are on disk before the collector hears of it.
+        await flushed()
         var hb = await heartbeatSource()
         hb.intervalSeconds = intervalSeconds
-        if let s = try? await spool.summary() { hb.spool = SpoolSummary(pending: s.pending, dropped: s.dropped) }
+        if let s = try? await spool.summary() {
+            hb.spool = SpoolSummary(pending: s.pending, dropped: s.dropped, held: s.held,
+                                    oldestSeconds: s.oldest.map { max(0, Int(Date().timeIntervalSince($0))) })
+        }
         if let a = applied.withLock({ $0 }) { hb.policy.bundleVersion = a.version }
         do {
-            _ = try await send("POST", "/api/v1/heartbeat", body: try ReportCoding.encoder().encode(hb))
+            let wire = collectorWire.withLock { $0 }
+            _ = try await send("POST", "/api/v1/heartbeat", body: try ReportCoding.encoder().encode(hb.forWire(wire)))
             counters.withLock {
                 $0.heartbeatsSent += 1
                 $0.lastHeartbeatAt = Date()
@@ -388,12 +456,28 @@ public final class Reporter: Sendable {
 
     // MARK: HTTP
 
+    var requestTimeout: TimeAmount { .milliseconds(Int64(configuration.requestTimeoutSeconds * 1000)) }
+
+    /// The wire revision the collector answered with: its `Segguard-Wire` header, or 1 for a
+    /// successful answer without one (a revision-1 collector; a collector rolled back to one
+    /// is followed too). An error without the header (a proxy's 502) changes nothing.
+    func noteWire(_ status: HTTPResponseStatus, _ headers: HTTPHeaders) {
+        let announced = headers.first(name: ReportWire.header).flatMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        let code = Int(status.code)
+        guard let revision = announced ?? ((200..<300).contains(code) || code == 304 ? 1 : nil) else { return }
+        collectorWire.withLock { $0 = max(1, min(revision, ReportWire.version)) }
+    }
+
+    /// The wire revision in use with the collector (tests, status).
+    public var wireRevision: Int { collectorWire.withLock { $0 } }
+
     func send(_ method: String, _ path: String, body: Data) async throws -> (HTTPResponseStatus, Data) {
         var request = HTTPClientRequest(url: configuration.collectorURL + path)
         request.method = HTTPMethod(rawValue: method)
         request.headers.add(name: "Content-Type", value: "application/json")
         request.body = .bytes(ByteBuffer(bytes: body))
-        let response = try await client.execute(request, timeout: .seconds(20))
+        let response = try await client.execute(request, timeout: requestTimeout)
+        noteWire(response.status, response.headers)
         let data = Data((try await response.body.collect(upTo: 1 << 20)).readableBytesView)
         guard (200..<300).contains(Int(response.status.code)) else {
             let message = (try? ReportCoding.decoder().decode(ErrorReply.self, from: data))?.error ?? String(decoding: data.prefix(200), as: UTF8.self)
@@ -405,7 +489,8 @@ public final class Reporter: Sendable {
     func get(_ path: String, ifNoneMatch: String?) async throws -> (HTTPResponseStatus, Data, String?) {
         var request = HTTPClientRequest(url: configuration.collectorURL + path)
         if let ifNoneMatch { request.headers.add(name: "If-None-Match", value: ifNoneMatch) }
-        let response = try await client.execute(request, timeout: .seconds(20))
+        let response = try await client.execute(request, timeout: requestTimeout)
+        noteWire(response.status, response.headers)
         let data = Data((try await response.body.collect(upTo: 4 << 20)).readableBytesView)
         let code = Int(response.status.code)
         guard (200..<300).contains(code) || code == 304 || code == 404 else {
@@ -433,6 +518,8 @@ public struct ReporterStatistics: Sendable, Equatable {
     public var eventsDelivered = 0
     public var duplicatesAcknowledged = 0
     public var deliveryFailures = 0
+    /// Refusals (4xx) of single events, each kept in the spool and offered again later.
+    public var eventsHeld = 0
     public var bundlesApplied = 0
     public var bundlesRefused = 0
     public var lastHeartbeatAt: Date?

@@ -8,6 +8,11 @@
 // lower rank, then (drop-oldest) the oldest of its own rank; an info event finding only
 // warnings is dropped itself. So whatever a user floods in, the warnings recorded before the
 // flood reach the collector. Every drop is counted and reported (spool-overflow).
+//
+// An event the collector refuses (a 4xx: a newer field an older collector does not know, a
+// conflicting id) is never discarded: it is held (column `dead`, kept for old spools) and
+// retried after a backoff that doubles up to six hours, counted in every heartbeat with the
+// age of the oldest undelivered event, until the collector takes it.
 
 import Foundation
 import Logging
@@ -68,6 +73,19 @@ public actor Spool {
                 }
             }
             _ = try await connection.query("CREATE INDEX IF NOT EXISTS events_rank ON events (rank, seq)")
+            // Spools written before held events were retried: dead rows become held, due now.
+            for (column, type) in [("retry_at", "INTEGER NOT NULL DEFAULT 0"), ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+                                   ("time_ms", "INTEGER NOT NULL DEFAULT 0"), ("last_error", "TEXT")] where !columns.contains(column) {
+                _ = try await connection.query("ALTER TABLE events ADD COLUMN \(column) \(type)")
+            }
+            if !columns.contains("time_ms") {
+                for row in try await connection.query("SELECT seq, json FROM events") {
+                    guard let seq = row.column("seq")?.integer, let json = row.column("json")?.string,
+                        let event = try? ReportCoding.decoder().decode(ReportedEvent.self, from: Data(json.utf8))
+                    else { continue }
+                    _ = try await connection.query("UPDATE events SET time_ms = ? WHERE seq = ?", [.integer(Self.millis(event.time)), .integer(seq)])
+                }
+            }
         } catch {
             try? await connection.close()
             throw SpoolError("cannot open the event spool \(path): \(error)")
@@ -124,8 +142,8 @@ public actor Spool {
             let seq = Int64(try await meta("last_seq") + 1)
             let event = ReportedEvent(id: UUID().uuidString.lowercased(), seq: seq, time: time, kind: kind, severity: severity, reason: reason, details: details)
             let json = String(decoding: try ReportCoding.encoder().encode(event), as: UTF8.self)
-            _ = try await connection.query("INSERT INTO events (seq, id, json, rank) VALUES (?, ?, ?, ?)",
-                                            [.integer(SQLiteInt64(seq)), .text(event.id), .text(json), .integer(SQLiteInt64(rank))])
+            _ = try await connection.query("INSERT INTO events (seq, id, json, rank, time_ms) VALUES (?, ?, ?, ?, ?)",
+                                            [.integer(SQLiteInt64(seq)), .text(event.id), .text(json), .integer(SQLiteInt64(rank)), .integer(Self.millis(time))])
             _ = try await connection.query("UPDATE meta SET value = ? WHERE key = 'last_seq'", [.integer(SQLiteInt64(seq))])
             _ = try await connection.query("COMMIT")
             return event
@@ -147,10 +165,19 @@ public actor Spool {
         }
     }
 
-    /// The oldest `limit` undelivered events.
-    public func pending(limit: Int) async throws -> [ReportedEvent] {
-        let rows = try await connection.query("SELECT json FROM events WHERE dead = 0 ORDER BY seq LIMIT ?", [.integer(SQLiteInt64(limit))])
+    static func millis(_ d: Date) -> SQLiteInt64 { SQLiteInt64((d.timeIntervalSince1970 * 1000).rounded()) }
+
+    /// The oldest `limit` events to send now: never refused, or held and due for a retry.
+    public func pending(limit: Int, now: Date = Date()) async throws -> [ReportedEvent] {
+        let rows = try await connection.query("SELECT json FROM events WHERE dead = 0 OR retry_at <= ? ORDER BY seq LIMIT ?",
+                                              [.integer(Self.millis(now)), .integer(SQLiteInt64(limit))])
         return try rows.map { try ReportCoding.decoder().decode(ReportedEvent.self, from: Data(($0.column("json")?.string ?? "").utf8)) }
+    }
+
+    /// When the next held event is due (nil: none held).
+    public func nextRetry() async throws -> Date? {
+        guard let ms = try await connection.query("SELECT MIN(retry_at) AS t FROM events WHERE dead = 1").first?.column("t")?.integer else { return nil }
+        return Date(timeIntervalSince1970: Double(ms) / 1000)
     }
 
     /// Removes delivered events (acknowledged by the collector).
@@ -168,16 +195,46 @@ public actor Spool {
         }
     }
 
-    /// Keeps an event the collector refuses for good (4xx) out of the delivery queue, on disk.
-    public func markDead(id: String) async throws {
-        _ = try await connection.query("UPDATE events SET dead = 1 WHERE id = ?", [.text(id)])
+    /// Holds an event the collector refused (4xx): kept on disk, out of the queue until
+    /// `baseSeconds` × 2^(refusals − 1) (at most six hours) have passed, then tried again.
+    /// Returns when it is due.
+    @discardableResult
+    public func hold(id: String, error: String, baseSeconds: Double, now: Date = Date()) async throws -> Date {
+        try await exclusive {
+            let attempts = Int(try await connection.query("SELECT attempts FROM events WHERE id = ?", [.text(id)]).first?.column("attempts")?.integer ?? 0)
+            let delay = min(baseSeconds * pow(2, Double(min(attempts, 20))), max(baseSeconds, Self.maxHoldSeconds))
+            let due = now.addingTimeInterval(delay)
+            _ = try await connection.query("UPDATE events SET dead = 1, attempts = attempts + 1, retry_at = ?, last_error = ? WHERE id = ?",
+                                            [.integer(Self.millis(due)), .text(String(error.prefix(1000))), .text(id)])
+            return due
+        }
     }
 
-    /// Undelivered, dropped-by-overflow and refused counts.
-    public func summary() async throws -> (pending: Int, dropped: Int, dead: Int) {
-        let p = Int(try await connection.query("SELECT COUNT(*) AS n FROM events WHERE dead = 0").first?.column("n")?.integer ?? 0)
-        let d = Int(try await connection.query("SELECT COUNT(*) AS n FROM events WHERE dead = 1").first?.column("n")?.integer ?? 0)
-        return (p, try await meta("dropped"), d)
+    /// The longest a held event waits between two attempts.
+    public static let maxHoldSeconds = 6 * 3600.0
+
+    /// The spool's backlog, as every heartbeat reports it.
+    public struct Summary: Sendable, Equatable {
+        /// Undelivered events (held ones included).
+        public var pending: Int
+        /// Dropped by the overflow policy since the spool was created.
+        public var dropped: Int
+        /// Refused by the collector (4xx), kept and retried.
+        public var held: Int
+        /// When the oldest undelivered event happened (nil: none).
+        public var oldest: Date?
+        public init(pending: Int, dropped: Int, held: Int, oldest: Date?) {
+            self.pending = pending
+            self.dropped = dropped
+            self.held = held
+            self.oldest = oldest
+        }
+    }
+
+    public func summary() async throws -> Summary {
+        let row = try await connection.query("SELECT COUNT(*) AS n, COALESCE(SUM(dead), 0) AS held, MIN(time_ms) AS oldest FROM events").first
+        return Summary(pending: Int(row?.column("n")?.integer ?? 0), dropped: try await meta("dropped"), held: Int(row?.column("held")?.integer ?? 0),
+                       oldest: row?.column("oldest")?.integer.map { Date(timeIntervalSince1970: Double($0) / 1000) })
     }
 
     /// The highest sequence number ever assigned.

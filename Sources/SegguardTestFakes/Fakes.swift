@@ -483,8 +483,13 @@ public final class RecordingReporter: AgentReporting, Sendable {
     }
     private let state = Mutex<(events: [Event], heartbeatsAsked: Int, rules: [ReportRule])>(([], 0, []))
     public init() {}
-    public func record(kind: String, severity: String, reason: String, details: [String: String], time: Date) {
-        state.withLock { $0.events.append(Event(kind: kind, severity: severity, reason: reason, details: details)) }
+    public func record(kind: String, severity: String, reason: String, details: [String: String], time: Date,
+                       afterCommit: (@Sendable (String?) -> Void)?) {
+        let n = state.withLock { s -> Int in
+            s.events.append(Event(kind: kind, severity: severity, reason: reason, details: details))
+            return s.events.count
+        }
+        afterCommit?("recorded-\(n)")
     }
     public func heartbeatNow() { state.withLock { $0.heartbeatsAsked += 1 } }
     public func update(rule: ReportRule) { state.withLock { $0.rules.append(rule) } }

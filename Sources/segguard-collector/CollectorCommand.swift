@@ -49,6 +49,12 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds between stale sweeps.")
     var staleSweepSeconds: Double = 5
 
+    @Option(name: .long, help: "Open connections at most (default: the open-files limit less 128); beyond it new connections wait in the listen backlog.")
+    var maxConnections: Int?
+
+    @Option(name: .long, help: "Seconds before an idle kept-alive connection is closed (keep it above the heartbeat interval).")
+    var idleTimeout: Double = 90
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -58,6 +64,8 @@ struct CollectorCommand: AsyncParsableCommand {
         guard staleIntervals >= 1 else { throw ValidationError("--stale-intervals: at least 1") }
         guard (1...86_400).contains(heartbeatSeconds) else { throw ValidationError("--heartbeat-seconds: 1 to 86400") }
         guard staleSweepSeconds > 0 else { throw ValidationError("--stale-sweep-seconds: must be positive") }
+        if let m = maxConnections, m < 1 { throw ValidationError("--max-connections: at least 1") }
+        guard idleTimeout > 0 else { throw ValidationError("--idle-timeout: must be positive") }
         guard store.hasPrefix("sqlite:") || store.hasPrefix("postgres://") || store.hasPrefix("postgresql://") else {
             throw ValidationError("--store \(store): expected sqlite:PATH or postgres://USER@HOST:PORT/DATABASE")
         }
@@ -81,6 +89,8 @@ struct CollectorCommand: AsyncParsableCommand {
         config.staleIntervals = staleIntervals
         config.heartbeatSeconds = heartbeatSeconds
         config.staleSweepSeconds = staleSweepSeconds
+        config.maxConnections = maxConnections
+        config.idleTimeoutSeconds = idleTimeout
         do {
             if let adminTokenFile {
                 let token = try String(contentsOfFile: adminTokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
@@ -115,7 +125,8 @@ struct CollectorCommand: AsyncParsableCommand {
         let notifier = ServiceNotifier()
         let storeName = store.hasPrefix("sqlite:") ? store : "postgres"
         let app = try collector.application { bound in
-            logger.notice("collector listening", metadata: ["address": "\(host):\(bound)", "store": "\(storeName)"])
+            logger.notice("collector listening", metadata: ["address": "\(host):\(bound)", "store": "\(storeName)",
+                                                            "max_connections": "\(collector.maxConnections)", "idle_timeout_s": "\(idleTimeout)"])
             notifier.ready(status: "listening on \(host):\(bound), store \(storeName)")
         }
         try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])

@@ -15,7 +15,7 @@ import Testing
 
 /// A reporter for device `id` in `group`, spooling in `dir`.
 func makeReporter(_ c: TestCollector, id: String, group: String, dir: String, key: Curve25519.Signing.PublicKey? = nil,
-                  applied: AppliedBundle? = nil, url: String? = nil,
+                  applied: AppliedBundle? = nil, url: String? = nil, requestTimeout: Double = 20, heldRetry: Double = 300,
                   apply: @escaping Reporter.BundleApplier = { _ in }) async throws -> Reporter {
     let device = try c.pki.device(id, group: group)
     var keyPath: String?
@@ -26,8 +26,10 @@ func makeReporter(_ c: TestCollector, id: String, group: String, dir: String, ke
     let spool = try await Spool(path: dir + "/spool.sqlite")
     var logger = Logger(label: "test-reporter")
     logger.logLevel = .critical
-    let config = ReporterConfiguration(collectorURL: url ?? c.url, caPath: c.pki.directory + "/ca.pem", certificatePath: device.cert, keyPath: device.key,
+    var config = ReporterConfiguration(collectorURL: url ?? c.url, caPath: c.pki.directory + "/ca.pem", certificatePath: device.cert, keyPath: device.key,
                                        policyPublicKeyPath: keyPath, bundleStatePath: dir + "/bundle.json")
+    config.requestTimeoutSeconds = requestTimeout
+    config.heldRetrySeconds = heldRetry
     return try Reporter(configuration: config, spool: spool, rule: ReportRule(heartbeatSeconds: 1, jitter: 0, batchSize: 25, maxBackoffSeconds: 1),
                         logger: logger, applied: applied, heartbeat: { heartbeat(id) }, applyBundle: apply)
 }

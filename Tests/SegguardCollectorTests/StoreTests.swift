@@ -178,6 +178,33 @@ struct StoreTests {
         try await store.close()
     }
 
+    @Test("held events and the oldest undelivered age are stored per agent and counted; an id re-sent with other content is a conflict, nothing of its batch stored",
+          arguments: Backend.allCases)
+    func backlogAndConflicts(backend: Backend) async throws {
+        let store = try await backend.makeStore()
+        let t0 = Date()
+        var hb = heartbeat("tc-held")
+        hb.spool = SpoolSummary(pending: 4, dropped: 0, held: 2, oldestSeconds: 7200)
+        _ = try await store.recordHeartbeats([(hb, AgentIdentity(agentID: "tc-held", group: "hq")),
+                                              (heartbeat("tc-fine"), AgentIdentity(agentID: "tc-fine", group: "hq"))], at: t0)
+        let agents = Dictionary(uniqueKeysWithValues: try await store.agents(AgentFilter()).map { ($0.agentID, $0) })
+        #expect(agents["tc-held"]?.spoolHeld == 2 && agents["tc-held"]?.spoolOldestSeconds == 7200 && agents["tc-held"]?.deliveryBacklog == true)
+        #expect(agents["tc-fine"]?.spoolHeld == 0 && agents["tc-fine"]?.spoolOldestSeconds == nil && agents["tc-fine"]?.deliveryBacklog == false)
+        let counts = try await store.counts()
+        #expect(counts.backlogged == 1 && counts.heldEvents == 2)
+
+        let e = event(1, id: "9d5e0b1c-2222-4000-8000-000000000001")
+        #expect(try await store.insertEvents([e], from: hq, at: t0).inserted == 1)
+        #expect(try await store.insertEvents([e], from: hq, at: t0).duplicates == 1)  // a true resend
+        var changed = e
+        changed.severity = "info"
+        let fresh = event(2)
+        await #expect(throws: EventIDConflict.self) { try await store.insertEvents([fresh, changed], from: hq, at: t0) }
+        let stored = try await store.events(EventFilter(agentID: hq.agentID, limit: 10))
+        #expect(stored.map(\.event.id) == [e.id] && stored[0].event.severity == "warning")
+        try await store.close()
+    }
+
     @Test("one batch: an agent twice (counted twice, one row), a stale agent recovers once with one event", arguments: Backend.allCases)
     func batchWithRepeatsAndRecovery(backend: Backend) async throws {
         let store = try await backend.makeStore()

@@ -3,6 +3,7 @@
 
 import AsyncHTTPClient
 import Foundation
+import Hummingbird
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -50,7 +51,8 @@ final class TestCollector: Sendable {
 
     /// Starts a collector on `store` (a fresh SQLite store when nil).
     static func start(store: (any CollectorStore)? = nil, policyKey: PolicySigningKey? = nil, staleSweepSeconds: Double = 3600,
-                      pki: TestPKI? = nil, port: Int = 0) async throws -> TestCollector {
+                      pki: TestPKI? = nil, port: Int = 0, middleware: [any MiddlewareProtocol<Request, Response, CollectorContext>] = [],
+                      configure: (inout CollectorConfiguration) -> Void = { _ in }) async throws -> TestCollector {
         let pki = try pki ?? TestPKI()
         let backend: any CollectorStore
         if let store {
@@ -65,11 +67,12 @@ final class TestCollector: Sendable {
         config.adminTokenSHA256 = PolicySigning.sha256Hex(Data(adminToken.utf8))
         config.policyPublicKey = policyKey
         config.staleSweepSeconds = staleSweepSeconds
+        configure(&config)
         var logger = Logger(label: "test-collector")
         logger.logLevel = .critical
         let collector = Collector(store: backend, configuration: config, logger: logger)
         let (stream, continuation) = AsyncStream.makeStream(of: Int.self)
-        let app = try collector.application { port in continuation.yield(port) }
+        let app = try collector.application(middleware: middleware) { port in continuation.yield(port) }
         let task = Task { try await app.run() }
         var port = 0
         for await p in stream {
