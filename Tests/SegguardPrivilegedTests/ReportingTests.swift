@@ -134,6 +134,70 @@ struct ReportingTests {
         #expect(kinds.filter { $0 == "decision-changed" }.count >= 80)
     }
 
+    @Test("SIGKILL at random points while decisions change: every decision and enforcement event the agent logged is in its spool")
+    func killedLosesNothingLogged() async throws {
+        let ns = try TestNamespace(prefix: "sgrepk")
+        let dir = NSTemporaryDirectory() + "sg-reporting-kill-\(getpid())-\(ns.name)"
+        var agent: Child?
+        defer {
+            agent?.kill()
+            ns.destroy()
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        try FileManager.default.createDirectory(atPath: dir + "/pki", withIntermediateDirectories: true)
+        _ = try ns.ip("link", "set", "lo", "up")
+        try ns.addVeth("sgrepk0", index: 4621, peer: "sgrepk1", index: 4622)
+        let ca = try PKI.makeCA(commonName: "kill test CA")
+        try PKI.write(ca, certificatePath: dir + "/pki/ca.pem", keyPath: dir + "/pki/ca.key")
+        try PKI.write(try PKI.issueDevice(ca: ca, agentID: "tc-4621", group: "mynumber"), certificatePath: dir + "/pki/device.pem", keyPath: dir + "/pki/device.key")
+        try """
+            schema_version: 1
+            name: kill-test
+            sites: [{name: hq, wired: [{interfaces: ["sgrepk0"], link_kinds: [veth]}]}]
+            vdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}
+            report: {heartbeat_seconds: 1, jitter: 0, max_backoff_seconds: 1}
+            """.write(toFile: dir + "/policy.yaml", atomically: true, encoding: .utf8)
+        // No collector listens: every event stays in the spool, so the spool must hold every
+        // id the log names.
+        let log = dir + "/agent.log"
+        var rounds = 0, logged = Set<String>()
+        for round in 0..<8 {
+            agent = try Child(binDir.path + "/segguardd", [
+                "--policy", dir + "/policy.yaml", "--netns", ns.path, "--socket", dir + "/control.sock", "--nft-table", "sgrepkill",
+                "--baseline-file", dir + "/baseline.json", "--collector", "https://127.0.0.1:18445", "--collector-ca", dir + "/pki/ca.pem",
+                "--client-cert", dir + "/pki/device.pem", "--client-key", dir + "/pki/device.key", "--spool", dir + "/spool.sqlite",
+                "--bundle-dir", dir, "--log-level", "notice"], log: log)
+            try await Task.sleep(for: .milliseconds(400))
+            // Flap, and kill at a different moment of the flapping each round.
+            let killAfter = 3 + (round * 5) % 17
+            for i in 0..<20 {
+                _ = try ns.ip("link", "set", "sgrepk0", i % 2 == 0 ? "down" : "up")
+                if i == killAfter { break }
+                usleep(UInt32(2000 * (round + 1)))
+            }
+            agent?.kill()
+            agent = nil
+            _ = try? ns.ip("link", "set", "sgrepk0", "up")
+            rounds += 1
+        }
+        let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+        let regex = try Regex("event_id=([0-9a-f-]{36})")
+        for m in text.matches(of: regex) { if let id = m.output[1].substring { logged.insert(String(id)) } }
+        let spool = try await Spool(path: dir + "/spool.sqlite")
+        let spooled = Set(try await spool.pending(limit: 1_000_000, now: Date.distantFuture).map(\.id))
+        let lastSeq = try await spool.lastSequence()
+        try await spool.close()
+        #expect(rounds == 8)
+        #expect(logged.count >= 16, "decisions logged over 8 rounds: \(logged.count); log:\n\(text.suffix(2000))")
+        let missing = logged.subtracting(spooled)
+        #expect(missing.isEmpty, "logged but not in the spool: \(missing.sorted().prefix(10))")
+        #expect(!text.contains("event_id=not spooled"), "\(text.suffix(2000))")
+        // Every decision line names its spooled event (none is logged ahead of the spool).
+        let decisionLines = text.split(separator: "\n").filter { $0.contains("segment decision") }
+        #expect(decisionLines.count >= 16 && decisionLines.allSatisfy { $0.contains(regex) }, "\(decisionLines.prefix(5))")
+        #expect(spooled.count == Int(lastSeq), "every sequence number assigned is in the spool (no collector took any)")
+    }
+
     @Test("10,000 junk launch requests from one user while the collector is down: every earlier warning is delivered when it is back",
           .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/python3") && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv"),
                    "needs python3 and setpriv"))
