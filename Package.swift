@@ -208,7 +208,7 @@ let package = Package(
         .executableTarget(
             name: "segguard-loadgen",
             dependencies: [
-                "SegguardLoadReport", "SegguardSystem",
+                "SegguardLoadReport", "SegguardSystem", "SegguardPKI",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

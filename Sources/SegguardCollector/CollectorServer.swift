@@ -153,7 +153,7 @@ public final class Collector: Sendable {
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "segguard-collector",
                                  backlog: configuration.listenBacklog,
                                  availableConnectionsDelegate: MaximumAvailableConnections(maxConnections, logger: logger)),
-            services: [StaleSweeper(collector: self)],
+            services: [StaleSweeper(collector: self), MemoryReturner(collector: self)],
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
             logger: logger)
         return app

@@ -293,4 +293,11 @@ final class LoadConnection: ChannelInboundHandler {
     }
 }
 
-CollectorLoad.main()
+// `segguard-loadgen fleet ...`: the open-loop fleet (FleetLoad.swift); otherwise the closed loop.
+if CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "fleet" {
+    FleetLoad.main(Array(CommandLine.arguments.dropFirst(2)))
+} else if CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "make-pki" {
+    MakeFleetPKI.main(Array(CommandLine.arguments.dropFirst(2)))
+} else {
+    CollectorLoad.main()
+}
