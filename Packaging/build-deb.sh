@@ -79,6 +79,10 @@ cpkg="$root/segment-guard-collector"
 install -d -m 0755 "$cpkg/DEBIAN" "$cpkg/usr/bin" "$cpkg/lib/systemd/system" "$cpkg/usr/share/doc/segment-guard-collector"
 install -m 0755 -s "$bin/segguard-collector" "$cpkg/usr/bin/segguard-collector"
 install -m 0644 Packaging/segguard-collector.service "$cpkg/lib/systemd/system/"
+# Prometheus alert rules (with their promtool unit tests) and a Grafana dashboard.
+install -d -m 0755 "$cpkg/usr/share/segment-guard-collector/monitoring"
+install -m 0644 Packaging/monitoring/segguard-alerts.yml Packaging/monitoring/segguard-alerts.test.yml \
+    Packaging/monitoring/segguard-grafana-dashboard.json "$cpkg/usr/share/segment-guard-collector/monitoring/"
 install -m 0644 docs/admin-guide.md docs/architecture.md docs/threat-model.md "$cpkg/usr/share/doc/segment-guard-collector/"
 doc segment-guard-collector "$cpkg/usr/share/doc/segment-guard-collector" collector
 for s in postinst prerm postrm; do install -m 0755 "Packaging/debian/collector.$s" "$cpkg/DEBIAN/$s"; done

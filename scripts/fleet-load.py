@@ -174,7 +174,7 @@ def main():
         for k, gen in enumerate(gens):
             for line in (gen.stdout.read() or "").splitlines():
                 print(f"  loadgen {k}: " + line)
-        time.sleep(5)
+        time.sleep(20)  # the collector looks at its connection count every 15 s
         after = proc_stats(collector.pid)
     finally:
         for gen in gens:

@@ -14,6 +14,7 @@ packages=(
     debootstrap systemd-container                    # Packaging/test-install-boot.sh: a Debian root booted under systemd-nspawn
     lintian binutils                                 # the install test lints both packages; build-deb.sh reads the binaries' glibc needs
     postgresql                                       # the collector's PostgreSQL store tests (a throwaway server on 127.0.0.1)
+    prometheus                                       # promtool: the shipped alert rules are checked and unit-tested
     chromium                                         # the dashboard test loads the page in headless Chromium
     curl                                             # README demo and the install test talk to the collector
 )
