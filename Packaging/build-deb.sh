@@ -83,7 +83,7 @@ install -m 0644 Packaging/segguard-collector.service "$cpkg/lib/systemd/system/"
 install -d -m 0755 "$cpkg/usr/share/segment-guard-collector/monitoring"
 install -m 0644 Packaging/monitoring/segguard-alerts.yml Packaging/monitoring/segguard-alerts.test.yml \
     Packaging/monitoring/segguard-grafana-dashboard.json "$cpkg/usr/share/segment-guard-collector/monitoring/"
-install -m 0644 docs/admin-guide.md docs/architecture.md docs/threat-model.md "$cpkg/usr/share/doc/segment-guard-collector/"
+install -m 0644 docs/admin-guide.md docs/architecture.md docs/threat-model.md docs/guideline-evidence.md "$cpkg/usr/share/doc/segment-guard-collector/"
 doc segment-guard-collector "$cpkg/usr/share/doc/segment-guard-collector" collector
 for s in postinst prerm postrm; do install -m 0755 "Packaging/debian/collector.$s" "$cpkg/DEBIAN/$s"; done
 md5sums "$cpkg"

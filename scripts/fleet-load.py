@@ -46,6 +46,11 @@ def proc_stats(pid):
         return None
 
 
+def machine_busy():
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(f) - f[3] - f[4], sum(f)  # busy, total jiffies
+
+
 def wait_port(port, seconds=30):
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -128,6 +133,7 @@ def main():
         gens.append(p)
     loaded = set()
     connected = {}
+    all_connected_t = None
     started = None
     samples = []  # (t, rss KB, cpu s, fds)
     restart_t = None
@@ -152,6 +158,8 @@ def main():
                     m = re.search(r"t=(\d+)s connected=(\d+)", line)
                     if m:
                         connected[k] = int(m.group(2))
+                        if all_connected_t is None and restart_t is None and sum(connected.values()) >= a.agents:
+                            all_connected_t = time.time() - started
                         if restart_t is not None and connected_back_t is None and sum(connected.values()) >= a.agents:
                             connected_back_t = time.time() - started
             if started is None:
@@ -160,7 +168,7 @@ def main():
             st = proc_stats(collector.pid)
             if st:
                 peak = max(peak, st[1])
-                samples.append((t, st[0], st[2] - cpu_base + cpu_offset, st[3]))
+                samples.append((t, st[0], st[2] - cpu_base + cpu_offset, st[3], machine_busy()))
             if a.storm_at and restart_t is None and t >= a.storm_at:
                 cpu_offset = samples[-1][2] if samples else 0
                 restart_t = time.time() - started
@@ -211,7 +219,10 @@ def main():
     print()
     print(f"collector capacity: {a.agents} agents, heartbeats every {a.interval:g} s ± 10 %, one keep-alive mTLS connection each, "
           f"{os.cpu_count()} CPUs shared with {len(gens)} load generator processes; collector open-files limit {nofile} (the unit's: {unit})")
-    ramp = max(a.ramp, a.interval)
+    # Steady: once every agent has connected (its handshake queue drained) and 5 s more.
+    ramp = max(a.ramp, a.interval, (all_connected_t or 0) + 5)
+    if all_connected_t:
+        print(f"  all {a.agents} agents connected {all_connected_t:.0f} s in (first heartbeats spread over {a.ramp or a.interval:g} s)")
     window(0, ramp, "ramp (agents connecting)")
     p99, errors = window(ramp, steady_end, "steady")
     if restart_t:
@@ -225,9 +236,22 @@ def main():
         print(f"  collector RSS: idle {idle[0] / 1024:.0f} MB, steady {rss / 1024:.0f} MB "
               f"({(rss - idle[0]) / max(1, a.agents):.1f} KB per agent connection), peak {peak / 1024:.0f} MB; "
               f"after the agents left: {after[0] / 1024 if after else float('nan'):.0f} MB")
-        print(f"  collector CPU in the steady window: {cpu * 100:.0f} % of a core; open descriptors at most {max(s[3] for s in samples)}")
+        busy = (steady[-1][4][0] - steady[0][4][0]) / max(1, steady[-1][4][1] - steady[0][4][1])
+        print(f"  collector CPU in the steady window: {cpu * 100:.0f} % of a core; the machine {busy * 100:.0f} % busy (collector + load generators); "
+              f"open descriptors at most {max(s[3] for s in samples)}")
     print(f"  collector exit status during the run: {'running (no crash)' if crashed is None else crashed}")
     print(f"  verdict: p99 {p99:.1f} ms (goal <= 100), errors in the steady window {errors} (goal 0)")
+    # Where the slow answers come from: per second of sending, in the steady window.
+    slow = {}
+    for t, lat, status, _ in rows:
+        sent = int(t - lat / 1000)
+        if ramp <= sent < steady_end and lat > 100:
+            n, worst = slow.get(sent, (0, 0))
+            slow[sent] = (n + 1, max(worst, lat))
+    if slow:
+        top = sorted(slow.items(), key=lambda kv: -kv[1][0])[:8]
+        print("  seconds with most answers > 100 ms (sent at t: count, worst ms): "
+              + ", ".join(f"{t}s: {n}, {w:.0f}" for t, (n, w) in sorted(top)))
     if os.environ.get("SG_FLEET_KEEP"):
         print("kept: " + work)
     else:

@@ -22,6 +22,7 @@ public final class CollectorMetrics: Sendable {
     let backloggedAgents: Gauge
     let heldEvents: Gauge
     let idConflicts: Counter
+    let prunedEvents: Counter
 
     init() {
         rejectedBodies = registry.makeCounter(descriptor: Self.name("segguard_collector_rejected_bodies_total", "Request bodies refused (malformed, unknown fields, too large)."))
@@ -38,6 +39,7 @@ public final class CollectorMetrics: Sendable {
         backloggedAgents = registry.makeGauge(descriptor: Self.name("segguard_agents_delivery_backlog",
             "Agents whose events are not getting through: some refused by the collector, or the oldest undelivered older than an hour."))
         heldEvents = registry.makeGauge(descriptor: Self.name("segguard_agent_events_held", "Events agents hold because the collector refused them (sum of the last heartbeats)."))
+        prunedEvents = registry.makeCounter(descriptor: Self.name("segguard_collector_events_pruned_total", "Events deleted past the retention (--retention-days)."))
         idConflicts = registry.makeCounter(descriptor: Self.name("segguard_collector_event_id_conflicts_total",
             "Events sent again under a stored id with other content (answered 409, recorded as event-id-conflict)."))
     }
@@ -88,6 +90,7 @@ public final class CollectorMetrics: Sendable {
     func markedStale(_ n: Int) { staleTransitions.increment(by: Int64(n)) }
     func intervalClamped() { clampedIntervals.increment() }
     func idConflict() { idConflicts.increment() }
+    func pruned(_ n: Int) { prunedEvents.increment(by: Int64(n)) }
 
     /// The text exposition, with the fleet gauges set from `counts`.
     func render(counts: StoreCounts) -> String {

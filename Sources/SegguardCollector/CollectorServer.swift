@@ -9,6 +9,7 @@
 //   PUT  /api/v1/admin/policy/:group admin   push a signed bundle (201; 409 when not newer)
 //   GET  /api/v1/admin/agents       admin    agents (JSON; ?group= &state=)
 //   GET  /api/v1/admin/events       admin    latest events (JSON; ?group= &agent= &limit=)
+//   GET  /api/v1/admin/export/events admin   evidence export of a time range, CSV or JSON, streamed
 //   GET  /                          -        dashboard (?group= &state=)
 //   GET  /metrics                   -        Prometheus text format
 //   GET  /healthz                   -        store reachable
@@ -27,6 +28,7 @@ import NIOSSL
 import SegguardPKI
 import SegguardPolicy
 import SegguardReport
+import ServiceLifecycle
 import Synchronization
 
 /// The request context: the channel, to read the client certificate of the TLS connection.
@@ -72,6 +74,8 @@ public struct CollectorConfiguration: Sendable {
     /// Pending connections the kernel queues while the cap is reached (also capped by
     /// net.core.somaxconn).
     public var listenBacklog = 4096
+    /// Events received more than this many days ago are deleted (hourly); nil keeps them all.
+    public var retentionDays: Int?
 
     public init(certificatePath: String, keyPath: String, clientCAPath: String) {
         self.certificatePath = certificatePath
@@ -153,7 +157,8 @@ public final class Collector: Sendable {
             configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "segguard-collector",
                                  backlog: configuration.listenBacklog,
                                  availableConnectionsDelegate: MaximumAvailableConnections(maxConnections, logger: logger)),
-            services: [StaleSweeper(collector: self), MemoryReturner(collector: self)],
+            services: ([StaleSweeper(collector: self), MemoryReturner(collector: self)] as [any Service])
+                + (configuration.retentionDays.map { [RetentionPruner(collector: self, days: $0)] as [any Service] } ?? []),
             onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
             logger: logger)
         return app
@@ -183,6 +188,7 @@ public final class Collector: Sendable {
                 return try Self.json(.ok, try await self.store.events(EventFilter(agentID: q.get("agent"), group: q.get("group"), limit: limit)))
             }
         }
+        router.get("/api/v1/admin/export/events") { request, _ in await self.guarded { try await self.exportEvents(request) } }
         router.get("/") { request, _ in await self.guarded { try await self.dashboard(request) } }
         router.get("/metrics") { _, _ in await self.guarded { try await self.metricsPage() } }
         router.get("/healthz") { _, _ in

@@ -152,6 +152,7 @@ public final class PostgresStore: CollectorStore {
                 PRIMARY KEY (agent_id, event_id))
             """,
             "CREATE INDEX IF NOT EXISTS events_received ON events (received)",
+            "CREATE INDEX IF NOT EXISTS events_time ON events (time, agent_id, event_id)",
             """
             CREATE TABLE IF NOT EXISTS bundles (
                 grp TEXT PRIMARY KEY, version BIGINT NOT NULL, policy_sha256 TEXT NOT NULL, bundle TEXT NOT NULL,
@@ -343,6 +344,37 @@ public final class PostgresStore: CollectorStore {
                 pushedAt: Date(millis: try r["pushed_at"].decode(Int64.self)), pushedBy: try r["pushed_by"].decode(String.self))
         }
         return nil
+    }
+
+    public func exportEvents(_ range: ExportRange, after cursor: ExportCursor?, limit: Int) async throws -> [StoredEvent] {
+        let c = cursor
+        let rows = try await client.query(
+            """
+            SELECT agent_id, event_id, grp, seq, time, kind, severity, reason, details, received FROM events
+            WHERE time >= \(range.from.millis) AND time < \(range.to.millis)
+              AND (\(range.group)::text IS NULL OR grp = \(range.group)) AND (\(range.agentID)::text IS NULL OR agent_id = \(range.agentID))
+              AND (\(c?.timeMillis)::bigint IS NULL OR (time, agent_id, event_id) > (\(c?.timeMillis)::bigint, \(c?.agentID)::text, \(c?.eventID)::text))
+            ORDER BY time, agent_id, event_id LIMIT \(Int64(max(1, limit)))
+            """, logger: logger)
+        var out: [StoredEvent] = []
+        for try await row in rows {
+            let r = row.makeRandomAccess()
+            out.append(StoredEvent(
+                agentID: try r["agent_id"].decode(String.self), group: try r["grp"].decode(String.self),
+                event: ReportedEvent(id: try r["event_id"].decode(String.self), seq: try r["seq"].decode(Int64.self),
+                                     time: Date(millis: try r["time"].decode(Int64.self)), kind: try r["kind"].decode(String.self),
+                                     severity: try r["severity"].decode(String.self), reason: try r["reason"].decode(String.self),
+                                     details: try ColumnJSON.decode([String: String].self, try r["details"].decode(String.self))),
+                receivedAt: Date(millis: try r["received"].decode(Int64.self))))
+        }
+        return out
+    }
+
+    public func pruneEvents(receivedBefore date: Date) async throws -> Int {
+        let rows = try await client.query("DELETE FROM events WHERE received < \(date.millis) RETURNING 1", logger: logger)
+        var n = 0
+        for try await _ in rows { n += 1 }
+        return n
     }
 
     public func counts() async throws -> StoreCounts {

@@ -131,6 +131,8 @@ public final class SQLiteStore: CollectorStore {
             PRIMARY KEY (agent_id, event_id))
         """,
         "CREATE INDEX IF NOT EXISTS events_received ON events (received)",
+        // The evidence export reads by event time.
+        "CREATE INDEX IF NOT EXISTS events_time ON events (time, agent_id, event_id)",
         // An agent that heartbeats again after being stale gets its agent-recovered event in
         // the heartbeat's own statement (the event counter is bumped by the upsert). Not
         // `INSERT OR IGNORE`: inside the DO UPDATE of an upsert SQLite runs triggers with the
@@ -313,6 +315,42 @@ public final class SQLiteStore: CollectorStore {
                                          reason: s("reason"), details: try ColumnJSON.decode([String: String].self, s("details"))),
                     receivedAt: Date(millis: i("received")))
             }
+        }
+    }
+
+    static func storedEvent(_ r: SQLiteRow) throws -> StoredEvent {
+        func s(_ c: String) -> String { r.column(c)?.string ?? "" }
+        func i(_ c: String) -> Int64 { Int64(r.column(c)?.integer ?? 0) }
+        return StoredEvent(
+            agentID: s("agent_id"), group: s("grp"),
+            event: ReportedEvent(id: s("event_id"), seq: i("seq"), time: Date(millis: i("time")), kind: s("kind"), severity: s("severity"),
+                                 reason: s("reason"), details: try ColumnJSON.decode([String: String].self, s("details"))),
+            receivedAt: Date(millis: i("received")))
+    }
+
+    public func exportEvents(_ range: ExportRange, after cursor: ExportCursor?, limit: Int) async throws -> [StoredEvent] {
+        var conditions = ["time >= ?", "time < ?"]
+        var binds: [SQLiteData] = [.integer(SQLiteInt64(range.from.millis)), .integer(SQLiteInt64(range.to.millis))]
+        if let g = range.group { conditions.append("grp = ?"); binds.append(.text(g)) }
+        if let a = range.agentID { conditions.append("agent_id = ?"); binds.append(.text(a)) }
+        if let c = cursor {
+            conditions.append("(time, agent_id, event_id) > (?, ?, ?)")
+            binds += [.integer(SQLiteInt64(c.timeMillis)), .text(c.agentID), .text(c.eventID)]
+        }
+        binds.append(.integer(SQLiteInt64(max(1, limit))))
+        let sql = """
+            SELECT agent_id, event_id, grp, seq, time, kind, severity, reason, details, received FROM events
+            WHERE \(conditions.joined(separator: " AND ")) ORDER BY time, agent_id, event_id LIMIT ?
+            """
+        let values = binds
+        return try await serial.run { [connection] in try await connection.query(sql, values).map(Self.storedEvent) }
+    }
+
+    public func pruneEvents(receivedBefore date: Date) async throws -> Int {
+        let cutoff = date.millis
+        return try await transaction { db in
+            let n = try await db.query("DELETE FROM events WHERE received < ? RETURNING 1", [.integer(SQLiteInt64(cutoff))]).count
+            return n
         }
     }
 

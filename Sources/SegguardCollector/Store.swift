@@ -133,6 +133,34 @@ public struct EventIDConflict: Error, CustomStringConvertible, Sendable {
     }
 }
 
+/// Events of a time range (the agents' event times, `from` included, `to` excluded), for the
+/// evidence export.
+public struct ExportRange: Sendable, Equatable {
+    public var from: Date
+    public var to: Date
+    public var group: String?
+    public var agentID: String?
+    public init(from: Date, to: Date, group: String? = nil, agentID: String? = nil) {
+        self.from = from
+        self.to = to
+        self.group = group
+        self.agentID = agentID
+    }
+}
+
+/// Where an export page ended: the next page starts after this event (keyset pagination, so
+/// an export of any size reads the store in bounded pages, in a stable order).
+public struct ExportCursor: Sendable, Equatable {
+    public var timeMillis: Int64
+    public var agentID: String
+    public var eventID: String
+    public init(after e: StoredEvent) {
+        timeMillis = e.event.time.millis
+        agentID = e.agentID
+        eventID = e.event.id
+    }
+}
+
 /// How many events of a batch were new.
 public struct InsertResult: Sendable, Equatable {
     public var inserted: Int
@@ -192,6 +220,10 @@ public protocol CollectorStore: Sendable {
     func putBundle(_ bundle: StoredBundle) async throws -> PutBundleResult
     func bundle(group: String) async throws -> StoredBundle?
     func counts() async throws -> StoreCounts
+    /// One page of an export: events in `range`, ordered by (time, agent, id), after `cursor`.
+    func exportEvents(_ range: ExportRange, after cursor: ExportCursor?, limit: Int) async throws -> [StoredEvent]
+    /// Deletes events the collector received before `date` (retention); returns how many.
+    func pruneEvents(receivedBefore date: Date) async throws -> Int
     func close() async throws
 }
 

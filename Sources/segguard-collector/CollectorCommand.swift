@@ -55,6 +55,9 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds before an idle kept-alive connection is closed (keep it above the heartbeat interval).")
     var idleTimeout: Double = 90
 
+    @Option(name: .long, help: "Delete events received more than this many days ago (checked hourly); default: keep every event.")
+    var retentionDays: Int?
+
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -66,6 +69,7 @@ struct CollectorCommand: AsyncParsableCommand {
         guard staleSweepSeconds > 0 else { throw ValidationError("--stale-sweep-seconds: must be positive") }
         if let m = maxConnections, m < 1 { throw ValidationError("--max-connections: at least 1") }
         guard idleTimeout > 0 else { throw ValidationError("--idle-timeout: must be positive") }
+        if let d = retentionDays, d < 1 { throw ValidationError("--retention-days: at least 1 (leave it out to keep every event)") }
         guard store.hasPrefix("sqlite:") || store.hasPrefix("postgres://") || store.hasPrefix("postgresql://") else {
             throw ValidationError("--store \(store): expected sqlite:PATH or postgres://USER@HOST:PORT/DATABASE")
         }
@@ -91,6 +95,7 @@ struct CollectorCommand: AsyncParsableCommand {
         config.staleSweepSeconds = staleSweepSeconds
         config.maxConnections = maxConnections
         config.idleTimeoutSeconds = idleTimeout
+        config.retentionDays = retentionDays
         do {
             if let adminTokenFile {
                 let token = try String(contentsOfFile: adminTokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
