@@ -119,6 +119,7 @@ let package = Package(
             dependencies: [
                 "SegguardReport", "SegguardPKI", "SegguardPolicy",
                 .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
                 .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "NIOHTTPTypes", package: "swift-nio-extras"),
@@ -233,6 +234,9 @@ let package = Package(
             dependencies: [
                 "SegguardCollector", "SegguardReport", "SegguardReporter", "SegguardPKI", "SegguardPolicy", "SegguardTestSupport", "SegguardSystem",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HTTPTypes", package: "swift-http-types"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
