@@ -23,6 +23,7 @@ public final class CollectorMetrics: Sendable {
     let heldEvents: Gauge
     let idConflicts: Counter
     let prunedEvents: Counter
+    let authFailures: Counter
 
     init() {
         rejectedBodies = registry.makeCounter(descriptor: Self.name("segguard_collector_rejected_bodies_total", "Request bodies refused (malformed, unknown fields, too large)."))
@@ -39,6 +40,7 @@ public final class CollectorMetrics: Sendable {
         backloggedAgents = registry.makeGauge(descriptor: Self.name("segguard_agents_delivery_backlog",
             "Agents whose events are not getting through: some refused by the collector, or the oldest undelivered older than an hour."))
         heldEvents = registry.makeGauge(descriptor: Self.name("segguard_agent_events_held", "Events agents hold because the collector refused them (sum of the last heartbeats)."))
+        authFailures = registry.makeCounter(descriptor: Self.name("segguard_collector_auth_failures_total", "Operator or admin-token authentications refused."))
         prunedEvents = registry.makeCounter(descriptor: Self.name("segguard_collector_events_pruned_total", "Events deleted past the retention (--retention-days)."))
         idConflicts = registry.makeCounter(descriptor: Self.name("segguard_collector_event_id_conflicts_total",
             "Events sent again under a stored id with other content (answered 409, recorded as event-id-conflict)."))
@@ -91,6 +93,7 @@ public final class CollectorMetrics: Sendable {
     func intervalClamped() { clampedIntervals.increment() }
     func idConflict() { idConflicts.increment() }
     func pruned(_ n: Int) { prunedEvents.increment(by: Int64(n)) }
+    func authFailure() { authFailures.increment() }
 
     /// The text exposition, with the fleet gauges set from `counts`.
     func render(counts: StoreCounts) -> String {

@@ -76,6 +76,13 @@ public struct CollectorConfiguration: Sendable {
     public var listenBacklog = 4096
     /// Events received more than this many days ago are deleted (hourly); nil keeps them all.
     public var retentionDays: Int?
+    /// Named operators (`--operators-file`): when set, the dashboard, /metrics, the admin API
+    /// and the export need an operator's password (HTTP Basic) or the admin token.
+    public var operators: OperatorAccounts?
+    /// The management listener (`--admin-listen`): when set, the dashboard, /metrics, the admin
+    /// API and the export are served there only; the agents' listener answers them 404.
+    public var adminHost: String?
+    public var adminPort: Int?
 
     public init(certificatePath: String, keyPath: String, clientCAPath: String) {
         self.certificatePath = certificatePath
@@ -145,12 +152,19 @@ public final class Collector: Sendable {
     /// The connection cap in force.
     public var maxConnections: Int { configuration.maxConnections ?? Self.defaultMaxConnections() }
 
-    /// The Hummingbird application (TLS). `onRunning` gets the bound port (tests use port 0).
-    /// `middleware` wraps every route, outermost first (tests put fault injection there).
+    /// Which routes a listener serves.
+    enum Routes { case agents, operators, all }
+
+    /// Whether the operators' routes have a listener of their own.
+    var separateAdminListener: Bool { configuration.adminPort != nil }
+
+    /// The agents' listener (TLS; with every route unless `--admin-listen` is set), with the
+    /// periodic jobs. `onRunning` gets the bound port (tests use port 0). `middleware` wraps
+    /// every route, outermost first (tests put fault injection there).
     public func application(middleware: [any MiddlewareProtocol<Request, Response, CollectorContext>] = [],
                             onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) throws -> some ApplicationProtocol {
         let app = Application(
-            router: router(middleware: middleware),
+            router: router(middleware: middleware, routes: separateAdminListener ? .agents : .all),
             server: try .tls(.http1(configuration: .init(additionalChannelHandlers: [ClientIdentityHandler(collector: self)],
                                                          idleTimeout: .milliseconds(Int64(configuration.idleTimeoutSeconds * 1000)))),
                              tlsConfiguration: configuration.tlsConfiguration()),
@@ -164,14 +178,49 @@ public final class Collector: Sendable {
         return app
     }
 
-    func router(middleware: [any MiddlewareProtocol<Request, Response, CollectorContext>] = []) -> Router<CollectorContext> {
+    /// The management listener (`--admin-listen`): the dashboard, /metrics, the admin API and
+    /// the export, over TLS with the collector's certificate; no client certificate asked.
+    public func adminApplication(onRunning: @escaping @Sendable (Int) async -> Void = { _ in }) throws -> some ApplicationProtocol {
+        guard let port = configuration.adminPort else { throw CollectorError("no --admin-listen configured") }
+        var tls = try configuration.tlsConfiguration()
+        tls.certificateVerification = .none
+        return Application(
+            router: router(routes: .operators),
+            server: try .tls(.http1(configuration: .init(idleTimeout: .seconds(60))), tlsConfiguration: tls),
+            configuration: .init(address: .hostname(configuration.adminHost ?? "127.0.0.1", port: port), serverName: "segguard-collector"),
+            onServerRunning: { channel in await onRunning(channel.localAddress?.port ?? 0) },
+            logger: logger)
+    }
+
+    func router(middleware: [any MiddlewareProtocol<Request, Response, CollectorContext>] = [], routes: Routes = .all) -> Router<CollectorContext> {
         let router = Router(context: CollectorContext.self)
         // Middleware applies to the routes added after it; the first added is the outermost.
         for m in middleware { router.add(middleware: m) }
         router.add(middleware: WireRevisionMiddleware())
-        router.post("/api/v1/heartbeat") { request, context in await self.guarded { try await self.heartbeat(request, context) } }
-        router.post("/api/v1/events") { request, context in await self.guarded { try await self.events(request, context) } }
-        router.get("/api/v1/policy") { request, context in await self.guarded { try await self.policy(request, context) } }
+        router.get("/healthz") { _, _ in
+            await self.guarded {
+                _ = try await self.store.counts()
+                return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "ok\n")))
+            }
+        }
+        if routes != .operators {
+            router.post("/api/v1/heartbeat") { request, context in await self.guarded { try await self.heartbeat(request, context) } }
+            router.post("/api/v1/events") { request, context in await self.guarded { try await self.events(request, context) } }
+            router.get("/api/v1/policy") { request, context in await self.guarded { try await self.policy(request, context) } }
+            router.post("/api/v1/noop") { _, _ in Response(status: .noContent) }
+        }
+        if routes == .agents {
+            // Operators' pages live on the management listener: say where, show nothing.
+            for path in ["/", "/metrics", "/api/v1/admin/agents", "/api/v1/admin/events", "/api/v1/admin/export/events"] {
+                router.get(RouterPath(stringLiteral: path)) { _, _ in
+                    (try? Self.json(.notFound, ErrorReply(error: "served on the collector's management listener (--admin-listen), not here"))) ?? Response(status: .notFound)
+                }
+            }
+            router.put("/api/v1/admin/policy/:group") { _, _ in
+                (try? Self.json(.notFound, ErrorReply(error: "served on the collector's management listener (--admin-listen), not here"))) ?? Response(status: .notFound)
+            }
+            return router
+        }
         router.put("/api/v1/admin/policy/:group") { request, context in await self.guarded { try await self.pushPolicy(request, context) } }
         router.get("/api/v1/admin/agents") { request, _ in
             await self.guarded {
@@ -189,15 +238,18 @@ public final class Collector: Sendable {
             }
         }
         router.get("/api/v1/admin/export/events") { request, _ in await self.guarded { try await self.exportEvents(request) } }
-        router.get("/") { request, _ in await self.guarded { try await self.dashboard(request) } }
-        router.get("/metrics") { _, _ in await self.guarded { try await self.metricsPage() } }
-        router.get("/healthz") { _, _ in
+        router.get("/") { request, _ in
             await self.guarded {
-                _ = try await self.store.counts()
-                return Response(status: .ok, headers: [.contentType: "text/plain"], body: .init(byteBuffer: ByteBuffer(string: "ok\n")))
+                try self.requireViewer(request)
+                return try await self.dashboard(request)
             }
         }
-        router.post("/api/v1/noop") { _, _ in Response(status: .noContent) }
+        router.get("/metrics") { request, _ in
+            await self.guarded {
+                try self.requireViewer(request)
+                return try await self.metricsPage()
+            }
+        }
         return router
     }
 
@@ -241,10 +293,12 @@ public final class Collector: Sendable {
         logger.warning("agent claims a longer heartbeat interval than its group's; held to the group's",
                        metadata: ["agent": "\(agent.agentID)", "group": "\(agent.group)", "claimed_s": "\(claimed)", "expected_s": "\(expected)"])
         let now = Date()
-        _ = try await store.insertEvents([ReportedEvent(
+        let event = ReportedEvent(
             id: "interval-\(claimed)-\(expected)", seq: 0, time: now, kind: "heartbeat-interval-mismatch", severity: "warning",
             reason: "the agent claims a heartbeat interval of \(claimed) s; its group's policy sets \(expected) s: it is held to \(expected) s for stale detection",
-            details: ["claimed_s": "\(claimed)", "expected_s": "\(expected)", "source": "collector"])], from: agent, at: now)
+            details: ["claimed_s": "\(claimed)", "expected_s": "\(expected)", "source": "collector"])
+        let r = try await store.insertEvents([event], from: agent, at: now)
+        metrics.events(agent, [event], inserted: r.inserted, duplicates: r.duplicates)
         intervalMismatches.withLock { $0[agent] = [claimed, expected] }  // after the write: a failed one is tried again
     }
 
@@ -271,11 +325,13 @@ public final class Collector: Sendable {
         logger.warning("agent sent an event id again with other content", metadata: [
             "agent": "\(agent.agentID)", "group": "\(agent.group)", "event_id": "\(conflict.sent.id)", "conflict": "\(conflict)"])
         let now = Date()
-        _ = try await store.insertEvents([ReportedEvent(
+        let event = ReportedEvent(
             id: "conflict-\(conflict.sent.id)", seq: 0, time: now, kind: "event-id-conflict", severity: "critical",
             reason: "\(conflict): the stored event stands, the new one was refused (409)",
             details: ["event_id": conflict.sent.id, "stored_kind": conflict.stored.kind, "sent_kind": conflict.sent.kind,
-                      "stored_seq": "\(conflict.stored.seq)", "sent_seq": "\(conflict.sent.seq)", "source": "collector"])], from: agent, at: now)
+                      "stored_seq": "\(conflict.stored.seq)", "sent_seq": "\(conflict.sent.seq)", "source": "collector"])
+        let r = try await store.insertEvents([event], from: agent, at: now)
+        if r.inserted > 0 { metrics.events(agent, [event], inserted: r.inserted, duplicates: 0) }
     }
 
     func policy(_ request: Request, _ context: CollectorContext) async throws -> Response {
@@ -294,7 +350,7 @@ public final class Collector: Sendable {
     // MARK: Admin calls
 
     func pushPolicy(_ request: Request, _ context: CollectorContext) async throws -> Response {
-        try requireAdmin(request)
+        let who = try requireAdmin(request)
         guard let group = context.parameters.get("group") else { throw APIError(.badRequest, "no group in the path") }
         do { try PKI.validateName(group, what: "group") } catch { throw APIError(.badRequest, "\(error)") }
         let bundle = try await decode(SignedPolicyBundle.self, request)
@@ -323,11 +379,12 @@ public final class Collector: Sendable {
             throw APIError(.unprocessableContent, "the bundle's policy does not load: \(error)")
         }
         let stored = StoredBundle(group: group, version: payload.version, policySHA256: payload.policySHA256, bundle: bundle,
-                                  pushedAt: Date(), pushedBy: "admin-token")
+                                  pushedAt: Date(), pushedBy: who)
         switch try await store.putBundle(stored) {
         case .stored:
             groupIntervals.withLock { $0[group] = (policy.report.heartbeatSeconds, Date()) }
-            logger.notice("policy bundle pushed", metadata: ["group": "\(group)", "version": "\(payload.version)", "sha256": "\(payload.policySHA256)"])
+            logger.notice("policy bundle pushed", metadata: ["group": "\(group)", "version": "\(payload.version)", "sha256": "\(payload.policySHA256)",
+                                                         "by": "\(who)"])
             var r = try Self.json(.created, ["group": group, "version": "\(payload.version)", "etag": stored.etag])
             r.headers[.eTag] = stored.etag
             return r
@@ -337,19 +394,41 @@ public final class Collector: Sendable {
         }
     }
 
-    func requireAdmin(_ request: Request) throws {
-        guard let expected = configuration.adminTokenSHA256 else {
-            throw APIError(.forbidden, "admin calls are disabled: start the collector with --admin-token-file")
+    /// Who makes an admin call: an operator (HTTP Basic, with `--operators-file`) or the holder
+    /// of the admin token (Bearer). Refused otherwise.
+    @discardableResult
+    func requireAdmin(_ request: Request) throws -> String {
+        let header = request.headers[.authorization]
+        if let operators = configuration.operators, let header, header.hasPrefix("Basic ") {
+            guard let name = operators.authenticate(basic: header) else {
+                metrics.authFailure()
+                throw APIError(.unauthorized, "wrong operator name or password")
+            }
+            return name
         }
-        guard let header = request.headers[.authorization], header.hasPrefix("Bearer ") else {
-            throw APIError(.unauthorized, "admin calls need 'Authorization: Bearer <token>'")
+        guard let expected = configuration.adminTokenSHA256 else {
+            if configuration.operators != nil { throw APIError(.unauthorized, "sign in as an operator (HTTP Basic)") }
+            throw APIError(.forbidden, "admin calls are disabled: start the collector with --admin-token-file or --operators-file")
+        }
+        guard let header, header.hasPrefix("Bearer ") else {
+            throw APIError(.unauthorized, configuration.operators != nil ? "sign in as an operator (HTTP Basic) or send 'Authorization: Bearer <admin token>'"
+                                                                      : "admin calls need 'Authorization: Bearer <token>'")
         }
         let got = Data(SHA256.hash(data: Data(header.dropFirst(7).utf8)))
         let want = Data(hexString: expected) ?? Data()
         // Compare every byte (no early exit on the first difference).
         guard got.count == want.count, zip(got, want).reduce(0, { $0 | ($1.0 ^ $1.1) }) == 0 else {
+            metrics.authFailure()
             throw APIError(.unauthorized, "wrong admin token")
         }
+        return "admin-token"
+    }
+
+    /// The dashboard and /metrics: open without `--operators-file` (then keep the port on the
+    /// management network), an operator or the admin token with it.
+    func requireViewer(_ request: Request) throws {
+        guard configuration.operators != nil else { return }
+        try requireAdmin(request)
     }
 
     // MARK: Pages
@@ -440,7 +519,12 @@ public final class Collector: Sendable {
         do {
             return try await body()
         } catch let e as APIError {
-            return (try? Self.json(e.status, ErrorReply(error: e.message))) ?? Response(status: e.status)
+            var r = (try? Self.json(e.status, ErrorReply(error: e.message))) ?? Response(status: e.status)
+            if e.status == .unauthorized && configuration.operators != nil {
+                // A browser asks for the operator's name and password.
+                r.headers[.wwwAuthenticate] = "Basic realm=\"segment-guard collector\", charset=\"UTF-8\""
+            }
+            return r
         } catch {
             logger.error("request failed", metadata: ["error": "\(String(reflecting: error))"])
             metrics.storeError()

@@ -24,8 +24,9 @@ enum ExportFormat: String {
     /// =, +, - or @ is prefixed with ' so a spreadsheet does not run it as a formula.
     static func csvField(_ s: String) -> String {
         var v = s
-        if let f = v.first, "=+-@\t\r".contains(f) { v = "'" + v }
-        if v.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) {
+        // Scalars, not Characters: "\r\n" is one Character, equal to neither "\r" nor "\n".
+        if let f = v.unicodeScalars.first, "=+-@\t\r\n".unicodeScalars.contains(f) { v = "'" + v }
+        if v.unicodeScalars.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) {
             return "\"" + v.replacingOccurrences(of: "\"", with: "\"\"") + "\""
         }
         return v
@@ -58,7 +59,7 @@ extension Collector {
     static let exportPage = 500
 
     func exportEvents(_ request: Request) async throws -> Response {
-        try requireAdmin(request)
+        let who = try requireAdmin(request)
         let q = request.uri.queryParameters
         func date(_ name: String) throws -> Date {
             guard let text = q.get(name) else { throw APIError(.badRequest, "\(name): missing (an RFC 3339 time, e.g. 2026-11-01T00:00:00+09:00)") }
@@ -77,7 +78,7 @@ extension Collector {
         let logger = self.logger
         let stamp = RFC3339.format(from).prefix(10) + "_" + RFC3339.format(to).prefix(10)
         let name = "segguard-events_\(range.group ?? "all")_\(stamp).\(format.rawValue)"
-        logger.notice("evidence export", metadata: ["from": "\(RFC3339.format(from))", "to": "\(RFC3339.format(to))",
+        logger.notice("evidence export", metadata: ["by": "\(who)", "from": "\(RFC3339.format(from))", "to": "\(RFC3339.format(to))",
                                                     "group": "\(range.group ?? "all")", "format": "\(format.rawValue)"])
         let body = ResponseBody { writer in
             var page = first

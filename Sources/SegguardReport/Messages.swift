@@ -88,6 +88,11 @@ public struct Heartbeat: Codable, StrictDecodable, Sendable, Equatable {
         self.ext = ext
     }
 
+    /// A spool holds at most this many events (the policy's largest `spool_max_events` is far below).
+    public static let maxSpoolEvents = 100_000_000
+    /// Ten years.
+    public static let maxOldestSeconds = 315_360_000
+
     /// Field limits the collector enforces (and the agent respects).
     public func validate() throws(ReportValidationError) {
         try ReportValidationError.check(hostname, "hostname", max: 255)
@@ -100,8 +105,10 @@ public struct Heartbeat: Codable, StrictDecodable, Sendable, Equatable {
         if let v = policy.bundleVersion, v < 0 { throw .init("policy.bundle_version: \(v) is negative") }
         guard interfaces.count <= 64 else { throw .init("interfaces: \(interfaces.count) entries, at most 64") }
         for (i, f) in interfaces.enumerated() { try ReportValidationError.check(f.name, "interfaces[\(i)].name", max: 15) }
-        if let h = spool.held, h < 0 { throw .init("spool.held: \(h) is negative") }
-        if let o = spool.oldestSeconds, o < 0 { throw .init("spool.oldest_s: \(o) is negative") }
+        guard (0...Self.maxSpoolEvents).contains(spool.pending) else { throw .init("spool.pending: \(spool.pending) is outside 0...\(Self.maxSpoolEvents)") }
+        guard spool.dropped >= 0 else { throw .init("spool.dropped: \(spool.dropped) is negative") }
+        if let h = spool.held, !(0...spool.pending).contains(h) { throw .init("spool.held: \(h) is outside 0...pending (\(spool.pending))") }
+        if let o = spool.oldestSeconds, !(0...Self.maxOldestSeconds).contains(o) { throw .init("spool.oldest_s: \(o) is outside 0...\(Self.maxOldestSeconds)") }
     }
 }
 

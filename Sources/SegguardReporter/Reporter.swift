@@ -80,6 +80,8 @@ public struct AppliedBundle: Codable, Sendable, Equatable {
 struct CollectorHTTPError: Error, CustomStringConvertible {
     let status: Int
     let message: String
+    /// Whether the answer carried a `Segguard-Wire` header (a collector of revision 2 or later).
+    var announcedWire = false
     var description: String { "collector answered \(status): \(message)" }
     /// A refusal that an immediate retry cannot fix (the request itself is wrong): the event
     /// is held and retried after a long backoff (the collector may be upgraded meanwhile).
@@ -358,6 +360,15 @@ public final class Reporter: Sendable {
                 $0.duplicatesAcknowledged += ack.duplicates
             }
         } catch let e as CollectorHTTPError where e.isPermanent {
+            if batch.count == 1 && e.status == 409 {
+                // The collector has another event under this id (it recorded the conflict):
+                // this one can never be stored under it, so it gets a new id and goes again.
+                let new = try await spool.reissue(id: batch[0].id)
+                counters.withLock { $0.eventsReissued += 1 }
+                logger.error("collector holds another event under this id; sent again under a new id", metadata: [
+                    "id": "\(batch[0].id)", "new_id": "\(new ?? "?")", "kind": "\(batch[0].kind)"])
+                return
+            }
             if batch.count == 1 {
                 let due = try await spool.hold(id: batch[0].id, error: "\(e)", baseSeconds: configuration.heldRetrySeconds)
                 counters.withLock { $0.eventsHeld += 1 }
@@ -372,6 +383,7 @@ public final class Reporter: Sendable {
     }
 
     func heartbeatLoop() async {
+        if let known = try? await spool.collectorWire() { collectorWire.withLock { $0 = max(1, min(known, ReportWire.version)) } }
         while !Task.isCancelled {
             let r = rule.withLock { $0 }
             await sendHeartbeat(intervalSeconds: r.heartbeatSeconds)
@@ -382,10 +394,12 @@ public final class Reporter: Sendable {
     }
 
     func sendHeartbeat(intervalSeconds: Int) async {
-        // The state a heartbeat reports is never ahead of the spool: the events queued so far
-        // (a decision change among them) are on disk before the collector hears of it.
-        await flushed()
+        // The state a heartbeat reports is never ahead of the spool: the snapshot first, then
+        // wait for every event queued until then (a decision and its event are queued in the
+        // same turn of the agent's loop), so the collector never hears of a decision whose
+        // event is not on disk.
         var hb = await heartbeatSource()
+        await flushed()
         hb.intervalSeconds = intervalSeconds
         if let s = try? await spool.summary() {
             hb.spool = SpoolSummary(pending: s.pending, dropped: s.dropped, held: s.held,
@@ -394,7 +408,14 @@ public final class Reporter: Sendable {
         if let a = applied.withLock({ $0 }) { hb.policy.bundleVersion = a.version }
         do {
             let wire = collectorWire.withLock { $0 }
-            _ = try await send("POST", "/api/v1/heartbeat", body: try ReportCoding.encoder().encode(hb.forWire(wire)))
+            do {
+                _ = try await send("POST", "/api/v1/heartbeat", body: try ReportCoding.encoder().encode(hb.forWire(wire)))
+            } catch let e as CollectorHTTPError where e.status == 400 && wire >= 2 && !e.announcedWire {
+                // A collector rolled back to revision 1 refuses revision-2 fields (and says no
+                // revision): speak revision 1 again (the 2xx without the header records it).
+                logger.notice("collector refuses wire revision 2 fields; speaking revision 1", metadata: ["error": "\(e)"])
+                _ = try await send("POST", "/api/v1/heartbeat", body: try ReportCoding.encoder().encode(hb.forWire(1)))
+            }
             counters.withLock {
                 $0.heartbeatsSent += 1
                 $0.lastHeartbeatAt = Date()
@@ -465,7 +486,14 @@ public final class Reporter: Sendable {
         let announced = headers.first(name: ReportWire.header).flatMap { Int($0.trimmingCharacters(in: .whitespaces)) }
         let code = Int(status.code)
         guard let revision = announced ?? ((200..<300).contains(code) || code == 304 ? 1 : nil) else { return }
-        collectorWire.withLock { $0 = max(1, min(revision, ReportWire.version)) }
+        let new = max(1, min(revision, ReportWire.version))
+        let changed = collectorWire.withLock { w -> Bool in
+            defer { w = new }
+            return w != new
+        }
+        // Kept in the spool: after a restart the first heartbeat already speaks the collector's
+        // revision (its held-event count is not reset to nothing for one interval).
+        if changed { Task { try? await spool.setCollectorWire(new) } }
     }
 
     /// The wire revision in use with the collector (tests, status).
@@ -481,7 +509,8 @@ public final class Reporter: Sendable {
         let data = Data((try await response.body.collect(upTo: 1 << 20)).readableBytesView)
         guard (200..<300).contains(Int(response.status.code)) else {
             let message = (try? ReportCoding.decoder().decode(ErrorReply.self, from: data))?.error ?? String(decoding: data.prefix(200), as: UTF8.self)
-            throw CollectorHTTPError(status: Int(response.status.code), message: message)
+            throw CollectorHTTPError(status: Int(response.status.code), message: message,
+                                     announcedWire: response.headers.first(name: ReportWire.header) != nil)
         }
         return (response.status, data)
     }
@@ -520,6 +549,8 @@ public struct ReporterStatistics: Sendable, Equatable {
     public var deliveryFailures = 0
     /// Refusals (4xx) of single events, each kept in the spool and offered again later.
     public var eventsHeld = 0
+    /// Events sent again under a new id after a 409 (the collector had another under theirs).
+    public var eventsReissued = 0
     public var bundlesApplied = 0
     public var bundlesRefused = 0
     public var lastHeartbeatAt: Date?

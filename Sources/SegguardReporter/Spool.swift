@@ -79,6 +79,7 @@ public actor Spool {
                 _ = try await connection.query("ALTER TABLE events ADD COLUMN \(column) \(type)")
             }
             if !columns.contains("time_ms") {
+                // Backfilled from the JSON; until then (a crash in between) 0 means unknown.
                 for row in try await connection.query("SELECT seq, json FROM events") {
                     guard let seq = row.column("seq")?.integer, let json = row.column("json")?.string,
                         let event = try? ReportCoding.decoder().decode(ReportedEvent.self, from: Data(json.utf8))
@@ -210,6 +211,30 @@ public actor Spool {
         }
     }
 
+    /// Gives an event a new id (the collector stores another event under its id: a 409),
+    /// noting the old one in `details.reissued_from`; due at once. Returns the new id.
+    @discardableResult
+    public func reissue(id: String) async throws -> String? {
+        try await exclusive {
+            guard let json = try await connection.query("SELECT json FROM events WHERE id = ?", [.text(id)]).first?.column("json")?.string else { return nil }
+            var event = try ReportCoding.decoder().decode(ReportedEvent.self, from: Data(json.utf8))
+            let newID = UUID().uuidString.lowercased()
+            event.details["reissued_from"] = id
+            event.id = newID
+            let text = String(decoding: try ReportCoding.encoder().encode(event), as: UTF8.self)
+            _ = try await connection.query("UPDATE events SET id = ?, json = ?, dead = 0, retry_at = 0 WHERE id = ?", [.text(newID), .text(text), .text(id)])
+            return newID
+        }
+    }
+
+    /// The wire revision the collector last announced (0: never heard).
+    public func collectorWire() async throws -> Int { try await meta("collector_wire") }
+
+    public func setCollectorWire(_ revision: Int) async throws {
+        _ = try await connection.query("INSERT INTO meta (key, value) VALUES ('collector_wire', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                                        [.integer(SQLiteInt64(revision))])
+    }
+
     /// The longest a held event waits between two attempts.
     public static let maxHoldSeconds = 6 * 3600.0
 
@@ -232,7 +257,7 @@ public actor Spool {
     }
 
     public func summary() async throws -> Summary {
-        let row = try await connection.query("SELECT COUNT(*) AS n, COALESCE(SUM(dead), 0) AS held, MIN(time_ms) AS oldest FROM events").first
+        let row = try await connection.query("SELECT COUNT(*) AS n, COALESCE(SUM(dead), 0) AS held, MIN(NULLIF(time_ms, 0)) AS oldest FROM events").first
         return Summary(pending: Int(row?.column("n")?.integer ?? 0), dropped: try await meta("dropped"), held: Int(row?.column("held")?.integer ?? 0),
                        oldest: row?.column("oldest")?.integer.map { Date(timeIntervalSince1970: Double($0) / 1000) })
     }

@@ -10,6 +10,7 @@ import SegguardCollector
 import SegguardReport
 import SegguardService
 import SegguardWire
+import ServiceLifecycle
 
 /// The segment-guard collector.
 @main
@@ -55,6 +56,15 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds before an idle kept-alive connection is closed (keep it above the heartbeat interval).")
     var idleTimeout: Double = 90
 
+    @Option(name: .long, help: "Management listener HOST:PORT: the dashboard, /metrics, the admin API and the export are served there only (TLS, same certificate).")
+    var adminListen: String?
+
+    @Option(name: .long, help: "Operator accounts (NAME:scrypt$... lines, made with --hash-password): the dashboard, /metrics, the admin API and the export then need an operator's password or the admin token.")
+    var operatorsFile: String?
+
+    @Flag(name: .long, help: "Read a password on standard input, print its hash for --operators-file, and exit.")
+    var hashPassword = false
+
     @Option(name: .long, help: "Delete events received more than this many days ago (checked hourly); default: keep every event.")
     var retentionDays: Int?
 
@@ -69,13 +79,17 @@ struct CollectorCommand: AsyncParsableCommand {
         guard staleSweepSeconds > 0 else { throw ValidationError("--stale-sweep-seconds: must be positive") }
         if let m = maxConnections, m < 1 { throw ValidationError("--max-connections: at least 1") }
         guard idleTimeout > 0 else { throw ValidationError("--idle-timeout: must be positive") }
+        if let a = adminListen, Self.parseAddress(a) == nil { throw ValidationError("--admin-listen \(a): expected HOST:PORT, e.g. 10.0.0.5:9443") }
+        if let a = adminListen, a == listen { throw ValidationError("--admin-listen: must differ from --listen") }
         if let d = retentionDays, d < 1 { throw ValidationError("--retention-days: at least 1 (leave it out to keep every event)") }
         guard store.hasPrefix("sqlite:") || store.hasPrefix("postgres://") || store.hasPrefix("postgresql://") else {
             throw ValidationError("--store \(store): expected sqlite:PATH or postgres://USER@HOST:PORT/DATABASE")
         }
     }
 
-    func parseListen() -> (String, Int)? {
+    func parseListen() -> (String, Int)? { Self.parseAddress(listen) }
+
+    static func parseAddress(_ listen: String) -> (String, Int)? {
         guard let colon = listen.lastIndex(of: ":"), let port = Int(listen[listen.index(after: colon)...]), (0...65535).contains(port) else { return nil }
         var host = String(listen[..<colon])
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
@@ -83,6 +97,15 @@ struct CollectorCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
+        if hashPassword {
+            let password = (readLine(strippingNewline: true) ?? "")
+            guard password.count >= 12 else {
+                FileHandle.standardError.write(Data("segguard-collector: the password must have at least 12 characters\n".utf8))
+                throw ExitCode(2)
+            }
+            print(try OperatorAccount.hash(password: password))
+            return
+        }
         JournalLogHandler.bootstrap(level: Logger.Level(rawValue: logLevel) ?? .info)
         let logger = Logger(label: "segguard-collector")
         let (host, port) = parseListen()!
@@ -96,12 +119,17 @@ struct CollectorCommand: AsyncParsableCommand {
         config.maxConnections = maxConnections
         config.idleTimeoutSeconds = idleTimeout
         config.retentionDays = retentionDays
+        if let a = adminListen, let (h, p) = Self.parseAddress(a) {
+            config.adminHost = h
+            config.adminPort = p
+        }
         do {
             if let adminTokenFile {
                 let token = try String(contentsOfFile: adminTokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
                 guard token.count >= 16 else { throw CollectorError("--admin-token-file \(adminTokenFile): the token is shorter than 16 characters") }
                 config.adminTokenSHA256 = PolicySigning.sha256Hex(Data(token.utf8))
             }
+            if let operatorsFile { config.operators = try OperatorAccounts.load(path: operatorsFile) }
             if let policyPublicKey {
                 let text = try String(contentsOfFile: policyPublicKey, encoding: .utf8)
                 config.policyPublicKey = try PolicySigningKey(base64: text)
@@ -134,7 +162,17 @@ struct CollectorCommand: AsyncParsableCommand {
                                                             "max_connections": "\(collector.maxConnections)", "idle_timeout_s": "\(idleTimeout)"])
             notifier.ready(status: "listening on \(host):\(bound), store \(storeName)")
         }
-        try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
+        if config.adminPort != nil {
+            let adminHost = config.adminHost ?? "", operatorCount = config.operators?.accounts.count ?? 0
+            let adminApp = try collector.adminApplication { bound in
+                logger.notice("management listener", metadata: ["address": "\(adminHost):\(bound)", "operators": "\(operatorCount)"])
+            }
+            let group = ServiceGroup(configuration: .init(services: [.init(service: app), .init(service: adminApp)],
+                                                          gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+            try await group.run()
+        } else {
+            try await app.runService(gracefulShutdownSignals: [.sigterm, .sigint])
+        }
         notifier.stopping()
         try? await backend.close()
     }

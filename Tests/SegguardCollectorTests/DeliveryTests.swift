@@ -96,7 +96,7 @@ struct WireRevision1Middleware: RouterMiddleware {
 
 @Suite("Delivery: nothing lost, nothing doubled, old and new on the wire", .serialized)
 struct DeliveryTests {
-    @Test("events across a collector answering 400, 409, 422, 500 and too late are all stored once when it recovers; refused ones are held, never dropped")
+    @Test("events across a collector answering 400, 409, 422, 500 and too late are all stored once when it recovers; refused ones are held (a 409 re-sent under a new id), never dropped")
     func faultsThenRecovery() async throws {
         let dir = try temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -131,7 +131,10 @@ struct DeliveryTests {
         #expect(stored.map(\.event.seq).sorted() == Array(1...40).map(Int64.init))
         #expect(Set(stored.map(\.event.id)).count == 40)
         let stats = reporter.statistics
-        #expect(stats.eventsHeld >= 3, "each refusal of a single event holds it: \(stats)")
+        #expect(stats.eventsHeld >= 2, "each 400/422 of a single event holds it: \(stats)")
+        #expect(stats.eventsReissued >= 1, "a 409 of a single event sends it again under a new id: \(stats)")
+        let thirteen = try #require(stored.first { $0.event.seq == 13 })
+        #expect(thirteen.event.details["reissued_from"] != nil && thirteen.event.id != thirteen.event.details["reissued_from"])
         #expect(stats.deliveryFailures >= 3, "the 500s and the late answer: \(stats)")
         #expect(stats.duplicatesAcknowledged >= 1, "the batch whose acknowledgement was lost came back as duplicates: \(stats)")
         #expect(try await reporter.spool.summary() == Spool.Summary(pending: 0, dropped: 0, held: 0, oldest: nil))
@@ -223,6 +226,38 @@ struct DeliveryTests {
         #expect(old.refusals.value.withLock { $0 } == 0, "the agent sent a field the old collector does not read")
         #expect(reporter.statistics.heartbeatFailures == 0 && reporter.statistics.eventsHeld == 0)
         await reporter.stop()
+        await c.stop()
+    }
+
+    @Test("a collector rolled back to revision 1 after the agent spoke revision 2: the refused heartbeat is sent again as revision 1, and the agent stays there")
+    func collectorRolledBack() async throws {
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let old = WireRevision1Middleware()
+        let rolledBack = Mutex(false)
+        struct Switch: RouterMiddleware {
+            typealias Context = CollectorContext
+            let old: WireRevision1Middleware
+            let on: @Sendable () -> Bool
+            func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+                on() ? try await old.handle(request, context: context, next: next) : try await next(request, context)
+            }
+        }
+        let c = try await TestCollector.start(middleware: [Switch(old: old, on: { rolledBack.withLock { $0 } })])
+        defer { c.pki.remove() }
+        let reporter = try await makeReporter(c, id: "tc-0307", group: "mynumber", dir: dir)
+        reporter.start()
+        #expect(try await eventually { reporter.wireRevision == 2 && reporter.statistics.heartbeatsSent >= 2 })
+        rolledBack.withLock { $0 = true }
+        let sent = reporter.statistics.heartbeatsSent
+        #expect(try await eventually { reporter.statistics.heartbeatsSent >= sent + 2 })
+        #expect(reporter.wireRevision == 1)
+        #expect(reporter.statistics.heartbeatFailures == 0, "\(reporter.statistics)")
+        // Remembered across a restart of the agent: the spool keeps the revision.
+        await reporter.stop()
+        let spool = try await Spool(path: dir + "/spool.sqlite")
+        #expect(try await spool.collectorWire() == 1)
+        try await spool.close()
         await c.stop()
     }
 

@@ -14,6 +14,10 @@ struct ExportTests {
         #expect(ExportFormat.csvField("a,b") == "\"a,b\"")
         #expect(ExportFormat.csvField("say \"hi\"") == "\"say \"\"hi\"\"\"")
         #expect(ExportFormat.csvField("=HYPERLINK(\"x\")") == "\"'=HYPERLINK(\"\"x\"\")\"")
+        // CR LF is one Character in Swift: still quoted, and inert when it leads.
+        #expect(ExportFormat.csvField("x\r\n2026-01-01,tc-0001") == "\"x\r\n2026-01-01,tc-0001\"")
+        #expect(ExportFormat.csvField("a\r\nb") == "\"a\r\nb\"")
+        #expect(ExportFormat.csvField("\r\n=HYPERLINK(1)") == "\"'\r\n=HYPERLINK(1)\"")
         #expect(ExportFormat.csvField("+1") == "'+1" && ExportFormat.csvField("@SUM(A1)") == "'@SUM(A1)" && ExportFormat.csvField("-2") == "'-2")
         #expect(ExportFormat.jstTime(RFC3339.parse("2026-11-30T15:00:00.000Z")!) == "2026-12-01T00:00:00.000+09:00")
     }
