@@ -218,8 +218,13 @@ public final class Reporter: Sendable {
     /// that a kill could keep out of the spool.
     public func record(kind: String, severity: String, reason: String, details: [String: String] = [:], time: Date = Date(),
                        afterCommit: (@Sendable (String?) -> Void)? = nil) {
-        written.withLock { $0.queued += 1 }
-        if case .terminated = incoming.yield(PendingEvent(kind: kind, severity: severity, reason: reason, details: details, time: time, afterCommit: afterCommit)) {
+        // Counted and queued under one lock: a heartbeat waiting for "everything queued before
+        // me" is never released by a later event while an earlier one is still unwritten.
+        let result = written.withLock { w in
+            w.queued += 1
+            return incoming.yield(PendingEvent(kind: kind, severity: severity, reason: reason, details: details, time: time, afterCommit: afterCommit))
+        }
+        if case .terminated = result {
             // Stopped: the event cannot be spooled any more (logged by the caller as not spooled).
             afterCommit?(nil)
             wrote()
