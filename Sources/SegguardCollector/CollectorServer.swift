@@ -211,7 +211,7 @@ public final class Collector: Sendable {
         }
         if routes == .agents {
             // Operators' pages live on the management listener: say where, show nothing.
-            for path in ["/", "/metrics", "/api/v1/admin/agents", "/api/v1/admin/events", "/api/v1/admin/export/events"] {
+            for path in ["/", "/metrics", "/agents/:id", "/api/v1/admin/agents", "/api/v1/admin/events", "/api/v1/admin/export/events"] {
                 router.get(RouterPath(stringLiteral: path)) { _, _ in
                     (try? Self.json(.notFound, ErrorReply(error: "served on the collector's management listener (--admin-listen), not here"))) ?? Response(status: .notFound)
                 }
@@ -250,6 +250,7 @@ public final class Collector: Sendable {
                 return try await self.metricsPage()
             }
         }
+        router.get("/agents/:id") { request, context in await self.guarded { try await self.agentPage(request, context) } }
         return router
     }
 
@@ -440,8 +441,14 @@ public final class Collector: Sendable {
         if let state, !["authorized", "unauthorized", "stale"].contains(state) {
             throw APIError(.badRequest, "state: \"\(state)\" is not one of authorized, unauthorized, stale")
         }
-        let agents = try await store.agents(AgentFilter(group: group, state: state))
-        let allGroups = Set(try await store.agents(AgentFilter()).map(\.group)).sorted()
+        let search = q.get("q").flatMap { $0.isEmpty ? nil : String($0.prefix(128)) }
+        let pageText = q.get("page") ?? "1"
+        guard let number = Int(pageText), number >= 1, number <= 1_000_000 else { throw APIError(.badRequest, "page: \"\(pageText)\" is not a page number") }
+        let size = Self.dashboardPageSize
+        let filter = AgentFilter(group: group, state: state, search: search, offset: (number - 1) * size, limit: size)
+        let agents = try await store.agents(filter)
+        let total = try await store.agentCount(filter)
+        let allGroups = try await store.groups()
         var events = try await store.events(EventFilter(group: group, limit: state == nil ? 50 : 500))
         if state != nil {
             // Only the events of the agents shown (the state filter applies to both tables).
@@ -449,7 +456,21 @@ public final class Collector: Sendable {
             events = Array(events.filter { shown.contains($0.agentID) }.prefix(50))
         }
         let html = Dashboard.render(agents: agents, events: events, groups: allGroups, group: group, state: state, now: Date(),
-                                    staleIntervals: configuration.staleIntervals)
+                                    staleIntervals: configuration.staleIntervals,
+                                    page: Dashboard.Page(offset: filter.offset, size: size, total: total, search: search))
+        return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: html)))
+    }
+
+    /// Agents per dashboard page.
+    static let dashboardPageSize = 100
+
+    func agentPage(_ request: Request, _ context: CollectorContext) async throws -> Response {
+        try requireViewer(request)
+        guard let id = context.parameters.get("id") else { throw APIError(.badRequest, "no agent id in the path") }
+        guard let record = try await store.agent(id: id) else { throw APIError(.notFound, "no agent \"\(id)\" has reported") }
+        let events = try await store.events(EventFilter(agentID: id, limit: 200))
+        let decisions = try await store.events(EventFilter(agentID: id, kind: "decision-changed", limit: 200))
+        let html = Dashboard.renderAgent(record, decisions: decisions, events: events, now: Date())
         return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: html)))
     }
 

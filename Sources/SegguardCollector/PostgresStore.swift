@@ -258,6 +258,8 @@ public final class PostgresStore: CollectorStore {
     }
 
     public func agents(_ filter: AgentFilter) async throws -> [AgentRecord] {
+        let like = filter.likePattern
+        let limit = filter.limit.map { Int64(max(0, $0)) }
         let rows = try await client.query(
             """
             SELECT \(unescaped: Self.agentColumns) FROM agents
@@ -265,11 +267,52 @@ public final class PostgresStore: CollectorStore {
               AND (\(filter.state)::text IS NULL OR (\(filter.state) = 'stale' AND stale)
                    OR (\(filter.state) = 'authorized' AND NOT stale AND authorized)
                    OR (\(filter.state) = 'unauthorized' AND NOT stale AND NOT authorized))
+              AND (\(like)::text IS NULL OR lower(agent_id) LIKE \(like) OR lower(hostname) LIKE \(like))
             ORDER BY grp, agent_id
+            LIMIT \(limit) OFFSET \(Int64(max(0, filter.offset)))
             """, logger: logger)
         var out: [AgentRecord] = []
         for try await row in rows { out.append(try Self.agent(row)) }
         return out
+    }
+
+    public func agent(id: String) async throws -> AgentRecord? {
+        let rows = try await client.query("SELECT \(unescaped: Self.agentColumns) FROM agents WHERE agent_id = \(id)", logger: logger)
+        for try await row in rows { return try Self.agent(row) }
+        return nil
+    }
+
+    public func groups() async throws -> [String] {
+        let rows = try await client.query("SELECT DISTINCT grp FROM agents ORDER BY grp", logger: logger)
+        var out: [String] = []
+        for try await g in rows.decode(String.self) { out.append(g) }
+        return out
+    }
+
+    public func agentCount(_ filter: AgentFilter) async throws -> Int {
+        let like = filter.likePattern
+        let rows = try await client.query(
+            """
+            SELECT COUNT(*)::BIGINT AS n FROM agents
+            WHERE (\(filter.group)::text IS NULL OR grp = \(filter.group))
+              AND (\(filter.state)::text IS NULL OR (\(filter.state) = 'stale' AND stale)
+                   OR (\(filter.state) = 'authorized' AND NOT stale AND authorized)
+                   OR (\(filter.state) = 'unauthorized' AND NOT stale AND NOT authorized))
+              AND (\(like)::text IS NULL OR lower(agent_id) LIKE \(like) OR lower(hostname) LIKE \(like))
+            """, logger: logger)
+        for try await n in rows.decode(Int64.self) { return Int(n) }
+        return 0
+    }
+
+    static func storedEvent(_ row: PostgresRow) throws -> StoredEvent {
+        let r = row.makeRandomAccess()
+        return StoredEvent(
+            agentID: try r["agent_id"].decode(String.self), group: try r["grp"].decode(String.self),
+            event: ReportedEvent(id: try r["event_id"].decode(String.self), seq: try r["seq"].decode(Int64.self),
+                                 time: Date(millis: try r["time"].decode(Int64.self)), kind: try r["kind"].decode(String.self),
+                                 severity: try r["severity"].decode(String.self), reason: try r["reason"].decode(String.self),
+                                 details: try ColumnJSON.decode([String: String].self, try r["details"].decode(String.self))),
+            receivedAt: Date(millis: try r["received"].decode(Int64.self)))
     }
 
     public func events(_ filter: EventFilter) async throws -> [StoredEvent] {
@@ -277,19 +320,11 @@ public final class PostgresStore: CollectorStore {
             """
             SELECT agent_id, event_id, grp, seq, time, kind, severity, reason, details, received FROM events
             WHERE (\(filter.agentID)::text IS NULL OR agent_id = \(filter.agentID)) AND (\(filter.group)::text IS NULL OR grp = \(filter.group))
+              AND (\(filter.kind)::text IS NULL OR kind = \(filter.kind))
             ORDER BY received DESC, time DESC, seq DESC LIMIT \(Int64(max(0, filter.limit)))
             """, logger: logger)
         var out: [StoredEvent] = []
-        for try await row in rows {
-            let r = row.makeRandomAccess()
-            out.append(StoredEvent(
-                agentID: try r["agent_id"].decode(String.self), group: try r["grp"].decode(String.self),
-                event: ReportedEvent(id: try r["event_id"].decode(String.self), seq: try r["seq"].decode(Int64.self),
-                                     time: Date(millis: try r["time"].decode(Int64.self)), kind: try r["kind"].decode(String.self),
-                                     severity: try r["severity"].decode(String.self), reason: try r["reason"].decode(String.self),
-                                     details: try ColumnJSON.decode([String: String].self, try r["details"].decode(String.self))),
-                receivedAt: Date(millis: try r["received"].decode(Int64.self))))
-        }
+        for try await row in rows { out.append(try Self.storedEvent(row)) }
         return out
     }
 
@@ -357,16 +392,7 @@ public final class PostgresStore: CollectorStore {
             ORDER BY time, agent_id, event_id LIMIT \(Int64(max(1, limit)))
             """, logger: logger)
         var out: [StoredEvent] = []
-        for try await row in rows {
-            let r = row.makeRandomAccess()
-            out.append(StoredEvent(
-                agentID: try r["agent_id"].decode(String.self), group: try r["grp"].decode(String.self),
-                event: ReportedEvent(id: try r["event_id"].decode(String.self), seq: try r["seq"].decode(Int64.self),
-                                     time: Date(millis: try r["time"].decode(Int64.self)), kind: try r["kind"].decode(String.self),
-                                     severity: try r["severity"].decode(String.self), reason: try r["reason"].decode(String.self),
-                                     details: try ColumnJSON.decode([String: String].self, try r["details"].decode(String.self))),
-                receivedAt: Date(millis: try r["received"].decode(Int64.self))))
-        }
+        for try await row in rows { out.append(try Self.storedEvent(row)) }
         return out
     }
 

@@ -287,10 +287,55 @@ public final class SQLiteStore: CollectorStore {
         case "unauthorized": conditions.append("stale = 0 AND authorized = 0")
         default: break
         }
+        if let like = filter.likePattern {
+            conditions.append("(lower(agent_id) LIKE ? ESCAPE '\\' OR lower(hostname) LIKE ? ESCAPE '\\')")
+            binds += [.text(like), .text(like)]
+        }
         let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
-        let sql = "SELECT \(Self.agentColumns) FROM agents \(whereClause) ORDER BY grp, agent_id"
+        var sql = "SELECT \(Self.agentColumns) FROM agents \(whereClause) ORDER BY grp, agent_id"
+        if let limit = filter.limit {
+            sql += " LIMIT ? OFFSET ?"
+            binds += [.integer(SQLiteInt64(max(0, limit))), .integer(SQLiteInt64(max(0, filter.offset)))]
+        }
+        let values = binds, query = sql
+        return try await serial.run { [connection] in try await connection.query(query, values).map(Self.agent) }
+    }
+
+    public func agent(id: String) async throws -> AgentRecord? {
+        try await serial.run { [connection] in
+            try await connection.query("SELECT \(Self.agentColumns) FROM agents WHERE agent_id = ?", [.text(id)]).first.map(Self.agent)
+        }
+    }
+
+    public func groups() async throws -> [String] {
+        try await serial.run { [connection] in
+            try await connection.query("SELECT DISTINCT grp FROM agents ORDER BY grp").compactMap { $0.column("grp")?.string }
+        }
+    }
+
+    public func agentCount(_ filter: AgentFilter) async throws -> Int {
+        var f = filter
+        f.limit = nil
+        f.offset = 0
+        // The same conditions as agents(_:), counted.
+        var conditions: [String] = []
+        var binds: [SQLiteData] = []
+        if let g = f.group { conditions.append("grp = ?"); binds.append(.text(g)) }
+        switch f.state {
+        case "stale": conditions.append("stale = 1")
+        case "authorized": conditions.append("stale = 0 AND authorized = 1")
+        case "unauthorized": conditions.append("stale = 0 AND authorized = 0")
+        default: break
+        }
+        if let like = f.likePattern {
+            conditions.append("(lower(agent_id) LIKE ? ESCAPE '\\' OR lower(hostname) LIKE ? ESCAPE '\\')")
+            binds += [.text(like), .text(like)]
+        }
+        let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         let values = binds
-        return try await serial.run { [connection] in try await connection.query(sql, values).map(Self.agent) }
+        return try await serial.run { [connection] in
+            Int(try await connection.query("SELECT COUNT(*) AS n FROM agents \(whereClause)", values).first?.column("n")?.integer ?? 0)
+        }
     }
 
     public func events(_ filter: EventFilter) async throws -> [StoredEvent] {
@@ -298,6 +343,7 @@ public final class SQLiteStore: CollectorStore {
         var binds: [SQLiteData] = []
         if let a = filter.agentID { conditions.append("agent_id = ?"); binds.append(.text(a)) }
         if let g = filter.group { conditions.append("grp = ?"); binds.append(.text(g)) }
+        if let k = filter.kind { conditions.append("kind = ?"); binds.append(.text(k)) }
         let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
         binds.append(.integer(SQLiteInt64(max(0, filter.limit))))
         let sql = """
@@ -305,17 +351,7 @@ public final class SQLiteStore: CollectorStore {
             ORDER BY received DESC, time DESC, seq DESC LIMIT ?
             """
         let values = binds
-        return try await serial.run { [connection] in
-            try await connection.query(sql, values).map { r in
-                func s(_ c: String) -> String { r.column(c)?.string ?? "" }
-                func i(_ c: String) -> Int64 { Int64(r.column(c)?.integer ?? 0) }
-                return StoredEvent(
-                    agentID: s("agent_id"), group: s("grp"),
-                    event: ReportedEvent(id: s("event_id"), seq: i("seq"), time: Date(millis: i("time")), kind: s("kind"), severity: s("severity"),
-                                         reason: s("reason"), details: try ColumnJSON.decode([String: String].self, s("details"))),
-                    receivedAt: Date(millis: i("received")))
-            }
-        }
+        return try await serial.run { [connection] in try await connection.query(sql, values).map(Self.storedEvent) }
     }
 
     static func storedEvent(_ r: SQLiteRow) throws -> StoredEvent {

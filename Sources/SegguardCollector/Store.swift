@@ -105,19 +105,37 @@ public struct AgentFilter: Sendable, Equatable {
     public var group: String?
     /// authorized, unauthorized, stale.
     public var state: String?
-    public init(group: String? = nil, state: String? = nil) {
+    /// A part of the agent id or host name (case-insensitive).
+    public var search: String?
+    /// A page of the (group, agent id) order: skip `offset`, at most `limit` (nil: all).
+    public var offset = 0
+    public var limit: Int?
+    public init(group: String? = nil, state: String? = nil, search: String? = nil, offset: Int = 0, limit: Int? = nil) {
         self.group = group
         self.state = state
+        self.search = search
+        self.offset = offset
+        self.limit = limit
+    }
+
+    /// The LIKE pattern of `search` (% and _ escaped with \), lower-cased.
+    var likePattern: String? {
+        guard let s = search, !s.isEmpty else { return nil }
+        let escaped = s.lowercased().replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "%", with: "\\%")
+            .replacingOccurrences(of: "_", with: "\\_")
+        return "%" + escaped + "%"
     }
 }
 
 public struct EventFilter: Sendable, Equatable {
     public var agentID: String?
     public var group: String?
+    public var kind: String?
     public var limit: Int
-    public init(agentID: String? = nil, group: String? = nil, limit: Int = 100) {
+    public init(agentID: String? = nil, group: String? = nil, kind: String? = nil, limit: Int = 100) {
         self.agentID = agentID
         self.group = group
+        self.kind = kind
         self.limit = limit
     }
 }
@@ -211,6 +229,12 @@ public protocol CollectorStore: Sendable {
     /// Stores each event once per (agent, id): a resent event is a duplicate, not a new row.
     func insertEvents(_ events: [ReportedEvent], from agent: AgentIdentity, at time: Date) async throws -> InsertResult
     func agents(_ filter: AgentFilter) async throws -> [AgentRecord]
+    /// How many agents match `filter` (its offset and limit aside).
+    func agentCount(_ filter: AgentFilter) async throws -> Int
+    /// One agent, nil when it never reported.
+    func agent(id: String) async throws -> AgentRecord?
+    /// Every group that has an agent, sorted.
+    func groups() async throws -> [String]
     /// Newest first.
     func events(_ filter: EventFilter) async throws -> [StoredEvent]
     /// Marks agents silent for `intervals` of their own heartbeat interval as stale, records an

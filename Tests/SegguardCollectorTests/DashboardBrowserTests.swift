@@ -3,6 +3,7 @@
 // Chromium dumps after parsing the page (not the HTML string we served): the agents and events
 // tables, the filter form, and that text coming from agents stays text (no injected element).
 
+import AsyncHTTPClient
 import Foundation
 import SegguardCollector
 import SegguardReport
@@ -184,8 +185,11 @@ struct DashboardBrowserTests {
             let handlers = tags.flatMap { t in t.attributes.keys.filter { $0.lowercased().hasPrefix("on") }.map { "\(t.name) \($0)" } }
             #expect(handlers.isEmpty, "event handler attributes in the DOM: \(handlers)")
             let bodyTags = Set(tags.drop { $0.name != "body" }.map(\.name))
-            #expect(bodyTags.isSubset(of: ["body", "h1", "h2", "p", "form", "label", "select", "option", "button", "table", "thead", "tbody",
-                                           "tr", "th", "td", "code"]), "unexpected elements in the body: \(bodyTags.sorted())")
+            #expect(bodyTags.isSubset(of: ["body", "h1", "h2", "p", "form", "label", "select", "option", "input", "button", "table", "thead", "tbody",
+                                           "tr", "th", "td", "code", "a"]), "unexpected elements in the body: \(bodyTags.sorted())")
+            // Links are the page's own: to an agent's page or another page of the list.
+            let hrefs = tags.filter { $0.name == "a" }.compactMap { $0.attributes["href"] }
+            #expect(hrefs.allSatisfy { $0.hasPrefix("/agents/tc-") || $0.hasPrefix("/?") }, "\(hrefs)")
 
             let agents = try HTMLTable(dom, id: "agents")
             let row = try #require(agents.rows.first { $0.attributes["data-agent"] == "tc-0002" })
@@ -234,6 +238,68 @@ struct DashboardBrowserTests {
         }
     }
 
+    @Test("250 agents: page 2 shows 101–200 with links that keep the filters; a search finds agents by host name, case-insensitively, % matching only itself; an agent's page shows its decision history in the browser's zone (TZ=Asia/Tokyo: JST)",
+          .timeLimit(.minutes(3)))
+    func pagesSearchAndAgentPage() async throws {
+        let c = try await TestCollector.start()
+        let dir = NSTemporaryDirectory() + "sg-chromium-\(UUID().uuidString)"
+        defer {
+            c.pki.remove()
+            try? FileManager.default.removeItem(atPath: dir)
+        }
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let store = c.collector.store
+        var batch: [(Heartbeat, AgentIdentity)] = []
+        for i in 0..<250 {
+            var hb = heartbeat(String(format: "tc-%04d", 1000 + i))
+            hb.hostname = "counter-\(i)"
+            batch.append((hb, AgentIdentity(agentID: String(format: "tc-%04d", 1000 + i), group: "mynumber")))
+        }
+        _ = try await store.recordHeartbeats(batch, at: Date())
+        let t = RFC3339.parse("2026-12-01T00:30:00.000Z")!
+        let agent = AgentIdentity(agentID: "tc-1007", group: "mynumber")
+        _ = try await store.insertEvents([
+            ReportedEvent(id: UUID().uuidString.lowercased(), seq: 1, time: t, kind: "decision-changed", severity: "warning", reason: "usb0 is a second uplink",
+                          details: ["segment": "unauthorized", "previous": "mynumber"]),
+            ReportedEvent(id: UUID().uuidString.lowercased(), seq: 2, time: t.addingTimeInterval(60), kind: "exec-denied", severity: "warning", reason: "scrot"),
+        ], from: agent, at: t)
+
+        let page2 = try await HeadlessChromium.dumpDOM(c.url + "/?page=2", in: dir)
+        let rows = try HTMLTable(page2, id: "agents").rows.filter { $0.attributes["class"] == "agent" }
+        #expect(rows.count == 100)
+        #expect(rows.first?.attributes["data-agent"] == "tc-1100" && rows.last?.attributes["data-agent"] == "tc-1199")
+        let pages = try #require(HTMLText.element(page2, id: "pages"))
+        #expect(pages.contains("Agents 101–200 of 250 (page 2 of 3)"), "\(pages)")
+        let links = HTMLText.startTags(page2).filter { $0.name == "a" }.map { $0.attributes }
+        #expect(links.contains { $0["rel"] == "next" && $0["href"] == "/?page=3" }, "\(links.filter { $0["rel"] != nil })")
+        #expect(links.contains { $0["rel"] == "prev" && $0["href"] == "/?page=1" })
+        #expect(links.contains { $0["href"] == "/agents/tc-1150" })
+
+        let found = try await HeadlessChromium.dumpDOM(c.url + "/?q=COUNTER-7&state=authorized", in: dir)
+        let hits = try HTMLTable(found, id: "agents").rows.filter { $0.attributes["class"] == "agent" }
+        #expect(hits.count == 11 && hits.allSatisfy { $0.cells[2].hasPrefix("counter-7") }, "\(hits.map { $0.cells[2] })")
+        #expect(HTMLText.element(found, id: "pages")?.contains("of 11") == true)
+        let none = try await HeadlessChromium.dumpDOM(c.url + "/?q=%25", in: dir)
+        #expect(try HTMLTable(none, id: "agents").rows.filter { $0.attributes["class"] == "agent" }.isEmpty)
+
+        let page = try await HeadlessChromium.dumpDOM(c.url + "/agents/tc-1007", in: dir, marker: "<table id=\"agent\"", timeZone: "Asia/Tokyo")
+        #expect(HTMLText.element(page, id: "host") == "counter-7")
+        let decisions = try HTMLTable(page, id: "decisions").rows.filter { $0.attributes["class"] == "event" }
+        #expect(decisions.count == 1)
+        #expect(decisions.first?.cells[0] == "2026-12-01 09:30:00 JST", "\(decisions.first?.cells ?? [])")
+        #expect(decisions.first?.cells[3] == "usb0 is a second uplink")
+        let events = try HTMLTable(page, id: "events").rows.filter { $0.attributes["class"] == "event" }
+        #expect(events.map(\.cells[1]) == ["exec-denied", "decision-changed"])
+        // Another zone, the same instant.
+        let utc = try await HeadlessChromium.dumpDOM(c.url + "/agents/tc-1007", in: dir, marker: "<table id=\"agent\"", timeZone: "UTC")
+        #expect(try HTMLTable(utc, id: "decisions").rows.first { $0.attributes["class"] == "event" }?.cells[0] == "2026-12-01 00:30:00 UTC")
+        try await withClient(try c.client()) { (client: HTTPClient) async throws -> Void in
+            #expect(try await call(client, .GET, c.url + "/agents/tc-9999").status == 404)
+            #expect(try await call(client, .GET, c.url + "/?page=0").status == 400)
+        }
+        await c.stop()
+    }
+
     @Test("the page renders: Chromium takes a 1400x900 screenshot of it", .timeLimit(.minutes(2)))
     func screenshot() async throws {
         try await Self.withSeeded { s, dir in
@@ -275,9 +341,9 @@ extension DashboardBrowserTests {
         }
 
         /// Loads `url` and returns the DOM Chromium serializes after parsing it (--dump-dom).
-        static func dumpDOM(_ url: String, in dir: String) async throws -> String {
-            let dom = try await run(["--virtual-time-budget=3000", "--dump-dom", url], in: dir)
-            guard dom.contains("<table id=\"agents\"") else {
+        static func dumpDOM(_ url: String, in dir: String, marker: String = "<table id=\"agents\"", timeZone: String? = nil) async throws -> String {
+            let dom = try await run(["--virtual-time-budget=3000", "--dump-dom", url], in: dir, environment: timeZone.map { ["TZ": $0] } ?? [:])
+            guard dom.contains(marker) else {
                 throw Failure(description: "Chromium did not show the dashboard for \(url); it dumped: \(dom.prefix(600))")
             }
             return dom
@@ -290,7 +356,7 @@ extension DashboardBrowserTests {
         /// that no helper outlives the test). XDG_CONFIG_HOME and XDG_CACHE_HOME point into the
         /// run's directory too: Chromium keeps its crash database ("Crash Reports") and dconf
         /// cache there, not in the profile, and would otherwise write them into $HOME.
-        static func run(_ arguments: [String], in dir: String, timeout: Duration = .seconds(30)) async throws -> String {
+        static func run(_ arguments: [String], in dir: String, timeout: Duration = .seconds(30), environment extra: [String: String] = [:]) async throws -> String {
             let runDir = "\(dir)/run-\(UUID().uuidString)"
             let profile = runDir + "/profile", out = runDir + "/stdout", err = runDir + "/stderr"
             defer { try? FileManager.default.removeItem(atPath: runDir) }
@@ -301,6 +367,7 @@ extension DashboardBrowserTests {
             var environment = ProcessInfo.processInfo.environment
             environment["XDG_CONFIG_HOME"] = runDir + "/config"
             environment["XDG_CACHE_HOME"] = runDir + "/cache"
+            environment.merge(extra) { _, new in new }
             process.environment = environment
             process.executableURL = URL(fileURLWithPath: "/bin/bash")
             process.arguments = ["-c", "out=$1; err=$2; shift 2; exec \"$@\" >\"$out\" 2>\"$err\" </dev/null", "chromium-run", out, err,

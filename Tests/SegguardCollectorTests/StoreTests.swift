@@ -205,6 +205,31 @@ struct StoreTests {
         try await store.close()
     }
 
+    @Test("agents page by page in (group, id) order, counted; search by id or host name, case-insensitive, % and _ literal; one agent by id; the groups", arguments: Backend.allCases)
+    func agentPages(backend: Backend) async throws {
+        let store = try await backend.makeStore()
+        var batch: [(Heartbeat, AgentIdentity)] = []
+        for i in 0..<30 {
+            var hb = heartbeat("a\(i)")
+            hb.hostname = i == 7 ? "Counter_7%" : "counter-\(i)"
+            batch.append((hb, AgentIdentity(agentID: String(format: "tc-%03d", i), group: i < 20 ? "mynumber" : "lgwan")))
+        }
+        _ = try await store.recordHeartbeats(batch, at: Date())
+        let page = try await store.agents(AgentFilter(offset: 10, limit: 10))
+        // lgwan (tc-020…029) sorts first: the second page of ten is mynumber's first ten.
+        #expect(page.map(\.agentID) == (0..<10).map { String(format: "tc-%03d", $0) })
+        #expect(try await store.agentCount(AgentFilter(offset: 10, limit: 10)) == 30)
+        #expect(try await store.agents(AgentFilter(group: "mynumber", offset: 15, limit: 10)).count == 5)
+        #expect(try await store.agents(AgentFilter(search: "COUNTER_7%")).map(\.agentID) == ["tc-007"])
+        #expect(try await store.agents(AgentFilter(search: "%")).map(\.agentID) == ["tc-007"])
+        #expect(try await store.agentCount(AgentFilter(search: "counter-1")) == 11)
+        #expect(try await store.agentCount(AgentFilter(search: "TC-02")) == 10)
+        #expect(try await store.agent(id: "tc-007")?.hostname == "Counter_7%")
+        #expect(try await store.agent(id: "nope") == nil)
+        #expect(try await store.groups() == ["lgwan", "mynumber"])
+        try await store.close()
+    }
+
     @Test("one batch: an agent twice (counted twice, one row), a stale agent recovers once with one event", arguments: Backend.allCases)
     func batchWithRepeatsAndRecovery(backend: Backend) async throws {
         let store = try await backend.makeStore()
