@@ -457,7 +457,8 @@ public final class Collector: Sendable {
         }
         let html = Dashboard.render(agents: agents, events: events, groups: allGroups, group: group, state: state, now: Date(),
                                     staleIntervals: configuration.staleIntervals,
-                                    page: Dashboard.Page(offset: filter.offset, size: size, total: total, search: search))
+                                    page: Dashboard.Page(offset: filter.offset, size: size, total: total, search: search),
+                                    language: Dashboard.Language.choose(query: q.get("lang"), acceptLanguage: request.headers[.acceptLanguage]))
         return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: html)))
     }
 

@@ -7,6 +7,68 @@ import SegguardReport
 
 /// Renders the dashboard page.
 public enum Dashboard {
+    /// The page's language: Japanese for a browser that prefers it (Accept-Language) or
+    /// `?lang=ja`, English otherwise or with `?lang=en`.
+    public enum Language: String, Sendable {
+        case en, ja
+
+        /// From `?lang=` first, then the Accept-Language header's first language.
+        public static func choose(query: String?, acceptLanguage: String?) -> Language {
+            if let q = query, let l = Language(rawValue: q.lowercased()) { return l }
+            let first = acceptLanguage?.split(separator: ",").first?.trimmingCharacters(in: .whitespaces).lowercased() ?? ""
+            return first.hasPrefix("ja") ? .ja : .en
+        }
+    }
+
+    /// Every text of the pages in one language (what agents send is shown as sent).
+    struct Labels {
+        let lang: Language
+        var ja: Bool { lang == .ja }
+        var title: String { ja ? "segment-guard コレクター" : "segment-guard collector" }
+        func state(_ s: String) -> String {
+            guard ja else { return s }
+            switch s {
+            case "authorized": return "許可"
+            case "unauthorized": return "不許可"
+            case "stale": return "応答なし"
+            default: return s
+            }
+        }
+        func summary(shown: Int, authorized: Int, unauthorized: Int, stale: Int, intervals: Int, generated: String) -> String {
+            ja ? "\(shown) 台を表示: 許可 \(authorized)、不許可 \(unauthorized)、応答なし \(stale)。ハートビートが \(intervals) 回続けて届かない端末は応答なしです。\(generated) 作成。"
+               : "\(shown) agent(s) shown: \(authorized) authorized, \(unauthorized) unauthorized, \(stale) stale. Stale after \(intervals) missed heartbeats. Generated \(generated)."
+        }
+        var group: String { ja ? "グループ" : "Group" }
+        var stateLabel: String { ja ? "状態" : "State" }
+        var all: String { ja ? "すべて" : "all" }
+        var search: String { ja ? "検索" : "Search" }
+        var searchHint: String { ja ? "端末 ID またはホスト名" : "agent id or host name" }
+        var filter: String { ja ? "絞り込み" : "Filter" }
+        func pages(first: Int, last: Int, total: Int, page: Int, pages: Int) -> String {
+            ja ? "端末 \(first)–\(last) / 全 \(total) 台（\(page) / \(pages) ページ）" : "Agents \(first)–\(last) of \(total) (page \(page) of \(pages))"
+        }
+        var previous: String { ja ? "前へ" : "previous" }
+        var next: String { ja ? "次へ" : "next" }
+        var agents: String { ja ? "端末" : "Agents" }
+        var agentHeaders: [String] {
+            ja ? ["端末", "グループ", "ホスト名", "状態", "セグメント", "理由", "インターフェース", "最終ハートビート", "ポリシー", "未送信イベント"]
+               : ["Agent", "Group", "Host", "State", "Segment", "Reason", "Interfaces", "Last heartbeat", "Policy", "Spool"]
+        }
+        var noAgent: String { ja ? "該当する端末はありません。" : "No agent matches." }
+        func silent(_ s: Int) -> String { ja ? "（\(s) 秒応答なし）" : " (silent \(s) s)" }
+        func ago(_ s: Int) -> String { ja ? "（\(s) 秒前）" : " (\(s) s ago)" }
+        func spool(pending: Int, held: Int, oldestHours: Int?, dropped: Int) -> String {
+            var out = ja ? "未送信 \(pending)" : "\(pending) pending"
+            if held > 0 { out += ja ? "、拒否 \(held)" : ", \(held) refused" }
+            if let h = oldestHours { out += ja ? "、最古 \(h) 時間" : ", oldest \(h) h" }
+            if dropped > 0 { out += ja ? "、破棄 \(dropped)" : ", \(dropped) dropped" }
+            return out
+        }
+        var latestEvents: String { ja ? "最新のイベント" : "Latest events" }
+        var eventHeaders: [String] { ja ? ["時刻", "端末", "グループ", "種類", "重要度", "理由", "詳細"] : ["Time", "Agent", "Group", "Kind", "Severity", "Reason", "Details"] }
+        var noEvents: String { ja ? "イベントはありません。" : "No events." }
+        var otherLanguage: String { ja ? "English" : "日本語" }
+    }
     /// Where the agents shown sit in the whole filtered list.
     public struct Page: Sendable {
         public var offset: Int
@@ -24,11 +86,12 @@ public enum Dashboard {
     }
 
     public static func render(agents: [AgentRecord], events: [StoredEvent], groups: [String], group: String?, state: String?, now: Date,
-                              staleIntervals: Int, page: Page? = nil) -> String {
+                              staleIntervals: Int, page: Page? = nil, language: Language = .en) -> String {
+        let L = Labels(lang: language)
         var h = """
             <!DOCTYPE html>
-            <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><meta http-equiv="refresh" content="15">
-            <title>segment-guard collector</title>
+            <html lang="\(language.rawValue)"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><meta http-equiv="refresh" content="15">
+            <title>\(L.title)</title>
             <style>
             body{font-family:system-ui,sans-serif;margin:1.5em;color:#222}
             table{border-collapse:collapse;width:100%;margin-bottom:2em}
@@ -38,17 +101,17 @@ public enum Dashboard {
             .warning{color:#a40000}.critical{color:#fff;background:#a40000}
             code{font-size:.85em}
             </style></head><body>
-            <h1>segment-guard collector</h1>
+            <h1>\(L.title)</h1>
 
             """
         let counts = Dictionary(grouping: agents, by: \.state).mapValues(\.count)
-        h += "<p id=\"summary\">\(agents.count) agent(s) shown: \(counts["authorized"] ?? 0) authorized, \(counts["unauthorized"] ?? 0) unauthorized, \(counts["stale"] ?? 0) stale. Stale after \(staleIntervals) missed heartbeats. Generated \(esc(time(now))).</p>\n"
-        h += "<form method=\"get\" action=\"/\" id=\"filters\"><label>Group <select name=\"group\"><option value=\"\">all</option>"
+        h += "<p id=\"summary\">\(esc(L.summary(shown: agents.count, authorized: counts["authorized"] ?? 0, unauthorized: counts["unauthorized"] ?? 0, stale: counts["stale"] ?? 0, intervals: staleIntervals, generated: time(now))))</p>\n"
+        h += "<form method=\"get\" action=\"/\" id=\"filters\"><input type=\"hidden\" name=\"lang\" value=\"\(language.rawValue)\"><label>\(L.group) <select name=\"group\"><option value=\"\">\(L.all)</option>"
         for g in groups { h += "<option value=\"\(esc(g))\"\(g == group ? " selected" : "")>\(esc(g))</option>" }
-        h += "</select></label> <label>State <select name=\"state\"><option value=\"\">all</option>"
-        for s in ["authorized", "unauthorized", "stale"] { h += "<option value=\"\(s)\"\(s == state ? " selected" : "")>\(s)</option>" }
-        h += "</select></label> <label>Search <input type=\"search\" name=\"q\" value=\"\(esc(page?.search ?? ""))\" placeholder=\"agent id or host name\"></label>"
-        h += " <button type=\"submit\">Filter</button></form>\n"
+        h += "</select></label> <label>\(L.stateLabel) <select name=\"state\"><option value=\"\">\(L.all)</option>"
+        for s in ["authorized", "unauthorized", "stale"] { h += "<option value=\"\(s)\"\(s == state ? " selected" : "")>\(L.state(s))</option>" }
+        h += "</select></label> <label>\(L.search) <input type=\"search\" name=\"q\" value=\"\(esc(page?.search ?? ""))\" placeholder=\"\(L.searchHint)\"></label>"
+        h += " <button type=\"submit\">\(L.filter)</button></form>\n"
         if let page {
             // Links keep the filters; only the page changes.
             func link(_ n: Int, _ label: String) -> String {
@@ -56,19 +119,20 @@ public enum Dashboard {
                 if let group { items.append(("group", group)) }
                 if let state { items.append(("state", state)) }
                 if let q = page.search, !q.isEmpty { items.append(("q", q)) }
+                if language == .ja { items.append(("lang", "ja")) }
                 items.append(("page", "\(n)"))
                 let query = items.map { "\($0.0)=\($0.1.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "")" }.joined(separator: "&")
-                return "<a href=\"/?\(esc(query))\" rel=\"\(label == "next" ? "next" : "prev")\">\(label)</a>"
+                return "<a href=\"/?\(esc(query))\" rel=\"\(label == L.next ? "next" : "prev")\">\(label)</a>"
             }
             let first = page.total == 0 ? 0 : page.offset + 1, last = page.offset + agents.count
-            h += "<p id=\"pages\">Agents \(first)–\(last) of \(page.total) (page \(page.number) of \(page.pages))"
-            if page.number > 1 { h += " " + link(page.number - 1, "previous") }
-            if page.number < page.pages { h += " " + link(page.number + 1, "next") }
+            h += "<p id=\"pages\">\(L.pages(first: first, last: last, total: page.total, page: page.number, pages: page.pages))"
+            if page.number > 1 { h += " " + link(page.number - 1, L.previous) }
+            if page.number < page.pages { h += " " + link(page.number + 1, L.next) }
             h += "</p>\n"
         }
 
-        h += "<h2>Agents</h2>\n<table id=\"agents\"><thead><tr><th>Agent</th><th>Group</th><th>Host</th><th>State</th><th>Segment</th><th>Reason</th><th>Interfaces</th><th>Last heartbeat</th><th>Policy</th><th>Spool</th></tr></thead><tbody>\n"
-        if agents.isEmpty { h += "<tr><td colspan=\"10\">No agent matches.</td></tr>\n" }
+        h += "<h2>\(L.agents)</h2>\n<table id=\"agents\"><thead><tr>" + L.agentHeaders.map { "<th>\($0)</th>" }.joined() + "</tr></thead><tbody>\n"
+        if agents.isEmpty { h += "<tr><td colspan=\"10\">\(L.noAgent)</td></tr>\n" }
         for a in agents {
             let ifaces = a.interfaces.map { i -> String in
                 var s = "\(i.name) \(i.up ? "up" : "down")"
@@ -80,25 +144,29 @@ public enum Dashboard {
             let ago = max(0, Int(now.timeIntervalSince(a.lastSeen)))  // replicas' clocks may differ slightly
             h += "<tr class=\"agent\" data-agent=\"\(esc(a.agentID))\" data-state=\"\(a.state)\">"
             h += "<td><a href=\"/agents/\(esc(a.agentID.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed) ?? a.agentID))\">\(esc(a.agentID))</a></td><td>\(esc(a.group))</td><td>\(esc(a.hostname))</td>"
-            h += "<td class=\"\(a.state)\">\(a.state)\(a.stale ? " (silent \(ago) s)" : "")</td><td>\(esc(a.segment))</td><td>\(esc(a.reason))</td>"
-            h += "<td>\(esc(ifaces))</td><td>\(esc(time(a.lastSeen))) (\(ago) s ago)</td>"
+            h += "<td class=\"\(a.state)\">\(L.state(a.state))\(a.stale ? L.silent(ago) : "")</td><td>\(esc(a.segment))</td><td>\(esc(a.reason))</td>"
+            h += "<td>\(esc(ifaces))</td><td>\(esc(time(a.lastSeen)))\(L.ago(ago))</td>"
             h += "<td>\(esc(a.policyName)) <code title=\"\(esc(a.policySHA256))\">\(esc(String(a.policySHA256.prefix(12))))</code>\(a.bundleVersion.map { " v\($0)" } ?? "")</td>"
             // Events not getting through are flagged: refused by the collector (held by the agent), or old.
-            var spool = "\(a.spoolPending) pending"
-            if a.spoolHeld > 0 { spool += ", \(a.spoolHeld) refused" }
-            if let o = a.spoolOldestSeconds, o > AgentRecord.backlogSeconds { spool += ", oldest \(o / 3600) h" }
-            if a.spoolDropped > 0 { spool += ", \(a.spoolDropped) dropped" }
+            let oldest = a.spoolOldestSeconds.flatMap { $0 > AgentRecord.backlogSeconds ? $0 / 3600 : nil }
+            let spool = L.spool(pending: a.spoolPending, held: a.spoolHeld, oldestHours: oldest, dropped: a.spoolDropped)
             h += "<td\(a.deliveryBacklog ? " class=\"backlog\"" : "")>\(esc(spool))</td></tr>\n"
         }
-        h += "</tbody></table>\n<h2>Latest events</h2>\n<table id=\"events\"><thead><tr><th>Time</th><th>Agent</th><th>Group</th><th>Kind</th><th>Severity</th><th>Reason</th><th>Details</th></tr></thead><tbody>\n"
-        if events.isEmpty { h += "<tr><td colspan=\"7\">No events.</td></tr>\n" }
+        h += "</tbody></table>\n<h2>\(L.latestEvents)</h2>\n<table id=\"events\"><thead><tr>" + L.eventHeaders.map { "<th>\($0)</th>" }.joined() + "</tr></thead><tbody>\n"
+        if events.isEmpty { h += "<tr><td colspan=\"7\">\(L.noEvents)</td></tr>\n" }
         for e in events {
             h += "<tr class=\"event\" data-kind=\"\(esc(e.event.kind))\"><td>\(esc(time(e.event.time)))</td><td>\(esc(e.agentID))</td><td>\(esc(e.group))</td>"
             let details = e.event.details.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
             h += "<td>\(esc(e.event.kind))</td><td class=\"\(esc(e.event.severity))\">\(esc(e.event.severity))</td><td>\(esc(e.event.reason))</td>"
             h += "<td><code>\(esc(details))</code></td></tr>\n"
         }
-        h += "</tbody></table>\n</body></html>\n"
+        h += "</tbody></table>\n"
+        var other = [("lang", language == .ja ? "en" : "ja")]
+        if let group { other.append(("group", group)) }
+        if let state { other.append(("state", state)) }
+        if let q = page?.search, !q.isEmpty { other.append(("q", q)) }
+        let otherQuery = other.map { "\($0.0)=\($0.1.addingPercentEncoding(withAllowedCharacters: .alphanumerics) ?? "")" }.joined(separator: "&")
+        h += "<p id=\"language\"><a href=\"/?\(esc(otherQuery))\" hreflang=\"\(language == .ja ? "en" : "ja")\">\(L.otherLanguage)</a></p>\n</body></html>\n"
         return h
     }
 

@@ -238,7 +238,7 @@ struct DashboardBrowserTests {
         }
     }
 
-    @Test("250 agents: page 2 shows 101–200 with links that keep the filters; a search finds agents by host name, case-insensitively, % matching only itself; an agent's page shows its decision history in the browser's zone (TZ=Asia/Tokyo: JST)",
+    @Test("250 agents: page 2 shows 101–200 with links that keep the filters; a search finds agents by host name, case-insensitively, % matching only itself; the page in Japanese (?lang=ja, Accept-Language); an agent's page shows its decision history in the browser's zone (TZ=Asia/Tokyo: JST)",
           .timeLimit(.minutes(3)))
     func pagesSearchAndAgentPage() async throws {
         let c = try await TestCollector.start()
@@ -293,7 +293,17 @@ struct DashboardBrowserTests {
         // Another zone, the same instant.
         let utc = try await HeadlessChromium.dumpDOM(c.url + "/agents/tc-1007", in: dir, marker: "<table id=\"agent\"", timeZone: "UTC")
         #expect(try HTMLTable(utc, id: "decisions").rows.first { $0.attributes["class"] == "event" }?.cells[0] == "2026-12-01 00:30:00 UTC")
+        // Japanese: chosen by ?lang=ja (the links keep it) or by the browser's Accept-Language.
+        let ja = try await HeadlessChromium.dumpDOM(c.url + "/?lang=ja&page=2", in: dir)
+        #expect(try HTMLTable(ja, id: "agents").headers == ["端末", "グループ", "ホスト名", "状態", "セグメント", "理由", "インターフェース", "最終ハートビート", "ポリシー", "未送信イベント"])
+        let jaRows = try HTMLTable(ja, id: "agents").rows.filter { $0.attributes["class"] == "agent" }
+        #expect(jaRows.first?.cells[3] == "許可", "\(jaRows.first?.cells ?? [])")
+        #expect(HTMLText.element(ja, id: "pages")?.contains("端末 101–200 / 全 250 台（2 / 3 ページ）") == true, "\(HTMLText.element(ja, id: "pages") ?? "")")
+        #expect(HTMLText.startTags(ja).contains { $0.name == "a" && $0.attributes["rel"] == "next" && $0.attributes["href"] == "/?lang=ja&page=3" })
+        #expect(HTMLText.element(ja, id: "language") == "English")
         try await withClient(try c.client()) { (client: HTTPClient) async throws -> Void in
+            #expect(try await call(client, .GET, c.url + "/", headers: [("Accept-Language", "ja-JP,ja;q=0.9,en;q=0.5")]).body.contains("<html lang=\"ja\">"))
+            #expect(try await call(client, .GET, c.url + "/", headers: [("Accept-Language", "en-US,en;q=0.9")]).body.contains("<html lang=\"en\">"))
             #expect(try await call(client, .GET, c.url + "/agents/tc-9999").status == 404)
             #expect(try await call(client, .GET, c.url + "/?page=0").status == 400)
         }
