@@ -593,10 +593,18 @@ final class AgentCore {
             timings.add(PipelineSample(woke: stages.woke, snapshot: stages.received, decided: decided, handedToKernel: t.handedToKernel, committed: t.returned,
                                        authorized: change.current.isAuthorized))
         }
-        logDecision(change)
+        let status = statusLine
+        if change.isInitial {
+            // READY once the first decision is in the journal (after its event is spooled, when
+            // reporting): systemd's "Started" never precedes the decision it vouches for.
+            let observer = self.observer
+            logDecision(change) { observer.ready(status: status) }
+        } else {
+            logDecision(change)
+        }
         if let outcome { recordBinding(outcome, eventNanos: eventNanos, decisionChanged: true) }
         updateGrace(eventNanos: eventNanos)
-        if change.isInitial { observer.ready(status: statusLine) } else { observer.status(statusLine) }
+        if !change.isInitial { observer.status(status) }
         observer.decisionChanged(change, eventNanos: eventNanos)
     }
 
@@ -606,7 +614,8 @@ final class AgentCore {
         return d.isAuthorized ? "\(d.segment.rawValue) via \(d.authorizedInterfaces.joined(separator: ", "))" : "unauthorized: \(d.reason)"
     }
 
-    func logDecision(_ change: DecisionChange) {
+    /// Logs a decision (once its event is spooled, when reporting), then runs `then`.
+    func logDecision(_ change: DecisionChange, then: (@Sendable () -> Void)? = nil) {
         let d = change.current
         // The first decision after start replaces the fail-closed placeholder: not a change.
         let level: Logger.Level = d.isAuthorized ? .notice : .warning
@@ -619,6 +628,7 @@ final class AgentCore {
         ]
         guard let reporting else {
             logger.log(level: level, message, metadata: metadata)
+            then?()
             return
         }
         // Logged once the event is in the spool: a decision in the journal is never missing
@@ -632,6 +642,7 @@ final class AgentCore {
                              var m = metadata
                              m["event_id"] = "\(id ?? "not spooled")"
                              logger.log(level: level, message, metadata: m)
+                             then?()
                          })
         reporting.heartbeatNow()
     }
