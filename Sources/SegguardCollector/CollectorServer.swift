@@ -298,8 +298,7 @@ public final class Collector: Sendable {
             id: "interval-\(claimed)-\(expected)", seq: 0, time: now, kind: "heartbeat-interval-mismatch", severity: "warning",
             reason: "the agent claims a heartbeat interval of \(claimed) s; its group's policy sets \(expected) s: it is held to \(expected) s for stale detection",
             details: ["claimed_s": "\(claimed)", "expected_s": "\(expected)", "source": "collector"])
-        let r = try await store.insertEvents([event], from: agent, at: now)
-        metrics.events(agent, [event], inserted: r.inserted, duplicates: r.duplicates)
+        try await recordOwnEvent(event, for: agent, at: now)
         intervalMismatches.withLock { $0[agent] = [claimed, expected] }  // after the write: a failed one is tried again
     }
 
@@ -331,7 +330,13 @@ public final class Collector: Sendable {
             reason: "\(conflict): the stored event stands, the new one was refused (409)",
             details: ["event_id": conflict.sent.id, "stored_kind": conflict.stored.kind, "sent_kind": conflict.sent.kind,
                       "stored_seq": "\(conflict.stored.seq)", "sent_seq": "\(conflict.sent.seq)", "source": "collector"])
-        let r = try await store.insertEvents([event], from: agent, at: now)
+        try await recordOwnEvent(event, for: agent, at: now)
+    }
+
+    /// An event the collector records about an agent (reserved id prefix): stored once, and
+    /// counted in the agent's event metrics like its own, so alerts on its kind fire.
+    func recordOwnEvent(_ event: ReportedEvent, for agent: AgentIdentity, at time: Date) async throws {
+        let r = try await store.insertEvents([event], from: agent, at: time)
         if r.inserted > 0 { metrics.events(agent, [event], inserted: r.inserted, duplicates: 0) }
     }
 
@@ -401,11 +406,13 @@ public final class Collector: Sendable {
     func requireAdmin(_ request: Request) throws -> String {
         let header = request.headers[.authorization]
         if let operators = configuration.operators, let header, header.hasPrefix("Basic ") {
-            guard let name = operators.authenticate(basic: header) else {
+            switch operators.check(basic: header) {
+            case .signedIn(let name): return name
+            case .busy: throw APIError(.tooManyRequests, "another sign-in is being checked; try again in a second")
+            case .refused:
                 metrics.authFailure()
                 throw APIError(.unauthorized, "wrong operator name or password")
             }
-            return name
         }
         guard let expected = configuration.adminTokenSHA256 else {
             if configuration.operators != nil { throw APIError(.unauthorized, "sign in as an operator (HTTP Basic)") }

@@ -40,15 +40,16 @@ enum ExportFormat: String {
         return String(RFC3339.format(shifted).dropLast()) + "+09:00"
     }
 
-    /// `details` as compact JSON with keys sorted and paths written as they are (no `\/`).
-    static func detailsJSON(_ d: [String: String]) -> String {
+    /// The encoder of `details`: compact JSON, keys sorted, paths written as they are (no `\/`).
+    static func detailsEncoder() -> JSONEncoder {
         let e = JSONEncoder()
         e.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        return (try? e.encode(d)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
+        return e
     }
 
-    static func csvRow(_ e: StoredEvent) -> String {
-        let details = detailsJSON(e.event.details)
+    /// One CSV line; `encoder` from `detailsEncoder()`, made once per export.
+    static func csvRow(_ e: StoredEvent, encoder: JSONEncoder) -> String {
+        let details = (try? encoder.encode(e.event.details)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
         return [RFC3339.format(e.event.time), jstTime(e.event.time), e.agentID, e.group, "\(e.event.seq)", e.event.kind, e.event.severity,
                 e.event.reason, details, RFC3339.format(e.receivedAt), e.event.id].map(csvField).joined(separator: ",") + "\r\n"
     }
@@ -83,13 +84,13 @@ extension Collector {
         let body = ResponseBody { writer in
             var page = first
             var count = 0
-            let encoder = ReportCoding.encoder()
+            let encoder = ReportCoding.encoder(), details = ExportFormat.detailsEncoder()
             try await writer.write(ByteBuffer(string: format == .csv ? ExportFormat.csvHeader : "["))
             while !page.isEmpty {
                 var chunk = ""
                 for e in page {
                     switch format {
-                    case .csv: chunk += ExportFormat.csvRow(e)
+                    case .csv: chunk += ExportFormat.csvRow(e, encoder: details)
                     case .json: chunk += (count == 0 ? "\n" : ",\n") + String(decoding: try encoder.encode(e), as: UTF8.self)
                     }
                     count += 1

@@ -77,20 +77,45 @@ public final class OperatorAccounts: Sendable {
         return OperatorAccounts(accounts: out)
     }
 
+    /// Password checks running now. scrypt costs 32 MiB and tens of milliseconds of a core by
+    /// design; anyone who reaches the listener can send wrong passwords, so at most one check
+    /// runs at a time (on one thread of the collector's two) and the others are answered
+    /// "busy" at once instead of piling up memory and threads.
+    let checking = Mutex(0)
+    static let maxConcurrentChecks = 1
+
+    enum Outcome: Equatable {
+        case signedIn(String)
+        case refused
+        /// Another password check is running: try again in a moment (429).
+        case busy
+    }
+
     /// The operator named in an `Authorization: Basic …` value when the password is right.
     func authenticate(basic header: String) -> String? {
+        if case .signedIn(let name) = check(basic: header) { return name }
+        return nil
+    }
+
+    func check(basic header: String) -> Outcome {
         guard header.hasPrefix("Basic "), let decoded = Data(base64Encoded: String(header.dropFirst(6))),
-              let text = String(data: decoded, encoding: .utf8), let colon = text.firstIndex(of: ":") else { return nil }
+              let text = String(data: decoded, encoding: .utf8), let colon = text.firstIndex(of: ":") else { return .refused }
         let name = String(text[..<colon]), password = String(text[text.index(after: colon)...])
-        guard let account = accounts[name] else { return nil }
+        guard let account = accounts[name] else { return .refused }
         let key = Data(SHA256.hash(data: Data(text.utf8)))
         let now = Date()
-        if let at = verified.withLock({ $0[key] }), now.timeIntervalSince(at) < Self.remember { return name }
-        guard account.verify(password) else { return nil }
+        if let at = verified.withLock({ $0[key] }), now.timeIntervalSince(at) < Self.remember { return .signedIn(name) }
+        guard checking.withLock({ n -> Bool in
+            guard n < Self.maxConcurrentChecks else { return false }
+            n += 1
+            return true
+        }) else { return .busy }
+        defer { checking.withLock { $0 -= 1 } }
+        guard account.verify(password) else { return .refused }
         verified.withLock { v in
             if v.count > 1000 { v = v.filter { now.timeIntervalSince($0.value) < Self.remember } }
             v[key] = now
         }
-        return name
+        return .signedIn(name)
     }
 }

@@ -277,7 +277,8 @@ public final class SQLiteStore: CollectorStore {
             spoolOldestSeconds: r.column("spool_oldest_s")?.integer.map { Int($0) })
     }
 
-    public func agents(_ filter: AgentFilter) async throws -> [AgentRecord] {
+    /// The WHERE clause and binds of an agent filter (offset and limit aside).
+    static func agentConditions(_ filter: AgentFilter) -> (sql: String, binds: [SQLiteData]) {
         var conditions: [String] = []
         var binds: [SQLiteData] = []
         if let g = filter.group { conditions.append("grp = ?"); binds.append(.text(g)) }
@@ -291,7 +292,11 @@ public final class SQLiteStore: CollectorStore {
             conditions.append("(lower(agent_id) LIKE ? ESCAPE '\\' OR lower(hostname) LIKE ? ESCAPE '\\')")
             binds += [.text(like), .text(like)]
         }
-        let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        return (conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND "), binds)
+    }
+
+    public func agents(_ filter: AgentFilter) async throws -> [AgentRecord] {
+        var (whereClause, binds) = Self.agentConditions(filter)
         var sql = "SELECT \(Self.agentColumns) FROM agents \(whereClause) ORDER BY grp, agent_id"
         if let limit = filter.limit {
             sql += " LIMIT ? OFFSET ?"
@@ -314,24 +319,7 @@ public final class SQLiteStore: CollectorStore {
     }
 
     public func agentCount(_ filter: AgentFilter) async throws -> Int {
-        var f = filter
-        f.limit = nil
-        f.offset = 0
-        // The same conditions as agents(_:), counted.
-        var conditions: [String] = []
-        var binds: [SQLiteData] = []
-        if let g = f.group { conditions.append("grp = ?"); binds.append(.text(g)) }
-        switch f.state {
-        case "stale": conditions.append("stale = 1")
-        case "authorized": conditions.append("stale = 0 AND authorized = 1")
-        case "unauthorized": conditions.append("stale = 0 AND authorized = 0")
-        default: break
-        }
-        if let like = f.likePattern {
-            conditions.append("(lower(agent_id) LIKE ? ESCAPE '\\' OR lower(hostname) LIKE ? ESCAPE '\\')")
-            binds += [.text(like), .text(like)]
-        }
-        let whereClause = conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND ")
+        let (whereClause, binds) = Self.agentConditions(filter)
         let values = binds
         return try await serial.run { [connection] in
             Int(try await connection.query("SELECT COUNT(*) AS n FROM agents \(whereClause)", values).first?.column("n")?.integer ?? 0)

@@ -9,6 +9,7 @@ import Logging
 @testable import SegguardCollector
 import SegguardPolicy
 import SegguardReport
+import Synchronization
 import Testing
 
 @Suite("Operators: accounts, sign-in, the management listener")
@@ -36,6 +37,18 @@ struct OperatorTests {
         #expect(ops.authenticate(basic: "Basic !!!") == nil)
         // Remembered: the same pair again needs no scrypt (and still fails for a wrong one).
         #expect(ops.authenticate(basic: Self.basic("sato", "correct horse battery").1) == "sato")
+        // A flood of wrong passwords: one scrypt at a time, the rest answered "busy" at once
+        // (no memory or threads piling up); a remembered operator still gets in meanwhile.
+        let slow = try OperatorAccounts.load(path: try Self.accountsFile(dir, ["sato:" + (try OperatorAccount.hash(password: "correct horse battery", logN: 15))]))
+        _ = slow.authenticate(basic: Self.basic("sato", "correct horse battery").1)
+        let outcomes = Mutex<[OperatorAccounts.Outcome]>([])
+        DispatchQueue.concurrentPerform(iterations: 8) { i in
+            let o = slow.check(basic: Self.basic("sato", "guess \(i)").1)
+            outcomes.withLock { $0.append(o) }
+        }
+        let all = outcomes.withLock { $0 }
+        #expect(all.contains(.refused) && all.contains(.busy) && !all.contains { if case .signedIn = $0 { true } else { false } }, "\(all)")
+        #expect(slow.check(basic: Self.basic("sato", "correct horse battery").1) == .signedIn("sato"))
         for (lines, expected) in [(["sato"], "line 1: expected NAME:scrypt"), (["ok:\(hash)", "bad name:\(hash)"], "line 2: operator name"),
                                   (["sato:bcrypt$x"], "line 1: the hash is not scrypt"), (["sato:\(hash)", "sato:\(hash)"], "line 2: operator \"sato\" given twice"),
                                   (["# nobody"], "no operator account")] {
