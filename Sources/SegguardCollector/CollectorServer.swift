@@ -211,7 +211,8 @@ public final class Collector: Sendable {
         }
         if routes == .agents {
             // Operators' pages live on the management listener: say where, show nothing.
-            for path in ["/", "/metrics", "/agents/:id", "/api/v1/admin/agents", "/api/v1/admin/events", "/api/v1/admin/export/events"] {
+            for path in ["/", "/metrics", "/agents/:id", "/actions", "/api/v1/admin/agents", "/api/v1/admin/events", "/api/v1/admin/actions",
+                         "/api/v1/admin/export/events"] {
                 router.get(RouterPath(stringLiteral: path)) { _, _ in
                     (try? Self.json(.notFound, ErrorReply(error: "served on the collector's management listener (--admin-listen), not here"))) ?? Response(status: .notFound)
                 }
@@ -237,6 +238,14 @@ public final class Collector: Sendable {
                 return try Self.json(.ok, try await self.store.events(EventFilter(agentID: q.get("agent"), group: q.get("group"), limit: limit)))
             }
         }
+        router.get("/api/v1/admin/actions") { request, _ in
+            await self.guarded {
+                try self.requireAdmin(request)
+                let q = request.uri.queryParameters
+                let limit = min(max(Int(q.get("limit") ?? "100") ?? 100, 1), 10_000)
+                return try Self.json(.ok, try await self.store.actions(limit: limit))
+            }
+        }
         router.get("/api/v1/admin/export/events") { request, _ in await self.guarded { try await self.exportEvents(request) } }
         router.get("/") { request, _ in
             await self.guarded {
@@ -251,6 +260,13 @@ public final class Collector: Sendable {
             }
         }
         router.get("/agents/:id") { request, context in await self.guarded { try await self.agentPage(request, context) } }
+        router.get("/actions") { request, _ in
+            await self.guarded {
+                try self.requireViewer(request)
+                let html = Dashboard.renderActions(try await self.store.actions(limit: 500), now: Date(), language: Self.language(request))
+                return Self.html(html)
+            }
+        }
         return router
     }
 
@@ -359,6 +375,28 @@ public final class Collector: Sendable {
         let who = try requireAdmin(request)
         guard let group = context.parameters.get("group") else { throw APIError(.badRequest, "no group in the path") }
         do { try PKI.validateName(group, what: "group") } catch { throw APIError(.badRequest, "\(error)") }
+        do {
+            return try await storePush(request, group: group, by: who)
+        } catch let error as APIError {
+            // A signed-in operator's refused push is recorded too (who tried what, and why not).
+            await record(AdminAction(time: Date(), by: who, action: "policy-push-refused", target: group,
+                                     detail: "\(error.status.code): \(error.message)"))
+            throw error
+        }
+    }
+
+    /// Records an operator's action; the action itself has happened, so a store failure is
+    /// logged (with everything the record held) rather than turned into an error answer.
+    func record(_ action: AdminAction) async {
+        do {
+            try await store.recordAction(action)
+        } catch {
+            logger.error("operator action not recorded", metadata: ["by": "\(action.by)", "action": "\(action.action)", "target": "\(action.target)",
+                                                                 "detail": "\(action.detail)", "error": "\(error)"])
+        }
+    }
+
+    func storePush(_ request: Request, group: String, by who: String) async throws -> Response {
         let bundle = try await decode(SignedPolicyBundle.self, request)
         let payload: PolicyBundlePayload
         do {
@@ -389,6 +427,8 @@ public final class Collector: Sendable {
         switch try await store.putBundle(stored) {
         case .stored:
             groupIntervals.withLock { $0[group] = (policy.report.heartbeatSeconds, Date()) }
+            await record(AdminAction(time: stored.pushedAt, by: who, action: "policy-push", target: group,
+                                     detail: "version \(payload.version), policy \(policy.name) sha256 \(payload.policySHA256)"))
             logger.notice("policy bundle pushed", metadata: ["group": "\(group)", "version": "\(payload.version)", "sha256": "\(payload.policySHA256)",
                                                          "by": "\(who)"])
             var r = try Self.json(.created, ["group": group, "version": "\(payload.version)", "etag": stored.etag])
@@ -449,24 +489,35 @@ public final class Collector: Sendable {
             throw APIError(.badRequest, "state: \"\(state)\" is not one of authorized, unauthorized, stale")
         }
         let search = q.get("q").flatMap { $0.isEmpty ? nil : String($0.prefix(128)) }
+        let segment = q.get("segment").flatMap { $0.isEmpty ? nil : String($0.prefix(128)) }
         let pageText = q.get("page") ?? "1"
         guard let number = Int(pageText), number >= 1, number <= 1_000_000 else { throw APIError(.badRequest, "page: \"\(pageText)\" is not a page number") }
         let size = Self.dashboardPageSize
-        let filter = AgentFilter(group: group, state: state, search: search, offset: (number - 1) * size, limit: size)
+        let filter = AgentFilter(group: group, state: state, search: search, segment: segment, offset: (number - 1) * size, limit: size)
         let agents = try await store.agents(filter)
         let total = try await store.agentCount(filter)
         let allGroups = try await store.groups()
-        var events = try await store.events(EventFilter(group: group, limit: state == nil ? 50 : 500))
-        if state != nil {
+        let allSegments = try await store.segments()
+        var events = try await store.events(EventFilter(group: group, limit: state == nil && segment == nil ? 50 : 500))
+        if state != nil || segment != nil {
             // Only the events of the agents shown (the state filter applies to both tables).
             let shown = Set(agents.map(\.agentID))
             events = Array(events.filter { shown.contains($0.agentID) }.prefix(50))
         }
-        let html = Dashboard.render(agents: agents, events: events, groups: allGroups, group: group, state: state, now: Date(),
+        let html = Dashboard.render(agents: agents, events: events, groups: allGroups, segments: allSegments,
+                                    filters: Dashboard.Filters(group: group, state: state, segment: segment, search: search), now: Date(),
                                     staleIntervals: configuration.staleIntervals,
                                     page: Dashboard.Page(offset: filter.offset, size: size, total: total, search: search),
-                                    language: Dashboard.Language.choose(query: q.get("lang"), acceptLanguage: request.headers[.acceptLanguage]))
-        return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: html)))
+                                    language: Self.language(request))
+        return Self.html(html)
+    }
+
+    static func language(_ request: Request) -> Dashboard.Language {
+        Dashboard.Language.choose(query: request.uri.queryParameters.get("lang"), acceptLanguage: request.headers[.acceptLanguage])
+    }
+
+    static func html(_ text: String) -> Response {
+        Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: text)))
     }
 
     /// Agents per dashboard page.
@@ -478,8 +529,7 @@ public final class Collector: Sendable {
         guard let record = try await store.agent(id: id) else { throw APIError(.notFound, "no agent \"\(id)\" has reported") }
         let events = try await store.events(EventFilter(agentID: id, limit: 200))
         let decisions = try await store.events(EventFilter(agentID: id, kind: "decision-changed", limit: 200))
-        let html = Dashboard.renderAgent(record, decisions: decisions, events: events, now: Date())
-        return Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: html)))
+        return Self.html(Dashboard.renderAgent(record, decisions: decisions, events: events, now: Date(), language: Self.language(request)))
     }
 
     func metricsPage() async throws -> Response {

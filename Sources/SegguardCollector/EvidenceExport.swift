@@ -18,6 +18,17 @@ import ServiceLifecycle
 enum ExportFormat: String {
     case csv, json
 
+    /// "2026-11-01" as a day in Japan (+09:00): its start, or with `endOfDay` the start of the
+    /// next day (the range's end is excluded, so the day is included whole).
+    static func japanDay(_ text: String, endOfDay: Bool) -> Date? {
+        guard text.utf8.count == 10, let m = text.wholeMatch(of: #/(\d{4})-(\d{2})-(\d{2})/#),
+              let y = Int(m.1), let mo = Int(m.2), let d = Int(m.3), (1...12).contains(mo), (1...31).contains(d) else { return nil }
+        let calendar = Dashboard.japanCalendar
+        guard let start = calendar.date(from: DateComponents(year: y, month: mo, day: d)),
+              calendar.component(.day, from: start) == d else { return nil }  // 2026-02-30 is not a day
+        return endOfDay ? calendar.date(byAdding: .day, value: 1, to: start) : start
+    }
+
     static let csvHeader = "time_utc,time_jst,agent_id,group,seq,kind,severity,reason,details,received_utc,event_id\r\n"
 
     /// A CSV field (RFC 4180): quoted when it holds a comma, a quote or a line break; a leading
@@ -62,12 +73,14 @@ extension Collector {
     func exportEvents(_ request: Request) async throws -> Response {
         let who = try requireAdmin(request)
         let q = request.uri.queryParameters
-        func date(_ name: String) throws -> Date {
-            guard let text = q.get(name) else { throw APIError(.badRequest, "\(name): missing (an RFC 3339 time, e.g. 2026-11-01T00:00:00+09:00)") }
-            guard let d = RFC3339.parse(text) else { throw APIError(.badRequest, "\(name): \"\(text)\" is not an RFC 3339 time (2026-11-01T00:00:00+09:00)") }
-            return d
+        func date(_ name: String, endOfDay: Bool) throws -> Date {
+            guard let text = q.get(name) else { throw APIError(.badRequest, "\(name): missing (an RFC 3339 time, e.g. 2026-11-01T00:00:00+09:00, or a day, 2026-11-01)") }
+            if let d = RFC3339.parse(text) { return d }
+            if let d = ExportFormat.japanDay(text, endOfDay: endOfDay) { return d }
+            throw APIError(.badRequest, "\(name): \"\(text)\" is not an RFC 3339 time (2026-11-01T00:00:00+09:00) or a day (2026-11-01)")
         }
-        let from = try date("from"), to = try date("to")
+        // A day alone (the dashboard's form) is a day in Japan: `from` its start, `to` its end.
+        let from = try date("from", endOfDay: false), to = try date("to", endOfDay: true)
         guard from < to else { throw APIError(.badRequest, "from (\(RFC3339.format(from))) must be before to (\(RFC3339.format(to)))") }
         let formatName = q.get("format") ?? "csv"
         guard let format = ExportFormat(rawValue: formatName) else { throw APIError(.badRequest, "format: \"\(formatName)\" is not csv or json") }
@@ -77,10 +90,15 @@ extension Collector {
         let first = try await store.exportEvents(range, after: nil, limit: Self.exportPage)
         let store = self.store
         let logger = self.logger
-        let stamp = RFC3339.format(from).prefix(10) + "_" + RFC3339.format(to).prefix(10)
-        let name = "segguard-events_\(range.group ?? "all")_\(stamp).\(format.rawValue)"
+        // The file is named by the Japan days it covers (the last one: the day of `to`'s last instant).
+        let stamp = Dashboard.day(from) + "_" + Dashboard.day(to.addingTimeInterval(-0.001))
+        // Only name-safe characters of the group reach the header (the query's text is anyone's).
+        let groupName = String((range.group ?? "all").unicodeScalars.filter { CharacterSet.alphanumerics.contains($0) && $0.isASCII || "._-".unicodeScalars.contains($0) }.prefix(64).map(Character.init))
+        let name = "segguard-events_\(groupName.isEmpty ? "group" : groupName)_\(stamp).\(format.rawValue)"
         logger.notice("evidence export", metadata: ["by": "\(who)", "from": "\(RFC3339.format(from))", "to": "\(RFC3339.format(to))",
                                                     "group": "\(range.group ?? "all")", "format": "\(format.rawValue)"])
+        await record(AdminAction(time: Date(), by: who, action: "export", target: range.agentID.map { "agent \($0)" } ?? "group \(range.group ?? "all")",
+                                 detail: "\(RFC3339.format(from)) – \(RFC3339.format(to)), \(format.rawValue)"))
         let body = ResponseBody { writer in
             var page = first
             var count = 0

@@ -158,6 +158,11 @@ public final class PostgresStore: CollectorStore {
                 grp TEXT PRIMARY KEY, version BIGINT NOT NULL, policy_sha256 TEXT NOT NULL, bundle TEXT NOT NULL,
                 pushed_at BIGINT NOT NULL, pushed_by TEXT NOT NULL)
             """,
+            """
+            CREATE TABLE IF NOT EXISTS admin_actions (
+                id BIGSERIAL PRIMARY KEY, time BIGINT NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
+                target TEXT NOT NULL, detail TEXT NOT NULL)
+            """,
             "SELECT pg_advisory_unlock(7305001)",
         ]
         do {
@@ -268,6 +273,7 @@ public final class PostgresStore: CollectorStore {
                    OR (\(filter.state) = 'authorized' AND NOT stale AND authorized)
                    OR (\(filter.state) = 'unauthorized' AND NOT stale AND NOT authorized))
               AND (\(like)::text IS NULL OR lower(agent_id) LIKE \(like) OR lower(hostname) LIKE \(like))
+              AND (\(filter.segment)::text IS NULL OR segment = \(filter.segment))
             ORDER BY grp, agent_id
             LIMIT \(limit) OFFSET \(Int64(max(0, filter.offset)))
             """, logger: logger)
@@ -289,6 +295,29 @@ public final class PostgresStore: CollectorStore {
         return out
     }
 
+    public func segments() async throws -> [String] {
+        let rows = try await client.query("SELECT DISTINCT segment FROM agents ORDER BY segment", logger: logger)
+        var out: [String] = []
+        for try await g in rows.decode(String.self) { out.append(g) }
+        return out
+    }
+
+    public func recordAction(_ a: AdminAction) async throws {
+        try await client.query(
+            "INSERT INTO admin_actions (time, who, action, target, detail) VALUES (\(a.time.millis), \(a.by), \(a.action), \(a.target), \(a.detail))",
+            logger: logger)
+    }
+
+    public func actions(limit: Int) async throws -> [AdminAction] {
+        let rows = try await client.query(
+            "SELECT time, who, action, target, detail FROM admin_actions ORDER BY id DESC LIMIT \(Int64(max(0, limit)))", logger: logger)
+        var out: [AdminAction] = []
+        for try await (time, who, action, target, detail) in rows.decode((Int64, String, String, String, String).self) {
+            out.append(AdminAction(time: Date(millis: time), by: who, action: action, target: target, detail: detail))
+        }
+        return out
+    }
+
     public func agentCount(_ filter: AgentFilter) async throws -> Int {
         let like = filter.likePattern
         let rows = try await client.query(
@@ -299,6 +328,7 @@ public final class PostgresStore: CollectorStore {
                    OR (\(filter.state) = 'authorized' AND NOT stale AND authorized)
                    OR (\(filter.state) = 'unauthorized' AND NOT stale AND NOT authorized))
               AND (\(like)::text IS NULL OR lower(agent_id) LIKE \(like) OR lower(hostname) LIKE \(like))
+              AND (\(filter.segment)::text IS NULL OR segment = \(filter.segment))
             """, logger: logger)
         for try await n in rows.decode(Int64.self) { return Int(n) }
         return 0

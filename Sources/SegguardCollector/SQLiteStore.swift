@@ -152,6 +152,11 @@ public final class SQLiteStore: CollectorStore {
             grp TEXT PRIMARY KEY, version INTEGER NOT NULL, policy_sha256 TEXT NOT NULL, bundle TEXT NOT NULL,
             pushed_at INTEGER NOT NULL, pushed_by TEXT NOT NULL)
         """,
+        """
+        CREATE TABLE IF NOT EXISTS admin_actions (
+            id INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
+            target TEXT NOT NULL, detail TEXT NOT NULL)
+        """,
     ]
 
     public func migrate() async throws {
@@ -292,6 +297,7 @@ public final class SQLiteStore: CollectorStore {
             conditions.append("(lower(agent_id) LIKE ? ESCAPE '\\' OR lower(hostname) LIKE ? ESCAPE '\\')")
             binds += [.text(like), .text(like)]
         }
+        if let s = filter.segment { conditions.append("segment = ?"); binds.append(.text(s)) }
         return (conditions.isEmpty ? "" : "WHERE " + conditions.joined(separator: " AND "), binds)
     }
 
@@ -315,6 +321,29 @@ public final class SQLiteStore: CollectorStore {
     public func groups() async throws -> [String] {
         try await serial.run { [connection] in
             try await connection.query("SELECT DISTINCT grp FROM agents ORDER BY grp").compactMap { $0.column("grp")?.string }
+        }
+    }
+
+    public func segments() async throws -> [String] {
+        try await serial.run { [connection] in
+            try await connection.query("SELECT DISTINCT segment FROM agents ORDER BY segment").compactMap { $0.column("segment")?.string }
+        }
+    }
+
+    public func recordAction(_ a: AdminAction) async throws {
+        _ = try await transaction { db in
+            try await db.query("INSERT INTO admin_actions (time, who, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+                               [.integer(SQLiteInt64(a.time.millis)), .text(a.by), .text(a.action), .text(a.target), .text(a.detail)])
+        }
+    }
+
+    public func actions(limit: Int) async throws -> [AdminAction] {
+        try await serial.run { [connection] in
+            try await connection.query("SELECT time, who, action, target, detail FROM admin_actions ORDER BY id DESC LIMIT ?",
+                                       [.integer(SQLiteInt64(max(0, limit)))]).map { r in
+                AdminAction(time: Date(millis: Int64(r.column("time")?.integer ?? 0)), by: r.column("who")?.string ?? "",
+                            action: r.column("action")?.string ?? "", target: r.column("target")?.string ?? "", detail: r.column("detail")?.string ?? "")
+            }
         }
     }
 

@@ -107,13 +107,16 @@ public struct AgentFilter: Sendable, Equatable {
     public var state: String?
     /// A part of the agent id or host name (case-insensitive).
     public var search: String?
+    /// The segment decided (the policy's segment name, or "none"): exact.
+    public var segment: String?
     /// A page of the (group, agent id) order: skip `offset`, at most `limit` (nil: all).
     public var offset = 0
     public var limit: Int?
-    public init(group: String? = nil, state: String? = nil, search: String? = nil, offset: Int = 0, limit: Int? = nil) {
+    public init(group: String? = nil, state: String? = nil, search: String? = nil, segment: String? = nil, offset: Int = 0, limit: Int? = nil) {
         self.group = group
         self.state = state
         self.search = search
+        self.segment = segment
         self.offset = offset
         self.limit = limit
     }
@@ -211,6 +214,27 @@ public struct StoreCounts: Sendable, Equatable {
     }
 }
 
+/// Something an operator did on the collector (a policy push, refused or stored; an evidence
+/// export), kept with who and when; the dashboard's "Operator actions" page lists them.
+public struct AdminAction: Sendable, Equatable, Codable {
+    public var time: Date
+    /// The operator's name, or "admin-token".
+    public var by: String
+    /// `policy-push`, `policy-push-refused` or `export`.
+    public var action: String
+    /// The group pushed to, or what was exported.
+    public var target: String
+    /// The bundle version and policy digest, the refusal, the export's range.
+    public var detail: String
+    public init(time: Date, by: String, action: String, target: String, detail: String) {
+        self.time = time
+        self.by = by
+        self.action = action
+        self.target = target
+        self.detail = String(detail.prefix(2000))
+    }
+}
+
 /// The outcome of a bundle push.
 public enum PutBundleResult: Sendable, Equatable {
     case stored
@@ -235,6 +259,12 @@ public protocol CollectorStore: Sendable {
     func agent(id: String) async throws -> AgentRecord?
     /// Every group that has an agent, sorted.
     func groups() async throws -> [String]
+    /// Every segment agents have reported, sorted (for the dashboard's decision filter).
+    func segments() async throws -> [String]
+    /// Records an operator's action.
+    func recordAction(_ action: AdminAction) async throws
+    /// The latest actions, newest first.
+    func actions(limit: Int) async throws -> [AdminAction]
     /// Newest first.
     func events(_ filter: EventFilter) async throws -> [StoredEvent]
     /// Marks agents silent for `intervals` of their own heartbeat interval as stale, records an

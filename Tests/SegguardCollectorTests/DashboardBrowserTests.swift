@@ -97,7 +97,7 @@ struct DashboardBrowserTests {
           .timeLimit(.minutes(2)))
     func agentsAndEvents() async throws {
         try await Self.withSeeded { s, dir in
-            let dom = try await HeadlessChromium.dumpDOM(s.collector.url + "/", in: dir)
+            let dom = try await HeadlessChromium.dumpDOM(s.collector.url + "/", in: dir, timeZone: "Asia/Tokyo")
 
             let agents = try HTMLTable(dom, id: "agents")
             #expect(agents.headers == ["Agent", "Group", "Host", "State", "Segment", "Reason", "Interfaces", "Last heartbeat", "Policy", "Spool"])
@@ -124,10 +124,10 @@ struct DashboardBrowserTests {
                 // Policy name and the first 12 hex digits of its SHA-256.
                 #expect(row.cells[8].hasPrefix("\(e.policy) \(e.sha.prefix(12))"), "\(e.id): policy cell \(row.cells[8])")
                 #expect(!row.cells[8].contains(String(e.sha.prefix(13))), "only 12 hex digits are shown")
-                // Last heartbeat: the store's time (UTC, to the second) and how long ago.
+                // Last heartbeat: the store's time (to the second) in the browser's zone, and how long ago.
                 let seen = try #require(s.lastSeen[e.id])
-                #expect(row.cells[7].hasPrefix(Self.utcSeconds(seen)), "\(e.id): last heartbeat \(row.cells[7]) vs \(Self.utcSeconds(seen))")
-                #expect(row.cells[7].wholeMatch(of: #/\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ? \(\d+ s ago\)/#) != nil, "\(e.id): \(row.cells[7])")
+                #expect(row.cells[7].hasPrefix(Self.seconds(seen, zone: "Asia/Tokyo") + " JST"), "\(e.id): last heartbeat \(row.cells[7]) vs \(Self.seconds(seen, zone: "Asia/Tokyo"))")
+                #expect(row.cells[7].wholeMatch(of: #/\d{4}-\d\d-\d\d \d\d:\d\d:\d\d JST \(\d+ s ago\)/#) != nil, "\(e.id): \(row.cells[7])")
                 let ago = try #require(row.cells[7].firstMatch(of: #/\((\d+) s ago\)/#).flatMap { Int($0.1) })
                 let minimum = Int(s.t0.timeIntervalSince(seen))
                 #expect(ago >= minimum && ago < minimum + 60, "\(e.id): \(ago) s ago")
@@ -179,17 +179,19 @@ struct DashboardBrowserTests {
             let tags = HTMLText.startTags(dom)
             let names = Set(tags.map(\.name))
             #expect(names.isSuperset(of: ["html", "head", "body", "table", "tr", "td", "form", "select", "option", "code"]), "\(names.sorted())")
-            #expect(!names.contains("script"), "a <script> element exists in the DOM")
+            // One script only: the page's own, which shows times in the browser's zone.
+            let scripts = dom.matches(of: #/<script>(.*?)</script>/#.dotMatchesNewlines()).map { String($0.1) }
+            #expect(scripts.count == 1 && scripts.first?.contains("time[datetime]") == true, "scripts in the DOM: \(scripts)")
             #expect(!names.contains("b"), "a <b> element exists in the DOM")
             #expect(!names.contains("img"), "an <img> element exists in the DOM")
             let handlers = tags.flatMap { t in t.attributes.keys.filter { $0.lowercased().hasPrefix("on") }.map { "\(t.name) \($0)" } }
             #expect(handlers.isEmpty, "event handler attributes in the DOM: \(handlers)")
             let bodyTags = Set(tags.drop { $0.name != "body" }.map(\.name))
-            #expect(bodyTags.isSubset(of: ["body", "h1", "h2", "p", "form", "label", "select", "option", "input", "button", "table", "thead", "tbody",
-                                           "tr", "th", "td", "code", "a"]), "unexpected elements in the body: \(bodyTags.sorted())")
-            // Links are the page's own: to an agent's page or another page of the list.
+            #expect(bodyTags.isSubset(of: ["body", "nav", "h1", "h2", "p", "span", "small", "form", "label", "select", "option", "input", "button", "table", "thead", "tbody",
+                                           "tr", "th", "td", "code", "a", "time", "script"]), "unexpected elements in the body: \(bodyTags.sorted())")
+            // Links are the page's own: to an agent's page, another page of the list, the actions.
             let hrefs = tags.filter { $0.name == "a" }.compactMap { $0.attributes["href"] }
-            #expect(hrefs.allSatisfy { $0.hasPrefix("/agents/tc-") || $0.hasPrefix("/?") }, "\(hrefs)")
+            #expect(hrefs.allSatisfy { $0.hasPrefix("/agents/tc-") || $0.hasPrefix("/?") || $0 == "/" || $0 == "/actions" }, "\(hrefs)")
 
             let agents = try HTMLTable(dom, id: "agents")
             let row = try #require(agents.rows.first { $0.attributes["data-agent"] == "tc-0002" })
@@ -238,7 +240,7 @@ struct DashboardBrowserTests {
         }
     }
 
-    @Test("250 agents: page 2 shows 101–200 with links that keep the filters; a search finds agents by host name, case-insensitively, % matching only itself; the page in Japanese (?lang=ja, Accept-Language); an agent's page shows its decision history in the browser's zone (TZ=Asia/Tokyo: JST)",
+    @Test("250 agents: page 2 shows 101–200 with links that keep the filters; a search finds agents by host name, case-insensitively, % matching only itself; the page in Japanese (?lang=ja, Accept-Language); an agent's page shows its decision history in the browser's zone (TZ=Asia/Tokyo: JST), in Japanese too; the decision filter",
           .timeLimit(.minutes(3)))
     func pagesSearchAndAgentPage() async throws {
         let c = try await TestCollector.start()
@@ -307,6 +309,25 @@ struct DashboardBrowserTests {
             #expect(try await call(client, .GET, c.url + "/agents/tc-9999").status == 404)
             #expect(try await call(client, .GET, c.url + "/?page=0").status == 400)
         }
+        // The agent's page in Japanese (the list's links carry ?lang=ja to it).
+        let firstJa = jaRows.first?.attributes["data-agent"] ?? "?"
+        #expect(HTMLText.startTags(ja).contains { $0.name == "a" && $0.attributes["href"] == "/agents/\(firstJa)?lang=ja" })
+        let jaAgent = try await HeadlessChromium.dumpDOM(c.url + "/agents/tc-1007?lang=ja", in: dir, marker: "<table id=\"agent\"", timeZone: "Asia/Tokyo")
+        #expect(jaAgent.contains("<html lang=\"ja\">"))
+        #expect(try HTMLTable(jaAgent, id: "decisions").headers == ["時刻", "種類", "重要度", "理由", "詳細"])
+        #expect(jaAgent.contains("<th>判定の履歴</th>") || jaAgent.contains(">判定の履歴</h2>"), "decision history heading")
+        #expect(HTMLText.element(jaAgent, id: "state") == "許可")
+        #expect(try HTMLTable(jaAgent, id: "decisions").rows.first { $0.attributes["class"] == "event" }?.cells[0] == "2026-12-01 09:30:00 JST")
+
+        // The decision filter: agents whose segment is "unauthorized", its options from what agents reported.
+        _ = try await store.recordHeartbeat(heartbeat("tc-1003", authorized: false), from: AgentIdentity(agentID: "tc-1003", group: "mynumber"), at: Date())
+        let denied = try await HeadlessChromium.dumpDOM(c.url + "/?segment=unauthorized", in: dir)
+        let deniedRows = try HTMLTable(denied, id: "agents").rows.filter { $0.attributes["class"] == "agent" }
+        #expect(deniedRows.contains { $0.attributes["data-agent"] == "tc-1003" })
+        let deniedCount = try await store.agentCount(AgentFilter(segment: "unauthorized"))
+        #expect(deniedRows.allSatisfy { $0.cells[4] == "unauthorized" } && deniedRows.count == deniedCount)
+        #expect(HTMLText.optionElements(denied, select: "segment").map(\.value) == ["", "authorized-wired", "unauthorized"])
+        #expect(HTMLText.selectedOptions(denied, select: "segment") == ["unauthorized"])
         await c.stop()
     }
 
@@ -329,12 +350,12 @@ struct DashboardBrowserTests {
 
     static func sha256Hex(_ s: String) -> String { PolicySigning.sha256Hex(Data(s.utf8)) }
 
-    /// yyyy-MM-ddTHH:mm:ss in UTC.
-    static func utcSeconds(_ d: Date) -> String {
+    /// yyyy-MM-dd HH:mm:ss in a zone (as the page's script writes it).
+    static func seconds(_ d: Date, zone: String) -> String {
         let f = DateFormatter()
         f.locale = Locale(identifier: "en_US_POSIX")
-        f.timeZone = TimeZone(identifier: "UTC")
-        f.dateFormat = "yyyy-MM-dd'T'HH:mm:ss"
+        f.timeZone = TimeZone(identifier: zone)
+        f.dateFormat = "yyyy-MM-dd HH:mm:ss"
         return f.string(from: d)
     }
 }
@@ -360,13 +381,15 @@ extension DashboardBrowserTests {
         }
 
         /// Runs headless Chromium with `arguments` in a fresh profile under `dir`; returns its
-        /// standard output. Standard output goes to a file, not a pipe: Chromium's helper
+        /// standard output. With `done`, the browser is stopped as soon as `done()` holds (a
+        /// download has landed: headless Chromium does not exit after a download). Standard output goes to a file, not a pipe: Chromium's helper
         /// processes may keep a pipe open after the browser exits. Chromium runs in its own
         /// process group, which is killed after `timeout` (and once the browser has exited, so
         /// that no helper outlives the test). XDG_CONFIG_HOME and XDG_CACHE_HOME point into the
         /// run's directory too: Chromium keeps its crash database ("Crash Reports") and dconf
         /// cache there, not in the profile, and would otherwise write them into $HOME.
-        static func run(_ arguments: [String], in dir: String, timeout: Duration = .seconds(30), environment extra: [String: String] = [:]) async throws -> String {
+        static func run(_ arguments: [String], in dir: String, timeout: Duration = .seconds(30), environment extra: [String: String] = [:],
+                        until done: (() -> Bool)? = nil) async throws -> String {
             let runDir = "\(dir)/run-\(UUID().uuidString)"
             let profile = runDir + "/profile", out = runDir + "/stdout", err = runDir + "/stderr"
             defer { try? FileManager.default.removeItem(atPath: runDir) }
@@ -394,10 +417,12 @@ extension DashboardBrowserTests {
 
             let clock = ContinuousClock()
             let deadline = clock.now + timeout
-            while process.isRunning && clock.now < deadline {
+            var finished = false
+            while process.isRunning && clock.now < deadline && !finished {
                 try? await Task.sleep(for: .milliseconds(50))
+                finished = done?() ?? false
             }
-            let timedOut = process.isRunning
+            let timedOut = process.isRunning && !finished
             if ownGroup {
                 kill(-pid, SIGKILL)
             } else if timedOut {
@@ -409,7 +434,7 @@ extension DashboardBrowserTests {
             if timedOut {
                 throw Failure(description: "Chromium did not finish in \(timeout) (\(arguments)); stderr: \(stderr.suffix(1500))")
             }
-            guard process.terminationStatus == 0 else {
+            guard finished || process.terminationStatus == 0 else {
                 throw Failure(description: "Chromium exited with \(process.terminationStatus) (\(arguments)); stderr: \(stderr.suffix(1500))")
             }
             return (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""

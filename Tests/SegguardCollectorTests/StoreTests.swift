@@ -230,6 +230,51 @@ struct StoreTests {
         try await store.close()
     }
 
+    @Test("operator actions: recorded and listed newest first with a limit; the decision filter and the segments list", arguments: Backend.allCases)
+    func actionsAndSegments(backend: Backend) async throws {
+        let store = try await backend.makeStore()
+        defer { Task { try? await store.close() } }
+        let t0 = Date(millis: Date().millis)
+        for i in 0..<5 {
+            try await store.recordAction(AdminAction(time: t0.addingTimeInterval(Double(i)), by: "sato", action: i == 3 ? "policy-push-refused" : "policy-push",
+                                                     target: "mynumber", detail: "version \(i) <b>'\"x\"'</b>"))
+        }
+        let latest = try await store.actions(limit: 3)
+        #expect(latest.map(\.detail) == ["version 4 <b>'\"x\"'</b>", "version 3 <b>'\"x\"'</b>", "version 2 <b>'\"x\"'</b>"])
+        #expect(latest[1].action == "policy-push-refused" && latest[1].by == "sato" && latest[1].time == t0.addingTimeInterval(3))
+        #expect(try await store.actions(limit: 100).count == 5)
+        // A detail is kept to 2,000 characters.
+        #expect(AdminAction(time: t0, by: "x", action: "export", target: "y", detail: String(repeating: "d", count: 5000)).detail.count == 2000)
+
+        let ids = { (id: String, group: String) in AgentIdentity(agentID: id, group: group) }
+        _ = try await store.recordHeartbeats([(heartbeat("tc-0001"), ids("tc-0001", "mynumber")), (heartbeat("tc-0002", authorized: false), ids("tc-0002", "mynumber")),
+                                              (heartbeat("tc-0003"), ids("tc-0003", "lgwan"))], at: t0)
+        #expect(try await store.segments() == ["authorized-wired", "unauthorized"])
+        #expect(try await store.agents(AgentFilter(segment: "unauthorized")).map(\.agentID) == ["tc-0002"])
+        #expect(try await store.agentCount(AgentFilter(group: "mynumber", segment: "authorized-wired")) == 1)
+        #expect(try await store.agentCount(AgentFilter(segment: "no-such")) == 0)
+    }
+
+    @Test("the dashboard's templates never write a value unescaped ({{{…}}} or {{&…}}), and every page escapes what it shows")
+    func templatesEscape() throws {
+        for (name, text) in Dashboard.templateTexts {
+            #expect(!text.contains("{{{") && !text.contains("{{&"), "template \(name) writes a value unescaped")
+        }
+        let hostile = "<img src=x onerror=alert(1)>\"'&"
+        let escaped = "&lt;img src=x onerror=alert(1)&gt;&quot;&#39;&amp;"
+        let page = Dashboard.renderActions([AdminAction(time: Date(), by: hostile, action: hostile, target: hostile, detail: hostile)], now: Date(), language: .ja)
+        #expect(!page.contains("<img") && page.components(separatedBy: escaped).count == 6 /* by, action (attribute and label), target, detail */, "\(page)")
+        let record = AgentRecord(agentID: hostile, group: hostile, hostname: hostile, agentVersion: hostile, policyName: hostile, policySHA256: hostile,
+                                 bundleVersion: nil, segment: hostile, authorized: false, reason: hostile, interfaces: [], intervalSeconds: 30,
+                                 spoolPending: 0, spoolDropped: 0, firstSeen: Date(), lastSeen: Date(), stale: false, heartbeats: 1, events: 0)
+        for html in [Dashboard.renderAgent(record, decisions: [], events: [], now: Date()),
+                     Dashboard.render(agents: [record], events: [], groups: [hostile], segments: [hostile], filters: Dashboard.Filters(group: hostile, search: hostile),
+                                      now: Date(), staleIntervals: 3, page: Dashboard.Page(offset: 0, size: 100, total: 1, search: hostile), language: .en)] {
+            #expect(!html.contains("<img"), "\(html)")
+            #expect(html.contains(escaped))
+        }
+    }
+
     @Test("one batch: an agent twice (counted twice, one row), a stale agent recovers once with one event", arguments: Backend.allCases)
     func batchWithRepeatsAndRecovery(backend: Backend) async throws {
         let store = try await backend.makeStore()
