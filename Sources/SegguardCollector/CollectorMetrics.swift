@@ -21,6 +21,7 @@ public final class CollectorMetrics: Sendable {
     let eventsStored: Gauge
     let backloggedAgents: Gauge
     let heldEvents: Gauge
+    let expiringCertificates: Gauge
     let idConflicts: Counter
     let prunedEvents: Counter
     let authFailures: Counter
@@ -40,6 +41,8 @@ public final class CollectorMetrics: Sendable {
         backloggedAgents = registry.makeGauge(descriptor: Self.name("segguard_agents_delivery_backlog",
             "Agents whose events are not getting through: some refused by the collector, or the oldest undelivered older than an hour."))
         heldEvents = registry.makeGauge(descriptor: Self.name("segguard_agent_events_held", "Events agents hold because the collector refused them (sum of the last heartbeats)."))
+        expiringCertificates = registry.makeGauge(descriptor: Self.name("segguard_agents_certificate_expiring",
+            "Agents (not stale) whose client certificate ends within \(AgentRecord.certificateWarningDays) days (from the certificate of their latest heartbeat)."))
         authFailures = registry.makeCounter(descriptor: Self.name("segguard_collector_auth_failures_total", "Operator or admin-token authentications refused."))
         prunedEvents = registry.makeCounter(descriptor: Self.name("segguard_collector_events_pruned_total", "Events deleted past the retention (--retention-days)."))
         idConflicts = registry.makeCounter(descriptor: Self.name("segguard_collector_event_id_conflicts_total",
@@ -103,6 +106,7 @@ public final class CollectorMetrics: Sendable {
         eventsStored.set(Double(counts.events))
         backloggedAgents.set(Double(counts.backlogged))
         heldEvents.set(Double(counts.heldEvents))
+        expiringCertificates.set(Double(counts.certificatesExpiring))
         return registry.emitToString()
     }
 }

@@ -123,7 +123,7 @@ public final class Collector: Sendable {
     public let metrics: CollectorMetrics
     let logger: Logger
     /// Verified certificate DER -> identity (parsing X.509 once per device, not per request).
-    let identities = Mutex<[[UInt8]: DeviceIdentity]>([:])
+    let identities = Mutex<[[UInt8]: AgentIdentity]>([:])
     /// The identity of each open TLS connection, read once on its event loop.
     let connections = ConnectionIdentities()
     /// Each group's heartbeat interval from its bundle's policy (nil: no bundle), and when it
@@ -556,14 +556,19 @@ public final class Collector: Sendable {
         }
         let der: [UInt8]
         do { der = try cert.toDERBytes() } catch { return .failure(APIError(.forbidden, "client certificate: \(error)")) }
-        if let known = identities.withLock({ $0[der] }) { return .success(AgentIdentity(agentID: known.agentID, group: known.group)) }
-        let id: DeviceIdentity
-        do { id = try DeviceIdentity(certificateDER: der) } catch { return .failure(APIError(.forbidden, "client certificate: \(error)")) }
+        if let known = identities.withLock({ $0[der] }) { return .success(known) }
+        let id: AgentIdentity
+        do {
+            let read = try DeviceIdentity.withExpiry(certificateDER: der)
+            id = AgentIdentity(agentID: read.identity.agentID, group: read.identity.group, certificateNotAfter: read.notValidAfter)
+        } catch {
+            return .failure(APIError(.forbidden, "client certificate: \(error)"))
+        }
         identities.withLock { cache in
             if cache.count > 100_000 { cache.removeAll() }
             cache[der] = id
         }
-        return .success(AgentIdentity(agentID: id.agentID, group: id.group))
+        return .success(id)
     }
 
     func checkBodyID(_ bodyID: String?, _ agent: AgentIdentity) throws {

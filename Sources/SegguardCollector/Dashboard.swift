@@ -114,6 +114,9 @@ public enum Dashboard {
             policy: "\(a.policyName) \(a.policySHA256.prefix(12))" + (a.bundleVersion.map { t.bundle($0) } ?? ""),
             version: a.agentVersion, interval: t.seconds(a.intervalSeconds), lastSeen: TimeView(a.lastSeen), firstSeen: TimeView(a.firstSeen),
             spool: spool, backlog: a.deliveryBacklog,
+            certificateNotAfter: a.certificateNotAfter.map(TimeView.init),
+            certificateDays: a.certificateNotAfter.map { t.daysLeft(Int(($0.timeIntervalSince(now) / 86_400).rounded(.down))) },
+            certificateWarning: a.certificateNotAfter.map { $0.timeIntervalSince(now) < Double(AgentRecord.certificateWarningDays) * 86_400 } ?? false,
             decisionsList: EventsTable(tableID: "decisions", withAgent: false, rows: decisions.map { EventRow($0) }),
             eventsList: EventsTable(tableID: "events", withAgent: false, rows: events.map { EventRow($0) }))
         return render(view, template: "agent")
@@ -281,6 +284,9 @@ public enum Dashboard {
         let firstSeen: TimeView
         let spool: String
         let backlog: Bool
+        let certificateNotAfter: TimeView?
+        let certificateDays: String?
+        let certificateWarning: Bool
         let decisionsList: EventsTable
         let eventsList: EventsTable
     }

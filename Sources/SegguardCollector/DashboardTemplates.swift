@@ -118,7 +118,7 @@ extension Dashboard {
         <tr><th>{{t.lastHeartbeat}}</th><td id="last-seen"><time datetime="{{lastSeen.iso}}">{{lastSeen.text}}</time></td></tr>
         <tr><th>{{t.firstSeen}}</th><td id="first-seen"><time datetime="{{firstSeen.iso}}">{{firstSeen.text}}</time></td></tr>
         <tr><th>{{t.spool}}</th><td id="spool"{{#backlog}} class="backlog"{{/backlog}}>{{spool}}</td></tr>
-        <tr><th>{{t.certExpiry}}</th><td id="cert-expiry">{{t.notReported}}</td></tr>
+        <tr><th>{{t.certExpiry}}</th><td id="cert-expiry"{{#certificateWarning}} class="backlog"{{/certificateWarning}}>{{#certificateNotAfter}}<time datetime="{{iso}}">{{text}}</time>{{/certificateNotAfter}}{{certificateDays}}{{^certificateNotAfter}}{{t.notReported}}{{/certificateNotAfter}}</td></tr>
         </tbody></table>
         <h2>{{t.decisionHistory}}</h2>
         {{#decisionsList}}{{>events}}{{/decisionsList}}
@@ -191,7 +191,7 @@ extension Dashboard {
             interval = s("ハートビート間隔", "Heartbeat interval")
             firstSeen = s("初回受信", "First seen")
             certExpiry = s("端末証明書の有効期限", "Device certificate expiry")
-            notReported = s("エージェントからはまだ報告されません", "not reported by agents yet")
+            notReported = s("不明（この版のコレクターが受けたハートビートがまだありません）", "not known yet (no heartbeat received by this collector version)")
             decisionHistory = s("判定の履歴", "Decision history")
             exportTitle = s("証跡の書き出し", "Evidence export")
             from = s("開始日", "From")
@@ -233,6 +233,10 @@ extension Dashboard {
         }
         func silent(_ s: Int) -> String { ja ? "（\(s) 秒応答なし）" : " (silent \(s) s)" }
         func ago(_ s: Int) -> String { ja ? "（\(s) 秒前）" : " (\(s) s ago)" }
+        func daysLeft(_ d: Int) -> String {
+            if d < 0 { return ja ? "（期限切れ）" : " (expired)" }
+            return ja ? "（残り \(d) 日）" : " (\(d) days left)"
+        }
         func seconds(_ s: Int) -> String { ja ? "\(s) 秒" : "\(s) s" }
         func bundle(_ v: Int64) -> String { ja ? "（バンドル v\(v)）" : " (bundle v\(v))" }
         func spool(pending: Int, held: Int, oldestHours: Int?, dropped: Int) -> String {

@@ -23,18 +23,19 @@ struct HeartbeatUpsert: PostgresPreparedStatement {
         WITH up AS (
             INSERT INTO agents (agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment,
                 authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats,
-                spool_held, spool_oldest_s)
-            SELECT a, g, h, v, pn, ps, NULLIF(bv, \(noBundle)), seg, au, r, i, iv, sp, sd, $16, $16, FALSE, n, sh, NULLIF(so, -1)
+                spool_held, spool_oldest_s, cert_not_after)
+            SELECT a, g, h, v, pn, ps, NULLIF(bv, \(noBundle)), seg, au, r, i, iv, sp, sd, $16, $16, FALSE, n, sh, NULLIF(so, -1), NULLIF(cn, -1)
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],
                         $9::boolean[], $10::text[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[],
-                        $17::bigint[], $18::bigint[])
-                AS t(a, g, h, v, pn, ps, bv, seg, au, r, i, iv, sp, sd, n, sh, so)
+                        $17::bigint[], $18::bigint[], $19::bigint[])
+                AS t(a, g, h, v, pn, ps, bv, seg, au, r, i, iv, sp, sd, n, sh, so, cn)
             ORDER BY a
             ON CONFLICT (agent_id) DO UPDATE SET grp = EXCLUDED.grp, hostname = EXCLUDED.hostname, agent_version = EXCLUDED.agent_version,
                 policy_name = EXCLUDED.policy_name, policy_sha256 = EXCLUDED.policy_sha256, bundle_version = EXCLUDED.bundle_version,
                 segment = EXCLUDED.segment, authorized = EXCLUDED.authorized, reason = EXCLUDED.reason, interfaces = EXCLUDED.interfaces,
                 interval_s = EXCLUDED.interval_s, spool_pending = EXCLUDED.spool_pending, spool_dropped = EXCLUDED.spool_dropped,
                 spool_held = EXCLUDED.spool_held, spool_oldest_s = EXCLUDED.spool_oldest_s,
+                cert_not_after = COALESCE(EXCLUDED.cert_not_after, agents.cert_not_after),
                 last_seen = EXCLUDED.last_seen, was_stale = agents.stale, stale = FALSE,
                 heartbeats = agents.heartbeats + EXCLUDED.heartbeats, events = agents.events + CASE WHEN agents.stale THEN 1 ELSE 0 END
             RETURNING agent_id, grp, was_stale),
@@ -56,7 +57,7 @@ struct HeartbeatUpsert: PostgresPreparedStatement {
     }
 
     func makeBindings() throws -> PostgresBindings {
-        var b = PostgresBindings(capacity: 18)
+        var b = PostgresBindings(capacity: 19)
         b.append(rows.map(\.1.agentID))
         b.append(rows.map(\.1.group))
         b.append(rows.map(\.0.hostname))
@@ -75,6 +76,7 @@ struct HeartbeatUpsert: PostgresPreparedStatement {
         b.append(now)
         b.append(rows.map { Int64($0.0.spool.held ?? 0) })
         b.append(rows.map { Int64($0.0.spool.oldestSeconds ?? -1) })
+        b.append(rows.map { $0.1.certificateNotAfter?.millis ?? -1 })
         return b
     }
 
@@ -144,6 +146,8 @@ public final class PostgresStore: CollectorStore {
             // Wire 2: events the collector refused that the agent holds, the oldest undelivered age.
             "ALTER TABLE agents ADD COLUMN IF NOT EXISTS spool_held BIGINT NOT NULL DEFAULT 0",
             "ALTER TABLE agents ADD COLUMN IF NOT EXISTS spool_oldest_s BIGINT",
+            // The client certificate's end of validity.
+            "ALTER TABLE agents ADD COLUMN IF NOT EXISTS cert_not_after BIGINT",
             "CREATE INDEX IF NOT EXISTS agents_group ON agents (grp)",
             """
             CREATE TABLE IF NOT EXISTS events (
@@ -244,7 +248,7 @@ public final class PostgresStore: CollectorStore {
 
     static let agentColumns = """
         agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment, authorized, reason, interfaces,
-        interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats, events, spool_held, spool_oldest_s
+        interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats, events, spool_held, spool_oldest_s, cert_not_after
         """
 
     static func agent(_ row: PostgresRow) throws -> AgentRecord {
@@ -259,7 +263,8 @@ public final class PostgresStore: CollectorStore {
             spoolDropped: Int(try r["spool_dropped"].decode(Int64.self)), firstSeen: Date(millis: try r["first_seen"].decode(Int64.self)),
             lastSeen: Date(millis: try r["last_seen"].decode(Int64.self)), stale: try r["stale"].decode(Bool.self),
             heartbeats: try r["heartbeats"].decode(Int64.self), events: try r["events"].decode(Int64.self),
-            spoolHeld: Int(try r["spool_held"].decode(Int64.self)), spoolOldestSeconds: try r["spool_oldest_s"].decode(Int64?.self).map { Int($0) })
+            spoolHeld: Int(try r["spool_held"].decode(Int64.self)), spoolOldestSeconds: try r["spool_oldest_s"].decode(Int64?.self).map { Int($0) },
+            certificateNotAfter: try r["cert_not_after"].decode(Int64?.self).map { Date(millis: $0) })
     }
 
     public func agents(_ filter: AgentFilter) async throws -> [AgentRecord] {
@@ -433,13 +438,14 @@ public final class PostgresStore: CollectorStore {
         return n
     }
 
-    public func counts() async throws -> StoreCounts {
+    public func counts(expiringBefore: Date) async throws -> StoreCounts {
         let rows = try await client.query(
             """
             SELECT COUNT(*)::BIGINT AS n, COUNT(*) FILTER (WHERE NOT stale AND authorized)::BIGINT AS ok,
                    COUNT(*) FILTER (WHERE NOT stale AND NOT authorized)::BIGINT AS bad, COUNT(*) FILTER (WHERE stale)::BIGINT AS stale,
                    COUNT(*) FILTER (WHERE spool_held > 0 OR COALESCE(spool_oldest_s, 0) > \(unescaped: "\(AgentRecord.backlogSeconds)"))::BIGINT AS backlog,
                    COALESCE(SUM(spool_held), 0)::BIGINT AS held,
+                   COUNT(*) FILTER (WHERE NOT stale AND cert_not_after < \(expiringBefore.millis))::BIGINT AS expiring,
                    (SELECT COUNT(*) FROM events)::BIGINT AS events FROM agents
             """, logger: logger)
         for try await row in rows {
@@ -447,7 +453,7 @@ public final class PostgresStore: CollectorStore {
             return StoreCounts(agents: Int(try r["n"].decode(Int64.self)), authorized: Int(try r["ok"].decode(Int64.self)),
                                unauthorized: Int(try r["bad"].decode(Int64.self)), stale: Int(try r["stale"].decode(Int64.self)),
                                events: try r["events"].decode(Int64.self), backlogged: Int(try r["backlog"].decode(Int64.self)),
-                               heldEvents: try r["held"].decode(Int64.self))
+                               heldEvents: try r["held"].decode(Int64.self), certificatesExpiring: Int(try r["expiring"].decode(Int64.self)))
         }
         return StoreCounts()
     }

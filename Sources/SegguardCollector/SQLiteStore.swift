@@ -121,7 +121,7 @@ public final class SQLiteStore: CollectorStore {
             interval_s INTEGER NOT NULL, spool_pending INTEGER NOT NULL, spool_dropped INTEGER NOT NULL,
             first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, stale INTEGER NOT NULL DEFAULT 0,
             heartbeats INTEGER NOT NULL DEFAULT 0, events INTEGER NOT NULL DEFAULT 0, was_stale INTEGER NOT NULL DEFAULT 0,
-            spool_held INTEGER NOT NULL DEFAULT 0, spool_oldest_s INTEGER)
+            spool_held INTEGER NOT NULL DEFAULT 0, spool_oldest_s INTEGER, cert_not_after INTEGER)
         """,
         "CREATE INDEX IF NOT EXISTS agents_group ON agents (grp)",
         """
@@ -172,6 +172,10 @@ public final class SQLiteStore: CollectorStore {
                 _ = try await connection.query("ALTER TABLE agents ADD COLUMN spool_held INTEGER NOT NULL DEFAULT 0")
                 _ = try await connection.query("ALTER TABLE agents ADD COLUMN spool_oldest_s INTEGER")
             }
+            // The client certificate's end of validity.
+            if !columns.contains("cert_not_after") {
+                _ = try await connection.query("ALTER TABLE agents ADD COLUMN cert_not_after INTEGER")
+            }
         }
     }
 
@@ -206,19 +210,21 @@ public final class SQLiteStore: CollectorStore {
                       .text(hb.policy.sha256), hb.policy.bundleVersion.map { .integer(SQLiteInt64($0)) } ?? .null, .text(hb.decision.segment),
                       .integer(hb.decision.authorized ? 1 : 0), .text(hb.decision.reason), .text(interfaces), .integer(SQLiteInt64(hb.intervalSeconds)),
                       .integer(SQLiteInt64(hb.spool.pending)), .integer(SQLiteInt64(hb.spool.dropped)), .integer(SQLiteInt64(count)),
-                      .integer(SQLiteInt64(hb.spool.held ?? 0)), hb.spool.oldestSeconds.map { .integer(SQLiteInt64($0)) } ?? .null]
+                      .integer(SQLiteInt64(hb.spool.held ?? 0)), hb.spool.oldestSeconds.map { .integer(SQLiteInt64($0)) } ?? .null,
+                      agent.certificateNotAfter.map { .integer(SQLiteInt64($0.millis)) } ?? .null]
         }
-        let values = Array(repeating: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \(now), \(now), 0, ?, ?, ?)", count: rows.latest.count).joined(separator: ", ")
+        let values = Array(repeating: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \(now), \(now), 0, ?, ?, ?, ?)", count: rows.latest.count).joined(separator: ", ")
         let sql = """
             INSERT INTO agents (agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment,
                 authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats,
-                spool_held, spool_oldest_s)
+                spool_held, spool_oldest_s, cert_not_after)
             VALUES \(values)
             ON CONFLICT (agent_id) DO UPDATE SET grp = excluded.grp, hostname = excluded.hostname, agent_version = excluded.agent_version,
                 policy_name = excluded.policy_name, policy_sha256 = excluded.policy_sha256, bundle_version = excluded.bundle_version,
                 segment = excluded.segment, authorized = excluded.authorized, reason = excluded.reason, interfaces = excluded.interfaces,
                 interval_s = excluded.interval_s, spool_pending = excluded.spool_pending, spool_dropped = excluded.spool_dropped,
-                spool_held = excluded.spool_held, spool_oldest_s = excluded.spool_oldest_s, last_seen = excluded.last_seen, was_stale = stale, stale = 0, heartbeats = heartbeats + excluded.heartbeats,
+                spool_held = excluded.spool_held, spool_oldest_s = excluded.spool_oldest_s,
+                cert_not_after = COALESCE(excluded.cert_not_after, cert_not_after), last_seen = excluded.last_seen, was_stale = stale, stale = 0, heartbeats = heartbeats + excluded.heartbeats,
                 events = events + stale
             RETURNING agent_id, was_stale
             """
@@ -266,7 +272,7 @@ public final class SQLiteStore: CollectorStore {
 
     static let agentColumns = """
         agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment, authorized, reason, interfaces,
-        interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats, events, spool_held, spool_oldest_s
+        interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats, events, spool_held, spool_oldest_s, cert_not_after
         """
 
     static func agent(_ r: SQLiteRow) throws -> AgentRecord {
@@ -279,7 +285,8 @@ public final class SQLiteStore: CollectorStore {
             intervalSeconds: Int(i("interval_s")), spoolPending: Int(i("spool_pending")), spoolDropped: Int(i("spool_dropped")),
             firstSeen: Date(millis: i("first_seen")), lastSeen: Date(millis: i("last_seen")), stale: i("stale") == 1,
             heartbeats: i("heartbeats"), events: i("events"), spoolHeld: Int(i("spool_held")),
-            spoolOldestSeconds: r.column("spool_oldest_s")?.integer.map { Int($0) })
+            spoolOldestSeconds: r.column("spool_oldest_s")?.integer.map { Int($0) },
+            certificateNotAfter: r.column("cert_not_after")?.integer.map { Date(millis: Int64($0)) })
     }
 
     /// The WHERE clause and binds of an agent filter (offset and limit aside).
@@ -453,20 +460,22 @@ public final class SQLiteStore: CollectorStore {
         }
     }
 
-    public func counts() async throws -> StoreCounts {
-        try await serial.run { [connection] in
+    public func counts(expiringBefore: Date) async throws -> StoreCounts {
+        let limit = expiringBefore.millis
+        return try await serial.run { [connection] in
             let a = try await connection.query(
                 """
                 SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN stale = 0 AND authorized = 1 THEN 1 ELSE 0 END), 0) AS ok,
                        COALESCE(SUM(CASE WHEN stale = 0 AND authorized = 0 THEN 1 ELSE 0 END), 0) AS bad,
                        COALESCE(SUM(stale), 0) AS stale,
                        COALESCE(SUM(CASE WHEN spool_held > 0 OR COALESCE(spool_oldest_s, 0) > \(AgentRecord.backlogSeconds) THEN 1 ELSE 0 END), 0) AS backlog,
-                       COALESCE(SUM(spool_held), 0) AS held FROM agents
+                       COALESCE(SUM(spool_held), 0) AS held,
+                       COALESCE(SUM(CASE WHEN stale = 0 AND cert_not_after < \(limit) THEN 1 ELSE 0 END), 0) AS expiring FROM agents
                 """).first
             let e = try await connection.query("SELECT COUNT(*) AS n FROM events").first
             func i(_ r: SQLiteRow?, _ c: String) -> Int { Int(r?.column(c)?.integer ?? 0) }
             return StoreCounts(agents: i(a, "n"), authorized: i(a, "ok"), unauthorized: i(a, "bad"), stale: i(a, "stale"), events: Int64(i(e, "n")),
-                               backlogged: i(a, "backlog"), heldEvents: Int64(i(a, "held")))
+                               backlogged: i(a, "backlog"), heldEvents: Int64(i(a, "held")), certificatesExpiring: i(a, "expiring"))
         }
     }
 }

@@ -7,13 +7,24 @@ import Foundation
 import SegguardPolicy
 import SegguardReport
 
-/// The agent a request comes from, taken from its verified client certificate.
+/// The agent a request comes from, taken from its verified client certificate. Two identities
+/// are equal when agent id and group are (the certificate's expiry is carried along, not
+/// compared: a renewed certificate names the same agent).
 public struct AgentIdentity: Sendable, Equatable, Hashable {
     public let agentID: String
     public let group: String
-    public init(agentID: String, group: String) {
+    /// The client certificate's notAfter (nil: not known, e.g. an identity made by a test or a
+    /// store's own event).
+    public let certificateNotAfter: Date?
+    public init(agentID: String, group: String, certificateNotAfter: Date? = nil) {
         self.agentID = agentID
         self.group = group
+        self.certificateNotAfter = certificateNotAfter
+    }
+    public static func == (a: AgentIdentity, b: AgentIdentity) -> Bool { a.agentID == b.agentID && a.group == b.group }
+    public func hash(into h: inout Hasher) {
+        h.combine(agentID)
+        h.combine(group)
     }
 }
 
@@ -43,14 +54,19 @@ public struct AgentRecord: Sendable, Equatable, Codable {
     /// Age of the agent's oldest undelivered event at its last heartbeat (nil: none, or an
     /// agent of wire revision 1).
     public var spoolOldestSeconds: Int?
+    /// The end of validity of the certificate the agent's latest heartbeat came with.
+    public var certificateNotAfter: Date?
 
     enum CodingKeys: String, CodingKey {
         case agentID = "agent_id", group, hostname, agentVersion = "agent_version", policyName = "policy_name"
         case policySHA256 = "policy_sha256", bundleVersion = "bundle_version", segment, authorized, reason, interfaces
         case intervalSeconds = "interval_s", spoolPending = "spool_pending", spoolDropped = "spool_dropped"
         case firstSeen = "first_seen", lastSeen = "last_seen", stale, heartbeats, events
-        case spoolHeld = "spool_held", spoolOldestSeconds = "spool_oldest_s"
+        case spoolHeld = "spool_held", spoolOldestSeconds = "spool_oldest_s", certificateNotAfter = "cert_not_after"
     }
+
+    /// Agents whose certificate ends within this many days are flagged (page, metric, alert).
+    public static let certificateWarningDays = 30
 
     /// An agent whose events are not getting through: some refused, or the oldest
     /// undelivered one older than an hour. The dashboard flags it.
@@ -203,7 +219,11 @@ public struct StoreCounts: Sendable, Equatable {
     public var backlogged: Int
     /// Events refused by the collector that agents hold (sum of their last heartbeats).
     public var heldEvents: Int64
-    public init(agents: Int = 0, authorized: Int = 0, unauthorized: Int = 0, stale: Int = 0, events: Int64 = 0, backlogged: Int = 0, heldEvents: Int64 = 0) {
+    /// Agents (not stale) whose certificate ends before the date `counts` was given.
+    public var certificatesExpiring: Int = 0
+    public init(agents: Int = 0, authorized: Int = 0, unauthorized: Int = 0, stale: Int = 0, events: Int64 = 0, backlogged: Int = 0, heldEvents: Int64 = 0,
+                certificatesExpiring: Int = 0) {
+        self.certificatesExpiring = certificatesExpiring
         self.agents = agents
         self.authorized = authorized
         self.unauthorized = unauthorized
@@ -273,7 +293,9 @@ public protocol CollectorStore: Sendable {
     /// Stores the bundle when its version is above the group's current one.
     func putBundle(_ bundle: StoredBundle) async throws -> PutBundleResult
     func bundle(group: String) async throws -> StoredBundle?
-    func counts() async throws -> StoreCounts
+    /// Counts for /metrics; `certificatesExpiring` counts agents (not stale) whose certificate
+    /// ends before `expiringBefore`.
+    func counts(expiringBefore: Date) async throws -> StoreCounts
     /// One page of an export: events in `range`, ordered by (time, agent, id), after `cursor`.
     func exportEvents(_ range: ExportRange, after cursor: ExportCursor?, limit: Int) async throws -> [StoredEvent]
     /// Deletes events the collector received before `date` (retention); returns how many.
@@ -347,6 +369,11 @@ enum ColumnJSON {
 }
 
 extension CollectorStore {
+    /// Counts, with certificates ending within `AgentRecord.certificateWarningDays` as expiring.
+    public func counts() async throws -> StoreCounts {
+        try await counts(expiringBefore: Date().addingTimeInterval(Double(AgentRecord.certificateWarningDays) * 86_400))
+    }
+
     public func recordHeartbeat(_ heartbeat: Heartbeat, from agent: AgentIdentity, at time: Date) async throws -> Bool {
         try await recordHeartbeats([(heartbeat, agent)], at: time)[0]
     }

@@ -1,3 +1,4 @@
+import Foundation
 import SwiftASN1
 import X509
 
@@ -42,6 +43,17 @@ public struct DeviceIdentity: Sendable, Equatable, Hashable, CustomStringConvert
             throw PKIError("device certificate: not a valid DER X.509 certificate: \(error)")
         }
         try self.init(certificate: certificate)
+    }
+
+    /// Reads the identity and the certificate's end of validity (notAfter) from DER bytes.
+    public static func withExpiry(certificateDER: [UInt8]) throws -> (identity: DeviceIdentity, notValidAfter: Date) {
+        let certificate: Certificate
+        do {
+            certificate = try Certificate(derEncoded: certificateDER)
+        } catch {
+            throw PKIError("device certificate: not a valid DER X.509 certificate: \(error)")
+        }
+        return (try DeviceIdentity(certificate: certificate), certificate.notValidAfter)
     }
 
     /// Reads the identity from a PEM certificate (the first PEM block).

@@ -5,6 +5,7 @@ import AsyncHTTPClient
 import Crypto
 import Foundation
 @testable import SegguardCollector
+import SegguardPKI
 import SegguardReport
 import SegguardTestSupport
 import Testing
@@ -50,6 +51,36 @@ struct CollectorAPITests {
         #expect(agents.first?.group == "mynumber")
         #expect(agents.first?.heartbeats == 2)
         #expect(try await c.collector.store.events(EventFilter()).isEmpty)
+        await c.stop()
+    }
+
+    @Test("the collector keeps each agent's certificate end from the TLS handshake: shown on its page (flagged within 30 days), counted in /metrics; an identity without one keeps the stored date")
+    func certificateExpiry() async throws {
+        let c = try await TestCollector.start()
+        defer { c.pki.remove() }
+        let soon = try c.pki.device("tc-0801", group: "mynumber", validDays: 10), later = try c.pki.device("tc-0802", group: "mynumber", validDays: 400)
+        for (id, device) in [("tc-0801", soon), ("tc-0802", later)] {
+            try await withClient(try c.client(device: device)) { (client: HTTPClient) async throws -> Void in
+                #expect(try await call(client, .POST, c.url + "/api/v1/heartbeat", body: json(heartbeat(id))).status == 204)
+            }
+        }
+        let store = c.collector.store
+        for (id, device) in [("tc-0801", soon), ("tc-0802", later)] {
+            let pem = try String(contentsOfFile: device.cert, encoding: .utf8).split(separator: "\n").filter { !$0.hasPrefix("-----") }.joined()
+            let notAfter = try DeviceIdentity.withExpiry(certificateDER: Array(try #require(Data(base64Encoded: pem)))).notValidAfter
+            #expect(try await store.agent(id: id)?.certificateNotAfter == notAfter, "\(id)")
+        }
+        #expect(try await store.counts().certificatesExpiring == 1)
+        // A heartbeat recorded without a certificate date (a store's own writer) keeps the one stored.
+        _ = try await store.recordHeartbeat(heartbeat("tc-0801"), from: AgentIdentity(agentID: "tc-0801", group: "mynumber"), at: Date())
+        #expect(try await store.agent(id: "tc-0801")?.certificateNotAfter != nil)
+        try await withClient(try c.client()) { (client: HTTPClient) async throws -> Void in
+            #expect(try await call(client, .GET, c.url + "/metrics").body.contains("segguard_agents_certificate_expiring 1"))
+            let near = try await call(client, .GET, c.url + "/agents/tc-0801").body
+            #expect(near.contains("<td id=\"cert-expiry\" class=\"backlog\"><time datetime=") && near.contains("(9 days left)"), "\(near)")
+            let far = try await call(client, .GET, c.url + "/agents/tc-0802?lang=ja").body
+            #expect(far.contains("<td id=\"cert-expiry\"><time datetime=") && far.contains("（残り 399 日）"), "\(far)")
+        }
         await c.stop()
     }
 

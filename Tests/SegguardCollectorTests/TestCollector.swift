@@ -30,10 +30,10 @@ struct TestPKI {
 
     /// Issues (once) and returns the cert/key paths of a device.
     @discardableResult
-    func device(_ id: String, group: String) throws -> (cert: String, key: String) {
+    func device(_ id: String, group: String, validDays: Int = 825) throws -> (cert: String, key: String) {
         let cert = "\(directory)/devices/\(id).pem", key = "\(directory)/devices/\(id).key"
         if !FileManager.default.fileExists(atPath: cert) {
-            try PKI.write(try PKI.issueDevice(ca: ca, agentID: id, group: group), certificatePath: cert, keyPath: key)
+            try PKI.write(try PKI.issueDevice(ca: ca, agentID: id, group: group, validDays: validDays), certificatePath: cert, keyPath: key)
         }
         return (cert, key)
     }
