@@ -105,6 +105,10 @@ public struct CollectorConfiguration: Sendable {
         tls.trustRoots = .certificates(roots)
         tls.certificateVerification = .optionalVerification
         tls.minimumTLSVersion = .tlsv12
+        // A closing connection (idle timeout, graceful stop) waits at most this long for the
+        // peer's close_notify before its descriptor goes (NIOSSL's default is 5 s): nothing
+        // is owed to the peer by then, every answer has been written.
+        tls.shutdownTimeout = .seconds(1)
         return tls
     }
 }

@@ -51,8 +51,8 @@ struct ConnectionLimitTests {
         try await withClient(try c.client(device: device)) { (client: HTTPClient) async throws -> Void in
             #expect(try await call(client, .POST, c.url + "/api/v1/heartbeat", body: json(heartbeat("tc-0801"))).status == 204)
             #expect(c.collector.connections.count == 1)
-            // The collector closes it after 0.5 s idle; the TLS shutdown then waits up to 5 s for the
-            // client's close_notify (NIOSSL's default) before the descriptor is released.
+            // The collector closes it after 0.5 s idle; the TLS shutdown then waits up to 1 s for the
+            // client's close_notify (the collector's TLS shutdownTimeout) before the descriptor is released.
             #expect(try await eventually(12) { c.collector.connections.count == 0 }, "the idle connection was closed")
         }
         await c.stop()
