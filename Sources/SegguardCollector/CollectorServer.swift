@@ -377,9 +377,9 @@ public final class Collector: Sendable {
 
     func pushPolicy(_ request: Request, _ context: CollectorContext) async throws -> Response {
         let who = try requireAdmin(request)
-        guard let group = context.parameters.get("group") else { throw APIError(.badRequest, "no group in the path") }
-        do { try PKI.validateName(group, what: "group") } catch { throw APIError(.badRequest, "\(error)") }
+        let group = context.parameters.get("group") ?? ""
         do {
+            do { try PKI.validateName(group, what: "group") } catch { throw APIError(.badRequest, "\(error)") }
             return try await storePush(request, group: group, by: who)
         } catch let error as APIError {
             // A signed-in operator's refused push is recorded too (who tried what, and why not).
@@ -417,6 +417,10 @@ public final class Collector: Sendable {
             metrics.bundleRefused()
             throw APIError(.unprocessableContent, "the bundle is for group '\(payload.group)', pushed to '\(group)'")
         }
+        if let end = payload.notAfter, payload.expired(at: Date()) {
+            metrics.bundleRefused()
+            throw APIError(.unprocessableContent, "the bundle expired at \(RFC3339.format(end)) (not_after): sign it again with a later --valid-days")
+        }
         // The policy must load as agents will load it: a bundle they would refuse is not
         // stored (it would take the version number and reach every agent of the group).
         let policy: Policy
@@ -428,11 +432,13 @@ public final class Collector: Sendable {
         }
         let stored = StoredBundle(group: group, version: payload.version, policySHA256: payload.policySHA256, bundle: bundle,
                                   pushedAt: Date(), pushedBy: who)
-        switch try await store.putBundle(stored) {
+        // The push and its record are one transaction: no stored bundle without its record.
+        let action = AdminAction(time: stored.pushedAt, by: who, action: "policy-push", target: group,
+                                 detail: "version \(payload.version), policy \(policy.name) sha256 \(payload.policySHA256)"
+                                     + (payload.notAfter.map { ", valid until \(RFC3339.format($0))" } ?? ""))
+        switch try await store.putBundle(stored, recording: action) {
         case .stored:
             groupIntervals.withLock { $0[group] = (policy.report.heartbeatSeconds, Date()) }
-            await record(AdminAction(time: stored.pushedAt, by: who, action: "policy-push", target: group,
-                                     detail: "version \(payload.version), policy \(policy.name) sha256 \(payload.policySHA256)"))
             logger.notice("policy bundle pushed", metadata: ["group": "\(group)", "version": "\(payload.version)", "sha256": "\(payload.policySHA256)",
                                                          "by": "\(who)"])
             var r = try Self.json(.created, ["group": group, "version": "\(payload.version)", "etag": stored.etag])
@@ -521,8 +527,19 @@ public final class Collector: Sendable {
     }
 
     static func html(_ text: String) -> Response {
-        Response(status: .ok, headers: [.contentType: "text/html; charset=utf-8"], body: .init(byteBuffer: ByteBuffer(string: text)))
+        Response(status: .ok, headers: pageHeaders, body: .init(byteBuffer: ByteBuffer(string: text)))
     }
+
+    /// Headers of every dashboard page: no script but the page's own, no framing, no sniffing,
+    /// no referrer (agent ids in URLs stay on the collector).
+    static let pageHeaders: HTTPFields = [
+        .contentType: "text/html; charset=utf-8",
+        HTTPField.Name("Content-Security-Policy")!: Dashboard.contentSecurityPolicy,
+        HTTPField.Name("X-Content-Type-Options")!: "nosniff",
+        HTTPField.Name("X-Frame-Options")!: "DENY",
+        HTTPField.Name("Referrer-Policy")!: "no-referrer",
+        .cacheControl: "no-store",
+    ]
 
     /// Agents per dashboard page.
     static let dashboardPageSize = 100

@@ -76,7 +76,7 @@ public enum Dashboard {
                           previous: page.number > 1 ? link(filters.items + langItem + [("page", "\(page.number - 1)")]) : nil,
                           next: page.number < page.pages ? link(filters.items + langItem + [("page", "\(page.number + 1)")]) : nil)
         }
-        // The export form starts at the last 7 days in Japan time (what the operator reads).
+        // The export form starts at the last 7 Japan days, today included (what the operator reads).
         let jst = japanCalendar
         let today = jst.startOfDay(for: now)
         let view = ListView(
@@ -90,8 +90,8 @@ public enum Dashboard {
             search: filters.search ?? "",
             pager: pager,
             agents: agents.map { AgentRow($0, t: t, now: now) },
-            eventsList: EventsTable(tableID: "events", withAgent: true, rows: events.map { EventRow($0) }),
-            exportFrom: day(jst.date(byAdding: .day, value: -7, to: today) ?? today),
+            eventsList: EventsTable(tableID: "events", withAgent: true, rows: events.map { EventRow($0, language: language) }),
+            exportFrom: day(jst.date(byAdding: .day, value: -6, to: today) ?? today),
             exportTo: day(today),
             exportGroup: filters.group ?? "")
         return render(view, template: "list")
@@ -214,10 +214,10 @@ public enum Dashboard {
         let severity: String
         let reason: String
         let details: String
-        init(_ e: StoredEvent) {
+        init(_ e: StoredEvent, language: Language = .en) {
             time = TimeView(e.event.time)
             agent = e.agentID
-            agentHref = agentPath(e.agentID)
+            agentHref = agentPath(e.agentID) + (language == .ja ? "?lang=ja" : "")
             group = e.group
             kind = e.event.kind
             severity = e.event.severity

@@ -2,12 +2,14 @@
 // escapes HTML (& < > " '), and no template uses the unescaped `{{{x}}}` or `{{& x}}`: a test
 // checks that. Texts are in Japanese and English; what agents send is shown as sent.
 
+import Crypto
 import Foundation
 import Mustache
 
 extension Dashboard {
     /// The compiled templates (partials `head` and `nav` are shared by the pages).
     static let templates: MustacheLibrary = {
+        MustacheContentTypes.register(ScalarHTML(), named: ScalarHTML.name)
         var library = MustacheLibrary()
         do {
             for (name, text) in templateTexts { try library.register(text, named: name) }
@@ -17,9 +19,46 @@ extension Dashboard {
         return library
     }()
 
-    /// The template sources, by name (tests check them).
+    /// The template sources, by name (tests check them). Each starts with the pragma that
+    /// selects `ScalarHTML` (a partial starts over with Mustache's own HTML escaping otherwise).
     static let templateTexts: [(String, String)] = [("head", head), ("nav", navTemplate), ("times", timesScript),
                                                     ("events", eventsTable), ("list", list), ("agent", agent), ("actions", actionsPage)]
+        .map { ($0.0, "{{% CONTENT_TYPE: \(ScalarHTML.name)}}" + $0.1) }
+
+    /// HTML escaping by Unicode scalar. Mustache's own escapes by Character, and a quote
+    /// followed by a combining mark (`"` U+0301) is one Character that is not `"`: it would
+    /// pass unescaped and end an attribute in the browser. Here every &, <, >, " and ' scalar
+    /// is escaped, whatever follows it.
+    struct ScalarHTML: MustacheContentType {
+        static let name = "SEGGUARD_HTML"
+        func escapeText(_ text: String) -> String { Dashboard.escapeHTML(text) }
+    }
+
+    /// Escapes &, <, >, " and ' scalar by scalar.
+    static func escapeHTML(_ text: String) -> String {
+        var out = String.UnicodeScalarView()
+        out.reserveCapacity(text.utf8.count)
+        for u in text.unicodeScalars {
+            switch u {
+            case "&": out.append(contentsOf: "&amp;".unicodeScalars)
+            case "<": out.append(contentsOf: "&lt;".unicodeScalars)
+            case ">": out.append(contentsOf: "&gt;".unicodeScalars)
+            case "\"": out.append(contentsOf: "&quot;".unicodeScalars)
+            case "'": out.append(contentsOf: "&#39;".unicodeScalars)
+            default: out.append(u)
+            }
+        }
+        return String(out)
+    }
+
+    /// The pages' Content-Security-Policy: no script but the pages' own time script (by its
+    /// SHA-256), no other origin for anything, forms only to the collector, no framing.
+    static let contentSecurityPolicy: String = {
+        let start = timesScript.range(of: "<script>")!.upperBound, end = timesScript.range(of: "</script>")!.lowerBound
+        let digest = Data(SHA256.hash(data: Data(timesScript[start..<end].utf8))).base64EncodedString()
+        return "default-src 'none'; script-src 'sha256-\(digest)'; style-src 'unsafe-inline'; img-src 'self'; form-action 'self'; "
+            + "frame-ancestors 'none'; base-uri 'none'"
+    }()
 
     static let head = """
         <!DOCTYPE html>

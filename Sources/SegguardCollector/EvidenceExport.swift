@@ -71,6 +71,12 @@ extension Collector {
     static let exportPage = 500
 
     func exportEvents(_ request: Request) async throws -> Response {
+        // A link on another site must not start an export in a signed-in operator's browser
+        // (the browser would send the remembered sign-in): browsers say where a request comes
+        // from; scripts and typed addresses send no header or "none".
+        if let site = request.headers[HTTPField.Name("Sec-Fetch-Site")!], !["same-origin", "none"].contains(site) {
+            throw APIError(.forbidden, "an export is started from the collector's own pages (Sec-Fetch-Site: \(site))")
+        }
         let who = try requireAdmin(request)
         let q = request.uri.queryParameters
         func date(_ name: String, endOfDay: Bool) throws -> Date {
@@ -97,8 +103,10 @@ extension Collector {
         let name = "segguard-events_\(groupName.isEmpty ? "group" : groupName)_\(stamp).\(format.rawValue)"
         logger.notice("evidence export", metadata: ["by": "\(who)", "from": "\(RFC3339.format(from))", "to": "\(RFC3339.format(to))",
                                                     "group": "\(range.group ?? "all")", "format": "\(format.rawValue)"])
-        await record(AdminAction(time: Date(), by: who, action: "export", target: range.agentID.map { "agent \($0)" } ?? "group \(range.group ?? "all")",
-                                 detail: "\(RFC3339.format(from)) – \(RFC3339.format(to)), \(format.rawValue)"))
+        // Recorded before anything is sent: no export without its record (a store failure is a 503).
+        let target = ["group \(range.group ?? "all")", range.agentID.map { "agent \($0)" }].compactMap { $0 }.joined(separator: ", ")
+        try await store.recordAction(AdminAction(time: Date(), by: who, action: "export", target: target,
+                                                 detail: "\(RFC3339.format(from)) – \(RFC3339.format(to)), \(format.rawValue)"))
         let body = ResponseBody { writer in
             var page = first
             var count = 0

@@ -386,17 +386,25 @@ public final class PostgresStore: CollectorStore {
         }
     }
 
-    public func putBundle(_ bundle: StoredBundle) async throws -> PutBundleResult {
+    public func putBundle(_ bundle: StoredBundle, recording action: AdminAction?) async throws -> PutBundleResult {
         let json = try ColumnJSON.encode(bundle.bundle)
-        // One statement: stored only when newer; otherwise the current version comes back.
+        // One statement: stored only when newer (then the action is recorded by the same
+        // statement); otherwise the current version comes back.
+        let a = action
         let rows = try await client.query(
             """
-            INSERT INTO bundles (grp, version, policy_sha256, bundle, pushed_at, pushed_by)
-            VALUES (\(bundle.group), \(bundle.version), \(bundle.policySHA256), \(json), \(bundle.pushedAt.millis), \(bundle.pushedBy))
-            ON CONFLICT (grp) DO UPDATE SET version = EXCLUDED.version, policy_sha256 = EXCLUDED.policy_sha256, bundle = EXCLUDED.bundle,
-                pushed_at = EXCLUDED.pushed_at, pushed_by = EXCLUDED.pushed_by
-            WHERE bundles.version < EXCLUDED.version
-            RETURNING version
+            WITH up AS (
+                INSERT INTO bundles (grp, version, policy_sha256, bundle, pushed_at, pushed_by)
+                VALUES (\(bundle.group), \(bundle.version), \(bundle.policySHA256), \(json), \(bundle.pushedAt.millis), \(bundle.pushedBy))
+                ON CONFLICT (grp) DO UPDATE SET version = EXCLUDED.version, policy_sha256 = EXCLUDED.policy_sha256, bundle = EXCLUDED.bundle,
+                    pushed_at = EXCLUDED.pushed_at, pushed_by = EXCLUDED.pushed_by
+                WHERE bundles.version < EXCLUDED.version
+                RETURNING version),
+            audit AS (
+                INSERT INTO admin_actions (time, who, action, target, detail)
+                SELECT \(a?.time.millis ?? 0), \(a?.by ?? ""), \(a?.action ?? ""), \(a?.target ?? ""), \(a?.detail ?? "")
+                WHERE \(a != nil) AND EXISTS (SELECT 1 FROM up))
+            SELECT version FROM up
             """, logger: logger)
         for try await _ in rows { return .stored }
         let current = try await self.bundle(group: bundle.group)?.version ?? bundle.version
@@ -445,7 +453,7 @@ public final class PostgresStore: CollectorStore {
                    COUNT(*) FILTER (WHERE NOT stale AND NOT authorized)::BIGINT AS bad, COUNT(*) FILTER (WHERE stale)::BIGINT AS stale,
                    COUNT(*) FILTER (WHERE spool_held > 0 OR COALESCE(spool_oldest_s, 0) > \(unescaped: "\(AgentRecord.backlogSeconds)"))::BIGINT AS backlog,
                    COALESCE(SUM(spool_held), 0)::BIGINT AS held,
-                   COUNT(*) FILTER (WHERE NOT stale AND cert_not_after < \(expiringBefore.millis))::BIGINT AS expiring,
+                   COUNT(*) FILTER (WHERE cert_not_after < \(expiringBefore.millis))::BIGINT AS expiring,
                    (SELECT COUNT(*) FROM events)::BIGINT AS events FROM agents
             """, logger: logger)
         for try await row in rows {

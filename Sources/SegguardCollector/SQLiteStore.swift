@@ -338,10 +338,12 @@ public final class SQLiteStore: CollectorStore {
     }
 
     public func recordAction(_ a: AdminAction) async throws {
-        _ = try await transaction { db in
-            try await db.query("INSERT INTO admin_actions (time, who, action, target, detail) VALUES (?, ?, ?, ?, ?)",
+        try await transaction { db in try await Self.insert(action: a, db: db) }
+    }
+
+    static func insert(action a: AdminAction, db: SQLiteConnection) async throws {
+        _ = try await db.query("INSERT INTO admin_actions (time, who, action, target, detail) VALUES (?, ?, ?, ?, ?)",
                                [.integer(SQLiteInt64(a.time.millis)), .text(a.by), .text(a.action), .text(a.target), .text(a.detail)])
-        }
     }
 
     public func actions(limit: Int) async throws -> [AdminAction] {
@@ -429,7 +431,7 @@ public final class SQLiteStore: CollectorStore {
         }
     }
 
-    public func putBundle(_ bundle: StoredBundle) async throws -> PutBundleResult {
+    public func putBundle(_ bundle: StoredBundle, recording action: AdminAction?) async throws -> PutBundleResult {
         let json = try ColumnJSON.encode(bundle.bundle)
         return try await transaction { db in
             if let current = try await db.query("SELECT version FROM bundles WHERE grp = ?", [.text(bundle.group)]).first?.column("version")?.integer,
@@ -443,6 +445,7 @@ public final class SQLiteStore: CollectorStore {
                 """,
                 [.text(bundle.group), .integer(SQLiteInt64(bundle.version)), .text(bundle.policySHA256), .text(json),
                  .integer(SQLiteInt64(bundle.pushedAt.millis)), .text(bundle.pushedBy)])
+            if let a = action { try await Self.insert(action: a, db: db) }
             return .stored
         }
     }
@@ -470,7 +473,7 @@ public final class SQLiteStore: CollectorStore {
                        COALESCE(SUM(stale), 0) AS stale,
                        COALESCE(SUM(CASE WHEN spool_held > 0 OR COALESCE(spool_oldest_s, 0) > \(AgentRecord.backlogSeconds) THEN 1 ELSE 0 END), 0) AS backlog,
                        COALESCE(SUM(spool_held), 0) AS held,
-                       COALESCE(SUM(CASE WHEN stale = 0 AND cert_not_after < \(limit) THEN 1 ELSE 0 END), 0) AS expiring FROM agents
+                       COALESCE(SUM(CASE WHEN cert_not_after < \(limit) THEN 1 ELSE 0 END), 0) AS expiring FROM agents
                 """).first
             let e = try await connection.query("SELECT COUNT(*) AS n FROM events").first
             func i(_ r: SQLiteRow?, _ c: String) -> Int { Int(r?.column(c)?.integer ?? 0) }

@@ -219,7 +219,8 @@ public struct StoreCounts: Sendable, Equatable {
     public var backlogged: Int
     /// Events refused by the collector that agents hold (sum of their last heartbeats).
     public var heldEvents: Int64
-    /// Agents (not stale) whose certificate ends before the date `counts` was given.
+    /// Agents whose certificate ends before the date `counts` was given (stale ones and ended
+    /// certificates included: a device in a drawer is renewed too, or removed).
     public var certificatesExpiring: Int = 0
     public init(agents: Int = 0, authorized: Int = 0, unauthorized: Int = 0, stale: Int = 0, events: Int64 = 0, backlogged: Int = 0, heldEvents: Int64 = 0,
                 certificatesExpiring: Int = 0) {
@@ -291,10 +292,12 @@ public protocol CollectorStore: Sendable {
     /// `agent-stale` event for each (once, whichever replica gets there first) and returns them.
     func markStale(now: Date, intervals: Int) async throws -> [AgentRecord]
     /// Stores the bundle when its version is above the group's current one.
-    func putBundle(_ bundle: StoredBundle) async throws -> PutBundleResult
+    /// Stores a bundle when it is newer than the group's; `action`, when given, is recorded in
+    /// the same transaction (only when the bundle is stored).
+    func putBundle(_ bundle: StoredBundle, recording action: AdminAction?) async throws -> PutBundleResult
     func bundle(group: String) async throws -> StoredBundle?
-    /// Counts for /metrics; `certificatesExpiring` counts agents (not stale) whose certificate
-    /// ends before `expiringBefore`.
+    /// Counts for /metrics; `certificatesExpiring` counts agents whose certificate ends before
+    /// `expiringBefore`.
     func counts(expiringBefore: Date) async throws -> StoreCounts
     /// One page of an export: events in `range`, ordered by (time, agent, id), after `cursor`.
     func exportEvents(_ range: ExportRange, after cursor: ExportCursor?, limit: Int) async throws -> [StoredEvent]
@@ -369,6 +372,8 @@ enum ColumnJSON {
 }
 
 extension CollectorStore {
+    public func putBundle(_ bundle: StoredBundle) async throws -> PutBundleResult { try await putBundle(bundle, recording: nil) }
+
     /// Counts, with certificates ending within `AgentRecord.certificateWarningDays` as expiring.
     public func counts() async throws -> StoreCounts {
         try await counts(expiringBefore: Date().addingTimeInterval(Double(AgentRecord.certificateWarningDays) * 86_400))

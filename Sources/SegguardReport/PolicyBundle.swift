@@ -20,12 +20,17 @@ public struct PolicyBundlePayload: Codable, StrictDecodable, Sendable, Equatable
     public var createdAt: Date
     /// Free text for the audit trail ("open the branch office Wi-Fi").
     public var comment: String?
+    /// The end of the bundle's validity: agents refuse it from then on (a collector that keeps
+    /// serving an old bundle cannot freeze them on it unnoticed) and report when the bundle in
+    /// force passes it. Nil: valid until replaced. Agents before 0.9 refuse a payload that has
+    /// the field (unknown field): set it only once every agent of the group is upgraded.
+    public var notAfter: Date?
 
     enum CodingKeys: String, CodingKey, CaseIterable {
-        case group, version, policyYAML = "policy_yaml", policySHA256 = "policy_sha256", createdAt = "created_at", comment
+        case group, version, policyYAML = "policy_yaml", policySHA256 = "policy_sha256", createdAt = "created_at", comment, notAfter = "not_after"
     }
     public init(reading r: inout StrictJSONReader) throws(ReportDecodingError) {
-        var group = "", version: Int64 = 0, policyYAML = "", policySHA256 = "", createdAt = Date(), comment: String?
+        var group = "", version: Int64 = 0, policyYAML = "", policySHA256 = "", createdAt = Date(), comment: String?, notAfter: Date?
         let seen = try r.object { (r: inout StrictJSONReader, key: String) throws(ReportDecodingError) in
             switch key {
             case "group": group = try r.string()
@@ -34,10 +39,12 @@ public struct PolicyBundlePayload: Codable, StrictDecodable, Sendable, Equatable
             case "policy_sha256": policySHA256 = try r.string()
             case "created_at": createdAt = try r.date()
             case "comment": comment = try r.optionalString()
+            case "not_after": notAfter = try r.null() ? nil : r.date()
             default: throw r.unknown()
             }
         }
         try r.require(["group", "version", "policy_yaml", "policy_sha256", "created_at"], in: seen)
+        self.notAfter = notAfter
         self.group = group
         self.version = version
         self.policyYAML = policyYAML
@@ -46,14 +53,18 @@ public struct PolicyBundlePayload: Codable, StrictDecodable, Sendable, Equatable
         self.comment = comment
     }
 
-    public init(group: String, version: Int64, policyYAML: String, createdAt: Date = Date(), comment: String? = nil) {
+    public init(group: String, version: Int64, policyYAML: String, createdAt: Date = Date(), comment: String? = nil, notAfter: Date? = nil) {
         self.group = group
         self.version = version
         self.policyYAML = policyYAML
         self.policySHA256 = PolicySigning.sha256Hex(Data(policyYAML.utf8))
         self.createdAt = createdAt
         self.comment = comment
+        self.notAfter = notAfter
     }
+
+    /// Whether the bundle's validity has ended at `now`.
+    public func expired(at now: Date) -> Bool { notAfter.map { $0 <= now } ?? false }
 }
 
 /// The envelope that travels: payload bytes, signature and the signing key's id.
@@ -112,6 +123,7 @@ public enum PolicyBundleError: Error, CustomStringConvertible, Equatable {
     case rollback(version: Int64, current: Int64)
     case digestMismatch
     case badKey(String)
+    case expired(version: Int64, notAfter: Date)
 
     public var description: String {
         switch self {
@@ -123,6 +135,7 @@ public enum PolicyBundleError: Error, CustomStringConvertible, Equatable {
         case .rollback(let v, let c): "bundle version \(v) is not newer than the version in force (\(c)): refused as a rollback"
         case .digestMismatch: "policy_sha256 does not match policy_yaml"
         case .badKey(let why): "bad key: \(why)"
+        case .expired(let v, let n): "bundle version \(v) expired at \(RFC3339.format(n)) (its not_after): the collector serves an outdated bundle"
         }
     }
 }
@@ -155,9 +168,10 @@ public enum PolicySigning {
     }
 
     /// The payload, once the signature checks against `key`, the digest matches and (when
-    /// given) the group is `group` and the version above `currentVersion`.
+    /// given) the group is `group`, the version above `currentVersion` and the bundle still
+    /// valid at `now`.
     public static func verify(_ bundle: SignedPolicyBundle, key: Curve25519.Signing.PublicKey, group: String? = nil,
-                              currentVersion: Int64? = nil) throws(PolicyBundleError) -> PolicyBundlePayload {
+                              currentVersion: Int64? = nil, now: Date? = nil) throws(PolicyBundleError) -> PolicyBundlePayload {
         guard bundle.format == 1 else { throw .unsupportedFormat(bundle.format) }
         let pinned = keyID(key)
         guard bundle.keyID == pinned else { throw .unknownKey(bundle: bundle.keyID, pinned: pinned) }
@@ -173,6 +187,7 @@ public enum PolicySigning {
         guard sha256Hex(Data(payload.policyYAML.utf8)) == payload.policySHA256 else { throw .digestMismatch }
         if let group, payload.group != group { throw .wrongGroup(bundle: payload.group, expected: group) }
         if let currentVersion, payload.version <= currentVersion { throw .rollback(version: payload.version, current: currentVersion) }
+        if let now, let end = payload.notAfter, payload.expired(at: now) { throw .expired(version: payload.version, notAfter: end) }
         return payload
     }
 
@@ -192,7 +207,7 @@ public struct PolicySigningKey: Sendable, Equatable {
 
 extension PolicySigning {
     public static func verify(_ bundle: SignedPolicyBundle, key: PolicySigningKey, group: String? = nil,
-                              currentVersion: Int64? = nil) throws(PolicyBundleError) -> PolicyBundlePayload {
-        try verify(bundle, key: key.key, group: group, currentVersion: currentVersion)
+                              currentVersion: Int64? = nil, now: Date? = nil) throws(PolicyBundleError) -> PolicyBundlePayload {
+        try verify(bundle, key: key.key, group: group, currentVersion: currentVersion, now: now)
     }
 }

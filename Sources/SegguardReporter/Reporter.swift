@@ -149,6 +149,8 @@ public final class Reporter: Sendable {
     let applied: Mutex<AppliedBundle?>
     /// The ETag of a bundle refused already (reported once, not at every heartbeat).
     let refusedETag = Mutex<String?>(nil)
+    /// The version of the bundle in force whose expiry was reported (once per bundle).
+    let expiryReported = Mutex<Int64?>(nil)
     let counters = Mutex<ReporterStatistics>(ReporterStatistics())
     /// The wire revision the collector announced in its last answer (1 until it announces one).
     let collectorWire = Mutex(1)
@@ -439,6 +441,7 @@ public final class Reporter: Sendable {
     func fetchBundle() async {
         guard let key = policyKey else { return }
         let current = applied.withLock { $0 }
+        reportExpiry(of: current)
         let known = refusedETag.withLock { $0 } ?? current?.etag
         let response: (HTTPResponseStatus, Data, String?)
         do {
@@ -451,7 +454,7 @@ public final class Reporter: Sendable {
         guard status == .ok else { return }  // 304 unchanged, 404 none pushed
         do {
             let bundle = try ReportCoding.decodeStrict(SignedPolicyBundle.self, from: body)
-            let payload = try PolicySigning.verify(bundle, key: key, group: identity.group, currentVersion: current?.version ?? 0)
+            let payload = try PolicySigning.verify(bundle, key: key, group: identity.group, currentVersion: current?.version ?? 0, now: Date())
             do {
                 try await applyBundle(payload)
             } catch {
@@ -471,13 +474,31 @@ public final class Reporter: Sendable {
             counters.withLock { $0.bundlesRefused += 1 }
             let severity: String
             switch error {
-            case PolicyBundleError.badSignature, PolicyBundleError.unknownKey, PolicyBundleError.rollback, PolicyBundleError.wrongGroup: severity = "critical"
+            case PolicyBundleError.badSignature, PolicyBundleError.unknownKey, PolicyBundleError.rollback, PolicyBundleError.wrongGroup,
+                 PolicyBundleError.expired: severity = "critical"
             default: severity = "warning"
             }
             logger.error("policy bundle refused; keeping the policy in force", metadata: ["error": "\(error)"])
             record(kind: "bundle-refused", severity: severity, reason: "policy bundle refused, the policy in force is kept: \(error)",
                    details: ["etag": etag ?? "", "version_in_force": "\(current?.version ?? 0)"])
         }
+    }
+
+    /// The bundle in force has passed its `not_after` and no newer one came: it stays in force
+    /// (the last valid policy: enforcement does not loosen or stop), and this is reported once
+    /// per bundle — whether the collector is unreachable or keeps serving the old bundle.
+    func reportExpiry(of current: AppliedBundle?, now: Date = Date()) {
+        guard let current, let payload = try? current.bundle.unverifiedPayload(), let end = payload.notAfter, payload.expired(at: now) else { return }
+        let first = expiryReported.withLock { reported -> Bool in
+            defer { reported = current.version }
+            return reported != current.version
+        }
+        guard first else { return }
+        logger.error("the policy bundle in force has expired; it stays in force until a newer one arrives",
+                     metadata: ["version": "\(current.version)", "not_after": "\(RFC3339.format(end))"])
+        record(kind: "bundle-expired", severity: "critical",
+               reason: "policy bundle version \(current.version) expired at \(RFC3339.format(end)) and no newer bundle arrived; it stays in force",
+               details: ["version": "\(current.version)", "not_after": RFC3339.format(end), "policy_sha256": current.policySHA256])
     }
 
     // MARK: HTTP

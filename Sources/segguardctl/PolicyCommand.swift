@@ -43,6 +43,8 @@ struct PolicyCommand: AsyncParsableCommand {
         var version: Int64
         @Option(name: .long, help: "Free text kept with the bundle.")
         var comment: String?
+        @Option(name: .long, help: ArgumentHelp("Days the bundle stays valid (1-3650): agents refuse it afterwards and report the bundle in force as expired. Needs agents 0.9 or later.", valueName: "days"))
+        var validDays: Int?
         @Option(name: [.short, .long], help: "Bundle file to write.")
         var output: String
         @Argument(help: "The policy file (YAML).")
@@ -50,15 +52,19 @@ struct PolicyCommand: AsyncParsableCommand {
 
         func run() throws {
             guard version >= 1 else { throw CLIError("--version: must be at least 1") }
+            if let d = validDays, !(1...3650).contains(d) { throw CLIError("--valid-days: \(d) is not between 1 and 3650") }
+            let now = Date()
+            let notAfter = validDays.map { now.addingTimeInterval(Double($0) * 86_400) }
             let text: String
             do { text = try String(contentsOfFile: policy, encoding: .utf8) } catch { throw CLIError("\(policy): \(error.localizedDescription)") }
             do { _ = try PolicyLoader.load(text: text, file: policy) } catch { throw CLIError("not signed, the policy is invalid:\n\(error)") }
             let keyText: String
             do { keyText = try String(contentsOfFile: key, encoding: .utf8) } catch { throw CLIError("--key \(key): \(error.localizedDescription)") }
             let signingKey = try PolicySigning.privateKey(base64: keyText)
-            let bundle = try PolicySigning.sign(PolicyBundlePayload(group: group, version: version, policyYAML: text, comment: comment), with: signingKey)
+            let bundle = try PolicySigning.sign(PolicyBundlePayload(group: group, version: version, policyYAML: text, createdAt: now, comment: comment,
+                                                                    notAfter: notAfter), with: signingKey)
             try AtomicFile.write(try ReportCoding.encoder().encode(bundle), to: output, mode: 0o644)
-            print("signed \(policy) for group '\(group)' version \(version) with key \(bundle.keyID): \(output)")
+            print("signed \(policy) for group '\(group)' version \(version) with key \(bundle.keyID)\(notAfter.map { ", valid until \(RFC3339.format($0))" } ?? ""): \(output)")
         }
     }
 
@@ -71,9 +77,10 @@ struct PolicyCommand: AsyncParsableCommand {
 
         func run() throws {
             let b = try ReportCoding.decodeStrict(SignedPolicyBundle.self, from: try Data(contentsOf: URL(fileURLWithPath: bundle)))
-            let payload = try PolicySigning.verify(b, key: try PolicySigningKey(base64: try String(contentsOfFile: publicKey, encoding: .utf8)))
+            let payload = try PolicySigning.verify(b, key: try PolicySigningKey(base64: try String(contentsOfFile: publicKey, encoding: .utf8)), now: Date())
             do { _ = try PolicyLoader.load(text: payload.policyYAML, file: bundle) } catch { throw CLIError("signature good, but the policy is invalid:\n\(error)") }
-            print("good signature (key \(b.keyID)): group '\(payload.group)' version \(payload.version), policy sha256 \(payload.policySHA256)")
+            print("good signature (key \(b.keyID)): group '\(payload.group)' version \(payload.version), policy sha256 \(payload.policySHA256)"
+                  + (payload.notAfter.map { ", valid until \(RFC3339.format($0))" } ?? ", no end of validity"))
         }
     }
 

@@ -84,7 +84,24 @@ struct OperatorTests {
             let bundle = try PolicySigning.sign(PolicyBundlePayload(group: "mynumber", version: 3, policyYAML: validPolicyYAML), with: admin)
             let pushed = try await call(client, .PUT, c.url + "/api/v1/admin/policy/mynumber", body: json(bundle), headers: good)
             #expect(pushed.status == 201, "\(pushed.body)")
+            // A refused group name is recorded too.
+            #expect(try await call(client, .PUT, c.url + "/api/v1/admin/policy/no%20spaces", body: json(bundle), headers: good).status == 400)
+            // An export started from another site (a link in a mail, a hostile page) is refused before anything is recorded.
+            let export = c.url + "/api/v1/admin/export/events?from=2026-01-01&to=2026-01-31"
+            #expect(try await call(client, .GET, export, headers: good + [("Sec-Fetch-Site", "cross-site")]).status == 403)
+            #expect(try await call(client, .GET, export, headers: good + [("Sec-Fetch-Site", "same-site")]).status == 403)
+            #expect(try await call(client, .GET, export, headers: good + [("Sec-Fetch-Site", "same-origin")]).status == 200)
+            // Pages carry a Content-Security-Policy that allows only their own script.
+            let page = try await call(client, .GET, c.url + "/", headers: good)
+            let csp = page.headers.first { $0.0.lowercased() == "content-security-policy" }?.1 ?? ""
+            #expect(csp.hasPrefix("default-src 'none'; script-src 'sha256-") && csp.contains("frame-ancestors 'none'"), "\(csp)")
+            #expect(page.headers.contains { $0.0.lowercased() == "x-frame-options" && $0.1 == "DENY" })
         }
+        let actions = try await c.collector.store.actions(limit: 10)
+        // Newest first: the same-origin export, the refused push, the push; before them the two exports of the sign-in checks.
+        #expect(actions.map(\.action) == ["export", "policy-push-refused", "policy-push", "export", "export"], "\(actions)")
+        #expect(actions[1].detail.hasPrefix("400: group") && actions[1].by == "sato", "\(actions[1])")
+        #expect(actions[0].target == "group all" && actions[0].detail.hasSuffix(", csv"))
         #expect(try await c.collector.store.bundle(group: "mynumber")?.pushedBy == "sato")
         // Agents are not asked for a password.
         let device = try c.pki.device("tc-0701", group: "mynumber")

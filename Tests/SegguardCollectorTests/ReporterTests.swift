@@ -3,6 +3,7 @@
 // policy bundles are applied, or refused (bad signature, rollback, invalid policy) with an
 // event and the old policy kept.
 
+import AsyncHTTPClient
 import Crypto
 import Foundation
 import Logging
@@ -135,6 +136,56 @@ struct ReporterTests {
         })
         #expect(lgwan.appliedBundle?.version == 9)
         await lgwan.stop()
+        await c.stop()
+    }
+
+    @Test("bundle validity (not_after): an expired bundle served by the collector is refused (critical) and the policy in force kept; the bundle in force passing its end is reported once and stays in force; the collector refuses to store an expired bundle; old payloads without the field still verify")
+    func bundleValidity() async throws {
+        let admin = Curve25519.Signing.PrivateKey()
+        let valid = "schema_version: 1\nname: pushed\nsites: [{name: hq, wired: [{interfaces: [eth0]}]}]\nvdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}\n"
+        // Signing and verifying.
+        let later = try PolicySigning.sign(PolicyBundlePayload(group: "mynumber", version: 2, policyYAML: valid, notAfter: Date().addingTimeInterval(3600)), with: admin)
+        #expect(try PolicySigning.verify(later, key: admin.publicKey, now: Date()).notAfter != nil)
+        let ended = try PolicySigning.sign(PolicyBundlePayload(group: "mynumber", version: 3, policyYAML: valid, notAfter: Date().addingTimeInterval(-60)), with: admin)
+        #expect(throws: PolicyBundleError.self) { try PolicySigning.verify(ended, key: admin.publicKey, now: Date()) }
+        #expect(try PolicySigning.verify(ended, key: admin.publicKey).version == 3, "without a time (the bundle in force at start) it still verifies")
+        let plain = try PolicySigning.sign(PolicyBundlePayload(group: "mynumber", version: 1, policyYAML: valid), with: admin)
+        #expect(!Data(base64Encoded: plain.payload)!.elementsEqual(Data()) && !String(decoding: Data(base64Encoded: plain.payload)!, as: UTF8.self).contains("not_after"),
+                "a bundle without an end writes no not_after (older agents read it)")
+        #expect(try PolicySigning.verify(plain, key: admin.publicKey, now: Date()).notAfter == nil)
+
+        let c = try await TestCollector.start()
+        defer { c.pki.remove() }
+        let store = c.collector.store
+        // The admin API refuses to store an ended bundle (it would take the version number).
+        try await withClient(try c.client()) { (client: HTTPClient) async throws -> Void in
+            let r = try await call(client, .PUT, c.url + "/api/v1/admin/policy/mynumber", body: json(ended),
+                                   headers: [("Authorization", "Bearer \(TestCollector.adminToken)")])
+            #expect(r.status == 422 && r.body.contains("expired"), "\(r.status) \(r.body)")
+        }
+        #expect(try await store.bundle(group: "mynumber") == nil)
+
+        // An agent running version 2 (valid one more second) is served the ended version 3 (a
+        // collector replaying an old signed bundle, or stuck on it).
+        let dir = try temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let shortLived = try PolicySigning.sign(PolicyBundlePayload(group: "mynumber", version: 2, policyYAML: valid, notAfter: Date().addingTimeInterval(1.5)), with: admin)
+        let running = AppliedBundle(group: "mynumber", version: 2, policySHA256: try shortLived.unverifiedPayload().policySHA256, etag: nil, bundle: shortLived)
+        let p = try ended.unverifiedPayload()
+        #expect(try await store.putBundle(StoredBundle(group: "mynumber", version: 3, policySHA256: p.policySHA256, bundle: ended, pushedAt: Date(), pushedBy: "test")) == .stored)
+        let reporter = try await makeReporter(c, id: "tc-0200", group: "mynumber", dir: dir, key: admin.publicKey, applied: running) { _ in
+            Issue.record("an expired bundle must not be applied")
+        }
+        reporter.start()
+        func events() async throws -> [ReportedEvent] { try await store.events(EventFilter(agentID: "tc-0200", limit: 100)).map(\.event) }
+        #expect(try await eventually { try await events().contains { $0.kind == "bundle-refused" && $0.severity == "critical" && $0.reason.contains("expired") } })
+        // Then the bundle in force ends: reported once, kept in force.
+        #expect(try await eventually(15) { try await events().contains { $0.kind == "bundle-expired" } })
+        try await Task.sleep(for: .seconds(2.5))
+        let expired = try await events().filter { $0.kind == "bundle-expired" }
+        #expect(expired.count == 1 && expired.first?.severity == "critical" && expired.first?.details["version"] == "2", "\(expired)")
+        #expect(reporter.appliedBundle?.version == 2)
+        await reporter.stop()
         await c.stop()
     }
 

@@ -262,6 +262,29 @@ struct StoreTests {
         }
         let hostile = "<img src=x onerror=alert(1)>\"'&"
         let escaped = "&lt;img src=x onerror=alert(1)&gt;&quot;&#39;&amp;"
+        // A quote with a combining mark is one Swift Character but two scalars: the quote
+        // must still be escaped (a browser would end the attribute at it).
+        let combining = "x\"\u{301} autofocus onfocus=alert(4) y=\"\u{301}"
+        #expect(Dashboard.escapeHTML(combining).unicodeScalars.elementsEqual("x&quot;\u{301} autofocus onfocus=alert(4) y=&quot;\u{301}".unicodeScalars))
+        let quoteThenMark: [UInt8] = [0x22, 0xCC, 0x81]
+        func rawQuoteMark(_ html: String) -> Bool {
+            let bytes = Array(html.utf8)
+            return bytes.indices.contains { i in bytes[i...].starts(with: quoteThenMark) }
+        }
+        var combiningRecord = AgentRecord(agentID: "tc-1", group: "g", hostname: combining, agentVersion: "1", policyName: combining, policySHA256: combining,
+                                          bundleVersion: nil, segment: combining, authorized: true, reason: combining, interfaces: [], intervalSeconds: 30,
+                                          spoolPending: 0, spoolDropped: 0, firstSeen: Date(), lastSeen: Date(), stale: false, heartbeats: 1, events: 0)
+        combiningRecord.spoolHeld = 0
+        let combiningEvent = StoredEvent(agentID: "tc-1", group: "g", event: ReportedEvent(id: "e", seq: 1, time: Date(), kind: combining, severity: combining, reason: combining),
+                                         receivedAt: Date())
+        for html in [Dashboard.render(agents: [combiningRecord], events: [combiningEvent], groups: [combining], segments: [combining],
+                                      filters: Dashboard.Filters(group: combining, segment: combining, search: combining), now: Date(), staleIntervals: 3,
+                                      page: Dashboard.Page(offset: 0, size: 100, total: 1, search: combining)),
+                     Dashboard.renderAgent(combiningRecord, decisions: [combiningEvent], events: [], now: Date(), language: .ja),
+                     Dashboard.renderActions([AdminAction(time: Date(), by: combining, action: combining, target: combining, detail: combining)], now: Date())] {
+            #expect(!rawQuoteMark(html), "a quote followed by a combining mark reached the page unescaped")
+            #expect(html.utf8.count > 1000)
+        }
         let page = Dashboard.renderActions([AdminAction(time: Date(), by: hostile, action: hostile, target: hostile, detail: hostile)], now: Date(), language: .ja)
         #expect(!page.contains("<img") && page.components(separatedBy: escaped).count == 6 /* by, action (attribute and label), target, detail */, "\(page)")
         let record = AgentRecord(agentID: hostile, group: hostile, hostname: hostile, agentVersion: hostile, policyName: hostile, policySHA256: hostile,
@@ -370,10 +393,17 @@ struct StoreTests {
         #expect(try await store.putBundle(stored(1)) == .notNewer(current: 1))
         #expect(try await store.putBundle(stored(3)) == .stored)
         #expect(try await store.putBundle(stored(2)) == .notNewer(current: 3))
+        // A push's record is written with the bundle, and only when it is stored.
+        let action = { (v: Int64) in AdminAction(time: Date(millis: Date().millis), by: "sato", action: "policy-push", target: "mynumber", detail: "version \(v)") }
+        #expect(try await store.putBundle(stored(3), recording: action(3)) == .notNewer(current: 3))
+        #expect(try await store.actions(limit: 10).isEmpty)
+        #expect(try await store.putBundle(stored(4), recording: action(4)) == .stored)
+        #expect(try await store.actions(limit: 10).map(\.detail) == ["version 4"])
+        _ = try await store.putBundle(stored(3))
         let b = try #require(try await store.bundle(group: "mynumber"))
-        #expect(b.version == 3)
+        #expect(b.version == 4)
         #expect(b.bundle.keyID == "0123456789abcdef")
-        #expect(b.etag == "\"mynumber-3-3333333333333333\"")
+        #expect(b.etag == "\"mynumber-4-4444444444444444\"")
         #expect(try await store.bundle(group: "lgwan") == nil)
     }
 
