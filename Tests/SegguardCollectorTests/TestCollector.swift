@@ -98,9 +98,14 @@ final class TestCollector: Sendable {
     }
 
     /// An HTTP client trusting the test CA, presenting `device`'s certificate when given.
+    func client(device: (cert: String, key: String)? = nil) throws -> HTTPClient { try pki.client(device: device) }
+}
+
+extension TestPKI {
+    /// An HTTP client trusting this CA, presenting `device`'s certificate when given.
     func client(device: (cert: String, key: String)? = nil) throws -> HTTPClient {
         var tls = TLSConfiguration.makeClientConfiguration()
-        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(pki.directory + "/ca.pem"))
+        tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(directory + "/ca.pem"))
         if let device {
             tls.certificateChain = try NIOSSLCertificate.fromPEMFile(device.cert).map { .certificate($0) }
             tls.privateKey = .privateKey(try NIOSSLPrivateKey(file: device.key, format: .pem))
@@ -111,13 +116,13 @@ final class TestCollector: Sendable {
 
 /// One request; returns status, body text and headers.
 func call(_ client: HTTPClient, _ method: HTTPMethodName, _ url: String, body: Data? = nil, headers: [(String, String)] = [],
-          contentType: String? = "application/json") async throws -> (status: Int, body: String, headers: [(String, String)]) {
+          contentType: String? = "application/json", timeout: TimeAmount = .seconds(30)) async throws -> (status: Int, body: String, headers: [(String, String)]) {
     var request = HTTPClientRequest(url: url)
     request.method = method.nio
     if let contentType, body != nil { request.headers.add(name: "Content-Type", value: contentType) }
     for (k, v) in headers { request.headers.add(name: k, value: v) }
     if let body { request.body = .bytes(ByteBuffer(bytes: body)) }
-    let response = try await client.execute(request, timeout: .seconds(30))
+    let response = try await client.execute(request, timeout: timeout)
     let text = String(buffer: try await response.body.collect(upTo: 8 << 20))
     return (Int(response.status.code), text, response.headers.map { ($0.name, $0.value) })
 }
