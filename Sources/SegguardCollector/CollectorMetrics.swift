@@ -25,6 +25,7 @@ public final class CollectorMetrics: Sendable {
     let idConflicts: Counter
     let prunedEvents: Counter
     let authFailures: Counter
+    let revokedRefusals: Counter
 
     init() {
         rejectedBodies = registry.makeCounter(descriptor: Self.name("segguard_collector_rejected_bodies_total", "Request bodies refused (malformed, unknown fields, too large)."))
@@ -44,6 +45,7 @@ public final class CollectorMetrics: Sendable {
         expiringCertificates = registry.makeGauge(descriptor: Self.name("segguard_agents_certificate_expiring",
             "Agents (not stale) whose client certificate ends within \(AgentRecord.certificateWarningDays) days (from the certificate of their latest heartbeat)."))
         authFailures = registry.makeCounter(descriptor: Self.name("segguard_collector_auth_failures_total", "Operator or admin-token authentications refused."))
+        revokedRefusals = registry.makeCounter(descriptor: Self.name("segguard_collector_revoked_refused_total", "Agent calls refused because the device certificate is revoked."))
         prunedEvents = registry.makeCounter(descriptor: Self.name("segguard_collector_events_pruned_total", "Events deleted past the retention (--retention-days)."))
         idConflicts = registry.makeCounter(descriptor: Self.name("segguard_collector_event_id_conflicts_total",
             "Events sent again under a stored id with other content (answered 409, recorded as event-id-conflict)."))
@@ -97,6 +99,7 @@ public final class CollectorMetrics: Sendable {
     func idConflict() { idConflicts.increment() }
     func pruned(_ n: Int) { prunedEvents.increment(by: Int64(n)) }
     func authFailure() { authFailures.increment() }
+    func revokedRefused() { revokedRefusals.increment() }
 
     /// The text exposition, with the fleet gauges set from `counts`.
     func render(counts: StoreCounts) -> String {
@@ -119,6 +122,11 @@ struct StaleSweeper: Service {
     func run() async throws {
         let period = collector.configuration.staleSweepSeconds
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
+            do {
+                try await collector.refreshRevocations()
+            } catch {
+                collector.logger.error("revocations not refreshed", metadata: ["error": "\(error)"])
+            }
             do {
                 let stale = try await collector.store.markStale(now: Date(), intervals: collector.configuration.staleIntervals)
                 if !stale.isEmpty {

@@ -130,6 +130,9 @@ public final class Collector: Sendable {
     let identities = Mutex<[[UInt8]: AgentIdentity]>([:])
     /// The identity of each open TLS connection, read once on its event loop.
     let connections = ConnectionIdentities()
+    /// Revoked device certificates by serial (loaded before the first agent call is answered,
+    /// refreshed with every stale sweep: another replica may have revoked one).
+    let revoked = Mutex<[String: Revocation]?>(nil)
     /// Each group's heartbeat interval from its bundle's policy (nil: no bundle), and when it
     /// was read (re-read after a minute: another replica may have taken a push).
     let groupIntervals = Mutex<[String: (seconds: Int?, read: Date)]>([:])
@@ -216,12 +219,15 @@ public final class Collector: Sendable {
         if routes == .agents {
             // Operators' pages live on the management listener: say where, show nothing.
             for path in ["/", "/metrics", "/agents/:id", "/actions", "/api/v1/admin/agents", "/api/v1/admin/events", "/api/v1/admin/actions",
-                         "/api/v1/admin/export/events"] {
+                         "/api/v1/admin/export/events", "/api/v1/admin/revocations"] {
                 router.get(RouterPath(stringLiteral: path)) { _, _ in
                     (try? Self.json(.notFound, ErrorReply(error: "served on the collector's management listener (--admin-listen), not here"))) ?? Response(status: .notFound)
                 }
             }
             router.put("/api/v1/admin/policy/:group") { _, _ in
+                (try? Self.json(.notFound, ErrorReply(error: "served on the collector's management listener (--admin-listen), not here"))) ?? Response(status: .notFound)
+            }
+            router.post("/api/v1/admin/revoke") { _, _ in
                 (try? Self.json(.notFound, ErrorReply(error: "served on the collector's management listener (--admin-listen), not here"))) ?? Response(status: .notFound)
             }
             return router
@@ -240,6 +246,13 @@ public final class Collector: Sendable {
                 let q = request.uri.queryParameters
                 let limit = min(max(Int(q.get("limit") ?? "100") ?? 100, 1), 10_000)
                 return try Self.json(.ok, try await self.store.events(EventFilter(agentID: q.get("agent"), group: q.get("group"), limit: limit)))
+            }
+        }
+        router.post("/api/v1/admin/revoke") { request, _ in await self.guarded { try await self.revoke(request) } }
+        router.get("/api/v1/admin/revocations") { request, _ in
+            await self.guarded {
+                try self.requireAdmin(request)
+                return try Self.json(.ok, try await self.store.revocations())
             }
         }
         router.get("/api/v1/admin/actions") { request, _ in
@@ -550,7 +563,9 @@ public final class Collector: Sendable {
         guard let record = try await store.agent(id: id) else { throw APIError(.notFound, "no agent \"\(id)\" has reported") }
         let events = try await store.events(EventFilter(agentID: id, limit: 200))
         let decisions = try await store.events(EventFilter(agentID: id, kind: "decision-changed", limit: 200))
-        return Self.html(Dashboard.renderAgent(record, decisions: decisions, events: events, now: Date(), language: Self.language(request)))
+        let revocation = record.certificateSerial.flatMap { serial in revoked.withLock { $0?[serial] } }
+        return Self.html(Dashboard.renderAgent(record, decisions: decisions, events: events, now: Date(), language: Self.language(request),
+                                               revocation: revocation))
     }
 
     func metricsPage() async throws -> Response {
@@ -564,10 +579,59 @@ public final class Collector: Sendable {
     /// per connection by ClientIdentityHandler (no hop to the event loop per request), or
     /// asked of the TLS handler when the connection has no entry.
     func identity(_ context: CollectorContext) async throws -> AgentIdentity {
-        if let known = connections.lookup(context.channel) { return try known.get() }
-        let cert: NIOSSLCertificate?
-        do { cert = try await context.channel.nioSSL_peerCertificate().get() } catch { cert = nil }
-        return try identity(certificate: cert).get()
+        let id: AgentIdentity
+        if let known = connections.lookup(context.channel) {
+            id = try known.get()
+        } else {
+            let cert: NIOSSLCertificate?
+            do { cert = try await context.channel.nioSSL_peerCertificate().get() } catch { cert = nil }
+            id = try identity(certificate: cert).get()
+        }
+        try await refuseRevoked(id)
+        return id
+    }
+
+    /// A revoked certificate gets 403 with the revocation's reason, on every agent call (an
+    /// open connection included). Until the list is loaded no agent call is answered.
+    func refuseRevoked(_ id: AgentIdentity) async throws {
+        if revoked.withLock({ $0 == nil }) { try await refreshRevocations() }
+        guard let serial = id.certificateSerial, let r = revoked.withLock({ $0?[serial] }) else { return }
+        metrics.revokedRefused()
+        throw APIError(.forbidden, "the device certificate of \(id.agentID) (serial \(serial)) was revoked on \(RFC3339.format(r.time)) by \(r.by): "
+                                   + "\(r.reason); enroll the device again for a new certificate")
+    }
+
+    /// Reads the revocations from the store (every replica's).
+    func refreshRevocations() async throws {
+        let all = try await store.revocations()
+        revoked.withLock { $0 = Dictionary(all.map { ($0.serial, $0) }, uniquingKeysWith: { a, _ in a }) }
+    }
+
+    /// `POST /api/v1/admin/revoke` {"agent_id", "serial"?, "reason"}: without a serial, the
+    /// certificate the agent's latest heartbeat came with.
+    func revoke(_ request: Request) async throws -> Response {
+        let who = try requireAdmin(request)
+        let body = try await decode(RevokeRequest.self, request)
+        guard !body.reason.trimmingCharacters(in: .whitespaces).isEmpty else { throw APIError(.badRequest, "reason: say why (stolen, lost, retired)") }
+        var serial = body.serial?.lowercased()
+        if serial == nil {
+            guard let agent = try await store.agent(id: body.agentID) else {
+                throw APIError(.notFound, "no agent \"\(body.agentID)\" has reported; give the certificate's serial")
+            }
+            guard let known = agent.certificateSerial else {
+                throw APIError(.conflict, "the collector has not seen \(body.agentID)'s certificate since it keeps serials; give the serial")
+            }
+            serial = known
+        }
+        guard let serial, !serial.isEmpty, serial.count <= 64, serial.allSatisfy(\.isHexDigit) else {
+            throw APIError(.badRequest, "serial: \"\(body.serial ?? "")\" is not a certificate serial in hex")
+        }
+        let r = Revocation(serial: serial, agentID: body.agentID, reason: body.reason, time: Date(), by: who)
+        let action = AdminAction(time: r.time, by: who, action: "revoke", target: "agent \(body.agentID)", detail: "serial \(serial): \(r.reason)")
+        let new = try await store.revoke(r, recording: action)
+        try await refreshRevocations()
+        logger.notice("device certificate revoked", metadata: ["agent": "\(body.agentID)", "serial": "\(serial)", "by": "\(who)", "new": "\(new)"])
+        return try Self.json(new ? .created : .ok, r)
     }
 
     /// The identity in a verified client certificate (X.509 parsed once per device).
@@ -581,7 +645,8 @@ public final class Collector: Sendable {
         let id: AgentIdentity
         do {
             let read = try DeviceIdentity.withExpiry(certificateDER: der)
-            id = AgentIdentity(agentID: read.identity.agentID, group: read.identity.group, certificateNotAfter: read.notValidAfter)
+            id = AgentIdentity(agentID: read.identity.agentID, group: read.identity.group, certificateNotAfter: read.notValidAfter,
+                               certificateSerial: read.serial)
         } catch {
             return .failure(APIError(.forbidden, "client certificate: \(error)"))
         }
@@ -716,6 +781,29 @@ struct WireRevisionMiddleware<Context: RequestContext>: RouterMiddleware {
 }
 
 /// An HTTP error with the message the client gets.
+/// The body of `POST /api/v1/admin/revoke`.
+struct RevokeRequest: StrictDecodable {
+    var agentID: String
+    var serial: String?
+    var reason: String
+    enum CodingKeys: String, CodingKey { case agentID = "agent_id", serial, reason }
+    init(reading r: inout StrictJSONReader) throws(ReportDecodingError) {
+        var agentID = "", serial: String?, reason = ""
+        let seen = try r.object { (r: inout StrictJSONReader, key: String) throws(ReportDecodingError) in
+            switch key {
+            case "agent_id": agentID = try r.string()
+            case "serial": serial = try r.optionalString()
+            case "reason": reason = try r.string()
+            default: throw r.unknown()
+            }
+        }
+        try r.require(["agent_id", "reason"], in: seen)
+        self.agentID = agentID
+        self.serial = serial
+        self.reason = reason
+    }
+}
+
 struct APIError: Error {
     let status: HTTPResponse.Status
     let message: String

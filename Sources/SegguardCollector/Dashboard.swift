@@ -99,7 +99,8 @@ public enum Dashboard {
 
     /// One agent: its state, interfaces, policy and spool, its decision history and its latest
     /// events.
-    public static func renderAgent(_ a: AgentRecord, decisions: [StoredEvent], events: [StoredEvent], now: Date, language: Language = .en) -> String {
+    public static func renderAgent(_ a: AgentRecord, decisions: [StoredEvent], events: [StoredEvent], now: Date, language: Language = .en,
+                                   revocation: Revocation? = nil) -> String {
         let t = Texts(language)
         let path = agentPath(a.agentID)
         var spool = t.spoolLong(pending: a.spoolPending, held: a.spoolHeld, dropped: a.spoolDropped)
@@ -108,7 +109,6 @@ public enum Dashboard {
         let view = AgentView(
             lang: language.rawValue, t: t, title: "\(a.agentID) · \(t.title)",
             nav: nav(t, language, current: "agent", otherHref: path + "?lang=\(language.other.rawValue)"),
-            back: language == .ja ? "/?lang=ja" : "/",
             id: a.agentID, group: a.group, host: a.hostname, state: a.state, stateLabel: t.state(a.state) + (a.stale ? t.silent(ago) : ""),
             segment: a.segment, reason: a.reason, interfaces: interfaceText(a.interfaces),
             policy: "\(a.policyName) \(a.policySHA256.prefix(12))" + (a.bundleVersion.map { t.bundle($0) } ?? ""),
@@ -117,6 +117,7 @@ public enum Dashboard {
             certificateNotAfter: a.certificateNotAfter.map(TimeView.init),
             certificateDays: a.certificateNotAfter.map { t.daysLeft(Int(($0.timeIntervalSince(now) / 86_400).rounded(.down))) },
             certificateWarning: a.certificateNotAfter.map { $0.timeIntervalSince(now) < Double(AgentRecord.certificateWarningDays) * 86_400 } ?? false,
+            serial: a.certificateSerial ?? t.notReported, revoked: revocation.map(t.revoked),
             decisionsList: EventsTable(tableID: "decisions", withAgent: false, rows: decisions.map { EventRow($0) }),
             eventsList: EventsTable(tableID: "events", withAgent: false, rows: events.map { EventRow($0) }))
         return render(view, template: "agent")
@@ -268,7 +269,6 @@ public enum Dashboard {
         let t: Texts
         let title: String
         let nav: Nav
-        let back: String
         let id: String
         let group: String
         let host: String
@@ -287,6 +287,8 @@ public enum Dashboard {
         let certificateNotAfter: TimeView?
         let certificateDays: String?
         let certificateWarning: Bool
+        let serial: String
+        let revoked: String?
         let decisionsList: EventsTable
         let eventsList: EventsTable
     }

@@ -157,6 +157,7 @@ extension Dashboard {
         <tr><th>{{t.lastHeartbeat}}</th><td id="last-seen"><time datetime="{{lastSeen.iso}}">{{lastSeen.text}}</time></td></tr>
         <tr><th>{{t.firstSeen}}</th><td id="first-seen"><time datetime="{{firstSeen.iso}}">{{firstSeen.text}}</time></td></tr>
         <tr><th>{{t.spool}}</th><td id="spool"{{#backlog}} class="backlog"{{/backlog}}>{{spool}}</td></tr>
+        <tr><th>{{t.certSerial}}</th><td id="cert-serial"{{#revoked}} class="unauthorized"{{/revoked}}>{{serial}}{{#revoked}} {{.}}{{/revoked}}</td></tr>
         <tr><th>{{t.certExpiry}}</th><td id="cert-expiry"{{#certificateWarning}} class="backlog"{{/certificateWarning}}>{{#certificateNotAfter}}<time datetime="{{iso}}">{{text}}</time>{{/certificateNotAfter}}{{certificateDays}}{{^certificateNotAfter}}{{t.notReported}}{{/certificateNotAfter}}</td></tr>
         </tbody></table>
         <h2>{{t.decisionHistory}}</h2>
@@ -189,7 +190,7 @@ extension Dashboard {
         let title, agents, actions, group, stateLabel, segment, all, search, searchHint, filter, previous, next: String
         let agent, host, reason, interfaces, lastHeartbeat, policy, spool, noAgent, latestEvents, noEvents, otherLanguage: String
         let time, kind, severity, details, generated: String
-        let agentVersion, interval, firstSeen, certExpiry, notReported, decisionHistory: String
+        let agentVersion, interval, firstSeen, certExpiry, notReported, decisionHistory, certSerial: String
         let exportTitle, from, to, format, export, exportHint: String
         let operatorLabel, action, target, noActions, actionsHint: String
 
@@ -232,6 +233,7 @@ extension Dashboard {
             certExpiry = s("端末証明書の有効期限", "Device certificate expiry")
             notReported = s("不明（この版のコレクターが受けたハートビートがまだありません）", "not known yet (no heartbeat received by this collector version)")
             decisionHistory = s("判定の履歴", "Decision history")
+            certSerial = s("端末証明書のシリアル番号", "Device certificate serial")
             exportTitle = s("証跡の書き出し", "Evidence export")
             from = s("開始日", "From")
             to = s("終了日", "To")
@@ -260,6 +262,7 @@ extension Dashboard {
             case "policy-push": return ja ? "ポリシー配布" : "policy push"
             case "policy-push-refused": return ja ? "ポリシー配布（拒否）" : "policy push refused"
             case "export": return ja ? "証跡の書き出し" : "evidence export"
+            case "revoke": return ja ? "証明書の失効" : "certificate revoked"
             default: return a
             }
         }
@@ -287,6 +290,9 @@ extension Dashboard {
         }
         func spoolLong(pending: Int, held: Int, dropped: Int) -> String {
             ja ? "未送信 \(pending)、コレクターが拒否 \(held)、破棄 \(dropped)" : "\(pending) pending, \(held) refused by the collector, \(dropped) dropped"
+        }
+        func revoked(_ r: Revocation) -> String {
+            ja ? "（\(Dashboard.time(r.time)) に \(r.by) が失効: \(r.reason)）" : "(revoked \(Dashboard.time(r.time)) by \(r.by): \(r.reason))"
         }
         func oldestSeconds(_ s: Int) -> String { ja ? "、最古の未送信は \(s) 秒前" : ", oldest undelivered \(s) s old" }
     }

@@ -23,12 +23,13 @@ struct HeartbeatUpsert: PostgresPreparedStatement {
         WITH up AS (
             INSERT INTO agents (agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment,
                 authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats,
-                spool_held, spool_oldest_s, cert_not_after)
-            SELECT a, g, h, v, pn, ps, NULLIF(bv, \(noBundle)), seg, au, r, i, iv, sp, sd, $16, $16, FALSE, n, sh, NULLIF(so, -1), NULLIF(cn, -1)
+                spool_held, spool_oldest_s, cert_not_after, cert_serial)
+            SELECT a, g, h, v, pn, ps, NULLIF(bv, \(noBundle)), seg, au, r, i, iv, sp, sd, $16, $16, FALSE, n, sh, NULLIF(so, -1), NULLIF(cn, -1),
+                   NULLIF(cs, '')
             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[], $8::text[],
                         $9::boolean[], $10::text[], $11::text[], $12::bigint[], $13::bigint[], $14::bigint[], $15::bigint[],
-                        $17::bigint[], $18::bigint[], $19::bigint[])
-                AS t(a, g, h, v, pn, ps, bv, seg, au, r, i, iv, sp, sd, n, sh, so, cn)
+                        $17::bigint[], $18::bigint[], $19::bigint[], $20::text[])
+                AS t(a, g, h, v, pn, ps, bv, seg, au, r, i, iv, sp, sd, n, sh, so, cn, cs)
             ORDER BY a
             ON CONFLICT (agent_id) DO UPDATE SET grp = EXCLUDED.grp, hostname = EXCLUDED.hostname, agent_version = EXCLUDED.agent_version,
                 policy_name = EXCLUDED.policy_name, policy_sha256 = EXCLUDED.policy_sha256, bundle_version = EXCLUDED.bundle_version,
@@ -36,6 +37,7 @@ struct HeartbeatUpsert: PostgresPreparedStatement {
                 interval_s = EXCLUDED.interval_s, spool_pending = EXCLUDED.spool_pending, spool_dropped = EXCLUDED.spool_dropped,
                 spool_held = EXCLUDED.spool_held, spool_oldest_s = EXCLUDED.spool_oldest_s,
                 cert_not_after = COALESCE(EXCLUDED.cert_not_after, agents.cert_not_after),
+                cert_serial = COALESCE(EXCLUDED.cert_serial, agents.cert_serial),
                 last_seen = EXCLUDED.last_seen, was_stale = agents.stale, stale = FALSE,
                 heartbeats = agents.heartbeats + EXCLUDED.heartbeats, events = agents.events + CASE WHEN agents.stale THEN 1 ELSE 0 END
             RETURNING agent_id, grp, was_stale),
@@ -57,7 +59,7 @@ struct HeartbeatUpsert: PostgresPreparedStatement {
     }
 
     func makeBindings() throws -> PostgresBindings {
-        var b = PostgresBindings(capacity: 19)
+        var b = PostgresBindings(capacity: 20)
         b.append(rows.map(\.1.agentID))
         b.append(rows.map(\.1.group))
         b.append(rows.map(\.0.hostname))
@@ -77,6 +79,7 @@ struct HeartbeatUpsert: PostgresPreparedStatement {
         b.append(rows.map { Int64($0.0.spool.held ?? 0) })
         b.append(rows.map { Int64($0.0.spool.oldestSeconds ?? -1) })
         b.append(rows.map { $0.1.certificateNotAfter?.millis ?? -1 })
+        b.append(rows.map { $0.1.certificateSerial ?? "" })
         return b
     }
 
@@ -148,6 +151,11 @@ public final class PostgresStore: CollectorStore {
             "ALTER TABLE agents ADD COLUMN IF NOT EXISTS spool_oldest_s BIGINT",
             // The client certificate's end of validity.
             "ALTER TABLE agents ADD COLUMN IF NOT EXISTS cert_not_after BIGINT",
+            "ALTER TABLE agents ADD COLUMN IF NOT EXISTS cert_serial TEXT",
+            """
+            CREATE TABLE IF NOT EXISTS revocations (
+                serial TEXT PRIMARY KEY, agent_id TEXT NOT NULL, reason TEXT NOT NULL, time BIGINT NOT NULL, who TEXT NOT NULL)
+            """,
             "CREATE INDEX IF NOT EXISTS agents_group ON agents (grp)",
             """
             CREATE TABLE IF NOT EXISTS events (
@@ -248,7 +256,8 @@ public final class PostgresStore: CollectorStore {
 
     static let agentColumns = """
         agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment, authorized, reason, interfaces,
-        interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats, events, spool_held, spool_oldest_s, cert_not_after
+        interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats, events, spool_held, spool_oldest_s, cert_not_after,
+        cert_serial
         """
 
     static func agent(_ row: PostgresRow) throws -> AgentRecord {
@@ -264,7 +273,8 @@ public final class PostgresStore: CollectorStore {
             lastSeen: Date(millis: try r["last_seen"].decode(Int64.self)), stale: try r["stale"].decode(Bool.self),
             heartbeats: try r["heartbeats"].decode(Int64.self), events: try r["events"].decode(Int64.self),
             spoolHeld: Int(try r["spool_held"].decode(Int64.self)), spoolOldestSeconds: try r["spool_oldest_s"].decode(Int64?.self).map { Int($0) },
-            certificateNotAfter: try r["cert_not_after"].decode(Int64?.self).map { Date(millis: $0) })
+            certificateNotAfter: try r["cert_not_after"].decode(Int64?.self).map { Date(millis: $0) },
+            certificateSerial: try r["cert_serial"].decode(String?.self))
     }
 
     public func agents(_ filter: AgentFilter) async throws -> [AgentRecord] {
@@ -304,6 +314,32 @@ public final class PostgresStore: CollectorStore {
         let rows = try await client.query("SELECT DISTINCT segment FROM agents ORDER BY segment", logger: logger)
         var out: [String] = []
         for try await g in rows.decode(String.self) { out.append(g) }
+        return out
+    }
+
+    public func revoke(_ r: Revocation, recording a: AdminAction) async throws -> Bool {
+        // One statement: the revocation, and its action only when the serial was new.
+        let rows = try await client.query(
+            """
+            WITH rev AS (
+                INSERT INTO revocations (serial, agent_id, reason, time, who)
+                VALUES (\(r.serial), \(r.agentID), \(r.reason), \(r.time.millis), \(r.by))
+                ON CONFLICT (serial) DO NOTHING RETURNING serial),
+            audit AS (
+                INSERT INTO admin_actions (time, who, action, target, detail)
+                SELECT \(a.time.millis), \(a.by), \(a.action), \(a.target), \(a.detail) WHERE EXISTS (SELECT 1 FROM rev))
+            SELECT serial FROM rev
+            """, logger: logger)
+        for try await _ in rows { return true }
+        return false
+    }
+
+    public func revocations() async throws -> [Revocation] {
+        let rows = try await client.query("SELECT serial, agent_id, reason, time, who FROM revocations ORDER BY time, serial", logger: logger)
+        var out: [Revocation] = []
+        for try await (serial, agent, reason, time, who) in rows.decode((String, String, String, Int64, String).self) {
+            out.append(Revocation(serial: serial, agentID: agent, reason: reason, time: Date(millis: time), by: who))
+        }
         return out
     }
 

@@ -121,7 +121,7 @@ public final class SQLiteStore: CollectorStore {
             interval_s INTEGER NOT NULL, spool_pending INTEGER NOT NULL, spool_dropped INTEGER NOT NULL,
             first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, stale INTEGER NOT NULL DEFAULT 0,
             heartbeats INTEGER NOT NULL DEFAULT 0, events INTEGER NOT NULL DEFAULT 0, was_stale INTEGER NOT NULL DEFAULT 0,
-            spool_held INTEGER NOT NULL DEFAULT 0, spool_oldest_s INTEGER, cert_not_after INTEGER)
+            spool_held INTEGER NOT NULL DEFAULT 0, spool_oldest_s INTEGER, cert_not_after INTEGER, cert_serial TEXT)
         """,
         "CREATE INDEX IF NOT EXISTS agents_group ON agents (grp)",
         """
@@ -153,6 +153,10 @@ public final class SQLiteStore: CollectorStore {
             pushed_at INTEGER NOT NULL, pushed_by TEXT NOT NULL)
         """,
         """
+        CREATE TABLE IF NOT EXISTS revocations (
+            serial TEXT PRIMARY KEY, agent_id TEXT NOT NULL, reason TEXT NOT NULL, time INTEGER NOT NULL, who TEXT NOT NULL)
+        """,
+        """
         CREATE TABLE IF NOT EXISTS admin_actions (
             id INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
             target TEXT NOT NULL, detail TEXT NOT NULL)
@@ -175,6 +179,9 @@ public final class SQLiteStore: CollectorStore {
             // The client certificate's end of validity.
             if !columns.contains("cert_not_after") {
                 _ = try await connection.query("ALTER TABLE agents ADD COLUMN cert_not_after INTEGER")
+            }
+            if !columns.contains("cert_serial") {
+                _ = try await connection.query("ALTER TABLE agents ADD COLUMN cert_serial TEXT")
             }
         }
     }
@@ -211,20 +218,22 @@ public final class SQLiteStore: CollectorStore {
                       .integer(hb.decision.authorized ? 1 : 0), .text(hb.decision.reason), .text(interfaces), .integer(SQLiteInt64(hb.intervalSeconds)),
                       .integer(SQLiteInt64(hb.spool.pending)), .integer(SQLiteInt64(hb.spool.dropped)), .integer(SQLiteInt64(count)),
                       .integer(SQLiteInt64(hb.spool.held ?? 0)), hb.spool.oldestSeconds.map { .integer(SQLiteInt64($0)) } ?? .null,
-                      agent.certificateNotAfter.map { .integer(SQLiteInt64($0.millis)) } ?? .null]
+                      agent.certificateNotAfter.map { .integer(SQLiteInt64($0.millis)) } ?? .null,
+                      agent.certificateSerial.map { .text($0) } ?? .null]
         }
-        let values = Array(repeating: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \(now), \(now), 0, ?, ?, ?, ?)", count: rows.latest.count).joined(separator: ", ")
+        let values = Array(repeating: "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, \(now), \(now), 0, ?, ?, ?, ?, ?)", count: rows.latest.count).joined(separator: ", ")
         let sql = """
             INSERT INTO agents (agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment,
                 authorized, reason, interfaces, interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats,
-                spool_held, spool_oldest_s, cert_not_after)
+                spool_held, spool_oldest_s, cert_not_after, cert_serial)
             VALUES \(values)
             ON CONFLICT (agent_id) DO UPDATE SET grp = excluded.grp, hostname = excluded.hostname, agent_version = excluded.agent_version,
                 policy_name = excluded.policy_name, policy_sha256 = excluded.policy_sha256, bundle_version = excluded.bundle_version,
                 segment = excluded.segment, authorized = excluded.authorized, reason = excluded.reason, interfaces = excluded.interfaces,
                 interval_s = excluded.interval_s, spool_pending = excluded.spool_pending, spool_dropped = excluded.spool_dropped,
                 spool_held = excluded.spool_held, spool_oldest_s = excluded.spool_oldest_s,
-                cert_not_after = COALESCE(excluded.cert_not_after, cert_not_after), last_seen = excluded.last_seen, was_stale = stale, stale = 0, heartbeats = heartbeats + excluded.heartbeats,
+                cert_not_after = COALESCE(excluded.cert_not_after, cert_not_after), cert_serial = COALESCE(excluded.cert_serial, cert_serial),
+                last_seen = excluded.last_seen, was_stale = stale, stale = 0, heartbeats = heartbeats + excluded.heartbeats,
                 events = events + stale
             RETURNING agent_id, was_stale
             """
@@ -272,7 +281,8 @@ public final class SQLiteStore: CollectorStore {
 
     static let agentColumns = """
         agent_id, grp, hostname, agent_version, policy_name, policy_sha256, bundle_version, segment, authorized, reason, interfaces,
-        interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats, events, spool_held, spool_oldest_s, cert_not_after
+        interval_s, spool_pending, spool_dropped, first_seen, last_seen, stale, heartbeats, events, spool_held, spool_oldest_s, cert_not_after,
+        cert_serial
         """
 
     static func agent(_ r: SQLiteRow) throws -> AgentRecord {
@@ -286,7 +296,8 @@ public final class SQLiteStore: CollectorStore {
             firstSeen: Date(millis: i("first_seen")), lastSeen: Date(millis: i("last_seen")), stale: i("stale") == 1,
             heartbeats: i("heartbeats"), events: i("events"), spoolHeld: Int(i("spool_held")),
             spoolOldestSeconds: r.column("spool_oldest_s")?.integer.map { Int($0) },
-            certificateNotAfter: r.column("cert_not_after")?.integer.map { Date(millis: Int64($0)) })
+            certificateNotAfter: r.column("cert_not_after")?.integer.map { Date(millis: Int64($0)) },
+            certificateSerial: r.column("cert_serial")?.string)
     }
 
     /// The WHERE clause and binds of an agent filter (offset and limit aside).
@@ -334,6 +345,25 @@ public final class SQLiteStore: CollectorStore {
     public func segments() async throws -> [String] {
         try await serial.run { [connection] in
             try await connection.query("SELECT DISTINCT segment FROM agents ORDER BY segment").compactMap { $0.column("segment")?.string }
+        }
+    }
+
+    public func revoke(_ r: Revocation, recording action: AdminAction) async throws -> Bool {
+        try await transaction { db in
+            let inserted = try await db.query(
+                "INSERT INTO revocations (serial, agent_id, reason, time, who) VALUES (?, ?, ?, ?, ?) ON CONFLICT (serial) DO NOTHING RETURNING serial",
+                [.text(r.serial), .text(r.agentID), .text(r.reason), .integer(SQLiteInt64(r.time.millis)), .text(r.by)]).count == 1
+            if inserted { try await Self.insert(action: action, db: db) }
+            return inserted
+        }
+    }
+
+    public func revocations() async throws -> [Revocation] {
+        try await serial.run { [connection] in
+            try await connection.query("SELECT serial, agent_id, reason, time, who FROM revocations ORDER BY time, serial").map { r in
+                Revocation(serial: r.column("serial")?.string ?? "", agentID: r.column("agent_id")?.string ?? "", reason: r.column("reason")?.string ?? "",
+                           time: Date(millis: Int64(r.column("time")?.integer ?? 0)), by: r.column("who")?.string ?? "")
+            }
         }
     }
 

@@ -16,10 +16,13 @@ public struct AgentIdentity: Sendable, Equatable, Hashable {
     /// The client certificate's notAfter (nil: not known, e.g. an identity made by a test or a
     /// store's own event).
     public let certificateNotAfter: Date?
-    public init(agentID: String, group: String, certificateNotAfter: Date? = nil) {
+    /// The client certificate's serial number (lower-case hex; nil: not known).
+    public let certificateSerial: String?
+    public init(agentID: String, group: String, certificateNotAfter: Date? = nil, certificateSerial: String? = nil) {
         self.agentID = agentID
         self.group = group
         self.certificateNotAfter = certificateNotAfter
+        self.certificateSerial = certificateSerial
     }
     public static func == (a: AgentIdentity, b: AgentIdentity) -> Bool { a.agentID == b.agentID && a.group == b.group }
     public func hash(into h: inout Hasher) {
@@ -56,13 +59,15 @@ public struct AgentRecord: Sendable, Equatable, Codable {
     public var spoolOldestSeconds: Int?
     /// The end of validity of the certificate the agent's latest heartbeat came with.
     public var certificateNotAfter: Date?
+    /// That certificate's serial number (lower-case hex): what `revoke` names by default.
+    public var certificateSerial: String?
 
     enum CodingKeys: String, CodingKey {
         case agentID = "agent_id", group, hostname, agentVersion = "agent_version", policyName = "policy_name"
         case policySHA256 = "policy_sha256", bundleVersion = "bundle_version", segment, authorized, reason, interfaces
         case intervalSeconds = "interval_s", spoolPending = "spool_pending", spoolDropped = "spool_dropped"
         case firstSeen = "first_seen", lastSeen = "last_seen", stale, heartbeats, events
-        case spoolHeld = "spool_held", spoolOldestSeconds = "spool_oldest_s", certificateNotAfter = "cert_not_after"
+        case spoolHeld = "spool_held", spoolOldestSeconds = "spool_oldest_s", certificateNotAfter = "cert_not_after", certificateSerial = "cert_serial"
     }
 
     /// Agents whose certificate ends within this many days are flagged (page, metric, alert).
@@ -256,6 +261,25 @@ public struct AdminAction: Sendable, Equatable, Codable {
     }
 }
 
+/// A device certificate the collector refuses from now on (stolen, lost, retired device).
+public struct Revocation: Sendable, Equatable, Codable {
+    /// The certificate's serial number, lower-case hex.
+    public var serial: String
+    public var agentID: String
+    public var reason: String
+    public var time: Date
+    /// The operator's name, or "admin-token".
+    public var by: String
+    enum CodingKeys: String, CodingKey { case serial, agentID = "agent_id", reason, time, by }
+    public init(serial: String, agentID: String, reason: String, time: Date, by: String) {
+        self.serial = serial
+        self.agentID = agentID
+        self.reason = String(reason.prefix(500))
+        self.time = time
+        self.by = by
+    }
+}
+
 /// The outcome of a bundle push.
 public enum PutBundleResult: Sendable, Equatable {
     case stored
@@ -282,6 +306,11 @@ public protocol CollectorStore: Sendable {
     func groups() async throws -> [String]
     /// Every segment agents have reported, sorted (for the dashboard's decision filter).
     func segments() async throws -> [String]
+    /// Records a revocation and its operator action in one transaction; false when that
+    /// serial was revoked already (nothing changed).
+    func revoke(_ revocation: Revocation, recording action: AdminAction) async throws -> Bool
+    /// Every revocation, oldest first (a few per month: the collector keeps them in memory).
+    func revocations() async throws -> [Revocation]
     /// Records an operator's action.
     func recordAction(_ action: AdminAction) async throws
     /// The latest actions, newest first.

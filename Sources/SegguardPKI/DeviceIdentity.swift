@@ -45,15 +45,17 @@ public struct DeviceIdentity: Sendable, Equatable, Hashable, CustomStringConvert
         try self.init(certificate: certificate)
     }
 
-    /// Reads the identity and the certificate's end of validity (notAfter) from DER bytes.
-    public static func withExpiry(certificateDER: [UInt8]) throws -> (identity: DeviceIdentity, notValidAfter: Date) {
+    /// Reads the identity, the certificate's end of validity (notAfter) and its serial number
+    /// (lower-case hex, as revocations name it) from DER bytes.
+    public static func withExpiry(certificateDER: [UInt8]) throws -> (identity: DeviceIdentity, notValidAfter: Date, serial: String) {
         let certificate: Certificate
         do {
             certificate = try Certificate(derEncoded: certificateDER)
         } catch {
             throw PKIError("device certificate: not a valid DER X.509 certificate: \(error)")
         }
-        return (try DeviceIdentity(certificate: certificate), certificate.notValidAfter)
+        let serial = certificate.serialNumber.bytes.map { String(format: "%02x", $0) }.joined()
+        return (try DeviceIdentity(certificate: certificate), certificate.notValidAfter, serial)
     }
 
     /// Reads the identity from a PEM certificate (the first PEM block).

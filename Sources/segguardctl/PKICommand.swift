@@ -16,7 +16,7 @@ struct PKICommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pki",
         abstract: "Create a test or small-site PKI for the collector's mutual TLS",
-        subcommands: [InitCA.self, IssueServer.self, IssueDevice.self])
+        subcommands: [InitCA.self, IssueServer.self, IssueDevice.self, Revoke.self])
 }
 
 extension PKICommand {

@@ -84,6 +84,75 @@ struct CollectorAPITests {
         await c.stop()
     }
 
+    @Test("revocation: a revoked device certificate gets 403 with the reason at its next call (an open connection too), at another collector on the same store after one sweep, and after a restart; other devices and a new certificate for the device go on; recorded with who; bad requests named")
+    func revocation() async throws {
+        let c = try await TestCollector.start(staleSweepSeconds: 0.2)
+        defer { c.pki.remove() }
+        let replica = try await TestCollector.start(store: c.collector.store, staleSweepSeconds: 0.2, pki: c.pki)
+        let stolen = try c.pki.device("tc-0901", group: "mynumber"), other = try c.pki.device("tc-0902", group: "mynumber")
+        let stolenClient = try c.client(device: stolen), otherClient = try c.client(device: other), admin = try c.client()
+        do {
+            try await revocationSteps(c, replica, stolen: stolen, stolenClient: stolenClient, otherClient: otherClient, admin: admin)
+        } catch {
+            for client in [stolenClient, otherClient, admin] { try? await client.shutdown() }
+            throw error
+        }
+        for client in [stolenClient, otherClient, admin] { try? await client.shutdown() }
+    }
+
+    func revocationSteps(_ c: TestCollector, _ replica: TestCollector, stolen: (cert: String, key: String), stolenClient: HTTPClient, otherClient: HTTPClient,
+                         admin: HTTPClient) async throws {
+        let token = [("Authorization", "Bearer \(TestCollector.adminToken)")]
+        #expect(try await call(stolenClient, .POST, c.url + "/api/v1/heartbeat", body: json(heartbeat("tc-0901"))).status == 204)
+        #expect(try await call(stolenClient, .POST, replica.url + "/api/v1/heartbeat", body: json(heartbeat("tc-0901"))).status == 204)
+        #expect(try await call(otherClient, .POST, c.url + "/api/v1/heartbeat", body: json(heartbeat("tc-0902"))).status == 204)
+        let serial = try #require(try await c.collector.store.agent(id: "tc-0901")?.certificateSerial)
+
+        // Bad requests are named; nothing is revoked by them.
+        #expect(try await call(admin, .POST, c.url + "/api/v1/admin/revoke", body: Data(#"{"agent_id":"tc-0901","reason":"stolen"}"#.utf8)).status == 401)
+        let noReason = try await call(admin, .POST, c.url + "/api/v1/admin/revoke", body: Data(#"{"agent_id":"tc-0901","reason":" "}"#.utf8), headers: token)
+        #expect(noReason.status == 400 && noReason.body.contains("reason"))
+        let badSerial = try await call(admin, .POST, c.url + "/api/v1/admin/revoke", body: Data(#"{"agent_id":"tc-0901","serial":"zz","reason":"x"}"#.utf8), headers: token)
+        #expect(badSerial.status == 400 && badSerial.body.contains("serial"))
+        #expect(try await call(admin, .POST, c.url + "/api/v1/admin/revoke", body: Data(#"{"agent_id":"tc-9999","reason":"x"}"#.utf8), headers: token).status == 404)
+        #expect(try await call(admin, .POST, c.url + "/api/v1/admin/revoke", body: Data(#"{"agent_id":"tc-0901","reason":"x","extra":1}"#.utf8), headers: token).status == 400)
+        #expect(try await c.collector.store.revocations().isEmpty)
+
+        // Revoked by the device (the serial its heartbeats came with).
+        let revoked = try await call(admin, .POST, c.url + "/api/v1/admin/revoke", body: Data(#"{"agent_id":"tc-0901","reason":"stolen from the counter"}"#.utf8), headers: token)
+        #expect(revoked.status == 201 && revoked.body.contains(serial), "\(revoked.body)")
+        #expect(try await call(admin, .POST, c.url + "/api/v1/admin/revoke", body: Data(#"{"agent_id":"tc-0901","reason":"again"}"#.utf8), headers: token).status == 200)
+        // Its next call on the same (kept-alive) connection is refused, with the reason.
+        let refused = try await call(stolenClient, .POST, c.url + "/api/v1/heartbeat", body: json(heartbeat("tc-0901")))
+        #expect(refused.status == 403 && refused.body.contains("revoked") && refused.body.contains("stolen from the counter"), "\(refused.body)")
+        #expect(try await call(stolenClient, .GET, c.url + "/api/v1/policy").status == 403)
+        // The other replica refuses it after its next sweep.
+        #expect(try await eventually(10) { try await call(stolenClient, .POST, replica.url + "/api/v1/events", body: json(EventBatch(events: [event(1)]))).status == 403 })
+        #expect(try await call(otherClient, .POST, c.url + "/api/v1/heartbeat", body: json(heartbeat("tc-0902"))).status == 204)
+        // Recorded with who; shown on the agent's page and the actions page.
+        let actions = try await c.collector.store.actions(limit: 10)
+        #expect(actions.map(\.action) == ["revoke"] && actions[0].by == "admin-token" && actions[0].detail.contains(serial), "\(actions)")
+        #expect(try await call(admin, .GET, c.url + "/agents/tc-0901").body.contains("revoked"))
+        #expect(try await call(admin, .GET, c.url + "/metrics").body.contains("segguard_collector_revoked_refused_total"))
+        // A new certificate for the device (enrolled again) works.
+        try FileManager.default.removeItem(atPath: stolen.cert)
+        try FileManager.default.removeItem(atPath: stolen.key)
+        let renewed = try c.pki.device("tc-0901", group: "mynumber")
+        try await withClient(try c.client(device: renewed)) { (client: HTTPClient) async throws -> Void in
+            #expect(try await call(client, .POST, c.url + "/api/v1/heartbeat", body: json(heartbeat("tc-0901"))).status == 204)
+        }
+        #expect(try await c.collector.store.agent(id: "tc-0901")?.certificateSerial != serial)
+        replica.task.cancel()
+        _ = try? await replica.task.value
+        await c.stop()
+        // After a restart on the same store the revocation still holds from the first call.
+        let store = try await SQLiteStore(path: c.pki.directory + "/collector.sqlite")
+        try await store.migrate()
+        let restarted = try await TestCollector.start(store: store, pki: c.pki)
+        #expect(try await call(stolenClient, .POST, restarted.url + "/api/v1/heartbeat", body: json(heartbeat("tc-0901"))).status == 403)
+        await restarted.stop()
+    }
+
     @Test("a certificate from another CA does not get through the TLS handshake")
     func foreignCA() async throws {
         let c = try await TestCollector.start()

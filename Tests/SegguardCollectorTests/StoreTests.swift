@@ -255,6 +255,23 @@ struct StoreTests {
         #expect(try await store.agentCount(AgentFilter(segment: "no-such")) == 0)
     }
 
+    @Test("revocations: stored once per serial with their action in the same transaction; listed oldest first; the agent's certificate serial kept from its heartbeats", arguments: Backend.allCases)
+    func revocations(backend: Backend) async throws {
+        let store = try await backend.makeStore()
+        defer { Task { try? await store.close() } }
+        let t0 = Date(millis: Date().millis)
+        let r = Revocation(serial: "0a1b", agentID: "tc-0001", reason: "stolen", time: t0, by: "sato")
+        let action = AdminAction(time: t0, by: "sato", action: "revoke", target: "agent tc-0001", detail: "serial 0a1b: stolen")
+        #expect(try await store.revoke(r, recording: action))
+        #expect(try await store.revoke(Revocation(serial: "0a1b", agentID: "tc-0001", reason: "again", time: t0.addingTimeInterval(5), by: "kato"), recording: action) == false)
+        #expect(try await store.revoke(Revocation(serial: "ff", agentID: "tc-0002", reason: "lost", time: t0.addingTimeInterval(1), by: "sato"), recording: action))
+        #expect(try await store.revocations() == [r, Revocation(serial: "ff", agentID: "tc-0002", reason: "lost", time: t0.addingTimeInterval(1), by: "sato")])
+        #expect(try await store.actions(limit: 10).count == 2, "one action per new revocation")
+        _ = try await store.recordHeartbeat(heartbeat("tc-0001"), from: AgentIdentity(agentID: "tc-0001", group: "mynumber", certificateSerial: "0a1b"), at: t0)
+        _ = try await store.recordHeartbeat(heartbeat("tc-0001"), from: AgentIdentity(agentID: "tc-0001", group: "mynumber"), at: t0)
+        #expect(try await store.agent(id: "tc-0001")?.certificateSerial == "0a1b")
+    }
+
     @Test("the dashboard's templates never write a value unescaped ({{{…}}} or {{&…}}), and every page escapes what it shows")
     func templatesEscape() throws {
         for (name, text) in Dashboard.templateTexts {
