@@ -780,7 +780,6 @@ struct WireRevisionMiddleware<Context: RequestContext>: RouterMiddleware {
     }
 }
 
-/// An HTTP error with the message the client gets.
 /// The body of `POST /api/v1/admin/revoke`.
 struct RevokeRequest: StrictDecodable {
     var agentID: String
@@ -804,6 +803,7 @@ struct RevokeRequest: StrictDecodable {
     }
 }
 
+/// An HTTP error with the message the client gets.
 struct APIError: Error {
     let status: HTTPResponse.Status
     let message: String
