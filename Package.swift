@@ -107,6 +107,7 @@ let package = Package(
             dependencies: [
                 "SegguardReport", "SegguardPolicy", "SegguardPKI", "SegguardSystem", "SegguardWire",
                 .product(name: "SQLiteNIO", package: "sqlite-nio"),
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -119,6 +120,7 @@ let package = Package(
             name: "SegguardCollector",
             dependencies: [
                 "SegguardReport", "SegguardPKI", "SegguardPolicy",
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "HummingbirdTLS", package: "hummingbird"),
@@ -176,7 +178,7 @@ let package = Package(
         .executableTarget(
             name: "segguard-collector",
             dependencies: [
-                "SegguardCollector", "SegguardReport", "SegguardService", "SegguardWire",
+                "SegguardCollector", "SegguardReport", "SegguardService", "SegguardWire", "SegguardPKI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Hummingbird", package: "hummingbird"),
@@ -236,6 +238,7 @@ let package = Package(
             name: "SegguardCollectorTests",
             dependencies: [
                 "SegguardCollector", "SegguardReport", "SegguardReporter", "SegguardPKI", "SegguardPolicy", "SegguardTestSupport", "SegguardSystem",
+                .product(name: "X509", package: "swift-certificates"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "SQLiteNIO", package: "sqlite-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),

@@ -26,6 +26,7 @@ public final class CollectorMetrics: Sendable {
     let prunedEvents: Counter
     let authFailures: Counter
     let revokedRefusals: Counter
+    let enrollments: [EnrollmentResult: Counter]
 
     init() {
         rejectedBodies = registry.makeCounter(descriptor: Self.name("segguard_collector_rejected_bodies_total", "Request bodies refused (malformed, unknown fields, too large)."))
@@ -46,6 +47,10 @@ public final class CollectorMetrics: Sendable {
             "Agents (not stale) whose client certificate ends within \(AgentRecord.certificateWarningDays) days (from the certificate of their latest heartbeat)."))
         authFailures = registry.makeCounter(descriptor: Self.name("segguard_collector_auth_failures_total", "Operator or admin-token authentications refused."))
         revokedRefusals = registry.makeCounter(descriptor: Self.name("segguard_collector_revoked_refused_total", "Agent calls refused because the device certificate is revoked."))
+        enrollments = Dictionary(uniqueKeysWithValues: EnrollmentResult.allCases.map { r in
+            (r, registry.makeCounter(descriptor: Self.name("segguard_collector_enrollments_total", "EST enrollments and renewals by result (enrolled, renewed, refused)."),
+                                     labels: [("result", r.rawValue)]))
+        })
         prunedEvents = registry.makeCounter(descriptor: Self.name("segguard_collector_events_pruned_total", "Events deleted past the retention (--retention-days)."))
         idConflicts = registry.makeCounter(descriptor: Self.name("segguard_collector_event_id_conflicts_total",
             "Events sent again under a stored id with other content (answered 409, recorded as event-id-conflict)."))
@@ -100,6 +105,7 @@ public final class CollectorMetrics: Sendable {
     func pruned(_ n: Int) { prunedEvents.increment(by: Int64(n)) }
     func authFailure() { authFailures.increment() }
     func revokedRefused() { revokedRefusals.increment() }
+    func enrollment(_ r: EnrollmentResult) { enrollments[r]?.increment() }
 
     /// The text exposition, with the fleet gauges set from `counts`.
     func render(counts: StoreCounts) -> String {
@@ -116,6 +122,9 @@ public final class CollectorMetrics: Sendable {
 
 /// Marks silent agents stale every `staleSweepSeconds` (each replica sweeps; the store makes
 /// sure an agent turns stale, and is reported, once).
+/// How an EST request ended (the label of `segguard_collector_enrollments_total`).
+enum EnrollmentResult: String, CaseIterable, Sendable { case enrolled, renewed, refused }
+
 struct StaleSweeper: Service {
     let collector: Collector
 
@@ -124,6 +133,7 @@ struct StaleSweeper: Service {
         while !Task.isCancelled && !Task.isShuttingDownGracefully {
             do {
                 try await collector.refreshRevocations()
+                try await collector.refreshDeviceGroups()
             } catch {
                 collector.logger.error("revocations not refreshed", metadata: ["error": "\(error)"])
             }

@@ -14,6 +14,7 @@
 //   GET  /metrics                   -        Prometheus text format
 //   GET  /healthz                   -        store reachable
 //   POST /api/v1/noop               -        204 doing nothing: the benchmark's floor
+//   (enrollment, renewal, the CRL, tokens and device groups: Enrollment.swift)
 
 import Crypto
 import Foundation
@@ -83,6 +84,9 @@ public struct CollectorConfiguration: Sendable {
     /// API and the export are served there only; the agents' listener answers them 404.
     public var adminHost: String?
     public var adminPort: Int?
+    /// The device CA enrollments are signed with (`--enroll-ca-cert`, `--enroll-ca-key`); nil:
+    /// the EST paths and the CRL answer 404.
+    public var enrollment: EnrollmentAuthority?
 
     public init(certificatePath: String, keyPath: String, clientCAPath: String) {
         self.certificatePath = certificatePath
@@ -139,6 +143,11 @@ public final class Collector: Sendable {
     /// The last interval mismatch recorded per agent (claimed, expected): one event per
     /// change, one entry per agent (agents are the device certificates the CA issued).
     let intervalMismatches = Mutex<[AgentIdentity: [Int]]>([:])
+    /// Each enrolled device's group (the device table; loaded before the first agent call,
+    /// refreshed with every stale sweep, updated at once by this replica's own changes).
+    let deviceGroups = Mutex<[String: String]?>(nil)
+    /// The CRL last signed, and when (signed again after a minute).
+    let crlCache = Mutex<(made: Date, der: [UInt8])?>(nil)
 
     public init(store: any CollectorStore, configuration: CollectorConfiguration, logger: Logger) {
         self.store = store
@@ -215,11 +224,15 @@ public final class Collector: Sendable {
             router.post("/api/v1/events") { request, context in await self.guarded { try await self.events(request, context) } }
             router.get("/api/v1/policy") { request, context in await self.guarded { try await self.policy(request, context) } }
             router.post("/api/v1/noop") { _, _ in Response(status: .noContent) }
+            router.get("/.well-known/est/cacerts") { _, _ in await self.guarded { try self.cacerts() } }
+            router.post("/.well-known/est/simpleenroll") { request, _ in await self.guarded { try await self.simpleEnroll(request) } }
+            router.post("/.well-known/est/simplereenroll") { request, context in await self.guarded { try await self.simpleReenroll(request, context) } }
+            router.get("/pki/devices.crl") { _, _ in await self.guarded { try await self.crl() } }
         }
         if routes == .agents {
             // Operators' pages live on the management listener: say where, show nothing.
             for path in ["/", "/metrics", "/agents/:id", "/actions", "/api/v1/admin/agents", "/api/v1/admin/events", "/api/v1/admin/actions",
-                         "/api/v1/admin/export/events", "/api/v1/admin/revocations"] {
+                         "/api/v1/admin/export/events", "/api/v1/admin/revocations", "/api/v1/admin/devices"] {
                 router.get(RouterPath(stringLiteral: path)) { _, _ in
                     (try? Self.json(.notFound, ErrorReply(error: "served on the collector's management listener (--admin-listen), not here"))) ?? Response(status: .notFound)
                 }
@@ -227,7 +240,12 @@ public final class Collector: Sendable {
             router.put("/api/v1/admin/policy/:group") { _, _ in
                 (try? Self.json(.notFound, ErrorReply(error: "served on the collector's management listener (--admin-listen), not here"))) ?? Response(status: .notFound)
             }
-            router.post("/api/v1/admin/revoke") { _, _ in
+            for path in ["/api/v1/admin/revoke", "/api/v1/admin/enrollment-tokens"] {
+                router.post(RouterPath(stringLiteral: path)) { _, _ in
+                    (try? Self.json(.notFound, ErrorReply(error: "served on the collector's management listener (--admin-listen), not here"))) ?? Response(status: .notFound)
+                }
+            }
+            router.put("/api/v1/admin/devices/:id/group") { _, _ in
                 (try? Self.json(.notFound, ErrorReply(error: "served on the collector's management listener (--admin-listen), not here"))) ?? Response(status: .notFound)
             }
             return router
@@ -249,6 +267,14 @@ public final class Collector: Sendable {
             }
         }
         router.post("/api/v1/admin/revoke") { request, _ in await self.guarded { try await self.revoke(request) } }
+        router.post("/api/v1/admin/enrollment-tokens") { request, _ in await self.guarded { try await self.createTokens(request) } }
+        router.get("/api/v1/admin/devices") { request, _ in
+            await self.guarded {
+                try self.requireAdmin(request)
+                return try Self.json(.ok, try await self.store.devices())
+            }
+        }
+        router.put("/api/v1/admin/devices/:id/group") { request, context in await self.guarded { try await self.setDeviceGroup(request, context) } }
         router.get("/api/v1/admin/revocations") { request, _ in
             await self.guarded {
                 try self.requireAdmin(request)
@@ -588,7 +614,7 @@ public final class Collector: Sendable {
             id = try identity(certificate: cert).get()
         }
         try await refuseRevoked(id)
-        return id
+        return try await resolveGroup(id)
     }
 
     /// A revoked certificate gets 403 with the revocation's reason, on every agent call (an

@@ -171,6 +171,16 @@ public final class PostgresStore: CollectorStore {
                 pushed_at BIGINT NOT NULL, pushed_by TEXT NOT NULL)
             """,
             """
+            CREATE TABLE IF NOT EXISTS enrollment_tokens (
+                token_sha256 TEXT PRIMARY KEY, grp TEXT NOT NULL, created_at BIGINT NOT NULL, created_by TEXT NOT NULL,
+                expires_at BIGINT NOT NULL, uses_left BIGINT NOT NULL)
+            """,
+            """
+            CREATE TABLE IF NOT EXISTS devices (
+                agent_id TEXT PRIMARY KEY, grp TEXT NOT NULL, serial TEXT NOT NULL, previous_serial TEXT, not_after BIGINT NOT NULL,
+                enrolled_at BIGINT NOT NULL, enrolled_by TEXT NOT NULL, updated_at BIGINT NOT NULL)
+            """,
+            """
             CREATE TABLE IF NOT EXISTS admin_actions (
                 id BIGSERIAL PRIMARY KEY, time BIGINT NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
                 target TEXT NOT NULL, detail TEXT NOT NULL)
@@ -399,10 +409,17 @@ public final class PostgresStore: CollectorStore {
         return out
     }
 
+    /// The advisory lock key of the stale sweep (transaction-scoped: released at commit).
+    static let staleSweepLock: Int64 = 7305002
+
     public func markStale(now: Date, intervals: Int) async throws -> [AgentRecord] {
         let nowMs = now.millis
         let logger = self.logger
         return try await client.withTransaction(logger: logger) { conn -> [AgentRecord] in
+            // One replica sweeps at a time (the others skip this round; the next sweep is
+            // seconds away): no two replicas mark and record the same agents concurrently.
+            let lock = try await conn.query("SELECT pg_try_advisory_xact_lock(\(Self.staleSweepLock))", logger: logger)
+            for try await got in lock.decode(Bool.self) where !got { return [] }
             let rows = try await conn.query(
                 """
                 UPDATE agents SET stale = TRUE WHERE agent_id IN (

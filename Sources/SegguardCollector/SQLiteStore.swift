@@ -157,6 +157,16 @@ public final class SQLiteStore: CollectorStore {
             serial TEXT PRIMARY KEY, agent_id TEXT NOT NULL, reason TEXT NOT NULL, time INTEGER NOT NULL, who TEXT NOT NULL)
         """,
         """
+        CREATE TABLE IF NOT EXISTS enrollment_tokens (
+            token_sha256 TEXT PRIMARY KEY, grp TEXT NOT NULL, created_at INTEGER NOT NULL, created_by TEXT NOT NULL,
+            expires_at INTEGER NOT NULL, uses_left INTEGER NOT NULL)
+        """,
+        """
+        CREATE TABLE IF NOT EXISTS devices (
+            agent_id TEXT PRIMARY KEY, grp TEXT NOT NULL, serial TEXT NOT NULL, previous_serial TEXT, not_after INTEGER NOT NULL,
+            enrolled_at INTEGER NOT NULL, enrolled_by TEXT NOT NULL, updated_at INTEGER NOT NULL)
+        """,
+        """
         CREATE TABLE IF NOT EXISTS admin_actions (
             id INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL, who TEXT NOT NULL, action TEXT NOT NULL,
             target TEXT NOT NULL, detail TEXT NOT NULL)

@@ -18,11 +18,28 @@ public struct AgentIdentity: Sendable, Equatable, Hashable {
     public let certificateNotAfter: Date?
     /// The client certificate's serial number (lower-case hex; nil: not known).
     public let certificateSerial: String?
+    /// The group the certificate names (OU); `group` is the collector's (its device row's) when it has one.
+    public let certificateGroup: String
     public init(agentID: String, group: String, certificateNotAfter: Date? = nil, certificateSerial: String? = nil) {
         self.agentID = agentID
         self.group = group
         self.certificateNotAfter = certificateNotAfter
         self.certificateSerial = certificateSerial
+        certificateGroup = group
+    }
+
+    init(agentID: String, group: String, certificateNotAfter: Date?, certificateSerial: String?, certificateGroup: String) {
+        self.agentID = agentID
+        self.group = group
+        self.certificateNotAfter = certificateNotAfter
+        self.certificateSerial = certificateSerial
+        self.certificateGroup = certificateGroup
+    }
+
+    /// The same agent and certificate in the group the collector assigned.
+    func moved(to group: String) -> AgentIdentity {
+        AgentIdentity(agentID: agentID, group: group, certificateNotAfter: certificateNotAfter, certificateSerial: certificateSerial,
+                      certificateGroup: certificateGroup)
     }
     public static func == (a: AgentIdentity, b: AgentIdentity) -> Bool { a.agentID == b.agentID && a.group == b.group }
     public func hash(into h: inout Hasher) {
@@ -288,7 +305,7 @@ public enum PutBundleResult: Sendable, Equatable {
 }
 
 /// The collector's persistent state, shared by every replica.
-public protocol CollectorStore: Sendable {
+public protocol CollectorStore: EnrollmentStore {
     /// Creates or upgrades the schema (idempotent; safe when several replicas start at once).
     func migrate() async throws
     /// Upserts the agent's row; returns true when the agent was stale until now.

@@ -117,7 +117,7 @@ public enum PKI {
             if let organization = organization(of: ca.certificate) { OrganizationName(organization) }
             CommonName(commonName)
         }
-        let extensions = try leafExtensions(ca: ca, key: key, usage: .serverAuth, subjectAlternativeNames: names)
+        let extensions = try leafExtensions(ca: ca, publicKey: key.publicKey, usage: .serverAuth, subjectAlternativeNames: names)
         let certificate = try sign(
             "server certificate", publicKey: key.publicKey, notBefore: notBefore, notAfter: notAfter,
             issuer: ca.certificate.subject, subject: subject, extensions: extensions, issuerKey: ca.privateKey)
@@ -142,7 +142,7 @@ public enum PKI {
             OrganizationalUnitName(identity.group)
             CommonName(identity.agentID)
         }
-        let extensions = try leafExtensions(ca: ca, key: key, usage: .clientAuth, subjectAlternativeNames: nil)
+        let extensions = try leafExtensions(ca: ca, publicKey: key.publicKey, usage: .clientAuth, subjectAlternativeNames: nil)
         let certificate = try sign(
             "device certificate for \"\(agentID)\"", publicKey: key.publicKey, notBefore: notBefore, notAfter: notAfter,
             issuer: ca.certificate.subject, subject: subject, extensions: extensions, issuerKey: ca.privateKey)
@@ -151,8 +151,8 @@ public enum PKI {
 
     // MARK: - Helpers
 
-    private static func leafExtensions(
-        ca: IssuedCertificate, key: Certificate.PrivateKey, usage: ExtendedKeyUsage.Usage, subjectAlternativeNames: [GeneralName]?
+    static func leafExtensions(
+        ca: IssuedCertificate, publicKey: Certificate.PublicKey, usage: ExtendedKeyUsage.Usage, subjectAlternativeNames: [GeneralName]?
     ) throws -> Certificate.Extensions {
         let authorityKeyID = (try? ca.certificate.extensions.subjectKeyIdentifier)??.keyIdentifier
             ?? SubjectKeyIdentifier(hash: ca.certificate.publicKey).keyIdentifier
@@ -160,14 +160,14 @@ public enum PKI {
             Critical(BasicConstraints.notCertificateAuthority)
             Critical(KeyUsage(digitalSignature: true))
             try ExtendedKeyUsage([usage])
-            SubjectKeyIdentifier(hash: key.publicKey)
+            SubjectKeyIdentifier(hash: publicKey)
             AuthorityKeyIdentifier(keyIdentifier: authorityKeyID)
             if let subjectAlternativeNames { SubjectAlternativeNames(subjectAlternativeNames) }
         }
     }
 
     /// Checks that the CA may sign certificates and that its key is its own.
-    private static func checkIssuer(_ ca: IssuedCertificate) throws {
+    static func checkIssuer(_ ca: IssuedCertificate) throws {
         let name = "\(ca.certificate.subject)"
         guard ca.certificate.publicKey == ca.privateKey.publicKey else {
             throw PKIError("CA \(name): the private key does not belong to the CA certificate")
@@ -202,7 +202,7 @@ public enum PKI {
     }
 
     /// `notValidBefore` a few minutes in the past, `notValidAfter` `days` from now, cut to `limit`; whole seconds.
-    private static func validity(days: Int, limit: Date?) throws -> (Date, Date) {
+    static func validity(days: Int, limit: Date?) throws -> (Date, Date) {
         guard (1...maxValidDays).contains(days) else {
             throw PKIError("validity days: must be between 1 and \(maxValidDays) (got \(days))")
         }
@@ -226,7 +226,7 @@ public enum PKI {
         }
     }
 
-    private static func makeName(
+    static func makeName(
         @DistinguishedNameBuilder _ build: () throws -> Result<DistinguishedName, any Error>
     ) throws -> DistinguishedName {
         do {
@@ -246,7 +246,7 @@ public enum PKI {
         }
     }
 
-    private static func sign(
+    static func sign(
         _ what: String, publicKey: Certificate.PublicKey, notBefore: Date, notAfter: Date,
         issuer: DistinguishedName, subject: DistinguishedName, extensions: Certificate.Extensions,
         issuerKey: Certificate.PrivateKey

@@ -43,6 +43,46 @@ extension PKI {
         }
     }
 
+    /// Replaces a certificate and its key (renewal) so that a crash at any point leaves a pair
+    /// that belongs together, or one ``finishReplace(certificatePath:keyPath:)`` completes:
+    /// both new files are written and synced beside the old ones (`.next`), then the key is
+    /// renamed over the old key and the certificate over the old certificate.
+    public static func replace(_ issued: IssuedCertificate, certificatePath: String, keyPath: String) throws {
+        let nextKey = keyPath + ".next", nextCert = certificatePath + ".next"
+        try writeReplacing(path: nextKey, contents: issued.privateKeyPEM, mode: keyFileMode, what: "new key file")
+        try writeReplacing(path: nextCert, contents: issued.certificatePEM, mode: certificateFileMode, what: "new certificate file")
+        guard rename(nextKey, keyPath) == 0 else { throw PKIError("key file \(keyPath): cannot rename \(nextKey) over it: \(errnoText(errno))") }
+        guard rename(nextCert, certificatePath) == 0 else {
+            throw PKIError("certificate file \(certificatePath): cannot rename \(nextCert) over it: \(errnoText(errno)) (the next start completes it)")
+        }
+    }
+
+    /// Completes a ``replace(_:certificatePath:keyPath:)`` cut short between its two renames (the
+    /// key is new, the certificate old, the new one waiting in `.next`); removes a `.next` pair
+    /// left before the first rename. Returns whether a replacement was completed.
+    @discardableResult
+    public static func finishReplace(certificatePath: String, keyPath: String) throws -> Bool {
+        let nextCert = certificatePath + ".next", nextKey = keyPath + ".next"
+        guard access(nextCert, F_OK) == 0 else { return false }
+        if access(nextKey, F_OK) == 0 {
+            // Cut short before the key's rename: the old pair is whole; drop the new one.
+            unlink(nextKey)
+            unlink(nextCert)
+            return false
+        }
+        let keyText = try readPEMFile(keyPath, what: "key file")
+        let key = try parsePrivateKeyPEM(keyText, source: "key file \(keyPath)")
+        let pending = try loadCertificate(path: nextCert)
+        guard pending.publicKey == key.publicKey else {
+            unlink(nextCert)
+            return false
+        }
+        guard rename(nextCert, certificatePath) == 0 else {
+            throw PKIError("certificate file \(certificatePath): cannot rename \(nextCert) over it: \(errnoText(errno))")
+        }
+        return true
+    }
+
     /// Reads a certificate and its private key from PEM files and checks that they belong together.
     /// - Throws: ``PKIError`` naming the file that is missing, unreadable, not PEM or of the wrong kind, or saying
     ///   that the key is not the certificate's.

@@ -17,7 +17,8 @@ import Synchronization
 
 /// Where the collector is and what to authenticate with (the host's, not policy).
 public struct ReporterConfiguration: Sendable {
-    /// https://HOST:PORT
+    /// https://HOST:PORT, or several separated by commas (replicas without a load balancer:
+    /// the reporter moves to the next one when one cannot be reached).
     public var collectorURL: String
     /// The CA that issued the collector's server certificate.
     public var caPath: String
@@ -33,6 +34,11 @@ public struct ReporterConfiguration: Sendable {
     /// The first wait before an event the collector refused (4xx) is offered again; it doubles
     /// at each refusal, up to six hours. Refused events are never discarded.
     public var heldRetrySeconds: Double = 300
+    /// Renew the device certificate this long before it ends (EST simplereenroll with the
+    /// current certificate); nil: never.
+    public var renewBeforeSeconds: Double? = 30 * 86_400
+    /// The first wait after a failed renewal before the next try (doubles up to a day).
+    public var renewRetrySeconds: Double = 600
 
     public init(collectorURL: String, caPath: String, certificatePath: String, keyPath: String, policyPublicKeyPath: String?, bundleStatePath: String) {
         self.collectorURL = collectorURL
@@ -51,7 +57,24 @@ public struct AppliedBundle: Codable, Sendable, Equatable {
     public var policySHA256: String
     public var etag: String?
     public var bundle: SignedPolicyBundle
-    enum CodingKeys: String, CodingKey { case group, version, policySHA256 = "policy_sha256", etag, bundle }
+    /// The highest version applied of each group this device was in before (the collector
+    /// may move a device between groups: going back to a group never goes back to an older
+    /// bundle of it).
+    public var earlierGroups: [String: Int64]?
+    enum CodingKeys: String, CodingKey { case group, version, policySHA256 = "policy_sha256", etag, bundle, earlierGroups = "earlier_groups" }
+
+    /// The version a new bundle of `group` must exceed (the group in force) or reach (a group
+    /// the device was in before: going back to the version it had there is no rollback).
+    public func floor(for group: String) -> Int64 {
+        group == self.group ? version : (earlierGroups?[group] ?? 0)
+    }
+
+    /// What the next saved bundle remembers of the groups before it.
+    func remembering() -> [String: Int64] {
+        var all = earlierGroups ?? [:]
+        all[group] = max(all[group] ?? 0, version)
+        return all
+    }
 
     public init(group: String, version: Int64, policySHA256: String, etag: String?, bundle: SignedPolicyBundle) {
         self.group = group
@@ -62,7 +85,7 @@ public struct AppliedBundle: Codable, Sendable, Equatable {
     }
 
     /// Reads and re-verifies the saved bundle; nil when there is none.
-    public static func load(path: String, key: PolicySigningKey, group: String) throws -> (AppliedBundle, PolicyBundlePayload)? {
+    public static func load(path: String, key: PolicySigningKey, group: String? = nil) throws -> (AppliedBundle, PolicyBundlePayload)? {
         guard FileManager.default.fileExists(atPath: path) else { return nil }
         let data = try Data(contentsOf: URL(fileURLWithPath: path))
         let saved = try ReportCoding.decoder().decode(AppliedBundle.self, from: data)
@@ -135,7 +158,16 @@ public final class Reporter: Sendable {
     public let configuration: ReporterConfiguration
     public let spool: Spool
     public let identity: DeviceIdentity
-    let client: HTTPClient
+    /// The HTTP client, made again with the new certificate after a renewal.
+    let clientBox: Mutex<HTTPClient>
+    var client: HTTPClient { clientBox.withLock { $0 } }
+    /// The collector URLs, and which one is in use.
+    let collectorURLs: [String]
+    let urlIndex = Mutex(0)
+    /// The collector in use now.
+    public var collectorURL: String { collectorURLs[urlIndex.withLock { $0 } % collectorURLs.count] }
+    /// The device certificate's end, and when a renewal may be tried next.
+    let renewal: Mutex<(notAfter: Date, nextTry: Date, wait: Double)>
     let logger: Logger
     let heartbeatSource: HeartbeatSource
     let applyBundle: BundleApplier
@@ -179,6 +211,7 @@ public final class Reporter: Sendable {
         self.applied = Mutex(applied)
         let issued: IssuedCertificate
         do {
+            try PKI.finishReplace(certificatePath: configuration.certificatePath, keyPath: configuration.keyPath)
             issued = try PKI.load(certificatePath: configuration.certificatePath, keyPath: configuration.keyPath)
             identity = try DeviceIdentity(certificatePEM: issued.certificatePEM)
         } catch {
@@ -193,6 +226,15 @@ public final class Reporter: Sendable {
         } else {
             policyKey = nil
         }
+        collectorURLs = configuration.collectorURL.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        guard !collectorURLs.isEmpty else { throw SpoolError("--collector: no URL given") }
+        clientBox = Mutex(try Self.makeClient(configuration))
+        renewal = Mutex((issued.certificate.notValidAfter, .distantPast, configuration.renewRetrySeconds))
+        (incomingStream, incoming) = AsyncStream.makeStream(of: PendingEvent.self, bufferingPolicy: .unbounded)
+    }
+
+    /// An HTTP client presenting the device certificate in the configured files.
+    static func makeClient(_ configuration: ReporterConfiguration) throws -> HTTPClient {
         var tls = TLSConfiguration.makeClientConfiguration()
         do {
             tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(configuration.caPath))
@@ -206,8 +248,7 @@ public final class Reporter: Sendable {
         let timeout = TimeAmount.milliseconds(Int64(configuration.requestTimeoutSeconds * 1000))
         var http = HTTPClient.Configuration(tlsConfiguration: tls, timeout: .init(connect: .seconds(5), read: timeout))
         http.httpVersion = .http1Only
-        client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
-        (incomingStream, incoming) = AsyncStream.makeStream(of: PendingEvent.self, bufferingPolicy: .unbounded)
+        return HTTPClient(eventLoopGroupProvider: .singleton, configuration: http)
     }
 
     /// What the reporter did (status output, tests).
@@ -395,6 +436,7 @@ public final class Reporter: Sendable {
             let r = rule.withLock { $0 }
             await sendHeartbeat(intervalSeconds: r.heartbeatSeconds)
             await fetchBundle()
+            await renewIfDue()
             let spread = Double(r.heartbeatSeconds) * r.jitter
             await heartbeatWake.wait(seconds: Double(r.heartbeatSeconds) + Double.random(in: -spread...spread))
         }
@@ -454,20 +496,33 @@ public final class Reporter: Sendable {
         guard status == .ok else { return }  // 304 unchanged, 404 none pushed
         do {
             let bundle = try ReportCoding.decodeStrict(SignedPolicyBundle.self, from: body)
-            let payload = try PolicySigning.verify(bundle, key: key, group: identity.group, currentVersion: current?.version ?? 0, now: Date())
+            // The group is the collector's to decide (server-side groups): any group's bundle
+            // signed by the admin key is taken; within each group the version only goes up.
+            let payload = try PolicySigning.verify(bundle, key: key, now: Date())
+            // Back in a group it was in: the version it had there is fine again, an older one is not.
+            let floor = current?.floor(for: payload.group) ?? 0
+            guard current?.group == payload.group || current == nil ? payload.version > floor : payload.version >= floor else {
+                throw PolicyBundleError.rollback(version: payload.version, current: floor)
+            }
             do {
                 try await applyBundle(payload)
             } catch {
                 throw BundleRefusal.invalidPolicy("\(error)", version: payload.version)
             }
-            let saved = AppliedBundle(group: payload.group, version: payload.version, policySHA256: payload.policySHA256, etag: etag, bundle: bundle)
+            var saved = AppliedBundle(group: payload.group, version: payload.version, policySHA256: payload.policySHA256, etag: etag, bundle: bundle)
+            if let current, current.group != payload.group || current.earlierGroups != nil {
+                var earlier = current.remembering()
+                earlier.removeValue(forKey: payload.group)
+                saved.earlierGroups = earlier.isEmpty ? nil : earlier
+            }
             try saved.save(path: configuration.bundleStatePath)
             applied.withLock { $0 = saved }
             refusedETag.withLock { $0 = nil }
             counters.withLock { $0.bundlesApplied += 1 }
             record(kind: "bundle-applied", severity: "info",
                    reason: "policy bundle version \(payload.version) for group '\(payload.group)' applied\(payload.comment.map { ": \($0)" } ?? "")",
-                   details: ["version": "\(payload.version)", "policy_sha256": payload.policySHA256, "previous_version": "\(current?.version ?? 0)"])
+                   details: ["version": "\(payload.version)", "policy_sha256": payload.policySHA256, "previous_version": "\(current?.version ?? 0)",
+                             "group": payload.group, "previous_group": current?.group ?? ""])
             heartbeatWake.signal()
         } catch {
             refusedETag.withLock { $0 = etag }
@@ -525,12 +580,34 @@ public final class Reporter: Sendable {
     /// The wire revision in use with the collector (tests, status).
     public var wireRevision: Int { collectorWire.withLock { $0 } }
 
+    /// Sends to the collector in use; when it cannot be reached (no answer at all) and there
+    /// are others, the next one is tried at once and kept.
+    func execute(_ make: (String) -> HTTPClientRequest) async throws -> HTTPClientResponse {
+        let first = urlIndex.withLock { $0 }
+        var attempt = 0
+        while true {
+            let index = (first + attempt) % collectorURLs.count
+            do {
+                return try await client.execute(make(collectorURLs[index]), timeout: requestTimeout)
+            } catch {
+                attempt += 1
+                guard attempt < collectorURLs.count else { throw error }
+                let next = (first + attempt) % collectorURLs.count
+                urlIndex.withLock { $0 = next }
+                logger.notice("collector unreachable; trying the next one", metadata: ["failed": "\(collectorURLs[index])", "next": "\(collectorURLs[next])",
+                                                                                       "error": "\(error)"])
+            }
+        }
+    }
+
     func send(_ method: String, _ path: String, body: Data) async throws -> (HTTPResponseStatus, Data) {
-        var request = HTTPClientRequest(url: configuration.collectorURL + path)
-        request.method = HTTPMethod(rawValue: method)
-        request.headers.add(name: "Content-Type", value: "application/json")
-        request.body = .bytes(ByteBuffer(bytes: body))
-        let response = try await client.execute(request, timeout: requestTimeout)
+        let response = try await execute { url in
+            var request = HTTPClientRequest(url: url + path)
+            request.method = HTTPMethod(rawValue: method)
+            request.headers.add(name: "Content-Type", value: "application/json")
+            request.body = .bytes(ByteBuffer(bytes: body))
+            return request
+        }
         noteWire(response.status, response.headers)
         let data = Data((try await response.body.collect(upTo: 1 << 20)).readableBytesView)
         guard (200..<300).contains(Int(response.status.code)) else {
@@ -542,9 +619,11 @@ public final class Reporter: Sendable {
     }
 
     func get(_ path: String, ifNoneMatch: String?) async throws -> (HTTPResponseStatus, Data, String?) {
-        var request = HTTPClientRequest(url: configuration.collectorURL + path)
-        if let ifNoneMatch { request.headers.add(name: "If-None-Match", value: ifNoneMatch) }
-        let response = try await client.execute(request, timeout: requestTimeout)
+        let response = try await execute { url in
+            var request = HTTPClientRequest(url: url + path)
+            if let ifNoneMatch { request.headers.add(name: "If-None-Match", value: ifNoneMatch) }
+            return request
+        }
         noteWire(response.status, response.headers)
         let data = Data((try await response.body.collect(upTo: 4 << 20)).readableBytesView)
         let code = Int(response.status.code)

@@ -15,8 +15,8 @@ extension AppliedBundle {
     /// verified payload when missing or different). Nil when no bundle was saved.
     public static func restore(keyPath: String, certificatePath: String, directory: String) throws -> (AppliedBundle, policyFile: String)? {
         let key = try PolicySigningKey(base64: try String(contentsOfFile: keyPath, encoding: .utf8))
-        let identity = try DeviceIdentity(certificatePEM: try String(contentsOfFile: certificatePath, encoding: .utf8))
-        guard let (saved, payload) = try AppliedBundle.load(path: directory + "/bundle.json", key: key, group: identity.group) else { return nil }
+        // Any group's bundle: the collector assigns the group (it may differ from the certificate's OU).
+        guard let (saved, payload) = try AppliedBundle.load(path: directory + "/bundle.json", key: key) else { return nil }
         let path = directory + "/bundle-policy.yaml"
         let current = FileManager.default.contents(atPath: path).map(PolicySigning.sha256Hex)
         if current != payload.policySHA256 {

@@ -7,18 +7,28 @@ import Foundation
 import Hummingbird
 import Logging
 import SegguardCollector
+import SegguardPKI
 import SegguardReport
 import SegguardService
 import SegguardWire
 import ServiceLifecycle
 
-/// The segment-guard collector.
+/// The segment-guard collector: `serve` (the default) and the admin's tools on the store.
 @main
-struct CollectorCommand: AsyncParsableCommand {
+struct CollectorRoot: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "segguard-collector",
-        abstract: "Collects heartbeats and events from segguardd agents (mutual TLS), serves signed policy bundles and a dashboard.",
-        version: segguardVersion)
+        abstract: "Collects heartbeats and events from segguardd agents (mutual TLS), serves signed policy bundles, enrollment and a dashboard.",
+        version: segguardVersion,
+        subcommands: [CollectorCommand.self, TokensCommand.self, DevicesCommand.self, RevokeCommand.self, CRLCommand.self],
+        defaultSubcommand: CollectorCommand.self)
+}
+
+/// `segguard-collector [serve]`: the collector itself.
+struct CollectorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve agents (mutual TLS), enrollment, policy bundles, the dashboard and /metrics (the default command).")
 
     @Option(name: .long, help: "Address and port to listen on.")
     var listen: String = "127.0.0.1:8443"
@@ -71,6 +81,15 @@ struct CollectorCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
+    @Option(name: .long, help: "The device CA certificate (PEM) enrollments are signed with (EST /.well-known/est, the CRL at /pki/devices.crl); with --enroll-ca-key.")
+    var enrollCaCert: String?
+
+    @Option(name: .long, help: "The device CA's private key (PEM, readable by the collector only).")
+    var enrollCaKey: String?
+
+    @Option(name: .long, help: "Validity in days of certificates issued by enrollment and renewal.")
+    var enrollValidDays: Int = 397
+
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("--log-level: \"\(logLevel)\" is not a log level") }
         guard parseListen() != nil else { throw ValidationError("--listen \(listen): expected HOST:PORT, e.g. 127.0.0.1:8443") }
@@ -82,6 +101,8 @@ struct CollectorCommand: AsyncParsableCommand {
         if let a = adminListen, Self.parseAddress(a) == nil { throw ValidationError("--admin-listen \(a): expected HOST:PORT, e.g. 10.0.0.5:9443") }
         if let a = adminListen, a == listen { throw ValidationError("--admin-listen: must differ from --listen") }
         if let d = retentionDays, d < 1 { throw ValidationError("--retention-days: at least 1 (leave it out to keep every event)") }
+        guard (enrollCaCert == nil) == (enrollCaKey == nil) else { throw ValidationError("--enroll-ca-cert and --enroll-ca-key go together") }
+        guard (1...3650).contains(enrollValidDays) else { throw ValidationError("--enroll-valid-days: \(enrollValidDays) is not between 1 and 3650") }
         guard store.hasPrefix("sqlite:") || store.hasPrefix("postgres://") || store.hasPrefix("postgresql://") else {
             throw ValidationError("--store \(store): expected sqlite:PATH or postgres://USER@HOST:PORT/DATABASE")
         }
@@ -134,26 +155,16 @@ struct CollectorCommand: AsyncParsableCommand {
                 let text = try String(contentsOfFile: policyPublicKey, encoding: .utf8)
                 config.policyPublicKey = try PolicySigningKey(base64: text)
             }
+            if let enrollCaCert, let enrollCaKey {
+                config.enrollment = EnrollmentAuthority(ca: try PKI.load(certificatePath: enrollCaCert, keyPath: enrollCaKey), validDays: enrollValidDays)
+            }
             _ = try config.tlsConfiguration()
         } catch {
             FileHandle.standardError.write(Data("segguard-collector: \(error)\n".utf8))
             throw ExitCode(2)
         }
 
-        let backend: any CollectorStore
-        do {
-            if store.hasPrefix("sqlite:") {
-                let path = String(store.dropFirst("sqlite:".count))
-                try? FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
-                backend = try await SQLiteStore(path: path)
-            } else {
-                backend = PostgresStore(configuration: try PostgresStore.configuration(url: store))
-            }
-            try await backend.migrate()
-        } catch {
-            FileHandle.standardError.write(Data("segguard-collector: store \(store): \(error)\n".utf8))
-            throw ExitCode(1)
-        }
+        let backend = try await openStore(store)
         let collector = Collector(store: backend, configuration: config, logger: logger)
         let notifier = ServiceNotifier()
         let storeName = store.hasPrefix("sqlite:") ? store : "postgres"

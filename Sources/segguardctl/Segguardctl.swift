@@ -15,7 +15,7 @@ struct Segguardctl: AsyncParsableCommand {
         commandName: "segguardctl",
         abstract: "Query segguardd, check segment policies, sign and push policy bundles, create a test PKI.",
         version: segguardVersion,
-        subcommands: [Status.self, Why.self, Sessions.self, WhyDenied.self, CheckPolicy.self, Simulate.self, PolicyCommand.self, PKICommand.self])
+        subcommands: [Status.self, Why.self, Sessions.self, WhyDenied.self, CheckPolicy.self, Simulate.self, PolicyCommand.self, PKICommand.self, Enroll.self])
 }
 
 /// Options shared by the commands that talk to the daemon.

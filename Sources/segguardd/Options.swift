@@ -62,6 +62,9 @@ struct Segguardd: ParsableCommand {
     @Option(name: .long, help: "The device certificate's key (PEM).")
     var clientKey: String = "/etc/segguard/device.key"
 
+    @Option(name: .long, help: "Renew the device certificate at the collector (EST) this many days before it ends; 0: never. The files are replaced in place (keep them in /etc/segguard/pki, writable by the service).")
+    var renewBeforeDays: Int = 30
+
     @Option(name: .long, help: "Durable event spool (SQLite); events wait here until the collector acknowledged them.")
     var spool: String = "/var/lib/segguard/spool.sqlite"
 
@@ -87,6 +90,7 @@ struct Segguardd: ParsableCommand {
     var dpkgInfoDir: String = "/var/lib/dpkg/info"
 
     func validate() throws {
+        guard (0...3650).contains(renewBeforeDays) else { throw ValidationError("--renew-before-days: \(renewBeforeDays) is not between 0 and 3650") }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level: \"\(logLevel)\" is not one of trace, debug, info, notice, warning, error, critical")
         }

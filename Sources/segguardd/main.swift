@@ -153,8 +153,9 @@ extension Segguardd {
     func reporter(agent: Agent, loaded: LoadedPolicy, bundle: AppliedBundle?, logger: Logger) async -> Reporter? {
         guard let collector else { return nil }
         do {
-            let config = ReporterConfiguration(collectorURL: collector, caPath: collectorCa, certificatePath: clientCert, keyPath: clientKey,
+            var config = ReporterConfiguration(collectorURL: collector, caPath: collectorCa, certificatePath: clientCert, keyPath: clientKey,
                                                policyPublicKeyPath: policyPublicKey, bundleStatePath: bundleDir + "/bundle.json")
+            config.renewBeforeSeconds = renewBeforeDays > 0 ? Double(renewBeforeDays) * 86_400 : nil
             let start = Reporter.Start(version: segguardVersion, policyName: loaded.policy.name, policyFile: loaded.file, policySHA256: loaded.sha256)
             let reporter = try await Reporter.open(configuration: config, spoolPath: spool, rule: loaded.policy.report, logger: logger, applied: bundle,
                                                    start: start, heartbeat: { await agent.heartbeat() }, applyBundle: { try await agent.apply(bundle: $0) })
