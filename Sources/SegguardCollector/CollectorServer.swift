@@ -147,7 +147,7 @@ public final class Collector: Sendable {
     /// refreshed with every stale sweep, updated at once by this replica's own changes).
     let deviceGroups = Mutex<[String: String]?>(nil)
     /// The CRL last signed, and when (signed again after a minute).
-    let crlCache = Mutex<(made: Date, der: [UInt8])?>(nil)
+    let crlCache = Mutex<(made: Date, der: [UInt8], serials: Set<String>)?>(nil)
 
     public init(store: any CollectorStore, configuration: CollectorConfiguration, logger: Logger) {
         self.store = store

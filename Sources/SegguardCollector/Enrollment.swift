@@ -221,14 +221,19 @@ extension Collector {
                         body: .init(byteBuffer: ByteBuffer(bytes: der)))
     }
 
+    /// The CRL from the revocations in memory (refreshed with every sweep and at once by this
+    /// replica's own revocations): signed again when they changed or after a minute, so an
+    /// unauthenticated flood of fetches costs neither the store nor the CA key anything.
     func crlBytes(_ authority: EnrollmentAuthority) async throws -> [UInt8] {
+        if revoked.withLock({ $0 == nil }) { try await refreshRevocations() }
         let now = Date()
-        if let cached = crlCache.withLock({ $0 }), now.timeIntervalSince(cached.made) < 60 { return cached.der }
-        try await refreshRevocations()
-        let entries = (revoked.withLock { $0 } ?? [:]).values.map { RevokedEntry(serialHex: $0.serial, time: $0.time) }
-        let der = try RevocationList.make(ca: authority.ca, entries: entries, number: Int(now.timeIntervalSince1970), thisUpdate: now,
+        let current = revoked.withLock { $0 } ?? [:]
+        let serials = Set(current.keys)
+        if let cached = crlCache.withLock({ $0 }), cached.serials == serials, now.timeIntervalSince(cached.made) < 60 { return cached.der }
+        let entries = current.values.map { RevokedEntry(serialHex: $0.serial, time: $0.time) }
+        let der = try RevocationList.make(ca: authority.ca, entries: entries, number: Int(now.timeIntervalSince1970 * 1000), thisUpdate: now,
                                           nextUpdate: now.addingTimeInterval(3600))
-        crlCache.withLock { $0 = (now, der) }
+        crlCache.withLock { $0 = (now, der, serials) }
         return der
     }
 

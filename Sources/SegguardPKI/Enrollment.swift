@@ -162,7 +162,8 @@ public enum RevocationList {
     static let crlNumber: ASN1ObjectIdentifier = [2, 5, 29, 20]
     static let authorityKeyIdentifier: ASN1ObjectIdentifier = [2, 5, 29, 35]
 
-    /// DER of a CRL listing `entries`, issued by `ca` now, next update `nextUpdate`, with CRL number `number`.
+    /// DER of a CRL listing `entries`, issued by `ca` at `thisUpdate`, next update `nextUpdate`, with CRL
+    /// number `number` (the collector uses the signing time in milliseconds: it only grows).
     /// - Throws: ``PKIError`` when the CA's key is not P-256 or a serial is not hex.
     public static func make(ca: IssuedCertificate, entries: [RevokedEntry], number: Int, thisUpdate: Date = Date(), nextUpdate: Date) throws -> [UInt8] {
         let key: P256.Signing.PrivateKey

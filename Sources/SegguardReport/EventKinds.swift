@@ -9,6 +9,7 @@ public enum EventKinds {
         // segguardd (agent core, reporter)
         "decision-changed", "policy-loaded", "policy-refused", "capture-events-dropped",
         "agent-started", "agent-restarted-uncleanly", "spool-overflow", "bundle-applied", "bundle-refused", "bundle-expired",
+        "certificate-renewed", "certificate-renewal-failed",
         // enforcement records (EnforcementEvent.Kind)
         "launch-allowed", "launch-refused", "launch-would-be-refused", "sessions-ended", "sessions-would-be-ended",
         "binding-applied", "binding-failed", "binding-tampered", "gateway-refused",

@@ -97,6 +97,27 @@ public final class EAPLab: Sendable {
         try publishCRL()
     }
 
+    /// Replaces the lab's PKI with another one (PEM texts): the CA both sides trust, the
+    /// authenticator's server certificate and key, this device's certificate and key
+    /// ("client"), and the CA's CRL hostapd checks (`ca-crl.pem` = CA + CRL). Call before
+    /// starting the daemons; `publish(crl:)` replaces the CRL later.
+    public func install(caPEM: String, crlPEM: String, serverCertificatePEM: String, serverKeyPEM: String,
+                        deviceCertificatePEM: String, deviceKeyPEM: String) throws {
+        for (name, text, mode) in [("ca.pem", caPEM, 0o644), ("server.pem", serverCertificatePEM, 0o644), ("server.key", serverKeyPEM, 0o600),
+                                   ("client.pem", deviceCertificatePEM, 0o644), ("client.key", deviceKeyPEM, 0o600)] {
+            try text.write(toFile: "\(path)/\(name)", atomically: true, encoding: .utf8)
+            chmod("\(path)/\(name)", mode_t(mode))
+        }
+        try publish(crl: crlPEM)
+    }
+
+    /// Writes `ca-crl.pem` (the lab CA followed by `crlPEM`) atomically; hostapd reloads it
+    /// at the next authentication more than `crl_reload_interval` (1 s) later.
+    public func publish(crl crlPEM: String) throws {
+        let ca = try String(contentsOfFile: "\(path)/ca.pem", encoding: .utf8)
+        try (ca + crlPEM).write(toFile: "\(path)/ca-crl.pem", atomically: true, encoding: .utf8)
+    }
+
     private func writeConfigs() throws {
         try "* TLS\n".write(toFile: "\(path)/eap_users", atomically: true, encoding: .utf8)
         for cert in ["client", "rogue", "other-device"] {

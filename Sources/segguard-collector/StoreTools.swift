@@ -193,7 +193,7 @@ struct CRLCommand: AsyncParsableCommand {
         do { ca = try PKI.load(certificatePath: caCert, keyPath: caKey) } catch { throw fail("\(error)", code: 2) }
         let entries = try await withStore(store.store) { try await $0.revocations() }.map { RevokedEntry(serialHex: $0.serial, time: $0.time) }
         let now = Date()
-        let der = try RevocationList.make(ca: ca, entries: entries, number: Int(now.timeIntervalSince1970), thisUpdate: now,
+        let der = try RevocationList.make(ca: ca, entries: entries, number: Int(now.timeIntervalSince1970 * 1000), thisUpdate: now,
                                           nextUpdate: now.addingTimeInterval(Double(validHours) * 3600))
         let bytes = pem ? Data(RevocationList.pem(der).utf8) : Data(der)
         let temp = output + ".tmp"

@@ -156,7 +156,12 @@ struct DeliveryTests {
         reporter.start()
         for i in 1...3 { reporter.record(kind: "launch-refused", severity: "warning", reason: "off segment #\(i)") }
         let store = c.collector.store
-        #expect(try await eventually { try await store.agents(AgentFilter()).first { $0.agentID == "tc-0302" }?.spoolHeld == 1 })
+        // A heartbeat sent between the refusal of #2 and the delivery of #3 says held 1 and
+        // pending 2: wait for the one after #3 is through.
+        #expect(try await eventually {
+            let row = try await store.agents(AgentFilter()).first { $0.agentID == "tc-0302" }
+            return row?.spoolHeld == 1 && row?.spoolPending == 1
+        })
         let row = try #require(try await store.agents(AgentFilter()).first { $0.agentID == "tc-0302" })
         #expect(row.deliveryBacklog)
         #expect(row.spoolPending == 1 && row.spoolOldestSeconds != nil)
