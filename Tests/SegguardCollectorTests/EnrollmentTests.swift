@@ -405,3 +405,64 @@ struct EnrollmentReplicaTests {
         await b.stop()
     }
 }
+
+@Suite("segguard-collector's store tools (tokens, devices, revoke, crl)", .serialized,
+       .enabled(if: ProcessInfo.processInfo.environment["SEGGUARD_BIN_DIR"] != nil, "SEGGUARD_BIN_DIR is not set (scripts/test.sh sets it to the build's bin directory)"))
+struct StoreToolTests {
+    @Test("tokens create writes CSV once (0600, never over a file) and stores only hashes; bad arguments are named; devices set-group/list, revoke and crl work on the store, and OpenSSL verifies the CRL")
+    func tools() async throws {
+        let bin = try #require(ProcessInfo.processInfo.environment["SEGGUARD_BIN_DIR"]) + "/segguard-collector"
+        let pki = try TestPKI()
+        defer { pki.remove() }
+        let dir = pki.directory
+        let store = "sqlite:\(dir)/tools.sqlite"
+        // Bad arguments: named, exit 2, nothing stored.
+        let badGroup = try run(bin, ["tokens", "create", "--store", store, "--group", "my number", "--count", "2"])
+        #expect(badGroup.status == 2 && badGroup.output.contains("group \"my number\""), "\(badGroup.output)")
+        let badExpiry = try run(bin, ["tokens", "create", "--store", store, "--group", "mynumber", "--expires", "soon"])
+        #expect(badExpiry.status == 2 && badExpiry.output.contains("expires \"soon\""), "\(badExpiry.output)")
+        let badCount = try run(bin, ["tokens", "create", "--store", store, "--group", "mynumber", "--count", "0"])
+        #expect(badCount.status == 2 && badCount.output.contains("count"), "\(badCount.output)")
+        // Tokens: CSV to a new 0600 file; an existing file is never overwritten.
+        let made = try run(bin, ["tokens", "create", "--store", store, "--group", "mynumber", "--count", "5", "--expires", "30m", "--uses", "2", "-o", dir + "/t.csv"])
+        #expect(made.status == 0, "\(made.output)")
+        let lines = try String(contentsOfFile: dir + "/t.csv", encoding: .utf8).split(separator: "\n")
+        #expect(lines.count == 6 && lines[0] == "token,group,expires_at,uses" && lines.dropFirst().allSatisfy { $0.hasPrefix("sgt_") && $0.hasSuffix(",mynumber," + $0.split(separator: ",")[2] + ",2") })
+        #expect((try FileManager.default.attributesOfItem(atPath: dir + "/t.csv")[.posixPermissions] as? Int) == 0o600)
+        let again = try run(bin, ["tokens", "create", "--store", store, "--group", "mynumber", "-o", dir + "/t.csv"])
+        #expect(again.status != 0 && again.output.contains("must not exist"), "\(again.output)")
+        let sqlite = try await SQLiteStore(path: dir + "/tools.sqlite")
+        let first = String(lines[1].split(separator: ",")[0])
+        let row = try #require(try await sqlite.token(sha256: EnrollmentTokens.sha256(first)))
+        #expect(row.usesLeft == 2 && row.expiresAt.timeIntervalSinceNow > 25 * 60 && row.expiresAt.timeIntervalSinceNow < 31 * 60)
+        let raw = try await sqlite.connection.query("SELECT * FROM enrollment_tokens").map { "\($0)" }.joined()
+        #expect(!raw.contains(first), "the token text itself is not stored")
+        // A device that reported with an OU certificate (no device row): moved, revoked.
+        let device = try pki.device("tc-7600", group: "mynumber")
+        let cert = try PKI.loadCertificate(path: device.cert)
+        var hb = heartbeat("tc-7600")
+        hb.agentID = nil
+        _ = try await sqlite.recordHeartbeat(hb, from: AgentIdentity(agentID: "tc-7600", group: "mynumber", certificateNotAfter: cert.notValidAfter,
+                                                                     certificateSerial: PKI.serialHex(cert)), at: Date())
+        #expect(try run(bin, ["devices", "set-group", "--store", store, "tc-7600", "lgwan"]).output.contains("(certificate OU) -> lgwan"))
+        #expect(try run(bin, ["devices", "set-group", "--store", store, "tc-9999", "lgwan"]).status == 1)
+        #expect(try run(bin, ["devices", "set-group", "--store", store, "tc-7600", "a/b"]).status == 2)
+        let revoked = try run(bin, ["revoke", "--store", store, "tc-7600", "--reason", "retired", "--by", "sato"])
+        #expect(revoked.status == 0 && revoked.output.contains(PKI.serialHex(cert)), "\(revoked.output)")
+        #expect(try run(bin, ["revoke", "--store", store, "tc-7600", "--reason", " "]).status == 2)
+        let listed = try run(bin, ["devices", "list", "--store", store]).output
+        #expect(listed.contains("tc-7600\tlgwan\t\(PKI.serialHex(cert))") && listed.contains("legacy certificate\trevoked"), "\(listed)")
+        let actions = try await sqlite.actions(limit: 10)
+        #expect(actions.contains { $0.action == "revoke" && $0.by == "sato" } && actions.contains { $0.action == "set-group" } && actions.contains { $0.action == "enrollment-tokens" })
+        try await sqlite.close()
+        // The CRL file, PEM, verified by OpenSSL with the CA; the revoked certificate fails against it.
+        let crl = try run(bin, ["crl", "--store", store, "--ca-cert", dir + "/ca.pem", "--ca-key", dir + "/ca.key", "--pem", "-o", dir + "/devices.crl"])
+        #expect(crl.status == 0 && crl.output.contains("1 revoked"), "\(crl.output)")
+        let text = try run("/usr/bin/openssl", ["crl", "-in", dir + "/devices.crl", "-CAfile", dir + "/ca.pem", "-noout", "-text"])
+        #expect(text.output.contains("verify OK") && text.output.uppercased().contains(PKI.serialHex(cert).uppercased()), "\(text.output)")
+        let check = try run("/usr/bin/openssl", ["verify", "-crl_check", "-CAfile", dir + "/ca.pem", "-CRLfile", dir + "/devices.crl", device.cert])
+        #expect(check.status != 0 && check.output.contains("revoked"))
+        let wrongKey = try run(bin, ["crl", "--store", store, "--ca-cert", dir + "/ca.pem", "--ca-key", dir + "/server.key", "-o", dir + "/x.crl"])
+        #expect(wrongKey.status == 2 && wrongKey.output.contains("does not belong"), "\(wrongKey.output)")
+    }
+}
