@@ -91,9 +91,9 @@ systemd-nspawn -q -D "$root" "${rt_bind[@]}" --register=no --keep-unit -- sh -c 
   cp /etc/segguard-collector/devices/boot-agent.pem /etc/segguard/device.pem
   cp /etc/segguard-collector/devices/boot-agent.key /etc/segguard/device.key
   cp /etc/segguard-collector/ca.pem /etc/segguard/collector-ca.pem
-  chgrp segguard-collector /etc/segguard-collector/server.key && chmod 0640 /etc/segguard-collector/server.key
+  chgrp segguard-collector /etc/segguard-collector/server.key /etc/segguard-collector/ca.key && chmod 0640 /etc/segguard-collector/server.key /etc/segguard-collector/ca.key
   echo SEGGUARDD_OPTS=\"--collector https://127.0.0.1:8443 --collector-ca /etc/segguard/collector-ca.pem --client-cert /etc/segguard/device.pem --client-key /etc/segguard/device.key\" > /etc/default/segguardd
-  echo SEGGUARD_COLLECTOR_OPTS=\"--cert /etc/segguard-collector/server.pem --key /etc/segguard-collector/server.key --client-ca /etc/segguard-collector/ca.pem\" > /etc/default/segguard-collector
+  echo SEGGUARD_COLLECTOR_OPTS=\"--cert /etc/segguard-collector/server.pem --key /etc/segguard-collector/server.key --client-ca /etc/segguard-collector/ca.pem --enroll-ca-cert /etc/segguard-collector/ca.pem --enroll-ca-key /etc/segguard-collector/ca.key\" > /etc/default/segguard-collector
 ' >"$work/pki.log" 2>&1 || { echo "FAIL provisioning the test PKI"; cat "$work/pki.log"; }
 check "segguard-collector.service is enabled" test -L "$root/etc/systemd/system/multi-user.target.wants/segguard-collector.service"
 check "policy is a conffile" grep -qx /etc/segguard/policy.yaml "$root/var/lib/dpkg/info/segment-guard-agent.conffiles"
@@ -323,6 +323,36 @@ in_ct systemctl daemon-reload
 in_ct systemctl reset-failed segguardd >/dev/null 2>&1
 in_ct systemctl start segguardd
 check "started again after the SIGKILL, it reopens host0" wait_for accepts
+
+# The fleet chapter on the installed packages: the legacy certificate revoked, the device
+# enrolled with a token the collector's own user made on its store, segguardd on the
+# enrolled files by default, renewing them in place under the unit's sandbox
+# (ReadWritePaths=-/etc/segguard/pki; --renew-before-days longer than the validity: due at once).
+store=sqlite:/var/lib/segguard-collector/collector.sqlite
+in_ct runuser -u segguard-collector -- segguard-collector tokens create --store "$store" --count 1 --group mynumber --expires 1h >"$work/tokens.csv" 2>"$work/tokens.log"
+token="$(sed -n 2p "$work/tokens.csv" | cut -d, -f1)"
+check "segguard-collector tokens create (the collector's user, its store)" test -n "$token"
+[ -n "$token" ] || sed 's/^/     | /' "$work/tokens.log"
+check "segguard-collector revoke retires the legacy certificate" in_ct runuser -u segguard-collector -- segguard-collector revoke --store "$store" boot-agent --reason "moved to enrollment"
+in_ct sh -c "umask 077; echo '$token' > /run/sg-token"
+check "segguardctl enroll writes /etc/segguard/pki/device.pem and device.key" in_ct segguardctl enroll --collector https://127.0.0.1:8443 --collector-ca /etc/segguard/collector-ca.pem --token-file /run/sg-token --device-id boot-agent
+check "the enrolled key is mode 0600" sh -c "stat -c %a '$root/etc/segguard/pki/device.key' | grep -qx 600"
+enrolled_serial="$(openssl x509 -in "$root/etc/segguard/pki/device.pem" -noout -serial 2>/dev/null)"
+in_ct sh -c 'echo SEGGUARDD_OPTS=\"--collector https://127.0.0.1:8443 --collector-ca /etc/segguard/collector-ca.pem --renew-before-days 3650\" > /etc/default/segguardd'
+in_ct systemctl restart segguardd
+renewed() { s="$(openssl x509 -in "$root/etc/segguard/pki/device.pem" -noout -serial 2>/dev/null)"; [ -n "$s" ] && [ "$s" != "$enrolled_serial" ] && nsenter -t "$pid1" -a -- journalctl -u segguardd -o cat --no-pager | grep -q 'device certificate renewed'; }
+check "segguardd (default paths: the enrolled files) renews its certificate in place under the unit's sandbox" wait_for renewed
+[ "$failed" = 0 ] || { in_ct journalctl -u segguardd -o cat --no-pager | grep -iE 'certif|renew' | tail -5; } | sed 's/^/     | /'
+reported=""
+for _ in $(seq 40); do
+    in_ct segguardctl status 2>/dev/null | grep -Eq 'reporting: boot-agent \(group mynumber\) to https://127.0.0.1:8443: [1-9][0-9]* heartbeats ok' && { reported=1; break; }
+    sleep 0.5
+done
+check "it reports with the renewed certificate (heartbeats ok)" test -n "$reported"
+devices() { nsenter -t "$pid1" -a -- runuser -u segguard-collector -- segguard-collector devices list --store "$store"; }
+check "the collector lists the device valid on the renewed certificate" sh -c "nsenter -t $pid1 -a -- runuser -u segguard-collector -- segguard-collector devices list --store '$store' | grep -E '^boot-agent	mynumber	' | grep -q 'valid'"
+[ "$failed" = 0 ] || devices 2>&1 | sed 's/^/     | /'
+in_ct rm -rf /etc/segguard/pki /run/sg-token
 
 check "systemctl stop is clean" in_ct systemctl stop segguardd
 check "stopped with result success" sh -c "nsenter -t $pid1 -a -- systemctl show -p Result --value segguardd | grep -qx success"

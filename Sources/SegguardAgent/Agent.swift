@@ -143,6 +143,10 @@ public final class Agent: Sendable {
     /// SIGHUP: re-reads the policy file in force.
     public func reload() { mailbox.post { $0.reload() } }
 
+    /// The device certificate was renewed in place (new key): re-read it, keeping the old key
+    /// accepted for 802.1X until the supplicant's state names the new one.
+    public func deviceCertificateRenewed() { mailbox.post { $0.deviceCertificateRenewed() } }
+
     /// A verified policy bundle (the reporter): validated, written and put in force, in order
     /// with reloads. Throws the reason when it is refused.
     public func apply(bundle payload: PolicyBundlePayload) async throws {

@@ -209,6 +209,10 @@ final class AgentCore {
     /// This device's certificate key (`configuration.deviceCertificateFile`), or why unknown;
     /// put on every 802.1X state for the EAP-TLS requirement.
     private(set) var deviceKey = CertificateKeyFinding(keySHA256: nil, description: "no device certificate configured")
+    /// The key this device had before its certificate was renewed (by the reporter, in place):
+    /// the supplicant's state still names it until its next refresh reads the new file, and it
+    /// is this device's too. Forgotten once a state names the new key, and at restart.
+    private(set) var previousDeviceKey: CertificateKeyFinding?
 
     init(loop: PollLoop, mailbox: Mailbox, policy: LoadedPolicy, configuration: AgentConfiguration, sources: AgentSources,
          observer: any AgentObserver, reporting: (any AgentReporting)?, logger: Logger, groupNames: GroupNames, onFailure: @escaping @Sendable (String) -> Void) {
@@ -248,6 +252,18 @@ final class AgentCore {
                 logger.error("this device's certificate cannot be read: no EAP-TLS rule can be met", metadata: ["error": "\(error)"])
             }
         }
+    }
+
+    /// The reporter renewed the device certificate (new key, same files): the new key is
+    /// this device's, and the old one stays accepted until the supplicant's state moves to
+    /// the new one, so a renewal never costs the segment.
+    func deviceCertificateRenewed() {
+        let old = deviceKey
+        readDeviceKey()
+        guard old != deviceKey else { return }
+        if old.keySHA256 != nil { previousDeviceKey = old }
+        logger.notice("device certificate renewed; its key is re-read", metadata: ["certificate": "\(deviceKey.description)"])
+        if let s = snapshot { decide(merged(s), eventNanos: monotonicNanos(), stages: nil) }
     }
 
     // MARK: - Start and stop
@@ -513,6 +529,10 @@ final class AgentCore {
             authLinks[name]?.staleThrough = nil
         }
         deviceAuth = states
+        if previousDeviceKey != nil, let current = deviceKey.keySHA256,
+           states.values.contains(where: { $0.clientKeySHA256 == current }), !states.values.contains(where: { $0.clientKeySHA256 == previousDeviceKey?.keySHA256 }) {
+            previousDeviceKey = nil
+        }
         guard let s = snapshot else { return }
         decide(merged(s), eventNanos: at, stages: nil)
     }
@@ -574,8 +594,13 @@ final class AgentCore {
                 state?.predatesLinkLoss = true
             }
             if state != nil {
-                state?.deviceKeySHA256 = deviceKey.keySHA256
-                state?.deviceCertificate = deviceKey.description
+                if let previous = previousDeviceKey, let key = previous.keySHA256, state?.clientKeySHA256 == key {
+                    state?.deviceKeySHA256 = key
+                    state?.deviceCertificate = previous.description + " (before its renewal)"
+                } else {
+                    state?.deviceKeySHA256 = deviceKey.keySHA256
+                    state?.deviceCertificate = deviceKey.description
+                }
             }
             out.interfaces[i].deviceAuth = state
         }

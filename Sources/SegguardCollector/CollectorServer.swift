@@ -143,9 +143,10 @@ public final class Collector: Sendable {
     /// The last interval mismatch recorded per agent (claimed, expected): one event per
     /// change, one entry per agent (agents are the device certificates the CA issued).
     let intervalMismatches = Mutex<[AgentIdentity: [Int]]>([:])
-    /// Each enrolled device's group (the device table; loaded before the first agent call,
-    /// refreshed with every stale sweep, updated at once by this replica's own changes).
-    let deviceGroups = Mutex<[String: String]?>(nil)
+    /// The device table by agent id: each device's group and current certificate (loaded
+    /// before the first agent call, refreshed with every stale sweep, updated at once by this
+    /// replica's own changes; a certificate it does not name is looked up again first).
+    let deviceRows = Mutex<[String: DeviceRecord]?>(nil)
     /// The CRL last signed, and when (signed again after a minute).
     let crlCache = Mutex<(made: Date, der: [UInt8], serials: Set<String>)?>(nil)
 
@@ -639,25 +640,36 @@ public final class Collector: Sendable {
         let who = try requireAdmin(request)
         let body = try await decode(RevokeRequest.self, request)
         guard !body.reason.trimmingCharacters(in: .whitespaces).isEmpty else { throw APIError(.badRequest, "reason: say why (stolen, lost, retired)") }
-        var serial = body.serial?.lowercased()
-        if serial == nil {
-            guard let agent = try await store.agent(id: body.agentID) else {
-                throw APIError(.notFound, "no agent \"\(body.agentID)\" has reported; give the certificate's serial")
+        // Without a serial: every certificate the collector knows the device by (its device
+        // row's current and previous, the one its latest heartbeat came with).
+        var serials: [String] = []
+        if let given = body.serial {
+            guard let serial = PKI.normalizedSerial(given) else { throw APIError(.badRequest, "serial: \"\(given)\" is not a certificate serial in hex") }
+            serials = [serial]
+        } else {
+            let row = try await store.device(id: body.agentID)
+            let agent = try await store.agent(id: body.agentID)
+            guard row != nil || agent != nil else {
+                throw APIError(.notFound, "no agent \"\(body.agentID)\" has enrolled or reported; give the certificate's serial")
             }
-            guard let known = agent.certificateSerial else {
+            for s in [row?.serial, row?.previousSerial, agent?.certificateSerial] {
+                if let s, let n = PKI.normalizedSerial(s), !serials.contains(n) { serials.append(n) }
+            }
+            guard !serials.isEmpty else {
                 throw APIError(.conflict, "the collector has not seen \(body.agentID)'s certificate since it keeps serials; give the serial")
             }
-            serial = known
         }
-        guard let serial, !serial.isEmpty, serial.count <= 64, serial.allSatisfy(\.isHexDigit) else {
-            throw APIError(.badRequest, "serial: \"\(body.serial ?? "")\" is not a certificate serial in hex")
+        var records: [Revocation] = []
+        var new = false
+        for serial in serials {
+            let r = Revocation(serial: serial, agentID: body.agentID, reason: body.reason, time: Date(), by: who)
+            let action = AdminAction(time: r.time, by: who, action: "revoke", target: "agent \(body.agentID)", detail: "serial \(serial): \(r.reason)")
+            if try await store.revoke(r, recording: action) { new = true }
+            records.append(r)
         }
-        let r = Revocation(serial: serial, agentID: body.agentID, reason: body.reason, time: Date(), by: who)
-        let action = AdminAction(time: r.time, by: who, action: "revoke", target: "agent \(body.agentID)", detail: "serial \(serial): \(r.reason)")
-        let new = try await store.revoke(r, recording: action)
         try await refreshRevocations()
-        logger.notice("device certificate revoked", metadata: ["agent": "\(body.agentID)", "serial": "\(serial)", "by": "\(who)", "new": "\(new)"])
-        return try Self.json(new ? .created : .ok, r)
+        logger.notice("device certificate revoked", metadata: ["agent": "\(body.agentID)", "serials": "\(serials)", "by": "\(who)", "new": "\(new)"])
+        return try Self.json(new ? .created : .ok, RevokeReply(revocation: records[0], serials: serials))
     }
 
     /// The identity in a verified client certificate (X.509 parsed once per device).
@@ -826,6 +838,23 @@ struct RevokeRequest: StrictDecodable {
         self.agentID = agentID
         self.serial = serial
         self.reason = reason
+    }
+}
+
+/// The answer to a revocation: the first revocation's fields (`serial` its serial) and every
+/// serial revoked (`serials`).
+struct RevokeReply: Encodable {
+    let revocation: Revocation
+    let serials: [String]
+    enum CodingKeys: String, CodingKey { case serial, agentID = "agent_id", reason, time, by, serials }
+    func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(revocation.serial, forKey: .serial)
+        try c.encode(revocation.agentID, forKey: .agentID)
+        try c.encode(revocation.reason, forKey: .reason)
+        try c.encode(revocation.time, forKey: .time)
+        try c.encode(revocation.by, forKey: .by)
+        try c.encode(serials, forKey: .serials)
     }
 }
 

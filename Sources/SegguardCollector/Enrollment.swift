@@ -115,9 +115,12 @@ extension Collector {
     /// send one) or Bearer.
     static func enrollmentToken(_ request: Request) -> String? {
         guard let header = request.headers[.authorization] else { return nil }
-        if header.hasPrefix("Bearer ") { return String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces) }
-        if header.hasPrefix("Basic "), let data = Data(base64Encoded: String(header.dropFirst(6))), let text = String(data: data, encoding: .utf8),
-           let colon = text.firstIndex(of: ":") {
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        let parts = header.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2 else { return nil }
+        let scheme = parts[0].lowercased(), value = parts[1].trimmingCharacters(in: .whitespaces)
+        if scheme == "bearer" { return value }
+        if scheme == "basic", let data = Data(base64Encoded: value), let text = String(data: data, encoding: .utf8), let colon = text.firstIndex(of: ":") {
             return String(text[text.index(after: colon)...])
         }
         return nil
@@ -160,7 +163,7 @@ extension Collector {
                                  detail: "group \(known.group), serial \(serial), valid until \(RFC3339.format(certificate.notValidAfter))")
         switch try await store.enroll(device, tokenSHA256: hash, now: now, recording: action) {
         case .enrolled:
-            deviceGroups.withLock { if $0 != nil { $0?[agentID] = known.group } }
+            deviceRows.withLock { if $0 != nil { $0?[agentID] = device } }
             metrics.enrollment(.enrolled)
             logger.notice("device enrolled", metadata: ["agent": "\(agentID)", "group": "\(known.group)", "serial": "\(serial)", "token": "\(hash.prefix(8))"])
             return try pkcs7([certificate])
@@ -175,7 +178,8 @@ extension Collector {
             throw APIError(.unauthorized, "the enrollment token has been used already; ask the administrator for a new one")
         case .deviceActive(let current, let end):
             metrics.enrollment(.refused)
-            throw APIError(.conflict, "device \(agentID) is enrolled already with certificate \(current), valid until \(RFC3339.format(end)); "
+            _ = (current, end)  // not told to a token holder: which certificate, until when
+            throw APIError(.conflict, "device \(agentID) is enrolled already with a certificate that is neither revoked nor expired; "
                                       + "revoke it first (segguard-collector revoke \(agentID) --reason ...) to enroll the device again")
         }
     }
@@ -202,7 +206,8 @@ extension Collector {
         switch try await store.renew(agentID: agentID, presentedSerial: presented, legacyGroup: agent.certificateGroup, serial: serial,
                                      notAfter: certificate.notValidAfter, now: now, recording: action) {
         case .renewed(let group):
-            deviceGroups.withLock { if $0 != nil { $0?[agentID] = group } }
+            if let row = try await store.device(id: agentID) { deviceRows.withLock { if $0 != nil { $0?[agentID] = row } } }
+            try await refreshRevocations()  // a retried renewal revoked the unused certificate
             metrics.enrollment(.renewed)
             logger.notice("device certificate renewed", metadata: ["agent": "\(agentID)", "group": "\(group)", "serial": "\(serial)", "previous": "\(presented)"])
             return try pkcs7([certificate])
@@ -240,16 +245,39 @@ extension Collector {
     // MARK: Groups on the server
 
     /// The group the collector holds for an agent: its device row's, else its certificate's OU.
+    /// A device with a row is known only by the certificates the row names (the current one,
+    /// and the one before while the current has not been used): any other is refused. The
+    /// first call with the current certificate revokes the one before (superseded).
     func resolveGroup(_ id: AgentIdentity) async throws -> AgentIdentity {
-        if deviceGroups.withLock({ $0 == nil }) { try await refreshDeviceGroups() }
-        guard let group = deviceGroups.withLock({ $0?[id.agentID] }), group != id.group else { return id }
-        return id.moved(to: group)
+        if deviceRows.withLock({ $0 == nil }) { try await refreshDeviceGroups() }
+        guard var row = deviceRows.withLock({ $0?[id.agentID] }) else { return id }
+        if let serial = id.certificateSerial, !row.serial.isEmpty, serial != row.serial, serial != row.previousSerial {
+            // Another replica may have enrolled or renewed it a moment ago: ask the store.
+            if let fresh = try await store.device(id: id.agentID) {
+                row = fresh
+                deviceRows.withLock { $0?[id.agentID] = fresh }
+            }
+            if serial != row.serial && serial != row.previousSerial {
+                metrics.revokedRefused()
+                throw APIError(.forbidden, "certificate \(serial) is not \(id.agentID)'s current one: the device was enrolled or renewed since; "
+                                           + "use the certificate it holds now")
+            }
+        }
+        if let serial = id.certificateSerial, serial == row.serial, row.previousSerial != nil {
+            if let superseded = try await store.confirmCurrent(agentID: id.agentID, serial: serial, now: Date()) {
+                logger.notice("renewed certificate in use; the one before is revoked as superseded",
+                              metadata: ["agent": "\(id.agentID)", "serial": "\(serial)", "superseded": "\(superseded)"])
+                try await refreshRevocations()
+            }
+            deviceRows.withLock { $0?[id.agentID]?.previousSerial = nil }
+        }
+        return row.group == id.group ? id : id.moved(to: row.group)
     }
 
-    /// Reads every device's group from the store (another replica may have moved one).
+    /// Reads the device table from the store (another replica may have moved one).
     func refreshDeviceGroups() async throws {
         let all = try await store.devices()
-        deviceGroups.withLock { $0 = Dictionary(all.map { ($0.agentID, $0.group) }, uniquingKeysWith: { a, _ in a }) }
+        deviceRows.withLock { $0 = Dictionary(all.map { ($0.agentID, $0) }, uniquingKeysWith: { a, _ in a }) }
     }
 
     func createTokens(_ request: Request) async throws -> Response {
@@ -285,9 +313,10 @@ extension Collector {
         guard try await store.setGroup(agentID: id, group: body.group, now: action.time, recording: action) else {
             throw APIError(.notFound, "no device \"\(id)\" has enrolled or reported")
         }
-        deviceGroups.withLock { if $0 != nil { $0?[id] = body.group } }
+        let row = try await store.device(id: id)
+        if let row { deviceRows.withLock { if $0 != nil { $0?[id] = row } } }
         logger.notice("device moved to another group", metadata: ["agent": "\(id)", "group": "\(body.group)", "by": "\(who)"])
-        return try Self.json(.ok, try await store.device(id: id))
+        return try Self.json(.ok, row)
     }
 }
 

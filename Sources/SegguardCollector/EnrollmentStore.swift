@@ -70,6 +70,9 @@ public enum EnrollOutcome: Sendable, Equatable {
     case deviceActive(serial: String, notAfter: Date)
 }
 
+/// The reason recorded when a certificate is revoked because a newer one replaced it.
+public let supersededReason = "superseded by its renewal"
+
 /// The outcome of a renewal.
 public enum RenewOutcome: Sendable, Equatable {
     /// Renewed; the device's group.
@@ -85,13 +88,19 @@ public protocol EnrollmentStore: Sendable {
     /// The token with this SHA-256, nil when unknown.
     func token(sha256: String) async throws -> EnrollmentToken?
     /// In one transaction: takes one use of the token (unknown, expired and used up refused),
-    /// refuses a device id whose certificate is still good, stores the device row and the action.
+    /// refuses a device id whose certificate is still good (its device row's, or the one it
+    /// last reported with when it has no row), stores the device row and the action.
     func enroll(_ device: DeviceRecord, tokenSHA256: String, now: Date, recording action: AdminAction) async throws -> EnrollOutcome
-    /// Records a renewal presented with `presentedSerial`: the device's current or previous
-    /// certificate, or a certificate of a device without a row (issued by `pki issue-device`;
-    /// its row is made with `legacyGroup`, the certificate's OU).
+    /// Records a renewal presented with `presentedSerial`: the device's current certificate,
+    /// or the one before it while the current one has never been used (a renewal whose answer
+    /// was lost, asked again: the unused certificate is revoked as superseded), or a
+    /// certificate of a device without a row (issued by `pki issue-device`; its row is made
+    /// with `legacyGroup`, the certificate's OU).
     func renew(agentID: String, presentedSerial: String, legacyGroup: String, serial: String, notAfter: Date, now: Date,
                recording action: AdminAction) async throws -> RenewOutcome
+    /// The device used its current certificate (`serial`): the one before it is revoked as
+    /// superseded and forgotten. Returns that serial when one was revoked.
+    func confirmCurrent(agentID: String, serial: String, now: Date) async throws -> String?
     /// Every device row, by agent id.
     func devices() async throws -> [DeviceRecord]
     func device(id: String) async throws -> DeviceRecord?

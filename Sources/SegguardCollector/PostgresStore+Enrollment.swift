@@ -76,10 +76,23 @@ extension PostgresStore {
             guard let token = found else { return .tokenUnknown }
             if token.expiresAt <= now { return .tokenExpired(token.expiresAt) }
             if token.usesLeft <= 0 { return .tokenUsed }
-            if let current = try await Self.device(id: d.agentID, conn: conn, logger: logger, lock: true), current.notAfter > now {
-                var revoked = false
-                for try await _ in try await conn.query("SELECT 1 FROM revocations WHERE serial = \(current.serial)", logger: logger) { revoked = true }
-                if !revoked { return .deviceActive(serial: current.serial, notAfter: current.notAfter) }
+            // Two enrollments of one new device id (no row to lock yet) wait for each other.
+            try await Self.lockDevice(d.agentID, conn: conn, logger: logger)
+            if let current = try await Self.device(id: d.agentID, conn: conn, logger: logger, lock: true) {
+                if current.notAfter > now, try await !Self.revoked(current.serial, conn: conn, logger: logger) {
+                    return .deviceActive(serial: current.serial, notAfter: current.notAfter)
+                }
+            } else {
+                // A device without a row that reported with a certificate still good (issued
+                // by `pki issue-device`): not taken over by a token either.
+                var reported: (String?, Int64?)?
+                for try await row in try await conn.query("SELECT cert_serial, cert_not_after FROM agents WHERE agent_id = \(d.agentID)", logger: logger) {
+                    reported = try row.decode((String?, Int64?).self)
+                }
+                if let reported, let serial = reported.0, !serial.isEmpty, let end = reported.1, Date(millis: end) > now,
+                   try await !Self.revoked(serial, conn: conn, logger: logger) {
+                    return .deviceActive(serial: serial, notAfter: Date(millis: end))
+                }
             }
             try await conn.query("UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE token_sha256 = \(tokenSHA256)", logger: logger)
             try await Self.upsert(d, conn: conn, logger: logger)
@@ -92,10 +105,19 @@ extension PostgresStore {
                       recording a: AdminAction) async throws -> RenewOutcome {
         let logger = self.logger
         return try await client.withTransaction(logger: logger) { conn -> RenewOutcome in
+            try await Self.lockDevice(agentID, conn: conn, logger: logger)
             var row: DeviceRecord
             if let current = try await Self.device(id: agentID, conn: conn, logger: logger, lock: true) {
-                guard current.serial == presentedSerial || current.previousSerial == presentedSerial else { return .notCurrent(serial: current.serial) }
-                row = current
+                if current.serial == presentedSerial {
+                    row = current
+                } else if current.previousSerial == presentedSerial {
+                    // Asked again with the certificate before: the one issued last was never
+                    // used (the device would have been confirmed on it); it is superseded.
+                    try await Self.revokeSuperseded(current.serial, agentID: agentID, now: now, conn: conn, logger: logger)
+                    row = current
+                } else {
+                    return .notCurrent(serial: current.serial)
+                }
             } else {
                 row = DeviceRecord(agentID: agentID, group: legacyGroup, serial: presentedSerial, notAfter: notAfter, enrolledAt: now,
                                    enrolledBy: "legacy certificate", updatedAt: now)
@@ -107,6 +129,36 @@ extension PostgresStore {
             try await Self.upsert(row, conn: conn, logger: logger)
             try await Self.insert(action: a, conn: conn, logger: logger)
             return .renewed(group: row.group)
+        }
+    }
+
+    /// A transaction-scoped lock on one device id (its row may not exist yet).
+    static func lockDevice(_ agentID: String, conn: PostgresConnection, logger: Logger) async throws {
+        try await conn.query("SELECT pg_advisory_xact_lock(7305003, hashtext(\(agentID)))", logger: logger)
+    }
+
+    static func revoked(_ serial: String, conn: PostgresConnection, logger: Logger) async throws -> Bool {
+        for try await _ in try await conn.query("SELECT 1 FROM revocations WHERE serial = \(serial)", logger: logger) { return true }
+        return false
+    }
+
+    static func revokeSuperseded(_ serial: String, agentID: String, now: Date, conn: PostgresConnection, logger: Logger) async throws {
+        guard !serial.isEmpty else { return }
+        try await conn.query(
+            """
+            INSERT INTO revocations (serial, agent_id, reason, time, who) VALUES (\(serial), \(agentID), \(supersededReason), \(now.millis), 'collector')
+            ON CONFLICT (serial) DO NOTHING
+            """, logger: logger)
+    }
+
+    public func confirmCurrent(agentID: String, serial: String, now: Date) async throws -> String? {
+        let logger = self.logger
+        return try await client.withTransaction(logger: logger) { conn -> String? in
+            guard let row = try await Self.device(id: agentID, conn: conn, logger: logger, lock: true), row.serial == serial,
+                  let previous = row.previousSerial else { return nil }
+            try await Self.revokeSuperseded(previous, agentID: agentID, now: now, conn: conn, logger: logger)
+            try await conn.query("UPDATE devices SET previous_serial = NULL WHERE agent_id = \(agentID)", logger: logger)
+            return previous
         }
     }
 

@@ -48,6 +48,14 @@ extension SQLiteStore {
                try await db.query("SELECT 1 FROM revocations WHERE serial = ?", [.text(current.serial)]).isEmpty {
                 return .deviceActive(serial: current.serial, notAfter: current.notAfter)
             }
+            // A device without a row that reported with a certificate still good (issued by
+            // `pki issue-device`): not taken over by a token either.
+            if let agent = try await db.query("SELECT cert_serial, cert_not_after FROM agents WHERE agent_id = ?", [.text(d.agentID)]).first,
+               let serial = agent.column("cert_serial")?.string, !serial.isEmpty, let end = agent.column("cert_not_after")?.integer,
+               Date(millis: Int64(end)) > now, try await db.query("SELECT 1 FROM devices WHERE agent_id = ?", [.text(d.agentID)]).isEmpty,
+               try await db.query("SELECT 1 FROM revocations WHERE serial = ?", [.text(serial)]).isEmpty {
+                return .deviceActive(serial: serial, notAfter: Date(millis: Int64(end)))
+            }
             _ = try await db.query("UPDATE enrollment_tokens SET uses_left = uses_left - 1 WHERE token_sha256 = ?", [.text(tokenSHA256)])
             try await Self.upsert(d, db: db)
             try await Self.insert(action: action, db: db)
@@ -72,8 +80,16 @@ extension SQLiteStore {
         try await transaction { db in
             var row: DeviceRecord
             if let current = try await db.query("SELECT * FROM devices WHERE agent_id = ?", [.text(agentID)]).first.map(Self.device) {
-                guard current.serial == presentedSerial || current.previousSerial == presentedSerial else { return .notCurrent(serial: current.serial) }
-                row = current
+                if current.serial == presentedSerial {
+                    row = current
+                } else if current.previousSerial == presentedSerial {
+                    // Asked again with the certificate before: the one issued last was never
+                    // used (the device would have been confirmed on it); it is superseded.
+                    try await Self.revokeSuperseded(current.serial, agentID: agentID, now: now, db: db)
+                    row = current
+                } else {
+                    return .notCurrent(serial: current.serial)
+                }
             } else {
                 row = DeviceRecord(agentID: agentID, group: legacyGroup, serial: presentedSerial, notAfter: notAfter, enrolledAt: now,
                                    enrolledBy: "legacy certificate", updatedAt: now)
@@ -85,6 +101,22 @@ extension SQLiteStore {
             try await Self.upsert(row, db: db)
             try await Self.insert(action: action, db: db)
             return .renewed(group: row.group)
+        }
+    }
+
+    static func revokeSuperseded(_ serial: String, agentID: String, now: Date, db: SQLiteConnection) async throws {
+        guard !serial.isEmpty else { return }
+        _ = try await db.query("INSERT INTO revocations (serial, agent_id, reason, time, who) VALUES (?, ?, ?, ?, 'collector') ON CONFLICT (serial) DO NOTHING",
+                               [.text(serial), .text(agentID), .text(supersededReason), .integer(SQLiteInt64(now.millis))])
+    }
+
+    public func confirmCurrent(agentID: String, serial: String, now: Date) async throws -> String? {
+        try await transaction { db in
+            guard let row = try await db.query("SELECT * FROM devices WHERE agent_id = ?", [.text(agentID)]).first.map(Self.device),
+                  row.serial == serial, let previous = row.previousSerial else { return nil }
+            try await Self.revokeSuperseded(previous, agentID: agentID, now: now, db: db)
+            _ = try await db.query("UPDATE devices SET previous_serial = NULL WHERE agent_id = ?", [.text(agentID)])
+            return previous
         }
     }
 

@@ -54,8 +54,7 @@ public struct DeviceIdentity: Sendable, Equatable, Hashable, CustomStringConvert
         } catch {
             throw PKIError("device certificate: not a valid DER X.509 certificate: \(error)")
         }
-        let serial = certificate.serialNumber.bytes.map { String(format: "%02x", $0) }.joined()
-        return (try DeviceIdentity(certificate: certificate), certificate.notValidAfter, serial)
+        return (try DeviceIdentity(certificate: certificate), certificate.notValidAfter, PKI.serialHex(certificate))
     }
 
     /// Reads the identity from a PEM certificate (the first PEM block).

@@ -40,7 +40,11 @@ extension PKI {
         do {
             request = try CertificateSigningRequest(derEncoded: der)
         } catch {
-            throw PKIError("certificate request: not a valid PKCS#10 request: \(error)")
+            throw PKIError("certificate request: not a valid DER PKCS#10 certification request")
+        }
+        // The keys every 802.1X stack and TLS library of a thin client takes.
+        guard P256.Signing.PublicKey(request.publicKey) != nil || P384.Signing.PublicKey(request.publicKey) != nil else {
+            throw PKIError("certificate request: the key must be ECDSA P-256 or P-384 (segguardctl enroll makes P-256)")
         }
         guard request.publicKey.isValidSignature(request.signature, for: request) else {
             throw PKIError("certificate request: its signature does not verify with its own public key")
@@ -80,9 +84,22 @@ extension PKI {
                         issuer: ca.certificate.subject, subject: subject, extensions: extensions, issuerKey: ca.privateKey)
     }
 
-    /// The serial number of a certificate in lower-case hex (as revocations and the CRL name it).
+    /// The serial number of a certificate in lower-case hex without leading zero bytes (as
+    /// revocations and the CRL name it).
     public static func serialHex(_ certificate: Certificate) -> String {
-        certificate.serialNumber.bytes.map { String(format: "%02x", $0) }.joined()
+        normalizedSerial(certificate.serialNumber.bytes.map { String(format: "%02x", $0) }.joined()) ?? ""
+    }
+
+    /// A serial as typed or stored ("00AB12", "ab12") in the one form revocations compare:
+    /// lower-case hex, whole bytes, no leading zero bytes. Nil when it is not hex (at most 64 digits).
+    public static func normalizedSerial(_ text: String) -> String? {
+        var hex = text.trimmingCharacters(in: .whitespaces).lowercased()
+        if hex.hasPrefix("0x") { hex.removeFirst(2) }
+        hex.removeAll { $0 == ":" }
+        guard !hex.isEmpty, hex.count <= 64, hex.allSatisfy(\.isHexDigit) else { return nil }
+        if hex.count % 2 == 1 { hex = "0" + hex }
+        while hex.count > 2, hex.hasPrefix("00") { hex.removeFirst(2) }
+        return hex
     }
 }
 

@@ -73,13 +73,19 @@ extension Reporter {
             }
         }
         let serial = PKI.serialHex(certificate)
-        renewal.withLock { $0 = (certificate.notValidAfter, .distantPast, configuration.renewRetrySeconds) }
+        // At most one renewal a day, also when the window is longer than what the CA issues.
+        renewal.withLock { $0 = (certificate.notValidAfter, Date().addingTimeInterval(86_400), configuration.renewRetrySeconds) }
+        renewedHook.withLock { $0 }?()
         logger.notice("device certificate renewed", metadata: ["serial": "\(serial)", "not_after": "\(certificate.notValidAfter)"])
         record(kind: "certificate-renewed", severity: "info",
                reason: "device certificate renewed: serial \(serial), valid until \(RFC3339.format(certificate.notValidAfter))",
                details: ["serial": serial, "not_after": RFC3339.format(certificate.notValidAfter)])
         return RenewalResult(serial: serial, notAfter: certificate.notValidAfter)
     }
+
+    /// Called after each renewal, once the new files are in place (segguardd: the agent
+    /// re-reads its device key).
+    public func onCertificateRenewed(_ hook: @escaping @Sendable () -> Void) { renewedHook.withLock { $0 = hook } }
 
     /// The device certificate's end as the reporter knows it.
     public var certificateNotAfter: Date { renewal.withLock { $0.notAfter } }

@@ -168,6 +168,7 @@ public final class Reporter: Sendable {
     public var collectorURL: String { collectorURLs[urlIndex.withLock { $0 } % collectorURLs.count] }
     /// The device certificate's end, and when a renewal may be tried next.
     let renewal: Mutex<(notAfter: Date, nextTry: Date, wait: Double)>
+    let renewedHook = Mutex<(@Sendable () -> Void)?>(nil)
     let logger: Logger
     let heartbeatSource: HeartbeatSource
     let applyBundle: BundleApplier

@@ -163,18 +163,31 @@ struct RevokeCommand: AsyncParsableCommand {
     @Option(name: .long, help: "The certificate serial (hex); default: the device's current certificate.") var serial: String?
     func run() async throws {
         guard !reason.trimmingCharacters(in: .whitespaces).isEmpty else { throw fail("--reason: say why (stolen, lost, retired)", code: 2) }
-        let (target, new) = try await withStore(store.store) { backend -> (String, Bool) in
-            var target = serial?.lowercased()
-            if target == nil { target = try await backend.device(id: device)?.serial }
-            if target == nil || target == "" { target = try await backend.agent(id: device)?.certificateSerial }
-            guard let target, !target.isEmpty, target.count <= 64, target.allSatisfy(\.isHexDigit) else {
-                throw fail("no certificate known for \"\(device)\"; give --serial")
+        let (targets, new) = try await withStore(store.store) { backend -> ([String], Bool) in
+            // Without --serial: every certificate the store knows the device by (its device
+            // row's current and previous, the one its latest heartbeat came with).
+            var targets: [String] = []
+            if let serial {
+                guard let n = PKI.normalizedSerial(serial) else { throw fail("--serial \"\(serial)\": not a certificate serial in hex", code: 2) }
+                targets = [n]
+            } else {
+                let row = try await backend.device(id: device)
+                let agent = try await backend.agent(id: device)
+                for s in [row?.serial, row?.previousSerial, agent?.certificateSerial] {
+                    if let s, let n = PKI.normalizedSerial(s), !targets.contains(n) { targets.append(n) }
+                }
             }
-            let r = Revocation(serial: target, agentID: device, reason: reason, time: Date(), by: actor(store.by))
-            return (target, try await backend.revoke(r, recording: AdminAction(time: r.time, by: r.by, action: "revoke", target: "agent \(device)",
-                                                                               detail: "serial \(target): \(r.reason)")))
+            guard !targets.isEmpty else { throw fail("no certificate known for \"\(device)\"; give --serial") }
+            var new = false
+            for target in targets {
+                let r = Revocation(serial: target, agentID: device, reason: reason, time: Date(), by: actor(store.by))
+                if try await backend.revoke(r, recording: AdminAction(time: r.time, by: r.by, action: "revoke", target: "agent \(device)",
+                                                                     detail: "serial \(target): \(r.reason)")) { new = true }
+            }
+            return (targets, new)
         }
-        print(new ? "\(device): certificate \(target) revoked" : "\(device): certificate \(target) was revoked already")
+        let named = targets.count == 1 ? "certificate \(targets[0])" : "certificates \(targets.joined(separator: ", "))"
+        print(new ? "\(device): \(named) revoked" : "\(device): \(named) revoked already")
     }
 }
 

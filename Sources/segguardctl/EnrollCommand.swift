@@ -43,8 +43,22 @@ struct Enroll: AsyncParsableCommand {
         guard !token.isEmpty, !token.contains(where: { $0.isNewline }) else { throw CLIError("--token-file \(tokenFile): expected the token on one line") }
         let agentID = deviceId ?? ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? ""
         try PKI.validateName(agentID, what: "--device-id")
+        let urls = collector.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
+        for url in urls where !url.lowercased().hasPrefix("https://") {
+            throw CLIError("--collector \(url): must be https:// (the token is a secret)")
+        }
         if !force, FileManager.default.fileExists(atPath: key) {
             throw CLIError("\(key) exists: this device has a key already (renewal is segguardd's; use --force to enroll again)")
+        }
+        // Where the files go must take them before the token is spent.
+        for path in [key, cert] {
+            let directory = (path as NSString).deletingLastPathComponent
+            do {
+                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+            } catch {
+                throw CLIError("\(directory): cannot create it: \(error.localizedDescription)")
+            }
+            guard access(directory, W_OK) == 0 else { throw CLIError("\(directory): not writable (run as root)") }
         }
         let (request, privateKey) = try PKI.makeRequest(agentID: agentID)
         let body = Data(try PKI.derBytes(request)).base64EncodedString(options: [.lineLength64Characters, .endLineWithLineFeed])
@@ -53,7 +67,7 @@ struct Enroll: AsyncParsableCommand {
         let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))
         defer { _ = client.shutdown() }
         var lastError: (any Error)?
-        for url in collector.split(separator: ",").map({ String($0).trimmingCharacters(in: .whitespaces) }) {
+        for url in urls {
             var http = HTTPClientRequest(url: url + "/.well-known/est/simpleenroll")
             http.method = .POST
             http.headers.add(name: "Content-Type", value: "application/pkcs10")
@@ -73,8 +87,6 @@ struct Enroll: AsyncParsableCommand {
             }
             let certificate = try EnrollmentAnswer.certificate(from: data, key: privateKey, agentID: agentID)
             let issued = try IssuedCertificate(certificate: certificate, privateKey: privateKey)
-            let directory = (key as NSString).deletingLastPathComponent
-            try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
             try PKI.write(issued, certificatePath: cert, keyPath: key, overwrite: force)
             let group = (try? DeviceIdentity(certificate: certificate).group) ?? "?"
             print("enrolled \(agentID) (group \(group)) at \(url): certificate serial \(PKI.serialHex(certificate)), valid until \(RFC3339.format(certificate.notValidAfter))")

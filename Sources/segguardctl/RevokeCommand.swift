@@ -47,9 +47,10 @@ extension PKICommand {
                     let message = (try? ReportCoding.decoder().decode(ErrorReply.self, from: Data(text.utf8)))?.error ?? text
                     throw CLIError("collector refused the revocation (\(response.status.code)): \(message)")
                 }
-                let serial = (try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any])?["serial"] as? String ?? "?"
-                print(response.status == .created ? "revoked \(device)'s certificate (serial \(serial)) at \(collector)"
-                                                  : "\(device)'s certificate (serial \(serial)) was revoked already")
+                let reply = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
+                let serials = (reply?["serials"] as? [String]) ?? [(reply?["serial"] as? String) ?? "?"]
+                let named = serials.count == 1 ? "certificate (serial \(serials[0]))" : "certificates (serials \(serials.joined(separator: ", ")))"
+                print(response.status == .created ? "revoked \(device)'s \(named) at \(collector)" : "\(device)'s \(named) was revoked already")
             } catch {
                 try? await client.shutdown()
                 throw error

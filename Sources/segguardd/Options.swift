@@ -2,6 +2,9 @@
 // in main.swift.
 
 import ArgumentParser
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import SegguardControl
 import SegguardEnforce
@@ -56,11 +59,22 @@ struct Segguardd: ParsableCommand {
     @Option(name: .long, help: "CA certificate (PEM) that issued the collector's server certificate.")
     var collectorCa: String = "/etc/segguard/collector-ca.pem"
 
-    @Option(name: .long, help: "This thin client's device certificate (PEM): its CN is the agent id, its OU the policy group.")
-    var clientCert: String = "/etc/segguard/device.pem"
+    @Option(name: .customLong("client-cert"), help: "This thin client's device certificate (PEM; its CN is the agent id). Default: /etc/segguard/pki/device.pem (where segguardctl enroll writes it and renewal can replace it) when it exists, else /etc/segguard/device.pem.")
+    var clientCertOption: String?
 
-    @Option(name: .long, help: "The device certificate's key (PEM).")
-    var clientKey: String = "/etc/segguard/device.key"
+    @Option(name: .customLong("client-key"), help: "The device certificate's key (PEM). Default: beside the default certificate (pki/device.key or device.key).")
+    var clientKeyOption: String?
+
+    /// The enrolled device's files when they exist, else the ones `pki issue-device` users put
+    /// in /etc/segguard (renewal cannot replace those: the unit lets segguardd write only
+    /// /etc/segguard/pki).
+    var clientCert: String {
+        clientCertOption ?? (Self.exists("/etc/segguard/pki/device.pem") ? "/etc/segguard/pki/device.pem" : "/etc/segguard/device.pem")
+    }
+    static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+    var clientKey: String {
+        clientKeyOption ?? (clientCertOption == nil && Self.exists("/etc/segguard/pki/device.pem") ? "/etc/segguard/pki/device.key" : "/etc/segguard/device.key")
+    }
 
     @Option(name: .long, help: "Renew the device certificate at the collector (EST) this many days before it ends; 0: never. The files are replaced in place (keep them in /etc/segguard/pki, writable by the service).")
     var renewBeforeDays: Int = 30
@@ -90,6 +104,11 @@ struct Segguardd: ParsableCommand {
     var dpkgInfoDir: String = "/var/lib/dpkg/info"
 
     func validate() throws {
+        if let collector {
+            for url in collector.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !url.lowercased().hasPrefix("https://") {
+                throw ValidationError("--collector \(url): must be https:// (mutual TLS with the device certificate)")
+            }
+        }
         guard (0...3650).contains(renewBeforeDays) else { throw ValidationError("--renew-before-days: \(renewBeforeDays) is not between 0 and 3650") }
         guard Logger.Level(rawValue: logLevel) != nil else {
             throw ValidationError("--log-level: \"\(logLevel)\" is not one of trace, debug, info, notice, warning, error, critical")

@@ -160,6 +160,7 @@ extension Segguardd {
             let reporter = try await Reporter.open(configuration: config, spoolPath: spool, rule: loaded.policy.report, logger: logger, applied: bundle,
                                                    start: start, heartbeat: { await agent.heartbeat() }, applyBundle: { try await agent.apply(bundle: $0) })
             agent.attach(reporting: reporter)
+            reporter.onCertificateRenewed { agent.deviceCertificateRenewed() }
             logger.notice("reporting to the collector", metadata: ["collector": "\(collector)", "agent": "\(reporter.identity.agentID)", "group": "\(reporter.identity.group)"])
             return reporter
         } catch {

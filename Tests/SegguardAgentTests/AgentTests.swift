@@ -5,7 +5,9 @@ import Foundation
 import SegguardAgent
 import SegguardCapture
 import SegguardDecision
+import SegguardDeviceAuth
 import SegguardEnforce
+import SegguardPKI
 import SegguardPolicy
 import SegguardReport
 import SegguardSystem
@@ -102,6 +104,37 @@ struct AgentDecisionTests {
         h.agent.settle()
         #expect(h.status.decision.segment == .unauthorized)
         #expect(h.status.decision.reason.contains("this device's certificate is not known (\(h.dir)/device.pem: open \(h.dir)/device.pem"), "\(h.status.decision.reason)")
+    }
+}
+
+extension AgentDecisionTests {
+    @Test("a renewed device certificate (new key, same file) keeps EAP-TLS authorized: the old key counts until the supplicant's state names the new one, then only the new one")
+    func renewedDeviceCertificate() throws {
+        let yaml = AgentHarness.policy().replacingOccurrences(of: "      - interfaces: [\"eth*\"]", with: "      - interfaces: [\"eth*\"]\n        device_auth: eap-tls")
+        let h = try AgentHarness(policy: yaml)
+        defer { h.close() }
+        h.send([AgentHarness.desk])
+        h.auth.send(["eth0": AgentHarness.eapTLS(successes: 1)])
+        h.agent.settle()
+        #expect(h.status.decision.segment == .authorizedWired)
+        // The reporter renews: a new key and certificate in the same file.
+        let renewed = try PKI.issueDevice(ca: try PKI.makeCA(commonName: "agent test CA"), agentID: "tc-0001", group: "mynumber")
+        let newKey = try CertificateKey.keySHA256(renewed.certificate.publicKey)
+        try renewed.certificatePEM.write(toFile: h.dir + "/device.pem", atomically: true, encoding: .utf8)
+        h.agent.deviceCertificateRenewed()
+        h.agent.settle()
+        #expect(h.status.decision.segment == .authorizedWired, "the supplicant still names the old key: \(h.status.decision.reason)")
+        #expect(h.binding.accepted.last?.allowed == ["eth0"])
+        // The supplicant's next refresh reads the new file.
+        h.auth.send(["eth0": AgentHarness.eapTLS(successes: 2, clientKeySHA256: newKey)])
+        h.agent.settle()
+        #expect(h.status.decision.segment == .authorizedWired)
+        #expect(h.status.snapshot["eth0"]?.deviceAuth?.deviceKeySHA256 == newKey)
+        // From then on the old key is no longer this device's.
+        h.auth.send(["eth0": AgentHarness.eapTLS(successes: 3)])
+        h.agent.settle()
+        #expect(h.status.decision.segment == .unauthorized)
+        #expect(h.status.decision.reason.contains("not this device's certificate"), "\(h.status.decision.reason)")
     }
 }
 

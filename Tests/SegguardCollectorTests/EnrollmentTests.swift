@@ -146,7 +146,7 @@ struct EnrollmentTests {
         let none = try await enrollDevice(anonymous, c.url, id: "tc-7999", token: nil)
         #expect(none.status == 401 && none.body.contains("token"))
         #expect(try await store.device(id: "tc-7999") == nil)
-        let spare = try await call(adminClient, .POST, c.url + "/api/v1/admin/enrollment-tokens", body: Data(#"{"group":"mynumber","count":3,"expires_hours":1}"#.utf8), headers: auth)
+        let spare = try await call(adminClient, .POST, c.url + "/api/v1/admin/enrollment-tokens", body: Data(#"{"group":"mynumber","count":4,"expires_hours":1}"#.utf8), headers: auth)
         let spareTokens = try #require((try JSONSerialization.jsonObject(with: Data(spare.body.utf8)) as? [String: Any])?["tokens"] as? [String])
         // Garbage and a forged signature (the sender does not hold the key) are 400, the token is not spent.
         let basic = [("Authorization", "Basic " + Data("x:\(spareTokens[0])".utf8).base64EncodedString())]
@@ -178,21 +178,73 @@ struct EnrollmentTests {
         #expect(PKI.serialHex(newCert) != PKI.serialHex(first.certificate))
         let row = try #require(try await store.device(id: "tc-7000"))
         #expect(row.serial == PKI.serialHex(newCert) && row.previousSerial == PKI.serialHex(first.certificate))
-        // A renewal whose answer was lost may be asked again with the old certificate; one that
-        // names another device is refused; without a certificate it is refused.
+        // A renewal whose answer was lost may be asked again with the old certificate (C0): the
+        // certificate issued first (C1, never used) is revoked as superseded.
+        let c1 = try save(try IssuedCertificate(certificate: newCert, privateKey: renewKey), in: c.pki, as: "tc-7000-c1")
+        let (retryRequest, retryKey) = try PKI.makeRequest(agentID: "tc-7000")
         let again = try await call(d0Client, .POST, c.url + "/.well-known/est/simplereenroll",
-                                   body: Data(Data(try PKI.derBytes(try PKI.makeRequest(agentID: "tc-7000").request)).base64EncodedString().utf8), contentType: "application/pkcs10")
-        #expect(again.status == 200)
+                                   body: Data(Data(try PKI.derBytes(retryRequest)).base64EncodedString().utf8), contentType: "application/pkcs10")
+        #expect(again.status == 200, "\(again.body)")
+        let c2 = try save(try IssuedCertificate(certificate: try EnrollmentAnswer.certificate(from: Data(again.body.utf8), key: retryKey, agentID: "tc-7000"),
+                                                privateKey: retryKey), in: c.pki, as: "tc-7000-c2")
+        try await withClient(try c.client(device: c1)) { (client: HTTPClient) async throws -> Void in
+            let superseded = try await call(client, .POST, c.url + "/api/v1/heartbeat", body: json(heartbeat("tc-7000")))
+            #expect(superseded.status == 403 && superseded.body.contains("superseded"), "\(superseded.body)")
+        }
+        // One that names another device is refused; without a certificate it is refused.
         let other = try await call(d0Client, .POST, c.url + "/.well-known/est/simplereenroll",
                                    body: Data(Data(try PKI.derBytes(try PKI.makeRequest(agentID: "tc-7001").request)).base64EncodedString().utf8), contentType: "application/pkcs10")
         #expect(other.status == 403 && other.body.contains("its own"), "\(other.body)")
         #expect(try await call(anonymous, .POST, c.url + "/.well-known/est/simplereenroll", body: renewBody, contentType: "application/pkcs10").status == 401)
-        // The first renewal's certificate is neither current nor previous now: refused.
-        let firstRenewal = try save(try IssuedCertificate(certificate: newCert, privateKey: renewKey), in: c.pki, as: "tc-7000-r1")
-        try await withClient(try c.client(device: firstRenewal)) { (client: HTTPClient) async throws -> Void in
-            let stale = try await call(client, .POST, c.url + "/.well-known/est/simplereenroll", body: renewBody, contentType: "application/pkcs10")
-            #expect(stale.status == 409 && stale.body.contains("not tc-7000's current"), "\(stale.body)")
+        // The device uses C2: C0 is revoked as superseded from then on (no renewal with it, no call).
+        try await withClient(try c.client(device: c2)) { (client: HTTPClient) async throws -> Void in
+            #expect(try await call(client, .POST, c.url + "/api/v1/heartbeat", body: json(heartbeat("tc-7000"))).status == 204)
         }
+        let c0Refused = try await call(d0Client, .POST, c.url + "/.well-known/est/simplereenroll",
+                                       body: Data(Data(try PKI.derBytes(try PKI.makeRequest(agentID: "tc-7000").request)).base64EncodedString().utf8), contentType: "application/pkcs10")
+        #expect(c0Refused.status == 403 && c0Refused.body.contains("superseded"), "\(c0Refused.body)")
+        #expect(try await store.device(id: "tc-7000")?.previousSerial == nil)
+        // A certificate of the same id the device table does not name (issued by hand) is refused.
+        let byHand = try save(try PKI.issueDevice(ca: c.pki.ca, agentID: "tc-7000", group: "mynumber"), in: c.pki, as: "tc-7000-hand")
+        try await withClient(try c.client(device: byHand)) { (client: HTTPClient) async throws -> Void in
+            let r = try await call(client, .POST, c.url + "/api/v1/heartbeat", body: json(heartbeat("tc-7000")))
+            #expect(r.status == 403 && r.body.contains("not tc-7000's current one"), "\(r.body)")
+        }
+        // Renewed once more (C3, not used yet), then revoked by device id: C3 and C2 both, so
+        // neither renews nor reports (the red team's escape: renewing with the one before).
+        let (r3, k3) = try PKI.makeRequest(agentID: "tc-7000")
+        let c2Client = try c.client(device: c2)
+        defer { _ = c2Client.shutdown() }
+        let third = try await call(c2Client, .POST, c.url + "/.well-known/est/simplereenroll", body: Data(Data(try PKI.derBytes(r3)).base64EncodedString().utf8),
+                                   contentType: "application/pkcs10")
+        #expect(third.status == 200)
+        let c3Cert = try EnrollmentAnswer.certificate(from: Data(third.body.utf8), key: k3, agentID: "tc-7000")
+        let byDevice = try await call(adminClient, .POST, c.url + "/api/v1/admin/revoke", body: Data(#"{"agent_id":"tc-7000","reason":"lost on the train"}"#.utf8), headers: auth)
+        let c2Serial = PKI.serialHex(try PKI.loadCertificate(path: c2.cert))
+        #expect(byDevice.status == 201 && byDevice.body.contains(PKI.serialHex(c3Cert)) && byDevice.body.contains(c2Serial),
+                "\(byDevice.body)")
+        let escape = try await call(c2Client, .POST, c.url + "/.well-known/est/simplereenroll",
+                                    body: Data(Data(try PKI.derBytes(try PKI.makeRequest(agentID: "tc-7000").request)).base64EncodedString().utf8), contentType: "application/pkcs10")
+        #expect(escape.status == 403 && escape.body.contains("lost on the train"), "\(escape.body)")
+
+        // A device that reported with a certificate of `pki issue-device` (no device row) is
+        // not taken over with a token; once its certificate is revoked it may enroll.
+        let legacy = try c.pki.device("tc-7700", group: "locked")
+        try await withClient(try c.client(device: legacy)) { (client: HTTPClient) async throws -> Void in
+            #expect(try await call(client, .POST, c.url + "/api/v1/heartbeat", body: json(heartbeat("tc-7700"))).status == 204)
+        }
+        let takeLegacy = try await enrollDevice(anonymous, c.url, id: "tc-7700", token: spareTokens[2])
+        #expect(takeLegacy.status == 409, "\(takeLegacy.body)")
+        let legacyRow = try await store.device(id: "tc-7700")
+        #expect(try await store.agent(id: "tc-7700")?.group == "locked" && legacyRow == nil)
+        // Revoked by a serial typed with a leading zero byte and capitals: the same certificate.
+        let legacySerial = "00" + PKI.serialHex(try PKI.loadCertificate(path: legacy.cert)).uppercased()
+        #expect(try await call(adminClient, .POST, c.url + "/api/v1/admin/revoke",
+                               body: Data(#"{"agent_id":"tc-7700","serial":"\#(legacySerial)","reason":"retired"}"#.utf8), headers: auth).status == 201)
+        try await withClient(try c.client(device: legacy)) { (client: HTTPClient) async throws -> Void in
+            #expect(try await call(client, .POST, c.url + "/api/v1/heartbeat", body: json(heartbeat("tc-7700"))).status == 403)
+        }
+        #expect(try await enrollDevice(anonymous, c.url, id: "tc-7700", token: spareTokens[2]).status == 200)
 
         // Revocation: tc-7001's certificate is refused with the reason, and is in the CRL.
         let d1 = try save(try #require(issued["tc-7001"]), in: c.pki, as: "tc-7001")
@@ -247,7 +299,7 @@ struct EnrollmentTests {
         // Every step is on the operator-actions record.
         let kinds = Set(try await store.actions(limit: 1000).map(\.action))
         #expect(kinds.isSuperset(of: ["enrollment-tokens", "enroll", "renew", "revoke", "set-group"]), "\(kinds)")
-        #expect(try await call(adminClient, .GET, c.url + "/metrics").body.contains("segguard_collector_enrollments_total{result=\"enrolled\"} 201"))
+        #expect(try await call(adminClient, .GET, c.url + "/metrics").body.contains("segguard_collector_enrollments_total{result=\"enrolled\"} 202"))
     }
 
     func crlBytes(_ client: HTTPClient, _ url: String) async throws -> [UInt8] {
@@ -357,7 +409,7 @@ struct EnrollmentTests {
 @Suite("Enrollment tokens across two replicas on one PostgreSQL", .serialized,
        .enabled(if: PostgresServer.binaries() != nil, "PostgreSQL server binaries are not installed (postgresql package)"))
 struct EnrollmentReplicaTests {
-    @Test("a one-time token raced on two replicas enrolls exactly one device; a three-use token raced by ten devices enrolls exactly three; stale sweeps of both replicas take the advisory lock in turn",
+    @Test("a one-time token raced on two replicas enrolls exactly one device; a three-use token raced by ten devices enrolls exactly three; one new device id raced with two tokens gets one certificate; stale sweeps of both replicas take the advisory lock in turn",
           .timeLimit(.minutes(3)))
     func tokensAcrossReplicas() async throws {
         let server = try SharedPostgres.server.get()
@@ -396,7 +448,30 @@ struct EnrollmentReplicaTests {
         let second = try await race(thrice, ids: (0..<10).map { "tc-75\(String(format: "%02d", $0))" })
         #expect(second.filter { $0 == 200 }.count == 3 && second.filter { $0 == 401 }.count == 7, "\(second)")
         #expect(try await storeA.devices().count == 4)
+        // One new device id enrolled at the same moment on both replicas with two different
+        // tokens (no row to lock yet): one certificate, every round.
+        let many = (0..<20).map { _ in EnrollmentTokens.make() }
+        try await storeA.createTokens(many.map {
+            EnrollmentToken(sha256: EnrollmentTokens.sha256($0), group: "mynumber", createdAt: now, createdBy: "test", expiresAt: now.addingTimeInterval(600), usesLeft: 1)
+        }, recording: AdminAction(time: now, by: "test", action: "enrollment-tokens", target: "test", detail: ""))
+        for round in 0..<10 {
+            let id = "tc-78\(String(format: "%02d", round))"
+            let statuses = try await withThrowingTaskGroup(of: Int.self) { group in
+                for (i, target) in [a, b].enumerated() {
+                    group.addTask {
+                        try await withClient(try target.client()) { (client: HTTPClient) async throws -> Int in
+                            try await enrollDevice(client, target.url, id: id, token: many[round * 2 + i]).status
+                        }
+                    }
+                }
+                var out: [Int] = []
+                for try await s in group { out.append(s) }
+                return out.sorted()
+            }
+            #expect(statuses == [200, 409], "round \(round): \(statuses)")
+        }
         #expect(try await storeA.token(sha256: EnrollmentTokens.sha256(thrice))?.usesLeft == 0)
+        #expect(try await storeA.devices().count == 14)
         // Two sweeps at the same moment: one holds the lock, the other skips (no error).
         async let s1 = storeA.markStale(now: Date().addingTimeInterval(3600), intervals: 3)
         async let s2 = storeB.markStale(now: Date().addingTimeInterval(3600), intervals: 3)
