@@ -492,12 +492,21 @@ public final class PostgresStore: CollectorStore {
         return out
     }
 
+    /// One replica prunes at a time (the others skip: the same rows would go either way).
     public func pruneEvents(receivedBefore date: Date) async throws -> Int {
-        let rows = try await client.query("DELETE FROM events WHERE received < \(date.millis) RETURNING 1", logger: logger)
-        var n = 0
-        for try await _ in rows { n += 1 }
-        return n
+        let logger = self.logger
+        return try await client.withTransaction(logger: logger) { conn -> Int in
+            let lock = try await conn.query("SELECT pg_try_advisory_xact_lock(\(Self.retentionLock))", logger: logger)
+            for try await got in lock.decode(Bool.self) where !got { return 0 }
+            let rows = try await conn.query("DELETE FROM events WHERE received < \(date.millis) RETURNING 1", logger: logger)
+            var n = 0
+            for try await _ in rows { n += 1 }
+            return n
+        }
     }
+
+    /// The advisory lock key of the retention job.
+    static let retentionLock: Int64 = 7305004
 
     public func counts(expiringBefore: Date) async throws -> StoreCounts {
         let rows = try await client.query(

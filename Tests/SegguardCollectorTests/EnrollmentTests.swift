@@ -136,6 +136,40 @@ struct EnrollmentTests {
         #expect(first.certificate.notValidAfter.timeIntervalSinceNow > 29 * 86_400 && first.certificate.notValidAfter.timeIntervalSinceNow < 31 * 86_400)
         #expect(try await store.devices().count == 200)
 
+        // Every other device renews (tc-7000..7002 are used below), 16 at a time, each with its
+        // own certificate over mutual TLS: new serials, the rows follow.
+        let renewing = Array(ids.dropFirst(3))
+        let renewStarted = Date()
+        let renewedSerials = try await withThrowingTaskGroup(of: (String, String?).self) { group in
+            var out: [String: String?] = [:]
+            var next = 0
+            func add() throws {
+                let id = renewing[next]
+                next += 1
+                let files = try save(issued[id]!, in: c.pki, as: id)
+                group.addTask {
+                    try await withClient(try c.client(device: files)) { (client: HTTPClient) async throws -> (String, String?) in
+                        let (request, key) = try PKI.makeRequest(agentID: id)
+                        let r = try await call(client, .POST, c.url + "/.well-known/est/simplereenroll", body: Data(Data(try PKI.derBytes(request)).base64EncodedString().utf8),
+                                               contentType: "application/pkcs10")
+                        guard r.status == 200 else { return (id, nil) }
+                        return (id, PKI.serialHex(try EnrollmentAnswer.certificate(from: Data(r.body.utf8), key: key, agentID: id)))
+                    }
+                }
+            }
+            for _ in 0..<16 { try add() }
+            while let (id, serial) = try await group.next() {
+                out[id] = serial
+                if next < renewing.count { try add() }
+            }
+            return out
+        }
+        let renewSeconds = Date().timeIntervalSince(renewStarted)
+        print("renewal: \(renewing.count) devices in \(String(format: "%.2f", renewSeconds)) s (\(String(format: "%.0f", Double(renewing.count) / renewSeconds)) devices/s, 16 in flight, debug build)")
+        #expect(renewedSerials.count == renewing.count && renewedSerials.values.allSatisfy { $0 != nil })
+        let rows = Dictionary(uniqueKeysWithValues: try await store.devices().map { ($0.agentID, $0) })
+        #expect(renewing.allSatisfy { id in rows[id]?.serial == renewedSerials[id]! && rows[id]?.previousSerial == PKI.serialHex(issued[id]!.certificate) })
+
         // Refusals, each named; none of them enrolls anything.
         let reused = try await enrollDevice(anonymous, c.url, id: "tc-7999", token: tokens[0])
         #expect(reused.status == 401 && reused.body.contains("used already"), "\(reused.body)")
