@@ -60,6 +60,38 @@ public struct DeviceRecord: Sendable, Equatable, Codable {
     }
 }
 
+extension DeviceRecord {
+    /// What a renewal does to a device's row (both stores apply it in their transaction): the
+    /// new row, and the serial to revoke as superseded (the unused certificate, when the
+    /// renewal is asked again with the one before). Nil: the presented certificate is neither
+    /// the current one nor the one before it.
+    static func renewal(of current: DeviceRecord?, agentID: String, presentedSerial: String, legacyGroup: String, serial: String,
+                        notAfter: Date, now: Date) -> (row: DeviceRecord, supersede: String?)? {
+        var row: DeviceRecord
+        var supersede: String?
+        if let current {
+            if current.serial == presentedSerial {
+                row = current
+            } else if current.previousSerial == presentedSerial {
+                // Asked again with the certificate before: the one issued last was never used
+                // (the device would have been confirmed on it); it is superseded.
+                row = current
+                supersede = current.serial
+            } else {
+                return nil
+            }
+        } else {
+            row = DeviceRecord(agentID: agentID, group: legacyGroup, serial: presentedSerial, notAfter: notAfter, enrolledAt: now,
+                               enrolledBy: "legacy certificate", updatedAt: now)
+        }
+        row.previousSerial = presentedSerial
+        row.serial = serial
+        row.notAfter = notAfter
+        row.updatedAt = now
+        return (row, supersede)
+    }
+}
+
 /// The outcome of an enrollment with a token.
 public enum EnrollOutcome: Sendable, Equatable {
     case enrolled

@@ -106,26 +106,12 @@ extension PostgresStore {
         let logger = self.logger
         return try await client.withTransaction(logger: logger) { conn -> RenewOutcome in
             try await Self.lockDevice(agentID, conn: conn, logger: logger)
-            var row: DeviceRecord
-            if let current = try await Self.device(id: agentID, conn: conn, logger: logger, lock: true) {
-                if current.serial == presentedSerial {
-                    row = current
-                } else if current.previousSerial == presentedSerial {
-                    // Asked again with the certificate before: the one issued last was never
-                    // used (the device would have been confirmed on it); it is superseded.
-                    try await Self.revokeSuperseded(current.serial, agentID: agentID, now: now, conn: conn, logger: logger)
-                    row = current
-                } else {
-                    return .notCurrent(serial: current.serial)
-                }
-            } else {
-                row = DeviceRecord(agentID: agentID, group: legacyGroup, serial: presentedSerial, notAfter: notAfter, enrolledAt: now,
-                                   enrolledBy: "legacy certificate", updatedAt: now)
+            let current = try await Self.device(id: agentID, conn: conn, logger: logger, lock: true)
+            guard let (row, supersede) = DeviceRecord.renewal(of: current, agentID: agentID, presentedSerial: presentedSerial, legacyGroup: legacyGroup,
+                                                              serial: serial, notAfter: notAfter, now: now) else {
+                return .notCurrent(serial: current?.serial ?? "")
             }
-            row.previousSerial = presentedSerial
-            row.serial = serial
-            row.notAfter = notAfter
-            row.updatedAt = now
+            if let supersede { try await Self.revokeSuperseded(supersede, agentID: agentID, now: now, conn: conn, logger: logger) }
             try await Self.upsert(row, conn: conn, logger: logger)
             try await Self.insert(action: a, conn: conn, logger: logger)
             return .renewed(group: row.group)

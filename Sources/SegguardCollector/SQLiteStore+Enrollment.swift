@@ -78,26 +78,12 @@ extension SQLiteStore {
     public func renew(agentID: String, presentedSerial: String, legacyGroup: String, serial: String, notAfter: Date, now: Date,
                       recording action: AdminAction) async throws -> RenewOutcome {
         try await transaction { db in
-            var row: DeviceRecord
-            if let current = try await db.query("SELECT * FROM devices WHERE agent_id = ?", [.text(agentID)]).first.map(Self.device) {
-                if current.serial == presentedSerial {
-                    row = current
-                } else if current.previousSerial == presentedSerial {
-                    // Asked again with the certificate before: the one issued last was never
-                    // used (the device would have been confirmed on it); it is superseded.
-                    try await Self.revokeSuperseded(current.serial, agentID: agentID, now: now, db: db)
-                    row = current
-                } else {
-                    return .notCurrent(serial: current.serial)
-                }
-            } else {
-                row = DeviceRecord(agentID: agentID, group: legacyGroup, serial: presentedSerial, notAfter: notAfter, enrolledAt: now,
-                                   enrolledBy: "legacy certificate", updatedAt: now)
+            let current = try await db.query("SELECT * FROM devices WHERE agent_id = ?", [.text(agentID)]).first.map(Self.device)
+            guard let (row, supersede) = DeviceRecord.renewal(of: current, agentID: agentID, presentedSerial: presentedSerial, legacyGroup: legacyGroup,
+                                                              serial: serial, notAfter: notAfter, now: now) else {
+                return .notCurrent(serial: current?.serial ?? "")
             }
-            row.previousSerial = presentedSerial
-            row.serial = serial
-            row.notAfter = notAfter
-            row.updatedAt = now
+            if let supersede { try await Self.revokeSuperseded(supersede, agentID: agentID, now: now, db: db) }
             try await Self.upsert(row, db: db)
             try await Self.insert(action: action, db: db)
             return .renewed(group: row.group)

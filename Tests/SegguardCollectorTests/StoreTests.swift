@@ -272,6 +272,55 @@ struct StoreTests {
         #expect(try await store.agent(id: "tc-0001")?.certificateSerial == "0a1b")
     }
 
+    @Test("enrollment rows: a token's uses, a good certificate not taken over (device row or reported OU certificate), renewal with the current one, a retry with the one before supersedes the unused one, first use of the current one supersedes the one before, any other refused; set-group makes a row for an OU device", arguments: Backend.allCases)
+    func enrollmentRows(backend: Backend) async throws {
+        let store = try await backend.makeStore()
+        defer { Task { try? await store.close() } }
+        let now = Date(millis: Date().millis)
+        let later = now.addingTimeInterval(86_400 * 30)
+        let action = AdminAction(time: now, by: "test", action: "enroll", target: "t", detail: "")
+        try await store.createTokens([EnrollmentToken(sha256: "t2", group: "mynumber", createdAt: now, createdBy: "test", expiresAt: now.addingTimeInterval(60), usesLeft: 2),
+                                      EnrollmentToken(sha256: "old", group: "mynumber", createdAt: now, createdBy: "test", expiresAt: now.addingTimeInterval(-1), usesLeft: 1)],
+                                     recording: action)
+        func device(_ id: String, _ serial: String) -> DeviceRecord {
+            DeviceRecord(agentID: id, group: "mynumber", serial: serial, notAfter: later, enrolledAt: now, enrolledBy: "token t2", updatedAt: now)
+        }
+        #expect(try await store.enroll(device("tc-1", "a1"), tokenSHA256: "nope", now: now, recording: action) == .tokenUnknown)
+        #expect(try await store.enroll(device("tc-1", "a1"), tokenSHA256: "old", now: now, recording: action) == .tokenExpired(now.addingTimeInterval(-1)))
+        #expect(try await store.enroll(device("tc-1", "a1"), tokenSHA256: "t2", now: now, recording: action) == .enrolled)
+        #expect(try await store.enroll(device("tc-1", "a2"), tokenSHA256: "t2", now: now, recording: action) == .deviceActive(serial: "a1", notAfter: later))
+        // An OU-certificate device that reported is not taken over either.
+        _ = try await store.recordHeartbeat(heartbeat("tc-2"), from: AgentIdentity(agentID: "tc-2", group: "locked", certificateNotAfter: later, certificateSerial: "b1"), at: now)
+        #expect(try await store.enroll(device("tc-2", "b2"), tokenSHA256: "t2", now: now, recording: action) == .deviceActive(serial: "b1", notAfter: later))
+        #expect(try await store.token(sha256: "t2")?.usesLeft == 1, "refusals spend nothing")
+        #expect(try await store.enroll(device("tc-3", "c1"), tokenSHA256: "t2", now: now, recording: action) == .enrolled)
+        #expect(try await store.enroll(device("tc-4", "d1"), tokenSHA256: "t2", now: now, recording: action) == .tokenUsed)
+        // Renewal a1 -> a2; asked again with a1 (lost answer): a2 superseded, a3 current.
+        #expect(try await store.renew(agentID: "tc-1", presentedSerial: "a1", legacyGroup: "x", serial: "a2", notAfter: later, now: now, recording: action) == .renewed(group: "mynumber"))
+        #expect(try await store.renew(agentID: "tc-1", presentedSerial: "a1", legacyGroup: "x", serial: "a3", notAfter: later, now: now, recording: action) == .renewed(group: "mynumber"))
+        let superseded = try await store.revocations()
+        #expect(superseded.map(\.serial) == ["a2"] && superseded.first?.reason == supersededReason)
+        #expect(try await store.renew(agentID: "tc-1", presentedSerial: "a2", legacyGroup: "x", serial: "a4", notAfter: later, now: now, recording: action) == .notCurrent(serial: "a3"))
+        // a3 used: a1 superseded, forgotten; only a3 renews now.
+        #expect(try await store.confirmCurrent(agentID: "tc-1", serial: "a3", now: now) == "a1")
+        #expect(try await store.confirmCurrent(agentID: "tc-1", serial: "a3", now: now) == nil)
+        #expect(Set(try await store.revocations().map(\.serial)) == ["a1", "a2"])
+        #expect(try await store.renew(agentID: "tc-1", presentedSerial: "a1", legacyGroup: "x", serial: "a5", notAfter: later, now: now, recording: action) == .notCurrent(serial: "a3"))
+        #expect(try await store.device(id: "tc-1")?.previousSerial == nil)
+        // An OU device renews into a row of its OU's group; set-group moves it.
+        #expect(try await store.renew(agentID: "tc-2", presentedSerial: "b1", legacyGroup: "locked", serial: "b2", notAfter: later, now: now, recording: action) == .renewed(group: "locked"))
+        #expect(try await store.setGroup(agentID: "tc-2", group: "lgwan", now: now, recording: action))
+        #expect(try await store.device(id: "tc-2")?.group == "lgwan")
+        #expect(try await store.setGroup(agentID: "tc-404", group: "lgwan", now: now, recording: action) == false)
+        // Revoked, the device may enroll again.
+        _ = try await store.revoke(Revocation(serial: "c1", agentID: "tc-3", reason: "lost", time: now, by: "test"), recording: action)
+        try await store.createTokens([EnrollmentToken(sha256: "t3", group: "lgwan", createdAt: now, createdBy: "test", expiresAt: now.addingTimeInterval(60), usesLeft: 1)],
+                                     recording: action)
+        #expect(try await store.enroll(DeviceRecord(agentID: "tc-3", group: "lgwan", serial: "c2", notAfter: later, enrolledAt: now, enrolledBy: "token t3", updatedAt: now),
+                                       tokenSHA256: "t3", now: now, recording: action) == .enrolled)
+        #expect(try await store.devices().map(\.agentID) == ["tc-1", "tc-2", "tc-3"])
+    }
+
     @Test("the dashboard's templates never write a value unescaped ({{{…}}} or {{&…}}), and every page escapes what it shows")
     func templatesEscape() throws {
         for (name, text) in Dashboard.templateTexts {
