@@ -176,9 +176,9 @@ extension Collector {
         case .tokenUsed:
             metrics.enrollment(.refused)
             throw APIError(.unauthorized, "the enrollment token has been used already; ask the administrator for a new one")
-        case .deviceActive(let current, let end):
+        case .deviceActive:
+            // Not told to a token holder: which certificate, until when.
             metrics.enrollment(.refused)
-            _ = (current, end)  // not told to a token holder: which certificate, until when
             throw APIError(.conflict, "device \(agentID) is enrolled already with a certificate that is neither revoked nor expired; "
                                       + "revoke it first (segguard-collector revoke \(agentID) --reason ...) to enroll the device again")
         }
