@@ -75,6 +75,8 @@ let package = Package(
             name: "SegguardCapture",
             dependencies: ["SegguardPolicy", "SegguardSystem", "CSegguardShims", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
+        // The words a thin-client user reads (Japanese, English), keyed by UserNotice; pure Swift.
+        .target(name: "SegguardMessages", dependencies: ["SegguardPolicy"], swiftSettings: strict),
         // Versioned Codable types spoken on the control socket (DTOs, mapped from the agent's records).
         .target(name: "SegguardWire", dependencies: ["SegguardPolicy", "SegguardDecision"], swiftSettings: strict),
         // The local control socket: server (daemon side) and client (segguardctl side).
@@ -197,7 +199,8 @@ let package = Package(
             swiftSettings: strict),
         .executableTarget(
             name: "segguard-launch",
-            dependencies: ["SegguardWire", "SegguardControl", "CSegguardShims", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["SegguardWire", "SegguardControl", "SegguardMessages", "SegguardPolicy", "CSegguardShims",
+                           .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
         .executableTarget(
             name: "segguard-bench",
@@ -224,7 +227,7 @@ let package = Package(
             ],
             swiftSettings: strict),
 
-        .testTarget(name: "SegguardPolicyTests", dependencies: ["SegguardPolicy"]),
+        .testTarget(name: "SegguardPolicyTests", dependencies: ["SegguardPolicy", "SegguardMessages"]),
         .testTarget(name: "SegguardDecisionTests", dependencies: ["SegguardDecision", "SegguardPolicy"]),
         .testTarget(name: "SegguardDeviceAuthTests", dependencies: ["SegguardDeviceAuth", "SegguardPolicy", "SegguardDecision", "SegguardPKI", "CSystemd",
                                                                    .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),

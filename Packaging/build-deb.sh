@@ -48,6 +48,22 @@ doc() {  # doc PKG DIR
     install -d -m 0755 "$(dirname "$2")/../lintian/overrides"
     install -m 0644 "Packaging/debian/$3.lintian-overrides" "$(dirname "$2")/../lintian/overrides/$1"
 }
+# Manual pages generated from the argument parsers (Packaging/gen-man.py; prose from
+# Packaging/man/*.in), the policy format's written by hand; shell completions from the parsers.
+builddate="$(date -u -d "@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}" +%Y-%m-%d)"
+manpage() {  # manpage PKGROOT PROGRAM SECTION
+    install -d -m 0755 "$1/usr/share/man/man$3"
+    "$bin/$2" --experimental-dump-help > "$root/$2.json"
+    python3 Packaging/gen-man.py --section "$3" --date "$builddate" --version "$version" "$root/$2.json" "Packaging/man/$2.$3.in" \
+        | gzip -9n > "$1/usr/share/man/man$3/$2.$3.gz"
+    chmod 0644 "$1/usr/share/man/man$3/$2.$3.gz"
+}
+completions() {  # completions PKGROOT PROGRAM
+    install -d -m 0755 "$1/usr/share/bash-completion/completions" "$1/usr/share/zsh/vendor-completions"
+    "$bin/$2" --generate-completion-script bash > "$1/usr/share/bash-completion/completions/$2"
+    "$bin/$2" --generate-completion-script zsh > "$1/usr/share/zsh/vendor-completions/_$2"
+    chmod 0644 "$1/usr/share/bash-completion/completions/$2" "$1/usr/share/zsh/vendor-completions/_$2"
+}
 pkg="$root/segment-guard-agent"
 install -d -m 0755 "$pkg/DEBIAN" "$pkg/usr/sbin" "$pkg/usr/bin" "$pkg/etc/segguard" \
     "$pkg/lib/systemd/system" "$pkg/usr/share/doc/segment-guard-agent/examples"
@@ -59,6 +75,13 @@ install -m 0644 Packaging/debian/policy.yaml "$pkg/etc/segguard/policy.yaml"
 install -m 0644 Config/*.yaml "$pkg/usr/share/doc/segment-guard-agent/examples/"
 install -m 0644 docs/admin-guide.md docs/architecture.md docs/threat-model.md "$pkg/usr/share/doc/segment-guard-agent/"
 doc segment-guard-agent "$pkg/usr/share/doc/segment-guard-agent" agent
+manpage "$pkg" segguardd 8
+manpage "$pkg" segguardctl 8
+manpage "$pkg" segguard-launch 1
+install -d -m 0755 "$pkg/usr/share/man/man5"
+gzip -9n -c Packaging/man/segguard-policy.5 > "$pkg/usr/share/man/man5/segguard-policy.5.gz"
+chmod 0644 "$pkg/usr/share/man/man5/segguard-policy.5.gz"
+for p in segguardd segguardctl segguard-launch; do completions "$pkg" "$p"; done
 for s in postinst prerm postrm; do install -m 0755 "Packaging/debian/agent.$s" "$pkg/DEBIAN/$s"; done
 echo "/etc/segguard/policy.yaml" > "$pkg/DEBIAN/conffiles"
 # DEBIAN/md5sums (as dh_md5sums writes it): dpkg --verify checks the installed files, and
@@ -85,6 +108,8 @@ install -m 0644 Packaging/monitoring/segguard-alerts.yml Packaging/monitoring/se
     Packaging/monitoring/segguard-grafana-dashboard.json "$cpkg/usr/share/segment-guard-collector/monitoring/"
 install -m 0644 docs/admin-guide.md docs/architecture.md docs/threat-model.md docs/guideline-evidence.md "$cpkg/usr/share/doc/segment-guard-collector/"
 doc segment-guard-collector "$cpkg/usr/share/doc/segment-guard-collector" collector
+manpage "$cpkg" segguard-collector 8
+completions "$cpkg" segguard-collector
 for s in postinst prerm postrm; do install -m 0755 "Packaging/debian/collector.$s" "$cpkg/DEBIAN/$s"; done
 md5sums "$cpkg"
 csize="$(du -sk --exclude=DEBIAN "$cpkg" | cut -f1)"

@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test-install-boot.sh needs root" >&2; exit 2; }
 
-cache=/var/cache/segguard-test/bookworm-minbase
+cache=/var/cache/segguard-test/bookworm-minbase-man
 work="$(mktemp -d /var/tmp/segguard-boot.XXXXXX)"
 machine="sgboot-$$"
 nspawn_pid=""
@@ -37,7 +37,7 @@ if [ ! -x "$cache/usr/lib/systemd/systemd" ]; then
     [ -n "$mirror" ] || mirror="$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null)"
     tmp="$(mktemp -d "$cache.tmp.XXXXXX")"
     if ! debootstrap --variant=minbase \
-        --include=systemd,systemd-sysv,dbus,libnl-3-200,libnl-genl-3-200,libnl-route-3-200,libnftables1,nftables,libstdc++6,iproute2 \
+        --include=systemd,systemd-sysv,dbus,libnl-3-200,libnl-genl-3-200,libnl-route-3-200,libnftables1,nftables,libstdc++6,iproute2,man-db \
         bookworm "$tmp" "$mirror" >"$work/debootstrap.log" 2>&1; then
         tail -20 "$work/debootstrap.log"; umount -R "$tmp/proc" "$tmp/sys" 2>/dev/null; rm -rf "$tmp"; exit 1
     fi
@@ -230,6 +230,12 @@ check "the exec denial is a journal event" sh -c "nsenter -t $pid1 -a -- journal
 
 # Trusted-only with the .deb's own programs: dpkg knows them by the package's md5sums, so
 # segguardctl runs during a trusted-only session while an unpackaged copy beside it does not.
+for page in segguardd segguardctl segguard-launch segguard-policy segguard-collector; do
+    check "man $page renders in the booted system (no warnings)" sh -c "nsenter -t $pid1 -a -- env MANWIDTH=80 man --warnings $page 2>&1 >/dev/null | grep -q . && exit 1; nsenter -t $pid1 -a -- env MANWIDTH=80 man $page 2>/dev/null | grep -q SEGGUARD"
+done
+check "man segguardctl documents enroll (generated from the parser)" sh -c "nsenter -t $pid1 -a -- env MANWIDTH=200 man segguardctl 2>/dev/null | grep -q -- '--token-file'"
+check "bash and zsh completions are installed" test -s "$root/usr/share/bash-completion/completions/segguardctl" -a -s "$root/usr/share/zsh/vendor-completions/_segguard-collector"
+check "postinst made the segguard admin group" in_ct getent group segguard
 check "the .deb ships md5sums and dpkg --verify passes" sh -c "test -s '$root/var/lib/dpkg/info/segment-guard-agent.md5sums' && nsenter -t $pid1 -a -- dpkg --verify segment-guard-agent"
 sgd="$(in_ct systemctl show -p MainPID --value segguardd)"
 if [ -n "$sgd" ] && [ "$sgd" != 0 ] && [ "$(in_ct nsenter -t "$sgd" -m -- findmnt -n -o FSTYPE --target /usr/bin 2>/dev/null)" = tmpfs ]; then
@@ -365,6 +371,7 @@ check "dpkg --purge removes the collector" in_ct dpkg --purge segment-guard-coll
 in_ct rm -f /etc/segguard/device.pem /etc/segguard/device.key /etc/segguard/collector-ca.pem /etc/default/segguardd
 check "dpkg --purge removes the package" in_ct dpkg --purge segment-guard-agent
 check "purge removed the state" sh -c "! test -e '$root/var/lib/segguard' && ! test -e '$root/etc/segguard'"
+check "purge removed the (empty) segguard group" sh -c "! nsenter -t $pid1 -a -- getent group segguard"
 
 [ -n "${KEEP:-}" ] && { echo "kept: pid1=$pid1 root=$root nspawn=$nspawn_pid"; exit 0; }
 in_ct systemctl poweroff >/dev/null 2>&1 || true

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "demo.sh needs root (network namespaces)" >&2; exit 1; }
-scripts/install-deps.sh
+scripts/install-deps.sh --demo
 swift build --product segguardd
 swift build --product segguardctl
 bin="$(swift build --show-bin-path)"

@@ -3,26 +3,51 @@
 # The Swift toolchain itself is expected on PATH (swift 6.x).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-packages=(
+# What for: --demo (build and run scripts/demo.sh), --tests (the whole test suite, which
+# includes the demo's), --packaging (build the .debs and their install-and-boot test); no
+# group: all of them. --always installs even when everything seems present (CI).
+demo=(
     pkg-config
     libnl-3-dev libnl-genl-3-dev libnl-route-3-dev   # netlink (rtnetlink, nl80211)
     libnftables-dev nftables                         # the network binding (libnftables JSON API; nft for admins)
-    hostapd wpasupplicant openssl                    # real 802.1X EAP-TLS peers for the device-authentication work
     libsystemd-dev                                   # sd_notify / journald (service integration)
-    iproute2 procps util-linux                       # ip netns / veth, sysctl, nsenter and setpriv for the real-kernel tests
+    iproute2 procps util-linux                       # ip netns / veth, sysctl, nsenter and setpriv
+)
+tests=(
+    hostapd wpasupplicant openssl                    # real 802.1X EAP-TLS peers for the device-authentication work
     dbus-daemon dbus-bin                             # a private session bus for the desktop-notification test
-    debootstrap systemd-container                    # Packaging/test-install-boot.sh: a Debian root booted under systemd-nspawn
-    lintian binutils                                 # the install test lints both packages; build-deb.sh reads the binaries' glibc needs
     postgresql                                       # the collector's PostgreSQL store tests (a throwaway server on 127.0.0.1)
     prometheus                                       # promtool: the shipped alert rules are checked and unit-tested
     chromium                                         # the dashboard test loads the page in headless Chromium
-    curl                                             # README demo and the install test talk to the collector
+    curl                                             # README demo, the enrollment and install tests talk to the collector
 )
+packaging=(
+    debootstrap systemd-container                    # Packaging/test-install-boot.sh: a Debian root booted under systemd-nspawn
+    lintian binutils man-db                          # lint both packages; the binaries' glibc needs; the manual pages render
+)
+packages=()
+always=""
+groups=()
+for arg in "$@"; do
+    case "$arg" in
+        --always) always=1 ;;
+        --demo|--tests|--packaging) groups+=("${arg#--}") ;;
+        *) echo "usage: scripts/install-deps.sh [--demo] [--tests] [--packaging] [--always]" >&2; exit 2 ;;
+    esac
+done
+[ "${#groups[@]}" -gt 0 ] || groups=(demo tests packaging)
+for g in "${groups[@]}"; do
+    case "$g" in
+        demo) packages+=("${demo[@]}") ;;
+        tests) packages+=("${demo[@]}" "${tests[@]}") ;;
+        packaging) packages+=("${demo[@]}" "${packaging[@]}") ;;
+    esac
+done
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ "${#missing[@]}" -gt 0 ] || [ "${1:-}" = "--always" ]; then
+if [ "${#missing[@]}" -gt 0 ] || [ -n "$always" ]; then
     apt-get update
     apt-get install -y --no-install-recommends "${packages[@]}"
 fi

@@ -6,6 +6,10 @@ cd "$(dirname "$0")/.."
 # Every import declared in Package.swift (SwiftPM's own check sees target dependencies only).
 python3 scripts/check-imports.py
 swift build --build-tests --explicit-target-dependency-import-check error
+# The .deb's copyright file names every package the build resolved (they are all embedded).
+python3 scripts/check-copyright.py
+# segguard-policy(5) names every key the policy loader accepts.
+python3 scripts/check-manpages.py
 export SEGGUARD_BIN_DIR="$(swift build --show-bin-path)"
 if [ $# -gt 0 ]; then
   swift test --skip-build "$@"

@@ -927,28 +927,29 @@ final class AgentCore {
                                               return groups[name]
                                           })
         let shownProfile = LaunchGate.isProfileName(profileName) ? profileName : nil
-        func refuse(_ why: String) -> LaunchReply {
+        func refuse(_ why: String, _ notice: UserNotice) -> LaunchReply {
             record(.launchRefused, profile: shownProfile, reason: why, uid: requester.uid)
-            return LaunchReply(allowed: false, reason: why, profile: profileName, sessionID: nil, command: [], configFiles: [])
+            return LaunchReply(allowed: false, reason: why, profile: profileName, sessionID: nil, command: [], configFiles: [], notice: notice,
+                               helpdesk: policy.helpdesk)
         }
         switch verdict {
-        case .refuse(let why):
-            return refuse(why)
+        case .refuse(let why, let notice):
+            return refuse(why, notice)
         case let .allow(profile, command, reason, track, wouldRefuse):
             if let wouldRefuse { record(.launchWouldBeRefused, profile: profile.name, reason: wouldRefuse, uid: requester.uid) }
             var sessionID: UInt64?
             if track {
                 // No cgroup v2: a My Number session could not be ended, so it does not start.
-                guard let sessions = sources.sessions else { return refuse("cannot track a My Number session: no cgroup v2 on this system") }
+                guard let sessions = sources.sessions else { return refuse("cannot track a My Number session: no cgroup v2 on this system", .launchUnavailable) }
                 let running = sessions.sessions().filter { $0.uid == requester.uid }.count
                 if requester.uid != 0 && running >= configuration.maxSessionsPerUser {
-                    return refuse("uid \(requester.uid) already has \(running) My Number sessions (at most \(configuration.maxSessionsPerUser) per user)")
+                    return refuse("uid \(requester.uid) already has \(running) My Number sessions (at most \(configuration.maxSessionsPerUser) per user)", .launchTooManySessions)
                 }
                 do {
                     sessionID = try sessions.register(pid: requester.pid, uid: requester.uid, profile: profile.name, peerPidfd: requester.pidfd).id
                     watchSessionEnd(peerPidfd: requester.pidfd)
                 } catch {
-                    return refuse("cannot track the session: \(error)")
+                    return refuse("cannot track the session: \(error)", .launchUnavailable)
                 }
                 // Started while unauthorized (gate in audit or off): its own grace, if none runs.
                 follow(grace.sessionStarted(authorized: monitor.decision.isAuthorized, mode: policy.enforcement.sessionTermination, now: loop.clock(),

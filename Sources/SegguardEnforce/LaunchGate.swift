@@ -8,8 +8,9 @@ import SegguardSystem
 
 /// What the gate says to one `segguard-launch` request.
 public enum LaunchVerdict: Sendable, Equatable {
-    /// Refused; the reason names the rule, the profile or the decision.
-    case refuse(String)
+    /// Refused; the reason names the rule, the profile or the decision (for logs and admins);
+    /// the notice says it in the user's terms.
+    case refuse(String, UserNotice)
     /// Allowed: exec `command`.
     /// - `track`: the launcher must be held in a session cgroup before it is answered (where
     ///   sessions cannot be tracked, the caller refuses: fail closed).
@@ -36,27 +37,28 @@ public enum LaunchGate {
                                 gid: (String) -> UInt32?) -> LaunchVerdict {
         guard isProfileName(profileName) else {
             let shown = String(profileName.prefix(maxProfileNameLength).map { $0.isASCII && !$0.isNewline ? $0 : "?" })
-            return .refuse("'\(shown)' is not a profile name (letters, digits, - and _, at most \(maxProfileNameLength))")
+            return .refuse("'\(shown)' is not a profile name (letters, digits, - and _, at most \(maxProfileNameLength))", .launchBadProfile)
         }
         guard let profile = policy.profile(named: profileName) else {
             let names = policy.profiles.map(\.name)
-            return .refuse("unknown profile '\(profileName)' (profiles in the policy: \(names.isEmpty ? "none" : names.joined(separator: ", ")))")
+            return .refuse("unknown profile '\(profileName)' (profiles in the policy: \(names.isEmpty ? "none" : names.joined(separator: ", ")))", .launchBadProfile)
         }
         if !profile.allowedGroups.isEmpty {
             let gids = profile.allowedGroups.compactMap(gid)
             let member = requester.uid == 0 || gids.contains(requester.gid) || gids.contains { requester.groups.contains($0) }
             guard member else {
-                return .refuse("uid \(requester.uid) is not in a group allowed to launch profile '\(profile.name)' (\(profile.allowedGroups.joined(separator: ", ")))")
+                return .refuse("uid \(requester.uid) is not in a group allowed to launch profile '\(profile.name)' (\(profile.allowedGroups.joined(separator: ", ")))",
+                               .launchNotAllowed)
             }
         }
         let base = profile.command.isEmpty ? command : profile.command
-        guard !base.isEmpty else { return .refuse("profile '\(profile.name)' has no command and none was given after --") }
+        guard !base.isEmpty else { return .refuse("profile '\(profile.name)' has no command and none was given after --", .launchBadProfile) }
         var reason = "profile '\(profile.name)' (\(profile.segment.rawValue)) may start: \(decision.reason)"
         var wouldRefuse: String?
         if profile.needsAuthorizedSegment && !decision.isAuthorized {
             let why = "profile '\(profile.name)' needs the My Number segment: \(decision.reason)"
             switch policy.enforcement.launchGate {
-            case .enforce: return .refuse(why)
+            case .enforce: return .refuse(why, offSegmentNotice(decision))
             case .audit:
                 wouldRefuse = why
                 reason = "audit mode: \(why)"
@@ -65,5 +67,11 @@ public enum LaunchGate {
         }
         let track = profile.needsAuthorizedSegment && policy.enforcement.sessionTermination != .off
         return .allow(profile: profile, command: base + profile.enforceArguments, reason: reason, track: track, wouldRefuse: wouldRefuse)
+    }
+
+    /// Off the segment, in the user's terms: a second uplink beside the office network is
+    /// something to unplug; anything else means "connect to the office network".
+    public static func offSegmentNotice(_ decision: Decision) -> UserNotice {
+        decision.findings.contains { $0.status == .conflictingUplink } ? .launchSecondUplink : .launchOffSegment
     }
 }

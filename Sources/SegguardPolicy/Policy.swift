@@ -23,6 +23,8 @@ public struct Policy: Sendable, Equatable, Codable {
     public var capture: CaptureRule
     /// Reporting to the collector (`report:`); defaults when absent.
     public var report: ReportRule
+    /// Whom a thin-client user calls (`helpdesk:`), shown under every message they see.
+    public var helpdesk: HelpDesk?
     /// What the loader accepted but an admin should fix ("file:line:column: path: message").
     public var warnings: [String] = []
 

@@ -212,7 +212,7 @@ struct Context {
     // MARK: Sections
 
     mutating func policy(_ root: Node) -> Policy? {
-        guard let top = mapping(root, "", allowed: ["schema_version", "name", "sites", "uplinks", "vdi", "enforcement", "profiles", "capture", "report"]) else { return nil }
+        guard let top = mapping(root, "", allowed: ["schema_version", "name", "sites", "uplinks", "vdi", "enforcement", "profiles", "capture", "report", "helpdesk"]) else { return nil }
         var version: Int?
         if let v = top["schema_version"] {
             version = int(v, "schema_version", range: 0...Int.max)
@@ -286,8 +286,29 @@ struct Context {
         if let r = top["report"] { reportRule = report(r) }
         var policy = Policy(schemaVersion: version, name: name, sites: sites, uplinks: uplinks, vdi: vdi, enforcement: enforcement, profiles: profiles,
                             capture: capture, report: reportRule)
+        if let h = top["helpdesk"] { policy.helpdesk = helpdesk(h) }
         policy.warnings = warnings.map(\.description)
         return policy
+    }
+
+    /// `helpdesk: {name: …, contact: …}`: one line a user reads, so short plain text.
+    mutating func helpdesk(_ node: Node) -> HelpDesk? {
+        guard let m = mapping(node, "helpdesk", allowed: ["name", "contact"]) else { return nil }
+        var parts: [String] = []
+        for key in ["name", "contact"] {
+            guard let v = m[key] else {
+                report(node, "helpdesk.\(key)", "missing", hint: "helpdesk: {name: \"情報政策課 ヘルプデスク\", contact: \"内線 2345\"}")
+                return nil
+            }
+            guard let text = string(v, "helpdesk.\(key)") else { return nil }
+            let trimmed = text.trimmingCharacters(in: .whitespaces)
+            if trimmed.isEmpty || trimmed.count > 80 || trimmed.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
+                report(v, "helpdesk.\(key)", "must be 1 to 80 characters of one line")
+                return nil
+            }
+            parts.append(trimmed)
+        }
+        return HelpDesk(name: parts[0], contact: parts[1])
     }
 
     /// The `report:` section.

@@ -55,13 +55,21 @@ public struct LaunchReply: Sendable, Equatable, Codable {
     public var command: [String]
     /// Config files the launcher must rewrite before exec.
     public var configFiles: [ConfigFileEdit]
+    /// A refusal in the user's terms (the launcher words it in the user's language); nil from
+    /// an older segguardd.
+    public var notice: UserNotice?
+    /// The policy's help desk, shown under the message.
+    public var helpdesk: HelpDesk?
 
-    public init(allowed: Bool, reason: String, profile: String, sessionID: UInt64?, command: [String], configFiles: [ConfigFileEdit]) {
+    public init(allowed: Bool, reason: String, profile: String, sessionID: UInt64?, command: [String], configFiles: [ConfigFileEdit],
+                notice: UserNotice? = nil, helpdesk: HelpDesk? = nil) {
         self.allowed = allowed
         self.reason = reason
         self.profile = profile
         self.sessionID = sessionID
         self.command = command
         self.configFiles = configFiles
+        self.notice = notice
+        self.helpdesk = helpdesk
     }
 }

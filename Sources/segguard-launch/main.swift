@@ -7,6 +7,8 @@
 import ArgumentParser
 import Foundation
 import SegguardControl
+import SegguardMessages
+import SegguardPolicy
 import CSegguardShims
 import SegguardWire
 
@@ -38,17 +40,23 @@ struct Launch: ParsableCommand {
         do {
             reply = try ControlClient.send(ControlRequest(command: .launch, profile: profile, clientCommand: command), path: socket)
         } catch {
-            notify("segment-guard is not answering: the VDI was not started (\(error.description.split(separator: "\n").first ?? ""))")
+            tell(.launchUnavailable, helpdesk: nil)
             fail("cannot ask segguardd: \(error)", status: 3)
         }
         if let e = reply.error {
-            notify("segment-guard refused the request: \(e.message)")
+            tell(.launchUnavailable, helpdesk: nil)
             fail("segguardd: \(e.message)", status: 3)
         }
         guard let launch = reply.launch else { fail("segguardd sent no launch answer", status: 3) }
         guard launch.allowed else {
+            if let notice = launch.notice {
+                tell(notice, helpdesk: launch.helpdesk)
+            } else if !noNotify {
+                // An older segguardd: its technical reason is all there is.
+                DesktopNotification.send(summary: "VDI start refused (\(profile))", body: launch.reason)
+            }
+            // The technical reason, for the help desk (also in `segguardctl why-denied`).
             FileHandle.standardError.write(Data("segguard-launch: refused: \(launch.reason)\n".utf8))
-            notify(launch.reason)
             throw ExitCode(1)
         }
         for edit in launch.configFiles {
@@ -64,8 +72,13 @@ struct Launch: ParsableCommand {
         fail("cannot start \(exe): \(String(cString: strerror(errno))) (errno \(errno))", status: 127)
     }
 
-    func notify(_ body: String) {
-        if !noNotify { DesktopNotification.send(summary: "VDI start refused (\(profile))", body: body) }
+    /// Says `notice` to the user in their language (the locale of this process): on the
+    /// terminal (stderr) and, unless --no-notify, as a desktop notification.
+    func tell(_ notice: UserNotice, helpdesk: HelpDesk?) {
+        let message = UserMessages.render(notice, language: UserLanguage.from(environment: ProcessInfo.processInfo.environment),
+                                          values: ["profile": profile], helpdesk: helpdesk)
+        FileHandle.standardError.write(Data("\(message.title)\n\(message.body)\n".utf8))
+        if !noNotify { DesktopNotification.send(summary: message.title, body: message.body) }
     }
 
     func fail(_ message: String, status: Int32) -> Never {

@@ -6,6 +6,7 @@ import Foundation
 import SegguardControl
 import SegguardDecision
 import SegguardPolicy
+import SegguardReport
 import SegguardWire
 
 /// The segment-guard control tool.
@@ -129,15 +130,47 @@ struct CheckPolicy: ParsableCommand {
     @Argument(help: "The policy file (YAML).")
     var file: String
 
+    @Flag(name: .long, help: "Print the result as JSON on standard output (for CI pipelines): {\"file\", \"valid\", \"name\", \"sha256\", \"errors\": [{\"line\", \"column\", \"path\", \"message\", \"hint\"}], \"warnings\"}; exit 1 when invalid.")
+    var json = false
+
+    /// The JSON report of `--json`.
+    struct Report: Encodable {
+        struct Issue: Encodable {
+            var line: Int, column: Int, path: String, message: String, hint: String?
+        }
+        var file: String
+        var valid: Bool
+        var name: String?
+        var sha256: String?
+        var errors: [Issue]
+        var warnings: [String]
+    }
+
     func run() throws {
+        var report = Report(file: file, valid: false, errors: [], warnings: [])
         do {
             let p = try PolicyLoader.load(file: file)
-            print(Render.policySummary(p, file: file))
-            for w in p.warnings { print("warning: \(w)") }
+            report.valid = true
+            report.name = p.name
+            report.sha256 = FileManager.default.contents(atPath: file).map(PolicySigning.sha256Hex)
+            report.warnings = p.warnings
+            if !json {
+                print(Render.policySummary(p, file: file))
+                for w in p.warnings { print("warning: \(w)") }
+            }
+        } catch let error as PolicyLoadError {
+            report.errors = error.issues.map { Report.Issue(line: $0.line, column: $0.column, path: $0.path, message: $0.message, hint: $0.hint) }
+            if !json { FileHandle.standardError.write(Data("\(error)\n".utf8)) }
         } catch {
-            FileHandle.standardError.write(Data("\(error)\n".utf8))
-            throw ExitCode(1)
+            report.errors = [Report.Issue(line: 1, column: 1, path: "", message: "\(error)", hint: nil)]
+            if !json { FileHandle.standardError.write(Data("\(error)\n".utf8)) }
         }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+            print(String(decoding: try encoder.encode(report), as: UTF8.self))
+        }
+        if !report.valid { throw ExitCode(1) }
     }
 }
 

@@ -38,19 +38,28 @@ struct LaunchGateTests {
     @Test("a My Number profile off-segment is refused with the decision's reason")
     func refusedOffSegment() {
         #expect(verdict("mynumber", Self.unauthorized)
-            == .refuse("profile 'mynumber' needs the My Number segment: no authorized path: eth0 matches site 'hq' wired rule (p:3) but has no carrier"))
+            == .refuse("profile 'mynumber' needs the My Number segment: no authorized path: eth0 matches site 'hq' wired rule (p:3) but has no carrier", .launchOffSegment))
+    }
+
+    @Test("off the segment because of a second uplink, the user is told to disconnect it; otherwise to connect to the office network")
+    func refusalNotice() {
+        let tethered = Decision(segment: .unauthorized, reason: "usb0 is a second uplink", authorizedInterfaces: [],
+                                findings: [InterfaceFinding(interface: "eth0", status: .authorized, detail: "ok", site: "hq"),
+                                           InterfaceFinding(interface: "usb0", status: .conflictingUplink, detail: "default route")])
+        #expect(verdict("mynumber", tethered) == .refuse("profile 'mynumber' needs the My Number segment: usb0 is a second uplink", .launchSecondUplink))
+        #expect(LaunchGate.offSegmentNotice(Self.unauthorized) == .launchOffSegment)
     }
 
     @Test("a profile name that could forge log lines is refused, shown with its controls replaced")
     func badProfileName() {
         #expect(verdict("x\nsegguardd: decision=authorized", Self.authorized)
-            == .refuse("'x?segguardd: decision=authorized' is not a profile name (letters, digits, - and _, at most 64)"))
+            == .refuse("'x?segguardd: decision=authorized' is not a profile name (letters, digits, - and _, at most 64)", .launchBadProfile))
         #expect(!LaunchGate.isProfileName(String(repeating: "a", count: 65)) && LaunchGate.isProfileName("mynumber-citrix_2"))
     }
 
     @Test("an unknown profile is refused naming the profiles that exist")
     func unknownProfile() {
-        #expect(verdict("mynumbr", Self.authorized, command: ["/bin/sh"]) == .refuse("unknown profile 'mynumbr' (profiles in the policy: mynumber, lgwan, restricted)"))
+        #expect(verdict("mynumbr", Self.authorized, command: ["/bin/sh"]) == .refuse("unknown profile 'mynumbr' (profiles in the policy: mynumber, lgwan, restricted)", .launchBadProfile))
     }
 
     @Test("LGWAN profiles start anywhere with the launcher's command, untracked")
@@ -64,7 +73,7 @@ struct LaunchGateTests {
 
     @Test("allowed groups: a member (primary or supplementary) and root pass, others are refused")
     func groups() {
-        #expect(verdict("restricted", Self.authorized) == .refuse("uid 1000 is not in a group allowed to launch profile 'restricted' (staff)"))
+        #expect(verdict("restricted", Self.authorized) == .refuse("uid 1000 is not in a group allowed to launch profile 'restricted' (staff)", .launchNotAllowed))
         if case .refuse = verdict("restricted", Self.authorized, requester: PeerCredentials(pid: 1, uid: 1000, gid: 1000, groups: [50])) { Issue.record("member refused") }
         if case .refuse = verdict("restricted", Self.authorized, requester: PeerCredentials(pid: 1, uid: 0, gid: 0, groups: [])) { Issue.record("root refused") }
     }

@@ -199,7 +199,7 @@ struct DaemonTests {
         d.process.waitUntilExit()
     }
 
-    @Test("check-policy: exit 0 with a summary for a good file, exit 1 with every located error for a bad one")
+    @Test("check-policy: exit 0 with a summary for a good file, exit 1 with every located error for a bad one; --json says the same as JSON")
     func checkPolicy() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("segguard-check-\(getpid())")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -220,6 +220,16 @@ struct DaemonTests {
         #expect(lines.contains("\(bad.path):6:18: sites[0].wireless[0].bssids[0]: \"aa:bb\" is not a BSSID"))
         #expect(lines.contains("\(bad.path):7:9: sites[0].wireless[0].securty: unknown key \"securty\""))
         #expect(lines.last == "2 errors; policy refused")
+        // --json for CI pipelines: the same findings, machine-readable, on standard output.
+        let (rc3, out3, err3) = try runCapturing(binDir.appendingPathComponent("segguardctl"), ["check-policy", "--json", bad.path])
+        #expect(rc3 == 1 && err3.isEmpty)
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(out3.utf8)) as? [String: Any])
+        let errors = try #require(report["errors"] as? [[String: Any]])
+        #expect(report["valid"] as? Bool == false && errors.count == 2)
+        #expect(errors.first { $0["path"] as? String == "sites[0].wireless[0].securty" }.map { ($0["line"] as? Int, $0["column"] as? Int) } ?? (nil, nil) == (7, 9))
+        let (rc4, out4, _) = try runCapturing(binDir.appendingPathComponent("segguardctl"), ["check-policy", "--json", good.path])
+        let ok = try #require(try JSONSerialization.jsonObject(with: Data(out4.utf8)) as? [String: Any])
+        #expect(rc4 == 0 && ok["valid"] as? Bool == true && ok["name"] as? String == "daemon-test" && (ok["sha256"] as? String)?.count == 64)
     }
 
     @Test("simulate: the shipped example states against the example policies give the documented decisions; --json decodes; a bad state file exits 2 naming the line")

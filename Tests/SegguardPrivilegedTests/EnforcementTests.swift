@@ -546,11 +546,11 @@ struct EnforcementTests {
         #expect(lab.sessions.isEmpty, "nothing half-applied")
     }
 
-    @Test("a refusal is shown as a freedesktop notification on the user's session bus",
+    @Test("a refusal is shown as a freedesktop notification on the user's session bus, in Japanese on a Japanese desktop and in English under LANG=C, with the help desk",
           .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/dbus-daemon") && FileManager.default.isExecutableFile(atPath: "/usr/bin/dbus-monitor"),
                    "needs dbus-daemon and dbus-monitor (scripts/install-deps.sh installs them)"))
     func refusalNotification() throws {
-        let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3950)
+        let lab = try EnforcementLab(policy: EnforcementLab.policy() + "\nhelpdesk: {name: \"情報政策課 ヘルプデスク\", contact: \"内線 2345\"}\n", base: 3950)
         defer { lab.cleanup() }
         try lab.gateway.ip("link", "set", "gwa0", "down")
         try lab.startDaemon()
@@ -575,16 +575,28 @@ struct EnforcementTests {
         try monitor.run()
         Thread.sleep(forTimeInterval: 0.3)  // let the monitor register before the call (it has no readiness signal)
 
-        let p = try lab.launch(["/bin/true"], notify: bus)
-        p.waitUntilExit()
-        #expect(p.terminationStatus == 1)
+        // A Japanese desktop, then an English one (LANG=C): the same refusal in the user's
+        // words, with the policy's help desk; the technical reason stays on stderr.
+        let ja = try lab.launch(["/bin/true"], notify: bus, environment: ["LANG": "ja_JP.UTF-8", "LC_ALL": "", "LC_MESSAGES": ""])
+        ja.waitUntilExit()
+        #expect(ja.terminationStatus == 1)
+        let jaErr = String(decoding: (ja.standardError as! Pipe).fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(jaErr.contains("庁舎内の無線LANまたは有線LANに接続してから") && jaErr.contains("refused: profile 'mynumber' needs the My Number segment"), "\(jaErr)")
+        let en = try lab.launch(["/bin/true"], notify: bus, environment: ["LANG": "C", "LC_ALL": "", "LC_MESSAGES": ""])
+        en.waitUntilExit()
+        #expect(en.terminationStatus == 1)
         Thread.sleep(forTimeInterval: 0.3)
         kill(monitor.processIdentifier, SIGKILL)
         monitor.waitUntilExit()
         let seen = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(seen.contains("member=Notify"))
-        #expect(seen.contains("string \"VDI start refused (mynumber)\""))
-        #expect(seen.contains("string \"profile 'mynumber' needs the My Number segment: no authorized path: sga0"))
+        #expect(seen.components(separatedBy: "member=Notify").count - 1 == 2, "\(seen)")
+        #expect(seen.contains("string \"仮想デスクトップを開始できません\""), "\(seen)")
+        #expect(seen.contains("この端末は、いま庁舎のネットワークにつながっていません。"))
+        #expect(seen.contains("お問い合わせ: 情報政策課 ヘルプデスク（内線 2345）"))
+        #expect(seen.contains("string \"The virtual desktop was not started\""))
+        #expect(seen.contains("Connect to the office Wi-Fi or a LAN cable at your desk, then start it again."))
+        #expect(seen.contains("Help: 情報政策課 ヘルプデスク (内線 2345)"))
+        #expect(!seen.contains("sga0"), "no interface names in what the user reads")
     }
 
     @Test("a restarted segguardd adopts the sessions of the run before and still ends them")
