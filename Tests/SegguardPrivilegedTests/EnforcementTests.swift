@@ -524,11 +524,14 @@ struct EnforcementTests {
         try lab.startDaemon()
         #expect(lab.eventually { lab.segment == "unauthorized" })
 
-        let p = try lab.launch(["/bin/true"])
+        let p = try lab.launch(["/bin/true"], environment: ["LANG": "C", "LC_ALL": "", "LC_MESSAGES": ""])
         p.waitUntilExit()
         #expect(p.terminationStatus == 1)
         let stderr = String(decoding: (p.standardError as! Pipe).fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        #expect(stderr.hasPrefix("segguard-launch: refused: profile 'mynumber' needs the My Number segment: no authorized path: sga0"))
+        // The user's words first (LANG=C: English), then the
+        // technical reason for the help desk.
+        #expect(stderr.hasPrefix("The virtual desktop was not started\nThis computer is not connected to the office network."), "\(stderr)")
+        #expect(stderr.contains("\nsegguard-launch: refused: profile 'mynumber' needs the My Number segment: no authorized path: sga0"))
         #expect(lab.denials.last?.kind == "launch-refused")
 
         let unknown = try lab.launch(profile: "mynumbre", ["/bin/true"])
