@@ -60,7 +60,8 @@ manpage() {  # manpage PKGROOT PROGRAM SECTION
 }
 completions() {  # completions PKGROOT PROGRAM
     install -d -m 0755 "$1/usr/share/bash-completion/completions" "$1/usr/share/zsh/vendor-completions"
-    "$bin/$2" --generate-completion-script bash > "$1/usr/share/bash-completion/completions/$2"
+    # Sourced by bash-completion, not run: no #! line (lintian bash-completion-with-hashbang).
+    "$bin/$2" --generate-completion-script bash | sed "1{/^#!/d}" > "$1/usr/share/bash-completion/completions/$2"
     "$bin/$2" --generate-completion-script zsh > "$1/usr/share/zsh/vendor-completions/_$2"
     chmod 0644 "$1/usr/share/bash-completion/completions/$2" "$1/usr/share/zsh/vendor-completions/_$2"
 }
