@@ -73,6 +73,10 @@ install -m 0755 -s "$bin/segguardctl" "$pkg/usr/bin/segguardctl"
 install -m 0755 -s "$bin/segguard-launch" "$pkg/usr/bin/segguard-launch"
 install -m 0644 Packaging/segguardd.service Packaging/segguard-baseline.service "$pkg/lib/systemd/system/"
 install -m 0644 Packaging/debian/policy.yaml "$pkg/etc/segguard/policy.yaml"
+# Every desktop session runs segguard-launch --watch: the user's notices (grace countdown,
+# session ended, capture tool refused) as desktop notifications.
+install -d -m 0755 "$pkg/etc/xdg/autostart"
+install -m 0644 Packaging/segguard-notify.desktop "$pkg/etc/xdg/autostart/segguard-notify.desktop"
 install -m 0644 Config/*.yaml "$pkg/usr/share/doc/segment-guard-agent/examples/"
 install -m 0644 docs/admin-guide.md docs/architecture.md docs/threat-model.md "$pkg/usr/share/doc/segment-guard-agent/"
 doc segment-guard-agent "$pkg/usr/share/doc/segment-guard-agent" agent
@@ -84,7 +88,7 @@ gzip -9n -c Packaging/man/segguard-policy.5 > "$pkg/usr/share/man/man5/segguard-
 chmod 0644 "$pkg/usr/share/man/man5/segguard-policy.5.gz"
 for p in segguardd segguardctl segguard-launch; do completions "$pkg" "$p"; done
 for s in postinst prerm postrm; do install -m 0755 "Packaging/debian/agent.$s" "$pkg/DEBIAN/$s"; done
-echo "/etc/segguard/policy.yaml" > "$pkg/DEBIAN/conffiles"
+printf '/etc/segguard/policy.yaml\n/etc/xdg/autostart/segguard-notify.desktop\n' > "$pkg/DEBIAN/conffiles"
 # DEBIAN/md5sums (as dh_md5sums writes it): dpkg --verify checks the installed files, and
 # capture blocking's trusted-only mode trusts the package's own programs by it.
 md5sums() {  # md5sums PKGROOT

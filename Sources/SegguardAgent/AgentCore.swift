@@ -172,6 +172,12 @@ final class AgentCore {
     let binding: BindingController?
     private(set) var grace = GracePeriod()
     private var graceTimer: PollLoop.TimerID?
+    /// What users are to be told (grace countdown, session ended, tool blocked), oldest first,
+    /// at most `maxUserNotices`; `segguard-launch --watch` in each desktop session asks for
+    /// its own uid's (`notices`).
+    private(set) var userNotices: [(seq: UInt64, uid: UInt32, entry: NoticesReply.Entry)] = []
+    private var noticeSeq: UInt64 = 0
+    static let maxUserNotices = 512
     private var repairTimer: PollLoop.TimerID?
     private var watchdogTimer: PollLoop.TimerID?
     private var readBackTimer: PollLoop.TimerID?
@@ -863,6 +869,10 @@ final class AgentCore {
             if policy.enforcement.graceSeconds > 0 {
                 logger.warning("segment lost: VDI traffic blocked, sessions end unless an authorized path returns",
                                metadata: ["grace_s": "\(policy.enforcement.graceSeconds)"])
+                if policy.enforcement.sessionTermination == .enforce {
+                    let seconds = "\(Int(policy.enforcement.graceSeconds.rounded(.up)))"
+                    for uid in Set(endable().map(\.uid)) { tellUser(uid, .sessionEndingSoon, ["seconds": seconds]) }
+                }
             }
             graceTimer = loop.schedule(at: deadline) { [unowned self] in
                 graceTimer = nil
@@ -885,7 +895,7 @@ final class AgentCore {
         // A session whose profile left the policy still needed the segment when it started.
         let known = Set(policy.profiles.map(\.name))
         let matching: @Sendable (String) -> Bool = { protected.contains($0) || !known.contains($0) }
-        let targets = sessions.sessions().filter { matching($0.profile) }
+        let targets = endable()
         guard !targets.isEmpty else { return }
         switch policy.enforcement.sessionTermination {
         case .off:
@@ -903,10 +913,32 @@ final class AgentCore {
         }
     }
 
+    /// The sessions a lost segment ends: of profiles that need the segment, and adopted ones
+    /// (their profile unknown, or no longer in the policy).
+    func endable() -> [SessionInfo] {
+        guard let sessions = sources.sessions else { return [] }
+        let protected = Set(policy.profiles.filter(\.needsAuthorizedSegment).map(\.name))
+        let known = Set(policy.profiles.map(\.name))
+        return sessions.sessions().filter { protected.contains($0.profile) || !known.contains($0.profile) }
+    }
+
+    /// Queues a notice for `uid`'s desktop session; the same notice with the same values is
+    /// not repeated within 10 s (a loop of refused execs is one notice, not a flood).
+    func tellUser(_ uid: UInt32, _ notice: UserNotice, _ values: [String: String] = [:]) {
+        let now = Date()
+        if userNotices.reversed().prefix(32).contains(where: {
+            $0.uid == uid && $0.entry.notice == notice && $0.entry.values == values && now.timeIntervalSince($0.entry.time) < 10
+        }) { return }
+        noticeSeq += 1
+        userNotices.append((noticeSeq, uid, NoticesReply.Entry(seq: noticeSeq, time: now, notice: notice, values: values)))
+        if userNotices.count > Self.maxUserNotices { userNotices.removeFirst(userNotices.count - Self.maxUserNotices) }
+    }
+
     func sessionsTerminated(_ results: [TerminationResult], reason: String, killTimeout: Double, eventNanos: UInt64) {
         terminationsInFlight -= 1
         refreshCapture()
         guard !results.isEmpty else { return }
+        for uid in Set(results.map(\.session.uid)) { tellUser(uid, .sessionEnded) }
         let last = results.map(\.reapedAtNanos).max() ?? 0
         let ms = last > 0 ? Double(last &- eventNanos) / 1e6 : nil
         let notReaped = results.filter { !$0.reaped }
@@ -1172,6 +1204,9 @@ final class AgentCore {
         }
         record(kind, profile: r.profile, reason: r.reason, uid: r.uid,
                exec: .init(path: r.path, sha256: r.sha256, pid: r.pid, parentPid: r.parentPid, parentExecutable: r.parentExecutable))
+        if let uid = r.uid, r.outcome == .denied || r.outcome == .killed {
+            tellUser(uid, .toolBlocked, ["tool": String(r.path.split(separator: "/").last ?? Substring(r.path))])
+        }
     }
 
     // MARK: - Control requests, status, heartbeat
@@ -1188,6 +1223,10 @@ final class AgentCore {
             return ControlReply(sessions: (sources.sessions?.sessions() ?? []).map(SessionEntry.init))
         case .whyDenied:
             return ControlReply(events: events.events.filter(\.isDenial).map(EventEntry.init))
+        case .notices:
+            // Only the asker's own; without `since`, just where to start from.
+            let mine = request.since.map { since in userNotices.filter { $0.uid == peer.uid && $0.seq > since }.map(\.entry) } ?? []
+            return ControlReply(notices: NoticesReply(latest: noticeSeq, entries: mine, helpdesk: policy.helpdesk))
         case .status, .why:
             return ControlReply(status: status())
         }

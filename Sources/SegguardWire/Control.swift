@@ -25,9 +25,13 @@ public struct ControlRequest: Codable, Sendable, Equatable {
         case sessions
         /// The last refusals and kills.
         case whyDenied = "why-denied"
+        /// What the asking user is to be told (grace countdown, session ended, tool blocked),
+        /// after `since`: `segguard-launch --watch` in the user's desktop session polls it.
+        case notices
 
-        /// Commands any local user may send; the rest need root or the admin group.
-        public var isOpenToUsers: Bool { self == .launch }
+        /// Commands any local user may send; the rest need root or the admin group. `notices`
+        /// answers only the asking uid's own notices.
+        public var isOpenToUsers: Bool { self == .launch || self == .notices }
     }
 
     public var version: Int
@@ -36,12 +40,16 @@ public struct ControlRequest: Codable, Sendable, Equatable {
     public var profile: String?
     /// For `launch`: the client command given after `--` (used when the profile names none).
     public var clientCommand: [String]?
+    /// For `notices`: the last sequence number the asker has seen (nil: only the newest
+    /// number comes back, with no notices, to start from).
+    public var since: UInt64?
 
-    public init(command: Command, profile: String? = nil, clientCommand: [String]? = nil, version: Int = controlProtocolVersion) {
+    public init(command: Command, profile: String? = nil, clientCommand: [String]? = nil, since: UInt64? = nil, version: Int = controlProtocolVersion) {
         self.version = version
         self.command = command
         self.profile = profile
         self.clientCommand = clientCommand
+        self.since = since
     }
 }
 
@@ -167,6 +175,33 @@ public struct StatusReply: Codable, Sendable, Equatable {
     }
 }
 
+/// The asking user's notices after `since`, and the newest sequence number (the next `since`).
+public struct NoticesReply: Codable, Sendable, Equatable {
+    /// One thing to tell the user.
+    public struct Entry: Codable, Sendable, Equatable {
+        public var seq: UInt64
+        public var time: Date
+        public var notice: UserNotice
+        /// Placeholders of the message: `seconds`, `tool`, `profile`.
+        public var values: [String: String]
+        public init(seq: UInt64, time: Date, notice: UserNotice, values: [String: String]) {
+            self.seq = seq
+            self.time = time
+            self.notice = notice
+            self.values = values
+        }
+    }
+    public var latest: UInt64
+    public var entries: [Entry]
+    /// The policy's help desk.
+    public var helpdesk: HelpDesk?
+    public init(latest: UInt64, entries: [Entry], helpdesk: HelpDesk?) {
+        self.latest = latest
+        self.entries = entries
+        self.helpdesk = helpdesk
+    }
+}
+
 /// The reply to a request: a payload or an error message.
 public struct ControlReply: Codable, Sendable, Equatable {
     /// Why a request failed.
@@ -180,14 +215,17 @@ public struct ControlReply: Codable, Sendable, Equatable {
     public var launch: LaunchReply?
     public var sessions: [SessionEntry]?
     public var events: [EventEntry]?
+    public var notices: NoticesReply?
     public var error: Failure?
 
-    public init(status: StatusReply? = nil, launch: LaunchReply? = nil, sessions: [SessionEntry]? = nil, events: [EventEntry]? = nil) {
+    public init(status: StatusReply? = nil, launch: LaunchReply? = nil, sessions: [SessionEntry]? = nil, events: [EventEntry]? = nil,
+                notices: NoticesReply? = nil) {
         self.version = controlProtocolVersion
         self.status = status
         self.launch = launch
         self.sessions = sessions
         self.events = events
+        self.notices = notices
         self.error = nil
     }
 

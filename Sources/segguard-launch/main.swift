@@ -32,10 +32,21 @@ struct Launch: ParsableCommand {
     @Flag(name: .long, help: "Do not show a desktop notification on refusal.")
     var noNotify = false
 
+    @Flag(name: .long, help: "Stay in the desktop session and show what segment-guard tells this user (the VDI will close in N seconds, it was closed, a capture tool was refused) as desktop notifications, in the user's language; started by /etc/xdg/autostart/segguard-notify.desktop.")
+    var watch = false
+
+    @Option(name: .long, help: "With --watch: seconds between two questions to segguardd.")
+    var interval: Double = 1
+
     @Argument(parsing: .postTerminator, help: "The client command (used when the profile names none).")
     var command: [String] = []
 
+    func validate() throws {
+        guard interval >= 0.1 && interval <= 60 else { throw ValidationError("--interval: \(interval) is not between 0.1 and 60") }
+    }
+
     func run() throws {
+        if watch { watchNotices() }
         let reply: ControlReply
         do {
             reply = try ControlClient.send(ControlRequest(command: .launch, profile: profile, clientCommand: command), path: socket)
@@ -70,6 +81,48 @@ struct Launch: ParsableCommand {
         let argv = launch.command.map { strdup($0) } + [nil]
         if exe.contains("/") { execv(exe, argv) } else { execvp(exe, argv) }
         fail("cannot start \(exe): \(String(cString: strerror(errno))) (errno \(errno))", status: 127)
+    }
+
+    /// `--watch`: asks segguardd for this user's notices every `interval` and shows each one
+    /// (desktop notification, and a line on stderr — the session's log — whether or not a
+    /// notification service answers). Never returns; segguardd away is waited out.
+    func watchNotices() -> Never {
+        let language = UserLanguage.from(environment: ProcessInfo.processInfo.environment)
+        var since: UInt64?
+        var unreachable = false
+        while true {
+            do {
+                let reply = try ControlClient.send(ControlRequest(command: .notices, since: since), path: socket)
+                if let notices = reply.notices {
+                    if let seen = since, notices.latest < seen {
+                        // A new segguardd counts from 1 again: everything it has is news.
+                        since = 0
+                        continue
+                    }
+                    for entry in notices.entries {
+                        var values = entry.values
+                        values["profile"] = values["profile"] ?? profile
+                        let message = UserMessages.render(entry.notice, language: language, values: values, helpdesk: notices.helpdesk)
+                        FileHandle.standardError.write(Data("segguard-launch: \(message.title): \(message.body.replacingOccurrences(of: "\n", with: " "))\n".utf8))
+                        if !noNotify { DesktopNotification.send(summary: message.title, body: message.body) }
+                    }
+                    since = notices.latest
+                } else if let e = reply.error {
+                    FileHandle.standardError.write(Data("segguard-launch: --watch: segguardd: \(e.message)\n".utf8))
+                    Thread.sleep(forTimeInterval: 30)
+                }
+            } catch {
+                // segguardd restarting or stopped: its notices start again from the next one.
+                // Said once (the session's log), not at every try.
+                if !unreachable { FileHandle.standardError.write(Data("segguard-launch: --watch: segguardd not reachable (\(error)); trying again\n".utf8)) }
+                unreachable = true
+                since = nil
+                Thread.sleep(forTimeInterval: 5)
+                continue
+            }
+            unreachable = false
+            Thread.sleep(forTimeInterval: interval)
+        }
     }
 
     /// Says `notice` to the user in their language (the locale of this process): on the

@@ -805,6 +805,29 @@ struct AgentCaptureTests {
         #expect(gate.protection.level == .none)
     }
 
+    @Test("a refused capture tool is a notice for its user only, once per 10 s for the same tool; without since only the starting point comes back")
+    func toolNotice() throws {
+        let h = try AgentHarness(policy: AgentHarness.policy(capture: AgentHarness.captureSection))
+        defer { h.close() }
+        let gate = try #require(h.gates.gate)
+        func notices(_ since: UInt64?, _ peer: PeerCredentials) -> NoticesReply? {
+            h.agent.reply(to: ControlRequest(command: .notices, since: since), peer: peer).notices
+        }
+        let start = try #require(notices(nil, AgentHarness.user))
+        #expect(start.entries.isEmpty)
+        for _ in 0..<50 {
+            gate.emit(CaptureDecisionRecord(outcome: .denied, path: "/usr/bin/scrot", sha256: nil, pid: 77, uid: 1000, parentPid: 1, parentExecutable: "/bin/bash",
+                                            profile: "mynumber", reason: "scrot is listed in capture.block.names"))
+        }
+        gate.emit(CaptureDecisionRecord(outcome: .wouldBeDenied, path: "/usr/bin/maim", sha256: nil, pid: 78, uid: 1000, parentPid: 1, parentExecutable: nil,
+                                        profile: nil, reason: "audit"))
+        h.agent.settle()
+        let mine = try #require(notices(start.latest, AgentHarness.user))
+        #expect(mine.entries.map(\.notice) == [.toolBlocked] && mine.entries.first?.values == ["tool": "scrot"], "one notice for 50 refusals; none in audit mode")
+        #expect(notices(start.latest, PeerCredentials(pid: 1, uid: 1001, gid: 1001, groups: []))?.entries.isEmpty == true, "another user is told nothing")
+        #expect(notices(mine.latest, AgentHarness.user)?.entries.isEmpty == true)
+    }
+
     @Test("a gate that cannot start is said in status; the segment controls go on")
     func captureUnavailable() throws {
         let h = try AgentHarness(policy: AgentHarness.policy(capture: AgentHarness.captureSection), start: false)

@@ -602,6 +602,81 @@ struct EnforcementTests {
         #expect(!seen.contains("sga0"), "no interface names in what the user reads")
     }
 
+    @Test("the user's desktop session (segguard-launch --watch) is told, in Japanese, that the VDI will close in N seconds when the office network is lost, then that it was closed; another user's watcher is told nothing",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/dbus-daemon") && FileManager.default.isExecutableFile(atPath: "/usr/bin/dbus-monitor"),
+                   "needs dbus-daemon and dbus-monitor (scripts/install-deps.sh installs them)"))
+    func graceAndEndNotices() throws {
+        let lab = try EnforcementLab(policy: EnforcementLab.policy(grace: 2) + "\nhelpdesk: {name: \"情報政策課 ヘルプデスク\", contact: \"内線 2345\"}\n", base: 3955)
+        defer { lab.cleanup() }
+        try lab.startDaemon()
+        #expect(lab.eventually { lab.isBoundToSga0 })
+
+        // The desktop's private session bus, a monitor of the Notifications calls on it.
+        let bus = "unix:path=\(lab.dir.appendingPathComponent("bus").path)"
+        let daemon = Process()
+        daemon.executableURL = URL(fileURLWithPath: "/usr/bin/dbus-daemon")
+        daemon.arguments = ["--session", "--nofork", "--address=\(bus)"]
+        daemon.standardError = FileHandle.nullDevice
+        daemon.standardOutput = FileHandle.nullDevice
+        try daemon.run()
+        defer { kill(daemon.processIdentifier, SIGKILL); daemon.waitUntilExit() }
+        #expect(lab.eventually { FileManager.default.fileExists(atPath: lab.dir.appendingPathComponent("bus").path) })
+        let monitor = Process()
+        let out = Pipe()
+        monitor.executableURL = URL(fileURLWithPath: "/usr/bin/dbus-monitor")
+        monitor.arguments = ["--address", bus, "interface='org.freedesktop.Notifications'"]
+        monitor.standardOutput = out
+        try monitor.run()
+        defer { if monitor.isRunning { kill(monitor.processIdentifier, SIGKILL); monitor.waitUntilExit() } }
+        Thread.sleep(forTimeInterval: 0.3)
+
+        // The session owner's watcher (root here, as the session), and another user's.
+        func watcher(user: (uid: Int, gid: Int)?) throws -> (Process, Pipe) {
+            let p = Process()
+            let err = Pipe()
+            var argv: [String] = []
+            if let user { argv += ["--reuid=\(user.uid)", "--regid=\(user.gid)", "--clear-groups"] }
+            argv += [binDir.appendingPathComponent("segguard-launch").path, "--socket", lab.socket, "--watch", "--interval", "0.2"]
+            if user != nil { argv.append("--no-notify") }
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+            p.arguments = user == nil ? ["--"] + argv : argv
+            var env = ProcessInfo.processInfo.environment
+            env["DBUS_SESSION_BUS_ADDRESS"] = bus
+            env["LANG"] = "ja_JP.UTF-8"
+            env["LC_ALL"] = nil
+            env["LC_MESSAGES"] = nil
+            p.environment = env
+            p.standardError = err
+            p.standardOutput = FileHandle.nullDevice
+            try p.run()
+            return (p, err)
+        }
+        let (mine, mineErr) = try watcher(user: nil)
+        let (other, otherErr) = try watcher(user: (65534, 65534))
+        defer {
+            for p in [mine, other] where p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        }
+        Thread.sleep(forTimeInterval: 0.6)  // both have asked once (their starting point)
+
+        _ = try lab.launch(EnforcementLab.client)
+        #expect(lab.eventually { (lab.sessions.first?.pids.count ?? 0) >= 2 })
+        try lab.gateway.ip("link", "set", "gwa0", "down")
+        #expect(lab.eventually(15) { lab.sessions.isEmpty }, "the session ends after the 2 s grace")
+        Thread.sleep(forTimeInterval: 0.8)
+        for p in [mine, other] { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        kill(monitor.processIdentifier, SIGKILL)
+        monitor.waitUntilExit()
+        let seen = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(seen.contains("string \"庁舎のネットワークから切断されました\""), "\(seen)")
+        #expect(seen.contains("2秒以内に庁舎の無線LANまたは有線LANに戻らない場合、仮想デスクトップは終了します。"))
+        #expect(seen.contains("string \"仮想デスクトップを終了しました\""))
+        #expect(seen.contains("お問い合わせ: 情報政策課 ヘルプデスク（内線 2345）"))
+        let said = String(decoding: mineErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(said.contains("庁舎のネットワークから切断されました") && said.contains("仮想デスクトップを終了しました"), "\(said)")
+        let otherSaid = String(decoding: otherErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(otherSaid.isEmpty, "another user's watcher is told nothing: \(otherSaid)")
+    }
+
     @Test("a restarted segguardd adopts the sessions of the run before and still ends them")
     func restartAdoptsSessions() throws {
         let lab = try EnforcementLab(policy: EnforcementLab.policy(), base: 3960)
