@@ -5,7 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Every import declared in Package.swift (SwiftPM's own check sees target dependencies only).
 python3 scripts/check-imports.py
+build_start=$(date +%s)
 swift build --build-tests --explicit-target-dependency-import-check error
+echo "build: $(( $(date +%s) - build_start )) s"
 # The .deb's copyright file names every package the build resolved (they are all embedded).
 python3 scripts/check-copyright.py
 # segguard-policy(5) names every key the policy loader accepts.
