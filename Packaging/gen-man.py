@@ -61,6 +61,8 @@ def synopsis(path, command):
     for arg in command.get("arguments") or []:
         if arg["kind"] == "positional" and arg.get("shouldDisplay", True):
             v = f"\\fI{esc(arg.get('valueName') or 'value')}\\fR" + ("..." if arg.get("isRepeating") else "")
+            if arg.get("parsingStrategy") == "postTerminator":
+                v = "\\fB\\-\\-\\fR " + v
             parts.append(f"[{v}]" if arg.get("isOptional") else v)
     return " ".join(parts)
 
@@ -98,7 +100,9 @@ def main():
     out = [f'.TH "{name.upper()}" "{a.section}" "{a.date}" "segment-guard {a.version}" "segment-guard"',
            ".SH NAME", f"{esc(name)} \\- {esc(cmd.get('abstract', ''))}",
            ".SH SYNOPSIS", synopsis([name], cmd) + (" \\fIcommand\\fR ..." if subs else "")]
-    if cmd.get("discussion"):
+    extra = open(a.extra, encoding="utf-8").read().rstrip("\n") if a.extra else ""
+    # The hand-written DESCRIPTION, when there is one, says more than the parser's discussion.
+    if cmd.get("discussion") and ".SH DESCRIPTION" not in extra:
         out += [".SH DESCRIPTION", esc(cmd["discussion"])]
     if visible(cmd.get("arguments")):
         out.append(".SH OPTIONS")
@@ -108,8 +112,8 @@ def main():
         out.append(".SH COMMANDS")
         for sub in subs:
             section_for([name, sub["commandName"]], sub, out, 1)
-    if a.extra:
-        out.append(open(a.extra, encoding="utf-8").read().rstrip("\n"))
+    if extra:
+        out.append(extra)
     sys.stdout.write("\n".join(out) + "\n")
 
 

@@ -24,6 +24,7 @@ tests=(
 packaging=(
     debootstrap systemd-container                    # Packaging/test-install-boot.sh: a Debian root booted under systemd-nspawn
     lintian binutils man-db                          # lint both packages; the binaries' glibc needs; the manual pages render
+    openssl python3                                  # the install test reads certificates; build-deb.sh generates the manual pages
 )
 packages=()
 always=""

@@ -175,9 +175,14 @@ final class AgentCore {
     /// What users are to be told (grace countdown, session ended, tool blocked), oldest first,
     /// at most `maxUserNotices`; `segguard-launch --watch` in each desktop session asks for
     /// its own uid's (`notices`).
-    private(set) var userNotices: [(seq: UInt64, uid: UInt32, entry: NoticesReply.Entry)] = []
+    /// Kept per uid, so one user's burst never pushes out another's.
+    private(set) var userNotices: [UInt32: [NoticesReply.Entry]] = [:]
     private var noticeSeq: UInt64 = 0
-    static let maxUserNotices = 512
+    /// Notices kept per user, and users kept (the least recent user goes first).
+    static let maxNoticesPerUser = 64
+    static let maxNoticeUsers = 1024
+    /// This run of segguardd: a watcher that sees it change starts from the new run's first notice.
+    let noticeInstance = UUID().uuidString
     private var repairTimer: PollLoop.TimerID?
     private var watchdogTimer: PollLoop.TimerID?
     private var readBackTimer: PollLoop.TimerID?
@@ -922,16 +927,23 @@ final class AgentCore {
         return sessions.sessions().filter { protected.contains($0.profile) || !known.contains($0.profile) }
     }
 
-    /// Queues a notice for `uid`'s desktop session; the same notice with the same values is
-    /// not repeated within 10 s (a loop of refused execs is one notice, not a flood).
+    /// Queues a notice for `uid`'s desktop session. The same notice is not repeated for that
+    /// user within 10 s (a loop of refused programs, under any names, is one notice), and each
+    /// user's notices are kept apart (at most `maxNoticesPerUser`).
     func tellUser(_ uid: UInt32, _ notice: UserNotice, _ values: [String: String] = [:]) {
         let now = Date()
-        if userNotices.reversed().prefix(32).contains(where: {
-            $0.uid == uid && $0.entry.notice == notice && $0.entry.values == values && now.timeIntervalSince($0.entry.time) < 10
-        }) { return }
+        var mine = userNotices[uid] ?? []
+        if mine.reversed().contains(where: { $0.notice == notice && now.timeIntervalSince($0.time) < 10 && (notice == .toolBlocked || $0.values == values) }) {
+            return
+        }
         noticeSeq += 1
-        userNotices.append((noticeSeq, uid, NoticesReply.Entry(seq: noticeSeq, time: now, notice: notice, values: values)))
-        if userNotices.count > Self.maxUserNotices { userNotices.removeFirst(userNotices.count - Self.maxUserNotices) }
+        mine.append(NoticesReply.Entry(seq: noticeSeq, time: now, notice: notice, values: values))
+        if mine.count > Self.maxNoticesPerUser { mine.removeFirst(mine.count - Self.maxNoticesPerUser) }
+        userNotices[uid] = mine
+        if userNotices.count > Self.maxNoticeUsers,
+           let stalest = userNotices.min(by: { ($0.value.last?.seq ?? 0) < ($1.value.last?.seq ?? 0) })?.key {
+            userNotices.removeValue(forKey: stalest)
+        }
     }
 
     func sessionsTerminated(_ results: [TerminationResult], reason: String, killTimeout: Double, eventNanos: UInt64) {
@@ -1225,8 +1237,8 @@ final class AgentCore {
             return ControlReply(events: events.events.filter(\.isDenial).map(EventEntry.init))
         case .notices:
             // Only the asker's own; without `since`, just where to start from.
-            let mine = request.since.map { since in userNotices.filter { $0.uid == peer.uid && $0.seq > since }.map(\.entry) } ?? []
-            return ControlReply(notices: NoticesReply(latest: noticeSeq, entries: mine, helpdesk: policy.helpdesk))
+            let mine = request.since.map { since in (userNotices[peer.uid] ?? []).filter { $0.seq > since } } ?? []
+            return ControlReply(notices: NoticesReply(latest: noticeSeq, entries: mine, helpdesk: policy.helpdesk, instance: noticeInstance))
         case .status, .why:
             return ControlReply(status: status())
         }

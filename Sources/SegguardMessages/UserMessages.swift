@@ -47,8 +47,8 @@ public enum UserMessages {
                                  "{seconds}秒以内に庁舎の無線LANまたは有線LANに戻らない場合、仮想デスクトップは終了します。作業中の内容を保存してください。"),
             .sessionEnded: ("仮想デスクトップを終了しました",
                             "庁舎のネットワークに戻らなかったため、仮想デスクトップを終了しました。庁舎のネットワークに接続してから、もう一度開始してください。"),
-            .toolBlocked: ("画面の取り込みはできません",
-                           "仮想デスクトップの画面は、スクリーンショットなどで取り込むことができません（{tool}）。"),
+            .toolBlocked: ("このプログラムは使えません",
+                           "仮想デスクトップの画面を守るため、利用中はこのプログラム（{tool}）を使えません。スクリーンショットなどで画面を取り込むことはできません。"),
         ],
         .en: [
             .launchOffSegment: ("The virtual desktop was not started",
@@ -67,8 +67,8 @@ public enum UserMessages {
                                  "Unless the office Wi-Fi or LAN is back within {seconds} seconds, the virtual desktop will close. Save your work now."),
             .sessionEnded: ("The virtual desktop was closed",
                             "The office network did not come back, so the virtual desktop was closed. Connect to the office network and start it again."),
-            .toolBlocked: ("Screen capture is not allowed",
-                           "The virtual desktop's screen cannot be captured ({tool})."),
+            .toolBlocked: ("This program cannot be used",
+                           "To protect the virtual desktop's screen, this program ({tool}) cannot be used while it is open. Its screen cannot be captured."),
         ],
     ]
 

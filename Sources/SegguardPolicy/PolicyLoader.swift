@@ -302,8 +302,13 @@ struct Context {
             }
             guard let text = string(v, "helpdesk.\(key)") else { return nil }
             let trimmed = text.trimmingCharacters(in: .whitespaces)
-            if trimmed.isEmpty || trimmed.count > 80 || trimmed.unicodeScalars.contains(where: { $0.properties.generalCategory == .control }) {
-                report(v, "helpdesk.\(key)", "must be 1 to 80 characters of one line")
+            // One line as the user reads it: no control, line or paragraph separators, no
+            // invisible format characters (a right-to-left override), no markup a
+            // notification server would interpret.
+            let unfit: Set<Unicode.GeneralCategory> = [.control, .lineSeparator, .paragraphSeparator, .format]
+            if trimmed.isEmpty || trimmed.count > 80 || trimmed.unicodeScalars.contains(where: { unfit.contains($0.properties.generalCategory) })
+                || trimmed.contains(where: { "<>&".contains($0) }) {
+                report(v, "helpdesk.\(key)", "must be 1 to 80 characters of one line, without < > &")
                 return nil
             }
             parts.append(trimmed)

@@ -195,10 +195,13 @@ public struct NoticesReply: Codable, Sendable, Equatable {
     public var entries: [Entry]
     /// The policy's help desk.
     public var helpdesk: HelpDesk?
-    public init(latest: UInt64, entries: [Entry], helpdesk: HelpDesk?) {
+    /// This run of segguardd (numbers start again at 1 in the next one).
+    public var instance: String
+    public init(latest: UInt64, entries: [Entry], helpdesk: HelpDesk?, instance: String) {
         self.latest = latest
         self.entries = entries
         self.helpdesk = helpdesk
+        self.instance = instance
     }
 }
 

@@ -55,7 +55,7 @@ struct Launch: ParsableCommand {
             fail("cannot ask segguardd: \(error)", status: 3)
         }
         if let e = reply.error {
-            tell(.launchUnavailable, helpdesk: nil)
+            tell(profile.isEmpty ? .launchBadProfile : .launchUnavailable, helpdesk: nil)
             fail("segguardd: \(e.message)", status: 3)
         }
         guard let launch = reply.launch else { fail("segguardd sent no launch answer", status: 3) }
@@ -88,15 +88,19 @@ struct Launch: ParsableCommand {
     /// notification service answers). Never returns; segguardd away is waited out.
     func watchNotices() -> Never {
         let language = UserLanguage.from(environment: ProcessInfo.processInfo.environment)
-        var since: UInt64?
+        // Where this watcher is: the run of segguardd it follows, and the last number it saw.
+        var position: (instance: String, since: UInt64)?
         var unreachable = false
+        var refused = false
         while true {
             do {
-                let reply = try ControlClient.send(ControlRequest(command: .notices, since: since), path: socket)
+                let reply = try ControlClient.send(ControlRequest(command: .notices, since: position?.since), path: socket)
+                unreachable = false
                 if let notices = reply.notices {
-                    if let seen = since, notices.latest < seen {
-                        // A new segguardd counts from 1 again: everything it has is news.
-                        since = 0
+                    refused = false
+                    if let p = position, p.instance != notices.instance {
+                        // A new segguardd (restarted): everything it has is news, from its first notice.
+                        position = (notices.instance, 0)
                         continue
                     }
                     for entry in notices.entries {
@@ -106,21 +110,21 @@ struct Launch: ParsableCommand {
                         FileHandle.standardError.write(Data("segguard-launch: \(message.title): \(message.body.replacingOccurrences(of: "\n", with: " "))\n".utf8))
                         if !noNotify { DesktopNotification.send(summary: message.title, body: message.body) }
                     }
-                    since = notices.latest
+                    position = (notices.instance, notices.latest)
                 } else if let e = reply.error {
-                    FileHandle.standardError.write(Data("segguard-launch: --watch: segguardd: \(e.message)\n".utf8))
+                    // An older segguardd without notices: said once.
+                    if !refused { FileHandle.standardError.write(Data("segguard-launch: --watch: segguardd: \(e.message)\n".utf8)) }
+                    refused = true
                     Thread.sleep(forTimeInterval: 30)
                 }
             } catch {
-                // segguardd restarting or stopped: its notices start again from the next one.
-                // Said once (the session's log), not at every try.
+                // segguardd restarting or stopped: the position is kept; the next run's
+                // instance tells the watcher to start from that run's first notice. Said once.
                 if !unreachable { FileHandle.standardError.write(Data("segguard-launch: --watch: segguardd not reachable (\(error)); trying again\n".utf8)) }
                 unreachable = true
-                since = nil
-                Thread.sleep(forTimeInterval: 5)
+                Thread.sleep(forTimeInterval: 2)
                 continue
             }
-            unreachable = false
             Thread.sleep(forTimeInterval: interval)
         }
     }

@@ -826,6 +826,15 @@ struct AgentCaptureTests {
         #expect(mine.entries.map(\.notice) == [.toolBlocked] && mine.entries.first?.values == ["tool": "scrot"], "one notice for 50 refusals; none in audit mode")
         #expect(notices(start.latest, PeerCredentials(pid: 1, uid: 1001, gid: 1001, groups: []))?.entries.isEmpty == true, "another user is told nothing")
         #expect(notices(mine.latest, AgentHarness.user)?.entries.isEmpty == true)
+        // Another user running refused programs under 200 names gets one notice, and cannot
+        // push out this user's.
+        for i in 0..<200 {
+            gate.emit(CaptureDecisionRecord(outcome: .denied, path: "/tmp/x\(i)", sha256: nil, pid: 90, uid: 1001, parentPid: 1, parentExecutable: nil,
+                                            profile: nil, reason: "untrusted"))
+        }
+        h.agent.settle()
+        #expect(notices(start.latest, PeerCredentials(pid: 1, uid: 1001, gid: 1001, groups: []))?.entries.count == 1)
+        #expect(notices(start.latest, AgentHarness.user)?.entries.map(\.notice) == [.toolBlocked])
     }
 
     @Test("a gate that cannot start is said in status; the segment controls go on")

@@ -36,7 +36,7 @@ struct UserMessagesTests {
             #expect(!body.contains("eth") && !body.contains("wlan") && !body.contains("uplinks") && !body.contains("segment"), "\(notice.rawValue): \(body)")
         }
         #expect(UserMessages.render(.toolBlocked, language: .en, values: ["tool": "scrot"], helpdesk: nil).body
-            == "The virtual desktop's screen cannot be captured (scrot).\nIf you need help, contact your IT help desk.")
+            == "To protect the virtual desktop's screen, this program (scrot) cannot be used while it is open. Its screen cannot be captured.\nIf you need help, contact your IT help desk.")
     }
 
     @Test("the language follows LC_ALL, then LC_MESSAGES, then LANG; C and anything not Japanese is English")
@@ -55,5 +55,9 @@ struct UserMessagesTests {
         #expect(p.helpdesk == HelpDesk(name: "情報政策課 ヘルプデスク", contact: "内線 2345"))
         #expect(throws: PolicyLoadError.self) { try PolicyLoader.load(text: base + "helpdesk: {name: x}\n", file: "p.yaml") }
         #expect(throws: PolicyLoadError.self) { try PolicyLoader.load(text: base + "helpdesk: {name: x, contact: \"\", phone: 1}\n", file: "p.yaml") }
+        // Not one line, a right-to-left override, markup a notification server would read: refused.
+        for bad in ["\"a\\u2028b\"", "\"a\\u202Eb\"", "\"<b>x</b>\"", "\"a & b\""] {
+            #expect(throws: PolicyLoadError.self, "\(bad)") { try PolicyLoader.load(text: base + "helpdesk: {name: \(bad), contact: \"内線 1\"}\n", file: "p.yaml") }
+        }
     }
 }
