@@ -5,7 +5,6 @@ let strict: [SwiftSetting] = [.enableUpcomingFeature("ExistentialAny")]
 
 let package = Package(
     name: "segment-guard",
-    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "segguardd", targets: ["segguardd"]),
         .executable(name: "segguardctl", targets: ["segguardctl"]),
@@ -166,7 +165,19 @@ let package = Package(
             swiftSettings: strict),
 
         .executableTarget(
-            name: "segguardd",
+            name: "segguard-collector",
+            dependencies: [
+                "SegguardCollector", "SegguardReport", "SegguardService", "SegguardWire", "SegguardPKI",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        // The agent's commands as libraries (segguardd's options and wiring, segguardctl,
+        // segguard-launch), so that one binary can carry all three.
+        .target(
+            name: "SegguarddCLI",
             dependencies: [
                 "SegguardAgent", "SegguardPolicy", "SegguardNetlink", "SegguardWire", "SegguardControl", "SegguardEnforce", "SegguardService",
                 "SegguardDeviceAuth", "SegguardCapture", "SegguardReport", "SegguardReporter", "SegguardPKI", "SegguardSystem", "CSegguardShims",
@@ -177,18 +188,8 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ],
             swiftSettings: strict),
-        .executableTarget(
-            name: "segguard-collector",
-            dependencies: [
-                "SegguardCollector", "SegguardReport", "SegguardService", "SegguardWire", "SegguardPKI",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "Hummingbird", package: "hummingbird"),
-                .product(name: "Logging", package: "swift-log"),
-            ],
-            swiftSettings: strict),
-        .executableTarget(
-            name: "segguardctl",
+        .target(
+            name: "SegguardctlCLI",
             dependencies: [
                 "SegguardPolicy", "SegguardDecision", "SegguardWire", "SegguardControl", "SegguardPKI", "SegguardReport", "SegguardSystem",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -197,11 +198,16 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: strict),
-        .executableTarget(
-            name: "segguard-launch",
+        .target(
+            name: "SegguardLaunchCLI",
             dependencies: ["SegguardWire", "SegguardControl", "SegguardMessages", "SegguardPolicy", "CSegguardShims",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
+        // The agent's multi-call binary: segguardd, or segguardctl / segguard-launch by the name it
+        // is run as (the .deb links those names to it). The other two are also built on their own.
+        .executableTarget(name: "segguardd", dependencies: ["SegguarddCLI", "SegguardctlCLI", "SegguardLaunchCLI"], swiftSettings: strict),
+        .executableTarget(name: "segguardctl", dependencies: ["SegguardctlCLI"], swiftSettings: strict),
+        .executableTarget(name: "segguard-launch", dependencies: ["SegguardLaunchCLI"], swiftSettings: strict),
         .executableTarget(
             name: "segguard-bench",
             dependencies: [

@@ -18,13 +18,15 @@ scratch=".build-deb"
 config="${SEGGUARD_DEB_CONFIG:-release}"
 case "$config" in release|debug|prebuilt) ;; *) echo "SEGGUARD_DEB_CONFIG must be release, debug or prebuilt, not '$config'" >&2; exit 2 ;; esac
 
+# segguardd is the agent's multi-call binary: segguardctl and segguard-launch are links to it
+# (Sources/segguardd/main.swift), so the agent package carries the Swift runtime once.
 if [ "$config" = prebuilt ]; then
     bin="$(swift build --show-bin-path)"
-    for product in segguardd segguardctl segguard-launch segguard-collector; do
+    for product in segguardd segguard-collector; do
         [ -x "$bin/$product" ] || { echo "SEGGUARD_DEB_CONFIG=prebuilt: $bin/$product is not built (run scripts/test.sh first)" >&2; exit 2; }
     done
 else
-    for product in segguardd segguardctl segguard-launch segguard-collector; do
+    for product in segguardd segguard-collector; do
         swift build -c "$config" --static-swift-stdlib --scratch-path "$scratch" --product "$product" >&2
     done
     bin="$(swift build -c "$config" --static-swift-stdlib --scratch-path "$scratch" --show-bin-path)"
@@ -34,7 +36,7 @@ root="$(mktemp -d)"
 trap 'rm -rf "$root"' EXIT
 
 # libc6: the newest GLIBC_ symbol version the binaries use (the control files get it).
-libc="$(for b in segguardd segguardctl segguard-launch segguard-collector; do readelf --dyn-syms -W "$bin/$b"; done \
+libc="$(for b in segguardd segguard-collector; do readelf --dyn-syms -W "$bin/$b"; done \
     | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)"
 [ -n "$libc" ] || { echo "cannot read the glibc versions the binaries need (readelf, binutils)" >&2; exit 2; }
 
@@ -51,9 +53,12 @@ doc() {  # doc PKG DIR
 # Manual pages generated from the argument parsers (Packaging/gen-man.py; prose from
 # Packaging/man/*.in), the policy format's written by hand; shell completions from the parsers.
 builddate="$(date -u -d "@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}" +%Y-%m-%d)"
+# Both run the program as the package installs it (PKGROOT/usr/{s,}bin/PROGRAM: for the agent's
+# commands, the multi-call binary by the name of the link).
+installed() { if [ -e "$1/usr/sbin/$2" ]; then echo "$1/usr/sbin/$2"; else echo "$1/usr/bin/$2"; fi; }
 manpage() {  # manpage PKGROOT PROGRAM SECTION
     install -d -m 0755 "$1/usr/share/man/man$3"
-    "$bin/$2" --experimental-dump-help > "$root/$2.json"
+    "$(installed "$1" "$2")" --experimental-dump-help > "$root/$2.json"
     python3 Packaging/gen-man.py --section "$3" --date "$builddate" --version "$version" "$root/$2.json" "Packaging/man/$2.$3.in" \
         | gzip -9n > "$1/usr/share/man/man$3/$2.$3.gz"
     chmod 0644 "$1/usr/share/man/man$3/$2.$3.gz"
@@ -61,16 +66,16 @@ manpage() {  # manpage PKGROOT PROGRAM SECTION
 completions() {  # completions PKGROOT PROGRAM
     install -d -m 0755 "$1/usr/share/bash-completion/completions" "$1/usr/share/zsh/vendor-completions"
     # Sourced by bash-completion, not run: no #! line (lintian bash-completion-with-hashbang).
-    "$bin/$2" --generate-completion-script bash | sed "1{/^#!/d}" > "$1/usr/share/bash-completion/completions/$2"
-    "$bin/$2" --generate-completion-script zsh > "$1/usr/share/zsh/vendor-completions/_$2"
+    "$(installed "$1" "$2")" --generate-completion-script bash | sed "1{/^#!/d}" > "$1/usr/share/bash-completion/completions/$2"
+    "$(installed "$1" "$2")" --generate-completion-script zsh > "$1/usr/share/zsh/vendor-completions/_$2"
     chmod 0644 "$1/usr/share/bash-completion/completions/$2" "$1/usr/share/zsh/vendor-completions/_$2"
 }
 pkg="$root/segment-guard-agent"
 install -d -m 0755 "$pkg/DEBIAN" "$pkg/usr/sbin" "$pkg/usr/bin" "$pkg/etc/segguard" \
     "$pkg/lib/systemd/system" "$pkg/usr/share/doc/segment-guard-agent/examples"
 install -m 0755 -s "$bin/segguardd" "$pkg/usr/sbin/segguardd"
-install -m 0755 -s "$bin/segguardctl" "$pkg/usr/bin/segguardctl"
-install -m 0755 -s "$bin/segguard-launch" "$pkg/usr/bin/segguard-launch"
+ln -s ../sbin/segguardd "$pkg/usr/bin/segguardctl"
+ln -s ../sbin/segguardd "$pkg/usr/bin/segguard-launch"
 install -m 0644 Packaging/segguardd.service Packaging/segguard-baseline.service "$pkg/lib/systemd/system/"
 install -m 0644 Packaging/debian/policy.yaml "$pkg/etc/segguard/policy.yaml"
 # Every desktop session runs segguard-launch --watch: the user's notices (grace countdown,

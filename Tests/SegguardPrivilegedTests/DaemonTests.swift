@@ -232,6 +232,33 @@ struct DaemonTests {
         #expect(rc4 == 0 && ok["valid"] as? Bool == true && ok["name"] as? String == "daemon-test" && (ok["sha256"] as? String)?.count == 64)
     }
 
+    @Test("the multi-call segguardd: linked as segguardctl it is segguardctl (check-policy, exit statuses), as segguard-launch the launcher; any other name exits 2 naming the three")
+    func multiCall() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("segguard-multicall-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let daemon = binDir.appendingPathComponent("segguardd")
+        for name in ["segguardctl", "segguard-launch", "segguardd", "segguard-tool"] {
+            try FileManager.default.createSymbolicLink(at: dir.appendingPathComponent(name), withDestinationURL: daemon)
+        }
+        let policy = dir.appendingPathComponent("policy.yaml"), bad = dir.appendingPathComponent("bad.yaml")
+        try daemonPolicy.write(to: policy, atomically: true, encoding: .utf8)
+        try "schema_version: 1\nsites: 7\n".write(to: bad, atomically: true, encoding: .utf8)
+        let (rc1, out1, _) = try runCapturing(dir.appendingPathComponent("segguardctl"), ["check-policy", policy.path])
+        #expect(rc1 == 0 && out1.contains("OK: policy \"daemon-test\""), "\(out1)")
+        let (rc2, _, err2) = try runCapturing(dir.appendingPathComponent("segguardctl"), ["check-policy", bad.path])
+        #expect(rc2 == 1 && err2.contains("policy refused"), "\(err2)")
+        // The launcher: its own help and its exit status 3 when segguardd cannot be asked.
+        let (rc3, out3, _) = try runCapturing(dir.appendingPathComponent("segguard-launch"), ["--help"])
+        #expect(rc3 == 0 && out3.contains("USAGE: segguard-launch") && out3.contains("--watch"), "\(out3)")
+        let (rc4, _, err4) = try runCapturing(dir.appendingPathComponent("segguard-launch"), ["--no-notify", "--socket", dir.appendingPathComponent("none.sock").path, "--", "true"])
+        #expect(rc4 == 3 && err4.contains("segguard-launch: cannot ask segguardd"), "\(err4)")
+        let (rc5, out5, _) = try runCapturing(dir.appendingPathComponent("segguardd"), ["--help"])
+        #expect(rc5 == 0 && out5.contains("USAGE: segguardd") && out5.contains("--launcher-path"), "\(out5)")
+        let (rc6, out6, err6) = try runCapturing(dir.appendingPathComponent("segguard-tool"), ["--help"])
+        #expect(rc6 == 2 && out6.isEmpty && err6.contains("runs as segguardd, segguardctl or segguard-launch"), "\(err6)")
+    }
+
     @Test("simulate: the shipped example states against the example policies give the documented decisions; --json decodes; a bad state file exits 2 naming the line")
     func simulate() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()

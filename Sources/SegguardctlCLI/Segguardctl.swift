@@ -7,10 +7,17 @@ import SegguardControl
 import SegguardDecision
 import SegguardPolicy
 import SegguardReport
+import SegguardSystem
 import SegguardWire
 
+/// segguardctl's entry point (its own executable in development, a personality of the agent's
+/// multi-call binary when installed).
+public func segguardctlMain() {
+    // Run to its end (ArgumentParser exits with the command's status) before returning.
+    try? runBlocking { await Segguardctl.main() }
+}
+
 /// The segment-guard control tool.
-@main
 struct Segguardctl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "segguardctl",
