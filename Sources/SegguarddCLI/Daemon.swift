@@ -7,6 +7,7 @@ import ArgumentParser
 import CSegguardShims
 import Foundation
 import Logging
+import NIOCore
 import SegguardAgent
 import SegguardCapture
 import SegguardControl
@@ -24,6 +25,11 @@ import UnixSignals
 
 extension Segguardd {
     func run() throws {
+        // NIO's shared event loops and blocking pool (the reporter's HTTPS client, the SQLite
+        // spool) default to one thread per core; one of each carries the agent's few requests a
+        // minute, with less memory (each thread's stack and malloc arena) on a small thin client.
+        NIOSingletons.groupLoopCountSuggestion = 1
+        NIOSingletons.blockingPoolThreadCountSuggestion = 1
         let procConnector = try enterNamespace()  // before any thread exists: all of them inherit it
         JournalLogHandler.bootstrap(level: Logger.Level(rawValue: logLevel) ?? .info)
         let logger = Logger(label: "segguardd")
