@@ -6,7 +6,8 @@
 # Usage: Packaging/build-deb.sh [OUTDIR]   (default: out/)
 # SEGGUARD_DEB_CONFIG=debug builds unoptimized binaries. SEGGUARD_DEB_CONFIG=prebuilt packs
 # the binaries scripts/test.sh already built (.build/debug, linked against the toolchain's
-# Swift runtime, which the install test then mounts read-only into its container): CI's
+# Swift runtime, which the install test then mounts read-only into its container; or those in
+# SEGGUARD_DEB_BIN_DIR): CI's
 # install test checks the packaging, units and maintainer scripts, and a second full build of
 # the collector's dependencies would take longer than the rest of CI. Ship release builds.
 set -euo pipefail
@@ -21,7 +22,8 @@ case "$config" in release|debug|prebuilt) ;; *) echo "SEGGUARD_DEB_CONFIG must b
 # segguardd is the agent's multi-call binary: segguardctl and segguard-launch are links to it
 # (Sources/segguardd/main.swift), so the agent package carries the Swift runtime once.
 if [ "$config" = prebuilt ]; then
-    bin="$(swift build --show-bin-path)"
+    # SEGGUARD_DEB_BIN_DIR: pack the binaries of another build (e.g. a release build's folder).
+    bin="${SEGGUARD_DEB_BIN_DIR:-$(swift build --show-bin-path)}"
     for product in segguardd segguard-collector; do
         [ -x "$bin/$product" ] || { echo "SEGGUARD_DEB_CONFIG=prebuilt: $bin/$product is not built (run scripts/test.sh first)" >&2; exit 2; }
     done

@@ -3,8 +3,8 @@
 # The Swift toolchain itself is expected on PATH (swift 6.x).
 set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
-# What for: --demo (build and run scripts/demo.sh), --tests (the whole test suite, which
-# includes the demo's), --packaging (build the .debs and their install-and-boot test); no
+# What for: --demo (build and run scripts/demo.sh), --vdi (scripts/demo-vdi.sh), --tests (the
+# whole test suite, which includes both demos'), --packaging (build the .debs and their install-and-boot test); no
 # group: all of them. --always installs even when everything seems present (CI).
 demo=(
     pkg-config
@@ -21,6 +21,14 @@ tests=(
     chromium                                         # the dashboard test loads the page in headless Chromium
     curl                                             # README demo, the enrollment and install tests talk to the collector
 )
+# scripts/demo-vdi.sh (run by scripts/test.sh as root): a real RDP server and client on real
+# X displays, the screenshot tools people try.
+vdi=(
+    xvfb x11-apps x11-utils                          # displays (Xvfb), xclock and xwd, xwininfo
+    freerdp2-x11 freerdp2-shadow-x11                 # the RDP client (xfreerdp) and server (freerdp-shadow-cli)
+    scrot maim gnome-screenshot ffmpeg imagemagick   # capture tools (ffmpeg's x11grab, ImageMagick's import)
+    curl python3 iproute2 util-linux openssl         # the collector's admin API, connection probes, namespaces, the server's pin
+)
 packaging=(
     debootstrap systemd-container                    # Packaging/test-install-boot.sh: a Debian root booted under systemd-nspawn
     lintian binutils man-db                          # lint both packages; the binaries' glibc needs; the manual pages render
@@ -32,15 +40,16 @@ groups=()
 for arg in "$@"; do
     case "$arg" in
         --always) always=1 ;;
-        --demo|--tests|--packaging) groups+=("${arg#--}") ;;
-        *) echo "usage: scripts/install-deps.sh [--demo] [--tests] [--packaging] [--always]" >&2; exit 2 ;;
+        --demo|--vdi|--tests|--packaging) groups+=("${arg#--}") ;;
+        *) echo "usage: scripts/install-deps.sh [--demo] [--vdi] [--tests] [--packaging] [--always]" >&2; exit 2 ;;
     esac
 done
 [ "${#groups[@]}" -gt 0 ] || groups=(demo tests packaging)
 for g in "${groups[@]}"; do
     case "$g" in
         demo) packages+=("${demo[@]}") ;;
-        tests) packages+=("${demo[@]}" "${tests[@]}") ;;
+        vdi) packages+=("${demo[@]}" "${vdi[@]}") ;;
+        tests) packages+=("${demo[@]}" "${tests[@]}" "${vdi[@]}") ;;
         packaging) packages+=("${demo[@]}" "${packaging[@]}") ;;
     esac
 done

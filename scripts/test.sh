@@ -22,4 +22,11 @@ else
   # minutes for a thread and its SQLite transaction held the write lock meanwhile.
   swift test --skip-build --skip SegguardPrivilegedTests
   swift test --skip-build --filter SegguardPrivilegedTests
+  # The promise end to end with the real programs: xfreerdp to an RDP server, the real capture
+  # tools, a collector (needs root: namespaces, nftables, fanotify).
+  if [ "$(id -u)" = 0 ]; then
+    scripts/demo-vdi.sh --check
+  else
+    echo "scripts/demo-vdi.sh skipped: needs root (network and mount namespaces, nftables, fanotify, cgroups)"
+  fi
 fi

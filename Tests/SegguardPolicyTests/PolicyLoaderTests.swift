@@ -305,7 +305,7 @@ struct PolicyFixtureTests {
         let p = try loadPolicy(FixturePaths.config, "capture.example.yaml")
         #expect(p.capture.mode == .enforce && p.capture.scope == .always && p.capture.watch == ["/"])
         for tool in ["gnome-screenshot", "spectacle", "xfce4-screenshooter", "scrot", "maim", "flameshot", "grim", "wf-recorder", "xwd", "import",
-                     "ksnip", "shutter", "obs", "simplescreenrecorder", "kazam", "peek", "vokoscreen"] {
+                     "ksnip", "shutter", "obs", "simplescreenrecorder", "kazam", "peek", "vokoscreen", "import-im6.q16"] {
             #expect(p.capture.blockNames.contains(tool), "\(tool)")
         }
         #expect(Set(p.capture.blockNames).count == p.capture.blockNames.count, "no duplicates")
