@@ -29,7 +29,8 @@ for tool in openssl Xvfb xfreerdp freerdp-shadow-cli xclock xwininfo scrot maim 
     command -v "$tool" >/dev/null || { echo "demo-vdi.sh: $tool is missing: scripts/install-deps.sh --vdi" >&2; exit 1; }
 done
 if [ -z "${SEGGUARD_BIN_DIR:-}" ]; then
-    for p in segguardd segguardctl segguard-launch segguard-collector; do swift build --product "$p" >/dev/null; done
+    echo "building segguardd, segguardctl, segguard-launch, segguard-collector (the first build takes 10 to 15 minutes)"
+    for p in segguardd segguardctl segguard-launch segguard-collector; do swift build --product "$p" >/dev/null 2>&1 || swift build --product "$p"; done
 fi
 bin="${SEGGUARD_BIN_DIR:-$(swift build --show-bin-path)}"
 out="out/demo-vdi"
@@ -81,7 +82,7 @@ wait_for() {  # wait_for SECONDS command...: until it succeeds
         sleep 0.1
     done
 }
-bg() { "$@" & pids+=($!); }
+bg() { "$@" & pids+=($!); disown; }
 not() { ! "$@"; }
 
 # ---------------------------------------------------------------------------------------------
@@ -108,12 +109,14 @@ bg ip netns exec "$gw" env HOME="$run/lgwan-home" DISPLAY=":$ldisplay" freerdp-s
 listening() { ip netns exec "$gw" ss -Hltn "src $1 and sport = :3389" | grep -q LISTEN; }
 check "the My Number VDI listens on 10.66.9.1:3389" wait_for 20 listening 10.66.9.1
 check "the LGWAN VDI listens on 10.66.8.1:3389" wait_for 20 listening 10.66.8.1
-# The profile pins the My Number server's certificate (xfreerdp's /cert:fingerprint): /cert:tofu
-# accepts whatever answers the first connection, even for another name (seen with xfreerdp 2.11).
+# The profile pins the My Number server's certificate and refuses any other without asking
+# (xfreerdp's /cert:deny,fingerprint:…): /cert:tofu accepts whatever answers the first
+# connection, even for another name, and a pin alone still asks the user about another
+# certificate "(Y/T/N)" (both seen with xfreerdp 2.11).
 fingerprint() { openssl x509 -in "$1/.config/freerdp/shadow/shadow.crt" -noout -fingerprint -sha256 | sed 's/.*=//' | tr 'A-F' 'a-f'; }
-pin="/cert:fingerprint:sha256:$(fingerprint "$run/vdi-home")"
-lgwan_pin="/cert:fingerprint:sha256:$(fingerprint "$run/lgwan-home")"
-echo "  My Number server certificate: ${pin#/cert:fingerprint:}"
+pin="/cert:deny,fingerprint:sha256:$(fingerprint "$run/vdi-home")"
+lgwan_pin="/cert:deny,fingerprint:sha256:$(fingerprint "$run/lgwan-home")"
+echo "  My Number server certificate: ${pin#/cert:deny,fingerprint:}"
 
 # ---------------------------------------------------------------------------------------------
 step "The thin client: namespace $tc, display :$cdisplay, a collector (SQLite), segguardd"
@@ -187,6 +190,12 @@ profiles:
     command: ["/usr/bin/xfreerdp", "/v:10.66.9.1:3389", "$pin"]
     enforce_arguments: ["-clipboard", "-drives", "-home-drive"]
     options: {clipboard: false, drives: false, printing: false, screen_capture: false}
+  # The same gateway address, pinned to another certificate: what the client does when the
+  # server it reaches is not the one pinned (a man in the middle on the office network).
+  - name: mynumber-elsewhere
+    segment: mynumber
+    command: ["/usr/bin/xfreerdp", "/v:10.66.9.1:3389", "$lgwan_pin"]
+    enforce_arguments: ["-clipboard", "-drives", "-home-drive"]
   - name: lgwan
     segment: lgwan
 capture:
@@ -230,7 +239,7 @@ rdp_window() { DISPLAY=":$cdisplay" xwininfo -root -tree | grep -q "\"FreeRDP: $
 step "1. segguard-launch --profile mynumber starts xfreerdp; the RDP session comes up"
 launch_mynumber() {
     as_user "$bin/segguard-launch" --socket "$sock" --profile mynumber --no-notify > "$run/launch-$1.log" 2>&1 &
-    pids+=($!)
+    pids+=($!); disown
 }
 launch_mynumber 1
 session_pid=""
@@ -251,6 +260,14 @@ sleep 2   # the first frames
 mean="$(screenshot 1-session)"
 echo "  screenshot (harness, outside the session): $out/1-session.png, mean grey $mean"
 check "the display shows the remote desktop (not an empty black screen)" python3 -c "import sys; sys.exit(0 if float('$mean') > 0.05 else 1)"
+# The clerk answers "Y" to whatever the client asks: a server whose certificate is not the
+# pinned one is refused without a question, and no second window appears.
+set +e
+printf 'Y\nY\n' | as_user timeout 30 "$bin/segguard-launch" --socket "$sock" --profile mynumber-elsewhere --no-notify > "$run/elsewhere.log" 2>&1
+rc=$?
+set -e
+echo "  a server with another certificate: exit $rc, $(grep -Eo 'automatically denying|ERRCONNECT_[A-Z_]+' "$run/elsewhere.log" | head -2 | tr '\n' ' ')"
+check "a server with another certificate is refused without asking (exit $rc)" sh -c "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'automatically denying' '$run/elsewhere.log' && ! grep -q 'Do you trust' '$run/elsewhere.log'"
 
 # ---------------------------------------------------------------------------------------------
 step "2. While the session runs, the capture tools are refused at exec"
@@ -359,7 +376,7 @@ ip -n "$tc" addr add 198.51.100.2/24 dev usbvdi0; ip -n "$tc" link set usbvdi0 u
 ip -n "$tc" route add default via 198.51.100.1 dev usbvdi0 metric 600
 wait_for 5 status_says 'unauthorized' || true
 as_user "$bin/segguard-launch" --socket "$sock" --profile lgwan --no-notify -- /usr/bin/xfreerdp /v:10.66.8.1:3389 "$lgwan_pin" > "$run/lgwan.log" 2>&1 &
-pids+=($!)
+pids+=($!); disown
 check "the LGWAN profile starts xfreerdp to the LGWAN server (off the My Number segment too)" wait_for 30 rdp_window 10.66.8.1
 check "... not a My Number session (not tracked)" not has_session
 sleep 2
