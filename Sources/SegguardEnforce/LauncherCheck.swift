@@ -6,10 +6,13 @@ import Foundation
 
 /// Decides whether a launch requester is `segguard-launch` as installed, unaltered.
 public enum LauncherCheck {
-    /// Environment variables that make the dynamic loader or glibc load other code into the
-    /// launcher (and so into the session): every `LD_*` the loader reads, and `GCONV_PATH`.
+    /// Environment variables that make the dynamic loader, glibc or the Swift runtime run
+    /// other code in the launcher (and so in the session): every `LD_*` the loader reads,
+    /// `GCONV_PATH`, and every `SWIFT_*` the runtime reads (`SWIFT_BACKTRACE=…,swift-backtrace=
+    /// PATH` names a program the runtime starts, as a child in the session's cgroup, when the
+    /// launcher crashes or receives SIGQUIT: found by review, reproduced with the built binary).
     static func isLoaderVariable(_ name: Substring) -> Bool {
-        name.hasPrefix("LD_") || name == "GCONV_PATH"
+        name.hasPrefix("LD_") || name == "GCONV_PATH" || name.hasPrefix("SWIFT_")
     }
 
     /// Nil when the requester is the launcher: its executable is `expected` (not a copy, not

@@ -324,7 +324,8 @@ struct LauncherCheckTests {
             == "the launch request came from /usr/bin/python3.11, not from /usr/bin/segguard-launch; only the launcher may start a My Number session")
         #expect(LauncherCheck.problem(executable: "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", environ: env, status: Self.untraced, expected: Self.launcher) != nil)
         #expect(LauncherCheck.problem(executable: "/tmp/segguard-launch", environ: env, status: Self.untraced, expected: Self.launcher) != nil, "a copy")
-        for variable in ["LD_PRELOAD=/home/a/x.so", "LD_LIBRARY_PATH=/home/a", "LD_AUDIT=/home/a/a.so", "GCONV_PATH=/home/a/g"] {
+        for variable in ["LD_PRELOAD=/home/a/x.so", "LD_LIBRARY_PATH=/home/a", "LD_AUDIT=/home/a/a.so", "GCONV_PATH=/home/a/g",
+                         "SWIFT_BACKTRACE=enable=yes,swift-backtrace=/home/a/x", "SWIFT_ROOT=/home/a"] {
             let name = variable.prefix { $0 != "=" }
             #expect(LauncherCheck.problem(executable: Self.launcher, environ: Self.environ(["HOME=/h", variable]), status: Self.untraced, expected: Self.launcher)
                 == "the launcher runs with \(name) set (it would load other code into the session); start it without")

@@ -226,6 +226,48 @@ enum SessionTrackerPaths {
     static let base: String? = SessionTracker.defaultBase()
 }
 
+/// A private D-Bus session bus (dbus-daemon) in `dir`, and dbus-monitor recording the
+/// desktop-notification calls on it: what a desktop session would show.
+final class PrivateSessionBus {
+    let address: String
+    let daemon = Process()
+    let monitor = Process()
+    let out = Pipe()
+
+    init(dir: URL) throws {
+        let path = dir.appendingPathComponent("bus").path
+        address = "unix:path=\(path)"
+        daemon.executableURL = URL(fileURLWithPath: "/usr/bin/dbus-daemon")
+        daemon.arguments = ["--session", "--nofork", "--address=\(address)"]
+        daemon.standardError = FileHandle.nullDevice
+        daemon.standardOutput = FileHandle.nullDevice
+        try daemon.run()
+        let deadline = Date().addingTimeInterval(10)
+        while !FileManager.default.fileExists(atPath: path) && Date() < deadline { Thread.sleep(forTimeInterval: 0.02) }
+        monitor.executableURL = URL(fileURLWithPath: "/usr/bin/dbus-monitor")
+        monitor.arguments = ["--address", address, "interface='org.freedesktop.Notifications'"]
+        monitor.standardOutput = out
+        do {
+            try monitor.run()
+        } catch {
+            close()
+            throw error
+        }
+        Thread.sleep(forTimeInterval: 0.3)  // let the monitor register before the first call (it has no readiness signal)
+    }
+
+    /// Stops the monitor; what it recorded.
+    func seen() -> String {
+        if monitor.isRunning { kill(monitor.processIdentifier, SIGKILL); monitor.waitUntilExit() }
+        return String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    }
+
+    /// SIGKILL: processes started by the test runner may inherit an ignored SIGTERM.
+    func close() {
+        for p in [monitor, daemon] where p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+    }
+}
+
 func isAlive(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || errno != ESRCH }
 
 @Suite("Segment binding on the real kernel", .serialized,
@@ -488,6 +530,14 @@ struct EnforcementTests {
         preloaded.waitUntilExit()
         #expect(preloaded.terminationStatus == 1)
         #expect(said.contains("the launcher runs with LD_PRELOAD set"), "\(said)")
+        // ... and with SWIFT_BACKTRACE naming the user's own program (the Swift runtime would
+        // start it, in the session's cgroup, on SIGQUIT): refused before any session exists.
+        let backtraced = try lab.launch(["/bin/true"], user: (1000, 1000), environment: ["SWIFT_BACKTRACE": "enable=yes,swift-backtrace=/tmp/mine"])
+        let said2 = String(decoding: (backtraced.standardError as? Pipe)?.fileHandleForReading.readDataToEndOfFile() ?? Data(), as: UTF8.self)
+        backtraced.waitUntilExit()
+        #expect(backtraced.terminationStatus == 1)
+        #expect(said2.contains("the launcher runs with SWIFT_BACKTRACE set"), "\(said2)")
+        #expect(lab.sessions.isEmpty)
 
         // Launched through the gate by the same user: connects.
         let launcher = try lab.launch(EnforcementLab.client, user: (1000, 1000))
@@ -560,23 +610,9 @@ struct EnforcementTests {
         #expect(lab.eventually { lab.segment == "unauthorized" })
 
         // A private session bus and a monitor recording the Notifications calls on it.
-        let bus = "unix:path=\(lab.dir.appendingPathComponent("bus").path)"
-        let daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: "/usr/bin/dbus-daemon")
-        daemon.arguments = ["--session", "--nofork", "--address=\(bus)"]
-        daemon.standardError = FileHandle.nullDevice
-        daemon.standardOutput = FileHandle.nullDevice
-        try daemon.run()
-        // SIGKILL: processes started by the test runner may inherit an ignored SIGTERM.
-        defer { kill(daemon.processIdentifier, SIGKILL); daemon.waitUntilExit() }
-        #expect(lab.eventually { FileManager.default.fileExists(atPath: lab.dir.appendingPathComponent("bus").path) })
-        let monitor = Process()
-        let out = Pipe()
-        monitor.executableURL = URL(fileURLWithPath: "/usr/bin/dbus-monitor")
-        monitor.arguments = ["--address", bus, "interface='org.freedesktop.Notifications'"]
-        monitor.standardOutput = out
-        try monitor.run()
-        Thread.sleep(forTimeInterval: 0.3)  // let the monitor register before the call (it has no readiness signal)
+        let session = try PrivateSessionBus(dir: lab.dir)
+        defer { session.close() }
+        let bus = session.address
 
         // A Japanese desktop, then an English one (LANG=C): the same refusal in the user's
         // words, with the policy's help desk; the technical reason stays on stderr.
@@ -589,9 +625,7 @@ struct EnforcementTests {
         en.waitUntilExit()
         #expect(en.terminationStatus == 1)
         Thread.sleep(forTimeInterval: 0.3)
-        kill(monitor.processIdentifier, SIGKILL)
-        monitor.waitUntilExit()
-        let seen = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let seen = session.seen()
         #expect(seen.components(separatedBy: "member=Notify").count - 1 == 2, "\(seen)")
         #expect(seen.contains("string \"仮想デスクトップを開始できません\""), "\(seen)")
         #expect(seen.contains("この端末は、いま庁舎のネットワークにつながっていません。"))
@@ -602,7 +636,7 @@ struct EnforcementTests {
         #expect(!seen.contains("sga0"), "no interface names in what the user reads")
     }
 
-    @Test("the user's desktop session (segguard-launch --watch) is told, in Japanese, that the VDI will close in N seconds when the office network is lost, then that it was closed, also across a restart of segguardd; another user's watcher is told nothing",
+    @Test("the user's desktop session (segguard-launch --watch) is told, in Japanese, that the VDI will close in N seconds when the office network is lost, that it stays when the network returns in time, that it was closed when not, also across a restart of segguardd; another user's watcher is told nothing",
           .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/dbus-daemon") && FileManager.default.isExecutableFile(atPath: "/usr/bin/dbus-monitor"),
                    "needs dbus-daemon and dbus-monitor (scripts/install-deps.sh installs them)"))
     func graceAndEndNotices() throws {
@@ -612,23 +646,9 @@ struct EnforcementTests {
         #expect(lab.eventually { lab.isBoundToSga0 })
 
         // The desktop's private session bus, a monitor of the Notifications calls on it.
-        let bus = "unix:path=\(lab.dir.appendingPathComponent("bus").path)"
-        let daemon = Process()
-        daemon.executableURL = URL(fileURLWithPath: "/usr/bin/dbus-daemon")
-        daemon.arguments = ["--session", "--nofork", "--address=\(bus)"]
-        daemon.standardError = FileHandle.nullDevice
-        daemon.standardOutput = FileHandle.nullDevice
-        try daemon.run()
-        defer { kill(daemon.processIdentifier, SIGKILL); daemon.waitUntilExit() }
-        #expect(lab.eventually { FileManager.default.fileExists(atPath: lab.dir.appendingPathComponent("bus").path) })
-        let monitor = Process()
-        let out = Pipe()
-        monitor.executableURL = URL(fileURLWithPath: "/usr/bin/dbus-monitor")
-        monitor.arguments = ["--address", bus, "interface='org.freedesktop.Notifications'"]
-        monitor.standardOutput = out
-        try monitor.run()
-        defer { if monitor.isRunning { kill(monitor.processIdentifier, SIGKILL); monitor.waitUntilExit() } }
-        Thread.sleep(forTimeInterval: 0.3)
+        let session = try PrivateSessionBus(dir: lab.dir)
+        defer { session.close() }
+        let bus = session.address
 
         // The session owner's watcher (root here, as the session), and another user's.
         func watcher(user: (uid: Int, gid: Int)?) throws -> (Process, Pipe) {
@@ -660,6 +680,14 @@ struct EnforcementTests {
 
         _ = try lab.launch(EnforcementLab.client)
         #expect(lab.eventually { (lab.sessions.first?.pids.count ?? 0) >= 2 })
+        // A short loss (the cable back well within the 2 s grace): the countdown, then that
+        // the network is back; the session goes on.
+        try lab.gateway.ip("link", "set", "gwa0", "down")
+        #expect(lab.eventually { lab.segment == "unauthorized" })
+        try lab.gateway.ip("link", "set", "gwa0", "up")
+        #expect(lab.eventually { lab.isBoundToSga0 })
+        Thread.sleep(forTimeInterval: 2.5)
+        #expect(lab.sessions.count == 1, "kept")
         try lab.gateway.ip("link", "set", "gwa0", "down")
         #expect(lab.eventually(15) { lab.sessions.isEmpty }, "the session ends after the 2 s grace")
         Thread.sleep(forTimeInterval: 0.8)
@@ -676,10 +704,15 @@ struct EnforcementTests {
         #expect(lab.eventually(15) { lab.sessions.isEmpty })
         Thread.sleep(forTimeInterval: 0.8)
         for p in [mine, other] { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
-        kill(monitor.processIdentifier, SIGKILL)
-        monitor.waitUntilExit()
-        let seen = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        let seen = session.seen()
         #expect(seen.contains("string \"庁舎のネットワークから切断されました\""), "\(seen)")
+        #expect(seen.contains("string \"庁舎のネットワークに戻りました\"") && seen.contains("仮想デスクトップはそのまま使えます。"), "the short loss's return: \(seen)")
+        let order = ["庁舎のネットワークから切断されました", "庁舎のネットワークに戻りました", "庁舎のネットワークから切断されました", "仮想デスクトップを終了しました"]
+        var rest = Substring(seen)
+        for title in order {
+            guard let r = rest.range(of: "string \"\(title)\"") else { Issue.record("\(title) missing in order: \(seen)"); break }
+            rest = rest[r.upperBound...]
+        }
         #expect(seen.contains("2秒以内に庁舎の無線LANまたは有線LANに戻らない場合、仮想デスクトップは終了します。"))
         #expect(seen.components(separatedBy: "string \"仮想デスクトップを終了しました\"").count - 1 == 2, "both runs' endings: \(seen)")
         #expect(seen.contains("お問い合わせ: 情報政策課 ヘルプデスク（内線 2345）"))
