@@ -178,6 +178,9 @@ final class AgentCore {
     /// Kept per uid, so one user's burst never pushes out another's.
     private(set) var userNotices: [UInt32: [NoticesReply.Entry]] = [:]
     private var noticeSeq: UInt64 = 0
+    /// The users told their VDI will close (a grace countdown running): told again if the
+    /// office network returns in time.
+    private var countdownTold: Set<UInt32> = []
     /// Notices kept per user, and users kept (the least recent user goes first).
     static let maxNoticesPerUser = 64
     static let maxNoticeUsers = 1024
@@ -868,7 +871,10 @@ final class AgentCore {
             graceTimer = nil
             if monitor.decision.isAuthorized {
                 logger.notice("authorized path back within the grace period: sessions kept", metadata: ["interfaces": "\(monitor.decision.authorizedInterfaces.joined(separator: ","))"])
+                // Whoever was told the VDI would close is told it stays.
+                for uid in countdownTold { tellUser(uid, .sessionKept) }
             }
+            countdownTold = []
         case let .arm(deadline, token):
             if let t = graceTimer { loop.cancel(t) }
             if policy.enforcement.graceSeconds > 0 {
@@ -876,7 +882,9 @@ final class AgentCore {
                                metadata: ["grace_s": "\(policy.enforcement.graceSeconds)"])
                 if policy.enforcement.sessionTermination == .enforce {
                     let seconds = "\(Int(policy.enforcement.graceSeconds.rounded(.up)))"
-                    for uid in Set(endable().map(\.uid)) { tellUser(uid, .sessionEndingSoon, ["seconds": seconds]) }
+                    let users = Set(endable().map(\.uid))
+                    for uid in users { tellUser(uid, .sessionEndingSoon, ["seconds": seconds]) }
+                    countdownTold.formUnion(users)
                 }
             }
             graceTimer = loop.schedule(at: deadline) { [unowned self] in
@@ -888,6 +896,7 @@ final class AgentCore {
 
     func graceExpired(_ token: UInt64) {
         guard !monitor.decision.isAuthorized, let started = grace.expire(token) else { return }
+        countdownTold = []
         endSessions(reason: monitor.decision.reason, eventNanos: started)
     }
 
@@ -927,15 +936,19 @@ final class AgentCore {
         return sessions.sessions().filter { protected.contains($0.profile) || !known.contains($0.profile) }
     }
 
-    /// Queues a notice for `uid`'s desktop session. The same notice is not repeated for that
-    /// user within 10 s (a loop of refused programs, under any names, is one notice), and each
-    /// user's notices are kept apart (at most `maxNoticesPerUser`).
+    /// Queues a notice for `uid`'s desktop session. A refused program is told once per 10 s
+    /// for that user (a loop of refused programs, under any names, is one notice); another
+    /// notice is not repeated when it is the user's last one, within 10 s (a countdown, the
+    /// network back and a second countdown are all told). Each user's notices are kept apart
+    /// (at most `maxNoticesPerUser`).
     func tellUser(_ uid: UInt32, _ notice: UserNotice, _ values: [String: String] = [:]) {
         let now = Date()
         var mine = userNotices[uid] ?? []
-        if mine.reversed().contains(where: { $0.notice == notice && now.timeIntervalSince($0.time) < 10 && (notice == .toolBlocked || $0.values == values) }) {
-            return
-        }
+        let recent = mine.reversed().prefix { now.timeIntervalSince($0.time) < 10 }
+        let repeated = notice == .toolBlocked
+            ? recent.contains { $0.notice == .toolBlocked }
+            : recent.first.map { $0.notice == notice && $0.values == values } ?? false
+        if repeated { return }
         noticeSeq += 1
         mine.append(NoticesReply.Entry(seq: noticeSeq, time: now, notice: notice, values: values))
         if mine.count > Self.maxNoticesPerUser { mine.removeFirst(mine.count - Self.maxNoticesPerUser) }

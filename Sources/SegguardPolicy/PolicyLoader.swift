@@ -5,6 +5,10 @@
 import Foundation
 import Yams
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// One problem in a policy file, located by file, line, column and key path.
 public struct PolicyIssue: Sendable, Equatable, CustomStringConvertible {
     public var file: String
@@ -48,14 +52,30 @@ public enum PolicyLoader {
         try load(text: readText(path, what: "the policy file"), file: path)
     }
 
-    /// The text of `path`; an unreadable file is one issue at line 1 naming `what` it is.
+    /// The text of `path`; an unreadable file is one issue at line 1 naming `what` it is and
+    /// why, as the system said it ("No such file or directory (errno 2)", "Is a directory",
+    /// "Permission denied") or that it is not UTF-8 text.
     static func readText(_ path: String, what: String) throws(PolicyLoadError) -> String {
-        do {
-            return try String(contentsOfFile: path, encoding: .utf8)
-        } catch {
-            let why = (error as NSError).localizedDescription
-            throw PolicyLoadError(issues: [PolicyIssue(file: path, line: 1, column: 1, path: "", message: "cannot read \(what): \(why)")])
+        func failure(_ why: String) -> PolicyLoadError {
+            PolicyLoadError(issues: [PolicyIssue(file: path, line: 1, column: 1, path: "", message: "cannot read \(what): \(why)")])
         }
+        func systemError() -> String { "\(String(cString: strerror(errno))) (errno \(errno))" }
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw failure(systemError()) }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw failure(systemError())
+            }
+            if n == 0 { break }
+            bytes.append(contentsOf: chunk[0..<n])
+        }
+        guard let text = String(validating: bytes, as: UTF8.self) else { throw failure("it is not UTF-8 text") }
+        return text
     }
 
     /// Parses `text` (the contents of `file`, used only in messages).

@@ -20,6 +20,9 @@ public enum UserNotice: String, Sendable, Codable, CaseIterable {
     case launchUnavailable = "launch.unavailable"
     /// The office network was lost: the session ends in N seconds unless it returns.
     case sessionEndingSoon = "session.ending-soon"
+    /// The office network came back within the grace: the session goes on (after a
+    /// `sessionEndingSoon`, so that the user is not left waiting for a close that never comes).
+    case sessionKept = "session.kept"
     /// The session was ended: the office network did not return in time.
     case sessionEnded = "session.ended"
     /// A screen-capture tool was refused.

@@ -383,6 +383,36 @@ struct AgentGraceTests {
         #expect(!h.events.contains("sessions-ended"))
     }
 
+    @Test("the user told that the VDI will close is told that it stays when the network returns in time, at every spell; after an expiry they are told it closed, not that it stays; other users are told nothing")
+    func countdownNotices() throws {
+        let h = try AgentHarness(policy: AgentHarness.policy(grace: 10))
+        defer { h.close() }
+        func told(_ peer: PeerCredentials = AgentHarness.user) -> [UserNotice] {
+            h.agent.reply(to: ControlRequest(command: .notices, since: 0), peer: peer).notices?.entries.map(\.notice) ?? []
+        }
+        h.send([AgentHarness.wifi(AgentHarness.ap1)])
+        #expect(launch(h).allowed)
+        h.send([AgentHarness.wifi(nil)])
+        h.advance(3)
+        h.send([AgentHarness.wifi(AgentHarness.ap2)])
+        h.agent.settle()
+        #expect(told() == [.sessionEndingSoon, .sessionKept])
+        // A second spell soon after is told again, and its return too.
+        h.send([AgentHarness.wifi(nil)])
+        h.advance(2)
+        h.send([AgentHarness.wifi(AgentHarness.ap1)])
+        h.agent.settle()
+        #expect(told() == [.sessionEndingSoon, .sessionKept, .sessionEndingSoon, .sessionKept])
+        // A spell that runs out: closed, and the network's later return says nothing more.
+        h.send([AgentHarness.wifi(nil)])
+        h.advance(10)
+        h.agent.settle()
+        h.send([AgentHarness.wifi(AgentHarness.ap1)])
+        h.agent.settle()
+        #expect(told() == [.sessionEndingSoon, .sessionKept, .sessionEndingSoon, .sessionKept, .sessionEndingSoon, .sessionEnded])
+        #expect(told(PeerCredentials(pid: 1, uid: 1001, gid: 1001, groups: [])).isEmpty)
+    }
+
     @Test("a cable-to-Wi-Fi switch inside the grace keeps the session; a later loss starts a new grace")
     func switchKeeps() throws {
         let h = try AgentHarness(policy: AgentHarness.policy(grace: 5))

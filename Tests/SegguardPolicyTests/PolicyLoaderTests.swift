@@ -144,6 +144,26 @@ struct PolicyFixtureTests {
         #expect(positions == positions.sorted { $0.lexicographicallyPrecedes($1) })
     }
 
+    @Test("a policy file that cannot be read says why, as the system says it: missing, a directory, not UTF-8")
+    func unreadable() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("segguard-unreadable-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        func message(_ path: String) -> String {
+            do {
+                _ = try PolicyLoader.load(file: path)
+                return "loaded"
+            } catch {
+                return error.issues.map(\.message).joined(separator: "; ")
+            }
+        }
+        #expect(message(dir.appendingPathComponent("missing.yaml").path) == "cannot read the policy file: No such file or directory (errno 2)")
+        #expect(message(dir.path) == "cannot read the policy file: Is a directory (errno 21)")
+        let latin1 = dir.appendingPathComponent("latin1.yaml")
+        try Data("name: Gem\u{00E9}inde\n".utf8.map { $0 == 0xC3 ? 0x20 : $0 }).write(to: latin1)
+        #expect(message(latin1.path) == "cannot read the policy file: it is not UTF-8 text")
+    }
+
     @Test("a file with several mistakes reports all of them, in line order, and a count")
     func severalErrorsSummary() throws {
         let text = try readText(FixturePaths.fixtures.appendingPathComponent("bad"), "several-errors.yaml")
