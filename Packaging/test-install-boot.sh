@@ -248,7 +248,8 @@ if [ -n "$sgd" ] && [ "$sgd" != 0 ] && [ "$(in_ct nsenter -t "$sgd" -m -- findmn
     strict=""
     wait_for sh -c "nsenter -t $pid1 -a -- segguardctl status | grep -q 'trusted-only'" && strict=1
     check "a trusted-only session runs (segguardctl status says trusted-only)" test -n "$strict"
-    # The first exec under trusted-only hashes the 89 MB (unstripped) segguardctl; on a loaded
+    # The first exec under trusted-only hashes segguardctl, i.e. the whole multi-call segguardd
+    # (unstripped in this prebuilt test package, over 100 MB); on a loaded
     # 2-core CI machine that can take longer than decision_timeout_ms (250 ms), and the
     # documented answer is then a denial while the hashing finishes for the next exec.
     in_ct segguardctl status >/dev/null 2>&1 || sleep 2
