@@ -32,7 +32,7 @@ struct Launch: ParsableCommand {
     @Flag(name: .long, help: "Do not show a desktop notification on refusal.")
     var noNotify = false
 
-    @Flag(name: .long, help: "Stay in the desktop session and show what segment-guard tells this user (the VDI will close in N seconds, it was closed, a capture tool was refused) as desktop notifications, in the user's language; started by /etc/xdg/autostart/segguard-notify.desktop.")
+    @Flag(name: .long, help: "Stay in the desktop session and show what segment-guard tells this user (the VDI will close in N seconds, the office network is back, it was closed, a capture tool was refused) as desktop notifications, in the user's language; started by /etc/xdg/autostart/segguard-notify.desktop.")
     var watch = false
 
     @Option(name: .long, help: "With --watch: seconds between two questions to segguardd.")
