@@ -236,6 +236,7 @@ done
 check "man segguardctl documents enroll (generated from the parser)" sh -c "nsenter -t $pid1 -a -- env MANWIDTH=200 man segguardctl 2>/dev/null | grep -q -- '--token-file'"
 check "bash and zsh completions are installed" test -s "$root/usr/share/bash-completion/completions/segguardctl" -a -s "$root/usr/share/zsh/vendor-completions/_segguard-collector"
 check "segguardctl and segguard-launch are links to the one agent binary (multi-call)" sh -c "test \"\$(readlink '$root/usr/bin/segguardctl')\" = ../sbin/segguardd -a \"\$(readlink '$root/usr/bin/segguard-launch')\" = ../sbin/segguardd -a -f '$root/usr/sbin/segguardd' -a ! -L '$root/usr/sbin/segguardd'"
+check "... with no setuid bit and no file capabilities (they would hold under every name)" sh -c "test \"\$(stat -c %A '$root/usr/sbin/segguardd')\" = -rwxr-xr-x && python3 -c \"import os, sys; sys.exit('security.capability' in os.listxattr('$root/usr/sbin/segguardd'))\""
 check "postinst made the segguard admin group" in_ct getent group segguard
 check "the .deb ships md5sums and dpkg --verify passes" sh -c "test -s '$root/var/lib/dpkg/info/segment-guard-agent.md5sums' && nsenter -t $pid1 -a -- dpkg --verify segment-guard-agent"
 sgd="$(in_ct systemctl show -p MainPID --value segguardd)"
