@@ -905,11 +905,8 @@ final class AgentCore {
     /// coming back here as a job.
     func endSessions(reason: String, eventNanos: UInt64) {
         guard let sessions = sources.sessions else { return }
-        let protected = Set(policy.profiles.filter(\.needsAuthorizedSegment).map(\.name))
-        // A session whose profile left the policy still needed the segment when it started.
-        let known = Set(policy.profiles.map(\.name))
-        let matching: @Sendable (String) -> Bool = { protected.contains($0) || !known.contains($0) }
-        let targets = endable()
+        let matching = endsOnSegmentLoss()
+        let targets = sessions.sessions().filter { matching($0.profile) }
         guard !targets.isEmpty else { return }
         switch policy.enforcement.sessionTermination {
         case .off:
@@ -927,13 +924,20 @@ final class AgentCore {
         }
     }
 
-    /// The sessions a lost segment ends: of profiles that need the segment, and adopted ones
-    /// (their profile unknown, or no longer in the policy).
-    func endable() -> [SessionInfo] {
-        guard let sessions = sources.sessions else { return [] }
+    /// Whether a session of a profile ends when the segment is lost: profiles that need the
+    /// segment, and adopted ones (their profile unknown; a profile that left the policy still
+    /// needed the segment when its session started).
+    func endsOnSegmentLoss() -> @Sendable (String) -> Bool {
         let protected = Set(policy.profiles.filter(\.needsAuthorizedSegment).map(\.name))
         let known = Set(policy.profiles.map(\.name))
-        return sessions.sessions().filter { protected.contains($0.profile) || !known.contains($0.profile) }
+        return { protected.contains($0) || !known.contains($0) }
+    }
+
+    /// The sessions a lost segment ends (`endsOnSegmentLoss`).
+    func endable() -> [SessionInfo] {
+        guard let sessions = sources.sessions else { return [] }
+        let matching = endsOnSegmentLoss()
+        return sessions.sessions().filter { matching($0.profile) }
     }
 
     /// Queues a notice for `uid`'s desktop session. A refused program is told once per 10 s
