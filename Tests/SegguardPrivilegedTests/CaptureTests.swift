@@ -174,6 +174,45 @@ struct CaptureTests {
         #expect(c.denied == 2 && c.events >= 3)
     }
 
+    @Test("a blocked tool is told to its user's desktop: one Japanese notification on the user's session bus for a burst of attempts (and English under LANG=C), with the help desk; another user is told nothing",
+          .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/dbus-daemon") && FileManager.default.isExecutableFile(atPath: "/usr/bin/dbus-monitor"),
+                   "needs dbus-daemon and dbus-monitor (scripts/install-deps.sh installs them)"))
+    func blockedToolNotice() throws {
+        let policy = try capturePolicy(extra: "helpdesk: {name: \"情報政策課 ヘルプデスク\", contact: \"内線 2345\"}")
+        let d = try CaptureDaemon(policy: policy)
+        defer { d.cleanup() }
+        try d.install("/usr/bin/true", as: "scrot")
+        let session = try PrivateSessionBus(dir: d.dir)
+        defer { session.close() }
+        // The user's desktop in Japanese and in English (root runs the tool here, so root's
+        // watchers are the user's); another user's watcher.
+        let (ja, _) = try noticeWatcher(socket: d.socket, bus: session.address)
+        let (en, _) = try noticeWatcher(socket: d.socket, bus: session.address, lang: "C")
+        let (other, otherErr) = try noticeWatcher(socket: d.socket, bus: session.address, user: (65534, 65534))
+        defer {
+            for p in [ja, en, other] where p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        }
+        Thread.sleep(forTimeInterval: 0.6)  // each watcher has asked once (its starting point)
+
+        for _ in 0..<5 {
+            let (rc, err) = try d.run(["\(d.tools)/scrot"])
+            #expect(rc != 0 && err.contains("Operation not permitted"), "\(err)")
+        }
+        #expect(try d.events().filter { $0.kind == "exec-denied" }.count == 5)
+        Thread.sleep(forTimeInterval: 1.0)  // a few of the watchers' 0.2 s polls
+        for p in [ja, en, other] { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        let seen = session.seen()
+        #expect(seen.components(separatedBy: "string \"このプログラムは使えません\"").count - 1 == 1, "one notice for five attempts: \(seen)")
+        #expect(seen.contains("仮想デスクトップの画面を守るため、利用中はこのプログラム（scrot）を使えません。"), "\(seen)")
+        #expect(seen.contains("お問い合わせ: 情報政策課 ヘルプデスク（内線 2345）"))
+        #expect(seen.components(separatedBy: "string \"This program cannot be used\"").count - 1 == 1, "\(seen)")
+        #expect(seen.contains("this program (scrot) cannot be used while it is open"))
+        #expect(seen.contains("Help: 情報政策課 ヘルプデスク (内線 2345)"))
+        #expect(!seen.contains(d.tools), "the user reads the tool's name, not the path")
+        let otherSaid = String(decoding: otherErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(!otherSaid.contains("scrot") && !otherSaid.contains("プログラム") && !otherSaid.contains("program"), "another user is told nothing: \(otherSaid)")
+    }
+
     @Test("with blocking off, the listed name and the listed hash both run")
     func off() throws {
         let d = try CaptureDaemon(policy: try capturePolicy(mode: "off"))

@@ -268,6 +268,30 @@ final class PrivateSessionBus {
     }
 }
 
+/// `segguard-launch --watch` against `socket`, telling the desktop on `bus` in `lang`: as root
+/// (the session's owner in these tests), or as `user` (then with `--no-notify`: its stderr
+/// shows what it would have told).
+func noticeWatcher(socket: String, bus: String, lang: String = "ja_JP.UTF-8", user: (uid: Int, gid: Int)? = nil) throws -> (Process, Pipe) {
+    let p = Process()
+    let err = Pipe()
+    var argv: [String] = []
+    if let user { argv += ["--reuid=\(user.uid)", "--regid=\(user.gid)", "--clear-groups"] }
+    argv += [binDir.appendingPathComponent("segguard-launch").path, "--socket", socket, "--watch", "--interval", "0.2"]
+    if user != nil { argv.append("--no-notify") }
+    p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
+    p.arguments = user == nil ? ["--"] + argv : argv
+    var env = ProcessInfo.processInfo.environment
+    env["DBUS_SESSION_BUS_ADDRESS"] = bus
+    env["LANG"] = lang
+    env["LC_ALL"] = nil
+    env["LC_MESSAGES"] = nil
+    p.environment = env
+    p.standardError = err
+    p.standardOutput = FileHandle.nullDevice
+    try p.run()
+    return (p, err)
+}
+
 func isAlive(_ pid: Int32) -> Bool { kill(pid, 0) == 0 || errno != ESRCH }
 
 @Suite("Segment binding on the real kernel", .serialized,
@@ -636,7 +660,7 @@ struct EnforcementTests {
         #expect(!seen.contains("sga0"), "no interface names in what the user reads")
     }
 
-    @Test("the user's desktop session (segguard-launch --watch) is told, in Japanese, that the VDI will close in N seconds when the office network is lost, that it stays when the network returns in time, that it was closed when not, also across a restart of segguardd; another user's watcher is told nothing",
+    @Test("the user's desktop session (segguard-launch --watch) is told, in Japanese (and in English under LANG=C), that the VDI will close in N seconds when the office network is lost, that it stays when the network returns in time, that it was closed when not, also across a restart of segguardd; another user's watcher is told nothing",
           .enabled(if: FileManager.default.isExecutableFile(atPath: "/usr/bin/dbus-daemon") && FileManager.default.isExecutableFile(atPath: "/usr/bin/dbus-monitor"),
                    "needs dbus-daemon and dbus-monitor (scripts/install-deps.sh installs them)"))
     func graceAndEndNotices() throws {
@@ -650,33 +674,15 @@ struct EnforcementTests {
         defer { session.close() }
         let bus = session.address
 
-        // The session owner's watcher (root here, as the session), and another user's.
-        func watcher(user: (uid: Int, gid: Int)?) throws -> (Process, Pipe) {
-            let p = Process()
-            let err = Pipe()
-            var argv: [String] = []
-            if let user { argv += ["--reuid=\(user.uid)", "--regid=\(user.gid)", "--clear-groups"] }
-            argv += [binDir.appendingPathComponent("segguard-launch").path, "--socket", lab.socket, "--watch", "--interval", "0.2"]
-            if user != nil { argv.append("--no-notify") }
-            p.executableURL = URL(fileURLWithPath: "/usr/bin/setpriv")
-            p.arguments = user == nil ? ["--"] + argv : argv
-            var env = ProcessInfo.processInfo.environment
-            env["DBUS_SESSION_BUS_ADDRESS"] = bus
-            env["LANG"] = "ja_JP.UTF-8"
-            env["LC_ALL"] = nil
-            env["LC_MESSAGES"] = nil
-            p.environment = env
-            p.standardError = err
-            p.standardOutput = FileHandle.nullDevice
-            try p.run()
-            return (p, err)
-        }
-        let (mine, mineErr) = try watcher(user: nil)
-        let (other, otherErr) = try watcher(user: (65534, 65534))
+        // The session owner's watchers (root here, as the session): a Japanese desktop and an
+        // English one (LANG=C); and another user's.
+        let (mine, mineErr) = try noticeWatcher(socket: lab.socket, bus: bus)
+        let (english, _) = try noticeWatcher(socket: lab.socket, bus: bus, lang: "C")
+        let (other, otherErr) = try noticeWatcher(socket: lab.socket, bus: bus, user: (65534, 65534))
         defer {
-            for p in [mine, other] where p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+            for p in [mine, english, other] where p.isRunning { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
         }
-        Thread.sleep(forTimeInterval: 0.6)  // both have asked once (their starting point)
+        Thread.sleep(forTimeInterval: 0.6)  // each watcher has asked once (its starting point)
 
         _ = try lab.launch(EnforcementLab.client)
         #expect(lab.eventually { (lab.sessions.first?.pids.count ?? 0) >= 2 })
@@ -703,7 +709,7 @@ struct EnforcementTests {
         try lab.gateway.ip("link", "set", "gwa0", "down")
         #expect(lab.eventually(15) { lab.sessions.isEmpty })
         Thread.sleep(forTimeInterval: 0.8)
-        for p in [mine, other] { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
+        for p in [mine, english, other] { kill(p.processIdentifier, SIGKILL); p.waitUntilExit() }
         let seen = session.seen()
         #expect(seen.contains("string \"庁舎のネットワークから切断されました\""), "\(seen)")
         #expect(seen.contains("string \"庁舎のネットワークに戻りました\"") && seen.contains("仮想デスクトップはそのまま使えます。"), "the short loss's return: \(seen)")
@@ -716,6 +722,16 @@ struct EnforcementTests {
         #expect(seen.contains("2秒以内に庁舎の無線LANまたは有線LANに戻らない場合、仮想デスクトップは終了します。"))
         #expect(seen.components(separatedBy: "string \"仮想デスクトップを終了しました\"").count - 1 == 2, "both runs' endings: \(seen)")
         #expect(seen.contains("お問い合わせ: 情報政策課 ヘルプデスク（内線 2345）"))
+        // The same notices on the English desktop, in the same order.
+        var restEn = Substring(seen)
+        for title in ["Disconnected from the office network", "Back on the office network", "Disconnected from the office network", "The virtual desktop was closed"] {
+            guard let r = restEn.range(of: "string \"\(title)\"") else { Issue.record("\(title) missing in order: \(seen)"); break }
+            restEn = restEn[r.upperBound...]
+        }
+        #expect(seen.contains("Unless the office Wi-Fi or LAN is back within 2 seconds, the virtual desktop will close."))
+        #expect(seen.contains("Your virtual desktop stays open; carry on."))
+        #expect(seen.components(separatedBy: "string \"The virtual desktop was closed\"").count - 1 == 2, "both runs' endings: \(seen)")
+        #expect(seen.contains("Help: 情報政策課 ヘルプデスク (内線 2345)"))
         let said = String(decoding: mineErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         #expect(said.contains("庁舎のネットワークから切断されました") && said.contains("仮想デスクトップを終了しました"), "\(said)")
         let otherSaid = String(decoding: otherErr.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
