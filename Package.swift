@@ -16,7 +16,6 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
-        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
         .package(url: "https://github.com/apple/swift-crypto.git", from: "3.12.3"),
         // Reporting and the collector.
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
@@ -38,6 +37,7 @@ let package = Package(
         // C libraries, through pkg-config.
         .systemLibrary(name: "CLibNL", pkgConfig: "libnl-genl-3.0", providers: [.apt(["libnl-3-dev", "libnl-genl-3-dev", "libnl-route-3-dev"])]),
         .systemLibrary(name: "CNftables", pkgConfig: "libnftables", providers: [.apt(["libnftables-dev"])]),
+        .systemLibrary(name: "CYAML", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
         .systemLibrary(name: "CSystemd", pkgConfig: "libsystemd", providers: [.apt(["libsystemd-dev"])]),
         // Thin C wrappers for what Swift cannot import (macros, variadic, inline helpers).
         .target(name: "CSegguardShims", dependencies: ["CLibNL", "CSystemd"]),
@@ -46,7 +46,7 @@ let package = Package(
         // loop the agent runs on, the stop signal of the other loops, peer credentials.
         .target(name: "SegguardSystem", dependencies: ["CSegguardShims"], swiftSettings: strict),
         // Pure Swift: the policy model, its parser/validator and the network snapshot model.
-        .target(name: "SegguardPolicy", dependencies: [.product(name: "Yams", package: "Yams")], swiftSettings: strict),
+        .target(name: "SegguardPolicy", dependencies: ["CYAML"], swiftSettings: strict),
         // Pure Swift: (snapshot, policy) -> decision.
         .target(name: "SegguardDecision", dependencies: ["SegguardPolicy"], swiftSettings: strict),
         // rtnetlink + nl80211 -> NetworkSnapshot, behind the NetworkSource protocol.

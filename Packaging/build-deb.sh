@@ -42,6 +42,34 @@ libc="$(for b in segguardd segguard-collector; do readelf --dyn-syms -W "$bin/$b
     | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)"
 [ -n "$libc" ] || { echo "cannot read the glibc versions the binaries need (readelf, binutils)" >&2; exit 2; }
 
+# Every shared library a binary needs comes from a package its control file depends on
+# (dpkg -S on this build machine; the toolchain's Swift runtime of a prebuilt debug build is
+# mounted by the install test instead).
+needs() {  # needs BINARY CONTROL
+    local so path owner
+    for so in $(readelf -dW "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
+        path="$(ldconfig -p | awk -v so="$so" '$1 == so && /x86-64|x32|AArch64|64bit/ {print $NF; exit}')"
+        [ -n "$path" ] || path="$(ldconfig -p | awk -v so="$so" '$1 == so {print $NF; exit}')"
+        if [ -z "$path" ]; then
+            case "$config:$so" in prebuilt:libswift*|prebuilt:libFoundation*|prebuilt:lib_Foundation*|prebuilt:libdispatch*|prebuilt:libBlocksRuntime*|prebuilt:libswift_*) continue ;; esac
+            echo "$(basename "$1") needs $so, which no installed library provides" >&2; exit 2
+        fi
+        owner="$(dpkg -S "$(readlink -f "$path")" 2>/dev/null | head -1 | cut -d: -f1)" || true
+        [ -n "$owner" ] || owner="$(dpkg -S "$path" 2>/dev/null | head -1 | cut -d: -f1)" || true
+        [ -n "$owner" ] || { echo "$(basename "$1") needs $so ($path), which no Debian package owns" >&2; exit 2; }
+        grep -Eq "^Depends:.*(: |, )$owner( |,|$)" "$2" \
+            || { echo "$(basename "$1") needs $so from $owner, but $2 does not depend on $owner" >&2; exit 2; }
+    done
+}
+needs "$bin/segguardd" Packaging/debian/agent.control
+needs "$bin/segguard-collector" Packaging/debian/collector.control
+# The agent's modules use FoundationEssentials, never Foundation: Foundation's ICU (34 MB of
+# data, ~30 MB of code) would more than double the agent's size (scripts/check-imports.py
+# checks the imports; this checks what a dependency may have pulled in).
+if readelf -sW "$bin/segguardd" | grep -q 'icudt[0-9]*_dat' || readelf -dW "$bin/segguardd" | grep -Eq 'NEEDED.*\[(libFoundation|lib_FoundationICU)\.so'; then
+    echo "segguardd links Foundation's ICU: a module of the agent uses Foundation (not FoundationEssentials)" >&2; exit 2
+fi
+
 # /usr/share/doc/PKG: the Debian changelog (what dpkg tools read) and the project's own.
 doc() {  # doc PKG DIR
     gzip -9n -c CHANGELOG.md > "$2/CHANGELOG.md.gz"
@@ -49,8 +77,10 @@ doc() {  # doc PKG DIR
         "$1" "$version" "$version" "$1" "$(date -u -R -d "@${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}")" \
         | gzip -9n > "$2/changelog.gz"
     install -m 0644 Packaging/debian/copyright "$2/copyright"
-    install -d -m 0755 "$(dirname "$2")/../lintian/overrides"
-    install -m 0644 "Packaging/debian/$3.lintian-overrides" "$(dirname "$2")/../lintian/overrides/$1"
+    if [ -f "Packaging/debian/$3.lintian-overrides" ]; then  # the collector needs none
+        install -d -m 0755 "$(dirname "$2")/../lintian/overrides"
+        install -m 0644 "Packaging/debian/$3.lintian-overrides" "$(dirname "$2")/../lintian/overrides/$1"
+    fi
 }
 # Manual pages generated from the argument parsers (Packaging/gen-man.py; prose from
 # Packaging/man/*.in), the policy format's written by hand; shell completions from the parsers.

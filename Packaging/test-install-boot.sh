@@ -8,7 +8,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "test-install-boot.sh needs root" >&2; exit 2; }
 
-cache=/var/cache/segguard-test/bookworm-minbase-man
+cache=/var/cache/segguard-test/bookworm-minbase-man-yaml
 work="$(mktemp -d /var/tmp/segguard-boot.XXXXXX)"
 machine="sgboot-$$"
 nspawn_pid=""
@@ -37,7 +37,7 @@ if [ ! -x "$cache/usr/lib/systemd/systemd" ]; then
     [ -n "$mirror" ] || mirror="$(awk '/^deb /{print $2; exit}' /etc/apt/sources.list 2>/dev/null)"
     tmp="$(mktemp -d "$cache.tmp.XXXXXX")"
     if ! debootstrap --variant=minbase \
-        --include=systemd,systemd-sysv,dbus,libnl-3-200,libnl-genl-3-200,libnl-route-3-200,libnftables1,nftables,libstdc++6,iproute2,man-db \
+        --include=systemd,systemd-sysv,dbus,libnl-3-200,libnl-genl-3-200,libnl-route-3-200,libnftables1,libyaml-0-2,nftables,libstdc++6,iproute2,man-db \
         bookworm "$tmp" "$mirror" >"$work/debootstrap.log" 2>&1; then
         tail -20 "$work/debootstrap.log"; umount -R "$tmp/proc" "$tmp/sys" 2>/dev/null; rm -rf "$tmp"; exit 1
     fi

@@ -11,6 +11,7 @@ demo=(
     libnl-3-dev libnl-genl-3-dev libnl-route-3-dev   # netlink (rtnetlink, nl80211)
     libnftables-dev nftables                         # the network binding (libnftables JSON API; nft for admins)
     libsystemd-dev                                   # sd_notify / journald (service integration)
+    libyaml-dev                                      # the policy and state-file reader (libyaml's parser)
     iproute2 procps util-linux                       # ip netns / veth, sysctl, nsenter and setpriv
 )
 tests=(

@@ -3,7 +3,6 @@
 // an admin sees all mistakes at once; any problem refuses the whole policy.
 
 import Foundation
-import Yams
 
 #if canImport(Glibc)
 import Glibc
@@ -105,11 +104,9 @@ struct Context {
     func compose(_ text: String, emptyHint: String) throws(PolicyLoadError) -> Node {
         let root: Node?
         do {
-            root = try Yams.compose(yaml: text)
-        } catch let error as YamlError {
-            throw PolicyLoadError(issues: [yamlIssue(error)])
+            root = try YAML.compose(text)
         } catch {
-            throw PolicyLoadError(issues: [PolicyIssue(file: file, line: 1, column: 1, path: "", message: "\(error)")])
+            throw PolicyLoadError(issues: [yamlIssue(error)])
         }
         guard let root else {
             throw PolicyLoadError(issues: [PolicyIssue(file: file, line: 1, column: 1, path: "", message: "the file is empty", hint: emptyHint)])
@@ -122,21 +119,13 @@ struct Context {
         issues.append(PolicyIssue(file: file, line: mark?.line ?? 1, column: mark?.column ?? 1, path: path, message: message, hint: hint))
     }
 
-    func yamlIssue(_ error: YamlError) -> PolicyIssue {
-        switch error {
-        case let .scanner(context, problem, mark, _), let .parser(context, problem, mark, _), let .composer(context, problem, mark, _):
-            let ctx = context.map { " (\($0.text))" } ?? ""
-            return PolicyIssue(file: file, line: mark.line, column: mark.column, path: "", message: "YAML syntax: \(problem)\(ctx)")
-        case let .reader(problem, _, _, _):
-            return PolicyIssue(file: file, line: 1, column: 1, path: "", message: "YAML reader: \(problem)")
-        case let .duplicatedKeysInMapping(duplicates, context):
-            // Yams reports where the mapping starts, not the second occurrence.
-            let keys = duplicates.sorted().map { "\"\($0)\"" }.joined(separator: ", ")
-            let what = duplicates.count == 1 ? "key \(keys) given twice" : "keys \(keys) given twice"
-            return PolicyIssue(file: file, line: context.mark.line, column: context.mark.column, path: "", message: what)
-        default:
-            return PolicyIssue(file: file, line: 1, column: 1, path: "", message: "YAML: \(error)")
+    func yamlIssue(_ error: YAMLError) -> PolicyIssue {
+        let message = switch error.kind {
+        case .syntax: "YAML syntax: \(error.problem)\(error.context.map { " (\($0))" } ?? "")"
+        case .reader: "YAML reader: \(error.problem)"
+        case .structure: error.problem + (error.context.map { " (\($0))" } ?? "")
         }
+        return PolicyIssue(file: file, line: error.mark.line, column: error.mark.column, path: "", message: message)
     }
 
     /// The keys of a mapping, with unknown and duplicate keys reported.
@@ -205,7 +194,6 @@ struct Context {
         case .scalar: "a single value"
         case .mapping: "a mapping"
         case .sequence: "a list"
-        case .alias: "an alias"
         }
     }
 
@@ -227,7 +215,7 @@ struct Context {
         return m.first { $0.key.scalar?.string == key }?.value
     }
 
-    func location(_ node: Node) -> String { "\(file):\(node.mark?.line ?? 1)" }
+    func location(_ node: Node) -> String { "\(file):\(node.mark.line)" }
 
     // MARK: Sections
 
@@ -797,7 +785,7 @@ struct Context {
                 report(node, path, message, hint: hint)
             } else {
                 let mark = node.mark
-                warnings.append(PolicyIssue(file: file, line: mark?.line ?? 1, column: mark?.column ?? 1, path: path,
+                warnings.append(PolicyIssue(file: file, line: mark.line, column: mark.column, path: path,
                                             message: message + " (schema_version 2 refuses it)", hint: hint))
             }
         }

@@ -5,7 +5,6 @@
 // format back, so a snapshot round-trips (the decision-table tests check it).
 
 import Foundation
-import Yams
 
 /// Reads and writes state files (format: Config/states/README.md).
 public enum StateFile {

@@ -164,6 +164,31 @@ struct PolicyFixtureTests {
         #expect(message(latin1.path) == "cannot read the policy file: it is not UTF-8 text")
     }
 
+    @Test("the YAML reader (libyaml): anchors and aliases are read; a second document, an undefined alias, a key twice in any mapping, a control character, alias bombs and deep nesting are refused, each located")
+    func yamlReader() throws {
+        let base = "schema_version: 1\nname: y\nsites: [{name: hq, wired: [{interfaces: [eth0]}]}]\n"
+        // An anchored list used twice.
+        let aliased = try PolicyLoader.load(text: base + "vdi: {gateways: [{address: 192.0.2.10, ports: &p [443, 8443]}, {address: 192.0.2.11, ports: *p}]}\n", file: "a.yaml")
+        #expect(aliased.vdi.gateways.map(\.ports) == [[443, 8443], [443, 8443]])
+
+        func first(_ text: String) -> String? { loaderIssues(text, file: "y.yaml")?.first?.description }
+        let gw = "vdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}\n"
+        #expect(first(base + gw + "---\nname: other\n") == "y.yaml:5:1: a second document ('---') in the file (a policy is one document)")
+        #expect(first(base + "vdi: {gateways: [{address: 192.0.2.10, ports: *none}]}\n") == "y.yaml:4:47: alias *none names no anchor before it")
+        // A key twice is refused where the loader reads no keys itself (a profile's file settings).
+        let twice = base + gw + "profiles:\n  - name: p\n    segment: mynumber\n    command: [/usr/bin/true]\n    config_files:\n      - path: ~/.config/x.ini\n        set: {a: 1, a: 2}\n"
+        #expect(first(twice) == "y.yaml:11:21: key \"a\" given twice")
+        #expect(first(base + gw + "name: \u{01}x\n") == "y.yaml:5:7: YAML reader: control characters are not allowed (#1)")
+        // "Billion laughs": each level doubles; refused before it is expanded.
+        var bomb = "a0: &a0 [x, x]\n"
+        for i in 1...20 { bomb += "a\(i): &a\(i) [*a\(i - 1), *a\(i - 1)]\n" }
+        let bombIssue = try #require(first(bomb))
+        #expect(bombIssue.contains("aliases expand to more than 200000 values"), "\(bombIssue)")
+        // Nesting: 100,000 brackets deep is an error, not a crash.
+        let deep = "name: " + String(repeating: "[", count: 100_000) + String(repeating: "]", count: 100_000) + "\n"
+        #expect(first(deep) == "y.yaml:1:70: lists and mappings nested deeper than 64 levels")
+    }
+
     @Test("a file with several mistakes reports all of them, in line order, and a count")
     func severalErrorsSummary() throws {
         let text = try readText(FixturePaths.fixtures.appendingPathComponent("bad"), "several-errors.yaml")
