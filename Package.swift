@@ -44,11 +44,14 @@ let package = Package(
 
         // The low floor: syscall helper, atomic file, monotonic clock, named threads, the poll
         // loop the agent runs on, the stop signal of the other loops, peer credentials.
-        .target(name: "SegguardSystem", dependencies: ["CSegguardShims"], swiftSettings: strict),
+        // What the agent would otherwise take from Foundation's ICU-backed half (it imports
+        // FoundationEssentials only): trimming, printf numbers, hex, paths, stderr, any JSON value.
+        .target(name: "SegguardEssentials", swiftSettings: strict),
+        .target(name: "SegguardSystem", dependencies: ["SegguardEssentials", "CSegguardShims"], swiftSettings: strict),
         // Pure Swift: the policy model, its parser/validator and the network snapshot model.
-        .target(name: "SegguardPolicy", dependencies: ["CYAML"], swiftSettings: strict),
+        .target(name: "SegguardPolicy", dependencies: ["SegguardEssentials", "CYAML"], swiftSettings: strict),
         // Pure Swift: (snapshot, policy) -> decision.
-        .target(name: "SegguardDecision", dependencies: ["SegguardPolicy"], swiftSettings: strict),
+        .target(name: "SegguardDecision", dependencies: ["SegguardEssentials", "SegguardPolicy"], swiftSettings: strict),
         // rtnetlink + nl80211 -> NetworkSnapshot, behind the NetworkSource protocol.
         .target(
             name: "SegguardNetlink",
@@ -58,37 +61,38 @@ let package = Package(
         // gate's rules, the grace period; kernel parts behind NetworkBinding and SessionControl.
         .target(
             name: "SegguardEnforce",
-            dependencies: ["SegguardPolicy", "SegguardDecision", "SegguardSystem", "CNftables", "CLibNL", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SegguardEssentials", "SegguardPolicy", "SegguardDecision", "SegguardSystem", "CNftables", "CLibNL", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // systemd integration: sd_notify (ready, status, reload, watchdog) and a journald log handler.
         .target(name: "SegguardService", dependencies: ["CSystemd", "SegguardSystem", .product(name: "Logging", package: "swift-log")], swiftSettings: strict),
         // 802.1X device authentication from wpa_supplicant (control interface, D-Bus).
         .target(
             name: "SegguardDeviceAuth",
-            dependencies: ["SegguardPolicy", "SegguardSystem", "CSegguardShims", "CSystemd", .product(name: "Crypto", package: "swift-crypto"),
+            dependencies: ["SegguardEssentials", "SegguardPolicy", "SegguardSystem", "CSegguardShims", "CSystemd", .product(name: "Crypto", package: "swift-crypto"),
                            .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
                            .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // Screen-capture blocking: fanotify exec permission events, blocklist/trusted-only decision.
         .target(
             name: "SegguardCapture",
-            dependencies: ["SegguardPolicy", "SegguardSystem", "CSegguardShims", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SegguardEssentials", "SegguardPolicy", "SegguardSystem", "CSegguardShims", .product(name: "Crypto", package: "swift-crypto"), .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // The words a thin-client user reads (Japanese, English), keyed by UserNotice; pure Swift.
         .target(name: "SegguardMessages", dependencies: ["SegguardPolicy"], swiftSettings: strict),
         // Versioned Codable types spoken on the control socket (DTOs, mapped from the agent's records).
-        .target(name: "SegguardWire", dependencies: ["SegguardPolicy", "SegguardDecision"], swiftSettings: strict),
+        .target(name: "SegguardWire", dependencies: ["SegguardEssentials", "SegguardPolicy", "SegguardDecision"], swiftSettings: strict),
         // The local control socket: server (daemon side) and client (segguardctl side).
         .target(
             name: "SegguardControl",
-            dependencies: ["SegguardWire", "SegguardSystem", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["SegguardEssentials", "SegguardWire", "SegguardSystem", "CSegguardShims", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // Agent <-> collector: heartbeat, event batch and signed policy bundle types (pure).
-        .target(name: "SegguardReport", dependencies: [.product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
+        .target(name: "SegguardReport", dependencies: ["SegguardEssentials", .product(name: "Crypto", package: "swift-crypto")], swiftSettings: strict),
         // THE agent: one owner of state on one executor; inputs -> decision -> enforcement -> events, status, heartbeats.
         .target(
             name: "SegguardAgent",
             dependencies: [
+                "SegguardEssentials",
                 "SegguardPolicy", "SegguardDecision", "SegguardNetlink", "SegguardEnforce", "SegguardDeviceAuth", "SegguardCapture",
                 "SegguardWire", "SegguardReport", "SegguardSystem", .product(name: "Logging", package: "swift-log"),
             ],
@@ -97,6 +101,7 @@ let package = Package(
         .target(
             name: "SegguardPKI",
             dependencies: [
+                "SegguardEssentials",
                 "SegguardSystem",
                 .product(name: "X509", package: "swift-certificates"), .product(name: "SwiftASN1", package: "swift-asn1"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -106,6 +111,7 @@ let package = Package(
         .target(
             name: "SegguardReporter",
             dependencies: [
+                "SegguardEssentials",
                 "SegguardReport", "SegguardPolicy", "SegguardPKI", "SegguardSystem", "SegguardWire",
                 .product(name: "SQLiteNIO", package: "sqlite-nio"),
                 .product(name: "X509", package: "swift-certificates"),
@@ -146,6 +152,7 @@ let package = Package(
         .target(
             name: "SegguardProbe",
             dependencies: [
+                "SegguardEssentials",
                 "SegguardSystem",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
@@ -179,6 +186,7 @@ let package = Package(
         .target(
             name: "SegguarddCLI",
             dependencies: [
+                "SegguardEssentials",
                 "SegguardAgent", "SegguardPolicy", "SegguardNetlink", "SegguardWire", "SegguardControl", "SegguardEnforce", "SegguardService",
                 "SegguardDeviceAuth", "SegguardCapture", "SegguardReport", "SegguardReporter", "SegguardPKI", "SegguardSystem", "CSegguardShims",
                 "SegguardProbe",
@@ -192,6 +200,7 @@ let package = Package(
         .target(
             name: "SegguardctlCLI",
             dependencies: [
+                "SegguardEssentials",
                 "SegguardPolicy", "SegguardDecision", "SegguardWire", "SegguardControl", "SegguardPKI", "SegguardReport", "SegguardSystem",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -201,7 +210,7 @@ let package = Package(
             swiftSettings: strict),
         .target(
             name: "SegguardLaunchCLI",
-            dependencies: ["SegguardWire", "SegguardControl", "SegguardMessages", "SegguardPolicy", "CSegguardShims",
+            dependencies: ["SegguardEssentials", "SegguardWire", "SegguardControl", "SegguardMessages", "SegguardPolicy", "SegguardSystem", "CSegguardShims",
                            .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: strict),
         // The agent's multi-call binary: segguardd, or segguardctl / segguard-launch by the name it

@@ -2,7 +2,7 @@
 // core on it, and turns every outside request (SIGHUP, a bundle, a control request, a
 // heartbeat) into a job on that loop. Owns the loop; the core owns everything else.
 
-import Foundation
+import FoundationEssentials
 import Logging
 import SegguardCapture
 import SegguardPolicy

@@ -18,7 +18,9 @@
 //   network source fails           -> the agent stops with the reason (segguardd exits 1, systemd restarts it)
 //   the agent stops (any reason)   -> the baseline is loaded: under enforce nothing reaches the gateways
 
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Dispatch
 import Logging
 import SegguardCapture
 import SegguardDecision
@@ -694,7 +696,7 @@ final class AgentCore {
         case let .applied(mode, allowed):
             let ms = Double(monotonicNanos() &- eventNanos) / 1e6
             logger.info("network binding applied", metadata: [
-                "mode": "\(mode.rawValue)", "allowed": "\(allowed.joined(separator: ","))", "latency_ms": "\(String(format: "%.3f", ms))",
+                "mode": "\(mode.rawValue)", "allowed": "\(allowed.joined(separator: ","))", "latency_ms": "\(format("%.3f", ms))",
             ])
             if decisionChanged {
                 record(.bindingApplied, reason: "VDI gateway traffic allowed via [\(allowed.joined(separator: ", "))] (\(mode.rawValue))", latencyMs: ms)
@@ -1080,7 +1082,7 @@ final class AgentCore {
         var meta: Logger.Metadata = ["event": "\(e.kind.rawValue)", "event_id": "\(e.id)", "reason": "\(e.reason)"]
         if let profile = e.profile { meta["profile"] = "\(profile)" }
         if !e.sessions.isEmpty { meta["sessions"] = "\(e.sessions.map { "\($0.id)(pid \($0.pid))" }.joined(separator: ","))" }
-        if let latencyMs = e.latencyMs { meta["latency_ms"] = "\(String(format: "%.3f", latencyMs))" }
+        if let latencyMs = e.latencyMs { meta["latency_ms"] = "\(format("%.3f", latencyMs))" }
         if let uid = e.uid { meta["uid"] = "\(uid)" }
         if let r = e.repeated { meta["repeated"] = "\(r)" }
         if let exec = e.exec {

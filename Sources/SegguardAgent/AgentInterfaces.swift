@@ -2,7 +2,8 @@
 // behind a protocol, with a fake in SegguardTestFakes), and the two parties it tells what it
 // does: the service manager (AgentObserver) and the reporter (AgentReporting).
 
-import Foundation
+import FoundationEssentials
+import Glibc
 import SegguardCapture
 import SegguardDecision
 import SegguardDeviceAuth

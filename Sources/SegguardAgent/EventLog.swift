@@ -1,7 +1,9 @@
 // The agent's numbered log of enforcement events (the last `capacity`, for why-denied), and
 // how an event is told to the control socket and to the collector.
 
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 import SegguardEnforce
 import SegguardWire
 
@@ -44,7 +46,7 @@ extension EnforcementEvent {
         var details: [String: String] = [:]
         if let p = profile { details["profile"] = p }
         if let u = uid { details["uid"] = "\(u)" }
-        if let l = latencyMs { details["latency_ms"] = String(format: "%.3f", l) }
+        if let l = latencyMs { details["latency_ms"] = format("%.3f", l) }
         if let r = repeated { details["repeated"] = "\(r)" }
         if !sessions.isEmpty { details["sessions"] = sessions.map { "\($0.id)(pid \($0.pid))" }.joined(separator: ",") }
         if let x = exec {

@@ -7,7 +7,8 @@
 // under its key (at most `maxKeys` keys per uid; the rest under one catch-all key). When the
 // window ends, each counted key becomes one summary event ("and N more like this").
 
-import Foundation
+import FoundationEssentials
+import Glibc
 import SegguardEnforce
 
 /// Rate limit and aggregation of user-caused events.

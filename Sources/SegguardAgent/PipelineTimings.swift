@@ -2,7 +2,9 @@
 // the last binding changes caused by a network event: in `segguardctl status` and, for
 // benchmarks, in a file written at stop.
 
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 import SegguardWire
 
 /// Monotonic instants of one binding change (ns).
@@ -49,8 +51,8 @@ struct PipelineTimings {
     /// One JSON object per line, microseconds from the wakeup (benchmarks).
     func jsonLines() -> String {
         samples.map { s in
-            String(format: "{\"authorized\":%@,\"snapshot_us\":%.1f,\"decided_us\":%.1f,\"handed_to_kernel_us\":%.1f,\"committed_us\":%.1f}",
-                   s.authorized ? "true" : "false", Double(s.snapshot &- s.woke) / 1000, Double(s.decided &- s.woke) / 1000,
+            "{\"authorized\":\(s.authorized)," + format("\"snapshot_us\":%.1f,\"decided_us\":%.1f,\"handed_to_kernel_us\":%.1f,\"committed_us\":%.1f}",
+                   Double(s.snapshot &- s.woke) / 1000, Double(s.decided &- s.woke) / 1000,
                    Double(s.handedToKernel &- s.woke) / 1000, Double(s.committed &- s.woke) / 1000)
         }.joined(separator: "\n") + (samples.isEmpty ? "" : "\n")
     }

@@ -5,7 +5,9 @@
 // (else `capture.fail_mode` answers); if this process dies the kernel allows what was pending.
 
 import CSegguardShims
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Dispatch
 import Logging
 import SegguardPolicy
 import SegguardSystem
@@ -918,7 +920,7 @@ public final class CaptureBlocker: Sendable {
         var uid: UInt32?, ppid: Int32?
         for line in text.split(separator: "\n") {
             if line.hasPrefix("Uid:") { uid = line.dropFirst(4).split(whereSeparator: \.isWhitespace).first.flatMap { UInt32($0) } }
-            if line.hasPrefix("PPid:") { ppid = Int32(line.dropFirst(5).trimmingCharacters(in: .whitespaces)) }
+            if line.hasPrefix("PPid:") { ppid = Int32(line.dropFirst(5).trimmed()) }
         }
         return (uid, ppid)
     }

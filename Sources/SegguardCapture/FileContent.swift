@@ -2,7 +2,9 @@
 // MD5 read through an open descriptor, and dpkg's record of installed files.
 
 import Crypto
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Dispatch
 import Synchronization
 
 #if canImport(Glibc)
@@ -59,7 +61,7 @@ public struct FileDigests: Sendable, Equatable {
     }
 
     static func hex<D: Sequence>(_ d: D) -> String where D.Element == UInt8 {
-        d.map { String(format: "%02x", $0) }.joined()
+        hexString(d)
     }
 }
 

@@ -3,7 +3,8 @@
 // signals a change of the mount table by POLLPRI on /proc/self/mountinfo; the parsing here is
 // pure, so unit tests drive it without a kernel.
 
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
 import Synchronization
 
 #if canImport(Glibc)
@@ -136,7 +137,7 @@ public final class MemfdNoexec: Sendable {
         var buf = [UInt8](repeating: 0, count: 32)
         let n = buf.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
         guard n > 0 else { return nil }
-        return String(decoding: buf[0..<n], as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        return String(decoding: buf[0..<n], as: UTF8.self).trimmed()
     }
 
     static func write(_ path: String, _ value: String) -> Bool {

@@ -1,6 +1,6 @@
 // segguardctl's end of the control socket: connect, send one request, read one reply.
 
-import Foundation
+import FoundationEssentials
 import SegguardWire
 
 #if canImport(Glibc)

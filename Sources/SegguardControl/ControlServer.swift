@@ -12,7 +12,9 @@
 //   accept fails (out of fds)        -> logged (once per 10 s), retried after 0.1 s
 
 import CSegguardShims
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Dispatch
 import Logging
 import SegguardSystem
 import SegguardWire
@@ -65,7 +67,7 @@ public final class ControlServer: Sendable {
         self.adminGroup = adminGroup
         self.groupName = adminGroupName
         self.logger = logger
-        let dir = (path as NSString).deletingLastPathComponent
+        let dir = PathName.directory(path)
         try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw SystemError(call: "socket(AF_UNIX)", errno: errno) }

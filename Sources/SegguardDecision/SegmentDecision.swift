@@ -1,7 +1,9 @@
 // The segment decision: a pure function of (snapshot, policy). No I/O, no clock, no logging:
 // the same inputs always give the same decision, so every rule is unit-tested by table.
 
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 import SegguardPolicy
 
 /// Which segment this thin client is on, for the My Number VDI.
@@ -295,7 +297,7 @@ public enum SegmentDecider {
         }
         if let domain = pins.domain {
             var names = leaf.altSubjects.compactMap { $0.hasPrefix("DNS:") ? String($0.dropFirst(4)).lowercased() : nil }
-            if let cn = leaf.subject.split(separator: "/").last(where: { $0.hasPrefix("CN=") }) ?? leaf.subject.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces)[...] }).last(where: { $0.hasPrefix("CN=") }) {
+            if let cn = leaf.subject.split(separator: "/").last(where: { $0.hasPrefix("CN=") }) ?? leaf.subject.split(separator: ",").map({ $0.trimmed()[...] }).last(where: { $0.hasPrefix("CN=") }) {
                 names.append(String(cn.dropFirst(3)).lowercased())
             }
             guard names.contains(where: { $0 == domain || $0.hasSuffix("." + domain) }) else {

@@ -3,7 +3,8 @@
 // renewed for the same key still matches, and one copied from another device does not.
 
 import Crypto
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
 import Glibc
 import SegguardSystem
 import SwiftASN1
@@ -107,7 +108,7 @@ public struct CertificateKey: Sendable, Equatable {
     public static func keySHA256(_ key: Certificate.PublicKey) throws -> String {
         var serializer = DER.Serializer()
         try serializer.serialize(key)
-        return SHA256.hash(data: serializer.serializedBytes).map { String(format: "%02x", $0) }.joined()
+        return hexString(SHA256.hash(data: serializer.serializedBytes))
     }
 
     static func readSmallRegularFile(_ path: String, stamp: UnsafeMutablePointer<[Int]>? = nil) throws -> [UInt8] {

@@ -2,7 +2,8 @@
 // it (DER per depth): which certificate was signed by the one above it, which are CAs, which
 // may serve TLS, which were inside their validity. Pure; both sources use it.
 
-import Foundation
+import FoundationEssentials
+import Glibc
 import SegguardPolicy
 import X509
 

@@ -1,7 +1,8 @@
 // The text protocol of wpa_supplicant's control interface: STATUS replies and the unsolicited
 // event lines an ATTACHed client receives. Pure parsing; WPAControlSource feeds it.
 
-import Foundation
+import FoundationEssentials
+import Glibc
 import SegguardPolicy
 
 /// A control-interface reply or event that could not be understood.

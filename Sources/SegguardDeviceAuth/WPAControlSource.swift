@@ -9,7 +9,9 @@
 
 import CSegguardShims
 import Crypto
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Dispatch
 import Logging
 import SegguardPolicy
 import SegguardSystem
@@ -190,7 +192,7 @@ public final class WPAControlSource: Sendable {
                 if let der = report.der { collectingDER[report.depth] = der }
                 var sha = report.sha256
                 if sha == nil, let der = report.der {
-                    sha = SHA256.hash(data: der).map { String(format: "%02x", $0) }.joined()
+                    sha = hexString(SHA256.hash(data: der))
                 }
                 if let i = collecting.firstIndex(where: { $0.depth == report.depth }) {
                     // The hash= and cert= lines of one certificate; a different subject at the
@@ -251,7 +253,7 @@ public final class WPAControlSource: Sendable {
             inotifyFd = inotify_init1(Int32(IN_CLOEXEC) | Int32(IN_NONBLOCK))
             // wpa_supplicant removes the directory when its last interface goes and makes it
             // again at the next start: the parent is watched too, to watch the new directory.
-            let parent = (source.directory as NSString).deletingLastPathComponent
+            let parent = PathName.directory(source.directory)
             if inotifyFd >= 0 { _ = inotify_add_watch(inotifyFd, parent, UInt32(IN_CREATE | IN_MOVED_TO)) }
             watchDirectory()
             rescan()
@@ -537,7 +539,7 @@ public final class WPAControlSource: Sendable {
                     // (read on each refresh: a small file, and refreshes follow events only).
                     let value = WPAControlProtocol.parseNetworkString(try connection.request("GET_NETWORK \(id) client_cert"))
                     let key = WPAControlProtocol.parseNetworkString(try connection.request("GET_NETWORK \(id) private_key"))
-                    let engine = try connection.request("GET_NETWORK \(id) engine").trimmingCharacters(in: .whitespacesAndNewlines)
+                    let engine = try connection.request("GET_NETWORK \(id) engine").trimmed()
                     let found = certificates.finding(clientCert: value, privateKey: key, engine: engine.hasPrefix("FAIL") ? nil : engine)
                     (read.clientKeySHA256, read.clientCertificate) = (found.keySHA256, found.description)
                 }

@@ -9,7 +9,7 @@
 
 import CSegguardShims
 import CSystemd
-import Foundation
+import FoundationEssentials
 import Logging
 import SegguardPolicy
 import SegguardSystem

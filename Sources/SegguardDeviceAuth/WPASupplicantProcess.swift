@@ -7,7 +7,7 @@
 // /proc/<pid>/net/unix (per network namespace: the supplicant may run in another one) and
 // confirmed by a `socket:[inode]` descriptor of that process.
 
-import Foundation
+import FoundationEssentials
 import SegguardSystem
 
 #if canImport(Glibc)

@@ -14,7 +14,8 @@
 //   the agent stops            -> `close` loads the baseline (enforce: drop-all; audit/off:
 //                               no table), as the unit's ExecStopPost does after any exit
 
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import SegguardDecision
 import SegguardPolicy

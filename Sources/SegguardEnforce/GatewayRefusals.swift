@@ -14,7 +14,7 @@
 //   a malformed message                -> skipped
 
 import CLibNL
-import Foundation
+import FoundationEssentials
 import SegguardPolicy
 import SegguardSystem
 

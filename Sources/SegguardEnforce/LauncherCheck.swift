@@ -2,7 +2,9 @@
 // only then is it put into a session, whose sockets reach the VDI gateways. Pure: the caller
 // reads /proc/PID/exe, environ and status (SessionTracker) and tests drive it with text.
 
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 
 /// Decides whether a launch requester is `segguard-launch` as installed, unaltered.
 public enum LauncherCheck {
@@ -35,7 +37,7 @@ public enum LauncherCheck {
         }
         guard let status else { return "the launcher's status cannot be read" }
         for line in status.split(separator: "\n") where line.hasPrefix("TracerPid:") {
-            let tracer = line.dropFirst("TracerPid:".count).trimmingCharacters(in: .whitespaces)
+            let tracer = line.dropFirst("TracerPid:".count).trimmed()
             if tracer != "0" { return "the launcher is traced by pid \(tracer); start it without a debugger" }
         }
         return nil

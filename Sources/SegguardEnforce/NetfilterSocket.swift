@@ -3,7 +3,7 @@
 // unbound socket gets no multicast), with a receive buffer large enough for a burst.
 
 import CLibNL
-import Foundation
+import FoundationEssentials
 import SegguardSystem
 
 #if canImport(Glibc)

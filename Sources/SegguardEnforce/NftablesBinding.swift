@@ -3,7 +3,8 @@
 // object frees only the context: the table stays in the kernel (fail closed).
 
 import CNftables
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
 import SegguardPolicy
 import SegguardSystem
 import Synchronization
@@ -212,19 +213,17 @@ public final class NftablesBinding: Sendable {
                 return (rc, out, err)
             }
             guard rc == 0 else {
-                throw NftablesError(operation: what, detail: err.trimmingCharacters(in: .whitespacesAndNewlines))
+                throw NftablesError(operation: what, detail: err.trimmed())
             }
             return out
         }
     }
 
     private func hasTable(in listing: String) -> Bool {
-        guard let root = try? JSONSerialization.jsonObject(with: Data(listing.utf8)) as? [String: Any],
-            let items = root["nftables"] as? [Any]
-        else { return false }
+        guard case let .success(root) = JSONValue.parse(Data(listing.utf8)), let items = root["nftables"]?.array else { return false }
         return items.contains { item in
-            guard let t = (item as? [String: Any])?["table"] as? [String: Any] else { return false }
-            return t["family"] as? String == NftablesRuleset.family && t["name"] as? String == table
+            guard let t = item["table"] else { return false }
+            return t["family"]?.string == NftablesRuleset.family && t["name"]?.string == table
         }
     }
 }
@@ -240,7 +239,7 @@ final class OwnThreads: Sendable {
     /// Called before every transaction: the thread's name is read only the first time.
     func insert(_ tid: Int32) {
         guard ids.withLock({ !$0.tids.contains(tid) && $0.tids.count < 64 }) else { return }
-        let name = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8))?.trimmingCharacters(in: .newlines) ?? ""
+        let name = (try? String(contentsOfFile: "/proc/thread-self/comm", encoding: .utf8))?.trimmed(where: \.isNewline) ?? ""
         ids.withLock { _ = $0.tids.insert(tid); _ = $0.names.insert(name) }
     }
 

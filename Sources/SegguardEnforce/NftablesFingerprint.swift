@@ -13,7 +13,7 @@
 //   any other netlink error      -> NftablesError naming the request and errno
 
 import CLibNL
-import Foundation
+import FoundationEssentials
 import SegguardSystem
 import Synchronization
 

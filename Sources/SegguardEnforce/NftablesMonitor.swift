@@ -14,7 +14,7 @@
 //   a malformed message                -> skipped (it cannot make a change look like ours)
 
 import CLibNL
-import Foundation
+import FoundationEssentials
 import SegguardSystem
 
 #if canImport(Glibc)

@@ -6,7 +6,9 @@
 // (interface names, the cgroup path); a name that cannot be is left out of what is allowed:
 // fail closed.
 
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 import SegguardPolicy
 
 /// Builds the batches (nft command text, one command per line) that the binding hands to
@@ -208,17 +210,14 @@ public enum NftablesRuleset {
     /// The counters of the rules in a JSON listing (`NftablesBinding.listTable()`), in rule
     /// order; rules without a counter are skipped. Empty when the text is not a listing.
     public static func counters(inListing json: String) -> [RuleCounter] {
-        guard let root = try? JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any],
-            let items = root["nftables"] as? [Any]
-        else { return [] }
+        guard case let .success(root) = JSONValue.parse(Data(json.utf8)), let items = root["nftables"]?.array else { return [] }
         var out: [RuleCounter] = []
-        for case let item as [String: Any] in items {
-            guard let rule = item["rule"] as? [String: Any], let expr = rule["expr"] as? [Any] else { continue }
-            for case let stmt as [String: Any] in expr {
-                guard let c = stmt["counter"] as? [String: Any] else { continue }
-                let packets = (c["packets"] as? NSNumber)?.uint64Value ?? 0
-                let bytes = (c["bytes"] as? NSNumber)?.uint64Value ?? 0
-                out.append(RuleCounter(chain: rule["chain"] as? String ?? "", comment: rule["comment"] as? String ?? "", packets: packets, bytes: bytes))
+        for item in items {
+            guard let rule = item["rule"], let expr = rule["expr"]?.array else { continue }
+            for stmt in expr {
+                guard let c = stmt["counter"] else { continue }
+                out.append(RuleCounter(chain: rule["chain"]?.string ?? "", comment: rule["comment"]?.string ?? "",
+                                       packets: c["packets"]?.uint64 ?? 0, bytes: c["bytes"]?.uint64 ?? 0))
             }
         }
         return out

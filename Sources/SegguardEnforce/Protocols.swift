@@ -1,7 +1,8 @@
 // The kernel side of enforcement behind two roles, so that the agent's fail-closed paths,
 // grace and termination logic are tested without root (SegguardTestFakes has a fake of each).
 
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// Applies whole-table nftables transactions and says whether the table is still there.
 /// `NftablesBinding` is the real one (libnftables).

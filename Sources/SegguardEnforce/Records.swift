@@ -2,7 +2,8 @@
 // of the agent; the control socket carries them as `SegguardWire` entries, the reporter as
 // report events.
 
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// A tracked VDI session.
 public struct SessionInfo: Sendable, Equatable {

@@ -5,7 +5,8 @@
 // whole cgroup. Must not own: decisions or modes (the Enforcer decides when to end what).
 
 import CSegguardShims
-import Foundation
+import FoundationEssentials
+import Dispatch
 import SegguardSystem
 import Synchronization
 

@@ -5,10 +5,12 @@
 // its peer credentials and tracks what it becomes.
 
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
 import SegguardControl
 import SegguardMessages
 import SegguardPolicy
+import SegguardSystem
 import CSegguardShims
 import SegguardWire
 
@@ -67,7 +69,7 @@ struct Launch: ParsableCommand {
                 DesktopNotification.send(summary: "VDI start refused (\(profile))", body: launch.reason)
             }
             // The technical reason, for the help desk (also in `segguardctl why-denied`).
-            FileHandle.standardError.write(Data("segguard-launch: refused: \(launch.reason)\n".utf8))
+            writeStandardError("segguard-launch: refused: \(launch.reason)\n")
             throw ExitCode(1)
         }
         for edit in launch.configFiles {
@@ -107,25 +109,25 @@ struct Launch: ParsableCommand {
                         var values = entry.values
                         values["profile"] = values["profile"] ?? profile
                         let message = UserMessages.render(entry.notice, language: language, values: values, helpdesk: notices.helpdesk)
-                        FileHandle.standardError.write(Data("segguard-launch: \(message.title): \(message.body.replacingOccurrences(of: "\n", with: " "))\n".utf8))
+                        writeStandardError("segguard-launch: \(message.title): \(message.body.replacing("\n", with: " "))\n")
                         if !noNotify { DesktopNotification.send(summary: message.title, body: message.body) }
                     }
                     position = (notices.instance, notices.latest)
                 } else if let e = reply.error {
                     // An older segguardd without notices: said once.
-                    if !refused { FileHandle.standardError.write(Data("segguard-launch: --watch: segguardd: \(e.message)\n".utf8)) }
+                    if !refused { writeStandardError("segguard-launch: --watch: segguardd: \(e.message)\n") }
                     refused = true
-                    Thread.sleep(forTimeInterval: 30)
+                    sleepThread(seconds: 30)
                 }
             } catch {
                 // segguardd restarting or stopped: the position is kept; the next run's
                 // instance tells the watcher to start from that run's first notice. Said once.
-                if !unreachable { FileHandle.standardError.write(Data("segguard-launch: --watch: segguardd not reachable (\(error)); trying again\n".utf8)) }
+                if !unreachable { writeStandardError("segguard-launch: --watch: segguardd not reachable (\(error)); trying again\n") }
                 unreachable = true
-                Thread.sleep(forTimeInterval: 2)
+                sleepThread(seconds: 2)
                 continue
             }
-            Thread.sleep(forTimeInterval: interval)
+            sleepThread(seconds: interval)
         }
     }
 
@@ -134,13 +136,13 @@ struct Launch: ParsableCommand {
     func tell(_ notice: UserNotice, helpdesk: HelpDesk?) {
         let message = UserMessages.render(notice, language: UserLanguage.from(environment: ProcessInfo.processInfo.environment),
                                           values: ["profile": profile], helpdesk: helpdesk)
-        FileHandle.standardError.write(Data("\(message.title)\n\(message.body)\n".utf8))
+        writeStandardError("\(message.title)\n\(message.body)\n")
         if !noNotify { DesktopNotification.send(summary: message.title, body: message.body) }
     }
 
     func fail(_ message: String, status: Int32) -> Never {
-        FileHandle.standardError.write(Data("segguard-launch: \(message)\n".utf8))
-        Foundation.exit(status)
+        writeStandardError("segguard-launch: \(message)\n")
+        Glibc.exit(status)
     }
 }
 
@@ -148,17 +150,30 @@ struct Launch: ParsableCommand {
 enum ConfigFileEditor {
     struct EditError: Error, CustomStringConvertible { var description: String }
 
+    /// Rewrites the file atomically as the calling user; a new file is 0600 (client settings
+    /// may hold secrets), an existing one keeps its mode.
     static func apply(_ edit: ConfigFileEdit) throws {
-        let path = edit.path.hasPrefix("~/") ? NSHomeDirectory() + String(edit.path.dropFirst(1)) : edit.path
-        let old = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        let path = edit.path.hasPrefix("~/") ? homeDirectory() + String(edit.path.dropFirst(1)) : edit.path
+        let old = (try? readTextFile(path)) ?? ""
         let new = edit.rewrite(old)
-        let url = URL(fileURLWithPath: path)
+        var st = stat()
+        let mode = stat(path, &st) == 0 ? st.st_mode & 0o7777 : 0o600
         do {
-            try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
-            try new.write(to: url, atomically: true, encoding: .utf8)
+            try makeDirectories(PathName.directory(path))
         } catch {
-            throw EditError(description: "\(path): \(error.localizedDescription)")
+            throw EditError(description: "\(error)")
         }
+        do {
+            try AtomicFile.write(Data(new.utf8), to: path, mode: mode)
+        } catch {
+            throw EditError(description: "\(path): \(error)")
+        }
+    }
+
+    /// The user's home directory from the password database (not $HOME).
+    static func homeDirectory() -> String {
+        guard let pw = getpwuid(getuid()), let dir = pw.pointee.pw_dir else { return "/" }
+        return String(cString: dir)
     }
 }
 
@@ -171,7 +186,7 @@ enum DesktopNotification {
         else { return }
         var err = [CChar](repeating: 0, count: 256)
         if sg_notify_desktop("segguard-launch", summary, body, &err, err.count) < 0 {
-            FileHandle.standardError.write(Data("segguard-launch: (no desktop notification: \(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)))\n".utf8))
+            writeStandardError("segguard-launch: (no desktop notification: \(String(decoding: err.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)))\n")
         }
     }
 }

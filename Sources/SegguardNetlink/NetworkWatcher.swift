@@ -13,7 +13,7 @@
 
 import CLibNL
 import CSegguardShims
-import Foundation
+import FoundationEssentials
 import Logging
 import SegguardPolicy
 import SegguardSystem

@@ -4,7 +4,9 @@
 // signs the certificate revocation list (RFC 5280 v2 CRL) the RADIUS server checks.
 
 import Crypto
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 import SwiftASN1
 import X509
 
@@ -87,13 +89,13 @@ extension PKI {
     /// The serial number of a certificate in lower-case hex without leading zero bytes (as
     /// revocations and the CRL name it).
     public static func serialHex(_ certificate: Certificate) -> String {
-        normalizedSerial(certificate.serialNumber.bytes.map { String(format: "%02x", $0) }.joined()) ?? ""
+        normalizedSerial(hexString(certificate.serialNumber.bytes)) ?? ""
     }
 
     /// A serial as typed or stored ("00AB12", "ab12") in the one form revocations compare:
     /// lower-case hex, whole bytes, no leading zero bytes. Nil when it is not hex (at most 64 digits).
     public static func normalizedSerial(_ text: String) -> String? {
-        var hex = text.trimmingCharacters(in: .whitespaces).lowercased()
+        var hex = text.trimmed().lowercased()
         if hex.hasPrefix("0x") { hex.removeFirst(2) }
         hex.removeAll { $0 == ":" }
         guard !hex.isEmpty, hex.count <= 64, hex.allSatisfy(\.isHexDigit) else { return nil }

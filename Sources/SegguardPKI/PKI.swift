@@ -2,7 +2,9 @@
 // server certificate and one client certificate per device (subject CN = agent id, OU = group).
 
 import Crypto
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 import SwiftASN1
 import X509
 
@@ -215,7 +217,7 @@ public enum PKI {
 
     /// Free text for a CN or O: not empty, at most 64 characters (the X.520 upper bound), no control characters.
     private static func checkText(_ s: String, what: String) throws {
-        guard !s.trimmingCharacters(in: .whitespaces).isEmpty else {
+        guard !s.trimmed().isEmpty else {
             throw PKIError("\(what) \(quote(s)): must not be empty")
         }
         guard s.count <= 64 else {

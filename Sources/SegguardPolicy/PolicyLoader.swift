@@ -2,7 +2,8 @@
 // from scratch. Every problem found is collected with its file:line:column and key path, so
 // an admin sees all mistakes at once; any problem refuses the whole policy.
 
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
 
 #if canImport(Glibc)
 import Glibc
@@ -55,26 +56,11 @@ public enum PolicyLoader {
     /// why, as the system said it ("No such file or directory (errno 2)", "Is a directory",
     /// "Permission denied") or that it is not UTF-8 text.
     static func readText(_ path: String, what: String) throws(PolicyLoadError) -> String {
-        func failure(_ why: String) -> PolicyLoadError {
-            PolicyLoadError(issues: [PolicyIssue(file: path, line: 1, column: 1, path: "", message: "cannot read \(what): \(why)")])
+        do {
+            return try readTextFile(path)
+        } catch {
+            throw PolicyLoadError(issues: [PolicyIssue(file: path, line: 1, column: 1, path: "", message: "cannot read \(what): \(error.reason)")])
         }
-        func systemError() -> String { "\(String(cString: strerror(errno))) (errno \(errno))" }
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw failure(systemError()) }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw failure(systemError())
-            }
-            if n == 0 { break }
-            bytes.append(contentsOf: chunk[0..<n])
-        }
-        guard let text = String(validating: bytes, as: UTF8.self) else { throw failure("it is not UTF-8 text") }
-        return text
     }
 
     /// Parses `text` (the contents of `file`, used only in messages).
@@ -309,7 +295,7 @@ struct Context {
                 return nil
             }
             guard let text = string(v, "helpdesk.\(key)") else { return nil }
-            let trimmed = text.trimmingCharacters(in: .whitespaces)
+            let trimmed = text.trimmed()
             // One line as the user reads it: no control, line or paragraph separators, no
             // invisible format characters (a right-to-left override), no markup a
             // notification server would interpret.
@@ -796,7 +782,7 @@ struct Context {
     mutating func sha256List(_ v: Node, _ p: String, hint: String) -> [String] {
         var out: [String] = []
         for (i, h) in strings(v, p).enumerated() {
-            let lower = h.lowercased().replacingOccurrences(of: ":", with: "")
+            let lower = h.lowercased().replacing(":", with: "")
             if lower.count == 64, lower.allSatisfy(\.isHexDigit) {
                 if !out.contains(lower) { out.append(lower) }
             } else {

@@ -2,6 +2,8 @@
 // decision consumes. Nothing here does I/O; every type is a plain value so that tests can
 // build any situation by hand.
 
+import SegguardEssentials
+
 /// A link-layer (MAC / BSSID) address of six bytes.
 public struct MACAddress: Hashable, Sendable, Codable, CustomStringConvertible, Comparable {
     public let bytes: [UInt8]
@@ -397,7 +399,7 @@ public struct SignalFence: Sendable, Equatable, Hashable, Codable, CustomStringC
         self.leaveBelowDBM = leaveBelowDBM
         self.leaveAfterSeconds = leaveAfterSeconds
     }
-    public var description: String { "enter at \(enterDBM) dBm, leave below \(leaveBelowDBM) dBm after \(leaveAfterSeconds.formatted()) s" }
+    public var description: String { "enter at \(enterDBM) dBm, leave below \(leaveBelowDBM) dBm after \(decimal(leaveAfterSeconds)) s" }
 }
 
 /// Where an interface stands against one fence.

@@ -4,7 +4,9 @@
 // file:line:column and key path, and any mistake refuses the file. `render` writes the same
 // format back, so a snapshot round-trips (the decision-table tests check it).
 
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 
 /// Reads and writes state files (format: Config/states/README.md).
 public enum StateFile {
@@ -31,7 +33,7 @@ public enum StateFile {
                 switch c {
                 case "\"": return "\\\""
                 case "\\": return "\\\\"
-                default: return c.value < 0x20 || c.value == 0x7f ? String(format: "\\x%02x", c.value) : String(c)
+                default: return c.value < 0x20 || c.value == 0x7f ? format("\\x%02x", c.value) : String(c)
                 }
             }.joined() + "\""
         }
@@ -59,7 +61,7 @@ public enum StateFile {
             }
             if let w = i.wireless {
                 var parts: [String] = []
-                if let ssid = w.ssid { parts.append("ssid_hex: \(q(ssid.bytes.map { String(format: "%02x", $0) }.joined()))") }
+                if let ssid = w.ssid { parts.append("ssid_hex: \(q(hexString(ssid.bytes)))") }
                 if let b = w.bssid { parts.append("bssid: \(q(b.description))") }
                 if let f = w.frequencyMHz { parts.append("frequency: \(f)") }
                 parts.append("security: \(w.security.rawValue)")

@@ -5,7 +5,8 @@
 // that the interface reaches the office's own server.
 
 import Crypto
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
 import NIOSSL
 
 #if canImport(Glibc)
@@ -134,13 +135,13 @@ public enum SPKIPin {
     /// optionally prefixed with `sha256//`.
     /// - Throws: ``TrustedServerError`` quoting the value and saying what is expected.
     public static func normalize(_ text: String) throws(TrustedServerError) -> String {
-        let s = text.trimmingCharacters(in: .whitespaces)
-        let hexDigits = s.replacingOccurrences(of: ":", with: "")
+        let s = text.trimmed()
+        let hexDigits = s.replacing(":", with: "")
         if hexDigits.utf8.count == 64, hexDigits.utf8.allSatisfy(isHexDigit), !(s.contains(":") && !hasColonsBetweenBytes(s)) {
             return hexDigits.lowercased()
         }
         var b64 = s.hasPrefix("sha256//") ? String(s.dropFirst("sha256//".count)) : s
-        b64 = b64.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        b64 = b64.replacing("-", with: "+").replacing("_", with: "/")
         if b64.utf8.count == 43 { b64 += "=" }
         if b64.utf8.count == 44, let data = Data(base64Encoded: b64), data.count == 32 {
             return hex(data)

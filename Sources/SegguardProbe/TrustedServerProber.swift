@@ -4,7 +4,9 @@
 // itself), no application data, closed right after the handshake. Everything runs on one
 // SwiftNIO event loop; callers never block on it.
 
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Dispatch
 import Logging
 import NIOCore
 import NIOPosix
@@ -201,7 +203,7 @@ private final class Attempt: @unchecked Sendable {
     var via: String { "\(server.endpoint) via \(interfaceName)" }
     var seconds: String {
         let t = timeout
-        return t == t.rounded() ? "\(Int(t)) s" : String(format: "%.3g s", t)
+        return t == t.rounded() ? "\(Int(t)) s" : format("%.3g s", t)
     }
 
     func run(on loop: any EventLoop, context: NIOSSLContext) {

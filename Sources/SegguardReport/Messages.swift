@@ -2,7 +2,9 @@
 // (explicit CodingKeys), dates as RFC 3339 with fractional seconds. Pure: the agent's reporter,
 // the collector and the tests share these types.
 
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 
 /// The version of the agent <-> collector API (the /api/v1 prefix).
 public let reportAPIVersion = 1

@@ -4,7 +4,9 @@
 // nothing depends on how JSON is re-encoded.
 
 import Crypto
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 
 /// What the admin signed.
 public struct PolicyBundlePayload: Codable, StrictDecodable, Sendable, Equatable {
@@ -146,14 +148,14 @@ public enum PolicySigning {
     public static func generateKey() -> Curve25519.Signing.PrivateKey { Curve25519.Signing.PrivateKey() }
 
     public static func privateKey(base64 text: String) throws(PolicyBundleError) -> Curve25519.Signing.PrivateKey {
-        guard let raw = Data(base64Encoded: text.trimmingCharacters(in: .whitespacesAndNewlines)), raw.count == 32,
+        guard let raw = Data(base64Encoded: text.trimmed()), raw.count == 32,
               let key = try? Curve25519.Signing.PrivateKey(rawRepresentation: raw)
         else { throw .badKey("not a base64 Ed25519 private key (32 bytes)") }
         return key
     }
 
     public static func publicKey(base64 text: String) throws(PolicyBundleError) -> Curve25519.Signing.PublicKey {
-        guard let raw = Data(base64Encoded: text.trimmingCharacters(in: .whitespacesAndNewlines)), raw.count == 32,
+        guard let raw = Data(base64Encoded: text.trimmed()), raw.count == 32,
               let key = try? Curve25519.Signing.PublicKey(rawRepresentation: raw)
         else { throw .badKey("not a base64 Ed25519 public key (32 bytes)") }
         return key
@@ -192,7 +194,7 @@ public enum PolicySigning {
     }
 
     public static func sha256Hex(_ data: Data) -> String {
-        SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+        hexString(SHA256.hash(data: data))
     }
 }
 

@@ -3,7 +3,8 @@
 // Dates are `2026-11-26T05:00:00.123Z` (RFC 3339, UTC, milliseconds). Formatting and parsing
 // them by hand is ~20x cheaper than through a FormatStyle, and a heartbeat carries two.
 
-import Foundation
+import FoundationEssentials
+import Glibc
 
 /// RFC 3339 timestamps as the report API writes them.
 public enum RFC3339 {

@@ -11,12 +11,14 @@
 // belongs, an integer out of range, a date that is not RFC 3339, invalid UTF-8, an
 // unescaped control character, a bad escape, anything after the top-level value. When the
 // body is not JSON at all, the message says so first (as JSONDecoder would): on any error the
-// body is checked with JSONSerialization, and a syntax error wins over a field error.
+// body is parsed once more with JSONDecoder, and a syntax error wins over a field error.
 //
 // A property test compares it with JSONDecoder and JSONSerialization on random valid and
 // mutated bodies (ReportCodingTests).
 
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 
 /// A message type that `ReportCoding.decodeStrict` reads with `StrictJSONReader`.
 public protocol StrictDecodable: Decodable {
@@ -54,24 +56,29 @@ public struct StrictJSONReader {
         switch result {
         case .success(let v): return v
         case .failure(let e):
-            // Not JSON at all: say that, whatever field the reader had reached (one parse by
-            // JSONSerialization, on the error path only).
-            if !e.description.hasPrefix("body: not valid JSON"), let problem = Self.syntaxProblem(data) {
-                throw ReportDecodingError("body: not valid JSON (\(problem))")
-            }
+            // Not JSON at all: say that, whatever field the reader had reached (the body read
+            // once more as any JSON value, on the error path only).
+            if !e.description.hasPrefix("body: not valid JSON"), let syntax = Self.syntaxError(data) { throw syntax }
             throw e
         }
     }
 
-    /// Why `data` is not JSON, or nil when it is.
-    static func syntaxProblem(_ data: Data) -> String? {
-        if data.isEmpty { return "the body is empty" }
-        do {
-            _ = try JSONSerialization.jsonObject(with: data, options: [.fragmentsAllowed])
-            return nil
-        } catch {
-            return ((error as NSError).userInfo[NSDebugDescriptionErrorKey] as? String) ?? "\(error)"
+    /// Why `data` is not JSON (where the first mistake is), or nil when it is (or nests deeper
+    /// than 512 levels, or repeats a key: not syntax, the field error stands).
+    static func syntaxError(_ data: Data) -> ReportDecodingError? {
+        if data.isEmpty { return ReportDecodingError("body: not valid JSON (the body is empty)") }
+        let error: ReportDecodingError? = data.withUnsafeBytes { raw in
+            var r = StrictJSONReader(bytes: raw.bindMemory(to: UInt8.self))
+            do throws(ReportDecodingError) {
+                _ = try r.value(depth: 0, limit: 512)
+                r.skipWhitespace()
+                guard r.i == r.bytes.count else { throw r.syntax("unexpected data after the top-level value") }
+                return nil
+            } catch {
+                return error
+            }
         }
+        return error.flatMap { $0.description.hasPrefix("body: not valid JSON") ? $0 : nil }
     }
 
     // MARK: Errors
@@ -390,57 +397,25 @@ public struct StrictJSONReader {
     }
 }
 
-/// Any JSON value: the members of a message's `ext` object, which a reader that does not know
-/// them keeps or ignores but never refuses (the wire's forward compatibility).
-public enum JSONValue: Codable, Sendable, Equatable {
-    case null
-    case bool(Bool)
-    case number(Double)
-    case string(String)
-    case array([JSONValue])
-    case object([String: JSONValue])
-
-    public init(from decoder: any Decoder) throws {
-        let c = try decoder.singleValueContainer()
-        if c.decodeNil() { self = .null }
-        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
-        else if let n = try? c.decode(Double.self) { self = .number(n) }
-        else if let s = try? c.decode(String.self) { self = .string(s) }
-        else if let a = try? c.decode([JSONValue].self) { self = .array(a) }
-        else { self = .object(try c.decode([String: JSONValue].self)) }
-    }
-
-    public func encode(to encoder: any Encoder) throws {
-        var c = encoder.singleValueContainer()
-        switch self {
-        case .null: try c.encodeNil()
-        case .bool(let b): try c.encode(b)
-        case .number(let n): try c.encode(n)
-        case .string(let s): try c.encode(s)
-        case .array(let a): try c.encode(a)
-        case .object(let o): try c.encode(o)
-        }
-    }
-}
-
 extension StrictJSONReader {
     /// Nesting deeper than this in an `ext` value is refused (a stack-exhaustion guard).
     static let maxDepth = 32
 
     /// Any JSON value, checked as strictly as the rest of the body.
-    public mutating func value() throws(ReportDecodingError) -> JSONValue { try value(depth: 0) }
+    public mutating func value() throws(ReportDecodingError) -> JSONValue { try value(depth: 0, limit: Self.maxDepth) }
 
-    mutating func value(depth: Int) throws(ReportDecodingError) -> JSONValue {
-        guard depth < Self.maxDepth else { throw error("nested deeper than \(Self.maxDepth) levels") }
+    /// Nesting deeper than `limit` is refused (recursion: the stack must not run out).
+    mutating func value(depth: Int, limit: Int) throws(ReportDecodingError) -> JSONValue {
+        guard depth < limit else { throw error("nested deeper than \(limit) levels") }
         switch try peek() {
         case UInt8(ascii: "{"):
             var out: [String: JSONValue] = [:]
             _ = try object(trackKeys: false) { (r, key) throws(ReportDecodingError) in
-                guard out.updateValue(try r.value(depth: depth + 1), forKey: key) == nil else { throw r.error("given twice") }
+                guard out.updateValue(try r.value(depth: depth + 1, limit: limit), forKey: key) == nil else { throw r.error("given twice") }
             }
             return .object(out)
         case UInt8(ascii: "["):
-            return .array(try array { (r: inout StrictJSONReader) throws(ReportDecodingError) in try r.value(depth: depth + 1) })
+            return .array(try array { (r: inout StrictJSONReader) throws(ReportDecodingError) in try r.value(depth: depth + 1, limit: limit) })
         case UInt8(ascii: "\""): return .string(try rawString())
         case UInt8(ascii: "t"), UInt8(ascii: "f"): return .bool(try bool())
         case UInt8(ascii: "n"):

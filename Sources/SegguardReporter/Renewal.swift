@@ -4,7 +4,8 @@
 // collector made again with the new certificate.
 
 import AsyncHTTPClient
-import Foundation
+import FoundationEssentials
+import Glibc
 import NIOCore
 import NIOHTTP1
 import SegguardPKI

@@ -4,7 +4,9 @@
 // The collector is reached over mutual TLS with the device certificate.
 
 import AsyncHTTPClient
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 import Logging
 import NIOCore
 import NIOHTTP1
@@ -227,7 +229,7 @@ public final class Reporter: Sendable {
         } else {
             policyKey = nil
         }
-        collectorURLs = configuration.collectorURL.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+        collectorURLs = configuration.collectorURL.split(separator: ",").map { String($0).trimmed() }.filter { !$0.isEmpty }
         guard !collectorURLs.isEmpty else { throw SpoolError("--collector: no URL given") }
         clientBox = Mutex(try Self.makeClient(configuration))
         renewal = Mutex((issued.certificate.notValidAfter, .distantPast, configuration.renewRetrySeconds))
@@ -388,7 +390,7 @@ public final class Reporter: Sendable {
                     $0.deliveryFailures += 1
                     $0.lastError = "events: \(error)"
                 }
-                logger.info("event delivery failed; retrying", metadata: ["error": "\(error)", "retry_in_s": "\(String(format: "%.1f", delay))"])
+                logger.info("event delivery failed; retrying", metadata: ["error": "\(error)", "retry_in_s": "\(format("%.1f", delay))"])
                 backoff = min(backoff * 2, Double(r.maxBackoffSeconds))
                 try? await Task.sleep(for: .milliseconds(Int64(delay * 1000)))
             }
@@ -565,7 +567,7 @@ public final class Reporter: Sendable {
     /// successful answer without one (a revision-1 collector; a collector rolled back to one
     /// is followed too). An error without the header (a proxy's 502) changes nothing.
     func noteWire(_ status: HTTPResponseStatus, _ headers: HTTPHeaders) {
-        let announced = headers.first(name: ReportWire.header).flatMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        let announced = headers.first(name: ReportWire.header).flatMap { Int($0.trimmed()) }
         let code = Int(status.code)
         guard let revision = announced ?? ((200..<300).contains(code) || code == 304 ? 1 : nil) else { return }
         let new = max(1, min(revision, ReportWire.version))

@@ -14,7 +14,8 @@
 // retried after a backoff that doubles up to six hours, counted in every heartbeat with the
 // age of the oldest undelivered event, until the collector takes it.
 
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import SQLiteNIO
 import SegguardPolicy

@@ -1,7 +1,8 @@
 // What segguardd does with reporting at start: the saved policy bundle, verified again, and
 // the reporter with its spool opened (and whether the previous run ended cleanly).
 
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 import SegguardPKI
 import SegguardPolicy

@@ -4,7 +4,8 @@
 // otherwise the daemon logs to stderr as before.
 
 import CSystemd
-import Foundation
+import FoundationEssentials
+import Glibc
 import Logging
 
 /// Logs to journald with one field per metadata key (upper-cased, `SEGGUARD_` prefixed when

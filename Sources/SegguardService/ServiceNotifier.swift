@@ -3,7 +3,8 @@
 // NOTIFY_SOCKET datagram each time. Outside systemd (no NOTIFY_SOCKET) every call is a no-op.
 
 import CSystemd
-import Foundation
+import FoundationEssentials
+import Glibc
 import SegguardSystem
 
 /// Tells the service manager what the daemon is doing (Type=notify).

@@ -1,7 +1,8 @@
 // The one atomic file writer: the signing key, policy bundles, the boot-time baseline table.
 // A reader (or a crash at any moment) sees the old file or the new one, never a mix.
 
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
 
 #if canImport(Glibc)
 import Glibc
@@ -14,8 +15,8 @@ public enum AtomicFile {
     /// fsyncs it, renames it over `path` and fsyncs the directory so the rename itself is on
     /// disk. On failure the temporary file is removed and `path` is untouched.
     public static func write(_ data: Data, to path: String, mode: mode_t = 0o644) throws(SystemError) {
-        let dir = (path as NSString).deletingLastPathComponent
-        let temporary = (dir.isEmpty ? "." : dir) + "/." + (path as NSString).lastPathComponent
+        let dir = PathName.directory(path)
+        let temporary = (dir.isEmpty ? "." : dir) + "/." + PathName.last(path)
             + ".tmp-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 16))"
         let fd = try systemCall("open \(temporary)") { open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode) }
         var renamed = false

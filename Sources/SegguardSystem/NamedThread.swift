@@ -2,7 +2,7 @@
 // `ps -L`, `top -H`, /proc/PID/task/*/comm and a debugger show which loop is which.
 
 import CSegguardShims
-import Foundation
+import FoundationEssentials
 import Synchronization
 
 #if canImport(Glibc)
@@ -13,13 +13,25 @@ import Glibc
 /// with `stackSize` bytes of stack (nil: the system's default).
 public func startThread(name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) {
     precondition(!name.isEmpty && name.utf8.count <= 15, "thread name '\(name)' must have 1 to 15 bytes")
-    let thread = Thread {
-        _ = sg_set_thread_name(name)
-        body()
+    final class Start: @unchecked Sendable {  // handed to the new thread once, never shared
+        let name: String
+        let body: @Sendable () -> Void
+        init(name: String, body: @escaping @Sendable () -> Void) { (self.name, self.body) = (name, body) }
     }
-    thread.name = name
-    if let stackSize { thread.stackSize = stackSize }
-    thread.start()
+    var attributes = pthread_attr_t()
+    pthread_attr_init(&attributes)
+    defer { pthread_attr_destroy(&attributes) }
+    pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+    if let stackSize { pthread_attr_setstacksize(&attributes, max(stackSize, Int(PTHREAD_STACK_MIN))) }
+    let start = Unmanaged.passRetained(Start(name: name, body: body)).toOpaque()
+    var thread = pthread_t()
+    let rc = pthread_create(&thread, &attributes, { raw in
+        let start = Unmanaged<Start>.fromOpaque(raw!).takeRetainedValue()
+        _ = sg_set_thread_name(start.name)
+        start.body()
+        return nil
+    }, start)
+    precondition(rc == 0, "cannot start thread '\(name)': \(String(cString: strerror(rc)))")
 }
 
 /// The calling thread's id (what the kernel names as a task's pid in its notifications).

@@ -4,7 +4,7 @@
 // carrying on with a confused descriptor table could act on the wrong file or socket.
 
 import CSegguardShims
-import Foundation
+import FoundationEssentials
 
 #if canImport(Glibc)
 import Glibc

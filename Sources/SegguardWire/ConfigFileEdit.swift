@@ -1,6 +1,8 @@
 // The launcher side of a profile's config files: rewriting an INI-style client settings file.
 
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 import SegguardPolicy
 
 /// Keys to set in one INI-style client configuration file: the policy's own type.
@@ -18,7 +20,7 @@ extension LaunchProfile.ConfigFile {
         var lastTargetLine = section == nil ? -1 : nil as Int?
         var drop: [Int] = []
         for i in lines.indices {
-            let t = lines[i].trimmingCharacters(in: .whitespacesAndNewlines)
+            let t = lines[i].trimmed()
             if t.hasPrefix("[") && t.hasSuffix("]") {
                 current = String(t.dropFirst().dropLast())
                 inTarget = current == section
@@ -26,7 +28,7 @@ extension LaunchProfile.ConfigFile {
                 continue
             }
             guard inTarget, let eq = t.firstIndex(of: "=") else { if inTarget { lastTargetLine = i }; continue }
-            let key = t[..<eq].trimmingCharacters(in: .whitespaces)
+            let key = t[..<eq].trimmed()
             if let v = remaining.removeValue(forKey: key) {
                 lines[i] = "\(key)=\(v)"
             } else if set[key] != nil {

@@ -1,7 +1,8 @@
 // The versioned messages spoken on the local control socket between segguardd and
 // segguardctl: one JSON request line, one JSON reply line.
 
-import Foundation
+import FoundationEssentials
+import Glibc
 import SegguardDecision
 import SegguardPolicy
 

@@ -3,7 +3,8 @@
 // segguard-launch link none of the daemon's modules. Kinds travel as strings: a newer daemon's
 // new kind does not make an older client fail to read the reply.
 
-import Foundation
+import FoundationEssentials
+import Glibc
 import SegguardPolicy
 
 /// A tracked VDI session, as `segguardctl sessions` shows it.

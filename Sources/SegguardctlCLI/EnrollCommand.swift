@@ -4,11 +4,14 @@
 
 import ArgumentParser
 import AsyncHTTPClient
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 import NIOCore
 import NIOSSL
 import SegguardPKI
 import SegguardReport
+import SegguardSystem
 
 
 struct Enroll: AsyncParsableCommand {
@@ -36,14 +39,14 @@ struct Enroll: AsyncParsableCommand {
     func run() async throws {
         let token: String
         do {
-            token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            token = try readTextFile(tokenFile).trimmed()
         } catch {
-            throw CLIError("--token-file \(tokenFile): \(error.localizedDescription)")
+            throw CLIError("--token-file \(error)")
         }
         guard !token.isEmpty, !token.contains(where: { $0.isNewline }) else { throw CLIError("--token-file \(tokenFile): expected the token on one line") }
-        let agentID = deviceId ?? ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? ""
+        let agentID = deviceId ?? hostName().split(separator: ".").first.map(String.init) ?? ""
         try PKI.validateName(agentID, what: "--device-id")
-        let urls = collector.split(separator: ",").map { String($0).trimmingCharacters(in: .whitespaces) }
+        let urls = collector.split(separator: ",").map { String($0).trimmed() }
         for url in urls where !url.lowercased().hasPrefix("https://") {
             throw CLIError("--collector \(url): must be https:// (the token is a secret)")
         }
@@ -52,11 +55,11 @@ struct Enroll: AsyncParsableCommand {
         }
         // Where the files go must take them before the token is spent.
         for path in [key, cert] {
-            let directory = (path as NSString).deletingLastPathComponent
+            let directory = PathName.directory(path)
             do {
-                try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+                try makeDirectories(directory, mode: 0o755)
             } catch {
-                throw CLIError("\(directory): cannot create it: \(error.localizedDescription)")
+                throw CLIError("\(directory): cannot create it: \(error.reason)")
             }
             guard access(directory, W_OK) == 0 else { throw CLIError("\(directory): not writable (run as root)") }
         }

@@ -8,7 +8,9 @@
 // Keys are written with mode 0600 and never replaced without --force.
 
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 import SegguardPKI
 
 /// Creates a CA, the collector's server certificate and device certificates.
@@ -28,20 +30,15 @@ extension PKICommand {
 
     /// Creates `path` (and its parents) if it does not exist; fails if it is not a directory.
     static func makeDirectory(_ path: String) throws {
-        var isDirectory: ObjCBool = false
-        if FileManager.default.fileExists(atPath: path, isDirectory: &isDirectory) {
-            guard isDirectory.boolValue else { throw Failure("\(path): exists and is not a directory") }
-            return
-        }
         do {
-            try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+            try makeDirectories(path)
         } catch {
-            throw Failure("\(path): cannot create the directory: \(error.localizedDescription)")
+            throw Failure("\(path): cannot create the directory: \(error.reason)")
         }
     }
 
     static func path(_ dir: String, _ name: String) -> String {
-        (dir as NSString).appendingPathComponent(name)
+        PathName.join(dir, name)
     }
 
     static func checkDays(_ days: Int) throws {

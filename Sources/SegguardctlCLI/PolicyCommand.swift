@@ -5,7 +5,9 @@
 
 import ArgumentParser
 import AsyncHTTPClient
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 import NIOCore
 import NIOSSL
 import SegguardPolicy
@@ -56,10 +58,10 @@ struct PolicyCommand: AsyncParsableCommand {
             let now = Date()
             let notAfter = validDays.map { now.addingTimeInterval(Double($0) * 86_400) }
             let text: String
-            do { text = try String(contentsOfFile: policy, encoding: .utf8) } catch { throw CLIError("\(policy): \(error.localizedDescription)") }
+            do { text = try readTextFile(policy) } catch { throw CLIError("\(error)") }
             do { _ = try PolicyLoader.load(text: text, file: policy) } catch { throw CLIError("not signed, the policy is invalid:\n\(error)") }
             let keyText: String
-            do { keyText = try String(contentsOfFile: key, encoding: .utf8) } catch { throw CLIError("--key \(key): \(error.localizedDescription)") }
+            do { keyText = try readTextFile(key) } catch { throw CLIError("--key \(error)") }
             let signingKey = try PolicySigning.privateKey(base64: keyText)
             let bundle = try PolicySigning.sign(PolicyBundlePayload(group: group, version: version, policyYAML: text, createdAt: now, comment: comment,
                                                                     notAfter: notAfter), with: signingKey)
@@ -76,8 +78,8 @@ struct PolicyCommand: AsyncParsableCommand {
         var bundle: String
 
         func run() throws {
-            let b = try ReportCoding.decodeStrict(SignedPolicyBundle.self, from: try Data(contentsOf: URL(fileURLWithPath: bundle)))
-            let payload = try PolicySigning.verify(b, key: try PolicySigningKey(base64: try String(contentsOfFile: publicKey, encoding: .utf8)), now: Date())
+            let b = try ReportCoding.decodeStrict(SignedPolicyBundle.self, from: Data(try readFile(bundle)))
+            let payload = try PolicySigning.verify(b, key: try PolicySigningKey(base64: try readTextFile(publicKey)), now: Date())
             do { _ = try PolicyLoader.load(text: payload.policyYAML, file: bundle) } catch { throw CLIError("signature good, but the policy is invalid:\n\(error)") }
             print("good signature (key \(b.keyID)): group '\(payload.group)' version \(payload.version), policy sha256 \(payload.policySHA256)"
                   + (payload.notAfter.map { ", valid until \(RFC3339.format($0))" } ?? ", no end of validity"))
@@ -97,9 +99,9 @@ struct PolicyCommand: AsyncParsableCommand {
 
         func run() async throws {
             let data: Data
-            do { data = try Data(contentsOf: URL(fileURLWithPath: bundle)) } catch { throw CLIError("\(bundle): \(error.localizedDescription)") }
+            do { data = Data(try readFile(bundle)) } catch { throw CLIError("\(error)") }
             let payload = try ReportCoding.decodeStrict(SignedPolicyBundle.self, from: data).unverifiedPayload()
-            let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            let token = try readTextFile(tokenFile).trimmed()
             var tls = TLSConfiguration.makeClientConfiguration()
             tls.trustRoots = .certificates(try NIOSSLCertificate.fromPEMFile(ca))
             let client = HTTPClient(eventLoopGroupProvider: .singleton, configuration: .init(tlsConfiguration: tls))

@@ -4,7 +4,9 @@
 
 import ArgumentParser
 import AsyncHTTPClient
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 import NIOCore
 import NIOSSL
 import SegguardReport
@@ -28,7 +30,7 @@ extension PKICommand {
         var device: String
 
         func run() async throws {
-            let token = try String(contentsOfFile: tokenFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            let token = try readTextFile(tokenFile).trimmed()
             var body: [String: String] = ["agent_id": device, "reason": reason]
             if let serial { body["serial"] = serial }
             var tls = TLSConfiguration.makeClientConfiguration()
@@ -39,7 +41,7 @@ extension PKICommand {
                 request.method = .POST
                 request.headers.add(name: "Content-Type", value: "application/json")
                 request.headers.add(name: "Authorization", value: "Bearer \(token)")
-                request.body = .bytes(ByteBuffer(bytes: try JSONSerialization.data(withJSONObject: body)))
+                request.body = .bytes(ByteBuffer(bytes: try JSONEncoder().encode(body)))
                 let response = try await client.execute(request, timeout: .seconds(30))
                 let text = String(buffer: try await response.body.collect(upTo: 1 << 20))
                 try? await client.shutdown()
@@ -47,8 +49,8 @@ extension PKICommand {
                     let message = (try? ReportCoding.decoder().decode(ErrorReply.self, from: Data(text.utf8)))?.error ?? text
                     throw CLIError("collector refused the revocation (\(response.status.code)): \(message)")
                 }
-                let reply = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any]
-                let serials = (reply?["serials"] as? [String]) ?? [(reply?["serial"] as? String) ?? "?"]
+                let reply = try? JSONValue.parse(Data(text.utf8)).get()
+                let serials = reply?["serials"]?.array?.compactMap(\.string) ?? [reply?["serial"]?.string ?? "?"]
                 let named = serials.count == 1 ? "certificate (serial \(serials[0]))" : "certificates (serials \(serials.joined(separator: ", ")))"
                 print(response.status == .created ? "revoked \(device)'s \(named) at \(collector)" : "\(device)'s \(named) was revoked already")
             } catch {

@@ -2,7 +2,9 @@
 // socket; `check-policy` validates a policy file offline, with no daemon.
 
 import ArgumentParser
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 import SegguardControl
 import SegguardDecision
 import SegguardPolicy
@@ -115,7 +117,7 @@ struct WhyDenied: ParsableCommand {
             var head = "\(Render.iso(e.time))  \(e.kind)"
             if let p = e.profile { head += "  profile \(p)" }
             if let u = e.uid { head += "  uid \(u)" }
-            if let ms = e.latencyMs { head += String(format: "  %.1f ms after the network event", ms) }
+            if let ms = e.latencyMs { head += format("  %.1f ms after the network event", ms) }
             print(head)
             if !e.sessions.isEmpty { print("  sessions: \(e.sessions.map { "\($0.id) (pid \($0.pid), \($0.profile))" }.joined(separator: ", "))") }
             if let x = e.exec {
@@ -167,10 +169,10 @@ struct CheckPolicy: ParsableCommand {
             }
         } catch let error as PolicyLoadError {
             report.errors = error.issues.map { Report.Issue(line: $0.line, column: $0.column, path: $0.path, message: $0.message, hint: $0.hint) }
-            if !json { FileHandle.standardError.write(Data("\(error)\n".utf8)) }
+            if !json { writeStandardError("\(error)\n") }
         } catch {
             report.errors = [Report.Issue(line: 1, column: 1, path: "", message: "\(error)", hint: nil)]
-            if !json { FileHandle.standardError.write(Data("\(error)\n".utf8)) }
+            if !json { writeStandardError("\(error)\n") }
         }
         if json {
             let encoder = JSONEncoder()
@@ -206,7 +208,7 @@ struct Simulate: ParsableCommand {
             p = try PolicyLoader.load(file: policy)
             snapshot = try StateFile.load(file: stateFile)
         } catch {
-            FileHandle.standardError.write(Data("\(error)\n".utf8))
+            writeStandardError("\(error)\n")
             throw ExitCode(2)
         }
         // Each office-area fence as a fresh association sees it: inside once the signal
@@ -244,7 +246,7 @@ enum Render {
         }
         out += "daemon:    segguardd \(s.daemonVersion), pid \(s.pid); netlink: \(s.netlinkMessages) messages, \(s.netlinkResyncs) resyncs, \(s.netlinkParseErrors) parse errors\n"
         if let p = s.pipeline {
-            let stages = p.stages.filter { $0.name != "snapshot" }.map { String(format: "%@ p50 %.0f / p99 %.0f µs", $0.name, $0.p50Micros, $0.p99Micros) }
+            let stages = p.stages.filter { $0.name != "snapshot" }.map { "\($0.name) " + format("p50 %.0f / p99 %.0f µs", $0.p50Micros, $0.p99Micros) }
             out += "pipeline:  netlink message -> table, last \(p.samples) change\(p.samples == 1 ? "" : "s"): \(stages.joined(separator: "; "))\n"
         }
         out += "wireless:  \(s.snapshot.wirelessMonitoring ? "monitored (nl80211)" : "not monitored (no nl80211 in this kernel)")\n"
@@ -257,7 +259,7 @@ enum Render {
             }
         }
         if let r = s.reporting {
-            let last = r.lastHeartbeatAt.map { "last heartbeat \(ISO8601DateFormatter().string(from: $0))" } ?? "no heartbeat delivered yet"
+            let last = r.lastHeartbeatAt.map { "last heartbeat \($0.ISO8601Format())" } ?? "no heartbeat delivered yet"
             let bundle = r.bundleVersion.map { ", policy bundle v\($0)" } ?? ""
             out += "reporting: \(r.agentID) (group \(r.group)) to \(r.collector): \(r.heartbeatsSent) heartbeats ok, \(r.heartbeatFailures) failed, \(last); \(r.eventsDelivered) events delivered\(bundle)\n"
             if let e = r.lastError { out += "           last error: \(e)\n" }
@@ -288,7 +290,7 @@ enum Render {
             if !i.addresses.isEmpty { out += "      addresses: \(i.addresses.map(\.description).joined(separator: ", "))\n" }
             for r in i.defaultRoutes { out += "      default route: \(r)\n" }
         }
-        return out.trimmingCharacters(in: .newlines)
+        return out.trimmed(where: \.isNewline)
     }
 
     static func why(_ s: StatusReply) -> String {
@@ -360,6 +362,6 @@ enum Render {
         return "network: " + parts.joined(separator: ", ")
     }
 
-    static func iso(_ d: Date) -> String { ISO8601DateFormatter().string(from: d) }
+    static func iso(_ d: Date) -> String { d.ISO8601Format() }
 }
 

@@ -5,7 +5,9 @@
 
 import ArgumentParser
 import CSegguardShims
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 import Logging
 import NIOCore
 import SegguardAgent
@@ -49,7 +51,7 @@ extension Segguardd {
         do {
             loaded = try Agent.loadPolicy(file: policyFile)
         } catch {
-            FileHandle.standardError.write(Data("segguardd: \(error)\n".utf8))
+            writeStandardError("segguardd: \(error)\n")
             logger.critical("the policy is refused; the baseline of the last good policy stays in force", metadata: ["file": "\(policyFile)"])
             throw ExitCode(2)
         }
@@ -60,7 +62,7 @@ extension Segguardd {
         configuration.timingsFile = timingsFile
         configuration.maxSessionsPerUser = maxSessionsPerUser
         configuration.deviceCertificateFile = clientCert
-        let hangSwitch = (socket as NSString).deletingLastPathComponent + "/fault-hang-netlink-loop"
+        let hangSwitch = PathName.directory(socket) + "/fault-hang-netlink-loop"
         let agent = Agent(policy: loaded, configuration: configuration, sources: try sources(binding: binding, logger),
                           observer: Notifier(hangSwitch: hangSwitch, logger: logger), logger: logger)
         logger.notice("policy loaded", metadata: ["policy": "\(loaded.policy.name)", "file": "\(policyFile)", "sites": "\(loaded.policy.sites.count)"])
@@ -118,7 +120,7 @@ extension Segguardd {
                 tracker = t
                 logger.notice("VDI sessions are cgroups under \(base)", metadata: ["nftables_match": "\(t.socketMatch?.description ?? "none (cannot be named)")"])
                 if let scope = try? String(contentsOfFile: "/proc/sys/kernel/yama/ptrace_scope", encoding: .utf8),
-                   let n = Int(scope.trimmingCharacters(in: .whitespacesAndNewlines)), n < 2 {
+                   let n = Int(scope.trimmed()), n < 2 {
                     logger.warning("""
                         kernel.yama.ptrace_scope is \(n): a user can attach a debugger to their own launched VDI client and run other code \
                         in its session; set it to 2 on the thin client image
@@ -134,14 +136,14 @@ extension Segguardd {
         } else {
             logger.error("no cgroup v2 mount: My Number launches will be refused")
         }
-        try? FileManager.default.createDirectory(atPath: (baselineFile as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try? FileManager.default.createDirectory(atPath: PathName.directory(baselineFile), withIntermediateDirectories: true)
         let deviceAuth: any DeviceAuthSource = switch deviceAuthSource {
-        case .control: WPAControlSource(directory: wpaControlDir, localDirectory: (socket as NSString).deletingLastPathComponent, logger: logger)
+        case .control: WPAControlSource(directory: wpaControlDir, localDirectory: PathName.directory(socket), logger: logger)
         case .dbus: WPADBusSource(address: wpaDbusAddress, logger: logger)
         }
         let (delay, dpkg) = (captureTestHashDelayMs, dpkgInfoDir)
         // vm.memfd_noexec's value before a protecting session raised it, kept beside the baseline.
-        let memfdSaved = (baselineFile as NSString).deletingLastPathComponent + "/memfd_noexec.saved"
+        let memfdSaved = PathName.directory(baselineFile) + "/memfd_noexec.saved"
         let prober: TrustedServerProbes?
         do {
             prober = try TrustedServerProbes(networkNamespace: netns, timeout: 3, logger: logger)
@@ -191,7 +193,7 @@ extension Segguardd {
         guard let netns else { return -1 }
         let connector = sg_proc_connector_open()
         do { try enterNetworkNamespace(netns) } catch {
-            FileHandle.standardError.write(Data("segguardd: --netns \(netns): \(error)\n".utf8))
+            writeStandardError("segguardd: --netns \(netns): \(error)\n")
             throw ExitCode(2)
         }
         return connector

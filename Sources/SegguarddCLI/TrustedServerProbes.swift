@@ -1,6 +1,8 @@
 // The agent's trusted-server probes over SegguardProbe's prober: wiring only.
 
-import Foundation
+import FoundationEssentials
+import SegguardEssentials
+import Glibc
 import Logging
 import SegguardAgent
 import SegguardPolicy
@@ -23,7 +25,7 @@ final class TrustedServerProbes: TrustedServerProbing {
         prober.probe(target, interfaceIndex: interfaceIndex, interfaceName: interfaceName, timeout: timeout) { outcome in
             switch outcome {
             case let .proven(spki, millis):
-                completion(TrustedServerResult(server: endpoint, proven: true, detail: "key SHA-256 \(spki.prefix(16))… via \(interfaceName) in \(String(format: "%.1f", millis)) ms"))
+                completion(TrustedServerResult(server: endpoint, proven: true, detail: "key SHA-256 \(spki.prefix(16))… via \(interfaceName) in \(format("%.1f", millis)) ms"))
             case let .refused(reason):
                 completion(TrustedServerResult(server: endpoint, proven: false, detail: reason))
             }
