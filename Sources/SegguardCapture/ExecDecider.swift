@@ -127,7 +127,7 @@ public struct ExecDecider: Sendable {
     public static func isLoader(_ path: String) -> Bool {
         let name = Substring(baseName(path))
         guard name.hasPrefix("ld-") || name.hasPrefix("ld.so") || name.hasPrefix("ld64.so") else { return false }
-        guard let so = name.range(of: ".so") else { return false }
+        guard let so = name.firstRange(of: ".so") else { return false }
         // After ".so": nothing, or version numbers (".2", ".1.0").
         return name[so.upperBound...].allSatisfy { $0 == "." || $0.isNumber }
     }

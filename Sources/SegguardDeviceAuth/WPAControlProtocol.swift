@@ -184,7 +184,7 @@ extension WPAControlProtocol {
         text = text.dropFirst(9)
         var field: (key: String, value: Substring)?
         // The field is the last "' hash=" or "' cert=" of the line.
-        let found = ["hash", "cert"].compactMap { key in text.range(of: "' \(key)=", options: .backwards).map { (key, $0) } }
+        let found = ["hash", "cert"].compactMap { key in text.ranges(of: "' \(key)=").last.map { (key, $0) } }
         if let last = found.max(by: { $0.1.lowerBound < $1.1.lowerBound }) {
             field = (last.0, text[last.1.upperBound...])
             text = text[..<last.1.lowerBound]

@@ -6,6 +6,7 @@
 
 import CSegguardShims
 import FoundationEssentials
+import SegguardEssentials
 import Dispatch
 import SegguardSystem
 import Synchronization
@@ -47,7 +48,7 @@ public final class SessionTracker: Sendable {
     /// they are still ended when the segment is lost; empty ones are removed.
     public init(base: String, launcher: String?) throws(SessionError) {
         // As /proc/PID/exe names it: symbolic links resolved.
-        self.launcher = launcher.map { URL(fileURLWithPath: $0).resolvingSymlinksInPath().path }
+        self.launcher = launcher.map(PathName.resolved)
         self.base = base
         if mkdir(base, 0o755) != 0 && errno != EEXIST {
             throw SessionError("mkdir \(base): \(String(cString: strerror(errno))) (errno \(errno))")

@@ -16,6 +16,13 @@ extension StringProtocol {
     }
 }
 
+extension StringProtocol {
+    /// Padded with spaces on the right to `width` characters (never cut).
+    public func padded(to width: Int) -> String {
+        String(self) + String(repeating: " ", count: Swift.max(0, width - count))
+    }
+}
+
 /// printf-style formatting in the C locale (`format("%.1f", 2.25)` is "2.2"): the C library's
 /// vsnprintf. `%@` is not supported (pass strings through interpolation).
 public func format(_ format: String, _ arguments: any CVarArg...) -> String {
@@ -62,6 +69,13 @@ public enum PathName {
         while p.count > 1, p.hasSuffix("/") { p = p.dropLast() }
         guard let slash = p.lastIndex(of: "/") else { return String(p) }
         return p == "/" ? "/" : String(p[p.index(after: slash)...])
+    }
+
+    /// `path` with every symbolic link resolved (realpath(3)); `path` itself when that fails.
+    public static func resolved(_ path: String) -> String {
+        guard let real = realpath(path, nil) else { return path }
+        defer { free(real) }
+        return String(cString: real)
     }
 
     /// `directory` and `name` joined with one slash.

@@ -266,7 +266,7 @@ enum Render {
         }
         out += "\ninterfaces (snapshot \(s.snapshot.generation)):\n"
         for i in s.snapshot.interfaces {
-            var line = "  \(i.name.padding(toLength: 12, withPad: " ", startingAt: 0)) \(i.kind.rawValue)"
+            var line = "  \(i.name.padded(to: 12)) \(i.kind.rawValue)"
             if let k = i.linkKind { line += "/\(k)" }
             line += "  \(i.isAdminUp ? "up" : "down"), \(i.hasCarrier ? "carrier" : "no carrier"), oper \(i.operState.rawValue)"
             if let m = i.mac, m.bytes.contains(where: { $0 != 0 }) { line += ", mac \(m)" }
@@ -303,7 +303,7 @@ enum Render {
         if !d.findings.isEmpty { out += "\nper interface:\n" }
         for f in d.findings {
             let site = f.site.map { " [site \($0)]" } ?? ""
-            out += "  \(f.status.rawValue.padding(toLength: 18, withPad: " ", startingAt: 0)) \(f.detail)\(site)\n"
+            out += "  \(f.status.rawValue.padded(to: 18)) \(f.detail)\(site)\n"
         }
         out += "\npolicy: \(policyName) (\(policyFile))"
         return out

@@ -8,6 +8,7 @@ import Glibc
 import Logging
 import SegguardControl
 import SegguardEnforce
+import SegguardEssentials
 import SegguardWire
 
 /// The segment-guard daemon.
@@ -105,7 +106,7 @@ struct Segguardd: ParsableCommand {
 
     func validate() throws {
         if let collector {
-            for url in collector.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces) }) where !url.lowercased().hasPrefix("https://") {
+            for url in collector.split(separator: ",").map({ $0.trimmed() }) where !url.lowercased().hasPrefix("https://") {
                 throw ValidationError("--collector \(url): must be https:// (mutual TLS with the device certificate)")
             }
         }
