@@ -176,7 +176,7 @@ public struct ExecDecider: Sendable {
         let candidates = [Self.baseName(executable)] + argv.prefix(2).map(Self.baseName)
         if let hit = candidates.first(where: names.contains) { return "running \"\(hit)\" (\(executable)) is listed in capture.block.names" }
         for rule in rule.blockArguments where candidates.contains(rule.name) {
-            if let word = rule.anyOf.first(where: { w in argv.dropFirst().contains { $0.contains(w) } }) {
+            if let word = rule.anyOf.first(where: { w in argv.dropFirst().contains { $0.firstRange(of: w) != nil } }) {
                 return "running \(rule.name) with \"\(word)\" in its arguments (capture.block.arguments)"
             }
         }

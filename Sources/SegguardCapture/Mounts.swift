@@ -51,7 +51,7 @@ public struct MountEntry: Sendable, Equatable {
 
     /// Decodes mountinfo's \ooo escapes (space, tab, newline, backslash).
     static func unescape(_ s: Substring) -> String {
-        guard s.contains("\\") else { return String(s) }
+        guard s.firstRange(of: "\\") != nil else { return String(s) }
         var bytes: [UInt8] = []
         var u = Array(s.utf8)[...]
         while let c = u.first {

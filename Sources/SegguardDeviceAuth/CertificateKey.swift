@@ -41,7 +41,7 @@ public struct CertificateKey: Sendable, Equatable {
         }
         let certificate: Certificate
         do {
-            if let text = String(bytes: bytes, encoding: .utf8), text.contains("-----BEGIN ") {
+            if let text = String(bytes: bytes, encoding: .utf8), text.firstRange(of: "-----BEGIN ") != nil {
                 // The first PEM block whose BEGIN starts a line, as OpenSSL (and so
                 // wpa_supplicant) takes it; any label but CERTIFICATE is refused (OpenSSL also
                 // reads a TRUSTED CERTIFICATE block, which must not let another one be judged).

@@ -348,7 +348,7 @@ public final class WPAControlSource: Sendable {
             } catch {
                 // A socket file left by a supplicant that exited refuses connections; the next
                 // supplicant replaces the file, and inotify brings us back here.
-                let stale = "\(error)".contains("errno \(ECONNREFUSED))")
+                let stale = "\(error)".firstRange(of: "errno \(ECONNREFUSED))") != nil
                 source.logger.log(level: stale ? .debug : .warning, "cannot attach to wpa_supplicant", metadata: ["interface": "\(name)", "error": "\(error)"])
             }
         }

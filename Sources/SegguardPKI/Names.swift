@@ -100,12 +100,12 @@ extension PKI {
         if text.hasPrefix("[") && text.hasSuffix("]") && text.count > 2 {
             text = String(text.dropFirst().dropLast())
         }
-        if !text.contains(":") {
+        if text.firstRange(of: ":") == nil {
             var v4 = in_addr()
             if inet_pton(AF_INET, text, &v4) == 1 {
                 return withUnsafeBytes(of: &v4) { Array($0) }
             }
-        } else if !text.contains("%") {  // a zone id has no place in a certificate
+        } else if text.firstRange(of: "%") == nil {  // a zone id has no place in a certificate
             var v6 = in6_addr()
             if inet_pton(AF_INET6, text, &v6) == 1 {
                 return withUnsafeBytes(of: &v6) { Array($0) }

@@ -290,7 +290,7 @@ public enum PKI {
             }
             throw PKIError("\(source): holds \(keys.count) private keys, expected one")
         }
-        if document.discriminator.contains("ENCRYPTED") {
+        if document.discriminator.firstRange(of: "ENCRYPTED") != nil {
             throw PKIError("\(source): the private key is encrypted; an unencrypted key is needed")
         }
         do {
@@ -301,7 +301,7 @@ public enum PKI {
     }
 
     private static func pemDocuments(_ text: String, source: String) throws -> [PEMDocument] {
-        guard text.contains("-----BEGIN ") else {
+        guard text.firstRange(of: "-----BEGIN ") != nil else {
             throw PKIError("\(source): not a PEM file (no \"-----BEGIN\" line)")
         }
         let documents: [PEMDocument]

@@ -144,7 +144,7 @@ extension PKI {
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw PKIError("\(what) \(path): not a PEM file (not text)")
         }
-        guard text.contains("-----BEGIN ") else {
+        guard text.firstRange(of: "-----BEGIN ") != nil else {
             throw PKIError("\(what) \(path): not a PEM file (no \"-----BEGIN\" line)")
         }
         return text

@@ -44,7 +44,7 @@ public struct TrustedServer: Sendable, Equatable, Hashable, Codable {
     }
 
     /// "10.0.0.5:443" or "[fd00::5]:443".
-    public var endpoint: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    public var endpoint: String { host.firstRange(of: ":") != nil ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
     /// This server with every pin in lower-case hex, after checking each field.
     ///
@@ -137,7 +137,7 @@ public enum SPKIPin {
     public static func normalize(_ text: String) throws(TrustedServerError) -> String {
         let s = text.trimmed()
         let hexDigits = s.replacing(":", with: "")
-        if hexDigits.utf8.count == 64, hexDigits.utf8.allSatisfy(isHexDigit), !(s.contains(":") && !hasColonsBetweenBytes(s)) {
+        if hexDigits.utf8.count == 64, hexDigits.utf8.allSatisfy(isHexDigit), !(s.firstRange(of: ":") != nil && !hasColonsBetweenBytes(s)) {
             return hexDigits.lowercased()
         }
         var b64 = s.hasPrefix("sha256//") ? String(s.dropFirst("sha256//".count)) : s
