@@ -211,6 +211,14 @@ struct DaemonService: Service {
         let hup = await UnixSignalsSequence(trapping: .sighup)
         let reloads = Task { [agent] in for await _ in hup { agent.reload() } }
         defer { reloads.cancel() }
+        // Once started, the pages only start-up used are unmapped (StartupPages): the resident
+        // size is then what the daemon uses.
+        let settled = Task { [logger] in
+            try await Task.sleep(for: .seconds(StartupPages.settleSeconds))
+            let bytes = StartupPages.release()
+            logger.info("start-up pages released", metadata: ["bytes": "\(bytes)"])
+        }
+        defer { settled.cancel() }
         do {
             try await withTaskCancellationOrGracefulShutdownHandler {
                 try await agent.waitUntilStopped()
