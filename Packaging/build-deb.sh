@@ -48,16 +48,17 @@ libc="$(for b in segguardd segguard-collector; do readelf --dyn-syms -W "$bin/$b
 needs() {  # needs BINARY CONTROL
     local so path owner
     for so in $(readelf -dW "$1" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'); do
-        path="$(ldconfig -p | awk -v so="$so" '$1 == so && /x86-64|x32|AArch64|64bit/ {print $NF; exit}')"
-        [ -n "$path" ] || path="$(ldconfig -p | awk -v so="$so" '$1 == so {print $NF; exit}')"
+        # (awk reads to the end: an early exit would kill ldconfig with SIGPIPE under pipefail)
+        path="$(ldconfig -p | awk -v so="$so" '$1 == so && /x86-64|x32|AArch64|64bit/ && !p {p = $NF} END {print p}')"
+        [ -n "$path" ] || path="$(ldconfig -p | awk -v so="$so" '$1 == so && !p {p = $NF} END {print p}')"
         if [ -z "$path" ]; then
             case "$config:$so" in prebuilt:libswift*|prebuilt:libFoundation*|prebuilt:lib_Foundation*|prebuilt:libdispatch*|prebuilt:libBlocksRuntime*|prebuilt:libswift_*) continue ;; esac
             echo "$(basename "$1") needs $so, which no installed library provides" >&2; exit 2
         fi
-        owner="$(dpkg -S "$(readlink -f "$path")" 2>/dev/null | head -1 | cut -d: -f1)" || true
-        [ -n "$owner" ] || owner="$(dpkg -S "$path" 2>/dev/null | head -1 | cut -d: -f1)" || true
+        owner="$(dpkg -S "$(readlink -f "$path")" 2>/dev/null | sed -n '1s/:.*//p')" || true
+        [ -n "$owner" ] || owner="$(dpkg -S "$path" 2>/dev/null | sed -n '1s/:.*//p')" || true
         [ -n "$owner" ] || { echo "$(basename "$1") needs $so ($path), which no Debian package owns" >&2; exit 2; }
-        grep -Eq "^Depends:.*(: |, )$owner( |,|$)" "$2" \
+        grep -qxF "$owner" <<<"$(sed -n 's/^Depends: //p' "$2" | tr ',' '\n' | sed 's/^ *//; s/[ (].*//')" \
             || { echo "$(basename "$1") needs $so from $owner, but $2 does not depend on $owner" >&2; exit 2; }
     done
 }
@@ -65,9 +66,22 @@ needs "$bin/segguardd" Packaging/debian/agent.control
 needs "$bin/segguard-collector" Packaging/debian/collector.control
 # The agent's modules use FoundationEssentials, never Foundation: Foundation's ICU (34 MB of
 # data, ~30 MB of code) would more than double the agent's size (scripts/check-imports.py
-# checks the imports; this checks what a dependency may have pulled in).
-if readelf -sW "$bin/segguardd" | grep -q 'icudt[0-9]*_dat' || readelf -dW "$bin/segguardd" | grep -Eq 'NEEDED.*\[(libFoundation|lib_FoundationICU)\.so'; then
-    echo "segguardd links Foundation's ICU: a module of the agent uses Foundation (not FoundationEssentials)" >&2; exit 2
+# checks the imports; this checks what the binary really uses, a dependency's included).
+# (Each listing is read whole before grep: grep -q's early exit would fail the pipeline.)
+dynamic="$(readelf -dW "$bin/segguardd")"
+if grep -q 'NEEDED.*\[libswiftCore\.so\]' <<<"$dynamic"; then
+    # Linked against the toolchain's runtime (a debug build): Foundation's libraries are named
+    # by autolinking anyway; no symbol may come from them.
+    rt="$(awk -F'[][]' '/R(UN)?PATH/ {split($2, d, ":"); print d[1]}' <<<"$dynamic")"
+    nm -D --undefined-only "$bin/segguardd" | awk '{print $2}' | sort -u > "$root/used"
+    for lib in libFoundation.so libFoundationInternationalization.so lib_FoundationICU.so; do
+        [ -f "$rt/$lib" ] || continue
+        nm -D --defined-only "$rt/$lib" | awk '{print $3}' | sort -u > "$root/defined"
+        n="$(comm -12 "$root/used" "$root/defined" | wc -l)"
+        [ "$n" = 0 ] || { echo "segguardd uses $n symbols of $lib (Foundation, not FoundationEssentials): $(comm -12 "$root/used" "$root/defined" | sed -n 1p)" >&2; exit 2; }
+    done
+elif [ "$(readelf -sW "$bin/segguardd" | grep -c 'icudt[0-9]*_dat')" != 0 ]; then
+    echo "segguardd links Foundation's ICU: a module of the agent uses Foundation (not FoundationEssentials); see the link map (-Xlinker -Map)" >&2; exit 2
 fi
 
 # /usr/share/doc/PKG: the Debian changelog (what dpkg tools read) and the project's own.

@@ -2,7 +2,8 @@
 # Idle memory of a segguardd binary (root): started in a private network namespace with an office
 # port (Config/demo-veth.yaml's), then, as a second configuration, also reporting to a collector
 # (SQLite spool, HTTPS client) with capture blocking on a tmpfs it owns; after SETTLE seconds
-# (default 20) prints VmRSS, Pss (smaps_rollup), RssAnon/RssFile and the thread count of each.
+# (default 20; segguardd releases its start-up pages after 10) prints VmRSS, Pss (smaps_rollup),
+# RssAnon/RssFile and the thread count of each.
 # Usage: scripts/measure-rss.sh SEGGUARDD [SEGGUARD-COLLECTOR [SEGGUARDCTL]]
 #   e.g. after `swift build -c release --static-swift-stdlib --product segguardd`:
 #   scripts/measure-rss.sh .build/release/segguardd "$(swift build --show-bin-path)/segguard-collector"
