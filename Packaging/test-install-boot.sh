@@ -239,6 +239,13 @@ check "segguardctl and segguard-launch are links to the one agent binary (multi-
 check "... with no setuid bit and no file capabilities (they would hold under every name)" sh -c "test \"\$(stat -c %A '$root/usr/sbin/segguardd')\" = -rwxr-xr-x && python3 -c \"import os, sys; sys.exit('security.capability' in os.listxattr('$root/usr/sbin/segguardd'))\""
 check "postinst made the segguard admin group" in_ct getent group segguard
 check "the .deb ships md5sums and dpkg --verify passes" sh -c "test -s '$root/var/lib/dpkg/info/segment-guard-agent.md5sums' && nsenter -t $pid1 -a -- dpkg --verify segment-guard-agent"
+released=""
+for _ in $(seq 75); do  # the unit started it at most a few seconds ago (restart above)
+    j="$(nsenter -t "$pid1" -a -- journalctl -u segguardd -o json --no-pager)"
+    grep 'start-up pages released' <<<"$j" | grep -Eq '"BYTES":"[1-9][0-9]*"' && { released=1; break; }
+    sleep 0.2
+done
+check "10 s after its start segguardd released its start-up pages (journal, BYTES > 0) under the hardened unit" test -n "$released"
 sgd="$(in_ct systemctl show -p MainPID --value segguardd)"
 if [ -n "$sgd" ] && [ "$sgd" != 0 ] && [ "$(in_ct nsenter -t "$sgd" -m -- findmnt -n -o FSTYPE --target /usr/bin 2>/dev/null)" = tmpfs ]; then
     sed -i 's|^  watch: \["/run/captest"\]$|  watch: ["/run/captest", "/usr/bin"]|' "$root/etc/segguard/policy.yaml"
