@@ -80,7 +80,7 @@ if grep -q 'NEEDED.*\[libswiftCore\.so\]' <<<"$dynamic"; then
         n="$(comm -12 "$root/used" "$root/defined" | wc -l)"
         [ "$n" = 0 ] || { echo "segguardd uses $n symbols of $lib (Foundation, not FoundationEssentials): $(comm -12 "$root/used" "$root/defined" | sed -n 1p)" >&2; exit 2; }
     done
-elif [ "$(readelf -sW "$bin/segguardd" | grep -c 'icudt[0-9]*_dat')" != 0 ]; then
+elif [ "$(grep -ac 'icudt[0-9][0-9]*l' "$bin/segguardd")" != 0 ]; then  # ICU's data (names icudtNNl…), stripped or not
     echo "segguardd links Foundation's ICU: a module of the agent uses Foundation (not FoundationEssentials); see the link map (-Xlinker -Map)" >&2; exit 2
 fi
 

@@ -177,8 +177,13 @@ public struct JSONSyntaxError: Error, CustomStringConvertible, Sendable {
 public struct FileError: Error, CustomStringConvertible, Sendable, Equatable {
     public var path: String
     public var reason: String
-    public init(path: String, reason: String) { (self.path, self.reason) = (path, reason) }
-    static func system(_ path: String) -> FileError { FileError(path: path, reason: "\(String(cString: strerror(errno))) (errno \(errno))") }
+    /// The errno of a failed system call (nil: "not UTF-8", "not a directory").
+    public var code: Int32?
+    public init(path: String, reason: String, code: Int32? = nil) { (self.path, self.reason, self.code) = (path, reason, code) }
+    static func system(_ path: String) -> FileError {
+        let code = errno
+        return FileError(path: path, reason: "\(String(cString: strerror(code))) (errno \(code))", code: code)
+    }
     /// "PATH: REASON".
     public var description: String { "\(path): \(reason)" }
 }

@@ -109,7 +109,7 @@ struct Launch: ParsableCommand {
                         var values = entry.values
                         values["profile"] = values["profile"] ?? profile
                         let message = UserMessages.render(entry.notice, language: language, values: values, helpdesk: notices.helpdesk)
-                        writeStandardError("segguard-launch: \(message.title): \(message.body.replacing("\n", with: " "))\n")
+                        writeStandardError("segguard-launch: \(message.title): \(message.body.split(whereSeparator: \.isNewline).joined(separator: " "))\n")
                         if !noNotify { DesktopNotification.send(summary: message.title, body: message.body) }
                     }
                     position = (notices.instance, notices.latest)
@@ -154,7 +154,16 @@ enum ConfigFileEditor {
     /// may hold secrets), an existing one keeps its mode.
     static func apply(_ edit: ConfigFileEdit) throws {
         let path = edit.path.hasPrefix("~/") ? homeDirectory() + String(edit.path.dropFirst(1)) : edit.path
-        let old = (try? readTextFile(path)) ?? ""
+        // A missing file is created; one that cannot be read (not UTF-8, permissions) is left
+        // alone: rewriting it from nothing would lose the user's other settings.
+        let old: String
+        do {
+            old = try readTextFile(path)
+        } catch where error.code == ENOENT {
+            old = ""
+        } catch {
+            throw EditError(description: "\(error) (not changed)")
+        }
         let new = edit.rewrite(old)
         var st = stat()
         let mode = stat(path, &st) == 0 ? st.st_mode & 0o7777 : 0o600

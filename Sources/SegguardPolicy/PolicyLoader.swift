@@ -505,7 +505,7 @@ struct Context {
                     if case let .mapping(kv) = setNode {
                         for (k, v) in kv {
                             guard let key = k.scalar?.string, let value = string(v, "\(p).set.\(k.scalar?.string ?? "?")") else { continue }
-                            if key.contains("=") || key.contains("\n") || value.contains("\n") {
+                            if key.contains("=") || key.contains(where: \.isNewline) || value.contains(where: \.isNewline) {
                                 report(k, "\(p).set.\(key)", "keys may not contain '=' and values no line breaks")
                                 continue
                             }

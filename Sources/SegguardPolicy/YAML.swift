@@ -83,15 +83,19 @@ enum YAML {
         var bytes = Array(text.utf8)
         let count = bytes.count
         if bytes.isEmpty { bytes = [0] }  // libyaml wants a non-null input pointer
-        var parser = yaml_parser_t()
-        guard yaml_parser_initialize(&parser) == 1 else {
+        // On the heap: libyaml keeps the parser's own address (its read handler's data), and the
+        // composer keeps it too; a Swift local's address is only valid during one call.
+        let parser = UnsafeMutablePointer<yaml_parser_t>.allocate(capacity: 1)
+        parser.initialize(to: yaml_parser_t())
+        defer { parser.deinitialize(count: 1); parser.deallocate() }
+        guard yaml_parser_initialize(parser) == 1 else {
             throw YAMLError(kind: .reader, problem: "out of memory", context: nil, mark: Mark(line: 1, column: 1))
         }
-        defer { yaml_parser_delete(&parser) }
+        defer { yaml_parser_delete(parser) }
         let result: Result<Node?, YAMLError> = bytes.withUnsafeBufferPointer { buffer in
-            yaml_parser_set_input_string(&parser, buffer.baseAddress, count)
-            yaml_parser_set_encoding(&parser, YAML_UTF8_ENCODING)
-            var composer = Composer(parser: &parser, text: buffer, count: count)
+            yaml_parser_set_input_string(parser, buffer.baseAddress, count)
+            yaml_parser_set_encoding(parser, YAML_UTF8_ENCODING)
+            var composer = Composer(parser: parser, text: buffer, count: count)
             do throws(YAMLError) { return .success(try composer.document()) } catch { return .failure(error) }
         }
         return try result.get()

@@ -64,13 +64,13 @@ public struct StrictJSONReader {
     }
 
     /// Why `data` is not JSON (where the first mistake is), or nil when it is (or nests deeper
-    /// than 512 levels, or repeats a key: not syntax, the field error stands).
+    /// than 64 levels, or repeats a key: not syntax, the field error stands).
     static func syntaxError(_ data: Data) -> ReportDecodingError? {
         if data.isEmpty { return ReportDecodingError("body: not valid JSON (the body is empty)") }
         let error: ReportDecodingError? = data.withUnsafeBytes { raw in
             var r = StrictJSONReader(bytes: raw.bindMemory(to: UInt8.self))
             do throws(ReportDecodingError) {
-                _ = try r.value(depth: 0, limit: 512)
+                _ = try r.value(depth: 0, limit: 64)
                 r.skipWhitespace()
                 guard r.i == r.bytes.count else { throw r.syntax("unexpected data after the top-level value") }
                 return nil

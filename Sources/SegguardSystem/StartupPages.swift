@@ -3,6 +3,7 @@
 // every 4 KB page faulted in maps its 64 KB neighbourhood (the kernel's fault-around). Those
 // pages stay mapped, and counted in the resident size, for the life of the process.
 
+import CSegguardShims
 import FoundationEssentials
 import SegguardEssentials
 
@@ -17,47 +18,34 @@ public enum StartupPages {
     /// and capture marks are done by then).
     public static let settleSeconds = 10
 
-    /// Drops the page-table entries of every mapping of the running executable that cannot
-    /// be written and holds no private (anonymous) page: code, constants, symbol tables and
-    /// relocation records, whose contents are the file's. Nothing is lost: the pages stay in
-    /// the page cache, and the next use of one is a minor fault without I/O. Mappings with
-    /// private pages (relocated data, RELRO) and shared libraries are left alone.
+    /// The executable's loadable segments that are never writable (code, constants, symbol
+    /// tables, relocation records), from its ELF program headers: whole pages only. Relocated
+    /// data, RELRO included, lies in the writable segment and is never named.
+    public static func readOnlySegments() -> [(start: UInt, end: UInt)] {
+        var starts = [UInt](repeating: 0, count: 16), ends = [UInt](repeating: 0, count: 16)
+        let n = Int(sg_executable_readonly_segments(&starts, &ends, 16))
+        return (0..<max(0, n)).map { (starts[$0], ends[$0]) }
+    }
+
+    /// Drops the page-table entries of the executable's read-only segments
+    /// (`readOnlySegments`): their contents are the file's, so nothing is lost; the pages stay
+    /// in the page cache and the next use of one is a minor fault without I/O. The writable
+    /// segment (relocated data, RELRO) and shared libraries are left alone.
     ///
-    /// - Returns: the bytes that were resident in the mappings released.
+    /// - Returns: how much the file-backed resident size (RssFile) fell, in bytes.
     @discardableResult
     public static func release() -> Int {
-        guard let text = try? readTextFile("/proc/self/smaps") else { return 0 }
-        let exe = PathName.resolved("/proc/self/exe")
-        var released = 0
-        var current: (start: UInt, end: UInt, readOnly: Bool, mine: Bool)?
-        var rss = 0, anonymous = -1
-        func finish() {
-            if let m = current, m.mine, m.readOnly, anonymous == 0, rss > 0,
-               madvise(UnsafeMutableRawPointer(bitPattern: m.start), Int(m.end - m.start), MADV_DONTNEED) == 0 {
-                released += rss * 1024
-            }
+        let before = residentFileBytes()
+        for r in readOnlySegments() {
+            _ = madvise(UnsafeMutableRawPointer(bitPattern: r.start), Int(r.end - r.start), MADV_DONTNEED)
         }
-        for line in text.split(separator: "\n") {
-            if let first = line.first, first.isHexDigit, let dash = line.firstIndex(of: "-") {
-                finish()
-                let fields = line.split(separator: " ", omittingEmptySubsequences: true)
-                guard fields.count >= 5, let start = UInt(line[..<dash], radix: 16),
-                      let end = UInt(fields[0][fields[0].index(after: fields[0].firstIndex(of: "-")!)...], radix: 16) else {
-                    current = nil
-                    continue
-                }
-                let perms = fields[1]
-                let path = fields.count >= 6 ? fields[5...].joined(separator: " ") : ""
-                current = (start, end, !perms.contains(Character("w")), path == exe)
-                rss = 0
-                anonymous = -1
-            } else if line.hasPrefix("Rss:") {
-                rss = Int(line.dropFirst(4).trimmed().split(separator: " ").first ?? "") ?? 0
-            } else if line.hasPrefix("Anonymous:") {
-                anonymous = Int(line.dropFirst(10).trimmed().split(separator: " ").first ?? "") ?? -1
-            }
-        }
-        finish()
-        return released
+        return max(0, before - residentFileBytes())
+    }
+
+    /// RssFile of this process (/proc/self/status), in bytes.
+    static func residentFileBytes() -> Int {
+        guard let status = try? readTextFile("/proc/self/status"),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("RssFile:") }) else { return 0 }
+        return (Int(line.dropFirst(8).trimmed().split(separator: " ").first ?? "") ?? 0) * 1024
     }
 }

@@ -178,6 +178,10 @@ struct PolicyFixtureTests {
         // A key twice is refused where the loader reads no keys itself (a profile's file settings).
         let twice = base + gw + "profiles:\n  - name: p\n    segment: mynumber\n    command: [/usr/bin/true]\n    config_files:\n      - path: ~/.config/x.ini\n        set: {a: 1, a: 2}\n"
         #expect(first(twice) == "y.yaml:11:21: key \"a\" given twice")
+        // A value with a line break of any kind (CRLF is one Character) is refused.
+        let crlf = base + gw + "profiles:\n  - name: p\n    segment: mynumber\n    command: [/usr/bin/true]\n    config_files:\n      - path: ~/.config/x.ini\n        set: {a: \"1\\r\\nb=2\"}\n"
+        let crlfIssues = loaderIssues(crlf, file: "y.yaml")?.map(\.description) ?? ["accepted"]
+        #expect(crlfIssues.contains { $0.contains("keys may not contain '=' and values no line breaks") }, "\(crlfIssues)")
         #expect(first(base + gw + "name: \u{01}x\n") == "y.yaml:5:7: YAML reader: control characters are not allowed (#1)")
         // "Billion laughs": each level doubles; refused before it is expanded.
         var bomb = "a0: &a0 [x, x]\n"

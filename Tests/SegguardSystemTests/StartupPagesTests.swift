@@ -35,6 +35,21 @@ struct StartupPagesTests {
         #expect(constant.hasPrefix("a constant string"))
         #expect(relocated[0] == Int.self && relocated[1] == String.self && "\(relocated[2])" == "StartupPagesTests")
         #expect([3, 1, 2].sorted() == [1, 2, 3])
+        // What it advises is read-only mappings of this executable only: never a writable
+        // one (relocated data, RELRO), never another file's.
+        let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? ""
+        let maps = ((try? String(contentsOfFile: "/proc/self/maps", encoding: .utf8)) ?? "").split(separator: "\n").compactMap { line -> (UInt, UInt, String, String)? in
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard f.count >= 6, let dash = f[0].firstIndex(of: "-"), let a = UInt(f[0][..<dash], radix: 16),
+                  let b = UInt(f[0][f[0].index(after: dash)...], radix: 16) else { return nil }
+            return (a, b, String(f[1]), f[5...].joined(separator: " "))
+        }
+        let segments = StartupPages.readOnlySegments()
+        #expect(!segments.isEmpty)
+        for r in segments {
+            let covering = maps.filter { $0.0 < r.end && r.start < $0.1 }
+            #expect(!covering.isEmpty && covering.allSatisfy { $0.3 == exe && !$0.2.contains("w") }, "\(r): \(covering)")
+        }
         // A second release finds little: only what ran since.
         #expect(StartupPages.release() < released)
     }

@@ -91,3 +91,8 @@ int sg_gettid(void);
 /// the kernel hands outgoing frames only to ETH_P_ALL taps, with a classic BPF filter keeping
 /// EAPOL. Non-blocking, close-on-exec. Returns the descriptor or -errno.
 int sg_eapol_socket(const char *ifname);
+
+/// The running executable's loadable segments that are not writable (its code, constants,
+/// symbol tables), as [start, end) addresses rounded inward to whole pages, from its ELF
+/// program headers (dl_iterate_phdr). Returns how many were written (at most max).
+int sg_executable_readonly_segments(uintptr_t *starts, uintptr_t *ends, int max);
