@@ -176,7 +176,9 @@ public struct ExecDecider: Sendable {
         let candidates = [Self.baseName(executable)] + argv.prefix(2).map(Self.baseName)
         if let hit = candidates.first(where: names.contains) { return "running \"\(hit)\" (\(executable)) is listed in capture.block.names" }
         for rule in rule.blockArguments where candidates.contains(rule.name) {
-            if let word = rule.anyOf.first(where: { w in argv.dropFirst().contains { $0.firstRange(of: w) != nil } }) {
+            // Bytes, as the program parses them: a word followed by a combining mark is still
+            // the word here (Characters would merge them), and Foundation is not needed.
+            if let word = rule.anyOf.first(where: { w in argv.dropFirst().contains { $0.utf8.firstRange(of: w.utf8) != nil } }) {
                 return "running \(rule.name) with \"\(word)\" in its arguments (capture.block.arguments)"
             }
         }

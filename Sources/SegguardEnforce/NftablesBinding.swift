@@ -220,7 +220,7 @@ public final class NftablesBinding: Sendable {
     }
 
     private func hasTable(in listing: String) -> Bool {
-        guard case let .success(root) = JSONValue.parse(Data(listing.utf8)), let items = root["nftables"]?.array else { return false }
+        guard let root = JSONValue.parse(Data(listing.utf8)), let items = root["nftables"]?.array else { return false }
         return items.contains { item in
             guard let t = item["table"] else { return false }
             return t["family"]?.string == NftablesRuleset.family && t["name"]?.string == table

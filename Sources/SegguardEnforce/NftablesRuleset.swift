@@ -210,7 +210,7 @@ public enum NftablesRuleset {
     /// The counters of the rules in a JSON listing (`NftablesBinding.listTable()`), in rule
     /// order; rules without a counter are skipped. Empty when the text is not a listing.
     public static func counters(inListing json: String) -> [RuleCounter] {
-        guard case let .success(root) = JSONValue.parse(Data(json.utf8)), let items = root["nftables"]?.array else { return [] }
+        guard let root = JSONValue.parse(Data(json.utf8)), let items = root["nftables"]?.array else { return [] }
         var out: [RuleCounter] = []
         for item in items {
             guard let rule = item["rule"], let expr = rule["expr"]?.array else { continue }

@@ -138,17 +138,9 @@ public enum JSONValue: Codable, Sendable, Equatable {
         }
     }
 
-    /// Parses `data`; on a syntax error, JSON's own description of it ("Unexpected character
-    /// 'x' around line 1, column 2.").
-    public static func parse(_ data: Data) -> Result<JSONValue, JSONSyntaxError> {
-        do {
-            return .success(try JSONDecoder().decode(JSONValue.self, from: data))
-        } catch let DecodingError.dataCorrupted(context) {
-            let detail = context.underlyingError.flatMap { $0 as? any CustomDebugStringConvertible }?.debugDescription
-            return .failure(JSONSyntaxError(description: detail ?? context.debugDescription))
-        } catch {
-            return .failure(JSONSyntaxError(description: "\(error)"))
-        }
+    /// Parses `data`; nil when it is not JSON.
+    public static func parse(_ data: Data) -> JSONValue? {
+        try? JSONDecoder().decode(JSONValue.self, from: data)
     }
 
     public subscript(key: String) -> JSONValue? {
@@ -165,11 +157,6 @@ public enum JSONValue: Codable, Sendable, Equatable {
         if case let .number(d) = self, d >= 0, d < 1.8e19, d == d.rounded() { return UInt64(d) }
         return nil
     }
-}
-
-/// Why a text is not JSON.
-public struct JSONSyntaxError: Error, CustomStringConvertible, Sendable {
-    public var description: String
 }
 
 /// Why a file or directory operation failed: the path and the system's words ("No such file or

@@ -49,7 +49,7 @@ extension PKICommand {
                     let message = (try? ReportCoding.decoder().decode(ErrorReply.self, from: Data(text.utf8)))?.error ?? text
                     throw CLIError("collector refused the revocation (\(response.status.code)): \(message)")
                 }
-                let reply = try? JSONValue.parse(Data(text.utf8)).get()
+                let reply = JSONValue.parse(Data(text.utf8))
                 let serials = reply?["serials"]?.array?.compactMap(\.string) ?? [reply?["serial"]?.string ?? "?"]
                 let named = serials.count == 1 ? "certificate (serial \(serials[0]))" : "certificates (serials \(serials.joined(separator: ", ")))"
                 print(response.status == .created ? "revoked \(device)'s \(named) at \(collector)" : "\(device)'s \(named) was revoked already")

@@ -134,6 +134,10 @@ struct ExecDeciderTests {
         #expect(d.running(executable: "/usr/bin/ffmpeg", argv: ["ffmpeg", "-f", "x11grab", "-i", ":0", "out.mp4"], protection: Self.always)
                 == "running ffmpeg with \"x11grab\" in its arguments (capture.block.arguments)")
         #expect(d.running(executable: "/usr/bin/ffmpeg", argv: ["ffmpeg", "-i", "in.mp4", "out.webm"], protection: Self.always) == nil)
+        // The word inside a longer argument, and followed by a combining mark (one Character
+        // with its last letter, the same bytes for the program): still the word.
+        #expect(d.running(executable: "/usr/bin/ffmpeg", argv: ["ffmpeg", "-fx11grab"], protection: Self.always) != nil)
+        #expect(d.running(executable: "/usr/bin/ffmpeg", argv: ["ffmpeg", "-f", "x11grab\u{301}"], protection: Self.always) != nil)
         #expect(d.running(executable: "/usr/bin/scrot", argv: ["scrot"], protection: .init(level: .none)) == nil)
         // By content: a renamed copy of a listed binary, already running.
         let listed = Self.toolHash

@@ -172,6 +172,8 @@ struct PolicyFixtureTests {
         #expect(aliased.vdi.gateways.map(\.ports) == [[443, 8443], [443, 8443]])
 
         func first(_ text: String) -> String? { loaderIssues(text, file: "y.yaml")?.first?.description }
+        // The style is kept: a quoted number is text (segguard-policy(5)).
+        #expect(first(base + "vdi: {gateways: [{address: 192.0.2.10, ports: [\"443\"]}]}\n") == "y.yaml:4:48: vdi.gateways[0].ports[0]: expected a whole number, found \"443\"")
         let gw = "vdi: {gateways: [{address: 192.0.2.10, ports: [443]}]}\n"
         #expect(first(base + gw + "---\nname: other\n") == "y.yaml:5:1: a second document ('---') in the file (a policy is one document)")
         #expect(first(base + "vdi: {gateways: [{address: 192.0.2.10, ports: *none}]}\n") == "y.yaml:4:47: alias *none names no anchor before it")

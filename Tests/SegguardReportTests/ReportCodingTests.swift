@@ -130,6 +130,9 @@ import Testing
         let escaped = body.replacingOccurrences(of: "\"hostname\":\"tc-0001.city.local\"", with: #""hostname":"\u3042\ud83d\ude00\/\n""#)
         #expect(try ReportCoding.decodeStrict(Heartbeat.self, from: Data(escaped.utf8)).hostname == "\u{3042}\u{1F600}/\n")
         let lone = body.replacingOccurrences(of: "\"hostname\":\"tc-0001.city.local\"", with: #""hostname":"\ud83d""#)
+        // 100,000 brackets from the network: an error, not a crash (the syntax check stops at 64 levels).
+        let deep = Self.decodeError(Heartbeat.self, text: String(repeating: "[", count: 100_000))
+        #expect(deep != nil && deep != "", "\(deep ?? "accepted")")
         let loneError = Self.decodeError(Heartbeat.self, text: lone)
         #expect(loneError == "hostname: a lone surrogate in a \\u escape", "\(loneError ?? "")")
         var invalidUTF8 = Data(body.utf8)
