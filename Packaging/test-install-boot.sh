@@ -247,6 +247,8 @@ for _ in $(seq 75); do  # the unit started it at most a few seconds ago (restart
 done
 check "10 s after its start segguardd released its start-up pages (journal, BYTES > 0) under the hardened unit" test -n "$released"
 sgd="$(in_ct systemctl show -p MainPID --value segguardd)"
+check "segguardd runs with at most two malloc arenas (MALLOC_ARENA_MAX=2 from the unit)" \
+    sh -c "nsenter -t $pid1 -a -- cat /proc/$sgd/environ | tr '\\0' '\\n' | grep -qx MALLOC_ARENA_MAX=2"
 if [ -n "$sgd" ] && [ "$sgd" != 0 ] && [ "$(in_ct nsenter -t "$sgd" -m -- findmnt -n -o FSTYPE --target /usr/bin 2>/dev/null)" = tmpfs ]; then
     sed -i 's|^  watch: \["/run/captest"\]$|  watch: ["/run/captest", "/usr/bin"]|' "$root/etc/segguard/policy.yaml"
     in_ct systemctl reload segguardd

@@ -5,15 +5,16 @@
 # (default 20; segguardd releases its start-up pages after 10) prints VmRSS, Pss (smaps_rollup),
 # RssAnon/RssFile and the thread count of each.
 # Usage: scripts/measure-rss.sh SEGGUARDD [SEGGUARD-COLLECTOR [SEGGUARDCTL]]
-#   e.g. after `swift build -c release --static-swift-stdlib --product segguardd`:
-#   scripts/measure-rss.sh .build/release/segguardd "$(swift build --show-bin-path)/segguard-collector"
-# MALLOC_ARENA_MAX and other variables in the environment are passed on (the unit sets it).
+#   e.g. the release build Packaging/build-deb.sh makes (ordered, see scripts/profile-order.sh):
+#   scripts/measure-rss.sh .build-deb/release/segguardd "$(swift build --show-bin-path)/segguard-collector"
+# The environment is passed on; MALLOC_ARENA_MAX is 2 unless set, as segguardd.service sets it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "measure-rss.sh needs root (network namespace, nftables)" >&2; exit 1; }
 daemon="$(readlink -f "${1:?usage: scripts/measure-rss.sh SEGGUARDD [SEGGUARD-COLLECTOR [SEGGUARDCTL]]}")"
 collector="${2:-}"; ctl="${3:-$(dirname "${2:-$1}")/segguardctl}"
 settle="${SETTLE:-20}"
+export MALLOC_ARENA_MAX="${MALLOC_ARENA_MAX:-2}"
 ns="sgrss-$$"; dir="$(mktemp -d /tmp/segguard-rss.XXXXXX)"
 cgroup="$(awk '$3 == "cgroup2" {print $2; exit}' /proc/self/mounts)/segguard-rss-$$"
 pids=()
