@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Every import declared in Package.swift (SwiftPM's own check sees target dependencies only).
 python3 scripts/check-imports.py
+# The release layout's check (build-deb.sh) refuses scattered hot functions, accepts ordered ones.
+python3 scripts/check-order.py --self-test
 build_start=$(date +%s)
 swift build --build-tests --explicit-target-dependency-import-check error
 echo "build: $(( $(date +%s) - build_start )) s"

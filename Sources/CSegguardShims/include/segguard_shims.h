@@ -92,7 +92,9 @@ int sg_gettid(void);
 /// EAPOL. Non-blocking, close-on-exec. Returns the descriptor or -errno.
 int sg_eapol_socket(const char *ifname);
 
-/// The running executable's loadable segments that are not writable (its code, constants,
-/// symbol tables), as [start, end) addresses rounded inward to whole pages, from its ELF
-/// program headers (dl_iterate_phdr). Returns how many were written (at most max).
-int sg_executable_readonly_segments(uintptr_t *starts, uintptr_t *ends, int max);
+/// The loadable segments that are not writable (code, constants, symbol tables) of the running
+/// executable and, when libraries is non-zero, of every shared library loaded from a file (the
+/// vDSO is not one), as [start, end) addresses rounded inward to whole pages, from their ELF
+/// program headers (dl_iterate_phdr). An object with text relocations (DT_TEXTREL: the loader
+/// wrote to its code) is left out. Returns how many were written (at most max).
+int sg_readonly_segments(uintptr_t *starts, uintptr_t *ends, int max, int libraries);
