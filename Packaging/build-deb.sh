@@ -42,9 +42,16 @@ else
                -Xlinker "--section-ordering-file=$PWD/$scratch/segguardd.sections"
                -Xlinker "--version-script=$PWD/Packaging/exports.map")
     fi
+    # SwiftPM does not recompile Swift objects when only -Xfrontend flags change (the
+    # objects of a build without -function-sections were kept): remove them when the flags differ.
+    stamp="$scratch/.segguard-build-flags"
+    if [ -d "$scratch" ] && [ "$(cat "$stamp" 2>/dev/null)" != "$config ${flags[*]}" ]; then
+        find "$scratch" -name '*.swift.o' -delete
+    fi
     for product in segguardd segguard-collector; do
         swift build -c "$config" --static-swift-stdlib --scratch-path "$scratch" --product "$product" "${flags[@]}" >&2
     done
+    printf '%s' "$config ${flags[*]}" > "$stamp"
     bin="$(swift build -c "$config" --static-swift-stdlib --scratch-path "$scratch" --show-bin-path "${flags[@]}")"
     if [ "$config" = release ]; then
         python3 scripts/check-order.py "$bin/segguardd" Packaging/segguardd.order >&2
